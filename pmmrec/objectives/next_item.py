@@ -1,0 +1,125 @@
+"""Next-item prediction with an in-batch softmax and popularity logit correction (method.md, section 3.1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+
+class NextItemConfig(BaseModel):
+    """Settings of the next-item (recommendation) loss."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(
+        1.0, gt=0.0, le=100.0, description="Divides the dot-product score h.e before the popularity correction."
+    )
+    popularity_correction: bool = Field(
+        True, description="Subtract log p(item) from every logit (p from training-set counts), as in the paper."
+    )
+
+
+def check_slot_batch(slot_index: Tensor, seq_mask: Tensor) -> None:
+    """Raise ValueError unless slot_index is a Long [B,S] tensor and seq_mask a Bool tensor of the same shape."""
+    if slot_index.dim() != 2 or slot_index.dtype != torch.long:
+        raise ValueError(f"slot_index must be a LongTensor [B,S], got {tuple(slot_index.shape)} {slot_index.dtype}")
+    if seq_mask.shape != slot_index.shape or seq_mask.dtype != torch.bool:
+        raise ValueError(
+            f"seq_mask must be a BoolTensor of shape {tuple(slot_index.shape)}, got {tuple(seq_mask.shape)} "
+            f"{seq_mask.dtype}"
+        )
+
+
+def user_item_membership(slot_index: Tensor, seq_mask: Tensor, num_unique: int) -> Tensor:
+    """Bool [B,U]: entry (b,u) is True when distinct batch item u occurs at a valid slot of user b's sequence.
+
+    Padding slots are ignored through `seq_mask` (their slot_index value, 0, is a real item index).
+    """
+    check_slot_batch(slot_index, seq_mask)
+    batch = slot_index.shape[0]
+    membership = torch.zeros(batch, num_unique, dtype=torch.bool, device=slot_index.device)
+    rows = torch.arange(batch, device=slot_index.device).unsqueeze(1).expand_as(slot_index)
+    membership[rows[seq_mask], slot_index[seq_mask]] = True
+    return membership
+
+
+def log_popularity_from_counts(counts: Tensor, eps: float = 1e-8) -> Tensor:
+    """log p(item) per catalogue index from training interaction counts [N+1] (index 0 = padding).
+
+    p = count / total over items 1..N, clamped below at `eps` so unseen items get a finite value; the
+    padding entry is returned as 0 (it is never a column of the loss).
+    """
+    if counts.dim() != 1 or counts.numel() < 2:
+        raise ValueError(f"counts must be a 1-D tensor [N+1] with N >= 1, got shape {tuple(counts.shape)}")
+    if not eps > 0.0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    counts = counts.to(torch.float64)
+    if bool((counts < 0).any()) or not bool(torch.isfinite(counts).all()):
+        raise ValueError("counts must be finite and non-negative")
+    total = counts[1:].sum()
+    if not total > 0:
+        raise ValueError("counts of items 1..N sum to zero: no training interactions to estimate popularity from")
+    log_p = torch.log((counts / total).clamp_min(eps))
+    log_p[0] = 0.0
+    return log_p.to(torch.float32)
+
+
+class NextItemLoss(nn.Module):
+    """In-batch softmax cross-entropy of the next item, with popularity correction and history masking.
+
+    Rows: every position l of user b such that slots l and l+1 are both valid; the user state at l is
+    scored against the U distinct items of the batch (the columns) and the target is the item at slot l+1.
+    logit(b,l,c) = h(b,l).e(c) / temperature - log p(item c) (the correction only when enabled).
+
+    Because the columns are the batch's DISTINCT non-padding items, there is no padding column and no
+    duplicate column of the target to mask. A column is masked to -inf when its item occurs anywhere in
+    user b's own sequence and is not the row's target (a user's own items are never negatives).
+    The loss is the cross-entropy averaged over all valid rows; with no valid row it is 0 (still
+    attached to the graph).
+    """
+
+    def __init__(self, config: NextItemConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else NextItemConfig()
+
+    def forward(
+        self,
+        user_states: Tensor,
+        item_embeddings: Tensor,
+        slot_index: Tensor,
+        seq_mask: Tensor,
+        unique_items: Tensor,
+        log_popularity: Tensor | None = None,
+    ) -> Tensor:
+        """Scalar loss; `log_popularity` [N+1] is indexed by catalogue id and required iff correction is on."""
+        check_slot_batch(slot_index, seq_mask)
+        batch, slots = slot_index.shape
+        num_unique = item_embeddings.shape[0]
+        if user_states.dim() != 3 or user_states.shape[:2] != (batch, slots):
+            raise ValueError(f"user_states must be [B,S,d] = [{batch},{slots},d], got {tuple(user_states.shape)}")
+        if item_embeddings.dim() != 2 or item_embeddings.shape[1] != user_states.shape[2]:
+            raise ValueError(f"item_embeddings must be [U,{user_states.shape[2]}], got {tuple(item_embeddings.shape)}")
+        if unique_items.shape != (num_unique,):
+            raise ValueError(f"unique_items must be [U] = [{num_unique}], got {tuple(unique_items.shape)}")
+        if self.config.popularity_correction and log_popularity is None:
+            raise ValueError("log_popularity is required when NextItemConfig.popularity_correction is true")
+
+        row_valid = seq_mask[:, :-1] & seq_mask[:, 1:]  # [B,S-1]
+        if not bool(row_valid.any()):
+            return user_states.sum() * 0.0 + item_embeddings.sum() * 0.0
+
+        states = user_states[:, :-1][row_valid]  # [R,d]
+        targets = slot_index[:, 1:][row_valid]  # [R]
+        row_user = torch.arange(batch, device=slot_index.device).unsqueeze(1).expand(batch, slots - 1)[row_valid]
+
+        logits = states @ item_embeddings.t() / self.config.temperature  # [R,U]
+        if self.config.popularity_correction:
+            assert log_popularity is not None
+            logits = logits - log_popularity.to(device=logits.device, dtype=logits.dtype)[unique_items].unsqueeze(0)
+
+        own = user_item_membership(slot_index, seq_mask, num_unique)[row_user]  # [R,U]
+        own[torch.arange(targets.shape[0], device=targets.device), targets] = False
+        logits = logits.masked_fill(own, float("-inf"))
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)

@@ -1,0 +1,144 @@
+"""Component references: `hub:ORG/NAME[@REV]`, `hf://ORG/NAME[@REV]` or a local folder.
+
+Each reference carries its own revision; resolution returns the local folder and, for hub
+references, the commit the revision resolved to (the snapshot folder's name).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pmmrec.errors import ReferenceResolutionError
+
+HUB_PREFIXES = ("hub:", "hf://")
+_REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$")
+_REVISION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference: either a hub repo (with optional revision) or a local path."""
+
+    text: str
+    repo_id: str | None = None
+    revision: str | None = None
+    path: Path | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.repo_id is not None
+
+
+@dataclass(frozen=True)
+class ResolvedReference:
+    """Where a reference points on disk, and what it resolved to."""
+
+    reference: Reference
+    path: Path
+    commit: str | None
+
+    @property
+    def text(self) -> str:
+        return self.reference.text
+
+
+def is_hub_reference(text: str) -> bool:
+    """True for `hub:` and `hf://` references."""
+    return text.startswith(HUB_PREFIXES)
+
+
+def parse_reference(text: str, revision: str | None = None) -> Reference:
+    """Parse a reference; `revision` (e.g. from a Python argument) must agree with any `@REV` in it."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReferenceResolutionError("empty component reference")
+    if "\x00" in text:
+        raise ReferenceResolutionError(f"reference {text!r}: contains a NUL byte")
+    if revision is not None and not _REVISION.match(revision):
+        raise ReferenceResolutionError(f"reference {text!r}: invalid revision {revision!r}")
+    if not is_hub_reference(text):
+        if revision is not None:
+            raise ReferenceResolutionError(f"reference {text!r}: a local folder has no revision (got {revision!r})")
+        return Reference(text=text, path=Path(text).expanduser())
+    body = text.split(":", 1)[1].removeprefix("//")
+    body = body.removeprefix("models/")
+    repo_id, sep, embedded = body.partition("@")
+    if sep and not embedded:
+        raise ReferenceResolutionError(f"reference {text!r}: empty revision after '@'")
+    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise ReferenceResolutionError(
+            f"reference {text!r}: {repo_id!r} is not a valid repo id (expected ORG/NAME of letters, digits, '.', '_', '-')"
+        )
+    if embedded and (not _REVISION.match(embedded) or ".." in embedded):
+        raise ReferenceResolutionError(f"reference {text!r}: invalid revision {embedded!r}")
+    if embedded and revision is not None and embedded != revision:
+        raise ReferenceResolutionError(
+            f"reference {text!r}: pins revision {embedded!r} but revision={revision!r} was also given"
+        )
+    return Reference(text=text, repo_id=repo_id, revision=embedded or revision)
+
+
+def format_hub_reference(repo_id: str, revision: str | None = None) -> str:
+    """The canonical `hub:ORG/NAME[@REV]` text."""
+    return f"hub:{repo_id}" + (f"@{revision}" if revision else "")
+
+
+def hub_is_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def resolve_reference(
+    text: str, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> ResolvedReference:
+    """Resolve a reference to a local folder, downloading (or reading the HF cache) for hub references."""
+    reference = parse_reference(text, revision)
+    if reference.path is not None:
+        path = reference.path
+        if not path.exists():
+            raise ReferenceResolutionError(f"reference {text!r}: no such folder {path}")
+        if not path.is_dir():
+            raise ReferenceResolutionError(f"reference {text!r}: {path} is a file, not a component folder")
+        return ResolvedReference(reference=reference, path=path.resolve(), commit=None)
+    return _resolve_hub(reference, cache_dir)
+
+
+def _resolve_hub(reference: Reference, cache_dir: str | os.PathLike[str] | None) -> ResolvedReference:
+    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import snapshot_download
+
+    assert reference.repo_id is not None
+    offline = hub_is_offline()
+    where = f"revision {reference.revision or 'main'!r}, {'offline (HF_HUB_OFFLINE=1)' if offline else 'online'}"
+    try:
+        folder = snapshot_download(
+            reference.repo_id,
+            revision=reference.revision,
+            cache_dir=cache_dir,
+            etag_timeout=5,
+            local_files_only=offline,
+        )
+    except hub_errors.RevisionNotFoundError:
+        raise ReferenceResolutionError(f"reference {reference.text!r}: {where}: the revision does not exist") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise ReferenceResolutionError(
+            f"reference {reference.text!r}: {where}: repository {reference.repo_id!r} not found (or no access: check HF_TOKEN)"
+        ) from None
+    except hub_errors.LocalEntryNotFoundError:
+        hint = (
+            "it is not in the local Hub cache (HF_HUB_CACHE)"
+            if offline
+            else "the Hub could not be reached and it is not cached"
+        )
+        raise ReferenceResolutionError(f"reference {reference.text!r}: {where}: {hint}") from None
+    except (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError, ValueError) as exc:
+        raise ReferenceResolutionError(f"reference {reference.text!r}: {where}: {type(exc).__name__}: {exc}") from None
+    path = Path(folder)
+    commit = path.name if _COMMIT.match(path.name) else None
+    return ResolvedReference(reference=reference, path=path, commit=commit)

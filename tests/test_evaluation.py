@@ -1,0 +1,138 @@
+"""Full-ranking evaluation against a naive per-user computation, with ties, history masking and chunking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pmmrec.evaluation import format_metrics_table, metrics_from_ranks, rank_targets
+
+
+def make_case(seed: int, num_users: int = 13, num_items: int = 25, dim: int = 3) -> dict[str, torch.Tensor]:
+    """Small-integer embeddings so that many scores tie; random histories, some containing the target."""
+    gen = torch.Generator().manual_seed(seed)
+    states = torch.randint(-1, 2, (num_users, dim), generator=gen).float()
+    table = torch.randint(-1, 2, (num_items + 1, dim), generator=gen).float()
+    table[0] = 10.0  # padding row scores high: it must never be ranked
+    targets = torch.randint(1, num_items + 1, (num_users,), generator=gen)
+    histories = []
+    for user in range(num_users):
+        length = int(torch.randint(0, 8, (1,), generator=gen))
+        items = torch.randint(0, num_items + 1, (length,), generator=gen).tolist()  # may repeat, may hold 0
+        if user % 4 == 0:
+            items.append(int(targets[user]))  # target also in the history
+        histories.append(items)
+    indptr = torch.tensor([0, *torch.tensor([len(h) for h in histories]).cumsum(0).tolist()], dtype=torch.long)
+    flat = torch.tensor([i for h in histories for i in h], dtype=torch.long)
+    return {"states": states, "table": table, "targets": targets, "indptr": indptr, "items": flat}
+
+
+def naive_ranks(case: dict[str, torch.Tensor]) -> list[int]:
+    ranks = []
+    indptr = case["indptr"].tolist()
+    for user in range(case["states"].shape[0]):
+        target = int(case["targets"][user])
+        history = set(case["items"][indptr[user] : indptr[user + 1]].tolist()) - {target}
+        scores = {item: float(case["states"][user] @ case["table"][item]) for item in range(1, case["table"].shape[0])}
+        better = sum(1 for item, s in scores.items() if item not in history and s > scores[target])
+        ranks.append(1 + better)
+    return ranks
+
+
+def ranks_of(case: dict[str, torch.Tensor], chunk_size: int = 1024) -> torch.Tensor:
+    return rank_targets(case["states"], case["table"], case["targets"], case["indptr"], case["items"], chunk_size)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rank_targets_matches_naive_with_ties(seed: int) -> None:
+    case = make_case(seed)
+    scores = case["states"] @ case["table"][1:].t()
+    assert (scores.unsqueeze(2) == scores.unsqueeze(1)).sum() > scores.numel()  # ties really occur
+    ranks = ranks_of(case)
+    assert ranks.dtype == torch.long
+    assert ranks.tolist() == naive_ranks(case)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 13, 1000])
+def test_rank_targets_chunk_size_independent(chunk_size: int) -> None:
+    case = make_case(7)
+    assert torch.equal(ranks_of(case, chunk_size), ranks_of(case, 10_000))
+
+
+def test_history_masking_and_target_in_history() -> None:
+    table = torch.tensor([[9.0], [5.0], [4.0], [3.0], [2.0], [1.0]])  # scores equal item order for state [1]
+    states = torch.ones(3, 1)
+    targets = torch.tensor([3, 3, 1])
+    # user 0: no history -> items 1, 2 beat 3; user 1: 1 and 3 in history -> only 2 beats 3;
+    # user 2: target 1 in its own history -> still ranked, first.
+    indptr = torch.tensor([0, 0, 2, 3])
+    items = torch.tensor([1, 3, 1])
+    assert rank_targets(states, table, targets, indptr, items).tolist() == [3, 2, 1]
+
+
+def test_ties_count_in_users_favour() -> None:
+    table = torch.zeros(6, 2)
+    table[0] = 100.0
+    ranks = rank_targets(torch.ones(2, 2), table, torch.tensor([4, 5]), torch.tensor([0, 0, 0]), torch.empty(0).long())
+    assert ranks.tolist() == [1, 1]
+
+
+def test_rank_targets_low_precision_and_inference_mode() -> None:
+    case = make_case(8)
+    ranks = rank_targets(
+        case["states"].half(), case["table"].bfloat16(), case["targets"], case["indptr"], case["items"], 4
+    )
+    assert ranks.tolist() == naive_ranks(case)
+    assert not ranks.requires_grad
+
+
+def test_rank_targets_rejects_bad_input() -> None:
+    case = make_case(9)
+    bad_targets = case["targets"].clone()
+    bad_targets[0] = 0
+    with pytest.raises(ValueError, match="targets"):
+        rank_targets(case["states"], case["table"], bad_targets, case["indptr"], case["items"])
+    with pytest.raises(ValueError, match="history_indptr"):
+        rank_targets(case["states"], case["table"], case["targets"], case["indptr"][:-1], case["items"])
+    with pytest.raises(ValueError, match="history_items"):
+        rank_targets(case["states"], case["table"], case["targets"], case["indptr"], case["items"] + 100)
+    with pytest.raises(ValueError, match="chunk_size"):
+        rank_targets(case["states"], case["table"], case["targets"], case["indptr"], case["items"], 0)
+
+
+def test_metrics_match_naive() -> None:
+    ranks = torch.tensor([1, 2, 5, 10, 11, 20, 21, 50, 51, 1000])
+    metrics = metrics_from_ranks(ranks, ks=(1, 10, 20, 50))
+    values = ranks.tolist()
+    for k in (1, 10, 20, 50):
+        assert metrics[f"hr@{k}"] == pytest.approx(sum(r <= k for r in values) / len(values))
+        assert metrics[f"ndcg@{k}"] == pytest.approx(sum(1 / math.log2(r + 1) for r in values if r <= k) / len(values))
+        assert metrics[f"mrr@{k}"] == pytest.approx(sum(1 / r for r in values if r <= k) / len(values))
+    assert metrics["num_users"] == 10.0
+    assert metrics["ndcg@1"] == metrics["hr@1"] == metrics["mrr@1"] == pytest.approx(0.1)
+    assert list(metrics_from_ranks(ranks)) == [
+        *(f"{name}@{k}" for k in (10, 20, 50) for name in ("hr", "ndcg", "mrr")),
+        "num_users",
+    ]
+
+
+def test_metrics_reject_bad_input() -> None:
+    for bad in (torch.tensor([], dtype=torch.long), torch.tensor([0, 1]), torch.tensor([[1]])):
+        with pytest.raises(ValueError):
+            metrics_from_ranks(bad)
+    with pytest.raises(ValueError, match="ks"):
+        metrics_from_ranks(torch.tensor([1]), ks=(0,))
+
+
+def test_format_metrics_table() -> None:
+    metrics = metrics_from_ranks(torch.tensor([1, 3, 30]), ks=(10, 50))
+    table = format_metrics_table(metrics, ks=(10, 50))
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "@10", "@50"]
+    assert lines[1].split() == ["hr", f"{2 / 3:.4f}", "1.0000"]
+    assert [line.split()[0] for line in lines[1:4]] == ["hr", "ndcg", "mrr"]
+    assert lines[-1] == "users: 3"
+    assert len({len(line) for line in lines[:4]}) == 1  # aligned columns
+    assert "-" in format_metrics_table(metrics, ks=(10, 20)).splitlines()[1].split()
