@@ -154,7 +154,439 @@ def push(
     typer.echo(f"pushed {folder} to {repo} at commit {commit}" + (f" (tag {tag})" if tag else ""))
 
 
+class ItemTowerChoice(str, Enum):
+    content = "content"
+    id = "id"
+
+
+class SplitChoice(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+def _training_options(
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    max_length: int | None,
+    seed: int | None,
+    device: str | None,
+    freeze: list[str] | None,
+    lr_component: list[str] | None,
+    weights: dict[str, float | None],
+    patience: int | None,
+    max_steps: int | None,
+    num_workers: int | None,
+    gather_negatives: bool | None,
+    precision: str | None,
+) -> dict[str, Any]:
+    """Command-line flags as config overrides (None = not given, so the YAML file or default stands)."""
+    component_lr = {}
+    for entry in lr_component or []:
+        slot, sep, value = entry.partition("=")
+        try:
+            component_lr[slot] = float(value) if sep else float("nan")
+        except ValueError:
+            raise typer.BadParameter(f"--lr-component {entry!r}: expected SLOT=LR, e.g. text=5e-5") from None
+        if not sep:
+            raise typer.BadParameter(f"--lr-component {entry!r}: expected SLOT=LR, e.g. text=5e-5")
+    overrides: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_length": max_length,
+        "seed": seed,
+        "device": device,
+        "freeze": freeze or None,
+        "component_lr": component_lr or None,
+        "patience": patience,
+        "max_steps": max_steps,
+        "num_workers": num_workers,
+        "gather_negatives": gather_negatives,
+        "precision": precision,
+    }
+    given_weights = {name: value for name, value in weights.items() if value is not None}
+    if given_weights:
+        overrides["objectives"] = {"weights": given_weights}
+    return overrides
+
+
+def _model_spec(
+    text: str | None,
+    vision: str | None,
+    fusion: str | None,
+    user: str | None,
+    modalities: list[str] | None,
+    item_tower: ItemTowerChoice,
+    text_backbone: str | None,
+    vision_backbone: str | None,
+    dim: int | None,
+    text_trainable_layers: int,
+    vision_trainable_layers: int,
+) -> Any:
+    from pmmrec.training.jobs import ModelSpec
+
+    return ModelSpec(
+        text=text,
+        vision=vision,
+        fusion=fusion,
+        user=user,
+        modalities=modalities or None,
+        item_tower=item_tower.value,  # type: ignore[arg-type]
+        text_backbone=text_backbone,
+        vision_backbone=vision_backbone,
+        dim=dim,
+        trainable_layers={"text": text_trainable_layers, "vision": vision_trainable_layers},
+    )
+
+
+DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (users.tsv, items.tsv, dataset.json).")]
+RunDir = Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, logs, outputs).")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of training options; flags override it.")]
+Modalities = Annotated[
+    list[str] | None, typer.Option("--modality", help="Item modality of the model (repeat for text and vision).")
+]
+Epochs = Annotated[int | None, typer.Option(help="Training epochs.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Users per batch per process.")]
+LearningRate = Annotated[float | None, typer.Option("--lr", help="Learning rate of every trained part.")]
+LrComponent = Annotated[list[str] | None, typer.Option("--lr-component", help="Per-component lr, SLOT=LR (repeatable).")]
+Freeze = Annotated[list[str] | None, typer.Option("--freeze", help="Component not to train (repeatable).")]
+MaxLength = Annotated[int | None, typer.Option("--max-length", help="Items per input sequence.")]
+Seed = Annotated[int | None, typer.Option(help="Random seed.")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if available).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/checkpoints/last.")]
+Patience = Annotated[int | None, typer.Option(help="Early stopping after N epochs without improvement.")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")]
+Workers = Annotated[int | None, typer.Option("--num-workers", help="DataLoader worker processes.")]
+Gather = Annotated[bool | None, typer.Option("--gather-negatives/--no-gather-negatives", help="Use other processes' items as negatives.")]
+Precision = Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")]
+WeightRec = Annotated[float | None, typer.Option("--rec-weight", help="Weight of next-item prediction.")]
+WeightNicl = Annotated[float | None, typer.Option("--nicl-weight", help="Weight of NICL (0 switches it off).")]
+WeightNid = Annotated[float | None, typer.Option("--nid-weight", help="Weight of NID (0 switches it off).")]
+WeightRcl = Annotated[float | None, typer.Option("--rcl-weight", help="Weight of RCL (0 switches it off).")]
+TextBackbone = Annotated[str | None, typer.Option("--text-backbone", help="Backbone of a fresh text encoder (default minilm).")]
+VisionBackbone = Annotated[
+    str | None, typer.Option("--vision-backbone", help="Backbone of a fresh vision encoder (default efficientnet-lite0).")
+]
+Dim = Annotated[int | None, typer.Option(help="Embedding width d of fresh components.")]
+TextLayers = Annotated[int, typer.Option("--text-trainable-layers", help="Fresh text encoder: top layers trained.")]
+VisionLayers = Annotated[int, typer.Option("--vision-trainable-layers", help="Fresh vision encoder: top blocks trained.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _train_command(
+    mode: str,
+    data: Path,
+    out: Path,
+    spec: Any,
+    config: Path | None,
+    overrides: dict[str, Any],
+    resume: bool,
+    quiet: bool,
+) -> Any:
+    from pmmrec.training import jobs
+    from pmmrec.training.loop import TrainingInterrupted
+
+    job = jobs.pretrain if mode == "pretrain" else jobs.finetune
+    try:
+        result = job(data, out, spec, config_path=config, overrides=overrides, resume=resume, progress=not quiet)
+    except TrainingInterrupted as exc:
+        typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(code=130) from None
+    return result
+
+
+@app.command("pretrain")
+@reports_errors
+def pretrain(
+    data: DataDir,
+    out: RunDir,
+    text: TextRef = None,
+    vision: VisionRef = None,
+    fusion: FusionRef = None,
+    user: UserRef = None,
+    modality: Modalities = None,
+    config: ConfigFile = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    lr_component: LrComponent = None,
+    freeze: Freeze = None,
+    max_length: MaxLength = None,
+    rec_weight: WeightRec = None,
+    nicl_weight: WeightNicl = None,
+    nid_weight: WeightNid = None,
+    rcl_weight: WeightRcl = None,
+    text_backbone: TextBackbone = None,
+    vision_backbone: VisionBackbone = None,
+    dim: Dim = None,
+    text_trainable_layers: TextLayers = 2,
+    vision_trainable_layers: VisionLayers = 2,
+    seed: Seed = None,
+    device: Device = None,
+    precision: Precision = None,
+    patience: Patience = None,
+    max_steps: MaxSteps = None,
+    num_workers: Workers = None,
+    gather_negatives: Gather = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*."""
+    spec = _model_spec(text, vision, fusion, user, modality, ItemTowerChoice.content, text_backbone, vision_backbone, dim, text_trainable_layers, vision_trainable_layers)
+    overrides = _training_options(
+        epochs, batch_size, lr, max_length, seed, device, freeze, lr_component,
+        {"rec": rec_weight, "nicl": nicl_weight, "nid": nid_weight, "rcl": rcl_weight},
+        patience, max_steps, num_workers, gather_negatives, precision,
+    )
+    _train_command("pretrain", data, out, spec, config, overrides, resume, quiet)
+    typer.echo(f"components written to {out / 'components'} (publish each with `pmmrec push`)")
+
+
+@app.command("finetune")
+@reports_errors
+def finetune(
+    data: DataDir,
+    out: RunDir,
+    text: TextRef = None,
+    vision: VisionRef = None,
+    fusion: FusionRef = None,
+    user: UserRef = None,
+    modality: Modalities = None,
+    item_tower: Annotated[
+        ItemTowerChoice, typer.Option("--item-tower", help="content (PMMRec) or id (the SASRec-ID baseline).")
+    ] = ItemTowerChoice.content,
+    config: ConfigFile = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
+    lr: LearningRate = None,
+    lr_component: LrComponent = None,
+    freeze: Freeze = None,
+    max_length: MaxLength = None,
+    rec_weight: WeightRec = None,
+    nicl_weight: WeightNicl = None,
+    nid_weight: WeightNid = None,
+    rcl_weight: WeightRcl = None,
+    text_backbone: TextBackbone = None,
+    vision_backbone: VisionBackbone = None,
+    dim: Dim = None,
+    text_trainable_layers: TextLayers = 2,
+    vision_trainable_layers: VisionLayers = 2,
+    seed: Seed = None,
+    device: Device = None,
+    precision: Precision = None,
+    patience: Patience = None,
+    max_steps: MaxSteps = None,
+    num_workers: Workers = None,
+    gather_negatives: Gather = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune any combination of components (or train from scratch) on a target dataset; writes RUN/model."""
+    spec = _model_spec(text, vision, fusion, user, modality, item_tower, text_backbone, vision_backbone, dim, text_trainable_layers, vision_trainable_layers)
+    overrides = _training_options(
+        epochs, batch_size, lr, max_length, seed, device, freeze, lr_component,
+        {"rec": rec_weight, "nicl": nicl_weight, "nid": nid_weight, "rcl": rcl_weight},
+        patience, max_steps, num_workers, gather_negatives, precision,
+    )
+    _train_command("finetune", data, out, spec, config, overrides, resume, quiet)
+    typer.echo(f"best model written to {out / 'model'}")
+
+
+@app.command("evaluate")
+@reports_errors
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
+    data: DataDir,
+    split: Annotated[SplitChoice, typer.Option(help="Which leave-one-out target to rank.")] = SplitChoice.test,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs (repeat: --k 10 --k 20).")] = None,
+    min_length: Annotated[int, typer.Option("--min-length", help="Users with fewer interactions are dropped.")] = 3,
+    max_history: Annotated[int | None, typer.Option("--max-history", help="Keep the last N interactions per user.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the metrics as JSON here.")] = None,
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Full-ranking HR, NDCG and MRR at each K (history excluded; ties count in the user's favour)."""
+    from pmmrec.evaluation import format_metrics_table
+    from pmmrec.training import jobs
+
+    ks = tuple(k or (10, 20, 50))
+    metrics = jobs.evaluate(
+        model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output, device=device, progress=not quiet
+    )
+    typer.echo(f"{split.value} split of {data}:")
+    typer.echo(format_metrics_table(metrics, ks))
+    if output is not None:
+        typer.echo(f"metrics written to {output}")
+
+
+@app.command("recommend")
+@reports_errors
+def recommend(
+    model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
+    data: DataDir,
+    user: Annotated[str | None, typer.Option("--user", help="A user id of users.tsv.")] = None,
+    history: Annotated[str | None, typer.Option("--history", help='Item ids, oldest first: "ID ID ...".')] = None,
+    k: Annotated[int, typer.Option("--k", help="How many items to return.")] = 10,
+    exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never return items of the history.")] = False,
+    items: Annotated[Path | None, typer.Option("--items", help="Extra candidate items (item_id<TAB>text), never seen in training.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    device: Device = None,
+) -> None:
+    """Top-k items for a user or a history; new items are recommendable from their content alone."""
+    from dataclasses import asdict
+
+    from pmmrec.training import jobs
+
+    ranked = jobs.recommend(
+        model, data, user=user, history=history.split() if history is not None else None, k=k,
+        exclude_seen=exclude_seen, extra_items=items, device=device,
+    )
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in ranked], indent=2))
+        return
+    for entry in ranked:
+        typer.echo(f"{entry.rank:>3}  {entry.score:8.3f}  {entry.item_id}\t{entry.text}")
+
+
 # --- data commands -------------------------------------------------------------------------
+
+
+class DataDomainChoice(str, Enum):
+    all = "all"
+    source = "source"
+    target = "target"
+
+
+class DataImagesChoice(str, Enum):
+    none = "none"
+    synthetic = "synthetic"
+
+
+class ImagePayloadChoice(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+    raw = "raw"
+
+
+ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]
+ImagePayload = Annotated[
+    ImagePayloadChoice, typer.Option("--format", help="Stored image payload: png (lossless), jpeg or raw pixels.")
+]
+AllowMissing = Annotated[
+    bool, typer.Option("--allow-missing", help="Record items without a usable image instead of failing.")
+]
+
+
+@data_app.command("movielens")
+@reports_errors
+def data_movielens(
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to create.")],
+    domain: Annotated[
+        DataDomainChoice, typer.Option(help="all = whole MovieLens-100K; source/target = the two transfer domains.")
+    ] = DataDomainChoice.all,
+    images: Annotated[
+        DataImagesChoice, typer.Option(help="none, or synthetic pictures drawn from title and genres.")
+    ] = DataImagesChoice.none,
+    size: ImageSize = 224,
+    overwrite: Overwrite = False,
+) -> None:
+    """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
+    from pmmrec.data import build_movielens, check_dataset, format_statistics
+    from pmmrec.data.movielens import LICENCE_NOTE
+
+    path = build_movielens(out, domain=domain.value, images=images.value, image_size=size, overwrite=overwrite)
+    typer.echo(f"wrote {path}")
+    typer.echo(format_statistics(check_dataset(path)))
+    typer.echo(f"licence: {LICENCE_NOTE}")
+
+
+@data_app.command("build-lmdb")
+@reports_errors
+def data_build_lmdb(
+    items: Annotated[Path, typer.Option("--items", help="items.tsv whose item ids name the images.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder of <item id>.jpg|jpeg|png|webp files.")],
+    out: Annotated[Path, typer.Option("--out", help="LMDB folder to create (e.g. DATASET/images.lmdb).")],
+    size: ImageSize = 224,
+    payload: ImagePayload = ImagePayloadChoice.png,
+    allow_missing: AllowMissing = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Resize item images once and store them in an LMDB keyed by item id (no pickle)."""
+    from pmmrec.data import build_image_lmdb
+
+    report = build_image_lmdb(
+        items, images, out, size=size, payload_format=payload.value, allow_missing=allow_missing, overwrite=overwrite
+    )
+    typer.echo(f"stored {len(report.stored):,} images ({size}x{size}, {payload.value}) in {out}")
+    if report.failed:
+        typer.secho(f"warning: without image: {report.describe_failures()}", err=True, fg=typer.colors.YELLOW)
+    if (out.parent / "dataset.json").is_file() and out.name == "images.lmdb":
+        typer.echo(f"recorded the images in {out.parent / 'dataset.json'}")
+
+
+@data_app.command("import-reference")
+@reports_errors
+def data_import_reference(
+    users: Annotated[Path, typer.Option("--users", help="Reference-family X_users.tsv.")],
+    items: Annotated[Path, typer.Option("--items", help="Reference-family X_items_texts.tsv.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to create.")],
+    lmdb: Annotated[Path | None, typer.Option("--lmdb", help="Reference-family image LMDB (file or folder).")] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="Read pickled LMDB values. Unpickling can run code chosen by the file's author: trusted files only.",
+        ),
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: from the users file name).")] = None,
+    size: ImageSize = 224,
+    payload: ImagePayload = ImagePayloadChoice.png,
+    allow_missing: AllowMissing = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Convert the reference family's users/items files (and image LMDB) into a dataset folder."""
+    import warnings
+
+    from pmmrec.data import check_dataset, format_statistics, import_reference
+    from pmmrec.data.reference_import import PICKLE_RISK
+
+    if trust_pickle and lmdb is not None:
+        typer.secho(
+            f"warning: --trust-pickle: {PICKLE_RISK}; values are read with a restricted unpickler, "
+            "but only use files from authors you trust",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the warning above already told the user
+        path = import_reference(
+            users,
+            items,
+            out,
+            lmdb_path=lmdb,
+            trust_pickle=trust_pickle,
+            image_size=size,
+            payload_format=payload.value,
+            allow_missing=allow_missing,
+            overwrite=overwrite,
+            name=name,
+        )
+    typer.echo(f"wrote {path}")
+    typer.echo(format_statistics(check_dataset(path)))
+
+
+@data_app.command("check")
+@reports_errors
+def data_check(
+    folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+) -> None:
+    """Validate a dataset folder (hashes, lines, ids, texts, images) and print its statistics."""
+    from pmmrec.data import check_dataset, format_statistics
+
+    stats = check_dataset(folder)
+    typer.echo(json.dumps(stats, indent=2) if as_json else format_statistics(stats))
 
 
 def main() -> None:

@@ -152,6 +152,11 @@ class PMMRec(nn.Module):
         if self.text is not None:
             if text_mask is None:
                 raise ValueError("the text encoder needs text_mask")
+            # Drop token columns that are padding for every item of the batch: same result, less work.
+            width = max(int(text_mask.sum(dim=1).max()), 1) if text_mask.shape[0] else text_mask.shape[1]
+            text_mask = text_mask[:, :width]
+            text_ids = text_ids[:, :width] if text_ids is not None else None
+            text_prefix = text_prefix[:, :width] if text_prefix is not None else None
             if text_prefix is not None:
                 text_tokens, text_mask = self.text.forward_from_prefix(text_prefix, text_mask)  # type: ignore[attr-defined]
             elif text_ids is not None:

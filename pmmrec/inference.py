@@ -1,0 +1,193 @@
+"""Using a model: item inputs for a dataset, the catalogue embedding table, full-ranking evaluation, top-k."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pmmrec.data import (
+    BatchCollator,
+    Dataset,
+    EvalBatch,
+    EvalSequences,
+    ImageStore,
+    LeaveOneOutSplit,
+    tokenize_catalogue,
+)
+from pmmrec.errors import ConfigError, DatasetError
+from pmmrec.evaluation import metrics_from_ranks, rank_targets
+from pmmrec.model import PMMRec
+from pmmrec.training.distributed import DistributedContext, gather_objects
+
+
+def cache_root() -> Path:
+    """Where derived data (token caches) live: $PMMREC_CACHE, else $XDG_CACHE_HOME/pmmrec."""
+    if os.environ.get("PMMREC_CACHE"):
+        return Path(os.environ["PMMREC_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pmmrec"
+
+
+def tokenizer_fingerprint(tokenizer: object) -> str:
+    """A hash of the tokenizer's full definition, so a token cache is never reused across tokenizers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))  # type: ignore[attr-defined]
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Token rows [N+1, T] (row 0 = padding) of `texts` with the model's own tokenizer, cached on disk."""
+    if model.text is None:
+        return None, None
+    tokenizer = getattr(model.text, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("the text encoder has no tokenizer (its folder lacks tokenizer/)")
+    max_tokens = int(model.text.config.max_tokens)  # type: ignore[attr-defined]
+    return tokenize_catalogue(
+        texts, tokenizer, max_tokens, cache_dir=cache_root() / "tokens", cache_key=tokenizer_fingerprint(tokenizer)
+    )
+
+
+def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
+    """Inputs of the model's modalities for this dataset's catalogue (tokens once, images from the LMDB)."""
+    text_ids, text_mask = tokenize_texts(model, dataset.item_texts)
+    image_store = None
+    image_size = 224
+    if model.vision is not None:
+        if dataset.images_path is None:
+            raise DatasetError(f"{dataset.root}: the model has a vision encoder but the dataset has no images.lmdb")
+        image_store = ImageStore(dataset.images_path)
+        image_size = int(model.vision.config.image_size)  # type: ignore[attr-defined]
+    return BatchCollator(dataset.item_ids, text_ids, text_mask, image_store, image_size=image_size)
+
+
+@torch.inference_mode()
+def encode_catalogue(
+    model: PMMRec,
+    collator: BatchCollator,
+    num_items: int,
+    device: torch.device,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Item embedding table [N+1, d] (row 0 = padding, zeros), each item encoded once in large batches."""
+    was_training = model.training
+    model.eval()
+    table = torch.zeros(num_items + 1, model.dim, device=device)
+    starts = range(1, num_items + 1, batch_size)
+    for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False):
+        batch = collator.collate_items(list(range(start, min(start + batch_size, num_items + 1)))).to(device)
+        encoded = model.encode_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
+        table[batch.items] = encoded.embeddings.float()
+    model.train(was_training)
+    return table
+
+
+@torch.inference_mode()
+def user_states(model: PMMRec, item_table: torch.Tensor, windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """State after each left-padded window [B, S] -> [B, d] (the last column)."""
+    embeddings = item_table[windows] * mask.unsqueeze(-1).to(item_table.dtype)
+    return model.encode_users(embeddings, mask)[:, -1].float()
+
+
+@dataclass
+class EvaluationResult:
+    """Per-user ranks (in split order) and the metrics computed from them."""
+
+    ranks: np.ndarray
+    metrics: dict[str, float]
+
+
+def evaluate_split(
+    model: PMMRec,
+    split: LeaveOneOutSplit,
+    which: str,
+    collator: BatchCollator,
+    num_items: int,
+    device: torch.device,
+    context: DistributedContext | None = None,
+    ks: Sequence[int] = (10, 20, 50),
+    batch_size: int = 256,
+    item_batch_size: int = 256,
+    item_table: torch.Tensor | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered."""
+    if which not in ("valid", "test"):
+        raise ConfigError(f"--split must be valid or test, got {which!r}")
+    histories = split.valid_history if which == "valid" else split.test_history
+    targets = split.valid_target if which == "valid" else split.test_target
+    rank_id, world = (context.rank, context.world_size) if context is not None else (0, 1)
+    if item_table is None:
+        item_table = encode_catalogue(model, collator, num_items, device, item_batch_size, progress)
+    was_training = model.training
+    model.eval()
+    shard = np.arange(rank_id, len(targets), world)
+    samples = EvalSequences([histories[i] for i in shard], targets[shard], model.max_length)
+    local_ranks = []
+    for start in range(0, len(samples), batch_size):
+        batch = _eval_batch(collator, samples, start, batch_size).to(device)
+        states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
+        local_ranks.append(
+            rank_targets(states, item_table, batch.targets, batch.history_indptr, batch.history_items).cpu().numpy()
+        )
+    model.train(was_training)
+    mine = (shard, np.concatenate(local_ranks) if local_ranks else np.zeros(0, dtype=np.int64))
+    ranks = np.zeros(len(targets), dtype=np.int64)
+    for indices, values in gather_objects(context, mine) if context is not None else [mine]:
+        ranks[indices] = values
+    return EvaluationResult(ranks=ranks, metrics=metrics_from_ranks(torch.from_numpy(ranks), ks))
+
+
+def _eval_batch(collator: BatchCollator, samples: EvalSequences, start: int, batch_size: int) -> EvalBatch:
+    """An evaluation batch without item features (the catalogue table already holds every embedding)."""
+    chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
+    batch = collator.sequences_only(chunk)
+    assert isinstance(batch, EvalBatch)
+    return batch
+
+
+@dataclass
+class Recommendation:
+    """One recommended item."""
+
+    rank: int
+    item_id: str
+    score: float
+    text: str
+
+
+@torch.inference_mode()
+def top_k(
+    model: PMMRec,
+    item_table: torch.Tensor,
+    item_ids: Sequence[str],
+    item_texts: Sequence[str],
+    history: Sequence[int],
+    k: int = 10,
+    exclude: Sequence[int] = (),
+) -> list[Recommendation]:
+    """Top-k catalogue items after a history of catalogue indices (most recent last)."""
+    if not history:
+        raise ConfigError("the history is empty: give at least one known item")
+    if k < 1:
+        raise ConfigError(f"--k must be positive, got {k}")
+    window = list(history)[-model.max_length :]
+    windows = torch.tensor([window], dtype=torch.long, device=item_table.device)
+    state = user_states(model, item_table, windows, torch.ones_like(windows, dtype=torch.bool))[0]
+    scores = item_table.float() @ state
+    scores[0] = float("-inf")
+    if exclude:
+        scores[torch.as_tensor(list(exclude), dtype=torch.long, device=scores.device)] = float("-inf")
+    count = min(k, int(torch.isfinite(scores).sum()))
+    values, indices = torch.topk(scores, count)
+    return [
+        Recommendation(rank=r + 1, item_id=item_ids[i - 1], score=float(v), text=item_texts[i - 1])
+        for r, (v, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True))
+    ]

@@ -1,0 +1,137 @@
+"""Typed training configuration: one model for pretrain and finetune, loadable from YAML with CLI overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pmmrec.errors import ConfigError
+from pmmrec.objectives import NICLConfig, NIDConfig, ObjectiveWeights, RCLConfig
+from pmmrec.objectives.next_item import NextItemConfig
+
+SLOT_NAMES = ("text", "vision", "fusion", "user", "item_tower")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ObjectivesConfig(_Strict):
+    """Which losses are trained, with what weight and options."""
+
+    weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights, description="rec, nicl, nid, rcl weights.")
+    next_item: NextItemConfig = Field(default_factory=NextItemConfig, description="Next-item prediction options.")
+    nicl: NICLConfig = Field(default_factory=NICLConfig, description="NICL options.")
+    nid: NIDConfig = Field(default_factory=NIDConfig, description="NID options (corruption rate, also used by RCL).")
+    rcl: RCLConfig = Field(default_factory=RCLConfig, description="RCL options.")
+
+
+class TrainConfig(_Strict):
+    """Everything that decides a training run; saved resolved as RUN/config.yaml."""
+
+    mode: Literal["pretrain", "finetune"] = Field(default="finetune", description="Which command this run is.")
+    epochs: int = Field(default=5, ge=1, le=10_000, description="Training epochs (paper fine-tuning: 5).")
+    batch_size: int = Field(default=32, ge=1, le=65_536, description="Users per batch per process.")
+    eval_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Users per evaluation batch.")
+    item_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Items per catalogue-encoding batch.")
+    max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (paper: 20).")
+    min_length: int = Field(default=3, ge=3, le=1_000_000, description="Users with fewer interactions are dropped.")
+    max_history: int | None = Field(
+        default=None, ge=3, description="Keep only the last N interactions per user (paper: max_length + 3)."
+    )
+    lr: float = Field(default=1e-4, gt=0, le=1.0, description="Learning rate of every trained part (paper: 1e-4).")
+    component_lr: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-slot learning rates overriding lr (text, vision, fusion, user, item_tower).",
+    )
+    weight_decay: float = Field(
+        default=0.1, ge=0.0, le=10.0, description="AdamW decay; never on LayerNorm, bias, embeddings."
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warm-up steps.")
+    schedule: Literal["cosine", "constant"] = Field(default="cosine", description="Learning rate after warm-up.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Max gradient norm (None: no clipping).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto = bf16 on CUDA where supported, else fp16 with a scaler; fp32 on CPU."
+    )
+    freeze: list[str] = Field(default_factory=list, description="Slots whose parameters are not trained.")
+    seed: int = Field(default=42, ge=0, description="Seed of initialisation, data order, dropout and corruption.")
+    patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many epochs without a better NDCG@10."
+    )
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50], description="Cut-offs of the reported metrics.")
+    select_metric: str = Field(default="ndcg@10", description="Validation metric that picks the best epoch.")
+    num_workers: int = Field(default=0, ge=0, le=256, description="DataLoader worker processes.")
+    gather_negatives: bool = Field(
+        default=False, description="Multi-process: also use other processes' batch items as negatives."
+    )
+    cache_frozen: bool = Field(
+        default=True, description="Reuse frozen-prefix outputs of encoders per item instead of recomputing them."
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
+    device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig, description="Losses and their options.")
+
+    def lr_for(self, slot: str) -> float:
+        """The learning rate of one slot."""
+        return self.component_lr.get(slot, self.lr)
+
+
+def finetune_defaults() -> dict[str, Any]:
+    """Fine-tuning trains next-item prediction alone unless asked otherwise (method.md, section 3)."""
+    return {"mode": "finetune", "objectives": {"weights": {"rec": 1.0, "nicl": 0.0, "nid": 0.0, "rcl": 0.0}}}
+
+
+def pretrain_defaults() -> dict[str, Any]:
+    """Pre-training trains all four objectives."""
+    return {"mode": "pretrain", "batch_size": 64}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_train_config(
+    defaults: dict[str, Any], path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """defaults < YAML file < command-line overrides; errors name the file and the key."""
+    payload = dict(defaults)
+    source = "command line"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of options at the top level")
+        payload = _deep_merge(payload, loaded)
+    payload = _deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        config = TrainConfig.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{source}: invalid training config: {problems}") from None
+    unknown_slots = set(config.component_lr) | set(config.freeze)
+    unknown_slots -= set(SLOT_NAMES)
+    if unknown_slots:
+        raise ConfigError(f"{source}: unknown component(s) {sorted(unknown_slots)}; expected {', '.join(SLOT_NAMES)}")
+    return config
+
+
+def dump_train_config(config: TrainConfig) -> str:
+    """YAML text of a resolved config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

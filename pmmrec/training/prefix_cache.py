@@ -1,0 +1,202 @@
+"""Frozen-prefix cache: the frozen bottom of each encoder runs once per item, not once per step.
+
+The paper trains only the top 2 layers of 12-layer encoders; their frozen bottom is a fixed function
+(frozen modules stay in eval mode), so its output per item is computed once, stored in memory or in a
+memory-mapped fp16 file for large catalogues, and each training step runs only the trainable top.
+The cache key covers the frozen weights and the exact inputs, so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pmmrec.data import BatchCollator, SequenceBatch
+from pmmrec.model import PMMRec
+
+# Above this many bytes (fp32 in memory), prefixes go to a memory-mapped fp16 file instead.
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+
+
+def _state_digest(modules: list[torch.nn.Module], extra: bytes) -> str:
+    digest = hashlib.sha256(extra)
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(
+                tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+            )
+    return digest.hexdigest()
+
+
+class FrozenPrefixCache:
+    """Per-item outputs of the frozen encoder bottoms; rows indexed by catalogue index (row 0 = padding)."""
+
+    def __init__(
+        self,
+        text_prefix: torch.Tensor | np.ndarray | None,
+        image_prefix: torch.Tensor | np.ndarray | None,
+        device: torch.device,
+        key: str,
+    ) -> None:
+        self.text_prefix = text_prefix
+        self.image_prefix = image_prefix
+        self.device = device
+        self.key = key
+        self._collator: BatchCollator | None = None
+        self._num_items = 0
+
+    @property
+    def caches_text(self) -> bool:
+        return self.text_prefix is not None
+
+    @property
+    def caches_image(self) -> bool:
+        return self.image_prefix is not None
+
+    @classmethod
+    def for_model(
+        cls,
+        model: PMMRec,
+        collator: BatchCollator,
+        device: torch.device,
+        batch_size: int = 128,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        cache_dir: Path | None = None,
+    ) -> FrozenPrefixCache | None:
+        """Build the cache for every catalogue item, or None when no encoder has a frozen bottom."""
+        num_items = len(collator.item_ids)
+        text = model.text if model.text is not None and _has_frozen_prefix(model.text) else None
+        vision = model.vision if model.vision is not None and _has_frozen_prefix(model.vision) else None
+        if text is None and vision is None:
+            return None
+        text_prefix = image_prefix = None
+        key_parts = []
+        if text is not None:
+            text_prefix = _compute(
+                lambda batch: text.frozen_prefix(batch.text_ids, batch.text_mask),  # type: ignore[union-attr,operator]
+                collator,
+                num_items,
+                device,
+                batch_size,
+                memory_budget,
+                cache_dir,
+                "text",
+                _state_digest(text.frozen_modules(), _input_digest(collator.text_ids)),
+            )
+            key_parts.append("text")
+        if vision is not None:
+            image_prefix = _compute(
+                lambda batch: vision.frozen_prefix(batch.pixel_values),  # type: ignore[union-attr,operator]
+                collator,
+                num_items,
+                device,
+                batch_size,
+                memory_budget,
+                cache_dir,
+                "image",
+                _state_digest(vision.frozen_modules(), repr(vision.config.model_dump()).encode()),
+            )
+            key_parts.append("image")
+        cache = cls(text_prefix, image_prefix, device, "+".join(key_parts))
+        cache._collator = collator
+        cache._num_items = num_items
+        return cache
+
+    def _rows(self, store: torch.Tensor | np.ndarray, items: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(store, np.ndarray):
+            rows = torch.from_numpy(np.ascontiguousarray(store[items.cpu().numpy()]))
+        else:
+            rows = store[items.to(store.device)]
+        return rows.to(self.device, dtype=dtype, non_blocking=True)
+
+    def lookup(self, batch: SequenceBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Cached prefixes of the batch's distinct items (None for an encoder without a cache)."""
+        items = batch.unique_items
+        text = self._rows(self.text_prefix, items, torch.float32) if self.text_prefix is not None else None
+        image = self._rows(self.image_prefix, items, torch.float32) if self.image_prefix is not None else None
+        return text, image
+
+    @torch.inference_mode()
+    def item_table(self, model: PMMRec, batch_size: int = 256) -> torch.Tensor:
+        """The catalogue embedding table, running only the trainable tops on cached prefixes."""
+        assert self._collator is not None
+        was_training = model.training
+        model.eval()
+        table = torch.zeros(self._num_items + 1, model.dim, device=self.device)
+        for start in range(1, self._num_items + 1, batch_size):
+            indices = list(range(start, min(start + batch_size, self._num_items + 1)))
+            batch = self._collator.collate_items(indices, include_images=not self.caches_image)
+            items = batch.items
+            text_prefix = self._rows(self.text_prefix, items, torch.float32) if self.caches_text else None
+            image_prefix = self._rows(self.image_prefix, items, torch.float32) if self.caches_image else None
+            batch = batch.to(self.device)
+            encoded = model.encode_items(
+                batch.text_ids,
+                batch.text_mask,
+                batch.pixel_values,
+                item_indices=batch.items,
+                text_prefix=text_prefix,
+                image_prefix=image_prefix,
+            )
+            table[batch.items] = encoded.embeddings.float()
+        model.train(was_training)
+        return table
+
+
+def _has_frozen_prefix(encoder: torch.nn.Module) -> bool:
+    return bool(getattr(encoder, "frozen_depth", 0)) and not getattr(encoder.config, "train_embeddings", False)
+
+
+def _input_digest(tensor: torch.Tensor | None) -> bytes:
+    if tensor is None:
+        return b""
+    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).digest()
+
+
+@torch.inference_mode()
+def _compute(
+    run: object,
+    collator: BatchCollator,
+    num_items: int,
+    device: torch.device,
+    batch_size: int,
+    memory_budget: int,
+    cache_dir: Path | None,
+    label: str,
+    key: str,
+) -> torch.Tensor | np.ndarray:
+    from pmmrec.inference import cache_root
+
+    folder = cache_dir or cache_root() / "prefix"
+    path = folder / f"{label}-{key[:32]}"
+    if Path(str(path) + ".npy").is_file():  # same frozen weights and inputs: reuse
+        return np.load(str(path) + ".npy", mmap_mode="r")
+    store: torch.Tensor | np.ndarray | None = None
+    for start in range(1, num_items + 1, batch_size):
+        indices = list(range(start, min(start + batch_size, num_items + 1)))
+        batch = collator.collate_items(indices, include_images=label == "image").to(device)
+        out = run(batch).float()  # type: ignore[operator]
+        if store is None:
+            shape = (num_items + 1, *out.shape[1:])
+            nbytes = int(np.prod(shape)) * 4
+            if nbytes > memory_budget:
+                folder.mkdir(parents=True, exist_ok=True)
+                memmap = np.lib.format.open_memmap(str(path) + ".tmp.npy", mode="w+", dtype=np.float16, shape=shape)
+                store = memmap
+            else:
+                store = torch.zeros(shape, dtype=torch.float32, device=device)
+        if isinstance(store, np.ndarray):
+            store[indices] = out.cpu().numpy().astype(np.float16)
+        else:
+            store[torch.as_tensor(indices, device=device)] = out
+    assert store is not None
+    if isinstance(store, np.memmap):
+        store.flush()
+        os.replace(str(path) + ".tmp.npy", str(path) + ".npy")
+        store = np.load(str(path) + ".npy", mmap_mode="r")
+    return store
