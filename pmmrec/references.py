@@ -88,10 +88,20 @@ def format_hub_reference(repo_id: str, revision: str | None = None) -> str:
 
 
 def hub_is_offline() -> bool:
-    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE)."""
+    """Whether the Hub is off limits: HF_HUB_OFFLINE read now (huggingface_hub reads it once, at import)."""
     from huggingface_hub import constants
 
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
     return bool(constants.is_offline_mode())
+
+
+def hub_cache_dir(explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The Hub cache to use: an explicit folder, else HF_HUB_CACHE read now, else huggingface_hub's default."""
+    if explicit is not None:
+        return str(explicit)
+    return os.environ.get("HF_HUB_CACHE") or None
 
 
 def resolve_reference(
@@ -120,7 +130,7 @@ def _resolve_hub(reference: Reference, cache_dir: str | os.PathLike[str] | None)
         folder = snapshot_download(
             reference.repo_id,
             revision=reference.revision,
-            cache_dir=cache_dir,
+            cache_dir=hub_cache_dir(cache_dir),
             etag_timeout=5,
             local_files_only=offline,
         )

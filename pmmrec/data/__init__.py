@@ -1,0 +1,79 @@
+"""Datasets: folder format, MovieLens-100K builder, image LMDB, reference import, split and training loaders."""
+
+from __future__ import annotations
+
+from pmmrec.data.dataset import (
+    DATASET_FORMAT_VERSION,
+    IMAGE_KINDS,
+    SYNTHETIC_IMAGE_NOTE,
+    Dataset,
+    ImageSource,
+    check_dataset,
+    dataset_statistics,
+    format_statistics,
+    load_dataset,
+    read_items_tsv,
+    read_users_tsv,
+    write_dataset,
+)
+from pmmrec.data.image_store import (
+    DEFAULT_IMAGE_SIZE,
+    ImageBuildReport,
+    ImageStore,
+    build_image_lmdb,
+    decode_image_value,
+    encode_image_value,
+    resize_and_center_crop,
+)
+from pmmrec.data.loading import (
+    BatchCollator,
+    EvalBatch,
+    EvalSample,
+    EvalSequences,
+    ItemBatch,
+    SequenceBatch,
+    TrainSequences,
+    tokenize_catalogue,
+)
+from pmmrec.data.movielens import TARGET_GENRES, build_movielens, locate_movielens, read_movielens
+from pmmrec.data.reference_import import import_reference
+from pmmrec.data.split import LeaveOneOutSplit, leave_one_out
+from pmmrec.data.synthetic_images import render_synthetic_image
+
+__all__ = [
+    "DATASET_FORMAT_VERSION",
+    "DEFAULT_IMAGE_SIZE",
+    "IMAGE_KINDS",
+    "SYNTHETIC_IMAGE_NOTE",
+    "TARGET_GENRES",
+    "BatchCollator",
+    "Dataset",
+    "EvalBatch",
+    "EvalSample",
+    "EvalSequences",
+    "ImageBuildReport",
+    "ImageSource",
+    "ImageStore",
+    "ItemBatch",
+    "LeaveOneOutSplit",
+    "SequenceBatch",
+    "TrainSequences",
+    "build_image_lmdb",
+    "build_movielens",
+    "check_dataset",
+    "dataset_statistics",
+    "decode_image_value",
+    "encode_image_value",
+    "format_statistics",
+    "import_reference",
+    "leave_one_out",
+    "load_dataset",
+    "locate_movielens",
+    "read_items_tsv",
+    "read_movielens",
+    "read_users_tsv",
+    "render_synthetic_image",
+    "resize_and_center_crop",
+    "tokenize_catalogue",
+    "write_dataset",
+]

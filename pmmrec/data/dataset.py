@@ -1,0 +1,517 @@
+"""The dataset folder: strict parsers, writer, loader, validator and statistics.
+
+A dataset is a folder holding
+
+- ``items.tsv``: ``item_id<TAB>text`` per line; catalogue order is file order (catalogue index = line position + 1,
+  0 is padding);
+- ``users.tsv``: ``user_id<TAB>item item item ...`` per line, oldest interaction first;
+- ``images.lmdb`` (optional): item images in the format of :mod:`pmmrec.data.image_store`;
+- ``dataset.json``: name, counts, provenance, image kind (none, synthetic or real), preprocessing parameters and
+  the sha256 of every file.
+
+Files are UTF-8 (a leading BOM and CRLF line ends are accepted). Every error names the file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore, build_image_lmdb_into
+from pmmrec.errors import DatasetError, PmmrecError
+from pmmrec.fileio import atomic_directory, atomic_file, sha256_file, write_json
+
+DATASET_FORMAT = "pmmrec-dataset"
+DATASET_FORMAT_VERSION = 1
+ITEMS_FILE = "items.tsv"
+USERS_FILE = "users.tsv"
+IMAGES_DIR = "images.lmdb"
+INFO_FILE = "dataset.json"
+IMAGES_DATA_FILE = f"{IMAGES_DIR}/{LMDB_DATA_FILE}"
+IMAGE_KINDS: tuple[str, ...] = ("none", "synthetic", "real")
+SYNTHETIC_IMAGE_NOTE = (
+    "images are SYNTHETIC (drawn by pmmrec from each item's title and genres), not real item pictures; "
+    "results obtained with them say nothing about real images"
+)
+MAX_ID_BYTES = 511  # the longest key an LMDB accepts
+_UTF8_BOM = b"\xef\xbb\xbf"
+_FORBIDDEN_IN_ID = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+@dataclass
+class Dataset:
+    """A loaded, validated dataset folder; sequences hold 1-based catalogue indices, oldest first."""
+
+    root: Path
+    name: str
+    item_ids: list[str]
+    item_texts: list[str]
+    user_ids: list[str]
+    sequences: list[np.ndarray]
+    images_path: Path | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_items(self) -> int:
+        """Number of catalogue items (padding index 0 not counted)."""
+        return len(self.item_ids)
+
+    @property
+    def num_users(self) -> int:
+        """Number of users (sequences)."""
+        return len(self.user_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        """Total length of all sequences."""
+        return int(sum(len(sequence) for sequence in self.sequences))
+
+    @property
+    def image_kind(self) -> str:
+        """'none', 'synthetic' or 'real', as dataset.json records it."""
+        return str(self.info.get("images", "none"))
+
+    def item_index(self) -> dict[str, int]:
+        """Map item id -> catalogue index (1-based)."""
+        return {item_id: position + 1 for position, item_id in enumerate(self.item_ids)}
+
+    def image_store(self) -> ImageStore | None:
+        """A lazily opened reader of the dataset's images, or None without images."""
+        return None if self.images_path is None else ImageStore(self.images_path)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """How a dataset writer obtains item images: `fetch(item_id)` gives HxWx3 uint8 pixels or None."""
+
+    kind: str
+    fetch: Callable[[str], np.ndarray | None]
+    size: int
+    payload_format: str = "png"
+    allow_missing: bool = False
+    note: str | None = None
+
+
+def _iter_lines(path: Path, label: str) -> Iterator[tuple[int, str]]:
+    """Yield (line number, decoded line) with BOM and CR/LF removed; invalid UTF-8 names the line."""
+    try:
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, _decode_line(raw, number, label)
+    except OSError as exc:
+        raise DatasetError(f"{label}: cannot read {path} ({exc.strerror or exc})") from exc
+
+
+def _decode_line(raw: bytes, number: int, label: str) -> str:
+    if number == 1 and raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM) :]
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{label} line {number}: invalid UTF-8 (byte {exc.start} of the line)") from exc
+
+
+def validate_identifier(value: str, what: str, where: str) -> None:
+    """Refuse empty ids, ids holding whitespace or control characters, and ids too long for an LMDB key."""
+    if not value:
+        raise DatasetError(f"{where}: empty {what}")
+    bad = _FORBIDDEN_IN_ID.search(value)
+    if bad:
+        raise DatasetError(f"{where}: {what} {value!r} contains whitespace or control character {bad.group()!r}")
+    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise DatasetError(f"{where}: {what} is longer than {MAX_ID_BYTES} bytes")
+
+
+def validate_text(value: str, where: str) -> None:
+    """Refuse empty texts and texts holding tabs, line breaks or other control characters."""
+    if not value.strip():
+        raise DatasetError(f"{where}: empty item text")
+    bad = _FORBIDDEN_IN_TEXT.search(value)
+    if bad:
+        raise DatasetError(f"{where}: item text contains control character {bad.group()!r}")
+
+
+def read_items_tsv(path: Path | str, label: str | None = None) -> tuple[list[str], list[str]]:
+    """Parse `item_id<TAB>text` lines into (item ids, texts) in file order; errors name file and line."""
+    path = Path(path)
+    label = label or path.name
+    item_ids: list[str] = []
+    texts: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in _iter_lines(path, label):
+        where = f"{label} line {number}"
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DatasetError(f"{where}: expected 2 tab-separated fields (item_id, text), found {len(fields)}")
+        item_id, text = fields
+        validate_identifier(item_id, "item id", where)
+        validate_text(text, where)
+        if item_id in first_line:
+            raise DatasetError(f"{where}: duplicate item id {item_id!r} (first on line {first_line[item_id]})")
+        first_line[item_id] = number
+        item_ids.append(item_id)
+        texts.append(text.strip())
+    if not item_ids:
+        raise DatasetError(f"{label}: no items")
+    return item_ids, texts
+
+
+def read_users_tsv(
+    path: Path | str, item_index: dict[str, int], label: str | None = None, items_label: str = ITEMS_FILE
+) -> tuple[list[str], list[np.ndarray]]:
+    """Parse `user_id<TAB>item item ...` lines into (user ids, int64 catalogue-index sequences, oldest first)."""
+    path = Path(path)
+    label = label or path.name
+    user_ids: list[str] = []
+    sequences: list[np.ndarray] = []
+    first_line: dict[str, int] = {}
+    for number, line in _iter_lines(path, label):
+        where = f"{label} line {number}"
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DatasetError(f"{where}: expected 2 tab-separated fields (user_id, items), found {len(fields)}")
+        user_id, items_field = fields
+        validate_identifier(user_id, "user id", where)
+        if user_id in first_line:
+            raise DatasetError(f"{where}: duplicate user id {user_id!r} (first on line {first_line[user_id]})")
+        tokens = [token for token in items_field.split(" ") if token]
+        if not tokens:
+            raise DatasetError(f"{where}: user {user_id!r} has no items")
+        indices = np.empty(len(tokens), dtype=np.int64)
+        for position, token in enumerate(tokens):
+            index = item_index.get(token)
+            if index is None:
+                raise DatasetError(f"{where}: unknown item id {token!r} (not in {items_label})")
+            indices[position] = index
+        first_line[user_id] = number
+        user_ids.append(user_id)
+        sequences.append(indices)
+    if not user_ids:
+        raise DatasetError(f"{label}: no users")
+    return user_ids, sequences
+
+
+def _read_info(root: Path) -> dict[str, Any]:
+    """Parse and type-check dataset.json."""
+    path = root / INFO_FILE
+    if not path.is_file():
+        raise DatasetError(f"{root}: no {INFO_FILE}; not a pmmrec dataset folder")
+    try:
+        raw = path.read_bytes()
+        info = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{INFO_FILE}: invalid UTF-8 ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{INFO_FILE} line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except OSError as exc:
+        raise DatasetError(f"{INFO_FILE}: cannot read ({exc})") from exc
+    if not isinstance(info, dict):
+        raise DatasetError(f"{INFO_FILE}: top level must be a JSON object")
+    if info.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{INFO_FILE}: 'format' must be {DATASET_FORMAT!r}, found {info.get('format')!r}")
+    if info.get("format_version") != DATASET_FORMAT_VERSION:
+        raise DatasetError(
+            f"{INFO_FILE}: format_version {info.get('format_version')!r} is not supported "
+            f"(this pmmrec reads version {DATASET_FORMAT_VERSION})"
+        )
+    if not isinstance(info.get("name"), str) or not info["name"]:
+        raise DatasetError(f"{INFO_FILE}: 'name' must be a non-empty string")
+    counts = info.get("counts")
+    if not isinstance(counts, dict):
+        raise DatasetError(f"{INFO_FILE}: 'counts' must be an object")
+    for key in ("users", "items", "interactions"):
+        if not isinstance(counts.get(key), int) or isinstance(counts.get(key), bool):
+            raise DatasetError(f"{INFO_FILE}: 'counts.{key}' must be an integer")
+    if info.get("images") not in IMAGE_KINDS:
+        raise DatasetError(f"{INFO_FILE}: 'images' must be one of {list(IMAGE_KINDS)}, found {info.get('images')!r}")
+    without = info.get("items_without_images", [])
+    if not isinstance(without, list) or not all(isinstance(item, str) for item in without):
+        raise DatasetError(f"{INFO_FILE}: 'items_without_images' must be a list of item ids")
+    files = info.get("files")
+    if not isinstance(files, dict):
+        raise DatasetError(f"{INFO_FILE}: 'files' must be an object")
+    for name, entry in files.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise DatasetError(f"{INFO_FILE}: files[{name!r}] must be an object with a 'sha256' string")
+    return info
+
+
+def _verify_hashes(root: Path, info: dict[str, Any]) -> None:
+    """Compare every file listed in dataset.json with its recorded sha256."""
+    files: dict[str, dict[str, Any]] = info["files"]
+    required = [ITEMS_FILE, USERS_FILE] + ([IMAGES_DATA_FILE] if info["images"] != "none" else [])
+    for name in required:
+        if name not in files:
+            raise DatasetError(f"{INFO_FILE}: 'files' does not list {name}")
+    for name, entry in files.items():
+        target = root / name
+        if not target.resolve().is_relative_to(root.resolve()):
+            raise DatasetError(f"{INFO_FILE}: files[{name!r}] points outside the dataset folder")
+        if not target.is_file():
+            raise DatasetError(f"{INFO_FILE}: lists {name}, which is missing from {root}")
+        actual = sha256_file(target)
+        if actual != entry["sha256"]:
+            raise DatasetError(
+                f"{INFO_FILE}: sha256 mismatch for {name}: recorded {entry['sha256'][:16]}..., "
+                f"file has {actual[:16]}... (the file changed after the dataset was written)"
+            )
+
+
+def _check_counts(info: dict[str, Any], item_ids: list[str], user_ids: list[str], sequences: list[np.ndarray]) -> None:
+    counts = info["counts"]
+    actual = {
+        "items": (len(item_ids), ITEMS_FILE),
+        "users": (len(user_ids), USERS_FILE),
+        "interactions": (int(sum(len(sequence) for sequence in sequences)), USERS_FILE),
+    }
+    for key, (value, file_name) in actual.items():
+        if counts[key] != value:
+            raise DatasetError(f"{INFO_FILE}: counts.{key} is {counts[key]} but {file_name} has {value}")
+
+
+def _check_image_coverage(root: Path, info: dict[str, Any], item_ids: list[str]) -> Path | None:
+    """Every item not declared image-less must have an LMDB entry; return the LMDB path or None."""
+    images_dir = root / IMAGES_DIR
+    if info["images"] == "none":
+        if images_dir.exists():
+            raise DatasetError(f"{IMAGES_DIR}: present, but {INFO_FILE} says images: none")
+        return None
+    if not (images_dir / LMDB_DATA_FILE).is_file():
+        raise DatasetError(f"{IMAGES_DIR}: missing, but {INFO_FILE} says images: {info['images']}")
+    declared_missing = set(info.get("items_without_images", []))
+    known = set(item_ids)
+    for item_id in declared_missing:
+        if item_id not in known:
+            raise DatasetError(f"{INFO_FILE}: items_without_images names {item_id!r}, which is not in {ITEMS_FILE}")
+    stored = set(ImageStore(images_dir).keys())
+    for line, item_id in enumerate(item_ids, start=1):
+        if item_id not in declared_missing and item_id not in stored:
+            raise DatasetError(
+                f"{IMAGES_DIR}: no image for item {item_id!r} ({ITEMS_FILE} line {line}); "
+                f"add it or list it in {INFO_FILE} items_without_images"
+            )
+    return images_dir
+
+
+def load_dataset(root: Path | str, verify_hashes: bool = True) -> Dataset:
+    """Read and validate a dataset folder; raise DatasetError naming the file (and line) at fault."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
+    info = _read_info(root)
+    item_ids, item_texts = read_items_tsv(root / ITEMS_FILE, ITEMS_FILE)
+    index = {item_id: position + 1 for position, item_id in enumerate(item_ids)}
+    user_ids, sequences = read_users_tsv(root / USERS_FILE, index, USERS_FILE)
+    if verify_hashes:
+        _verify_hashes(root, info)
+    _check_counts(info, item_ids, user_ids, sequences)
+    images_path = _check_image_coverage(root, info, item_ids)
+    return Dataset(
+        root=root,
+        name=info["name"],
+        item_ids=item_ids,
+        item_texts=item_texts,
+        user_ids=user_ids,
+        sequences=sequences,
+        images_path=images_path,
+        info=info,
+    )
+
+
+def dataset_statistics(dataset: Dataset) -> dict[str, Any]:
+    """Counts, sequence-length summary and image coverage of a loaded dataset (images not decoded)."""
+    lengths = np.array([len(sequence) for sequence in dataset.sequences], dtype=np.int64)
+    seen = np.zeros(dataset.num_items + 1, dtype=bool)
+    repeats = 0
+    for sequence in dataset.sequences:
+        seen[sequence] = True
+        repeats += len(sequence) - len(np.unique(sequence))
+    declared_missing = set(dataset.info.get("items_without_images", []))
+    with_images = 0 if dataset.images_path is None else dataset.num_items - len(declared_missing)
+    interactions = int(lengths.sum())
+    return {
+        "name": dataset.name,
+        "users": dataset.num_users,
+        "items": dataset.num_items,
+        "interactions": interactions,
+        "density": interactions / (dataset.num_users * dataset.num_items),
+        "sequence_length": {
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+        },
+        "items_without_interactions": int(dataset.num_items - seen[1:].sum()),
+        "repeated_interactions": int(repeats),
+        "images": dataset.image_kind,
+        "items_with_images": with_images,
+        "image_share": with_images / dataset.num_items,
+        "image_size": dataset.info.get("image_size"),
+        "image_note": SYNTHETIC_IMAGE_NOTE if dataset.image_kind == "synthetic" else None,
+    }
+
+
+def check_dataset(root: Path | str) -> dict[str, Any]:
+    """Fully validate a dataset folder (hashes, parsers, counts, every image decoded) and return its statistics."""
+    dataset = load_dataset(root, verify_hashes=True)
+    stats = dataset_statistics(dataset)
+    if dataset.images_path is not None:
+        store = ImageStore(dataset.images_path)
+        declared_missing = set(dataset.info.get("items_without_images", []))
+        size = dataset.info.get("image_size")
+        for line, item_id in enumerate(dataset.item_ids, start=1):
+            if item_id in declared_missing:
+                continue
+            try:
+                pixels = store.get(item_id)
+            except DatasetError as exc:
+                raise DatasetError(
+                    f"{IMAGES_DIR}: undecodable image for item {item_id!r} ({ITEMS_FILE} line {line}): {exc}"
+                ) from exc
+            if pixels is None:  # coverage was checked by load_dataset; kept for a file changed meanwhile
+                raise DatasetError(f"{IMAGES_DIR}: no image for item {item_id!r} ({ITEMS_FILE} line {line})")
+            if isinstance(size, int) and pixels.shape[:2] != (size, size):
+                raise DatasetError(
+                    f"{IMAGES_DIR}: image of item {item_id!r} ({ITEMS_FILE} line {line}) is "
+                    f"{pixels.shape[0]}x{pixels.shape[1]}, {INFO_FILE} says {size}x{size}"
+                )
+    return stats
+
+
+def format_statistics(stats: dict[str, Any]) -> str:
+    """A two-column text table of `stats` as returned by check_dataset; says so when images are synthetic."""
+    lengths = stats["sequence_length"]
+    images = stats["images"]
+    if images == "none":
+        image_line = "none"
+    else:
+        image_line = f"{images.upper() if images == 'synthetic' else images}, {stats['items_with_images']:,} items"
+        if stats.get("image_size"):
+            image_line += f", {stats['image_size']}x{stats['image_size']}"
+    rows = [
+        ("dataset", str(stats["name"])),
+        ("users", f"{stats['users']:,}"),
+        ("items", f"{stats['items']:,}"),
+        ("interactions", f"{stats['interactions']:,}"),
+        ("density", f"{stats['density']:.4%}"),
+        (
+            "sequence length",
+            f"min {lengths['min']}, median {lengths['median']:g}, mean {lengths['mean']:.1f}, max {lengths['max']}",
+        ),
+        ("items never interacted", f"{stats['items_without_interactions']:,}"),
+        ("repeated interactions", f"{stats['repeated_interactions']:,}"),
+        ("images", image_line),
+        ("share of items with images", f"{stats['image_share']:.1%}"),
+    ]
+    width = max(len(label) for label, _value in rows)
+    lines = [f"{label.ljust(width)}  {value}" for label, value in rows]
+    if stats.get("image_note"):
+        lines.append(f"note: {stats['image_note']}")
+    return "\n".join(lines)
+
+
+def _write_bytes(path: Path, payload: bytes) -> None:
+    with atomic_file(path, mode="wb") as handle:
+        handle.write(payload)
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def write_dataset(
+    out: Path | str,
+    *,
+    name: str,
+    item_ids: Sequence[str],
+    item_texts: Sequence[str],
+    user_ids: Sequence[str],
+    user_items: Sequence[Sequence[str]],
+    provenance: dict[str, Any],
+    preprocessing: dict[str, Any],
+    images: ImageSource | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete dataset folder atomically and validate it before it appears at `out`.
+
+    `user_items` holds each user's item ids, oldest first. An existing `out` is refused unless `overwrite`.
+    """
+    out = Path(out)
+    if len(item_ids) != len(item_texts) or len(user_ids) != len(user_items):
+        raise DatasetError("write_dataset: ids and texts (or users and sequences) differ in length")
+    item_lines: list[str] = []
+    for position, (item_id, text) in enumerate(zip(item_ids, item_texts, strict=True), start=1):
+        where = f"{ITEMS_FILE} line {position}"
+        validate_identifier(item_id, "item id", where)
+        validate_text(text, where)
+        item_lines.append(f"{item_id}\t{text.strip()}\n")
+    user_lines = [f"{user_id}\t{' '.join(items)}\n" for user_id, items in zip(user_ids, user_items, strict=True)]
+    interactions = sum(len(items) for items in user_items)
+    try:
+        with atomic_directory(out, overwrite=overwrite) as staging:
+            _write_bytes(staging / ITEMS_FILE, "".join(item_lines).encode("utf-8"))
+            _write_bytes(staging / USERS_FILE, "".join(user_lines).encode("utf-8"))
+            files = {ITEMS_FILE: _file_entry(staging / ITEMS_FILE), USERS_FILE: _file_entry(staging / USERS_FILE)}
+            info: dict[str, Any] = {
+                "format": DATASET_FORMAT,
+                "format_version": DATASET_FORMAT_VERSION,
+                "name": name,
+                "counts": {"users": len(user_ids), "items": len(item_ids), "interactions": interactions, "images": 0},
+                "images": "none",
+                "image_note": None,
+                "image_size": None,
+                "items_without_images": [],
+                "provenance": provenance,
+                "preprocessing": preprocessing,
+            }
+            if images is not None:
+                report = build_image_lmdb_into(
+                    staging / IMAGES_DIR,
+                    list(item_ids),
+                    images.fetch,
+                    images.payload_format,
+                    images.allow_missing,
+                    f"{name} images",
+                )
+                files[IMAGES_DATA_FILE] = _file_entry(staging / IMAGES_DATA_FILE)
+                info.update(
+                    images=images.kind,
+                    image_note=images.note or (SYNTHETIC_IMAGE_NOTE if images.kind == "synthetic" else None),
+                    image_size=images.size,
+                    items_without_images=report.failed,
+                )
+                info["counts"]["images"] = len(report.stored)
+            info["files"] = files
+            write_json(staging / INFO_FILE, info)
+            load_dataset(staging, verify_hashes=True)
+    except DatasetError:
+        raise
+    except PmmrecError as exc:  # atomic_directory refusing an existing folder
+        raise DatasetError(str(exc)) from exc
+    return out
+
+
+def attach_images(root: Path, kind: str, items_without_images: list[str], image_size: int) -> None:
+    """Record a freshly built `root/images.lmdb` in dataset.json (kind, size, gaps, hash) and revalidate."""
+    if kind not in IMAGE_KINDS or kind == "none":
+        raise DatasetError(f"image kind must be 'synthetic' or 'real', got {kind!r}")
+    info = _read_info(root)
+    info["images"] = kind
+    info["image_note"] = SYNTHETIC_IMAGE_NOTE if kind == "synthetic" else None
+    info["image_size"] = image_size
+    info["items_without_images"] = list(items_without_images)
+    info["counts"]["images"] = int(info["counts"]["items"]) - len(items_without_images)
+    info["files"][IMAGES_DATA_FILE] = _file_entry(root / IMAGES_DATA_FILE)
+    write_json(root / INFO_FILE, info)
+    load_dataset(root, verify_hashes=True)

@@ -1,0 +1,263 @@
+"""MovieLens-100K read from the installed `recbole==1.2.1` wheel, whole or split into two transfer domains.
+
+The wheel is located with `importlib.util.find_spec`, which finds a top-level package without executing it:
+recbole itself is never imported (its imports pull heavy packages). GroupLens' terms forbid redistributing the
+data, so pmmrec ships none of it and the built folders must not be committed or published.
+
+Domain split (deterministic, documented in docs/datasets.md):
+
+- an item belongs to the *target* domain when its genres include any of TARGET_GENRES (Fantasy, Horror, Sci-Fi),
+  otherwise to the *source* domain;
+- a user belongs to the *target* domain when sha256(user id as UTF-8), read as a big-endian integer, is odd,
+  otherwise to the *source* domain;
+- each user keeps only the interactions with items of their own domain, and users left with fewer than
+  MIN_DOMAIN_INTERACTIONS interactions are dropped; each domain's catalogue is the items its users interacted with.
+
+Item sets and user sets of the two domains are therefore disjoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pmmrec.data.dataset import ImageSource, write_dataset
+from pmmrec.data.image_store import DEFAULT_IMAGE_SIZE
+from pmmrec.data.synthetic_images import render_synthetic_image
+from pmmrec.errors import DatasetError
+
+RECBOLE_REQUIREMENT = "recbole==1.2.1"
+INSTALL_HINT = (
+    f"install the wheel that carries MovieLens-100K without its dependencies: "
+    f"pip install --no-deps {RECBOLE_REQUIREMENT}"
+)
+EXPECTED_COUNTS = {"users": 943, "items": 1682, "interactions": 100_000}
+TARGET_GENRES: tuple[str, ...] = ("Fantasy", "Horror", "Sci-Fi")
+MIN_DOMAIN_INTERACTIONS = 5
+DOMAINS: tuple[str, ...] = ("all", "source", "target")
+IMAGE_MODES: tuple[str, ...] = ("none", "synthetic")
+DATASET_NAMES = {"all": "ml-100k", "source": "ml-100k-source", "target": "ml-100k-target"}
+LICENCE_NOTE = (
+    "MovieLens-100K, GroupLens Research (https://grouplens.org/datasets/movielens/100k/): its terms forbid "
+    "redistribution; keep this folder private and never commit it"
+)
+_UNKNOWN_TITLES = {"unknown", "unkonwn"}
+
+
+@dataclass(frozen=True)
+class MovieLensItem:
+    """One movie as the wheel describes it."""
+
+    item_id: str
+    title: str
+    year: str
+    genres: tuple[str, ...]
+
+    def display_title(self) -> str:
+        """'Title (year)', with an unknown title or a non-year release field left out."""
+        title = "Unknown title" if self.title.strip().lower() in _UNKNOWN_TITLES else self.title.strip()
+        year = f" ({self.year})" if self.year.isdigit() and len(self.year) == 4 else ""
+        return f"{title}{year}"
+
+    def text(self) -> str:
+        """Item text: 'Title (year). Genres: A, B.'; unknown title, year or genre parts are left out."""
+        genres = [genre for genre in self.genres if genre != "unknown"]
+        genre_part = f" Genres: {', '.join(genres)}." if genres else ""
+        return f"{self.display_title()}.{genre_part}"
+
+
+@dataclass(frozen=True)
+class MovieLensData:
+    """Parsed MovieLens-100K: movies in file order and each user's item ids sorted by (timestamp, file order)."""
+
+    items: list[MovieLensItem]
+    user_items: dict[str, list[str]]
+    provenance: dict[str, Any]
+
+
+def locate_movielens() -> Path:
+    """The ml-100k folder inside the installed recbole wheel (found without importing recbole)."""
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(
+            f"MovieLens-100K is read from the {RECBOLE_REQUIREMENT} wheel, which is not installed; {INSTALL_HINT}"
+        )
+    for location in spec.submodule_search_locations:
+        folder = Path(location) / "dataset_example" / "ml-100k"
+        if (folder / "ml-100k.inter").is_file() and (folder / "ml-100k.item").is_file():
+            return folder
+    raise DatasetError(f"the installed recbole package has no dataset_example/ml-100k files; {INSTALL_HINT}")
+
+
+def _typed_columns(header: str, label: str, wanted: tuple[str, ...]) -> dict[str, int]:
+    """Column positions of `wanted` names in a RecBole typed header such as 'user_id:token'."""
+    names = [column.split(":", 1)[0] for column in header.split("\t")]
+    positions = {}
+    for name in wanted:
+        if name not in names:
+            raise DatasetError(f"{label} line 1: header lacks column {name!r} (found {names})")
+        positions[name] = names.index(name)
+    return positions
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path.name}: cannot read ({exc})") from exc
+
+
+def read_movielens(folder: Path | None = None) -> MovieLensData:
+    """Parse ml-100k.item and ml-100k.inter and check the well-known counts (943 / 1,682 / 100,000)."""
+    folder = folder or locate_movielens()
+    item_path, inter_path = folder / "ml-100k.item", folder / "ml-100k.inter"
+
+    item_lines = _read_lines(item_path)
+    columns = _typed_columns(item_lines[0], item_path.name, ("item_id", "movie_title", "release_year", "class"))
+    items: list[MovieLensItem] = []
+    for number, line in enumerate(item_lines[1:], start=2):
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) <= max(columns.values()):
+            raise DatasetError(f"{item_path.name} line {number}: expected {len(columns)} columns, found {len(fields)}")
+        items.append(
+            MovieLensItem(
+                item_id=fields[columns["item_id"]],
+                title=fields[columns["movie_title"]],
+                year=fields[columns["release_year"]],
+                genres=tuple(fields[columns["class"]].split()),
+            )
+        )
+    known_items = {item.item_id for item in items}
+
+    inter_lines = _read_lines(inter_path)
+    columns = _typed_columns(inter_lines[0], inter_path.name, ("user_id", "item_id", "timestamp"))
+    events: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
+    interactions = 0
+    for number, line in enumerate(inter_lines[1:], start=2):
+        if not line:
+            continue
+        fields = line.split("\t")
+        try:
+            user_id, item_id = fields[columns["user_id"]], fields[columns["item_id"]]
+            timestamp = float(fields[columns["timestamp"]])
+        except (IndexError, ValueError) as exc:
+            raise DatasetError(f"{inter_path.name} line {number}: malformed interaction ({exc})") from exc
+        if item_id not in known_items:
+            raise DatasetError(f"{inter_path.name} line {number}: unknown item id {item_id!r}")
+        events[user_id].append((timestamp, number, item_id))
+        interactions += 1
+
+    counts = {"users": len(events), "items": len(items), "interactions": interactions}
+    if counts != EXPECTED_COUNTS:
+        raise DatasetError(f"{folder}: MovieLens-100K should have {EXPECTED_COUNTS}, found {counts}; {INSTALL_HINT}")
+    user_items = {
+        user_id: [item_id for _time, _line, item_id in sorted(events[user_id])]
+        for user_id in sorted(events, key=_id_sort_key)
+    }
+    try:
+        recbole_version = importlib.metadata.version("recbole")
+    except importlib.metadata.PackageNotFoundError:
+        recbole_version = "unknown"
+    provenance = {
+        "source": "MovieLens-100K as shipped in the recbole wheel (dataset_example/ml-100k)",
+        "recbole_version": recbole_version,
+        "source_files": {
+            item_path.name: hashlib.sha256(item_path.read_bytes()).hexdigest(),
+            inter_path.name: hashlib.sha256(inter_path.read_bytes()).hexdigest(),
+        },
+        "licence": LICENCE_NOTE,
+    }
+    return MovieLensData(items=items, user_items=user_items, provenance=provenance)
+
+
+def _id_sort_key(value: str) -> tuple[int, int, str]:
+    """Numeric ids in numeric order, others after them in text order."""
+    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+
+
+def item_domain(genres: tuple[str, ...]) -> str:
+    """'target' when the genres include any of TARGET_GENRES, else 'source'."""
+    return "target" if set(genres) & set(TARGET_GENRES) else "source"
+
+
+def user_domain(user_id: str) -> str:
+    """'target' when sha256(user id) read as a big-endian integer is odd, else 'source'."""
+    return "target" if hashlib.sha256(user_id.encode("utf-8")).digest()[-1] & 1 else "source"
+
+
+def select_domain(data: MovieLensData, domain: str) -> tuple[list[MovieLensItem], dict[str, list[str]]]:
+    """The items (file order) and user sequences of one domain, or everything for domain 'all'."""
+    if domain not in DOMAINS:
+        raise DatasetError(f"unknown domain {domain!r}; use one of {list(DOMAINS)}")
+    if domain == "all":
+        return list(data.items), dict(data.user_items)
+    domain_items = {item.item_id for item in data.items if item_domain(item.genres) == domain}
+    user_items: dict[str, list[str]] = {}
+    for user_id, sequence in data.user_items.items():
+        if user_domain(user_id) != domain:
+            continue
+        kept = [item_id for item_id in sequence if item_id in domain_items]
+        if len(kept) >= MIN_DOMAIN_INTERACTIONS:
+            user_items[user_id] = kept
+    used = {item_id for sequence in user_items.values() for item_id in sequence}
+    return [item for item in data.items if item.item_id in used], user_items
+
+
+def build_movielens(
+    out: Path | str,
+    domain: str = "all",
+    images: str = "none",
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    overwrite: bool = False,
+    source_folder: Path | None = None,
+) -> Path:
+    """Write MovieLens-100K (or one transfer domain) as a dataset folder at `out`, optionally with synthetic images."""
+    if images not in IMAGE_MODES:
+        raise DatasetError(f"unknown image mode {images!r}; use one of {list(IMAGE_MODES)}")
+    data = read_movielens(source_folder)
+    items, user_items = select_domain(data, domain)
+    preprocessing: dict[str, Any] = {
+        "domain": domain,
+        "sequence_order": "timestamp ascending, ties in ml-100k.inter file order",
+        "item_text": "'<title> (<year>). Genres: <genre>, <genre>.' (unknown title/year/genre parts left out)",
+        "user_order": "numeric user id",
+        "item_order": "ml-100k.item file order",
+    }
+    if domain != "all":
+        preprocessing.update(
+            target_genres=list(TARGET_GENRES),
+            item_rule="target if the item's genres include any target genre, else source",
+            user_rule="target if sha256(user id) read as a big-endian integer is odd, else source",
+            min_domain_interactions=MIN_DOMAIN_INTERACTIONS,
+            catalogue="items interacted with by the domain's kept users",
+        )
+    image_source = None
+    if images == "synthetic":
+        by_id = {item.item_id: item for item in items}
+
+        def fetch(item_id: str) -> np.ndarray:
+            item = by_id[item_id]
+            return render_synthetic_image(item_id, item.display_title(), item.genres, image_size)
+
+        image_source = ImageSource(kind="synthetic", fetch=fetch, size=image_size, payload_format="png")
+    return write_dataset(
+        out,
+        name=DATASET_NAMES[domain],
+        item_ids=[item.item_id for item in items],
+        item_texts=[item.text() for item in items],
+        user_ids=list(user_items),
+        user_items=list(user_items.values()),
+        provenance=data.provenance,
+        preprocessing=preprocessing,
+        images=image_source,
+        overwrite=overwrite,
+    )

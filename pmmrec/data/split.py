@@ -1,0 +1,77 @@
+"""Leave-one-out split by time, as the paper evaluates: last item = test target, second-last = validation target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pmmrec.errors import ConfigError
+
+MIN_SPLIT_LENGTH = 3  # one training item, one validation target, one test target
+
+
+@dataclass(frozen=True)
+class LeaveOneOutSplit:
+    """Per kept user (row r of each field belongs to Dataset user `user_rows[r]`).
+
+    train: sequence without its last two items (every next item is a training target);
+    valid_history / valid_target: the train sequence and the second-last item;
+    test_history / test_target: the sequence without its last item and the last item.
+    """
+
+    train: list[np.ndarray]
+    valid_history: list[np.ndarray]
+    valid_target: np.ndarray
+    test_history: list[np.ndarray]
+    test_target: np.ndarray
+    user_rows: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        """Number of users kept by the split."""
+        return len(self.user_rows)
+
+
+def leave_one_out(
+    sequences: Sequence[np.ndarray], min_length: int = MIN_SPLIT_LENGTH, max_history: int | None = None
+) -> LeaveOneOutSplit:
+    """Split chronological sequences; users shorter than `min_length` are dropped.
+
+    `max_history` keeps only each user's last `max_history` items before splitting (the paper uses
+    max_seq_len + 3); None keeps everything. Users are filtered on their full length, then truncated, as the
+    reference preprocessing does. Deterministic: no randomness involved.
+    """
+    if min_length < MIN_SPLIT_LENGTH:
+        raise ConfigError(
+            f"min_length must be at least {MIN_SPLIT_LENGTH} (train, validation and test need one item each), got {min_length}"
+        )
+    if max_history is not None and max_history < min_length:
+        raise ConfigError(f"max_history ({max_history}) must be at least min_length ({min_length})")
+    train: list[np.ndarray] = []
+    test_history: list[np.ndarray] = []
+    valid_target: list[int] = []
+    test_target: list[int] = []
+    rows: list[int] = []
+    for row, sequence in enumerate(sequences):
+        sequence = np.asarray(sequence, dtype=np.int64)
+        if sequence.ndim != 1:
+            raise ConfigError(f"sequence {row} is not one-dimensional")
+        if len(sequence) < min_length:
+            continue
+        if max_history is not None:
+            sequence = sequence[-max_history:]
+        train.append(sequence[:-2])
+        test_history.append(sequence[:-1])
+        valid_target.append(int(sequence[-2]))
+        test_target.append(int(sequence[-1]))
+        rows.append(row)
+    return LeaveOneOutSplit(
+        train=train,
+        valid_history=train,
+        valid_target=np.asarray(valid_target, dtype=np.int64),
+        test_history=test_history,
+        test_target=np.asarray(test_target, dtype=np.int64),
+        user_rows=np.asarray(rows, dtype=np.int64),
+    )

@@ -1,0 +1,61 @@
+"""Leave-one-out split on hand-made sequences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pmmrec.data import leave_one_out
+from pmmrec.errors import ConfigError
+
+
+def _arrays(*sequences: list[int]) -> list[np.ndarray]:
+    return [np.asarray(sequence, dtype=np.int64) for sequence in sequences]
+
+
+def test_split_targets_histories_and_dropped_users() -> None:
+    sequences = _arrays([1, 2, 3, 4, 5], [7, 8], [9, 3, 4], [6])
+    split = leave_one_out(sequences)
+    assert split.user_rows.tolist() == [0, 2]
+    assert [row.tolist() for row in split.train] == [[1, 2, 3], [9]]
+    assert [row.tolist() for row in split.valid_history] == [[1, 2, 3], [9]]
+    assert split.valid_target.tolist() == [4, 3]
+    assert [row.tolist() for row in split.test_history] == [[1, 2, 3, 4], [9, 3]]
+    assert split.test_target.tolist() == [5, 4]
+    assert split.valid_target.dtype == np.int64 and split.test_target.dtype == np.int64
+    assert split.num_users == 2
+
+
+def test_min_length_and_max_history() -> None:
+    sequences = _arrays([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4])
+    split = leave_one_out(sequences, min_length=5, max_history=5)
+    assert split.user_rows.tolist() == [0]
+    assert split.train[0].tolist() == [4, 5, 6]
+    assert split.valid_target.tolist() == [7]
+    assert split.test_history[0].tolist() == [4, 5, 6, 7]
+    assert split.test_target.tolist() == [8]
+
+
+def test_filter_uses_full_length_before_truncation() -> None:
+    split = leave_one_out(_arrays([1, 2, 3, 4, 5, 6]), min_length=6, max_history=6)
+    assert split.user_rows.tolist() == [0]
+
+
+def test_split_is_deterministic_and_does_not_mutate_input() -> None:
+    sequences = _arrays([3, 1, 2, 5], [4, 4, 4])
+    before = [sequence.copy() for sequence in sequences]
+    first, second = leave_one_out(sequences), leave_one_out(sequences)
+    assert all(np.array_equal(a, b) for a, b in zip(first.train, second.train, strict=True))
+    assert np.array_equal(first.test_target, second.test_target)
+    assert all(np.array_equal(a, b) for a, b in zip(sequences, before, strict=True))
+
+
+@pytest.mark.parametrize(("min_length", "max_history"), [(2, None), (3, 2), (0, None)])
+def test_invalid_options_are_refused(min_length: int, max_history: int | None) -> None:
+    with pytest.raises(ConfigError):
+        leave_one_out(_arrays([1, 2, 3]), min_length=min_length, max_history=max_history)
+
+
+def test_no_user_long_enough_gives_empty_split() -> None:
+    split = leave_one_out(_arrays([1, 2]))
+    assert split.num_users == 0 and split.test_target.shape == (0,)
