@@ -449,6 +449,20 @@ def recommend(
         typer.echo(f"{entry.rank:>3}  {entry.score:8.3f}  {entry.item_id}\t{entry.text}")
 
 
+@app.command("demo")
+@reports_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for data, runs, the local Hub cache and results.")] = Path("demo_out"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller settings: a few minutes on a laptop CPU.")] = False,
+    seed: Seed = None,
+    quiet: Quiet = False,
+) -> None:
+    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison."""
+    from pmmrec.demo import demo as run_demo
+
+    run_demo(out, quick=quick, seed=seed if seed is not None else 42, progress=not quiet)
+
+
 # --- data commands -------------------------------------------------------------------------
 
 
