@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pmmrec.data import Dataset, build_movielens, leave_one_out, load_dataset, write_dataset
+from pmmrec.errors import PmmrecError
 from pmmrec.evaluation import metrics_from_ranks, rank_targets
 from pmmrec.fileio import atomic_file, write_json
 from pmmrec.hub import publish_to_local_cache
@@ -135,7 +137,7 @@ def summarise(model_name: str, ranks: np.ndarray, cold: np.ndarray) -> dict[str,
         "hr@10": overall["hr@10"],
         "ndcg@10": overall["ndcg@10"],
         "mrr@10": overall["mrr@10"],
-        "users": int(len(ranks)),
+        "users": len(ranks),
     }
     if cold.any():
         cold_metrics = metrics_from_ranks(torch.as_tensor(ranks[cold]), (REPORT_K,))
@@ -185,7 +187,7 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str = "valida
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     values = [v for series in curves.values() for v in series]
-    top = max(values + [1e-6]) * 1.1
+    top = max([*values, 1e-6]) * 1.1
     epochs = max((len(series) for series in curves.values()), default=1)
     x_span, y_span = width - 2 * margin - 140, height - 2 * margin
     draw.line([(margin, margin), (margin, height - margin), (width - margin - 140, height - margin)], fill="black")
@@ -216,14 +218,28 @@ def plot_curves(curves: dict[str, list[float]], path: Path, title: str = "valida
         image.save(handle, format="PNG")
 
 
+MARKER = ".pmmrec-demo"
+DEMO_FOLDERS = ("data", "runs", "models", "hub-cache")
+
+
+def prepare_output(out: Path) -> Path:
+    """An empty or earlier demo folder; a previous demo's outputs are replaced, anything else is refused."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise PmmrecError(f"{out} is not empty and was not made by `pmmrec demo`; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by pmmrec demo; its contents are replaced by the next demo run\n", encoding="utf-8")
+    for name in DEMO_FOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    return out
+
+
 def demo(
     out: str | os.PathLike[str] = "demo_out", *, quick: bool = False, seed: int = 42, progress: bool = True
 ) -> dict[str, Any]:
     """Run the whole transfer story on MovieLens-100K; returns what results.json holds."""
     started = time.perf_counter()
     settings = DemoSettings.for_mode(quick, seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(Path(out))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     common = {"batch_size": settings.batch_size, "max_length": settings.max_length, "seed": settings.seed}
 
@@ -247,7 +263,6 @@ def demo(
         ModelSpec(modalities=["text"], dim=settings.dim),
         overrides={**common, "epochs": settings.pretrain_epochs, "patience": 2},
         progress=progress,
-        resume=(out / "runs" / "pretrain" / "checkpoints" / "last").is_dir(),
     )
 
     _say("3/5 publishing each component into a local Hub cache (tag v1) and using hub: references from here on")
@@ -273,21 +288,20 @@ def demo(
     rows["pmmrec-zero-shot"] = summarise(
         "pmmrec-zero-shot", test_ranks(PMMRec.from_pretrained(assembled_dir), target), cold
     )
+    # SASRec-ID learns every item vector from scratch: it gets SASRec's usual lr (1e-3), PMMRec the paper's 1e-4.
     runs = {
-        "sasrec-id": ModelSpec(item_tower="id", dim=settings.dim),
-        "pmmrec-scratch": ModelSpec(modalities=["text"], dim=settings.dim),
-        "pmmrec-transfer": ModelSpec(text=references["text"], user=references["user"]),
+        "sasrec-id": (ModelSpec(item_tower="id", dim=settings.dim), {"lr": 1e-3}),
+        "pmmrec-scratch": (ModelSpec(modalities=["text"], dim=settings.dim), {}),
+        "pmmrec-transfer": (ModelSpec(text=references["text"], user=references["user"]), {}),
     }
-    for name, spec in runs.items():
+    for name, (spec, extra) in runs.items():
         _say(f"   fine-tuning {name}")
-        run_dir = out / "runs" / name
         result = finetune(
             target_dir,
-            run_dir,
+            out / "runs" / name,
             spec,
-            overrides={**common, "epochs": settings.finetune_epochs},
+            overrides={**common, "epochs": settings.finetune_epochs, **extra},
             progress=progress,
-            resume=(run_dir / "checkpoints" / "last").is_dir(),
         )
         assert result.model is not None
         rows[name] = summarise(name, test_ranks(result.model, target), cold)
