@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PmmrecError(Exception):
     """Base class of every error pmmrec raises on bad input."""
@@ -25,3 +27,12 @@ class DatasetError(PmmrecError):
 
 class ConfigError(PmmrecError):
     """A configuration value or file is invalid."""
+
+
+def describe_validation_error(exc: Any) -> str:
+    """A pydantic ValidationError on one line: `field: problem; field: problem` (the CLI prints one line)."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ())) or "config"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems) or str(exc)

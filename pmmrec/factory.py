@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from pmmrec.components import (
     CLIPVisionEncoder,
     Component,
@@ -20,7 +22,7 @@ from pmmrec.components import (
     VisionOnlyConfig,
     VisionOnlyFusion,
 )
-from pmmrec.errors import ConfigError
+from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.references import is_hub_reference, parse_reference, resolve_reference
 
 ComponentKind = Literal["text", "vision", "fusion", "user", "id"]
@@ -70,8 +72,10 @@ def init_component(
             num_items,
             item_ids,
         )
+    except ValidationError as exc:
+        raise ConfigError(f"pmmrec init {kind}: {describe_validation_error(exc)}") from None
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"pmmrec init {kind}: {exc}") from None
+        raise ConfigError(f"pmmrec init {kind}: {' '.join(str(exc).split())}") from None
 
 
 def _init(

@@ -97,15 +97,18 @@ def push_folder(
     _check_publishable(folder)
     parse_reference(f"hub:{repo_id}" + (f"@{tag}" if tag else ""))
     api = api or HfApi(token=token)
-    api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message or f"pmmrec {__version__}: upload {folder.name}",
-    )
-    commit = getattr(info, "oid", None) or str(info)
-    if tag:
-        api.create_tag(repo_id=repo_id, tag=tag, revision=commit)
+    try:
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message or f"pmmrec {__version__}: upload {folder.name}",
+        )
+        commit = getattr(info, "oid", None) or str(info)
+        if tag:
+            api.create_tag(repo_id=repo_id, tag=tag, revision=commit)
+    except OSError as exc:  # HfHubHTTPError, OfflineModeIsEnabled and network errors are all OSErrors
+        raise PmmrecError(f"push of {folder} to {repo_id} failed: {type(exc).__name__}: {exc}") from None
     return commit
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,15 @@ def sanitise_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_backbone_config(config: dict[str, Any], allowed_types: set[str] | None = None) -> dict[str, Any]:
-    """Validate a backbone config dict: a known model_type and sizes within sane bounds."""
+    """Validate a backbone config dict: a known model_type and sizes within sane bounds.
+
+    Returns the dict as config.json will hold it (a JSON round trip: `id2label`'s integer keys become
+    strings), so a component's config equals the config of the same component reloaded.
+    """
+    try:
+        config = json.loads(json.dumps(config))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"backbone_config must be JSON-serialisable ({exc})") from None
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise ValueError("backbone_config.model_type must be a non-empty string")

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pmmrec import __version__
-from pmmrec.errors import ArtefactError
+from pmmrec.errors import ArtefactError, describe_validation_error
 from pmmrec.fileio import atomic_directory
 
 FORMAT_VERSION = 1
@@ -135,6 +135,7 @@ class Component(nn.Module):
                     "pmmrec_version": __version__,
                 },
             )
+            _sort_header_metadata(staging / WEIGHTS_FILE)
             self.save_extra_files(staging)
             (staging / CARD_FILE).write_text(render_model_card(self, card or {}), encoding="utf-8")
         return target
@@ -181,7 +182,9 @@ class Component(nn.Module):
         try:
             config = target_cls.config_class.model_validate(config_payload)
         except ValidationError as exc:
-            raise ArtefactError(f"{folder / CONFIG_FILE}: invalid config for {type_name!r}:\n{exc}") from None
+            raise ArtefactError(
+                f"{folder / CONFIG_FILE}: invalid config for {type_name!r}: {describe_validation_error(exc)}"
+            ) from None
         module = target_cls.build_for_loading(config, folder)
         load_weights_strictly(module, folder / WEIGHTS_FILE, expected_type=type_name)
         module.eval()
@@ -265,6 +268,28 @@ def load_weights_strictly(module: nn.Module, path: Path, *, expected_type: str) 
         raise ArtefactError(f"{path}: does not match the {expected_type!r} architecture: " + "; ".join(problems))
     with torch.no_grad():
         module.load_state_dict(tensors, strict=True)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, so equal weights give equal bytes.
+
+    safetensors serialises `__metadata__` from a hash map whose order changes from save to save; the
+    weights' sha256 (pinned in pmmrec.json) and the folder's commit id must not. Only the order within the
+    (same-length, space-padded) header changes; the rewrite is skipped if that would not hold.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not isinstance(metadata, dict):
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))
+        canonical = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(canonical) > size or json.loads(canonical) != json.loads(raw):
+            return
+        handle.seek(8)
+        handle.write(canonical.ljust(size, b" "))
 
 
 def _shorten(items: list[str], limit: int = 8) -> str:
