@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -28,17 +29,28 @@ app.add_typer(data_app, name="data")
 
 
 def reports_errors(command: F) -> F:
-    """Turn a PmmrecError into a one-line message on stderr and exit status 1, without a traceback."""
+    """Turn bad input (PmmrecError) and OS errors (missing file, full disk) into one line and exit status 1.
+
+    Set PMMREC_DEBUG=1 to see the traceback instead.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except PmmrecError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        except (PmmrecError, OSError) as exc:
+            if os.environ.get("PMMREC_DEBUG"):
+                raise
+            message = str(exc) if isinstance(exc, PmmrecError) else _describe_os_error(exc)
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 @app.command("version")
@@ -447,6 +459,28 @@ def recommend(
         return
     for entry in ranked:
         typer.echo(f"{entry.rank:>3}  {entry.score:8.3f}  {entry.item_id}\t{entry.text}")
+
+
+@app.command("serve")
+@reports_errors
+def serve(
+    model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
+    data: DataDir,
+    host: Annotated[str, typer.Option(help="Interface to listen on (the API has no authentication).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    threads: Annotated[int, typer.Option(help="torch threads per request (1: concurrent requests use separate cores).")] = 1,
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are rankable at once."""
+    from pmmrec.errors import ConfigError
+
+    try:
+        from pmmrec.serving import serve as run_server
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from None
+
+    run_server(model, data, host=host, port=port, device=device, progress=not quiet, threads=threads)
 
 
 @app.command("demo")

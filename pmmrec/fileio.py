@@ -15,6 +15,10 @@ from typing import Any
 from pmmrec.errors import PmmrecError
 
 
+class WriteError(PmmrecError, OSError):
+    """A write failed (full disk, permissions); the target was left as it was."""
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -48,9 +52,11 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError):
+            raise WriteError(f"could not write {target}: {exc.strerror or exc}; the previous file is unchanged") from exc
         raise
 
 
@@ -84,7 +90,11 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, trash / "old")
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                os.replace(trash / "old", target)  # put the previous version back
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             try:
@@ -94,6 +104,8 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
                     f"{target} was created by another writer while this one ran; nothing was mixed in"
                 ) from exc
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise WriteError(f"could not write {target}: {exc.strerror or exc}; nothing was changed there") from exc
         raise

@@ -321,8 +321,9 @@ def test_tampered_weights_fail_loudly(saved_model: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01
     weights.write_bytes(bytes(data))
-    Component.from_folder(saved_model / "fusion")  # the component alone still loads ...
-    with pytest.raises(ArtefactError) as info:  # ... but the model pins its hash
+    with pytest.raises(ArtefactError, match="does not match its checksum"):  # the component's own checksum ...
+        Component.from_folder(saved_model / "fusion")
+    with pytest.raises(ArtefactError) as info:  # ... and the model's pinned hash, checked first
         PMMRec.from_pretrained(saved_model)
     message = str(info.value)
     assert str(weights) in message

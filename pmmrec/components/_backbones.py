@@ -87,6 +87,8 @@ def resolve_backbone_location(backbone: str) -> tuple[str, str | None]:
         return str(module.get_model_path()), base_model
     if os.path.isdir(backbone):
         return str(Path(backbone).resolve()), None
+    if backbone.startswith((".", "/", "~")) or backbone.count("/") > 1 or os.path.exists(backbone):
+        raise FileNotFoundError(f"backbone {backbone!r}: no such folder (a hub id is ORG/NAME)")
     return backbone, backbone
 
 

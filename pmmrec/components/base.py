@@ -8,6 +8,7 @@ path), and loaded strictly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -133,6 +134,7 @@ class Component(nn.Module):
                     "pmmrec_type": self.type_name,
                     "format_version": str(FORMAT_VERSION),
                     "pmmrec_version": __version__,
+                    "pmmrec_tensors_sha256": tensors_digest(tensors),
                 },
             )
             _sort_header_metadata(staging / WEIGHTS_FILE)
@@ -266,8 +268,26 @@ def load_weights_strictly(module: nn.Module, path: Path, *, expected_type: str) 
         problems.append("wrong shapes " + _shorten(shape_errors))
     if problems:
         raise ArtefactError(f"{path}: does not match the {expected_type!r} architecture: " + "; ".join(problems))
+    stored_digest = metadata.get("pmmrec_tensors_sha256")
+    if stored_digest is not None and stored_digest != tensors_digest(tensors):
+        raise ArtefactError(f"{path}: tensor data does not match its checksum (the file is corrupted or was edited)")
     with torch.no_grad():
         module.load_state_dict(tensors, strict=True)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes in name order: detects flipped bits in the data."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(
+                tensor.view(torch.uint8).numpy().tobytes()
+                if tensor.dim()
+                else tensor.reshape(1).view(torch.uint8).numpy().tobytes()
+            )
+    return digest.hexdigest()
 
 
 def _sort_header_metadata(path: Path) -> None:
