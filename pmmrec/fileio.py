@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -87,7 +88,7 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
             for name in files:
                 with open(os.path.join(root, name), "rb") as handle:
                     os.fsync(handle.fileno())
-        if target.exists():
+        if overwrite and target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, trash / "old")
             try:
@@ -100,6 +101,8 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
             try:
                 os.rename(staging, target)
             except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) and not target.exists():
+                    raise
                 raise PmmrecError(
                     f"{target} was created by another writer while this one ran; nothing was mixed in"
                 ) from exc

@@ -63,7 +63,11 @@ def parse_reference(text: str, revision: str | None = None) -> Reference:
     if not is_hub_reference(text):
         if revision is not None:
             raise ReferenceResolutionError(f"reference {text!r}: a local folder has no revision (got {revision!r})")
-        return Reference(text=text, path=Path(text).expanduser())
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:  # "~user" for an unknown user
+            path = Path(text)
+        return Reference(text=text, path=path)
     body = text.split(":", 1)[1].removeprefix("//")
     body = body.removeprefix("models/")
     repo_id, sep, embedded = body.partition("@")
@@ -131,6 +135,7 @@ def _resolve_hub(reference: Reference, cache_dir: str | os.PathLike[str] | None)
             reference.repo_id,
             revision=reference.revision,
             cache_dir=hub_cache_dir(cache_dir),
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
             etag_timeout=5,
             local_files_only=offline,
         )

@@ -99,11 +99,19 @@ class ImageSource:
     note: str | None = None
 
 
+MAX_LINE_BYTES = 64 * 1024 * 1024  # a users.tsv line of millions of interactions still fits
+MAX_TEXT_CHARS = 100_000  # item texts are titles and descriptions; encoders read the first few dozen tokens
+
+
 def _iter_lines(path: Path, label: str) -> Iterator[tuple[int, str]]:
     """Yield (line number, decoded line) with BOM and CR/LF removed; invalid UTF-8 names the line."""
     try:
         with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+            number = 0
+            while raw := handle.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise DatasetError(f"{label} line {number}: longer than {MAX_LINE_BYTES:,} bytes")
                 yield number, _decode_line(raw, number, label)
     except OSError as exc:
         raise DatasetError(f"{label}: cannot read {path} ({exc.strerror or exc})") from exc
@@ -137,6 +145,8 @@ def validate_text(value: str, where: str) -> None:
     """Refuse empty texts and texts holding tabs, line breaks or other control characters."""
     if not value.strip():
         raise DatasetError(f"{where}: empty item text")
+    if len(value) > MAX_TEXT_CHARS:
+        raise DatasetError(f"{where}: item text is longer than {MAX_TEXT_CHARS:,} characters")
     bad = _FORBIDDEN_IN_TEXT.search(value)
     if bad:
         raise DatasetError(f"{where}: item text contains control character {bad.group()!r}")
