@@ -21,8 +21,8 @@ from pmmrec.data import BatchCollator, Dataset, LeaveOneOutSplit, SequenceBatch,
 from pmmrec.errors import ConfigError, PmmrecError
 from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import atomic_file, write_json
-from pmmrec.inference import EvaluationResult, evaluate_split, make_collator
-from pmmrec.model import PMMRec
+from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split, make_collator
+from pmmrec.model import ItemEncoding, PMMRec
 from pmmrec.objectives import NextItemLoss, NICLLoss, NIDLoss, RCLLoss, corrupt_slots, log_popularity_from_counts
 from pmmrec.training import checkpoint as ckpt
 from pmmrec.training.config import TrainConfig, dump_train_config
@@ -30,6 +30,7 @@ from pmmrec.training.distributed import (
     DistributedContext,
     all_reduce_flag,
     barrier,
+    gather_objects,
     setup_distributed,
 )
 from pmmrec.training.prefix_cache import FrozenPrefixCache
@@ -49,9 +50,11 @@ class TrainingModule(nn.Module):
         self.model = model
         objectives = config.objectives
         weights = objectives.weights
+        both = model.modalities == frozenset({"text", "vision"})
+        if weights.nicl > 0 and not both:  # NICL is skipped (the Trainer prints a notice): drop its weight
+            weights = weights.model_copy(update={"nicl": 0.0})
         self.weights = weights
         self.next_item = NextItemLoss(objectives.next_item)
-        both = model.modalities == frozenset({"text", "vision"})
         self.nicl = NICLLoss(model.dim, objectives.nicl) if weights.nicl > 0 and both else None
         self.nid = NIDLoss(model.dim, objectives.nid) if weights.nid > 0 else None
         self.rcl = RCLLoss(objectives.rcl) if weights.rcl > 0 else None
@@ -59,6 +62,8 @@ class TrainingModule(nn.Module):
         self.register_buffer("log_popularity", log_popularity, persistent=False)
         self.gather_negatives = False
         self.prefix_cache: FrozenPrefixCache | None = None
+        # Catalogue embedding table [N+1, d] used instead of encoding, when the whole item tower is frozen.
+        self.item_table: torch.Tensor | None = None
 
     def active_losses(self) -> list[str]:
         names = ["rec"] if self.weights.rec > 0 else []
@@ -67,17 +72,20 @@ class TrainingModule(nn.Module):
 
     def forward(self, batch: SequenceBatch, corruption_seed: int) -> dict[str, torch.Tensor]:
         model = self.model
-        text_prefix = image_prefix = None
-        if self.prefix_cache is not None:
-            text_prefix, image_prefix = self.prefix_cache.lookup(batch)
-        encoded = model.encode_items(
-            batch.text_ids,
-            batch.text_mask,
-            batch.pixel_values,
-            item_indices=batch.unique_items,
-            text_prefix=text_prefix,
-            image_prefix=image_prefix,
-        )
+        if self.item_table is not None:  # frozen item tower: rows of this epoch's table, nothing to encode
+            encoded = ItemEncoding(embeddings=self.item_table[batch.unique_items])
+        else:
+            text_prefix = image_prefix = None
+            if self.prefix_cache is not None:
+                text_prefix, image_prefix = self.prefix_cache.lookup(batch)
+            encoded = model.encode_items(
+                batch.text_ids,
+                batch.text_mask,
+                batch.pixel_values,
+                item_indices=batch.unique_items,
+                text_prefix=text_prefix,
+                image_prefix=image_prefix,
+            )
         items = encoded.embeddings
         slot_embeddings = items[batch.slot_index] * batch.seq_mask.unsqueeze(-1).to(items.dtype)
         input_mask = batch.seq_mask[:, :-1]
@@ -106,6 +114,13 @@ class TrainingModule(nn.Module):
                 valid = input_mask[:, -1]
                 losses["rcl"] = self.rcl(states[valid, -1], corrupted_states[valid, -1])
         return losses
+
+
+def item_tower_frozen(model: PMMRec) -> bool:
+    """True when no parameter of the item tower (text, vision, fusion or ID tower) is trained."""
+    slots = ("text", "vision", "fusion", "item_tower")
+    components = [getattr(model, slot) for slot in slots if getattr(model, slot) is not None]
+    return not any(parameter.requires_grad for component in components for parameter in component.parameters())
 
 
 def gather_candidates(items: torch.Tensor, unique_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,6 +294,9 @@ class Trainer:
             self.module.prefix_cache = FrozenPrefixCache.for_model(model, self.collator, self.device)
             if self.module.prefix_cache is not None and self.module.prefix_cache.caches_image:
                 self.collator.include_images = False  # the cache already holds every image's frozen prefix
+        # A frozen item tower (NICL off: it needs per-modality states) is encoded once per epoch into a table.
+        self.table_per_epoch = item_tower_frozen(model) and self.module.nicl is None
+        self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
             self.wrapped = DistributedDataParallel(
@@ -325,8 +343,11 @@ class Trainer:
         }
 
     def _save_last(self, progress: dict[str, Any]) -> None:
+        # Every rank's RNG: ranks draw different amounts (dropout over their own items), so each resumes its own.
+        rng_per_rank = gather_objects(self.context, ckpt.rng_state())
         if self.context.is_main:
-            ckpt.save_checkpoint(self.last_checkpoint, self.module, self._trainer_state(), progress)
+            state = self._trainer_state() | {"rng_per_rank": rng_per_rank}
+            ckpt.save_checkpoint(self.last_checkpoint, self.module, state, progress)
         barrier(self.context)
 
     def _restore(self) -> dict[str, Any]:
@@ -334,7 +355,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.restore_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        same_world = isinstance(per_rank, list) and len(per_rank) == self.context.world_size
+        ckpt.restore_rng_state(per_rank[self.context.rank] if same_world else state["rng"])
         return progress
 
     def _prepare_run_dir(self) -> dict[str, Any]:
@@ -384,7 +407,7 @@ class Trainer:
             self.train_set,
             batch_size=self.config.batch_size,
             sampler=order,
-            collate_fn=self.collator,
+            collate_fn=self.collator.sequences_only if self.table_per_epoch else self.collator,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -407,8 +430,19 @@ class Trainer:
         self.scheduler.step()
         return {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in losses.items()}}
 
+    def _item_table(self) -> torch.Tensor:
+        """The catalogue embedding table [N+1, d] of the current model (eval mode, cached prefixes if any)."""
+        if self.module.prefix_cache is not None:
+            return self.module.prefix_cache.item_table(self.model, batch_size=self.config.item_batch_size)
+        return encode_catalogue(
+            self.model, self.collator, self.dataset.num_items, self.device, self.config.item_batch_size
+        )
+
     def _evaluate(self, which: str) -> EvaluationResult:
-        table = self.module.prefix_cache.item_table(self.model) if self.module.prefix_cache is not None else None
+        if self.module.item_table is not None and self.model is self.module.model:
+            table = self.module.item_table  # frozen item tower: this epoch's table is still exact
+        else:
+            table = self.module.prefix_cache.item_table(self.model) if self.module.prefix_cache is not None else None
         return evaluate_split(
             self.model,
             self.split,
@@ -436,6 +470,8 @@ class Trainer:
             while progress["epoch"] < config.epochs and not self._done(progress):
                 epoch = progress["epoch"]
                 self.model.train()
+                if self.table_per_epoch:
+                    self.module.item_table = self._item_table()
                 loader = self._loader(epoch, progress["step_in_epoch"])
                 bar = tqdm(
                     total=self.steps_per_epoch,
@@ -445,7 +481,9 @@ class Trainer:
                     dynamic_ncols=True,
                 )
                 started, items_seen = time.perf_counter(), 0
+                mark = started  # end of the previous step: from here to a batch's arrival is data wait
                 for batch in loader:
+                    data_wait = time.perf_counter() - mark
                     if all_reduce_flag(self.context, stop.raised is not None):
                         self._save_last(progress)
                         bar.close()
@@ -457,7 +495,11 @@ class Trainer:
                     items_seen += int(batch.seq_mask.sum())
                     progress["step_in_epoch"] += 1
                     progress["global_step"] += 1
-                    rate = items_seen * self.context.world_size / max(time.perf_counter() - started, 1e-9)
+                    now = time.perf_counter()
+                    step_seconds = now - mark
+                    self.data_wait_s += data_wait
+                    self.step_time_s += step_seconds
+                    rate = items_seen * self.context.world_size / max(now - started, 1e-9)
                     bar.set_postfix(loss=f"{values['loss']:.4f}", items_s=f"{rate:,.0f}")
                     bar.update(1)
                     self._log(
@@ -467,8 +509,11 @@ class Trainer:
                             "step": progress["global_step"],
                             **values,
                             "items_per_s": rate,
+                            "data_wait_s": data_wait,
+                            "step_s": step_seconds,
                         }
                     )
+                    mark = time.perf_counter()
                     if self._done(progress):
                         break
                 bar.close()
@@ -504,6 +549,12 @@ class Trainer:
         self._save_last(progress)
 
     def _finish(self, progress: dict[str, Any]) -> TrainResult:
+        if progress["best_epoch"] is not None and not self.best_dir.is_dir():
+            # Rank 0 wrote it: a rank that cannot see it would test another model than the best one.
+            raise ConfigError(
+                f"{self.best_dir}: missing on rank {self.context.rank}; "
+                "with several nodes, --out must be on a filesystem that every node shares"
+            )
         best_model = PMMRec.from_pretrained(self.best_dir) if self.best_dir.is_dir() else self.model
         best_model.sources = self.model.sources
         best_model.to(self.device)
@@ -524,6 +575,9 @@ class Trainer:
             "test": test.metrics,
             "history": progress["history"],
             "steps": progress["global_step"],
+            # Share of training-step wall time (this process, this invocation) spent waiting for the DataLoader.
+            "data_wait_share": self.data_wait_s / self.step_time_s if self.step_time_s > 0 else None,
+            "data_wait_s": self.data_wait_s,
         }
         self._log({"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test.metrics})
         if self.context.is_main:

@@ -3,12 +3,15 @@
 The paper trains only the top 2 layers of 12-layer encoders; their frozen bottom is a fixed function
 (frozen modules stay in eval mode), so its output per item is computed once, stored in memory or in a
 memory-mapped fp16 file for large catalogues, and each training step runs only the trainable top.
-The cache key covers the frozen weights and the exact inputs, so a stale cache is never used.
+The cache key covers the frozen weights, the encoder's config and the exact inputs (token rows and masks; the
+stored bytes of every image), so a stale cache is never used. Only the memory-mapped files outlive a run: they
+are named by that key under $PMMREC_CACHE/prefix (or `cache_dir`) and reused by later runs on the same inputs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -20,15 +23,20 @@ from pmmrec.model import PMMRec
 
 # Above this many bytes (fp32 in memory), prefixes go to a memory-mapped fp16 file instead.
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+# Part of every key: bump when the way prefixes are computed or stored changes.
+PREFIX_CACHE_VERSION = b"pmmrec-prefix-cache-2"
 
 
 def _state_digest(modules: list[torch.nn.Module], extra: bytes) -> str:
-    digest = hashlib.sha256(extra)
+    digest = hashlib.sha256(PREFIX_CACHE_VERSION + extra)
     for module in modules:
         for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(
-                tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+                # reshape(-1): a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+                tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                if tensor.numel()
+                else b""
             )
     return digest.hexdigest()
 
@@ -77,8 +85,10 @@ class FrozenPrefixCache:
         text_prefix = image_prefix = None
         key_parts = []
         if text is not None:
+            assert collator.text_ids is not None and collator.text_mask is not None
+            lengths = collator.text_mask[1:].to(torch.int64).sum(dim=1)
             text_prefix = _compute(
-                lambda batch: text.frozen_prefix(batch.text_ids, batch.text_mask),  # type: ignore[union-attr,operator]
+                lambda batch: _trimmed_text_prefix(text, batch.text_ids, batch.text_mask),
                 collator,
                 num_items,
                 device,
@@ -86,7 +96,13 @@ class FrozenPrefixCache:
                 memory_budget,
                 cache_dir,
                 "text",
-                _state_digest(text.frozen_modules(), _input_digest(collator.text_ids)),
+                _state_digest(
+                    text.frozen_modules(),
+                    _config_digest(text)
+                    + _input_digest(collator.text_ids)
+                    + _input_digest(collator.text_mask.to(torch.bool)),
+                ),
+                order=(torch.argsort(lengths, stable=True) + 1).tolist(),  # similar lengths share a chunk
             )
             key_parts.append("text")
         if vision is not None:
@@ -99,7 +115,7 @@ class FrozenPrefixCache:
                 memory_budget,
                 cache_dir,
                 "image",
-                _state_digest(vision.frozen_modules(), repr(vision.config.model_dump()).encode()),
+                _state_digest(vision.frozen_modules(), _config_digest(vision) + _images_digest(collator)),
             )
             key_parts.append("image")
         cache = cls(text_prefix, image_prefix, device, "+".join(key_parts))
@@ -155,7 +171,37 @@ def _has_frozen_prefix(encoder: torch.nn.Module) -> bool:
 def _input_digest(tensor: torch.Tensor | None) -> bytes:
     if tensor is None:
         return b""
-    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).digest()
+    header = f"{tensor.dtype}:{tuple(tensor.shape)}".encode()
+    return hashlib.sha256(header + tensor.contiguous().numpy().tobytes()).digest()
+
+
+def _config_digest(encoder: torch.nn.Module) -> bytes:
+    """The encoder's architecture and preprocessing (backbone config, image size and normalisation, depth)."""
+    config = getattr(encoder, "config", None)
+    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True) if config is not None else ""
+    return hashlib.sha256(f"{type(encoder).__name__}:{payload}".encode()).digest()
+
+
+def _images_digest(collator: BatchCollator) -> bytes:
+    """Every catalogue item's stored image bytes (or their absence), in catalogue order, and the input size."""
+    digest = hashlib.sha256(f"image_size={collator.image_size}".encode())
+    store = collator.image_store
+    for item_id in collator.item_ids:
+        encoded = item_id.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little") + encoded)
+        value = store.get_value(item_id) if store is not None else None
+        digest.update(b"\x00" if value is None else b"\x01" + len(value).to_bytes(8, "little") + value)
+    return digest.digest()
+
+
+def _trimmed_text_prefix(encoder: torch.nn.Module, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """Frozen prefix of a chunk run only over the columns some item uses, zero-padded back to the full width.
+
+    Padding positions are masked out of every attention and pooling downstream, so their values never matter.
+    """
+    width = max(int(text_mask.sum(dim=1).max()), 1) if text_mask.shape[0] else text_mask.shape[1]
+    out = encoder.frozen_prefix(text_ids[:, :width], text_mask[:, :width])  # type: ignore[operator]
+    return torch.nn.functional.pad(out, (0, 0, 0, text_mask.shape[1] - width))
 
 
 @torch.inference_mode()
@@ -169,16 +215,25 @@ def _compute(
     cache_dir: Path | None,
     label: str,
     key: str,
+    order: list[int] | None = None,
 ) -> torch.Tensor | np.ndarray:
     from pmmrec.inference import cache_root
 
     folder = cache_dir or cache_root() / "prefix"
     path = folder / f"{label}-{key[:32]}"
-    if Path(str(path) + ".npy").is_file():  # same frozen weights and inputs: reuse
-        return np.load(str(path) + ".npy", mmap_mode="r")
+    final = Path(str(path) + ".npy")
+    if final.is_file():  # same frozen weights, config and inputs: reuse
+        try:
+            reused = np.load(str(final), mmap_mode="r")
+        except (OSError, ValueError):  # unreadable: rebuilt below
+            reused = None
+        if reused is not None and reused.shape[0] == num_items + 1 and reused.dtype == np.float16:
+            return reused
+    order = order if order is not None else list(range(1, num_items + 1))
+    tmp = f"{path}.{os.getpid()}.tmp.npy"  # per process: concurrent builders never share a half-written file
     store: torch.Tensor | np.ndarray | None = None
-    for start in range(1, num_items + 1, batch_size):
-        indices = list(range(start, min(start + batch_size, num_items + 1)))
+    for start in range(0, num_items, batch_size):
+        indices = order[start : start + batch_size]
         batch = collator.collate_items(indices, include_images=label == "image").to(device)
         out = run(batch).float()  # type: ignore[operator]
         if store is None:
@@ -186,7 +241,7 @@ def _compute(
             nbytes = int(np.prod(shape)) * 4
             if nbytes > memory_budget:
                 folder.mkdir(parents=True, exist_ok=True)
-                memmap = np.lib.format.open_memmap(str(path) + ".tmp.npy", mode="w+", dtype=np.float16, shape=shape)
+                memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
                 store = memmap
             else:
                 store = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -197,6 +252,7 @@ def _compute(
     assert store is not None
     if isinstance(store, np.memmap):
         store.flush()
-        os.replace(str(path) + ".tmp.npy", str(path) + ".npy")
-        store = np.load(str(path) + ".npy", mmap_mode="r")
+        del store
+        os.replace(tmp, final)
+        store = np.load(str(final), mmap_mode="r")
     return store
