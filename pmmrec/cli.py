@@ -286,6 +286,11 @@ VisionLayers = Annotated[int, typer.Option("--vision-trainable-layers", help="Fr
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
+def _is_main_process() -> bool:
+    """Under torchrun only rank 0 prints results."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _train_command(
     mode: str,
     data: Path,
@@ -352,7 +357,8 @@ def pretrain(
         patience, max_steps, num_workers, gather_negatives, precision,
     )
     _train_command("pretrain", data, out, spec, config, overrides, resume, quiet)
-    typer.echo(f"components written to {out / 'components'} (publish each with `pmmrec push`)")
+    if _is_main_process():
+        typer.echo(f"components written to {out / 'components'} (publish each with `pmmrec push`)")
 
 
 @app.command("finetune")
@@ -402,7 +408,8 @@ def finetune(
         patience, max_steps, num_workers, gather_negatives, precision,
     )
     _train_command("finetune", data, out, spec, config, overrides, resume, quiet)
-    typer.echo(f"best model written to {out / 'model'}")
+    if _is_main_process():
+        typer.echo(f"best model written to {out / 'model'}")
 
 
 @app.command("evaluate")
@@ -426,6 +433,8 @@ def evaluate(
     metrics = jobs.evaluate(
         model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output, device=device, progress=not quiet
     )
+    if not _is_main_process():
+        return
     typer.echo(f"{split.value} split of {data}:")
     typer.echo(format_metrics_table(metrics, ks))
     if output is not None:

@@ -521,3 +521,15 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_a_second_training_process_on_one_run_folder_is_refused(tmp_path: Path) -> None:
+    from pmmrec.training.loop import lock_run_dir
+
+    first = lock_run_dir(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="being written by another pmmrec process"):
+            lock_run_dir(tmp_path)
+    finally:
+        first.close()
+    lock_run_dir(tmp_path).close()  # released with its holder: no stale lock

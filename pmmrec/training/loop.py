@@ -247,6 +247,22 @@ class _StopFlag:
         self.raised = signum
 
 
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive lock on RUN/.lock for this process's lifetime: a second writer of RUN is refused.
+
+    flock is released by the kernel when the process dies, so a killed run never leaves a stale lock.
+    """
+    import fcntl
+
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{run_dir} is being written by another pmmrec process; wait for it or use another --out") from None
+    return handle
+
+
 class Trainer:
     """Runs one training job end to end; see `train`."""
 
@@ -372,6 +388,12 @@ class Trainer:
         }
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            leftovers = [p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")]
+            if leftovers and not self.resume:
+                raise ConfigError(
+                    f"{self.run_dir} is not empty ({', '.join(sorted(leftovers)[:4])}); use --resume or another --out"
+                )
+            self._lock = lock_run_dir(self.run_dir)
             ckpt.remove_stale_staging(self.run_dir)
         barrier(self.context)
         if self.resume:
@@ -388,11 +410,6 @@ class Trainer:
                 )
             return self._restore()
         if self.context.is_main:
-            leftovers = [p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")]
-            if leftovers:
-                raise ConfigError(
-                    f"{self.run_dir} is not empty ({', '.join(sorted(leftovers)[:4])}); use --resume or another --out"
-                )
             with atomic_file(self.run_dir / "config.yaml") as handle:
                 handle.write(dump_train_config(self.config))
         barrier(self.context)
@@ -460,6 +477,15 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        """Train, evaluate, test; the run folder is locked against other writers meanwhile."""
+        self._lock: Any = None
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+
+    def _run(self) -> TrainResult:
         progress = self._prepare_run_dir()
         if self.context.is_main:
             for notice in self.notices:
