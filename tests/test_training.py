@@ -478,7 +478,12 @@ def test_a_non_empty_out_is_refused_without_resume(tmp_path: Path, dataset_dir: 
     assert f"{run} is not empty (notes.txt); use --resume or another --out" in output
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"] and (run / "notes.txt").read_text() == "keep me"
     fresh = tmp_path / "fresh"
-    assert "nothing to resume" in run_cli("finetune", *common[:2], "--out", fresh, *common[4:], "--resume", expect=1)
+    # --resume where nothing was checkpointed yet (killed early) starts the run from the beginning ...
+    output = run_cli("finetune", *common[:2], "--out", fresh, *common[4:], "--max-steps", "1", "--resume")
+    assert "starting the run from the beginning" in output and (fresh / "model").is_dir()
+    # ... but never in a folder that holds something else.
+    assert "but no pmmrec run" in run_cli("finetune", *common[:2], "--out", run, *common[4:], "--resume", expect=1)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
     # A finished run is not empty either, and resuming it with other options is refused.
     done = tmp_path / "done"
     run_cli("finetune", *common[:2], "--out", done, *common[4:], "--max-steps", "1")

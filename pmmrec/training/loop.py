@@ -374,7 +374,30 @@ class Trainer:
         per_rank = state.get("rng_per_rank")
         same_world = isinstance(per_rank, list) and len(per_rank) == self.context.world_size
         ckpt.restore_rng_state(per_rank[self.context.rank] if same_world else state["rng"])
+        if self.context.is_main:
+            self._truncate_log(progress)
         return progress
+
+    def _truncate_log(self, progress: dict[str, Any]) -> None:
+        """Drop log records written after the checkpoint (by a run killed later), so no step appears twice."""
+        path = self.run_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if record.get("event") == "step" and record.get("step", 0) > progress["global_step"]:
+                continue
+            if record.get("event") == "eval" and (record.get("epoch") or 0) > progress["epoch"]:
+                continue
+            if record.get("split") == "test":
+                continue  # logged once at the end of the run, which the resumed run reaches again
+            kept.append(line)
+        with atomic_file(path) as handle:
+            handle.write("".join(f"{line}\n" for line in kept))
 
     def _prepare_run_dir(self) -> dict[str, Any]:
         fresh = {
@@ -393,12 +416,24 @@ class Trainer:
                 raise ConfigError(
                     f"{self.run_dir} is not empty ({', '.join(sorted(leftovers)[:4])}); use --resume or another --out"
                 )
+            if leftovers and self.resume and not (self.run_dir / "config.yaml").is_file():
+                raise ConfigError(f"--resume: {self.run_dir} holds {', '.join(sorted(leftovers)[:4])} but no pmmrec run")
             self._lock = lock_run_dir(self.run_dir)
             ckpt.remove_stale_staging(self.run_dir)
         barrier(self.context)
+        saved_config = self.run_dir / "config.yaml"
+        if self.resume and not self.last_checkpoint.is_dir():
+            # Killed before its first checkpoint was complete: start over in the same folder.
+            if saved_config.is_file() and saved_config.read_text(encoding="utf-8") != dump_train_config(self.config):
+                raise ConfigError(f"--resume: {saved_config} differs from this run's options")
+            if self.context.is_main:
+                tqdm.write(f"notice: {self.last_checkpoint} does not exist yet; starting the run from the beginning")
+                (self.run_dir / "log.jsonl").unlink(missing_ok=True)
+                with atomic_file(saved_config) as handle:
+                    handle.write(dump_train_config(self.config))
+            barrier(self.context)
+            return fresh
         if self.resume:
-            if not self.last_checkpoint.is_dir():
-                raise ConfigError(f"--resume: {self.last_checkpoint} does not exist (nothing to resume)")
             saved = (
                 (self.run_dir / "config.yaml").read_text(encoding="utf-8")
                 if (self.run_dir / "config.yaml").is_file()
