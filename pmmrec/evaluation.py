@@ -84,9 +84,11 @@ def rank_targets(
     history = history_items.to(device)
     num_users = user_states.shape[0]
     ranks = torch.empty(num_users, dtype=torch.long, device=device)
+    # One score buffer reused by every chunk: peak memory = item table + one chunk of scores (+ its bool mask).
+    buffer = torch.empty(min(chunk_size, num_users), items.shape[0], dtype=torch.float32, device=device)
     for start in range(0, num_users, chunk_size):
         stop = min(start + chunk_size, num_users)
-        scores = user_states[start:stop].to(torch.float32) @ items.t()  # [c, N+1]
+        scores = torch.mm(user_states[start:stop].to(torch.float32), items.t(), out=buffer[: stop - start])
         local = torch.arange(stop - start, device=device)
         target_scores = scores[local, targets[start:stop]].unsqueeze(1)
         scores[:, 0] = float("-inf")
@@ -94,8 +96,25 @@ def rank_targets(
         rows = torch.repeat_interleave(local, lengths)
         cols = history[int(indptr[start]) : int(indptr[stop])]
         scores[rows, cols] = float("-inf")
-        ranks[start:stop] = 1 + (scores > target_scores).sum(dim=1)
+        ranks[start:stop] = 1 + _count_in_place(scores, target_scores)
     return ranks
+
+
+# float32 sums of 0/1 values are exact below 2**24; columns are summed in blocks of 2**23.
+_EXACT_BLOCK = 1 << 23
+
+
+def _count_in_place(scores: Tensor, threshold: Tensor) -> Tensor:
+    """Per row, how many entries are strictly greater than the row's threshold; overwrites `scores`.
+
+    Comparing in place and summing the 0/1 floats needs no temporary as large as the chunk
+    (a boolean mask summed as integers would allocate one).
+    """
+    scores.gt_(threshold)
+    counts = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    for column in range(0, scores.shape[1], _EXACT_BLOCK):
+        counts += scores[:, column : column + _EXACT_BLOCK].sum(dim=1).long()
+    return counts
 
 
 def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = (10, 20, 50)) -> dict[str, float]:

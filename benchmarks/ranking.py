@@ -1,0 +1,277 @@
+"""Full-ranking throughput of pmmrec's rank_targets against the reference's per-user loop and against matmul.
+
+A synthetic catalogue (N items + the padding row, d-dimensional float32 embeddings), U users with a state each,
+a history of H distinct items each (masked out of the ranking) and a target outside the history. Three
+measurements in the same run, on the same tensors:
+
+- pmmrec: `pmmrec.evaluation.rank_targets` (users in chunks, one matrix multiply per chunk, history masked by
+  index assignment, rank = 1 + number of strictly higher scores);
+- matmul: `torch.mm` of exactly the same shapes (every chunk of user states times the item table), no ranking;
+  its FLOP/s is this machine's measured matmul throughput, and matmul_fraction = pmmrec's effective FLOP/s
+  (2 * U * (N+1) * d / its time) / that throughput;
+- reference: one user at a time, scores = table @ state, history set to -inf, argsort descending, position of
+  the target. It runs on a subset of users and is extrapolated linearly to all U (its ranks are checked
+  against pmmrec's on that subset).
+
+Peak memory is measured in a fresh child process that creates the item table, the states and the histories and
+runs rank_targets once: peak resident set size (ru_maxrss) minus the resident size right after importing torch.
+It is compared with the item table plus one chunk of scores (chunk x (N+1) float32), the bound the issue sets.
+
+    python benchmarks/ranking.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pmmrec.evaluation import rank_targets
+
+HISTORY = 20
+
+
+def _rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def make_inputs(items: int, users: int, dim: int, seed: int) -> dict[str, torch.Tensor]:
+    """Item table [N+1, d] (row 0 = padding), user states [U, d], CSR histories, targets outside the history."""
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.randn(items + 1, dim, generator=generator)
+    table[0] = 0.0
+    states = torch.randn(users, dim, generator=generator)
+    drawn = torch.randint(1, items + 1, (users, HISTORY + 1), generator=generator)
+    history_rows = []
+    targets = torch.empty(users, dtype=torch.long)
+    for user in range(users):  # distinct history items; the target is a further distinct item
+        row = torch.unique(drawn[user])
+        pick = int(torch.randint(len(row), (1,), generator=generator))
+        targets[user] = row[pick]
+        history_rows.append(torch.cat([row[:pick], row[pick + 1 :]]))
+    lengths = torch.tensor([len(row) for row in history_rows])
+    indptr = torch.zeros(users + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(lengths, 0)
+    return {
+        "table": table,
+        "states": states,
+        "targets": targets,
+        "indptr": indptr,
+        "history": torch.cat(history_rows),
+    }
+
+
+def time_rank_targets(inputs: dict[str, torch.Tensor], chunk: int) -> tuple[float, torch.Tensor]:
+    started = time.perf_counter()
+    ranks = rank_targets(
+        inputs["states"], inputs["table"], inputs["targets"], inputs["indptr"], inputs["history"], chunk_size=chunk
+    )
+    return time.perf_counter() - started, ranks
+
+
+@torch.inference_mode()
+def time_matmul(inputs: dict[str, torch.Tensor], chunk: int) -> float:
+    """torch.mm of the same shapes as rank_targets' multiplies (every chunk of states x the whole table)."""
+    states, table = inputs["states"], inputs["table"]
+    out = torch.empty(min(chunk, states.shape[0]), table.shape[0])
+    started = time.perf_counter()
+    for start in range(0, states.shape[0], chunk):
+        part = states[start : start + chunk]
+        torch.mm(part, table.t(), out=out[: part.shape[0]])
+    return time.perf_counter() - started
+
+
+@torch.inference_mode()
+def reference_loop(inputs: dict[str, torch.Tensor], users: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The reference's method: per user, score every item, mask the history, argsort, find the target.
+
+    Returns (seconds, ranks, near_ties). Items whose score is within float32 rounding of the target's can
+    compare either way: argsort orders exact ties arbitrarily, and a matrix-vector product rounds differently
+    from the chunked matrix multiply. So the two ranks may differ by up to the number of such items (counted
+    outside the timed loop).
+    """
+    table, states, targets = inputs["table"], inputs["states"], inputs["targets"]
+    indptr, history = inputs["indptr"], inputs["history"]
+    ranks = torch.empty(users, dtype=torch.long)
+    started = time.perf_counter()
+    for user in range(users):
+        scores = table @ states[user]
+        scores[0] = float("-inf")
+        scores[history[indptr[user] : indptr[user + 1]]] = float("-inf")
+        order = torch.argsort(scores, descending=True)
+        ranks[user] = int((order == targets[user]).nonzero()[0, 0]) + 1
+    seconds = time.perf_counter() - started
+    ties = torch.empty(users, dtype=torch.long)
+    for user in range(users):
+        scores = table @ states[user]
+        near = torch.isclose(scores, scores[targets[user]].expand_as(scores), rtol=1e-5, atol=1e-4)
+        ties[user] = int(near.sum()) - 1
+    return seconds, ranks, ties
+
+
+def memory_probe(items: int, users: int, dim: int, chunk: int, seed: int) -> dict[str, int]:
+    """Run in a fresh process: peak RSS of building the inputs and ranking once, above the post-import RSS."""
+    baseline = _rss_bytes()
+    inputs = make_inputs(items, users, dim, seed)
+    after_inputs = _rss_bytes()
+    time_rank_targets(inputs, chunk)
+    return {"baseline_rss": baseline, "after_inputs_rss": after_inputs, "peak_rss": _peak_rss_bytes()}
+
+
+def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--memory-probe",
+        "--items",
+        str(args.items),
+        "--users",
+        str(args.users),
+        "--dim",
+        str(args.dim),
+        "--chunk",
+        str(args.chunk),
+        "--seed",
+        str(args.seed),
+    ]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    probe = json.loads(output.strip().splitlines()[-1])
+    table_bytes = (args.items + 1) * args.dim * 4
+    chunk_bytes = min(args.chunk, args.users) * (args.items + 1) * 4
+    peak = probe["peak_rss"] - probe["baseline_rss"]
+    return {
+        "memory_method": "fresh child process: ru_maxrss (peak RSS) minus RSS right after importing torch; "
+        "includes building the inputs (table, states, histories) and one rank_targets call",
+        "peak_bytes": peak,
+        "inputs_bytes": probe["after_inputs_rss"] - probe["baseline_rss"],
+        "item_table_bytes": table_bytes,
+        "chunk_scores_bytes": chunk_bytes,
+        "memory_bound_bytes": table_bytes + chunk_bytes,
+        "peak_over_bound": peak / (table_bytes + chunk_bytes),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 items x 2,000 users (under a minute)")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--items", type=int, help="catalogue size N (default 100,000; quick 20,000)")
+    parser.add_argument("--users", type=int, help="users U (default 10,000; quick 2,000)")
+    parser.add_argument("--dim", type=int, default=768, help="embedding width d (default 768)")
+    parser.add_argument("--chunk", type=int, default=1024, help="users per matrix multiply (rank_targets chunk_size)")
+    parser.add_argument("--loop-users", type=int, help="users ranked by the per-user loop (default 200; quick 50)")
+    parser.add_argument("--repeats", type=int, default=2, help="timings of pmmrec and matmul (best is kept)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.items = args.items or (20_000 if args.quick else 100_000)
+    args.users = args.users or (2_000 if args.quick else 10_000)
+    args.loop_users = min(args.loop_users or (50 if args.quick else 200), args.users)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.items, args.users, args.dim, args.chunk, args.seed)))
+        return 0
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    print(
+        f"ranking: N = {args.items:,} items, U = {args.users:,} users, d = {args.dim}, chunk {args.chunk}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"load average {load_before[0]:.1f}"
+    )
+    inputs = make_inputs(args.items, args.users, args.dim, args.seed)
+    flops = 2.0 * args.users * (args.items + 1) * args.dim
+    time_matmul(inputs, args.chunk)  # warm-up (allocator, BLAS)
+    rank_times, mm_times = [], []
+    ranks = torch.empty(0)
+    for repeat in range(args.repeats):  # interleaved, best of each kept
+        mm_times.append(time_matmul(inputs, args.chunk))
+        took, ranks = time_rank_targets(inputs, args.chunk)
+        rank_times.append(took)
+        print(f"  repeat {repeat + 1}: matmul {mm_times[-1]:.2f} s, rank_targets {rank_times[-1]:.2f} s")
+    rank_s, mm_s = min(rank_times), min(mm_times)
+    loop_s, loop_ranks, ties = reference_loop(inputs, args.loop_users)
+    excess = loop_ranks - ranks[: args.loop_users]
+    agree = bool((excess.abs() <= ties).all())  # equal up to items tied with the target within rounding
+    exact = int((excess == 0).sum())
+    loop_all_s = loop_s / args.loop_users * args.users
+    memory = measure_memory(args)
+    load_after = os.getloadavg()
+    figures: dict[str, Any] = {
+        "benchmark": "ranking",
+        "quick": args.quick,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_before": load_before[0],
+        "load_average_after": load_after[0],
+        "items": args.items,
+        "users": args.users,
+        "dim": args.dim,
+        "chunk": args.chunk,
+        "history_per_user": HISTORY,
+        "rank_targets_s": rank_s,
+        "rank_targets_users_per_s": args.users / rank_s,
+        "rank_targets_gflops": flops / rank_s / 1e9,
+        "matmul_s": mm_s,
+        "matmul_gflops": flops / mm_s / 1e9,
+        "matmul_fraction": mm_s / rank_s,
+        "loop_users_timed": args.loop_users,
+        "loop_s_timed": loop_s,
+        "loop_s_extrapolated": loop_all_s,
+        "loop_users_per_s": args.loop_users / loop_s,
+        "loop_speedup": loop_all_s / rank_s,
+        "loop_ranks_agree": agree,
+        "loop_ranks_exactly_equal": exact,
+        **memory,
+        "wall_s": time.perf_counter() - started,
+    }
+    mib = 1024**2
+    print()
+    print(f"{'method':<44}{'seconds (all users)':>20}{'users/s':>12}{'GFLOP/s':>10}")
+    print("-" * 86)
+    print(
+        f"{'torch.mm, same shapes (no ranking)':<44}{mm_s:>20.2f}{args.users / mm_s:>12,.0f}{flops / mm_s / 1e9:>10.1f}"
+    )
+    print(f"{'pmmrec rank_targets':<44}{rank_s:>20.2f}{args.users / rank_s:>12,.0f}{flops / rank_s / 1e9:>10.1f}")
+    loop_label = f"per-user loop + argsort ({args.loop_users} users, extrap.)"
+    print(f"{loop_label:<44}{loop_all_s:>20.2f}{args.loop_users / loop_s:>12,.1f}{flops / loop_all_s / 1e9:>10.1f}")
+    print(
+        f"\nmatmul_fraction = {figures['matmul_fraction']:.3f} (target >= 0.5); "
+        f"loop_speedup = {figures['loop_speedup']:.1f}x; loop ranks agree on {args.loop_users} users: {agree} "
+        f"({exact} identical, the rest only by items tied with the target within float32 rounding)"
+    )
+    print(
+        f"peak memory {memory['peak_bytes'] / mib:,.0f} MiB vs item table {memory['item_table_bytes'] / mib:,.0f} MiB "
+        f"+ one chunk of scores {memory['chunk_scores_bytes'] / mib:,.0f} MiB = {memory['memory_bound_bytes'] / mib:,.0f} "
+        f"MiB: {memory['peak_over_bound']:.2f}x (target <= 2x); wall {figures['wall_s']:.0f} s; "
+        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

