@@ -233,8 +233,8 @@ def _model_spec(
     text_backbone: str | None,
     vision_backbone: str | None,
     dim: int | None,
-    text_trainable_layers: int,
-    vision_trainable_layers: int,
+    text_trainable_layers: int | None,
+    vision_trainable_layers: int | None,
 ) -> Any:
     from pmmrec.training.jobs import ModelSpec
 
@@ -248,7 +248,11 @@ def _model_spec(
         text_backbone=text_backbone,
         vision_backbone=vision_backbone,
         dim=dim,
-        trainable_layers={"text": text_trainable_layers, "vision": vision_trainable_layers},
+        trainable_layers={
+            name: value
+            for name, value in (("text", text_trainable_layers), ("vision", vision_trainable_layers))
+            if value is not None
+        },
     )
 
 
@@ -281,8 +285,12 @@ VisionBackbone = Annotated[
     str | None, typer.Option("--vision-backbone", help="Backbone of a fresh vision encoder (default efficientnet-lite0).")
 ]
 Dim = Annotated[int | None, typer.Option(help="Embedding width d of fresh components.")]
-TextLayers = Annotated[int, typer.Option("--text-trainable-layers", help="Fresh text encoder: top layers trained.")]
-VisionLayers = Annotated[int, typer.Option("--vision-trainable-layers", help="Fresh vision encoder: top blocks trained.")]
+TextLayers = Annotated[
+    int | None, typer.Option("--text-trainable-layers", help="Text encoder: top layers trained (fresh default 2).")
+]
+VisionLayers = Annotated[
+    int | None, typer.Option("--vision-trainable-layers", help="Vision encoder: top blocks trained (fresh default 2).")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
@@ -337,8 +345,8 @@ def pretrain(
     text_backbone: TextBackbone = None,
     vision_backbone: VisionBackbone = None,
     dim: Dim = None,
-    text_trainable_layers: TextLayers = 2,
-    vision_trainable_layers: VisionLayers = 2,
+    text_trainable_layers: TextLayers = None,
+    vision_trainable_layers: VisionLayers = None,
     seed: Seed = None,
     device: Device = None,
     precision: Precision = None,
@@ -388,8 +396,8 @@ def finetune(
     text_backbone: TextBackbone = None,
     vision_backbone: VisionBackbone = None,
     dim: Dim = None,
-    text_trainable_layers: TextLayers = 2,
-    vision_trainable_layers: VisionLayers = 2,
+    text_trainable_layers: TextLayers = None,
+    vision_trainable_layers: VisionLayers = None,
     seed: Seed = None,
     device: Device = None,
     precision: Precision = None,

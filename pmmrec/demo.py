@@ -32,6 +32,13 @@ from pmmrec.references import format_hub_reference
 from pmmrec.training.jobs import ModelSpec, finetune, pretrain
 
 HUB_ORG = "pmmrec-demo"
+PUBLISHED_SLOTS = ("text", "fusion", "user")
+
+
+def published_repo(slot: str) -> str:
+    """The Hub repo of one of the demo's components (listed in hub/catalogue.json)."""
+    return f"{HUB_ORG}/pmmrec-{slot}"
+
 REPORT_K = 10
 ROW_ORDER = ("popularity", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
 
@@ -285,8 +292,8 @@ def demo(
     cache = out / "hub-cache"
     os.environ["HF_HUB_CACHE"] = str(cache)
     references: dict[str, str] = {}
-    for slot in ("text", "fusion", "user"):
-        repo = f"{HUB_ORG}/pmmrec-{slot}"
+    for slot in PUBLISHED_SLOTS:
+        repo = published_repo(slot)
         commit = publish_to_local_cache(
             out / "runs" / "pretrain" / "components" / slot, repo, cache_dir=cache, tag="v1"
         )

@@ -490,3 +490,21 @@ def test_a_non_empty_out_is_refused_without_resume(tmp_path: Path, dataset_dir: 
     assert "is not empty" in run_cli("finetune", *common[:2], "--out", done, *common[4:], "--max-steps", "1", expect=1)
     output = run_cli("finetune", *common[:2], "--out", done, *common[4:], "--max-steps", "2", "--resume", expect=1)
     assert "differs from this run's options" in output
+
+
+def test_trainable_layers_of_a_loaded_encoder_can_be_changed(dataset_dir: Path, components: dict) -> None:
+    from pmmrec.data import load_dataset
+    from pmmrec.training.jobs import ModelSpec, build_model
+
+    dataset = load_dataset(dataset_dir)
+    as_saved = build_model(ModelSpec(text=str(components["text"]), user=str(components["user"])), dataset, MAX_LENGTH, 0)
+    one_layer = build_model(
+        ModelSpec(text=str(components["text"]), user=str(components["user"]), trainable_layers={"text": 1}),
+        dataset, MAX_LENGTH, 0,
+    )  # fmt: skip
+    assert as_saved.text.config.trainable_layers == 2 and one_layer.text.config.trainable_layers == 1
+    assert one_layer.text.parameter_counts()[0] < as_saved.text.parameter_counts()[0]
+    trainable = [i for i, layer in enumerate(one_layer.text.layers) if any(p.requires_grad for p in layer.parameters())]
+    assert trainable == [len(one_layer.text.layers) - 1]
+    with pytest.raises(ConfigError, match="trainable-layers"):
+        build_model(ModelSpec(text=str(components["text"]), trainable_layers={"text": -1}), dataset, MAX_LENGTH, 0)

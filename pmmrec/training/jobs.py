@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from pydantic import ValidationError
 
 from pmmrec.data import Dataset, leave_one_out, load_dataset, read_items_tsv
-from pmmrec.errors import ConfigError
+from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.factory import init_component
 from pmmrec.fileio import write_json
 from pmmrec.inference import Recommendation, encode_catalogue, evaluate_split, make_collator, top_k
@@ -54,6 +55,9 @@ def build_model(spec: ModelSpec, dataset: Dataset, max_length: int, seed: int) -
             raise ConfigError("--item-tower id replaces the content tower: drop --text/--vision/--fusion")
         item_tower = init_component("id", dim=dim or 64, item_ids=dataset.item_ids)
         return PMMRec.assemble(user=loaded["user"] or _fresh_user(spec, dim or 64, max_length), item_tower=item_tower)
+    for modality in ("text", "vision"):
+        if loaded[modality] is not None and modality in spec.trainable_layers:
+            loaded[modality] = with_trainable_layers(loaded[modality], spec.trainable_layers[modality])
     modalities = set(spec.modalities or [m for m in ("text", "vision") if loaded[m] is not None] or ["text"])
     unknown = modalities - {"text", "vision"}
     if unknown:
@@ -73,6 +77,17 @@ def build_model(spec: ModelSpec, dataset: Dataset, max_length: int, seed: int) -
     if loaded["user"] is None:
         loaded["user"] = _fresh_user(spec, dim or 384, max_length)
     return PMMRec.assemble(text=loaded["text"], vision=loaded["vision"], fusion=loaded["fusion"], user=loaded["user"])
+
+
+def with_trainable_layers(encoder: Any, layers: int) -> Any:
+    """The same encoder with its top `layers` layers (blocks) trainable and the rest frozen."""
+    field_name = "trainable_blocks" if "trainable_blocks" in type(encoder.config).model_fields else "trainable_layers"
+    try:
+        encoder.config = type(encoder.config).model_validate({**encoder.config.model_dump(), field_name: layers})
+    except ValidationError as exc:
+        raise ConfigError(f"--{encoder.kind.split('_')[0]}-trainable-layers: {describe_validation_error(exc)}") from None
+    encoder.apply_freezing()
+    return encoder
 
 
 def _fresh_user(spec: ModelSpec, dim: int, max_length: int) -> Any:
