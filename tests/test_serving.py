@@ -1,0 +1,552 @@
+"""Serving: the HTTP API in-process (FastAPI TestClient) over tiny seeded models and a tiny dataset folder.
+
+Rankings are checked against the library's own `recommend` job (the CLI's path), items added over HTTP against
+the same job's `extra_items`, and every refusal for its status code and a message naming what is wrong.
+The helpers at the top are shared with test_serving_schemathesis.py and test_serving_browser.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from pmmrec.cli import app as cli_app
+from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
+from pmmrec.model import PMMRec
+from pmmrec.serving import Limits, RecommenderService, ServiceError, create_app
+from pmmrec.training.jobs import recommend as recommend_job
+
+WORDS = [
+    "red",
+    "blue",
+    "green",
+    "night",
+    "river",
+    "city",
+    "ghost",
+    "robot",
+    "space",
+    "comedy",
+    "drama",
+    "storm",
+    "winter",
+    "summer",
+    "king",
+    "queen",
+    "dragon",
+    "island",
+    "secret",
+    "garden",
+    "music",
+    "dance",
+    "train",
+    "ocean",
+    "forest",
+    "mountain",
+    "desert",
+    "castle",
+    "planet",
+    "star",
+]
+NUM_ITEMS = 30
+NUM_USERS = 8
+
+
+# ---- shared helpers ----------------------------------------------------------------------------------
+
+
+def write_serving_dataset(out: Path, images: bool = True, size: int = tiny.CLIP_IMAGE_SIZE) -> Path:
+    """30 items with short titles (synthetic images when `images`), 8 users with 4-12 interactions each."""
+    rng = np.random.default_rng(0)
+    item_ids = [str(n) for n in range(1, NUM_ITEMS + 1)]
+    texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} ({1980 + n})" for n in range(NUM_ITEMS)]
+    user_items = [
+        [item_ids[int(i)] for i in rng.permutation(NUM_ITEMS)[: 4 + 8 * u // NUM_USERS]] for u in range(NUM_USERS)
+    ]
+    source = None
+    if images:
+        by_id = dict(zip(item_ids, texts, strict=True))
+        source = ImageSource(
+            kind="synthetic",
+            fetch=lambda item_id: render_synthetic_image(item_id, by_id[item_id], ("Drama",), size),
+            size=size,
+        )
+    return write_dataset(
+        out,
+        name="serving-tiny",
+        item_ids=item_ids,
+        item_texts=texts,
+        user_ids=[f"user{u}" for u in range(NUM_USERS)],
+        user_items=user_items,
+        provenance={"source": "tests"},
+        preprocessing={},
+        images=source,
+    )
+
+
+def text_model() -> PMMRec:
+    """Tiny text-only PMMRec: seeded BERT text encoder (MiniLM tokenizer), text-only fusion, SASRec (max_length 8)."""
+    return PMMRec(
+        user=tiny.tiny_user_encoder(seed=2), text=tiny.tiny_text_encoder(seed=1), fusion=tiny.tiny_text_only()
+    ).eval()
+
+
+def vision_model() -> PMMRec:
+    """Tiny vision-only PMMRec on 32 px images."""
+    return PMMRec(
+        user=tiny.tiny_user_encoder(seed=2), vision=tiny.tiny_clip_encoder(seed=3), fusion=tiny.tiny_vision_only()
+    ).eval()
+
+
+def png_bytes(size: int = 40, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Token caches in a temporary folder, offline hub, for the whole module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PMMREC_CACHE", str(tmp_path_factory.mktemp("pmmrec-cache")))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_serving_dataset(tmp_path_factory.mktemp("serving") / "data")
+
+
+@pytest.fixture(scope="module")
+def model(private_cache: None) -> PMMRec:
+    return text_model()
+
+
+@pytest.fixture(scope="module")
+def encoded(model: PMMRec, data_dir: Path) -> RecommenderService:
+    """The catalogue encoded once per module."""
+    return RecommenderService.from_dataset(model, load_dataset(data_dir))
+
+
+@pytest.fixture
+def service(encoded: RecommenderService) -> RecommenderService:
+    """A fresh service per test over the encoded table, so items added by one test never leak into another."""
+    return RecommenderService(
+        encoded.model,
+        encoded.item_ids,
+        encoded.item_texts,
+        encoded.snapshot().table.clone(),
+        users=encoded.users,
+        image_store=encoded.image_store,
+        dataset_name=encoded.dataset_name,
+    )
+
+
+@pytest.fixture
+def client(service: RecommenderService) -> TestClient:
+    return TestClient(create_app(service=service))
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+
+def test_health_reports_the_manifest_catalogue_and_limits(client: TestClient) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["modalities"] == ["text"] and body["dim"] == tiny.DIM and body["max_length"] == 8
+    assert body["items"] == NUM_ITEMS and body["users"] == NUM_USERS and body["added_items"] == 0
+    assert set(body["model"]["manifest"]["components"]) == {"text", "fusion", "user"}
+    assert body["model"]["manifest"]["components"]["text"]["type"] == "text_encoder/hf"
+    assert body["can_add_items"] is True and body["new_items_need_image"] is False
+    assert body["limits"]["max_k"] == 1000
+
+
+def test_health_of_a_saved_model_lists_references_and_weight_hashes(
+    tmp_path: Path, data_dir: Path, private_cache: None
+) -> None:
+    from pmmrec.serving import load_service
+
+    text_model().save_pretrained(tmp_path / "model")
+    service = load_service(str(tmp_path / "model"), data_dir, device="cpu", progress=False)
+    body = TestClient(create_app(service=service)).get("/health").json()
+    assert body["model"]["reference"] == str(tmp_path / "model")
+    components = body["model"]["manifest"]["components"]
+    assert {"type", "requested", "resolved_commit", "sha256"} <= set(components["text"])
+
+
+def test_health_names_hub_references_and_resolved_commits(
+    tmp_path: Path, data_dir: Path, publish: Callable[..., str], private_cache: None
+) -> None:
+    from pmmrec.serving import load_service
+
+    tiny.tiny_text_encoder(seed=1).save_pretrained(tmp_path / "text")
+    text_commit = publish(tmp_path / "text", "pmmrec-test/text", tag="v1")
+    PMMRec.assemble(text="hub:pmmrec-test/text@v1", user=tiny.tiny_user_encoder(seed=2)).save_pretrained(
+        tmp_path / "model"
+    )
+    model_commit = publish(tmp_path / "model", "pmmrec-test/model", tag="v2")
+    service = load_service("hub:pmmrec-test/model@v2", data_dir, device="cpu", progress=False)
+    body = TestClient(create_app(service=service)).get("/health").json()
+    assert body["model"]["reference"] == "hub:pmmrec-test/model@v2"
+    manifest = body["model"]["manifest"]
+    assert manifest["resolved_commit"] == model_commit
+    assert manifest["components"]["text"]["requested"] == "hub:pmmrec-test/text@v1"
+    assert manifest["components"]["text"]["resolved_commit"] == text_commit
+    assert manifest["components"]["user"]["created"] is False and len(manifest["components"]["user"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_recommend_for_a_user_matches_the_recommend_job(
+    client: TestClient, model: PMMRec, data_dir: Path, exclude_seen: bool
+) -> None:
+    body = client.post("/recommend", json={"user_id": "user5", "k": 7, "exclude_seen": exclude_seen}).json()
+    expected = recommend_job(model, data_dir, user="user5", k=7, exclude_seen=exclude_seen)
+    assert [item["item_id"] for item in body["items"]] == [r.item_id for r in expected]
+    np.testing.assert_allclose(
+        [item["score"] for item in body["items"]], [r.score for r in expected], rtol=1e-5, atol=1e-5
+    )
+    assert [item["rank"] for item in body["items"]] == list(range(1, 8))
+    assert body["items"][0]["text"] == expected[0].text
+    sequence = load_dataset(data_dir).sequences[5]
+    assert body["history_length"] == len(sequence)
+    assert body["excluded"] == (len(set(sequence.tolist())) if exclude_seen else 0)
+
+
+def test_recommend_for_a_history_matches_the_recommend_job(client: TestClient, model: PMMRec, data_dir: Path) -> None:
+    history = ["3", "17", "4", "22"]
+    body = client.post("/recommend", json={"history": history, "k": 5, "exclude_seen": True}).json()
+    expected = recommend_job(model, data_dir, history=history, k=5, exclude_seen=True)
+    assert [item["item_id"] for item in body["items"]] == [r.item_id for r in expected]
+    assert not set(history) & {item["item_id"] for item in body["items"]}
+    assert body["user_id"] is None and body["catalogue_size"] == NUM_ITEMS
+
+
+def test_k_larger_than_the_catalogue_returns_every_unseen_item(client: TestClient) -> None:
+    body = client.post("/recommend", json={"history": ["1", "2", "2"], "k": 1000, "exclude_seen": True}).json()
+    assert len(body["items"]) == NUM_ITEMS - 2
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_a_long_history_uses_its_last_max_length_items(client: TestClient) -> None:
+    long = [str(1 + n % NUM_ITEMS) for n in range(200)]
+    tail = client.post("/recommend", json={"history": long[-8:], "k": 10}).json()
+    full = client.post("/recommend", json={"history": long, "k": 10}).json()
+    assert [i["item_id"] for i in full["items"]] == [i["item_id"] for i in tail["items"]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"user_id": "nobody"}, 404, "unknown user id 'nobody'"),
+        ({"history": ["1", "missing-a", "missing-b"]}, 404, "'missing-a', 'missing-b'"),
+        ({"history": ["1"], "k": 0}, 422, "body.k"),
+        ({"history": ["1"], "k": 1001}, 422, "less than or equal to 1000"),
+        ({"history": ["1"] * 1001}, 422, "body.history"),
+        ({"history": []}, 422, "body.history"),
+        ({"history": ["1"], "user_id": "user1"}, 422, "exactly one of user_id and history"),
+        ({"k": 5}, 422, "exactly one of user_id and history"),
+        ({"history": ["1"], "colour": "red"}, 422, "body.colour"),
+        ({"history": "1 2 3"}, 422, "body.history"),
+        ({"history": ["1"], "k": "ten"}, 422, "body.k"),
+    ],
+)
+def test_recommend_refuses_bad_requests_clearly(client: TestClient, payload: dict, status: int, needle: str) -> None:
+    response = client.post("/recommend", json=payload)
+    assert response.status_code == status, response.text
+    assert needle in response.json()["detail"]
+
+
+def test_malformed_json_is_a_422_not_a_crash(client: TestClient) -> None:
+    response = client.post("/recommend", content=b'{"history": [', headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert client.get("/health").status_code == 200
+
+
+def test_items_users_and_images_can_be_looked_up(client: TestClient, data_dir: Path) -> None:
+    dataset = load_dataset(data_dir)
+    item = client.get("/items/7").json()
+    assert item == {
+        "item_id": "7",
+        "text": dataset.item_texts[6],
+        "index": 7,
+        "has_image": True,
+        "added": False,
+        "image_url": "/images/7",
+    }
+    assert client.get("/items/nope").status_code == 404
+    assert "unknown item id 'nope'" in client.get("/items/nope").json()["detail"]
+    image = client.get("/images/7")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE)
+    assert client.get("/images/nope").status_code == 404
+    word = dataset.item_texts[6].split()[1]
+    found = client.get("/items", params={"q": word.upper()}).json()["items"]
+    assert "7" in [entry["item_id"] for entry in found] and all(word in entry["text"] for entry in found)
+    assert client.get("/items", params={"q": "7"}).json()["items"][0]["item_id"] == "7"  # exact id first
+    assert client.get("/items", params={"limit": 0}).status_code == 422
+    users = client.get("/users", params={"q": "user", "limit": 3}).json()
+    assert users == {"users": ["user0", "user1", "user2"], "total": NUM_USERS}
+    history = client.get("/users/user3", params={"last": 2}).json()
+    assert history["length"] == len(dataset.sequences[3])
+    assert [entry["index"] for entry in history["history"]] == dataset.sequences[3][-2:].tolist()
+    assert client.get("/users/nobody").status_code == 404
+
+
+def test_the_page_and_the_openapi_spec_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/recommend", "/items", "/items/{item_id}", "/health", "/users"} <= set(spec["paths"])
+    assert {"404", "422"} <= set(spec["paths"]["/recommend"]["post"]["responses"])
+
+
+# ---- adding items ------------------------------------------------------------------------------------
+
+
+def test_an_added_item_is_rankable_at_once_and_scores_like_the_recommend_job(
+    client: TestClient, model: PMMRec, data_dir: Path, tmp_path: Path
+) -> None:
+    text = "The dragon castle of the ocean (2024)"
+    response = client.post("/items", json={"item_id": "new-1", "text": text})
+    assert response.status_code == 201, response.text
+    added = response.json()
+    assert added["index"] == NUM_ITEMS + 1 and added["added"] is True and added["encoded_from"] == ["text"]
+    assert client.get("/items/new-1").json()["text"] == text
+    assert client.get("/health").json()["items"] == NUM_ITEMS + 1
+
+    # Ranked against the whole catalogue at once; identical to the offline job given the item as an extra item.
+    body = client.post("/recommend", json={"history": ["new-1", "5"], "k": 50}).json()
+    assert "new-1" in [item["item_id"] for item in body["items"]]
+    extra = tmp_path / "extra.tsv"
+    extra.write_text(f"new-1\t{text}\n", encoding="utf-8")
+    expected = recommend_job(model, data_dir, history=["new-1", "5"], k=50, extra_items=extra)
+    assert [item["item_id"] for item in body["items"]] == [r.item_id for r in expected]
+    np.testing.assert_allclose([i["score"] for i in body["items"]], [r.score for r in expected], rtol=1e-4, atol=1e-4)
+    assert next(i for i in body["items"] if i["item_id"] == "new-1")["added"] is True
+    found = client.get("/items", params={"q": "dragon castle"}).json()["items"]
+    assert found[0]["item_id"] == "new-1"
+
+
+def test_an_added_image_is_kept_for_the_page(client: TestClient) -> None:
+    response = client.post(
+        "/items", json={"item_id": "pic", "text": "A red square", "image_base64": b64(png_bytes(300))}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["has_image"] is True and response.json()["encoded_from"] == ["text"]
+    image = client.get("/images/pic")
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (224, 224)
+    data_url = "data:image/png;base64," + b64(png_bytes(50))
+    assert (
+        client.post("/items", json={"item_id": "pic2", "text": "Another", "image_base64": data_url}).status_code == 201
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"item_id": "7", "text": "clash"}, 409, "item id '7' already exists"),
+        ({"item_id": "has space", "text": "x"}, 422, "whitespace"),
+        ({"item_id": "", "text": "x"}, 422, "body.item_id"),
+        ({"item_id": "ok", "text": "tab\there"}, 422, "control character"),
+        ({"item_id": "ok", "text": "   "}, 422, "empty item text"),
+        ({"item_id": "ok", "text": "x" * 2001}, 422, "body.text"),
+        ({"item_id": "ok"}, 422, "body.text"),
+        ({"item_id": "ok", "text": "x", "image_base64": "not base64!"}, 422, "not valid base64"),
+        ({"item_id": "ok", "text": "x", "image_base64": b64(png_bytes()[:60])}, 422, "undecodable image"),
+        ({"item_id": "ok", "text": "x", "image_base64": b64(b"plain bytes")}, 422, "not a recognised image"),
+        ({"item_id": "ok", "text": "x", "image_base64": ""}, 422, "image_base64 is empty"),
+    ],
+)
+def test_adding_refuses_bad_items_clearly(client: TestClient, payload: dict, status: int, needle: str) -> None:
+    response = client.post("/items", json=payload)
+    assert response.status_code == status, response.text
+    assert needle in response.json()["detail"]
+    assert client.get("/health").json()["added_items"] == 0
+
+
+def test_adding_the_same_id_twice_is_a_conflict(client: TestClient) -> None:
+    assert client.post("/items", json={"item_id": "twice", "text": "first"}).status_code == 201
+    second = client.post("/items", json={"item_id": "twice", "text": "second"})
+    assert second.status_code == 409 and "already exists" in second.json()["detail"]
+    assert client.get("/items/twice").json()["text"] == "first"
+
+
+def test_oversized_images_and_bodies_are_413(model: PMMRec, data_dir: Path) -> None:
+    limits = Limits(max_image_bytes=2_000, max_image_pixels=50 * 50, max_body_bytes=20_000)
+    service = RecommenderService.from_dataset(model, load_dataset(data_dir), limits=limits)
+    client = TestClient(create_app(service=service))
+    noisy = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(noisy, format="PNG")
+    assert len(noisy.getvalue()) > 2_000
+    big = client.post("/items", json={"item_id": "a", "text": "x", "image_base64": b64(noisy.getvalue())})
+    assert big.status_code == 413 and "limit of 2,000 bytes" in big.json()["detail"]
+    with pytest.raises(ServiceError, match="has 2,001 bytes: over the limit of 2,000 bytes") as refused:
+        service.add_item("a", "x", b"\0" * 2_001)
+    assert refused.value.status == 413
+    wide = client.post("/items", json={"item_id": "a", "text": "x", "image_base64": b64(png_bytes(60))})
+    assert wide.status_code == 413 and "60x60 pixels" in wide.json()["detail"]
+    body = client.post("/items", json={"item_id": "a", "text": "x", "image_base64": "A" * 30_000})
+    assert body.status_code == 413 and "request body is larger" in body.json()["detail"]
+    assert (
+        client.post("/items", json={"item_id": "a", "text": "x", "image_base64": b64(png_bytes(30))}).status_code == 201
+    )
+
+
+def test_a_vision_model_needs_an_image_and_encodes_it(data_dir: Path, private_cache: None) -> None:
+    model = vision_model()
+    client = TestClient(create_app(model, load_dataset(data_dir)))
+    assert client.get("/health").json()["new_items_need_image"] is True
+    missing = client.post("/items", json={"item_id": "v1", "text": "no picture"})
+    assert missing.status_code == 422 and "needs image_base64" in missing.json()["detail"]
+    picture = png_bytes(tiny.CLIP_IMAGE_SIZE, (10, 200, 90))
+    added = client.post("/items", json={"item_id": "v1", "text": "green", "image_base64": b64(picture)})
+    assert added.status_code == 201 and added.json()["encoded_from"] == ["image"]
+    service: RecommenderService = client.app.state.service  # type: ignore[attr-defined]
+    pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(picture)).convert("RGB"))).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        expected = model.encode_items(pixel_values=pixels.contiguous()).embeddings[0]
+    torch.testing.assert_close(service.snapshot().table[-1], expected, rtol=1e-5, atol=1e-5)
+    body = client.post("/recommend", json={"history": ["v1"], "k": 100}).json()
+    assert len(body["items"]) == NUM_ITEMS + 1
+
+
+def test_an_id_model_serves_but_cannot_add_items(tmp_path: Path, private_cache: None) -> None:
+    ids = [f"item-{n}" for n in range(1, 11)]
+    data = write_dataset(
+        tmp_path / "id-data",
+        name="ids",
+        item_ids=ids,
+        item_texts=[f"Item number {n}" for n in range(1, 11)],
+        user_ids=["a", "b"],
+        user_items=[ids[:4], ids[3:9]],
+        provenance={},
+        preprocessing={},
+    )
+    model = PMMRec(user=tiny.tiny_user_encoder(), item_tower=tiny.tiny_id_tower(num_items=10)).eval()
+    client = TestClient(create_app(model, load_dataset(data)))
+    assert client.get("/health").json()["can_add_items"] is False
+    assert len(client.post("/recommend", json={"user_id": "a", "k": 3}).json()["items"]) == 3
+    refused = client.post("/items", json={"item_id": "new", "text": "Item number 11"})
+    assert refused.status_code == 409 and "ID item tower" in refused.json()["detail"]
+
+
+def test_requests_during_appends_see_a_consistent_catalogue(encoded: RecommenderService) -> None:
+    service = RecommenderService(
+        encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(), spare_items=3
+    )
+    added = 40
+    errors: list[BaseException] = []
+    sizes: list[list[int]] = [[], [], []]
+    stop = threading.Event()
+
+    def read(seen: list[int]) -> None:
+        try:
+            while not stop.is_set():
+                result = service.recommend(history=["1", "2"], k=1000)
+                assert len(result["items"]) == result["catalogue_size"]
+                assert len({item["item_id"] for item in result["items"]}) == len(result["items"])
+                seen.append(result["catalogue_size"])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read, args=(seen,)) for seen in sizes]
+    for thread in readers:
+        thread.start()
+    try:
+        for n in range(added):  # past the 3 spare slots: the table is reallocated while readers run
+            service.add_item(f"live-{n}", f"Live item {n}")
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert not errors, errors[0]
+    assert all(seen == sorted(seen) for seen in sizes)  # each reader sees the catalogue only grow
+    assert max(max(seen) for seen in sizes) > min(min(seen) for seen in sizes)  # reads overlapped the appends
+    assert service.num_items == NUM_ITEMS + added
+    assert service.recommend(history=[f"live-{added - 1}"], k=1)["catalogue_size"] == NUM_ITEMS + added
+
+
+def test_an_unexpected_failure_is_a_500_and_the_server_keeps_answering(
+    client: TestClient, service: RecommenderService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(**_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "recommend", broken)
+    failing = TestClient(client.app, raise_server_exceptions=False)
+    assert failing.post("/recommend", json={"history": ["1"]}).status_code == 500
+    assert failing.get("/health").status_code == 200
+
+
+# ---- command line ------------------------------------------------------------------------------------
+
+
+def test_serve_command_reports_a_bad_model_in_one_line(tmp_path: Path, data_dir: Path) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path / "absent"), "--data", str(data_dir)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_serve_without_the_serve_extra_names_the_install_command(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in sys.modules if name.startswith("pmmrec.serving")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
+    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir)])
+    assert result.exit_code == 1
+    assert "fastapi is missing" in result.output and "pip install 'pmmrec[serve]'" in result.output
+
+
+def test_serve_command_refuses_a_busy_port_before_encoding(tmp_path: Path, data_dir: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            cli_app, ["serve", "--model", str(tmp_path / "absent"), "--data", str(data_dir), "--port", str(port)]
+        )
+    assert result.exit_code == 1
+    assert f"--port {port}: cannot listen" in result.output and "Traceback" not in result.output
+
+
+def test_serve_command_runs_uvicorn_on_the_loaded_service(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, private_cache: None
+) -> None:
+    import uvicorn
+
+    calls: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
+    text_model().save_pretrained(tmp_path / "model")
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(
+            cli_app, ["serve", "--model", str(tmp_path / "model"), "--data", str(data_dir), "--port", "8123", "--quiet"]
+        )
+        assert torch.get_num_threads() == 1  # one torch thread per request
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
+    assert TestClient(calls["app"]).get("/health").json()["items"] == NUM_ITEMS  # type: ignore[arg-type]
