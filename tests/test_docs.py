@@ -43,3 +43,10 @@ def test_readme_gives_exactly_the_two_setup_commands() -> None:
     commands = [line.split("#")[0].strip() for line in quick_start.splitlines() if line.startswith("make ")]
     assert commands == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_example_training_config_is_valid() -> None:
+    from pmmrec.training.config import finetune_defaults, load_train_config
+
+    config = load_train_config(finetune_defaults(), ROOT / "examples" / "finetune.yaml")
+    assert config.component_lr == {"user": 5.0e-4} and config.objectives.weights.nid == 0.1
