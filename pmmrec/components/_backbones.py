@@ -106,3 +106,33 @@ def set_trainable(module: nn.Module, trainable: bool) -> None:
     """Switch requires_grad for every parameter of `module`."""
     for parameter in module.parameters():
         parameter.requires_grad_(trainable)
+
+
+class LayerStackFreezing:
+    """For encoders over a Hugging Face layer stack: which layers exist, how many are frozen, freezing them.
+
+    The host class has `backbone` and a config with `trainable_layers` and `train_embeddings`.
+    """
+
+    backbone: nn.Module
+    config: Any
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return find_layer_stack(self.backbone)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def frozen_depth(self) -> int:
+        """Number of bottom layers that are frozen (0 when the embeddings are trained)."""
+        if self.config.train_embeddings:
+            return 0
+        return max(self.num_layers - self.config.trainable_layers, 0)
+
+    def freeze_layer_stack(self) -> None:
+        """Train only the top `trainable_layers` layers of the stack."""
+        for index, layer in enumerate(self.layers):
+            set_trainable(layer, index >= self.num_layers - self.config.trainable_layers)

@@ -35,7 +35,7 @@ class HFTextEncoderConfig(ComponentConfig):
 
 
 @register_component
-class HFTextEncoder(TextEncoder):
+class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
     """Token states of the item text, projected to d; the bottom layers are frozen (a fixed function)."""
 
     type_name: ClassVar[str] = "text_encoder/hf"
@@ -116,27 +116,11 @@ class HFTextEncoder(TextEncoder):
 
     # ---- freezing -----------------------------------------------------------------------------
 
-    @property
-    def layers(self) -> nn.ModuleList:
-        return _backbones.find_layer_stack(self.backbone)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def frozen_depth(self) -> int:
-        """Number of bottom layers that are frozen (0 when the embeddings are trained)."""
-        if self.config.train_embeddings:
-            return 0
-        return max(self.num_layers - self.config.trainable_layers, 0)
-
     def apply_freezing(self) -> None:
         """Freeze the embeddings and the bottom layers as the config says."""
         _backbones.set_trainable(self.backbone, True)
         _backbones.set_trainable(self.backbone.embeddings, self.config.train_embeddings)
-        for index, layer in enumerate(self.layers):
-            _backbones.set_trainable(layer, index >= self.num_layers - self.config.trainable_layers)
+        self.freeze_layer_stack()
         self.train(self.training)
 
     def frozen_modules(self) -> list[nn.Module]:

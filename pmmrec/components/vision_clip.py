@@ -37,7 +37,7 @@ class CLIPVisionEncoderConfig(VisionPreprocessingFields):
 
 
 @register_component
-class CLIPVisionEncoder(VisionEncoder):
+class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
     """CLS + patch token states of a CLIP ViT (before its final LayerNorm), projected to d."""
 
     type_name: ClassVar[str] = "vision_encoder/clip"
@@ -88,28 +88,13 @@ class CLIPVisionEncoder(VisionEncoder):
             f"are projected to d = {self.config.dim}. Input preprocessing is in `preprocessing.json`."
         )
 
-    @property
-    def layers(self) -> nn.ModuleList:
-        return _backbones.find_layer_stack(self.backbone)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-    @property
-    def frozen_depth(self) -> int:
-        if self.config.train_embeddings:
-            return 0
-        return max(self.num_layers - self.config.trainable_layers, 0)
-
     def apply_freezing(self) -> None:
         """Freeze the patch embedding, the pre-LayerNorm and the bottom blocks; the unused final LayerNorm too."""
         _backbones.set_trainable(self.backbone, True)
         _backbones.set_trainable(self.backbone.embeddings, self.config.train_embeddings)
         _backbones.set_trainable(self.backbone.pre_layrnorm, self.config.train_embeddings)
         _backbones.set_trainable(self.backbone.post_layernorm, False)
-        for index, layer in enumerate(self.layers):
-            _backbones.set_trainable(layer, index >= self.num_layers - self.config.trainable_layers)
+        self.freeze_layer_stack()
         self.train(self.training)
 
     def frozen_modules(self) -> list[nn.Module]:
