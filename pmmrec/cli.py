@@ -426,18 +426,21 @@ def evaluate(
     model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
     data: DataDir,
     split: Annotated[SplitChoice, typer.Option(help="Which leave-one-out target to rank.")] = SplitChoice.test,
-    k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs (repeat: --k 10 --k 20).")] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs: --k 10 20 50 (default) or --k 10 --k 20.")] = None,
     min_length: Annotated[int, typer.Option("--min-length", help="Users with fewer interactions are dropped.")] = 3,
     max_history: Annotated[int | None, typer.Option("--max-history", help="Keep the last N interactions per user.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write the metrics as JSON here.")] = None,
     device: Device = None,
     quiet: Quiet = False,
+    more_k: Annotated[
+        list[int] | None, typer.Argument(hidden=True, help="Further cut-offs after --k (--k 10 20 50).")
+    ] = None,
 ) -> None:
     """Full-ranking HR, NDCG and MRR at each K (history excluded; ties count in the user's favour)."""
     from pmmrec.evaluation import format_metrics_table
     from pmmrec.training import jobs
 
-    ks = tuple(k or (10, 20, 50))
+    ks = tuple([*(k or []), *(more_k or [])] or (10, 20, 50))
     metrics = jobs.evaluate(
         model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output, device=device, progress=not quiet
     )

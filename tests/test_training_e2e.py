@@ -98,6 +98,12 @@ def test_pretrain_assemble_finetune_evaluate_recommend(tmp_path: Path) -> None:
     assert metrics["split"] == "test"
     for key, value in ft_summary["test"].items():
         assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    # The cut-offs as the issue writes them (`--k 5 10`), same figures as the run's.
+    cutoffs = tmp_path / "cutoffs.json"
+    run_cli("evaluate", "--model", run / "model", "--data", target, "--k", "5", "10", "--output", cutoffs, "--quiet")
+    chosen = json.loads(cutoffs.read_text())
+    assert {"hr@5", "hr@10"} <= chosen.keys() and "hr@20" not in chosen
+    assert chosen["ndcg@10"] == pytest.approx(ft_summary["test"]["ndcg@10"], abs=1e-9)
 
     # 5. Recommend for a target user: k items, none of their history, best first.
     dataset = load_dataset(target)
