@@ -39,6 +39,7 @@ def published_repo(slot: str) -> str:
     """The Hub repo of one of the demo's components (listed in hub/catalogue.json)."""
     return f"{HUB_ORG}/pmmrec-{slot}"
 
+
 REPORT_K = 10
 ROW_ORDER = ("popularity", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
 
@@ -315,7 +316,11 @@ def demo(
     runs = {
         "sasrec-id": (ModelSpec(item_tower="id", dim=settings.dim), {"lr": 1e-3}),
         "pmmrec-scratch": (ModelSpec(modalities=["text"], dim=settings.dim), {}),
-        "pmmrec-transfer": (ModelSpec(text=references["text"], user=references["user"]), {}),
+        # The full transfer: text encoder, fusion and user encoder, each from its own hub: reference.
+        "pmmrec-transfer": (
+            ModelSpec(text=references["text"], fusion=references["fusion"], user=references["user"]),
+            {},
+        ),
     }
     for name, (spec, extra) in runs.items():
         _say(f"   fine-tuning {name}")
@@ -338,7 +343,9 @@ def demo(
         f"pre-training: {pre.best_epoch} of {settings.pretrain_epochs} epochs kept (source valid NDCG@10 "
         f"{pre.best_valid.get('ndcg@10', float('nan')):.4f}); fine-tuning {settings.finetune_epochs} epochs; d = {settings.dim}",
         "text encoder: all-MiniLM-L6-v2 (packaged weights), top 2 layers trained; no images are used",
-        f"zero-shot = the transferred text + user encoders, no fine-tuning; components from {references['text']} and {references['user']}",
+        f"zero-shot = {references['text']} + {references['user']} assembled, no fine-tuning; pmmrec-transfer = the full "
+        f"transfer ({references['text']}, {references['fusion']}, {references['user']}), fine-tuned; the text-only "
+        "fusion has no weights, so text + user and the full transfer start from the same weights",
         f"seed {settings.seed}; {settings.label} settings; {time.perf_counter() - started:.0f} s on this machine",
     ]
     payload = {"rows": ordered, "notes": notes, "settings": settings.__dict__, "references": references}
