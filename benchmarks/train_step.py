@@ -49,6 +49,7 @@ from pmmrec.components import (
     SASRecUserEncoder,
     TextOnlyConfig,
     TextOnlyFusion,
+    TextPreprocessor,
 )
 from pmmrec.components._backbones import sanitise_backbone_config
 from pmmrec.data import (
@@ -63,9 +64,10 @@ from pmmrec.data import (
 )
 from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
+from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig
-from pmmrec.training.loop import Trainer, TrainingModule
-from pmmrec.training.prefix_cache import FrozenPrefixCache
+from pmmrec.training.module import TrainingModule
+from pmmrec.training.trainer import Trainer
 
 MAX_LENGTH = 20  # inputs per sequence (paper); a batch row holds MAX_LENGTH + 1 slots
 MAX_TOKENS = 50  # tokens per item text (paper)
@@ -189,7 +191,7 @@ def make_batches(
         item_ids = [dataset.item_ids[i - 1] for i in used]
         texts = [dataset.item_texts[i - 1] for i in used]
         counts = torch.cat([counts[:1], counts[torch.as_tensor(used)]])
-    text_ids, text_mask = tokenize_catalogue(texts, tokenizer, MAX_TOKENS, None, "benchmark")
+    text_ids, text_mask = tokenize_catalogue(texts, TextPreprocessor(tokenizer, MAX_TOKENS), None, "benchmark")
     collator = BatchCollator(item_ids, text_ids, text_mask, None)
     batches = [collator(windows[k * setting.batch_users : (k + 1) * setting.batch_users]) for k in range(setting.steps)]
     steps_per_epoch = math.ceil(len(train) / setting.batch_users)

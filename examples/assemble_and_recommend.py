@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_CACHE", "demo_out/hub-cache")
 
 from pmmrec import PMMRec, load_component  # after the Hub settings above
-from pmmrec.training.jobs import recommend
+from pmmrec.api import recommend
 
 text = load_component("hub:pmmrec-demo/pmmrec-text@v1")  # each reference pins its own revision
 user = load_component("hub:pmmrec-demo/pmmrec-user@v1")

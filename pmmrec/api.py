@@ -1,29 +1,64 @@
-"""Library functions behind each CLI command (same names); usable directly from Python."""
+"""The function behind every command, with the command's name (`data movielens` -> `data_movielens`).
+
+`pmmrec.cli` is a table over these functions; from Python they are the same operations with the same defaults.
+Each one loads what it is given, calls the library, and writes what the command writes.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pmmrec.components import Component
-from pmmrec.components.base import CONFIG_FILE, WEIGHTS_FILE
-from pmmrec.errors import ArtefactError
-from pmmrec.factory import ComponentKind, describe_options, init_component
-from pmmrec.fileio import sha256_file
-from pmmrec.hub import push_folder
-from pmmrec.model import MANIFEST_FILE, PMMRec, read_manifest
-from pmmrec.references import resolve_reference
+from pmmrec._version import __version__
+
+__all__ = [
+    "assemble",
+    "data_build_lmdb",
+    "data_check",
+    "data_import_reference",
+    "data_movielens",
+    "demo",
+    "evaluate",
+    "finetune",
+    "init",
+    "inspect",
+    "pretrain",
+    "push",
+    "recommend",
+    "serve",
+    "version",
+]
+
+PathLike = str | os.PathLike[str]
 
 
-def init(kind: ComponentKind, out: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> Path:
-    """Create a fresh component (pretrained backbone where named) and save it as an artefact."""
-    component = init_component(kind, **options)
-    return component.save_pretrained(out, overwrite=overwrite)
+def version() -> str:
+    """The installed pmmrec version."""
+    return __version__
+
+
+# ---- components and models -----------------------------------------------------------------------------------
+
+
+def init(kind: str, out: PathLike, *, variant: str | None = None, overwrite: bool = False, **options: Any) -> Path:
+    """Create a fresh component of `kind` (pretrained backbone where named) and save it as an artefact.
+
+    `options` are the fields of `pmmrec.components.CreateOptions` (dim, backbone, trainable_layers, ...).
+    """
+    from pmmrec.components import CreateOptions, create_component
+    from pmmrec.errors import ConfigError, describe_validation_error
+
+    try:
+        create_options = CreateOptions(**options)
+    except ValueError as exc:
+        raise ConfigError(f"pmmrec init {kind}: {describe_validation_error(exc)}") from None
+    return create_component(kind, create_options, variant).save_pretrained(out, overwrite=overwrite)
 
 
 def assemble(
-    out: str | os.PathLike[str],
+    out: PathLike,
     *,
     text: str | None = None,
     vision: str | None = None,
@@ -31,7 +66,10 @@ def assemble(
     user: str | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Assemble components given by reference into a model folder; returns it and what was created."""
+    """Assemble components given by reference into a model folder; returns it and notes on what was created."""
+    from pmmrec.errors import ArtefactError
+    from pmmrec.model import PMMRec
+
     if Path(out).exists() and not overwrite:
         raise ArtefactError(f"{out} already exists; pass --overwrite to replace it")
     model = PMMRec.assemble(text=text, vision=vision, fusion=fusion, user=user)
@@ -40,77 +78,13 @@ def assemble(
 
 def inspect(reference: str, revision: str | None = None) -> dict[str, Any]:
     """Type, key config, parameter counts and provenance of a component or an assembled model."""
-    resolved = resolve_reference(reference, revision=revision)
-    if (resolved.path / MANIFEST_FILE).is_file():
-        manifest = read_manifest(resolved.path)
-        model = PMMRec.from_pretrained(resolved.path)
-        components = {}
-        for slot, component in model.components().items():
-            entry = manifest["components"][slot]
-            components[slot] = _describe(component) | {
-                "requested": entry.get("requested"),
-                "resolved_commit": entry.get("resolved_commit"),
-                "created": entry.get("created", False),
-                "sha256": entry["sha256"],
-            }
-        return {
-            "reference": reference,
-            "resolved_commit": resolved.commit,
-            "kind": "model",
-            "dim": manifest["dim"],
-            "modalities": manifest["modalities"],
-            "components": components,
-        }
-    if (resolved.path / CONFIG_FILE).is_file():
-        component = Component.from_folder(resolved.path)
-        return {
-            "reference": reference,
-            "resolved_commit": resolved.commit,
-            "kind": "component",
-            "components": {
-                component.kind: _describe(component) | {"sha256": sha256_file(resolved.path / WEIGHTS_FILE)}
-            },
-        }
-    raise ArtefactError(
-        f"{resolved.path}: neither a component ({CONFIG_FILE}) nor an assembled model ({MANIFEST_FILE})"
-    )
+    from pmmrec.inspection import inspect_reference
 
-
-def _describe(component: Component) -> dict[str, Any]:
-    trainable, frozen = component.parameter_counts()
-    return {
-        "type": component.type_name,
-        "config": describe_options(component),
-        "trainable": trainable,
-        "frozen": frozen,
-    }
-
-
-def format_inspection(report: dict[str, Any]) -> str:
-    """A readable rendering of `inspect`'s report."""
-    lines = [
-        f"{report['reference']}" + (f" (commit {report['resolved_commit']})" if report.get("resolved_commit") else "")
-    ]
-    if report["kind"] == "model":
-        lines.append(f"assembled model, d = {report['dim']}, modalities: {', '.join(report['modalities'])}")
-    for slot, info in report["components"].items():
-        lines.append(f"  {slot}: {info['type']}  trainable {info['trainable']:,}  frozen {info['frozen']:,}")
-        key_config = ", ".join(f"{k}={v}" for k, v in info["config"].items())
-        lines.append(f"      config: {key_config}")
-        provenance = []
-        if info.get("requested"):
-            provenance.append(f"from {info['requested']}")
-        elif info.get("created"):
-            provenance.append("created fresh at assembly")
-        if info.get("resolved_commit"):
-            provenance.append(f"commit {info['resolved_commit']}")
-        provenance.append(f"weights sha256 {info['sha256'][:16]}")
-        lines.append("      " + ", ".join(provenance))
-    return "\n".join(lines)
+    return inspect_reference(reference, revision)
 
 
 def push(
-    folder: str | os.PathLike[str],
+    folder: PathLike,
     repo: str,
     *,
     tag: str | None = None,
@@ -118,10 +92,241 @@ def push(
     private: bool = False,
     api: Any = None,
 ) -> str:
-    """Publish a component or assembled-model folder to the Hub; returns the commit id."""
+    """Publish a component or assembled-model folder to the Hub (refused unless it loads); returns the commit id."""
+    from pmmrec.components import Component
+    from pmmrec.components.base import CONFIG_FILE
+    from pmmrec.hub import push_folder
+    from pmmrec.model import MANIFEST_FILE, PMMRec
+
     folder = Path(folder)
     if (folder / CONFIG_FILE).is_file():
-        Component.from_folder(folder)  # refuse to publish something that does not load
+        Component.from_folder(folder)
     elif (folder / MANIFEST_FILE).is_file():
         PMMRec.from_pretrained(folder)
     return push_folder(folder, repo, tag=tag, token=token, private=private, api=api)
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+
+def pretrain(
+    data: PathLike,
+    out: PathLike,
+    *,
+    config: PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """Pre-train on a source dataset (next-item prediction, NICL, NID, RCL); RUN/components/<slot> holds each part.
+
+    `options` are the flat training options (`pmmrec.training.config.TRAIN_OPTIONS`: epochs, lr, text, ...); they
+    override the YAML file `config`, which overrides the defaults.
+    """
+    return _train("pretrain", data, out, config, resume, progress, options)
+
+
+def finetune(
+    data: PathLike,
+    out: PathLike,
+    *,
+    config: PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """Fine-tune any combination of components (or train from scratch) on a target dataset; RUN/model is the best."""
+    return _train("finetune", data, out, config, resume, progress, options)
+
+
+def _train(
+    mode: Literal["pretrain", "finetune"],
+    data: PathLike,
+    out: PathLike,
+    config: PathLike | None,
+    resume: bool,
+    progress: bool,
+    options: dict[str, Any],
+) -> Any:
+    from pmmrec.training.config import overrides_from_options
+    from pmmrec.training.jobs import train
+
+    overrides = overrides_from_options(options)
+    return train(mode, data, out, config_path=config, overrides=overrides, resume=resume, progress=progress)
+
+
+# ---- using a model -------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    model: PathLike | Any,
+    data: PathLike,
+    *,
+    split: str = "test",
+    ks: Sequence[int] = (10, 20, 50),
+    min_length: int = 3,
+    max_history: int | None = None,
+    out: PathLike | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Full-ranking HR/NDCG/MRR@K of a model on a dataset's valid or test targets (written as JSON to `out`)."""
+    from pmmrec.data import leave_one_out, load_dataset
+    from pmmrec.distributed import setup_distributed
+    from pmmrec.fileio import write_json
+    from pmmrec.inference import evaluate_split, make_collator
+    from pmmrec.model import PMMRec
+
+    context = setup_distributed(device)
+    loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
+    loaded.to(context.device)
+    dataset = load_dataset(data)
+    split_data = leave_one_out(dataset.sequences, min_length, max_history)
+    collator = make_collator(loaded, dataset)
+    result = evaluate_split(
+        loaded, split_data, split, collator, dataset.num_items, context.device, context, ks=tuple(ks), progress=progress
+    )
+    if out is not None and context.is_main:
+        source = None if isinstance(model, PMMRec) else str(model)
+        write_json(out, {"model": source, "data": str(data), "split": split, **result.metrics})
+    return result.metrics
+
+
+def recommend(
+    model: PathLike | Any,
+    data: PathLike,
+    *,
+    user: str | None = None,
+    history: list[str] | None = None,
+    k: int = 10,
+    exclude_seen: bool = False,
+    extra_items: PathLike | None = None,
+    device: str | None = None,
+) -> list[Any]:
+    """Top-k items for a known user or an explicit history; `extra_items` adds candidates by content alone."""
+    import torch
+
+    from pmmrec.data import load_dataset, read_items_tsv
+    from pmmrec.errors import ConfigError
+    from pmmrec.inference import encode_catalogue, make_collator, top_k
+    from pmmrec.model import PMMRec
+
+    if (user is None) == (history is None):
+        raise ConfigError("give exactly one of --user and --history")
+    loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
+    target_device = torch.device(device) if device else torch.device("cpu")
+    loaded.to(target_device)
+    dataset = load_dataset(data)
+    if extra_items is not None:
+        if loaded.item_tower is not None:
+            raise ConfigError("--items: an ID-based model cannot score items it was not trained on")
+        if loaded.vision is not None:
+            raise ConfigError("--items: this model reads images; extra items need images (add them to the dataset instead)")
+        extra_ids, extra_texts = read_items_tsv(extra_items)
+        clashes = sorted(set(extra_ids) & set(dataset.item_ids))
+        if clashes:
+            raise ConfigError(f"{extra_items}: item ids already in the dataset: {clashes[:5]}")
+        dataset.item_ids = dataset.item_ids + extra_ids
+        dataset.item_texts = dataset.item_texts + extra_texts
+    index = dataset.item_index()
+    if user is not None:
+        try:
+            row = dataset.user_ids.index(user)
+        except ValueError:
+            raise ConfigError(f"--user {user!r}: not in {dataset.root / 'users.tsv'}") from None
+        sequence = [int(i) for i in dataset.sequences[row]]
+    else:
+        unknown = [item for item in history or [] if item not in index]
+        if unknown:
+            raise ConfigError(f"--history: unknown item ids {unknown[:5]} (not in items.tsv or --items)")
+        sequence = [index[item] for item in history or []]
+    table = encode_catalogue(loaded, make_collator(loaded, dataset), len(dataset.item_ids), target_device)
+    exclude = sequence if exclude_seen else ()
+    return top_k(loaded, table, dataset.item_ids, dataset.item_texts, sequence, k=k, exclude=exclude)
+
+
+def serve(
+    model: str,
+    data: PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int = 1,
+    device: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Serve recommendations over HTTP until interrupted (needs the `serve` extra)."""
+    from pmmrec.errors import ConfigError
+
+    try:
+        from pmmrec.serving import serve as run_server
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from None
+    run_server(model, data, host=host, port=port, device=device, progress=progress, threads=threads)
+
+
+def demo(out: PathLike = "demo_out", *, quick: bool = False, seed: int = 42, progress: bool = True) -> dict[str, Any]:
+    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain; returns results.json."""
+    from pmmrec.demo import demo as run_demo
+
+    return run_demo(out, quick=quick, seed=seed, progress=progress)
+
+
+# ---- datasets ------------------------------------------------------------------------------------------------
+
+
+def data_movielens(
+    out: PathLike, *, domain: str = "all", images: str = "none", size: int = 224, overwrite: bool = False
+) -> Path:
+    """Build MovieLens-100K (or its source/target domain) from the installed recbole==1.2.1 wheel."""
+    from pmmrec.data import build_movielens
+
+    return build_movielens(out, domain=domain, images=images, image_size=size, overwrite=overwrite)
+
+
+def data_build_lmdb(
+    items: PathLike,
+    images: PathLike,
+    out: PathLike,
+    *,
+    size: int = 224,
+    payload: str = "png",
+    allow_missing: bool = False,
+    overwrite: bool = False,
+) -> Any:
+    """Resize item images once and store them in an LMDB keyed by item id (no pickle); returns the build report."""
+    from pmmrec.data import build_image_lmdb
+
+    return build_image_lmdb(
+        Path(items), Path(images), Path(out), size=size, payload_format=payload, allow_missing=allow_missing,
+        overwrite=overwrite,
+    )  # fmt: skip
+
+
+def data_import_reference(
+    users: PathLike,
+    items: PathLike,
+    out: PathLike,
+    *,
+    lmdb: PathLike | None = None,
+    trust_pickle: bool = False,
+    name: str | None = None,
+    size: int = 224,
+    payload: str = "png",
+    allow_missing: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Convert the reference family's users/items files (and image LMDB) into a dataset folder."""
+    from pmmrec.data import import_reference
+
+    return import_reference(
+        users, items, out, lmdb_path=lmdb, trust_pickle=trust_pickle, image_size=size, payload_format=payload,
+        allow_missing=allow_missing, overwrite=overwrite, name=name,
+    )  # fmt: skip
+
+
+def data_check(folder: PathLike) -> dict[str, Any]:
+    """Validate a dataset folder (hashes, lines, ids, texts, images); returns its statistics."""
+    from pmmrec.data import check_dataset
+
+    return check_dataset(folder)

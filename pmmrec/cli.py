@@ -1,21 +1,46 @@
-"""Command-line interface: a thin Typer layer over the library functions of the same names."""
+"""Command-line interface: a table from command names to the functions of `pmmrec.api` with the same names.
+
+Each command parses its options, calls its library function and prints the result; nothing else happens here. The
+options of `pretrain` and `finetune` are generated from one table (`TRAIN_OPTIONS`), their help texts from the
+training config's own field descriptions.
+"""
 
 from __future__ import annotations
 
-import functools
+import inspect
 import json
-import os
 from collections.abc import Callable
-from enum import Enum
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal
 
 import typer
 
-from pmmrec import __version__
-from pmmrec.errors import PmmrecError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from pmmrec import api
+from pmmrec.cli_options import (
+    AllowMissing,
+    DataDir,
+    Device,
+    DomainChoice,
+    FusionRef,
+    ImagePayload,
+    ImagesChoice,
+    ImageSize,
+    KindChoice,
+    ModelRef,
+    Overwrite,
+    PayloadChoice,
+    Quiet,
+    SplitChoice,
+    TextRef,
+    UserRef,
+    VisionRef,
+    create_option,
+    is_main_process,
+    plain,
+    reports_errors,
+    training_parameters,
+)
 
 app = typer.Typer(
     name="pmmrec",
@@ -23,91 +48,50 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flags read as flags, every default shown, brackets printed as written
 )
-data_app = typer.Typer(help="Build, import and check datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Build, import and check datasets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
-def reports_errors(command: F) -> F:
-    """Turn bad input (PmmrecError) and OS errors (missing file, full disk) into one line and exit status 1.
-
-    Set PMMREC_DEBUG=1 to see the traceback instead.
-    """
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (PmmrecError, OSError) as exc:
-            if os.environ.get("PMMREC_DEBUG"):
-                raise
-            message = str(exc) if isinstance(exc, PmmrecError) else _describe_os_error(exc)
-            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(code=1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _describe_os_error(exc: OSError) -> str:
-    where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-    return f"{where}{exc.strerror or exc}"
-
+# ---- shared option types ---------------------------------------------------------------------------------------
 
 @app.command("version")
 def version() -> None:
     """Print the pmmrec version."""
-    typer.echo(__version__)
+    typer.echo(api.version())
 
 
-class ComponentKindChoice(str, Enum):
-    text = "text"
-    vision = "vision"
-    fusion = "fusion"
-    user = "user"
-
-
-class FusionTypeChoice(str, Enum):
-    merge_attention = "merge_attention"
-    text_only = "text_only"
-    vision_only = "vision_only"
-
-
-TextRef = Annotated[str | None, typer.Option("--text", help="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")]
-VisionRef = Annotated[str | None, typer.Option("--vision", help="Vision encoder reference.")]
-FusionRef = Annotated[str | None, typer.Option("--fusion", help="Fusion reference (created fresh when absent).")]
-UserRef = Annotated[str | None, typer.Option("--user", help="User encoder reference (created fresh when absent).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+# ---- components and models -----------------------------------------------------------------------------------
 
 
 @app.command("init")
 @reports_errors
 def init(
-    kind: Annotated[ComponentKindChoice, typer.Argument(help="Which component to create.")],
+    kind: Annotated[KindChoice, typer.Argument(help="Which component to create.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the component to.")],
-    backbone: Annotated[
+    variant: Annotated[
         str | None,
-        typer.Option(help="Encoders: built-in name (minilm, efficientnet-lite0), local folder or hub:ORG/NAME[@REV]."),
+        typer.Option("--type", help="Type within the kind: fusion merge_attention|text_only|vision_only; vision clip|efficientnet."),
     ] = None,
-    dim: Annotated[int | None, typer.Option(help="Embedding width d (encoders default to the backbone's width).")] = None,
-    fusion_type: Annotated[FusionTypeChoice, typer.Option("--type", help="Fusion type.")] = FusionTypeChoice.merge_attention,
-    trainable_layers: Annotated[int, typer.Option(help="Encoders: top layers/blocks trained (paper: 2).")] = 2,
-    max_tokens: Annotated[int, typer.Option(help="Text encoder: tokens per item text.")] = 50,
-    heads: Annotated[int | None, typer.Option(help="Fusion/user: attention heads.")] = None,
-    layers: Annotated[int, typer.Option(help="User encoder: Transformer blocks.")] = 2,
-    max_length: Annotated[int, typer.Option(help="User encoder: longest sequence.")] = 20,
-    dropout: Annotated[float, typer.Option(help="Fusion/user: dropout.")] = 0.1,
+    backbone: Annotated[str | None, create_option("backbone")] = None,
+    dim: Annotated[int | None, create_option("dim")] = None,
+    trainable_layers: Annotated[int, create_option("trainable_layers")] = 2,
+    max_tokens: Annotated[int, create_option("max_tokens")] = 50,
+    heads: Annotated[int | None, create_option("heads")] = None,
+    layers: Annotated[int, create_option("layers")] = 2,
+    max_length: Annotated[int, create_option("max_length")] = 20,
+    dropout: Annotated[float, create_option("dropout")] = 0.1,
     overwrite: Overwrite = False,
 ) -> None:
     """Create a fresh component (pretrained backbone where named, the rest initialised)."""
-    from pmmrec import api
-
     path = api.init(
-        kind.value,  # type: ignore[arg-type]
+        kind.value,
         out,
+        variant=variant,
         overwrite=overwrite,
         backbone=backbone,
         dim=dim,
-        fusion_type=fusion_type.value,
         trainable_layers=trainable_layers,
         max_tokens=max_tokens,
         heads=heads,
@@ -129,8 +113,6 @@ def assemble(
     overwrite: Overwrite = False,
 ) -> None:
     """Combine components into one model; missing parts are created where the method needs them."""
-    from pmmrec import api
-
     path, notes = api.assemble(out, text=text, vision=vision, fusion=fusion, user=user, overwrite=overwrite)
     for note in notes:
         typer.echo(f"note: {note}")
@@ -139,15 +121,15 @@ def assemble(
 
 @app.command("inspect")
 @reports_errors
-def inspect(
+def inspect_command(
     reference: Annotated[str, typer.Argument(help="Component or model: folder, hub:ORG/NAME[@REV] or hf://...")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Print each component's type, key config, parameter counts and provenance."""
-    from pmmrec import api
+    from pmmrec.inspection import format_inspection
 
     report = api.inspect(reference)
-    typer.echo(json.dumps(report, indent=2) if as_json else api.format_inspection(report))
+    typer.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
 
 
 @app.command("push")
@@ -160,270 +142,85 @@ def push(
     private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
 ) -> None:
     """Publish a component (or an assembled model) to the Hugging Face Hub."""
-    from pmmrec import api
-
     commit = api.push(folder, repo, tag=tag, token=token, private=private)
     typer.echo(f"pushed {folder} to {repo} at commit {commit}" + (f" (tag {tag})" if tag else ""))
 
 
-class ItemTowerChoice(str, Enum):
-    content = "content"
-    id = "id"
+# ---- training: one option group for pretrain and finetune --------------------------------------------------------
 
 
-class SplitChoice(str, Enum):
-    valid = "valid"
-    test = "test"
+def _training_command(mode: Literal["pretrain", "finetune"], summary: str, done: Callable[[Path], str]) -> Any:
+    """The `pmmrec pretrain` / `pmmrec finetune` command: fixed options plus the shared training option group."""
 
+    @reports_errors
+    def command(
+        data: Path, out: Path, config: Path | None = None, resume: bool = False, quiet: bool = False, **options: Any
+    ) -> None:
+        from pmmrec.training.trainer import TrainingInterrupted
 
-def _training_options(
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    max_length: int | None,
-    seed: int | None,
-    device: str | None,
-    freeze: list[str] | None,
-    lr_component: list[str] | None,
-    weights: dict[str, float | None],
-    patience: int | None,
-    max_steps: int | None,
-    num_workers: int | None,
-    gather_negatives: bool | None,
-    precision: str | None,
-) -> dict[str, Any]:
-    """Command-line flags as config overrides (None = not given, so the YAML file or default stands)."""
-    component_lr = {}
-    for entry in lr_component or []:
-        slot, sep, value = entry.partition("=")
+        values = {key: plain(value) for key, value in options.items()}
         try:
-            component_lr[slot] = float(value) if sep else float("nan")
-        except ValueError:
-            raise typer.BadParameter(f"--lr-component {entry!r}: expected SLOT=LR, e.g. text=5e-5") from None
-        if not sep:
-            raise typer.BadParameter(f"--lr-component {entry!r}: expected SLOT=LR, e.g. text=5e-5")
-    overrides: dict[str, Any] = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_length": max_length,
-        "seed": seed,
-        "device": device,
-        "freeze": freeze or None,
-        "component_lr": component_lr or None,
-        "patience": patience,
-        "max_steps": max_steps,
-        "num_workers": num_workers,
-        "gather_negatives": gather_negatives,
-        "precision": precision,
-    }
-    given_weights = {name: value for name, value in weights.items() if value is not None}
-    if given_weights:
-        overrides["objectives"] = {"weights": given_weights}
-    return overrides
+            getattr(api, mode)(data, out, config=config, resume=resume, progress=not quiet, **values)
+        except TrainingInterrupted as exc:
+            typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(code=130) from None
+        if is_main_process():
+            typer.echo(done(out))
+
+    fixed = [
+        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=DataDir),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, logs, outputs).")],
+        ),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None, typer.Option("--config", help="YAML file of training options; flags override it.")
+            ],
+        ),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--resume", help="Continue from RUN/checkpoints/last.")],
+        ),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+    ]
+    parameters = [*fixed, *training_parameters()]
+    command.__dict__["__signature__"] = inspect.Signature(parameters)  # what Typer reads the options from
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    command.__doc__ = summary
+    command.__name__ = mode
+    return command
 
 
-def _model_spec(
-    text: str | None,
-    vision: str | None,
-    fusion: str | None,
-    user: str | None,
-    modalities: list[str] | None,
-    item_tower: ItemTowerChoice,
-    text_backbone: str | None,
-    vision_backbone: str | None,
-    dim: int | None,
-    text_trainable_layers: int | None,
-    vision_trainable_layers: int | None,
-) -> Any:
-    from pmmrec.training.jobs import ModelSpec
-
-    return ModelSpec(
-        text=text,
-        vision=vision,
-        fusion=fusion,
-        user=user,
-        modalities=modalities or None,
-        item_tower=item_tower.value,  # type: ignore[arg-type]
-        text_backbone=text_backbone,
-        vision_backbone=vision_backbone,
-        dim=dim,
-        trainable_layers={
-            name: value
-            for name, value in (("text", text_trainable_layers), ("vision", vision_trainable_layers))
-            if value is not None
-        },
+app.command("pretrain")(
+    _training_command(
+        "pretrain",
+        "Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*.",
+        lambda out: f"components written to {out / 'components'} (publish each with `pmmrec push`)",
     )
-
-
-DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (users.tsv, items.tsv, dataset.json).")]
-RunDir = Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, logs, outputs).")]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of training options; flags override it.")]
-Modalities = Annotated[
-    list[str] | None, typer.Option("--modality", help="Item modality of the model (repeat for text and vision).")
-]
-Epochs = Annotated[int | None, typer.Option(help="Training epochs.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", help="Users per batch per process.")]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Learning rate of every trained part.")]
-LrComponent = Annotated[list[str] | None, typer.Option("--lr-component", help="Per-component lr, SLOT=LR (repeatable).")]
-Freeze = Annotated[list[str] | None, typer.Option("--freeze", help="Component not to train (repeatable).")]
-MaxLength = Annotated[int | None, typer.Option("--max-length", help="Items per input sequence.")]
-Seed = Annotated[int | None, typer.Option(help="Random seed.")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if available).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from RUN/checkpoints/last.")]
-Patience = Annotated[int | None, typer.Option(help="Early stopping after N epochs without improvement.")]
-MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")]
-Workers = Annotated[int | None, typer.Option("--num-workers", help="DataLoader worker processes.")]
-Gather = Annotated[bool | None, typer.Option("--gather-negatives/--no-gather-negatives", help="Use other processes' items as negatives.")]
-Precision = Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")]
-WeightRec = Annotated[float | None, typer.Option("--rec-weight", help="Weight of next-item prediction.")]
-WeightNicl = Annotated[float | None, typer.Option("--nicl-weight", help="Weight of NICL (0 switches it off).")]
-WeightNid = Annotated[float | None, typer.Option("--nid-weight", help="Weight of NID (0 switches it off).")]
-WeightRcl = Annotated[float | None, typer.Option("--rcl-weight", help="Weight of RCL (0 switches it off).")]
-TextBackbone = Annotated[str | None, typer.Option("--text-backbone", help="Backbone of a fresh text encoder (default minilm).")]
-VisionBackbone = Annotated[
-    str | None, typer.Option("--vision-backbone", help="Backbone of a fresh vision encoder (default efficientnet-lite0).")
-]
-Dim = Annotated[int | None, typer.Option(help="Embedding width d of fresh components.")]
-TextLayers = Annotated[
-    int | None, typer.Option("--text-trainable-layers", help="Text encoder: top layers trained (fresh default 2).")
-]
-VisionLayers = Annotated[
-    int | None, typer.Option("--vision-trainable-layers", help="Vision encoder: top blocks trained (fresh default 2).")
-]
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-
-
-def _is_main_process() -> bool:
-    """Under torchrun only rank 0 prints results."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _train_command(
-    mode: str,
-    data: Path,
-    out: Path,
-    spec: Any,
-    config: Path | None,
-    overrides: dict[str, Any],
-    resume: bool,
-    quiet: bool,
-) -> Any:
-    from pmmrec.training import jobs
-    from pmmrec.training.loop import TrainingInterrupted
-
-    job = jobs.pretrain if mode == "pretrain" else jobs.finetune
-    try:
-        result = job(data, out, spec, config_path=config, overrides=overrides, resume=resume, progress=not quiet)
-    except TrainingInterrupted as exc:
-        typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(code=130) from None
-    return result
-
-
-@app.command("pretrain")
-@reports_errors
-def pretrain(
-    data: DataDir,
-    out: RunDir,
-    text: TextRef = None,
-    vision: VisionRef = None,
-    fusion: FusionRef = None,
-    user: UserRef = None,
-    modality: Modalities = None,
-    config: ConfigFile = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    lr_component: LrComponent = None,
-    freeze: Freeze = None,
-    max_length: MaxLength = None,
-    rec_weight: WeightRec = None,
-    nicl_weight: WeightNicl = None,
-    nid_weight: WeightNid = None,
-    rcl_weight: WeightRcl = None,
-    text_backbone: TextBackbone = None,
-    vision_backbone: VisionBackbone = None,
-    dim: Dim = None,
-    text_trainable_layers: TextLayers = None,
-    vision_trainable_layers: VisionLayers = None,
-    seed: Seed = None,
-    device: Device = None,
-    precision: Precision = None,
-    patience: Patience = None,
-    max_steps: MaxSteps = None,
-    num_workers: Workers = None,
-    gather_negatives: Gather = None,
-    resume: Resume = False,
-    quiet: Quiet = False,
-) -> None:
-    """Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*."""
-    spec = _model_spec(text, vision, fusion, user, modality, ItemTowerChoice.content, text_backbone, vision_backbone, dim, text_trainable_layers, vision_trainable_layers)
-    overrides = _training_options(
-        epochs, batch_size, lr, max_length, seed, device, freeze, lr_component,
-        {"rec": rec_weight, "nicl": nicl_weight, "nid": nid_weight, "rcl": rcl_weight},
-        patience, max_steps, num_workers, gather_negatives, precision,
+)
+app.command("finetune")(
+    _training_command(
+        "finetune",
+        "Fine-tune any combination of components (or train from scratch) on a target dataset; writes RUN/model.",
+        lambda out: f"best model written to {out / 'model'}",
     )
-    _train_command("pretrain", data, out, spec, config, overrides, resume, quiet)
-    if _is_main_process():
-        typer.echo(f"components written to {out / 'components'} (publish each with `pmmrec push`)")
+)
 
 
-@app.command("finetune")
-@reports_errors
-def finetune(
-    data: DataDir,
-    out: RunDir,
-    text: TextRef = None,
-    vision: VisionRef = None,
-    fusion: FusionRef = None,
-    user: UserRef = None,
-    modality: Modalities = None,
-    item_tower: Annotated[
-        ItemTowerChoice, typer.Option("--item-tower", help="content (PMMRec) or id (the SASRec-ID baseline).")
-    ] = ItemTowerChoice.content,
-    config: ConfigFile = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: LearningRate = None,
-    lr_component: LrComponent = None,
-    freeze: Freeze = None,
-    max_length: MaxLength = None,
-    rec_weight: WeightRec = None,
-    nicl_weight: WeightNicl = None,
-    nid_weight: WeightNid = None,
-    rcl_weight: WeightRcl = None,
-    text_backbone: TextBackbone = None,
-    vision_backbone: VisionBackbone = None,
-    dim: Dim = None,
-    text_trainable_layers: TextLayers = None,
-    vision_trainable_layers: VisionLayers = None,
-    seed: Seed = None,
-    device: Device = None,
-    precision: Precision = None,
-    patience: Patience = None,
-    max_steps: MaxSteps = None,
-    num_workers: Workers = None,
-    gather_negatives: Gather = None,
-    resume: Resume = False,
-    quiet: Quiet = False,
-) -> None:
-    """Fine-tune any combination of components (or train from scratch) on a target dataset; writes RUN/model."""
-    spec = _model_spec(text, vision, fusion, user, modality, item_tower, text_backbone, vision_backbone, dim, text_trainable_layers, vision_trainable_layers)
-    overrides = _training_options(
-        epochs, batch_size, lr, max_length, seed, device, freeze, lr_component,
-        {"rec": rec_weight, "nicl": nicl_weight, "nid": nid_weight, "rcl": rcl_weight},
-        patience, max_steps, num_workers, gather_negatives, precision,
-    )
-    _train_command("finetune", data, out, spec, config, overrides, resume, quiet)
-    if _is_main_process():
-        typer.echo(f"best model written to {out / 'model'}")
+# ---- using a model -------------------------------------------------------------------------------------------
 
 
 @app.command("evaluate")
 @reports_errors
 def evaluate(
-    model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
+    model: ModelRef,
     data: DataDir,
     split: Annotated[SplitChoice, typer.Option(help="Which leave-one-out target to rank.")] = SplitChoice.test,
     k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs: --k 10 20 50 (default) or --k 10 --k 20.")] = None,
@@ -438,13 +235,13 @@ def evaluate(
 ) -> None:
     """Full-ranking HR, NDCG and MRR at each K (history excluded; ties count in the user's favour)."""
     from pmmrec.evaluation import format_metrics_table
-    from pmmrec.training import jobs
 
     ks = tuple([*(k or []), *(more_k or [])] or (10, 20, 50))
-    metrics = jobs.evaluate(
-        model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output, device=device, progress=not quiet
-    )
-    if not _is_main_process():
+    metrics = api.evaluate(
+        model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output,
+        device=device, progress=not quiet,
+    )  # fmt: skip
+    if not is_main_process():
         return
     typer.echo(f"{split.value} split of {data}:")
     typer.echo(format_metrics_table(metrics, ks))
@@ -455,25 +252,23 @@ def evaluate(
 @app.command("recommend")
 @reports_errors
 def recommend(
-    model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
+    model: ModelRef,
     data: DataDir,
     user: Annotated[str | None, typer.Option("--user", help="A user id of users.tsv.")] = None,
     history: Annotated[str | None, typer.Option("--history", help='Item ids, oldest first: "ID ID ...".')] = None,
     k: Annotated[int, typer.Option("--k", help="How many items to return.")] = 10,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never return items of the history.")] = False,
-    items: Annotated[Path | None, typer.Option("--items", help="Extra candidate items (item_id<TAB>text), never seen in training.")] = None,
+    items: Annotated[
+        Path | None, typer.Option("--items", help="Extra candidate items (item_id<TAB>text), never seen in training.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: Device = None,
 ) -> None:
     """Top-k items for a user or a history; new items are recommendable from their content alone."""
-    from dataclasses import asdict
-
-    from pmmrec.training import jobs
-
-    ranked = jobs.recommend(
+    ranked = api.recommend(
         model, data, user=user, history=history.split() if history is not None else None, k=k,
         exclude_seen=exclude_seen, extra_items=items, device=device,
-    )
+    )  # fmt: skip
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in ranked], indent=2))
         return
@@ -484,66 +279,35 @@ def recommend(
 @app.command("serve")
 @reports_errors
 def serve(
-    model: Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")],
+    model: ModelRef,
     data: DataDir,
     host: Annotated[str, typer.Option(help="Interface to listen on (the API has no authentication).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    threads: Annotated[int, typer.Option(help="torch threads per request (1: concurrent requests use separate cores).")] = 1,
+    threads: Annotated[
+        int, typer.Option(help="torch threads per request (1: concurrent requests use separate cores).")
+    ] = 1,
     device: Device = None,
     quiet: Quiet = False,
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are rankable at once."""
-    from pmmrec.errors import ConfigError
-
-    try:
-        from pmmrec.serving import serve as run_server
-    except ImportError as exc:
-        raise ConfigError(str(exc)) from None
-
-    run_server(model, data, host=host, port=port, device=device, progress=not quiet, threads=threads)
+    api.serve(model, data, host=host, port=port, threads=threads, device=device, progress=not quiet)
 
 
 @app.command("demo")
 @reports_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for data, runs, the local Hub cache and results.")] = Path("demo_out"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for data, runs, the local Hub cache and results.")] = Path(
+        "demo_out"
+    ),
     quick: Annotated[bool, typer.Option("--quick", help="Smaller settings: a few minutes on a laptop CPU.")] = False,
-    seed: Seed = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     quiet: Quiet = False,
 ) -> None:
     """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison."""
-    from pmmrec.demo import demo as run_demo
-
-    run_demo(out, quick=quick, seed=seed if seed is not None else 42, progress=not quiet)
+    api.demo(out, quick=quick, seed=seed, progress=not quiet)
 
 
-# --- data commands -------------------------------------------------------------------------
-
-
-class DataDomainChoice(str, Enum):
-    all = "all"
-    source = "source"
-    target = "target"
-
-
-class DataImagesChoice(str, Enum):
-    none = "none"
-    synthetic = "synthetic"
-
-
-class ImagePayloadChoice(str, Enum):
-    png = "png"
-    jpeg = "jpeg"
-    raw = "raw"
-
-
-ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]
-ImagePayload = Annotated[
-    ImagePayloadChoice, typer.Option("--format", help="Stored image payload: png (lossless), jpeg or raw pixels.")
-]
-AllowMissing = Annotated[
-    bool, typer.Option("--allow-missing", help="Record items without a usable image instead of failing.")
-]
+# ---- datasets ------------------------------------------------------------------------------------------------
 
 
 @data_app.command("movielens")
@@ -551,21 +315,21 @@ AllowMissing = Annotated[
 def data_movielens(
     out: Annotated[Path, typer.Option("--out", help="Dataset folder to create.")],
     domain: Annotated[
-        DataDomainChoice, typer.Option(help="all = whole MovieLens-100K; source/target = the two transfer domains.")
-    ] = DataDomainChoice.all,
+        DomainChoice, typer.Option(help="all = whole MovieLens-100K; source/target = the two transfer domains.")
+    ] = DomainChoice.all,
     images: Annotated[
-        DataImagesChoice, typer.Option(help="none, or synthetic pictures drawn from title and genres.")
-    ] = DataImagesChoice.none,
+        ImagesChoice, typer.Option(help="none, or synthetic pictures drawn from title and genres.")
+    ] = ImagesChoice.none,
     size: ImageSize = 224,
     overwrite: Overwrite = False,
 ) -> None:
     """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
-    from pmmrec.data import build_movielens, check_dataset, format_statistics
+    from pmmrec.data import format_statistics
     from pmmrec.data.movielens import LICENCE_NOTE
 
-    path = build_movielens(out, domain=domain.value, images=images.value, image_size=size, overwrite=overwrite)
+    path = api.data_movielens(out, domain=domain.value, images=images.value, size=size, overwrite=overwrite)
     typer.echo(f"wrote {path}")
-    typer.echo(format_statistics(check_dataset(path)))
+    typer.echo(format_statistics(api.data_check(path)))
     typer.echo(f"licence: {LICENCE_NOTE}")
 
 
@@ -576,15 +340,13 @@ def data_build_lmdb(
     images: Annotated[Path, typer.Option("--images", help="Folder of <item id>.jpg|jpeg|png|webp files.")],
     out: Annotated[Path, typer.Option("--out", help="LMDB folder to create (e.g. DATASET/images.lmdb).")],
     size: ImageSize = 224,
-    payload: ImagePayload = ImagePayloadChoice.png,
+    payload: ImagePayload = PayloadChoice.png,
     allow_missing: AllowMissing = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Resize item images once and store them in an LMDB keyed by item id (no pickle)."""
-    from pmmrec.data import build_image_lmdb
-
-    report = build_image_lmdb(
-        items, images, out, size=size, payload_format=payload.value, allow_missing=allow_missing, overwrite=overwrite
+    report = api.data_build_lmdb(
+        items, images, out, size=size, payload=payload.value, allow_missing=allow_missing, overwrite=overwrite
     )
     typer.echo(f"stored {len(report.stored):,} images ({size}x{size}, {payload.value}) in {out}")
     if report.failed:
@@ -609,14 +371,14 @@ def data_import_reference(
     ] = False,
     name: Annotated[str | None, typer.Option(help="Dataset name (default: from the users file name).")] = None,
     size: ImageSize = 224,
-    payload: ImagePayload = ImagePayloadChoice.png,
+    payload: ImagePayload = PayloadChoice.png,
     allow_missing: AllowMissing = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Convert the reference family's users/items files (and image LMDB) into a dataset folder."""
     import warnings
 
-    from pmmrec.data import check_dataset, format_statistics, import_reference
+    from pmmrec.data import format_statistics
     from pmmrec.data.reference_import import PICKLE_RISK
 
     if trust_pickle and lmdb is not None:
@@ -628,20 +390,12 @@ def data_import_reference(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the warning above already told the user
-        path = import_reference(
-            users,
-            items,
-            out,
-            lmdb_path=lmdb,
-            trust_pickle=trust_pickle,
-            image_size=size,
-            payload_format=payload.value,
-            allow_missing=allow_missing,
-            overwrite=overwrite,
-            name=name,
-        )
+        path = api.data_import_reference(
+            users, items, out, lmdb=lmdb, trust_pickle=trust_pickle, name=name, size=size, payload=payload.value,
+            allow_missing=allow_missing, overwrite=overwrite,
+        )  # fmt: skip
     typer.echo(f"wrote {path}")
-    typer.echo(format_statistics(check_dataset(path)))
+    typer.echo(format_statistics(api.data_check(path)))
 
 
 @data_app.command("check")
@@ -651,9 +405,9 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
 ) -> None:
     """Validate a dataset folder (hashes, lines, ids, texts, images) and print its statistics."""
-    from pmmrec.data import check_dataset, format_statistics
+    from pmmrec.data import format_statistics
 
-    stats = check_dataset(folder)
+    stats = api.data_check(folder)
     typer.echo(json.dumps(stats, indent=2) if as_json else format_statistics(stats))
 
 

@@ -29,7 +29,7 @@ from pmmrec.hub import publish_to_local_cache
 from pmmrec.inference import evaluate_split, make_collator
 from pmmrec.model import PMMRec
 from pmmrec.references import format_hub_reference
-from pmmrec.training.jobs import ModelSpec, finetune, pretrain
+from pmmrec.training.jobs import train
 
 HUB_ORG = "pmmrec-demo"
 PUBLISHED_SLOTS = ("text", "fusion", "user")
@@ -281,11 +281,16 @@ def demo(
     )
 
     _say("2/5 pre-training text + user encoders on the source domain (next-item prediction, NID, RCL)")
-    pre = pretrain(
+    pre = train(
+        "pretrain",
         source_dir,
         out / "runs" / "pretrain",
-        ModelSpec(modalities=["text"], dim=settings.dim),
-        overrides={**common, "epochs": settings.pretrain_epochs, "patience": 2},
+        overrides={
+            **common,
+            "epochs": settings.pretrain_epochs,
+            "patience": 2,
+            "model": {"modalities": ["text"], "dim": settings.dim},
+        },
         progress=progress,
     )
 
@@ -313,22 +318,22 @@ def demo(
         "pmmrec-zero-shot", test_ranks(PMMRec.from_pretrained(assembled_dir), target), cold
     )
     # SASRec-ID learns every item vector from scratch: it gets SASRec's usual lr (1e-3), PMMRec the paper's 1e-4.
-    runs = {
-        "sasrec-id": (ModelSpec(item_tower="id", dim=settings.dim), {"lr": 1e-3}),
-        "pmmrec-scratch": (ModelSpec(modalities=["text"], dim=settings.dim), {}),
+    runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+        "sasrec-id": ({"item_tower": "id", "dim": settings.dim}, {"lr": 1e-3}),
+        "pmmrec-scratch": ({"modalities": ["text"], "dim": settings.dim}, {}),
         # The full transfer: text encoder, fusion and user encoder, each from its own hub: reference.
         "pmmrec-transfer": (
-            ModelSpec(text=references["text"], fusion=references["fusion"], user=references["user"]),
+            {"text": references["text"], "fusion": references["fusion"], "user": references["user"]},
             {},
         ),
     }
     for name, (spec, extra) in runs.items():
         _say(f"   fine-tuning {name}")
-        result = finetune(
+        result = train(
+            "finetune",
             target_dir,
             out / "runs" / name,
-            spec,
-            overrides={**common, "epochs": settings.finetune_epochs, **extra},
+            overrides={**common, "epochs": settings.finetune_epochs, **extra, "model": spec},
             progress=progress,
         )
         assert result.model is not None

@@ -1,83 +1,21 @@
-"""Publishing: model cards, pushes to the Hugging Face Hub, and a local Hub cache with the same layout."""
+"""Publishing: pushes to the Hugging Face Hub, and a local Hub cache with the same layout as a push + download.
+
+Works on folders only (cards are rendered by `pmmrec.cards` before a folder is published), so it sits below the
+components and never imports them.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
-
-from pmmrec import __version__
+from pmmrec._version import __version__
 from pmmrec.errors import ArtefactError, PmmrecError
 from pmmrec.fileio import atomic_directory, atomic_file
 from pmmrec.references import parse_reference
-
-if TYPE_CHECKING:
-    from pmmrec.components.base import Component
-
-
-def _template(name: str) -> str:
-    return resources.files("pmmrec.hub_assets").joinpath(name).read_text(encoding="utf-8")
-
-
-def load_catalogue() -> list[dict[str, Any]]:
-    """The official component repos published by pmmrec (hub/catalogue.json)."""
-    return json.loads(_template("catalogue.json"))["components"]
-
-
-def render_model_card(component: Component, card: dict[str, Any]) -> str:
-    """A model card with YAML metadata, from the component and the training facts in `card`."""
-    metadata: dict[str, Any] = {
-        "library_name": "pmmrec",
-        "tags": ["pmmrec", "recommendation", "sequential-recommendation", component.kind, component.type_name],
-        "license": card.get("license", "apache-2.0"),
-    }
-    metadata.update(component.card_metadata())
-    if card.get("datasets"):
-        metadata["datasets"] = list(card["datasets"])
-    if card.get("metrics"):
-        metadata["model-index"] = [
-            {
-                "name": card.get("name", component.type_name),
-                "results": [
-                    {
-                        "task": {"type": "sequential-recommendation"},
-                        "dataset": {"name": name, "type": name},
-                        "metrics": [{"type": key, "value": float(value)} for key, value in values.items()],
-                    }
-                    for name, values in card["metrics"].items()
-                ],
-            }
-        ]
-    trainable, frozen = component.parameter_counts()
-    config_lines = "\n".join(
-        f"| `{key}` | `{json.dumps(value)[:80]}` |"
-        for key, value in component.config.model_dump(mode="json").items()
-        if key != "backbone_config"
-    )
-    training = card.get("training")
-    training_text = (
-        "\n".join(f"- {key}: {value}" for key, value in training.items())
-        if training
-        else "- not trained by pmmrec (freshly initialised or converted)"
-    )
-    return _template("model_card.md").format(
-        metadata=yaml.safe_dump(metadata, sort_keys=False).strip(),
-        title=card.get("name", component.type_name),
-        summary=component.card_summary(),
-        type_name=component.type_name,
-        kind=component.kind,
-        trainable=f"{trainable:,}",
-        frozen=f"{frozen:,}",
-        config_table=config_lines,
-        training=training_text,
-        version=__version__,
-    )
 
 
 def push_folder(

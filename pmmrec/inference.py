@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,37 +18,22 @@ from pmmrec.data import (
     LeaveOneOutSplit,
     tokenize_catalogue,
 )
+from pmmrec.distributed import DistributedContext, gather_objects
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.evaluation import metrics_from_ranks, rank_targets
 from pmmrec.model import PMMRec
-from pmmrec.training.distributed import DistributedContext, gather_objects
-
-
-def cache_root() -> Path:
-    """Where derived data (token caches) live: $PMMREC_CACHE, else $XDG_CACHE_HOME/pmmrec."""
-    if os.environ.get("PMMREC_CACHE"):
-        return Path(os.environ["PMMREC_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pmmrec"
-
-
-def tokenizer_fingerprint(tokenizer: object) -> str:
-    """A hash of the tokenizer's full definition, so a token cache is never reused across tokenizers."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))  # type: ignore[attr-defined]
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+from pmmrec.paths import cache_root
 
 
 def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Token rows [N+1, T] (row 0 = padding) of `texts` with the model's own tokenizer, cached on disk."""
+    """Token rows [N+1, T] (row 0 = padding) of `texts` with the model's own text preprocessor, cached on disk."""
     if model.text is None:
         return None, None
-    tokenizer = getattr(model.text, "tokenizer", None)
-    if tokenizer is None:
-        raise ConfigError("the text encoder has no tokenizer (its folder lacks tokenizer/)")
-    max_tokens = int(model.text.config.max_tokens)  # type: ignore[attr-defined]
-    return tokenize_catalogue(
-        texts, tokenizer, max_tokens, cache_dir=cache_root() / "tokens", cache_key=tokenizer_fingerprint(tokenizer)
-    )
+    try:
+        preprocessor = model.text.preprocessor
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return tokenize_catalogue(texts, preprocessor, cache_dir=cache_root() / "tokens")
 
 
 def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
@@ -63,7 +45,7 @@ def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
         if dataset.images_path is None:
             raise DatasetError(f"{dataset.root}: the model has a vision encoder but the dataset has no images.lmdb")
         image_store = ImageStore(dataset.images_path)
-        image_size = int(model.vision.config.image_size)  # type: ignore[attr-defined]
+        image_size = model.vision.image_size
     return BatchCollator(dataset.item_ids, text_ids, text_mask, image_store, image_size=image_size)
 
 
@@ -83,7 +65,7 @@ def encode_catalogue(
     starts = range(1, num_items + 1, batch_size)
     for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False):
         batch = collator.collate_items(list(range(start, min(start + batch_size, num_items + 1)))).to(device)
-        encoded = model.encode_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
+        encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
         table[batch.items] = encoded.embeddings.float()
     model.train(was_training)
     return table

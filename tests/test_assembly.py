@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from pmmrec import api
+from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, HFTextEncoder, SASRecUserEncoder
 from pmmrec.errors import ArtefactError, AssemblyError, PmmrecError, ReferenceResolutionError
 from pmmrec.fileio import sha256_file
@@ -71,7 +72,7 @@ def model_outputs(model: PMMRec) -> tuple[torch.Tensor, torch.Tensor]:
     """(item embeddings [3, d], user states [1, 3, d]) in eval mode."""
     model.eval()
     with torch.no_grad():
-        items = model.encode_items(**item_inputs()).embeddings
+        items = model.embed_items(**item_inputs()).embeddings
         users = model.encode_users(items.unsqueeze(0), torch.ones(1, N_ITEMS, dtype=torch.bool))
     return items, users
 
@@ -151,7 +152,7 @@ def test_text_only_tower_is_the_masked_mean(parts: dict[str, Path]) -> None:
     model = PMMRec.assemble(text=str(parts["text"]), user=str(parts["user"])).eval()
     inputs = item_inputs()
     with torch.no_grad():
-        items = model.encode_items(text_ids=inputs["text_ids"], text_mask=inputs["text_mask"]).embeddings
+        items = model.embed_items(text_ids=inputs["text_ids"], text_mask=inputs["text_mask"]).embeddings
         tokens, mask = model.text(inputs["text_ids"], inputs["text_mask"])  # type: ignore[misc]
     for row in range(N_ITEMS):
         torch.testing.assert_close(items[row], tokens[row][mask[row]].mean(dim=0))
@@ -179,7 +180,7 @@ def test_id_tower_model(id_tower: Component, user_encoder: SASRecUserEncoder, tm
     reloaded = PMMRec.from_pretrained(folder).eval()
     indices = torch.tensor([1, 5, 10])
     with torch.no_grad():
-        assert torch.equal(reloaded.encode_items(item_indices=indices).embeddings, id_tower(indices))
+        assert torch.equal(reloaded.embed_items(item_indices=indices).embeddings, id_tower(indices))
 
 
 def test_user_config_shapes_a_fresh_user_encoder(parts: dict[str, Path]) -> None:
@@ -195,7 +196,7 @@ def test_model_card_and_hub_round_trip(
 ) -> None:
     """An assembled model has a card with YAML metadata, and itself loads from a hub reference."""
     model = PMMRec.assemble(text=hub_parts["text"][0], user=str(parts["user"]))
-    folder = model.save_pretrained(tmp_path / "model", card={"datasets": ["movielens-100k"]})
+    folder = model.save_pretrained(tmp_path / "model", card=TrainingFacts(datasets=("movielens-100k",)))
     card = (folder / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---\n", 2)[1])
     assert metadata["library_name"] == "pmmrec"

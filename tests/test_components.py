@@ -15,6 +15,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pmmrec.cards import TrainingFacts, load_catalogue
 from pmmrec.components import (
     FORMAT_VERSION,
     CLIPVisionEncoder,
@@ -29,7 +30,6 @@ from pmmrec.components import (
 )
 from pmmrec.components._vision import CLIP_MEAN, CLIP_STD
 from pmmrec.errors import ArtefactError, PmmrecError, ReferenceResolutionError
-from pmmrec.hub import load_catalogue
 from pmmrec.model import SLOT_KINDS
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_fsync")
@@ -233,12 +233,12 @@ def test_model_card_metadata(name: str, built: dict[str, Component], tmp_path: P
 
 def test_model_card_training_facts(user_encoder: SASRecUserEncoder, tmp_path: Path) -> None:
     """Datasets and metrics given at save time become `datasets` and `model-index` metadata."""
-    facts = {
-        "name": "user encoder (ML-100K source)",
-        "datasets": ["movielens-100k"],
-        "metrics": {"ml100k-target": {"hr@10": 0.25, "ndcg@10": 0.13}},
-        "training": {"objectives": "next-item + NICL"},
-    }
+    facts = TrainingFacts(
+        name="user encoder (ML-100K source)",
+        datasets=("movielens-100k",),
+        metrics={"ml100k-target": {"hr@10": 0.25, "ndcg@10": 0.13}},
+        training={"objectives": "next-item + NICL"},
+    )
     folder = user_encoder.save_pretrained(tmp_path / "user", card=facts)
     card = (folder / "README.md").read_text()
     metadata = front_matter(card)
@@ -261,7 +261,7 @@ def test_model_card_training_facts(user_encoder: SASRecUserEncoder, tmp_path: Pa
 def test_text_encoder_card_base_model(backbone: str, base_model: str | None, text_encoder: HFTextEncoder) -> None:
     """base_model names the pretrained text backbone (built-in MiniLM or a hub id); none for a local name."""
     text_encoder.config = text_encoder.config.model_copy(update={"backbone": backbone})
-    assert text_encoder.card_metadata().get("base_model") == base_model
+    assert text_encoder.card_data().base_model == base_model
 
 
 # ---- writes: atomic, never a silent overwrite -----------------------------------------------------
@@ -510,7 +510,7 @@ def test_registry_refuses_a_second_class_under_a_taken_name() -> None:
 
 
 def test_catalogue_types_are_all_loadable() -> None:
-    """hub/catalogue.json lists only types this pmmrec registers, each in the slot its kind fills."""
+    """pmmrec/assets/catalogue.json lists only types this pmmrec registers, each in the slot its kind fills."""
     catalogue = load_catalogue()
     assert catalogue, "the catalogue lists no component"
     known = registered_types()
@@ -526,8 +526,8 @@ def test_catalogue_types_are_all_loadable() -> None:
 
 
 def test_catalogue_file_is_the_packaged_one() -> None:
-    """The shipped catalogue is hub/catalogue.json itself (no stale copy)."""
-    source = Path(__file__).parents[1] / "hub" / "catalogue.json"
+    """The shipped catalogue is pmmrec/assets/catalogue.json itself (no stale copy)."""
+    source = Path(__file__).parents[1] / "pmmrec" / "assets" / "catalogue.json"
     assert json.loads(source.read_text())["components"] == load_catalogue()
 
 
@@ -626,7 +626,7 @@ def test_push_to_hub_uploads_the_real_artefact(text_encoder: HFTextEncoder, tmp_
 def test_push_to_hub_without_tag_and_with_card(user_encoder: SASRecUserEncoder, tmp_path: Path) -> None:
     """No tag: no create_tag call; training facts reach the uploaded model card."""
     api = RecordingHubApi(tmp_path / "uploaded")
-    user_encoder.push_to_hub("acme/user", api=api, card={"datasets": ["movielens-100k"]})
+    user_encoder.push_to_hub("acme/user", api=api, card=TrainingFacts(datasets=("movielens-100k",)))
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
     assert front_matter((tmp_path / "uploaded" / "README.md").read_text())["datasets"] == ["movielens-100k"]
 

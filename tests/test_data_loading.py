@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from pmmrec.components import TextPreprocessor
 from pmmrec.data import (
     BatchCollator,
     EvalBatch,
@@ -48,21 +49,21 @@ class CountingTokenizer:
 def test_token_cache_layout_and_reuse(tmp_path: Path) -> None:
     texts = ["Toy Story (1995).", "GoldenEye", "A much longer TITLE than fits"]
     tokenizer = CountingTokenizer()
-    ids, mask = tokenize_catalogue(texts, tokenizer, 8, tmp_path, "tok-abc")
+    ids, mask = tokenize_catalogue(texts, TextPreprocessor(tokenizer, 8), tmp_path, "tok-abc")
     assert ids.shape == (4, 8) and ids.dtype == torch.int32 and mask.dtype == torch.int8
     assert ids[0].tolist() == [1, 0, 0, 0, 0, 0, 0, 0] and mask[0].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
     assert ids[2].tolist()[:3] == [1, ord("G"), ord("o")] and mask[3].sum() == 8
     assert tokenizer.calls == [texts]  # unchanged (no lower-casing), tokenised once
     cached = list(tmp_path.glob("tokens-tok-abc-*.safetensors"))
     assert len(cached) == 1
-    again = tokenize_catalogue(texts, tokenizer, 8, tmp_path, "tok-abc")
+    again = tokenize_catalogue(texts, TextPreprocessor(tokenizer, 8), tmp_path, "tok-abc")
     assert len(tokenizer.calls) == 1 and torch.equal(again[0], ids) and torch.equal(again[1], mask)
-    tokenize_catalogue([*texts[:2], "changed"], tokenizer, 8, tmp_path, "tok-abc")
+    tokenize_catalogue([*texts[:2], "changed"], TextPreprocessor(tokenizer, 8), tmp_path, "tok-abc")
     assert len(tokenizer.calls) == 2  # other texts: other cache entry
     cached[0].write_bytes(b"corrupt")
-    rebuilt = tokenize_catalogue(texts, tokenizer, 8, tmp_path, "tok-abc")
+    rebuilt = tokenize_catalogue(texts, TextPreprocessor(tokenizer, 8), tmp_path, "tok-abc")
     assert len(tokenizer.calls) == 3 and torch.equal(rebuilt[0], ids)
-    no_cache = tokenize_catalogue(texts, tokenizer, 8, None, "ignored")
+    no_cache = tokenize_catalogue(texts, TextPreprocessor(tokenizer, 8), None, "ignored")
     assert torch.equal(no_cache[0], ids)
 
 
@@ -71,7 +72,7 @@ def test_real_tokenizer_keeps_case_and_puts_cls_in_padding_row(tmp_path: Path) -
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm.get_model_path())
-    ids, mask = tokenize_catalogue(["Toy Story (1995).", "Heat"], tokenizer, 12, tmp_path, "minilm-12")
+    ids, mask = tokenize_catalogue(["Toy Story (1995).", "Heat"], TextPreprocessor(tokenizer, 12), tmp_path, "minilm-12")
     expected = tokenizer(["Toy Story (1995)."], max_length=12, padding="max_length", truncation=True)
     assert ids[1].tolist() == expected["input_ids"][0]
     assert ids[0, 0].item() == tokenizer.cls_token_id and mask[0].tolist() == [1] + [0] * 11
@@ -109,7 +110,7 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 def _collator(root: Path, image_size: int = 16) -> tuple[BatchCollator, Any]:
     dataset = load_dataset(root)
-    ids, mask = tokenize_catalogue(dataset.item_texts, CountingTokenizer(), 6, None, "x")
+    ids, mask = tokenize_catalogue(dataset.item_texts, TextPreprocessor(CountingTokenizer(), 6), None, "x")
     return BatchCollator(dataset.item_ids, ids, mask, dataset.image_store(), image_size), dataset
 
 

@@ -92,9 +92,9 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
 
 
 def test_the_demo_publishes_exactly_the_catalogued_repos() -> None:
+    from pmmrec.cards import load_catalogue
     from pmmrec.components import component_class
     from pmmrec.demo import PUBLISHED_SLOTS, published_repo
-    from pmmrec.hub import load_catalogue
 
     catalogue = {entry["name"]: entry for entry in load_catalogue()}
     assert set(catalogue) == {published_repo(slot) for slot in PUBLISHED_SLOTS}

@@ -20,10 +20,11 @@ from test_training import (
     write_tiny_dataset,
 )
 
+from pmmrec import api
 from pmmrec.data import load_dataset
 from pmmrec.model import PMMRec
-from pmmrec.training import jobs
-from pmmrec.training.jobs import ModelSpec, build_model
+from pmmrec.training.config import ModelConfig
+from pmmrec.training.jobs import build_model
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,9 +63,9 @@ def test_two_process_evaluation_equals_one_process(tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data")
     # An ID model keeps the two processes light (no text backbone to import); the evaluation path is the same,
     # and the DDP test below compares the two-process evaluation of a text model too.
-    model = build_model(ModelSpec(item_tower="id", dim=16), load_dataset(data), MAX_LENGTH, seed=0)
+    model = build_model(ModelConfig(item_tower="id", dim=16), load_dataset(data), MAX_LENGTH, seed=0)
     model_dir = model.save_pretrained(tmp_path / "model")
-    one = jobs.evaluate(model_dir, data, ks=(1, 3, 5, 10), device="cpu", progress=False)
+    one = api.evaluate(model_dir, data, ks=(1, 3, 5, 10), device="cpu", progress=False)
     out = tmp_path / "two.json"
     torchrun("evaluate", "--model", model_dir, "--data", data, "--k", 1, "--k", 3, "--k", 5, "--k", 10,
              "--device", "cpu", "--output", out, "--quiet")  # fmt: skip
@@ -94,6 +95,6 @@ def test_ddp_finetune_with_two_processes_completes(tmp_path: Path) -> None:
     model = PMMRec.from_pretrained(run / "model")
     assert model.modalities == {"text"}
     # The test metrics the two processes computed at the best epoch are those of the saved model in one process.
-    single = jobs.evaluate(run / "model", data, ks=(10, 20, 50), device="cpu", progress=False)
+    single = api.evaluate(run / "model", data, ks=(10, 20, 50), device="cpu", progress=False)
     for key, value in summary["test"].items():
         assert single[key] == pytest.approx(value, abs=1e-12), key

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.robustness]
 PAUSE_INSIDE_SECOND_CHECKPOINT = textwrap.dedent(
     """
     import sys, time
-    from pmmrec.training import checkpoint
+    from pmmrec.training import run_dir as checkpoint
 
     write = checkpoint.save_file
     calls = []

@@ -38,7 +38,7 @@ EPOCHS = 3
 PAUSE_AFTER_FIRST_CHECKPOINT = textwrap.dedent(
     """
     import sys, time
-    from pmmrec.training import checkpoint
+    from pmmrec.training import run_dir as checkpoint
 
     write = checkpoint.save_checkpoint
 
@@ -58,7 +58,7 @@ PAUSE_AFTER_FIRST_CHECKPOINT = textwrap.dedent(
 SIGTERM_AFTER_STEP_6 = textwrap.dedent(
     """
     import os, signal, sys
-    from pmmrec.training import loop
+    from pmmrec.training import trainer as loop
 
     step = loop.Trainer._step
 

@@ -27,7 +27,7 @@ from pmmrec.data import load_dataset, write_dataset
 from pmmrec.errors import ArtefactError, ConfigError, DatasetError, PmmrecError, ReferenceResolutionError
 from pmmrec.fileio import WriteError, atomic_directory
 from pmmrec.references import parse_reference, resolve_reference
-from pmmrec.training import checkpoint as ckpt
+from pmmrec.training import run_dir as ckpt
 from pmmrec.training.config import finetune_defaults, load_train_config
 
 pytestmark = pytest.mark.robustness
@@ -532,7 +532,7 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_a_second_training_process_on_one_run_folder_is_refused(tmp_path: Path) -> None:
-    from pmmrec.training.loop import lock_run_dir
+    from pmmrec.training.run_dir import lock_run_dir
 
     first = lock_run_dir(tmp_path)
     try:

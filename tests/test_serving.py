@@ -22,11 +22,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from pmmrec.api import recommend as recommend_job
 from pmmrec.cli import app as cli_app
 from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
 from pmmrec.model import PMMRec
 from pmmrec.serving import Limits, RecommenderService, ServiceError, create_app
-from pmmrec.training.jobs import recommend as recommend_job
 
 WORDS = [
     "red",
@@ -425,7 +425,7 @@ def test_a_vision_model_needs_an_image_and_encodes_it(data_dir: Path, private_ca
     service: RecommenderService = client.app.state.service  # type: ignore[attr-defined]
     pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(picture)).convert("RGB"))).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        expected = model.encode_items(pixel_values=pixels.contiguous()).embeddings[0]
+        expected = model.embed_items(pixel_values=pixels.contiguous()).embeddings[0]
     torch.testing.assert_close(service.snapshot().table[-1], expected, rtol=1e-5, atol=1e-5)
     body = client.post("/recommend", json={"history": ["v1"], "k": 100}).json()
     assert len(body["items"]) == NUM_ITEMS + 1

@@ -17,16 +17,18 @@ import pytest
 import tiny
 import torch
 
+from pmmrec.components import TextPreprocessor
 from pmmrec.components.kinds import masked_mean
 from pmmrec.data import BatchCollator, ImageStore, SequenceBatch, TrainSequences, load_dataset, tokenize_catalogue
-from pmmrec.data.dataset import write_dataset
+from pmmrec.data.builders import write_dataset
 from pmmrec.data.image_store import encode_image_value, write_image_lmdb
 from pmmrec.inference import encode_catalogue
 from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
+from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig
-from pmmrec.training.loop import Trainer, TrainingModule, item_tower_frozen
-from pmmrec.training.prefix_cache import FrozenPrefixCache
+from pmmrec.training.module import TrainingModule, item_tower_frozen
+from pmmrec.training.trainer import Trainer
 
 NUM_ITEMS = 24
 WORDS = [
@@ -67,7 +69,7 @@ def _write_images(path: Path, item_ids: list[str], changed: str | None = None) -
 
 def _collator(tmp_path: Path, images: bool = True) -> BatchCollator:
     item_ids = [f"i{n}" for n in range(1, NUM_ITEMS + 1)]
-    ids, mask = tokenize_catalogue(_texts(), tiny.minilm_tokenizer(), tiny.TEXT_TOKENS, None, "test")
+    ids, mask = tokenize_catalogue(_texts(), TextPreprocessor(tiny.minilm_tokenizer(), tiny.TEXT_TOKENS), None, "test")
     store = _write_images(tmp_path / "images.lmdb", item_ids) if images else None
     return BatchCollator(item_ids, ids, mask, store, image_size=tiny.CLIP_IMAGE_SIZE)
 

@@ -27,10 +27,12 @@ from pmmrec.cli import app
 from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
-from pmmrec.training.config import TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
-from pmmrec.training.jobs import ModelSpec, build_model
-from pmmrec.training.loop import NO_DECAY_MARKERS, Trainer, TrainingModule, parameter_groups
-from pmmrec.training.prefix_cache import FrozenPrefixCache
+from pmmrec.prefix_cache import FrozenPrefixCache
+from pmmrec.training.config import ModelConfig, TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.jobs import build_model
+from pmmrec.training.module import TrainingModule
+from pmmrec.training.optim import NO_DECAY_MARKERS, parameter_groups
+from pmmrec.training.trainer import Trainer
 
 WORDS = (
     "red", "blue", "green", "night", "river", "city", "ghost", "robot", "space", "comedy", "drama", "storm",
@@ -375,7 +377,7 @@ def test_item_tower_id_trains_the_sasrec_id_baseline(tmp_path: Path, dataset_dir
     assert manifest["modalities"] == ["id"] and set(manifest["components"]) == {"item_tower", "user"}
     trained = PMMRec.from_pretrained(run / "model")
     dataset = load_dataset(dataset_dir)
-    fresh = build_model(ModelSpec(item_tower="id", dim=16), dataset, MAX_LENGTH, seed=42)  # the run's initialisation
+    fresh = build_model(ModelConfig(item_tower="id", dim=16), dataset, MAX_LENGTH, seed=42)  # the run's initialisation
     assert trained.item_tower.item_ids == dataset.item_ids  # type: ignore[union-attr]
     assert not torch.equal(trained.item_tower.state_dict()["embeddings.weight"], fresh.item_tower.state_dict()["embeddings.weight"])  # type: ignore[union-attr]
     summary = json.loads((run / "summary.json").read_text())
@@ -417,7 +419,7 @@ def test_recommend_scores_cold_start_items_from_their_text(tmp_path: Path, datas
 
 def test_recommend_extra_items_is_refused_for_an_id_model(tmp_path: Path, dataset_dir: Path) -> None:
     dataset = load_dataset(dataset_dir)
-    model = build_model(ModelSpec(item_tower="id", dim=16), dataset, MAX_LENGTH, seed=0)
+    model = build_model(ModelConfig(item_tower="id", dim=16), dataset, MAX_LENGTH, seed=0)
     model_dir = model.save_pretrained(tmp_path / "model")
     extra = tmp_path / "extra.tsv"
     extra.write_text("new-1\tsome text\n")
@@ -434,7 +436,7 @@ def test_recommend_extra_items_is_refused_for_an_id_model(tmp_path: Path, datase
 
 def test_every_rank_resumes_its_own_rng_stream(tmp_path: Path, dataset_dir: Path) -> None:
     """Ranks draw different amounts of randomness (dropout over their own items): each must get its own back."""
-    from pmmrec.training import checkpoint
+    from pmmrec.training import run_dir as checkpoint
 
     dataset = load_dataset(dataset_dir)
     run = tmp_path / "run"
@@ -494,17 +496,17 @@ def test_a_non_empty_out_is_refused_without_resume(tmp_path: Path, dataset_dir: 
 
 def test_trainable_layers_of_a_loaded_encoder_can_be_changed(dataset_dir: Path, components: dict) -> None:
     from pmmrec.data import load_dataset
-    from pmmrec.training.jobs import ModelSpec, build_model
+    from pmmrec.training.jobs import build_model
 
     dataset = load_dataset(dataset_dir)
-    as_saved = build_model(ModelSpec(text=str(components["text"]), user=str(components["user"])), dataset, MAX_LENGTH, 0)
+    as_saved = build_model(ModelConfig(text=str(components["text"]), user=str(components["user"])), dataset, MAX_LENGTH, 0)
     one_layer = build_model(
-        ModelSpec(text=str(components["text"]), user=str(components["user"]), trainable_layers={"text": 1}),
+        ModelConfig(text=str(components["text"]), user=str(components["user"]), text_trainable_layers=1),
         dataset, MAX_LENGTH, 0,
     )  # fmt: skip
     assert as_saved.text.config.trainable_layers == 2 and one_layer.text.config.trainable_layers == 1
     assert one_layer.text.parameter_counts()[0] < as_saved.text.parameter_counts()[0]
     trainable = [i for i, layer in enumerate(one_layer.text.layers) if any(p.requires_grad for p in layer.parameters())]
     assert trainable == [len(one_layer.text.layers) - 1]
-    with pytest.raises(ConfigError, match="trainable-layers"):
-        build_model(ModelSpec(text=str(components["text"]), trainable_layers={"text": -1}), dataset, MAX_LENGTH, 0)
+    with pytest.raises(ConfigError, match="text_trainable_layers"):
+        load_train_config(finetune_defaults(), overrides={"model": {"text": str(components["text"]), "text_trainable_layers": -1}})

@@ -114,7 +114,7 @@ def tiny_efficientnet_encoder(
     seed: int = 0, dim: int = DIM, image_size: int = EFFICIENTNET_IMAGE_SIZE
 ) -> EfficientNetEncoder:
     """A seeded, randomly initialised EfficientNet-Lite0 on small images (a 2x2 map: 4 tokens at 64 px)."""
-    config = EfficientNetEncoderConfig(dim=dim, image_size=image_size, trainable_blocks=2, backbone="tiny-random")
+    config = EfficientNetEncoderConfig(dim=dim, image_size=image_size, trainable_layers=2, backbone="tiny-random")
     torch.manual_seed(seed)
     return EfficientNetEncoder(config).eval()
 

@@ -1,4 +1,12 @@
-"""PMMRec components: one file per type, all registered under stable type names."""
+"""PMMRec components: one file per type, all registered under stable type names.
+
+Importing this package registers every built-in type. `create_component` makes a fresh one through the registry;
+`load_component` loads any saved one (its type is read from config.json).
+"""
+
+from typing import Literal
+
+from pydantic import ValidationError
 
 from pmmrec.components.base import (
     FORMAT_VERSION,
@@ -11,19 +19,25 @@ from pmmrec.components.base import (
 from pmmrec.components.fusion_merge_attention import MergeAttentionConfig, MergeAttentionFusion
 from pmmrec.components.fusion_text_only import TextOnlyConfig, TextOnlyFusion
 from pmmrec.components.fusion_vision_only import VisionOnlyConfig, VisionOnlyFusion
+from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.components.item_tower_id import IdItemTower, IdItemTowerConfig
-from pmmrec.components.kinds import Fusion, ItemTower, TextEncoder, UserEncoder, VisionEncoder
+from pmmrec.components.kinds import Fusion, ItemEncoder, ItemTower, TextEncoder, UserEncoder, VisionEncoder
+from pmmrec.components.options import CreateOptions, default_heads
 from pmmrec.components.text_encoder import HFTextEncoder, HFTextEncoderConfig
 from pmmrec.components.user_sasrec import SASRecConfig, SASRecUserEncoder
 from pmmrec.components.vision_clip import CLIPVisionEncoder, CLIPVisionEncoderConfig
 from pmmrec.components.vision_efficientnet import EfficientNetEncoder, EfficientNetEncoderConfig
+from pmmrec.errors import ConfigError, describe_validation_error
 
 __all__ = [
     "FORMAT_VERSION",
+    "KINDS",
     "CLIPVisionEncoder",
     "CLIPVisionEncoderConfig",
     "Component",
     "ComponentConfig",
+    "ComponentKind",
+    "CreateOptions",
     "EfficientNetEncoder",
     "EfficientNetEncoderConfig",
     "Fusion",
@@ -31,6 +45,8 @@ __all__ = [
     "HFTextEncoderConfig",
     "IdItemTower",
     "IdItemTowerConfig",
+    "ImagePreprocessor",
+    "ItemEncoder",
     "ItemTower",
     "MergeAttentionConfig",
     "MergeAttentionFusion",
@@ -39,15 +55,50 @@ __all__ = [
     "TextEncoder",
     "TextOnlyConfig",
     "TextOnlyFusion",
+    "TextPreprocessor",
     "UserEncoder",
     "VisionEncoder",
     "VisionOnlyConfig",
     "VisionOnlyFusion",
     "component_class",
+    "create_component",
+    "default_heads",
     "load_component",
     "register_component",
     "registered_types",
 ]
+
+ComponentKind = Literal["text", "vision", "fusion", "user", "id"]
+# The short kind names of `pmmrec init` and the model's slots -> the kind classes that declare their contracts.
+KINDS: dict[str, type[Component]] = {
+    "text": TextEncoder,
+    "vision": VisionEncoder,
+    "fusion": Fusion,
+    "user": UserEncoder,
+    "id": ItemTower,
+}
+
+
+def create_component(kind: str, options: CreateOptions | None = None, variant: str | None = None) -> Component:
+    """A fresh component of `kind` (text, vision, fusion, user, id), created by its registered type's `create`.
+
+    `variant` names the type within the kind (`text_only` for `fusion/text_only`, `clip` for
+    `vision_encoder/clip`); by default the kind picks it (the vision kind from the backbone's name).
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown component kind {kind!r} ({', '.join(KINDS)})")
+    options = options or CreateOptions()
+    type_name = KINDS[kind].type_for(options, variant)
+    cls = registered_types().get(type_name)
+    if cls is None or not issubclass(cls, KINDS[kind]):
+        known = sorted(name for name, known_cls in registered_types().items() if issubclass(known_cls, KINDS[kind]))
+        raise ConfigError(f"pmmrec init {kind}: unknown type {type_name!r} (known: {', '.join(known)})")
+    try:
+        return cls.create(options)
+    except ValidationError as exc:
+        raise ConfigError(f"pmmrec init {kind}: {describe_validation_error(exc)}") from None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"pmmrec init {kind}: {' '.join(str(exc).split())}") from None
 
 
 def load_component(reference: str, revision: str | None = None) -> Component:

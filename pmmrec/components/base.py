@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -20,9 +21,25 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pmmrec import __version__
+from pmmrec._version import __version__
+from pmmrec.cards import ComponentCardData, TrainingFacts, render_component_card
+from pmmrec.components._registry import component_class, register_component, registered_types
+from pmmrec.components.options import CreateOptions
 from pmmrec.errors import ArtefactError, describe_validation_error
 from pmmrec.fileio import atomic_directory
+from pmmrec.hub import push_folder
+
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "Component",
+    "ComponentConfig",
+    "component_class",
+    "register_component",
+    "registered_types",
+]
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -31,40 +48,18 @@ CARD_FILE = "README.md"
 
 C = TypeVar("C", bound="Component")
 
-_REGISTRY: dict[str, type[Component]] = {}
-
-
 class ComponentConfig(BaseModel):
     """Base of every component config: validates on construction, refuses unknown fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
-def register_component(cls: type[C]) -> type[C]:
-    """Class decorator: make `cls` loadable under its stable `type_name`."""
-    name = cls.type_name
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"component type {name!r} is registered twice")
-    _REGISTRY[name] = cls
-    return cls
+class Component(nn.Module, metaclass=ABCMeta):
+    """A separately versioned PMMRec part with one save/load/push contract.
 
-
-def component_class(type_name: str, *, source: str = "config.json") -> type[Component]:
-    """The class registered under `type_name`; a clear error for unknown names."""
-    try:
-        return _REGISTRY[type_name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ArtefactError(f"{source}: unknown component type {type_name!r} (this pmmrec knows: {known})") from None
-
-
-def registered_types() -> dict[str, type[Component]]:
-    """A copy of the registry (type name -> class)."""
-    return dict(_REGISTRY)
-
-
-class Component(nn.Module):
-    """A separately versioned PMMRec part with one save/load/push contract."""
+    Subclasses declare `type_name` (registered), `config_class`, and `create` (a fresh component from the shared
+    creation options); their kind (`components.kinds`) declares what callers use of them.
+    """
 
     type_name: ClassVar[str]
     kind: ClassVar[str]  # text_encoder | vision_encoder | fusion | user_encoder | item_tower
@@ -77,6 +72,21 @@ class Component(nn.Module):
         self.config = config
 
     # ---- hooks for subclasses ---------------------------------------------------------------
+
+    @classmethod
+    def type_for(cls, options: CreateOptions, variant: str | None = None) -> str:
+        """The registered type a fresh component of this kind gets: `<kind>/<variant>`."""
+        return f"{cls.kind}/{variant or cls.default_variant(options)}"
+
+    @classmethod
+    def default_variant(cls, options: CreateOptions) -> str:
+        """The type (after `<kind>/`) created when none is named; each kind chooses its own."""
+        raise ValueError(f"name the {cls.kind} type to create")
+
+    @classmethod
+    @abstractmethod
+    def create(cls: type[C], options: CreateOptions) -> C:
+        """A fresh component of this type (pretrained backbone weights where the type has a backbone)."""
 
     @property
     def dim(self) -> int:
@@ -91,13 +101,27 @@ class Component(nn.Module):
         """Build the architecture (no pretrained download) before weights are loaded into it."""
         return cls(config)
 
-    def card_metadata(self) -> dict[str, Any]:
-        """Extra YAML metadata for the model card (for example `base_model`)."""
-        return {}
+    def base_model(self) -> str | None:
+        """The Hub id of the pretrained weights this component starts from, for the card's `base_model`."""
+        return None
 
     def card_summary(self) -> str:
         """A one-paragraph description of this component for its model card."""
         return f"A `{self.type_name}` component of pmmrec."
+
+    def card_data(self, facts: TrainingFacts | None = None) -> ComponentCardData:
+        """The typed content of this component's model card."""
+        trainable, frozen = self.parameter_counts()
+        return ComponentCardData(
+            type_name=self.type_name,
+            kind=self.kind,
+            summary=self.card_summary(),
+            config=self.config.model_dump(mode="json"),
+            trainable=trainable,
+            frozen=frozen,
+            base_model=self.base_model(),
+            facts=facts or TrainingFacts(),
+        )
 
     # ---- saving ---------------------------------------------------------------------------
 
@@ -115,14 +139,12 @@ class Component(nn.Module):
         directory: str | os.PathLike[str],
         *,
         overwrite: bool = False,
-        card: dict[str, Any] | None = None,
+        card: TrainingFacts | None = None,
     ) -> Path:
         """Write config.json, model.safetensors, README.md and input files; atomic, never a silent overwrite.
 
         `card` adds training facts (datasets, metrics, objectives) to the model card.
         """
-        from pmmrec.hub import render_model_card
-
         target = Path(directory)
         with atomic_directory(target, overwrite=overwrite) as staging:
             (staging / CONFIG_FILE).write_text(json.dumps(self.config_document(), indent=2) + "\n", encoding="utf-8")
@@ -139,7 +161,7 @@ class Component(nn.Module):
             )
             _sort_header_metadata(staging / WEIGHTS_FILE)
             self.save_extra_files(staging)
-            (staging / CARD_FILE).write_text(render_model_card(self, card or {}), encoding="utf-8")
+            (staging / CARD_FILE).write_text(render_component_card(self.card_data(card)), encoding="utf-8")
         return target
 
     def push_to_hub(
@@ -150,12 +172,10 @@ class Component(nn.Module):
         token: str | None = None,
         private: bool = False,
         api: Any = None,
-        card: dict[str, Any] | None = None,
+        card: TrainingFacts | None = None,
     ) -> str:
         """Save to a temporary folder and publish it; returns the commit id."""
         import tempfile
-
-        from pmmrec.hub import push_folder
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "artefact", card=card)

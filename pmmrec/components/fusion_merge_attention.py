@@ -11,6 +11,7 @@ from torch import nn
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import Fusion, masked_mean
+from pmmrec.components.options import CreateOptions, default_heads
 
 TEXT_TYPE, IMAGE_TYPE = 0, 1
 
@@ -52,6 +53,12 @@ class MergeAttentionFusion(Fusion):
             norm_first=False,
         )
         nn.init.normal_(self.type_embeddings.weight, std=0.02)
+
+    @classmethod
+    def create(cls, options: CreateOptions) -> MergeAttentionFusion:
+        """A fresh fusion layer at width d; heads default to the largest divisor of d up to 12 (paper: 12)."""
+        dim = options.require_dim(cls.type_name)
+        return cls(MergeAttentionConfig(dim=dim, heads=options.heads or default_heads(dim, 12), dropout=options.dropout))
 
     def card_summary(self) -> str:
         return (

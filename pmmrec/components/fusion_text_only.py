@@ -10,6 +10,7 @@ from pydantic import Field
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import Fusion, masked_mean
+from pmmrec.components.options import CreateOptions
 
 
 class TextOnlyConfig(ComponentConfig):
@@ -25,6 +26,11 @@ class TextOnlyFusion(Fusion):
     type_name: ClassVar[str] = "fusion/text_only"
     config_class: ClassVar[type[ComponentConfig]] = TextOnlyConfig
     modalities: ClassVar[frozenset[str]] = frozenset({"text"})
+
+    @classmethod
+    def create(cls, options: CreateOptions) -> TextOnlyFusion:
+        """The weight-free tower at width d."""
+        return cls(TextOnlyConfig(dim=options.require_dim(cls.type_name)))
 
     def card_summary(self) -> str:
         return "Text-only item tower: the masked mean of the text encoder's projected token states (no weights)."

@@ -10,6 +10,7 @@ from pydantic import Field
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import Fusion, masked_mean
+from pmmrec.components.options import CreateOptions
 
 
 class VisionOnlyConfig(ComponentConfig):
@@ -25,6 +26,11 @@ class VisionOnlyFusion(Fusion):
     type_name: ClassVar[str] = "fusion/vision_only"
     config_class: ClassVar[type[ComponentConfig]] = VisionOnlyConfig
     modalities: ClassVar[frozenset[str]] = frozenset({"vision"})
+
+    @classmethod
+    def create(cls, options: CreateOptions) -> VisionOnlyFusion:
+        """The weight-free tower at width d."""
+        return cls(VisionOnlyConfig(dim=options.require_dim(cls.type_name)))
 
     def card_summary(self) -> str:
         return "Vision-only item tower: the mean of the vision encoder's projected image tokens (no weights)."

@@ -13,6 +13,7 @@ from torch import nn
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import ItemTower
+from pmmrec.components.options import CreateOptions
 from pmmrec.errors import ArtefactError
 
 ITEM_IDS_FILE = "item_ids.json"
@@ -42,6 +43,14 @@ class IdItemTower(ItemTower):
         nn.init.normal_(self.embeddings.weight, std=0.02)
         with torch.no_grad():
             self.embeddings.weight[0].zero_()
+
+    @classmethod
+    def create(cls, options: CreateOptions) -> IdItemTower:
+        """A fresh embedding table over `options.item_ids` (their order is the row order)."""
+        if not options.item_ids:
+            raise ValueError("an ID item tower needs the catalogue's item ids")
+        dim = options.require_dim(cls.type_name)
+        return cls(IdItemTowerConfig(dim=dim, num_items=len(options.item_ids)), item_ids=list(options.item_ids))
 
     @classmethod
     def build_for_loading(cls, config: ComponentConfig, folder: Path) -> IdItemTower:

@@ -1,42 +1,155 @@
-"""The five component kinds and their forward contracts; concrete types live one per file beside this one."""
+"""The five component kinds and their contracts: everything a caller uses of a component is declared here.
+
+Concrete types live one per file beside this one. Callers (the model, the data collator, the prefix cache, the
+server) use only what the kind declares, never a type's private members.
+"""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from pmmrec.components.base import Component
+from pmmrec.components import _backbones
+from pmmrec.components.base import Component, ComponentConfig
+from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
+from pmmrec.components.options import CreateOptions
 
 
-class FrozenPrefixMixin(nn.Module):
-    """Encoders whose bottom part can be frozen: frozen modules stay in eval mode (a fixed function).
+class EncoderConfig(ComponentConfig):
+    """Fields every item encoder's config has."""
 
-    Keeping frozen layers deterministic (no dropout, no BatchNorm statistics updates) is what makes
-    their output cacheable per item.
+    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Output width d (item embedding size).")
+    trainable_layers: int = Field(
+        default=2,
+        ge=0,
+        le=_backbones.MAX_LAYERS,
+        description="Top backbone layers (blocks) trained; the rest is frozen (paper: 2).",
+    )
+
+
+class ItemEncoder(Component):
+    """An encoder of item content whose bottom can be frozen; frozen modules stay in eval mode (a fixed function).
+
+    Keeping frozen layers deterministic (no dropout, no BatchNorm statistics updates) is what makes their output
+    cacheable per item: `frozen_prefix` computes it, `forward_from_prefix` runs the trainable rest on it.
     """
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return []
+    config: EncoderConfig
 
-    def train(self, mode: bool = True) -> FrozenPrefixMixin:
+    @property
+    def trainable_layers(self) -> int:
+        """How many top layers (blocks) of the backbone are trained."""
+        return self.config.trainable_layers
+
+    def set_trainable_layers(self, layers: int) -> None:
+        """Train the top `layers` layers (blocks), freeze the rest; the config records the new value (validated)."""
+        self.config = type(self.config).model_validate({**self.config.model_dump(), "trainable_layers": layers})
+        self.apply_freezing()
+
+    @abstractmethod
+    def apply_freezing(self) -> None:
+        """Set requires_grad (and eval mode of frozen modules) as the config says."""
+
+    @property
+    @abstractmethod
+    def num_layers(self) -> int:
+        """Layers (blocks) of the backbone in all, trained or frozen."""
+
+    @property
+    @abstractmethod
+    def frozen_depth(self) -> int:
+        """How many bottom layers (blocks) are frozen; 0 when nothing below the trained top is frozen."""
+
+    @abstractmethod
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules of the frozen prefix (kept in eval mode; their weights key the prefix cache)."""
+
+    @property
+    def has_frozen_prefix(self) -> bool:
+        """Whether some bottom layers are frozen, so their output can be cached per item."""
+        return self.frozen_depth > 0
+
+    def train(self, mode: bool = True) -> ItemEncoder:
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()
         return self
 
 
-class TextEncoder(FrozenPrefixMixin, Component):
+class TextEncoder(ItemEncoder):
     """Token ids of an item's text -> projected token states [N, T, d] and their mask."""
 
     kind: ClassVar[str] = "text_encoder"
 
+    @classmethod
+    def default_variant(cls, options: CreateOptions) -> str:
+        return "hf"
 
-class VisionEncoder(FrozenPrefixMixin, Component):
-    """uint8 images [N, 3, H, W] -> projected image tokens [N, P, d]."""
+    @property
+    @abstractmethod
+    def preprocessor(self) -> TextPreprocessor:
+        """How raw texts become this encoder's inputs (its tokenizer and width)."""
+
+    @property
+    def max_tokens(self) -> int:
+        """Input width: tokens kept per item text."""
+        return self.preprocessor.max_tokens
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (int32) and boolean mask [N, max_tokens] for raw texts."""
+        return self.preprocessor(texts)
+
+    @abstractmethod
+    def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after the frozen bottom [N, T, hidden]: cacheable per item."""
+
+    @abstractmethod
+    def forward_from_prefix(
+        self, prefix: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trainable top and the projection on a (possibly cached) prefix: tokens [N, T, d] and mask [N, T]."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected token states [N, T, d] and the boolean token mask [N, T]."""
+        return self.forward_from_prefix(self.frozen_prefix(input_ids, attention_mask), attention_mask)
+
+
+class VisionEncoder(ItemEncoder):
+    """uint8 images [N, 3, S, S] -> projected image tokens [N, P, d]."""
 
     kind: ClassVar[str] = "vision_encoder"
+
+    @classmethod
+    def default_variant(cls, options: CreateOptions) -> str:
+        """EfficientNet-Lite for its built-in names (the default), CLIP for any other backbone."""
+        backbone = options.backbone or "efficientnet-lite0"
+        return "efficientnet" if backbone.startswith("efficientnet-") else "clip"
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """Input size: side of the square images the encoder reads."""
+
+    @property
+    def preprocessor(self) -> ImagePreprocessor:
+        """How raw images become this encoder's inputs (resize and crop to `image_size`)."""
+        return ImagePreprocessor(self.image_size)
+
+    @abstractmethod
+    def frozen_prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen bottom for uint8 images: cacheable per item."""
+
+    @abstractmethod
+    def forward_from_prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+        """The trainable top and the projection on a (possibly cached) prefix: image tokens [N, P, d]."""
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image tokens [N, P, d]."""
+        return self.forward_from_prefix(self.frozen_prefix(pixel_values))
 
 
 class Fusion(Component):
@@ -45,17 +158,52 @@ class Fusion(Component):
     kind: ClassVar[str] = "fusion"
     modalities: ClassVar[frozenset[str]]
 
+    @classmethod
+    def default_variant(cls, options: CreateOptions) -> str:
+        """Merge-attention, the paper's fusion."""
+        return "merge_attention"
+
+    @abstractmethod
+    def forward(
+        self,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        image_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One embedding per item [N, d] from the modalities this fusion reads."""
+
 
 class UserEncoder(Component):
     """Item embeddings of a left-padded sequence [B, S, d] -> user state at every position [B, S, d]."""
 
     kind: ClassVar[str] = "user_encoder"
 
+    @classmethod
+    def default_variant(cls, options: CreateOptions) -> str:
+        return "sasrec"
+
+    @property
+    @abstractmethod
+    def max_length(self) -> int:
+        """The longest sequence the encoder reads."""
+
+    @abstractmethod
+    def forward(self, item_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """User state at every position [B, S, d]; the last column is the state after the whole sequence."""
+
 
 class ItemTower(Component):
     """Catalogue indices -> item embeddings, for ID-based baselines."""
 
     kind: ClassVar[str] = "item_tower"
+
+    @classmethod
+    def default_variant(cls, options: CreateOptions) -> str:
+        return "id"
+
+    @abstractmethod
+    def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
+        """Embeddings [N, d] of catalogue rows (0 = padding)."""
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -11,21 +11,20 @@ from torch import nn
 
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
-from pmmrec.components.kinds import TextEncoder
+from pmmrec.components.inputs import TextPreprocessor
+from pmmrec.components.kinds import EncoderConfig, TextEncoder
+from pmmrec.components.options import CreateOptions
 
 TOKENIZER_FOLDER = "tokenizer"
+DEFAULT_BACKBONE = "minilm"
 
 
-class HFTextEncoderConfig(ComponentConfig):
+class HFTextEncoderConfig(EncoderConfig):
     """Architecture of a text encoder built on a Hugging Face backbone."""
 
-    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Output width d (item embedding size).")
     backbone: str = Field(min_length=1, description="Where the backbone came from (built-in name, hub id or path).")
     backbone_config: dict[str, Any] = Field(description="The backbone's Hugging Face config (architecture only).")
     max_tokens: int = Field(default=50, ge=1, le=4096, description="Tokens kept per item text.")
-    trainable_layers: int = Field(
-        default=2, ge=0, le=_backbones.MAX_LAYERS, description="Top backbone layers trained; the rest is frozen."
-    )
     train_embeddings: bool = Field(default=False, description="Also train the token embeddings (paper: frozen).")
 
     @field_validator("backbone_config")
@@ -55,27 +54,37 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
     # ---- construction -----------------------------------------------------------------------
 
     @classmethod
+    def create(cls, options: CreateOptions) -> HFTextEncoder:
+        """A fresh encoder on a pretrained backbone (`options.backbone`, default the packaged MiniLM)."""
+        return cls.from_backbone(
+            options.backbone or DEFAULT_BACKBONE,
+            dim=options.dim,
+            max_tokens=options.max_tokens,
+            trainable_layers=options.trainable_layers,
+        )
+
+    @classmethod
     def from_backbone(
         cls,
-        backbone: str = "minilm",
+        backbone: str = DEFAULT_BACKBONE,
         dim: int | None = None,
         max_tokens: int = 50,
         trainable_layers: int = 2,
         train_embeddings: bool = False,
     ) -> HFTextEncoder:
-        """A fresh encoder on pretrained backbone weights (built-in name, local folder or hub id)."""
+        """A fresh encoder on pretrained backbone weights (built-in name, local folder or hub reference/id)."""
         from transformers import AutoModel, AutoTokenizer
 
         from pmmrec.references import hub_is_offline
 
-        location, _ = _backbones.resolve_backbone_location(backbone)
+        location, label = _backbones.resolve_backbone_location(backbone)
         offline = hub_is_offline()
         model = AutoModel.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
         backbone_config = _backbones.sanitise_backbone_config(model.config.to_dict())
         config = HFTextEncoderConfig(
             dim=dim or int(backbone_config["hidden_size"]),
-            backbone=backbone,
+            backbone=label,
             backbone_config=backbone_config,
             max_tokens=max_tokens,
             trainable_layers=trainable_layers,
@@ -99,11 +108,8 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder / TOKENIZER_FOLDER))
 
-    def card_metadata(self) -> dict[str, Any]:
-        _, base_model = _backbones.BUILTIN_TEXT_BACKBONES.get(self.config.backbone, (None, None))
-        if base_model is None and "/" in self.config.backbone and not Path(self.config.backbone).exists():
-            base_model = self.config.backbone
-        return {"base_model": base_model} if base_model else {}
+    def base_model(self) -> str | None:
+        return _backbones.base_model_of(self.config.backbone)
 
     def card_summary(self) -> str:
         layers = self.num_layers
@@ -159,17 +165,10 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         hidden = self.run_layers(prefix, attention_mask, self.frozen_depth)
         return self.projection(hidden), attention_mask.to(torch.bool)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected token states [N, T, d] and the boolean token mask [N, T]."""
-        return self.forward_from_prefix(self.frozen_prefix(input_ids, attention_mask), attention_mask)
-
     # ---- inputs --------------------------------------------------------------------------------
 
-    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and mask for raw texts (no lower-casing beyond what the tokenizer itself does)."""
+    @property
+    def preprocessor(self) -> TextPreprocessor:
         if self.tokenizer is None:
             raise ValueError("this text encoder has no tokenizer (its folder lacks tokenizer/)")
-        encoded = self.tokenizer(
-            texts, max_length=self.config.max_tokens, truncation=True, padding="max_length", return_tensors="pt"
-        )
-        return encoded["input_ids"].to(torch.int32), encoded["attention_mask"].to(torch.bool)
+        return TextPreprocessor(self.tokenizer, self.config.max_tokens)

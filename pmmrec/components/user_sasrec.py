@@ -11,6 +11,7 @@ from torch import nn
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import UserEncoder
+from pmmrec.components.options import CreateOptions, default_heads
 
 
 class SASRecConfig(ComponentConfig):
@@ -56,6 +57,24 @@ class SASRecUserEncoder(UserEncoder):
             for _ in range(config.layers)
         )
         nn.init.normal_(self.positions.weight, std=0.02)
+
+    @classmethod
+    def create(cls, options: CreateOptions) -> SASRecUserEncoder:
+        """A fresh user encoder at width d; heads default to the largest divisor of d up to 2 (paper: 2)."""
+        dim = options.require_dim(cls.type_name)
+        return cls(
+            SASRecConfig(
+                dim=dim,
+                heads=options.heads or default_heads(dim, 2),
+                layers=options.layers,
+                max_length=options.max_length,
+                dropout=options.dropout,
+            )
+        )
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
 
     def card_summary(self) -> str:
         c = self.config

@@ -18,16 +18,15 @@ from pmmrec.components._vision import (
     write_preprocessing,
 )
 from pmmrec.components.base import ComponentConfig, register_component
-from pmmrec.components.kinds import VisionEncoder
+from pmmrec.components.kinds import EncoderConfig, VisionEncoder
+from pmmrec.components.options import CreateOptions
 
 
-class CLIPVisionEncoderConfig(VisionPreprocessingFields):
+class CLIPVisionEncoderConfig(EncoderConfig, VisionPreprocessingFields):
     """Architecture of a CLIP vision encoder."""
 
-    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Output width d.")
     backbone: str = Field(min_length=1, description="Where the backbone came from (hub id or path).")
     backbone_config: dict[str, Any] = Field(description="The CLIPVisionConfig fields (architecture only).")
-    trainable_layers: int = Field(default=2, ge=0, le=_backbones.MAX_LAYERS, description="Top blocks trained.")
     train_embeddings: bool = Field(default=False, description="Also train the patch embedding (paper: frozen).")
 
     @field_validator("backbone_config")
@@ -51,6 +50,13 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
         self.apply_freezing()
 
     @classmethod
+    def create(cls, options: CreateOptions) -> CLIPVisionEncoder:
+        """A fresh encoder on pretrained CLIP vision weights (`options.backbone`: a hub id or reference, a folder)."""
+        if options.backbone is None:
+            raise ValueError("vision_encoder/clip needs --backbone (e.g. openai/clip-vit-base-patch32 or a folder)")
+        return cls.from_backbone(options.backbone, dim=options.dim, trainable_layers=options.trainable_layers)
+
+    @classmethod
     def from_backbone(
         cls, backbone: str, dim: int | None = None, trainable_layers: int = 2, train_embeddings: bool = False
     ) -> CLIPVisionEncoder:
@@ -59,12 +65,12 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
 
         from pmmrec.references import hub_is_offline
 
-        location, _ = _backbones.resolve_backbone_location(backbone)
+        location, label = _backbones.resolve_backbone_location(backbone)
         model = CLIPVisionModel.from_pretrained(location, local_files_only=hub_is_offline())
         backbone_config = _backbones.sanitise_backbone_config(model.config.to_dict())
         config = CLIPVisionEncoderConfig(
             dim=dim or int(backbone_config["hidden_size"]),
-            backbone=backbone,
+            backbone=label,
             backbone_config=backbone_config,
             trainable_layers=trainable_layers,
             train_embeddings=train_embeddings,
@@ -77,9 +83,12 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
     def save_extra_files(self, folder: Path) -> None:
         write_preprocessing(folder, self.config)
 
-    def card_metadata(self) -> dict[str, Any]:
-        backbone = self.config.backbone
-        return {"base_model": backbone} if "/" in backbone and not Path(backbone).exists() else {}
+    def base_model(self) -> str | None:
+        return _backbones.base_model_of(self.config.backbone)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
 
     def card_summary(self) -> str:
         return (
@@ -119,6 +128,3 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
         """Trainable top blocks + projection on a (possibly cached) frozen-prefix output."""
         return self.projection(self._run_layers(prefix, self.frozen_depth))
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image tokens [N, 1 + patches, d]."""
-        return self.forward_from_prefix(self.frozen_prefix(pixel_values))

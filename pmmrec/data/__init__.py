@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+from pmmrec.data.builders import ImageBuildReport, ImageSource, build_image_lmdb, write_dataset
 from pmmrec.data.dataset import (
     DATASET_FORMAT_VERSION,
     IMAGE_KINDS,
     SYNTHETIC_IMAGE_NOTE,
     Dataset,
-    ImageSource,
     check_dataset,
     dataset_statistics,
     format_statistics,
     load_dataset,
     read_items_tsv,
     read_users_tsv,
-    write_dataset,
 )
 from pmmrec.data.image_store import (
     DEFAULT_IMAGE_SIZE,
-    ImageBuildReport,
     ImageStore,
-    build_image_lmdb,
     decode_image_value,
     encode_image_value,
     resize_and_center_crop,

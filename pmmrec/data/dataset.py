@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore, build_image_lmdb_into
-from pmmrec.errors import DatasetError, PmmrecError
-from pmmrec.fileio import atomic_directory, atomic_file, sha256_file, write_json
+from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore
+from pmmrec.errors import DatasetError
+from pmmrec.fileio import sha256_file
 
 DATASET_FORMAT = "pmmrec-dataset"
 DATASET_FORMAT_VERSION = 1
@@ -85,18 +85,6 @@ class Dataset:
     def image_store(self) -> ImageStore | None:
         """A lazily opened reader of the dataset's images, or None without images."""
         return None if self.images_path is None else ImageStore(self.images_path)
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """How a dataset writer obtains item images: `fetch(item_id)` gives HxWx3 uint8 pixels or None."""
-
-    kind: str
-    fetch: Callable[[str], np.ndarray | None]
-    size: int
-    payload_format: str = "png"
-    allow_missing: bool = False
-    note: str | None = None
 
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a users.tsv line of millions of interactions still fits
@@ -431,97 +419,3 @@ def format_statistics(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_bytes(path: Path, payload: bytes) -> None:
-    with atomic_file(path, mode="wb") as handle:
-        handle.write(payload)
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
-def write_dataset(
-    out: Path | str,
-    *,
-    name: str,
-    item_ids: Sequence[str],
-    item_texts: Sequence[str],
-    user_ids: Sequence[str],
-    user_items: Sequence[Sequence[str]],
-    provenance: dict[str, Any],
-    preprocessing: dict[str, Any],
-    images: ImageSource | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a complete dataset folder atomically and validate it before it appears at `out`.
-
-    `user_items` holds each user's item ids, oldest first. An existing `out` is refused unless `overwrite`.
-    """
-    out = Path(out)
-    if len(item_ids) != len(item_texts) or len(user_ids) != len(user_items):
-        raise DatasetError("write_dataset: ids and texts (or users and sequences) differ in length")
-    item_lines: list[str] = []
-    for position, (item_id, text) in enumerate(zip(item_ids, item_texts, strict=True), start=1):
-        where = f"{ITEMS_FILE} line {position}"
-        validate_identifier(item_id, "item id", where)
-        validate_text(text, where)
-        item_lines.append(f"{item_id}\t{text.strip()}\n")
-    user_lines = [f"{user_id}\t{' '.join(items)}\n" for user_id, items in zip(user_ids, user_items, strict=True)]
-    interactions = sum(len(items) for items in user_items)
-    try:
-        with atomic_directory(out, overwrite=overwrite) as staging:
-            _write_bytes(staging / ITEMS_FILE, "".join(item_lines).encode("utf-8"))
-            _write_bytes(staging / USERS_FILE, "".join(user_lines).encode("utf-8"))
-            files = {ITEMS_FILE: _file_entry(staging / ITEMS_FILE), USERS_FILE: _file_entry(staging / USERS_FILE)}
-            info: dict[str, Any] = {
-                "format": DATASET_FORMAT,
-                "format_version": DATASET_FORMAT_VERSION,
-                "name": name,
-                "counts": {"users": len(user_ids), "items": len(item_ids), "interactions": interactions, "images": 0},
-                "images": "none",
-                "image_note": None,
-                "image_size": None,
-                "items_without_images": [],
-                "provenance": provenance,
-                "preprocessing": preprocessing,
-            }
-            if images is not None:
-                report = build_image_lmdb_into(
-                    staging / IMAGES_DIR,
-                    list(item_ids),
-                    images.fetch,
-                    images.payload_format,
-                    images.allow_missing,
-                    f"{name} images",
-                )
-                files[IMAGES_DATA_FILE] = _file_entry(staging / IMAGES_DATA_FILE)
-                info.update(
-                    images=images.kind,
-                    image_note=images.note or (SYNTHETIC_IMAGE_NOTE if images.kind == "synthetic" else None),
-                    image_size=images.size,
-                    items_without_images=report.failed,
-                )
-                info["counts"]["images"] = len(report.stored)
-            info["files"] = files
-            write_json(staging / INFO_FILE, info)
-            load_dataset(staging, verify_hashes=True)
-    except DatasetError:
-        raise
-    except PmmrecError as exc:  # atomic_directory refusing an existing folder
-        raise DatasetError(str(exc)) from exc
-    return out
-
-
-def attach_images(root: Path, kind: str, items_without_images: list[str], image_size: int) -> None:
-    """Record a freshly built `root/images.lmdb` in dataset.json (kind, size, gaps, hash) and revalidate."""
-    if kind not in IMAGE_KINDS or kind == "none":
-        raise DatasetError(f"image kind must be 'synthetic' or 'real', got {kind!r}")
-    info = _read_info(root)
-    info["images"] = kind
-    info["image_note"] = SYNTHETIC_IMAGE_NOTE if kind == "synthetic" else None
-    info["image_size"] = image_size
-    info["items_without_images"] = list(items_without_images)
-    info["counts"]["images"] = int(info["counts"]["items"]) - len(items_without_images)
-    info["files"][IMAGES_DATA_FILE] = _file_entry(root / IMAGES_DATA_FILE)
-    write_json(root / INFO_FILE, info)
-    load_dataset(root, verify_hashes=True)

@@ -1,4 +1,4 @@
-"""Image LMDB: a fixed binary value format (never pickle), the resize rule, the builder and a reader.
+"""Image LMDB: a fixed binary value format (never pickle), its reader and its writer (builders: `builders`).
 
 Every value is a 12-byte header followed by a payload::
 
@@ -22,17 +22,17 @@ import io
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 import lmdb
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
-from pmmrec.errors import DatasetError, PmmrecError
-from pmmrec.fileio import atomic_directory
+from pmmrec.errors import DatasetError
+from pmmrec.imaging import resize_and_center_crop
+
+__all__ = ["ImageStore", "decode_image_value", "encode_image_value", "resize_and_center_crop", "write_image_lmdb"]
 
 IMAGE_MAGIC = b"PMRI"
 IMAGE_FORMAT_VERSION = 1
@@ -49,25 +49,6 @@ _ITEMS_PER_TRANSACTION = 256
 
 class FatalImageError(DatasetError):
     """An image problem that must stop a whole build (e.g. a refused pickle), never just mark one item missing."""
-
-
-def resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` (bicubic) and centre-crop size x size, as CLIP's preprocessing does."""
-    if size < 1:
-        raise DatasetError(f"image size must be positive, got {size}")
-    image = image.convert("RGB")
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise DatasetError("image has no pixels")
-    if width <= height:
-        new_width, new_height = size, max(size, round(height * size / width))
-    else:
-        new_width, new_height = max(size, round(width * size / height)), size
-    if (new_width, new_height) != (width, height):
-        image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    left = round((new_width - size) / 2.0)
-    top = round((new_height - size) / 2.0)
-    return image.crop((left, top, left + size, top + size))
 
 
 def encode_image_value(pixels: np.ndarray, payload_format: str = "png") -> bytes:
@@ -187,131 +168,6 @@ def write_image_lmdb(path: Path, images: Iterable[tuple[str, bytes]]) -> int:
     with contextlib.suppress(FileNotFoundError):
         (path / "lock.mdb").unlink()
     return written
-
-
-@dataclass
-class ImageBuildReport:
-    """What an LMDB build stored and what it could not."""
-
-    stored: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    undecodable: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[str]:
-        """Item ids without a stored image, in catalogue order of discovery."""
-        return self.missing + self.undecodable
-
-    def describe_failures(self, limit: int = 10) -> str:
-        """One line naming counts and the first ids of missing and undecodable images."""
-        parts = []
-        for label, ids in (("missing", self.missing), ("undecodable", self.undecodable)):
-            if ids:
-                shown = ", ".join(repr(item) for item in ids[:limit])
-                more = f", ... ({len(ids) - limit} more)" if len(ids) > limit else ""
-                parts.append(f"{len(ids)} {label} ({shown}{more})")
-        if self.undecodable:
-            parts.append(f"first decoding error: {self.errors.get(self.undecodable[0], 'unknown')}")
-        return "; ".join(parts)
-
-
-def index_image_folder(images_dir: Path) -> dict[str, Path]:
-    """Map item id -> image file for files named `<item id>.<jpg|jpeg|png|webp>` (extension case ignored)."""
-    if not images_dir.is_dir():
-        raise DatasetError(f"{images_dir}: image folder not found")
-    found: dict[str, Path] = {}
-    for entry in sorted(images_dir.iterdir()):
-        if not entry.is_file() or entry.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        stem = entry.stem
-        if stem in found:
-            raise DatasetError(f"{found[stem]} and {entry} both name item {stem!r}; keep one image per item")
-        found[stem] = entry
-    return found
-
-
-def _encode_items(
-    item_ids: list[str],
-    fetch: Callable[[str], np.ndarray | None],
-    payload_format: str,
-    report: ImageBuildReport,
-    description: str,
-) -> Iterator[tuple[str, bytes]]:
-    """Yield encoded values for items whose image `fetch` returns; record missing and undecodable ones."""
-    for item_id in tqdm(item_ids, desc=description, unit="img", disable=None):
-        try:
-            pixels = fetch(item_id)
-        except FatalImageError:
-            raise
-        except DatasetError as exc:
-            report.undecodable.append(item_id)
-            report.errors.setdefault(item_id, str(exc))
-            continue
-        if pixels is None:
-            report.missing.append(item_id)
-            continue
-        report.stored.append(item_id)
-        yield item_id, encode_image_value(pixels, payload_format)
-
-
-def build_image_lmdb_into(
-    path: Path,
-    item_ids: list[str],
-    fetch: Callable[[str], np.ndarray | None],
-    payload_format: str = "png",
-    allow_missing: bool = False,
-    description: str = "images",
-) -> ImageBuildReport:
-    """Fill a fresh LMDB at `path` with the images `fetch` returns; fail on gaps unless `allow_missing`.
-
-    `fetch(item_id)` returns an HxWx3 uint8 array, None when the item has no image, or raises DatasetError when
-    its image cannot be decoded. The caller owns atomicity (this writes inside a staging folder).
-    """
-    report = ImageBuildReport()
-    write_image_lmdb(path, _encode_items(item_ids, fetch, payload_format, report, description))
-    if report.failed and not allow_missing:
-        raise DatasetError(
-            f"{len(report.failed)} of {len(item_ids)} items have no usable image: {report.describe_failures()}; "
-            "fix the images or pass --allow-missing"
-        )
-    return report
-
-
-def build_image_lmdb(
-    items_tsv: Path,
-    images_dir: Path,
-    out: Path,
-    size: int = DEFAULT_IMAGE_SIZE,
-    payload_format: str = "png",
-    allow_missing: bool = False,
-    overwrite: bool = False,
-) -> ImageBuildReport:
-    """Build `out` (an LMDB folder) from `<item id>.<ext>` files in `images_dir` for the items of `items_tsv`.
-
-    When `out` is `images.lmdb` inside a dataset folder (one with dataset.json), the dataset's dataset.json is
-    updated to record the images as real, with their hash and the items left without an image.
-    """
-    from pmmrec.data.dataset import attach_images, read_items_tsv
-
-    item_ids, _texts = read_items_tsv(items_tsv)
-    files = index_image_folder(images_dir)
-
-    def fetch(item_id: str) -> np.ndarray | None:
-        source = files.get(item_id)
-        return None if source is None else load_image_file(source, size)
-
-    try:
-        with atomic_directory(out, overwrite=overwrite) as staging:
-            report = build_image_lmdb_into(staging, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
-    except DatasetError:
-        raise
-    except PmmrecError as exc:  # atomic_directory refusing an existing folder
-        raise DatasetError(str(exc)) from exc
-    dataset_json = out.parent / "dataset.json"
-    if out.name == "images.lmdb" and dataset_json.is_file():
-        attach_images(out.parent, kind="real", items_without_images=report.failed, image_size=size)
-    return report
 
 
 _OPEN_ENVIRONMENTS: dict[tuple[int, int, int], tuple[str, lmdb.Environment]] = {}

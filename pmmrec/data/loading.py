@@ -1,6 +1,7 @@
 """Training-side loading: a per-tokenizer token cache, sequence datasets and a collator of distinct items.
 
-Text is tokenised once per (catalogue, tokenizer, max_tokens) and cached as int32 safetensors, never per batch.
+Text is tokenised once per (catalogue, tokenizer, max_tokens) with the text encoder's own preprocessor and cached as
+int32 safetensors, never per batch; images are prepared by the vision encoder's preprocessor.
 Batches carry user sequences left-padded with 0 (most recent item in the last column), masks, and the sorted list
 of distinct items in the batch with each slot's index into it, so an item encoder runs once per distinct item.
 Datasets and collator hold only picklable state (the image LMDB opens lazily in each worker process), so they work
@@ -14,15 +15,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
-from pmmrec.data.image_store import ImageStore, resize_and_center_crop
+from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
+from pmmrec.data.image_store import ImageStore
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import atomic_file
 
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 TOKEN_CACHE_VERSION = "1"
-_TOKENIZE_CHUNK = 1024
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 BatchT = TypeVar("BatchT", bound="_TensorBundle")
@@ -52,36 +52,6 @@ def _texts_digest(texts: Sequence[str]) -> str:
         digest.update(len(encoded).to_bytes(8, "little"))
         digest.update(encoded)
     return digest.hexdigest()
-
-
-def _padding_token(tokenizer: Any) -> int:
-    """The token that gives the padding item one valid position: CLS, else BOS, else the first special token."""
-    for attribute in ("cls_token_id", "bos_token_id"):
-        token = getattr(tokenizer, attribute, None)
-        if isinstance(token, int):
-            return token
-    encoded = tokenizer("", add_special_tokens=True)["input_ids"]
-    if encoded:
-        return int(encoded[0])
-    pad = getattr(tokenizer, "pad_token_id", None)
-    return int(pad) if isinstance(pad, int) else 0
-
-
-def _tokenize(texts: Sequence[str], tokenizer: Any, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    input_ids = torch.full((len(texts) + 1, max_tokens), int(pad) if isinstance(pad, int) else 0, dtype=torch.int32)
-    attention_mask = torch.zeros((len(texts) + 1, max_tokens), dtype=torch.int8)
-    input_ids[0, 0] = _padding_token(tokenizer)
-    attention_mask[0, 0] = 1
-    for start in range(0, len(texts), _TOKENIZE_CHUNK):
-        chunk = list(texts[start : start + _TOKENIZE_CHUNK])
-        encoded = tokenizer(
-            chunk, max_length=max_tokens, padding="max_length", truncation=True, return_attention_mask=True
-        )
-        rows = slice(start + 1, start + 1 + len(chunk))
-        input_ids[rows] = torch.tensor(encoded["input_ids"], dtype=torch.int32)
-        attention_mask[rows] = torch.tensor(encoded["attention_mask"], dtype=torch.int8)
-    return input_ids, attention_mask
 
 
 def _read_token_cache(path: Path, expected: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -102,17 +72,19 @@ def _read_token_cache(path: Path, expected: dict[str, str]) -> tuple[torch.Tenso
 
 
 def tokenize_catalogue(
-    texts: list[str], tokenizer: Any, max_tokens: int, cache_dir: Path | None, cache_key: str
+    texts: list[str], preprocessor: TextPreprocessor, cache_dir: Path | None, cache_key: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (int32 [N+1, T]) and attention mask (int8 [N+1, T]) of every catalogue text, row 0 = padding item.
 
-    Row 0 holds the tokenizer's CLS (or BOS / first special) token with mask 1, so encoders never see an all-masked
-    row. Texts are passed to the tokenizer unchanged (no lower-casing). With `cache_dir`, the result is stored as
-    safetensors named by `cache_key` (the caller's hash of tokenizer files and max_tokens) plus a digest of the
-    texts, and reused when both match; writes are atomic.
+    Rows come from the text encoder's own preprocessor (its padding row holds CLS with mask 1, so encoders never
+    see an all-masked row). With `cache_dir`, the result is stored as safetensors named by `cache_key` (default:
+    the preprocessor's fingerprint of tokenizer and width) plus a digest of the texts, and reused when both match;
+    writes are atomic.
     """
+    max_tokens = preprocessor.max_tokens
     if max_tokens < 1:
         raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
+    cache_key = cache_key if cache_key is not None else preprocessor.fingerprint()
     texts_digest = _texts_digest(texts)
     expected = {
         "cache_version": TOKEN_CACHE_VERSION,
@@ -128,7 +100,10 @@ def tokenize_catalogue(
         cached = _read_token_cache(path, expected) if path.is_file() else None
         if cached is not None:
             return cached
-    input_ids, attention_mask = _tokenize(texts, tokenizer, max_tokens)
+    pad_ids, pad_mask = preprocessor.padding_row()
+    ids, mask = preprocessor(texts)
+    input_ids = torch.cat([pad_ids, ids])
+    attention_mask = torch.cat([pad_mask, mask]).to(torch.int8)
     if path is not None:
         payload = safetensors_save({"input_ids": input_ids, "attention_mask": attention_mask}, metadata=expected)
         with atomic_file(path, mode="wb") as handle:
@@ -286,16 +261,16 @@ class BatchCollator:
         self.text_ids = text_ids
         self.text_mask = text_mask
         self.image_store = image_store
-        self.image_size = image_size
+        self.image_preprocessor = ImagePreprocessor(image_size)
         self.include_images = True  # switched off when a frozen-prefix cache already holds every image input
 
-    def _image(self, index: int) -> np.ndarray:
-        pixels = self.image_store.get(self.item_ids[index - 1]) if self.image_store is not None else None
-        if pixels is None:
-            return np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
-        if pixels.shape[:2] != (self.image_size, self.image_size):
-            pixels = np.asarray(resize_and_center_crop(Image.fromarray(pixels), self.image_size), dtype=np.uint8)
-        return pixels
+    @property
+    def image_size(self) -> int:
+        """Side of the square images batches carry."""
+        return self.image_preprocessor.image_size
+
+    def _image(self, index: int) -> np.ndarray | None:
+        return self.image_store.get(self.item_ids[index - 1]) if self.image_store is not None else None
 
     def item_features(
         self, items: torch.Tensor, include_images: bool = True
@@ -311,9 +286,7 @@ class BatchCollator:
             indices = items.tolist()
             if any(index < 1 or index > len(self.item_ids) for index in indices):
                 raise DatasetError(f"catalogue index out of range 1..{len(self.item_ids)}")
-            images = [self._image(index) for index in indices]
-            stacked = np.stack(images) if images else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
-            pixel_values = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+            pixel_values = self.image_preprocessor([self._image(index) for index in indices])
         return text_ids, text_mask, pixel_values
 
     def collate_items(self, indices: Sequence[int], include_images: bool = True) -> ItemBatch:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pmmrec.data.dataset import ImageSource, write_dataset
+from pmmrec.data.builders import ImageSource, write_dataset
 from pmmrec.data.image_store import DEFAULT_IMAGE_SIZE
 from pmmrec.data.synthetic_images import render_synthetic_image
 from pmmrec.errors import DatasetError

@@ -21,7 +21,8 @@ import lmdb
 import numpy as np
 from PIL import Image
 
-from pmmrec.data.dataset import ImageSource, read_items_tsv, read_users_tsv, write_dataset
+from pmmrec.data.builders import ImageSource, write_dataset
+from pmmrec.data.dataset import read_items_tsv, read_users_tsv
 from pmmrec.data.image_store import (
     DEFAULT_IMAGE_SIZE,
     FatalImageError,

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pmmrec import __version__
+from pmmrec._version import __version__
 from pmmrec.data import Dataset, ImageStore, resize_and_center_crop
 from pmmrec.data.dataset import validate_identifier, validate_text
 from pmmrec.errors import ConfigError, DatasetError, PmmrecError
@@ -517,16 +517,16 @@ class RecommenderService:
         text_ids = text_mask = pixel_values = None
         used = []
         if model.text is not None:
-            text_ids, text_mask = model.text.tokenize([text])  # type: ignore[attr-defined]
+            text_ids, text_mask = model.text.tokenize([text])
             text_ids, text_mask = text_ids.to(self.device), text_mask.to(self.device)
             used.append("text")
         if model.vision is not None:
             assert picture is not None
-            side = int(model.vision.config.image_size)  # type: ignore[attr-defined]
+            side = model.vision.image_size
             pixels = np.array(resize_and_center_crop(picture, side), dtype=np.uint8)
             pixel_values = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous().to(self.device)
             used.append("image")
-        encoded = model.encode_items(text_ids, text_mask, pixel_values)
+        encoded = model.embed_items(text_ids, text_mask, pixel_values)
         vector = encoded.embeddings[0].float()
         if not bool(torch.isfinite(vector).all()):
             raise ServiceError(422, "the model produced a non-finite embedding for this item")

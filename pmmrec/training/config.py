@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from pmmrec.errors import ConfigError
 from pmmrec.objectives import NICLConfig, NIDConfig, ObjectiveWeights, RCLConfig
@@ -28,6 +29,43 @@ class ObjectivesConfig(_Strict):
     nicl: NICLConfig = Field(default_factory=NICLConfig, description="NICL options.")
     nid: NIDConfig = Field(default_factory=NIDConfig, description="NID options (corruption rate, also used by RCL).")
     rcl: RCLConfig = Field(default_factory=RCLConfig, description="RCL options.")
+
+
+class ModelConfig(_Strict):
+    """Which components a run starts from (references), and how the missing ones are created."""
+
+    text: str | None = Field(default=None, description="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
+    vision: str | None = Field(default=None, description="Vision encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
+    fusion: str | None = Field(default=None, description="Fusion reference (created fresh when absent).")
+    user: str | None = Field(default=None, description="User encoder reference (created fresh when absent).")
+    modalities: list[Literal["text", "vision"]] | None = Field(
+        default=None,
+        description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset with "
+        "images: text and vision).",
+    )
+    item_tower: Literal["content", "id"] = Field(
+        default="content", description="content (PMMRec) or id (the SASRec-ID baseline: one embedding per item)."
+    )
+    text_backbone: str = Field(default="minilm", description="Backbone of a fresh text encoder.")
+    vision_backbone: str = Field(default="efficientnet-lite0", description="Backbone of a fresh vision encoder.")
+    dim: int | None = Field(
+        default=None,
+        ge=1,
+        le=8192,
+        description="Embedding width d of fresh components (default: the given components' width, else the text "
+        "backbone's, else 64 for an ID model).",
+    )
+    text_trainable_layers: int | None = Field(
+        default=None, ge=0, le=96, description="Text encoder: top layers trained (fresh encoders: 2)."
+    )
+    vision_trainable_layers: int | None = Field(
+        default=None, ge=0, le=96, description="Vision encoder: top layers (blocks) trained (fresh encoders: 2)."
+    )
+    user_layers: int = Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")
+    user_heads: int | None = Field(
+        default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."
+    )
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout of a fresh user encoder.")
 
 
 class TrainConfig(_Strict):
@@ -74,6 +112,7 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
     device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig, description="Losses and their options.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Components the run starts from.")
 
     def lr_for(self, slot: str) -> float:
         """The learning rate of one slot."""
@@ -135,3 +174,83 @@ def load_train_config(
 def dump_train_config(config: TrainConfig) -> str:
     """YAML text of a resolved config."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# The flat options of `pmmrec pretrain` / `pmmrec finetune` and of `pmmrec.api.pretrain` / `finetune`, each mapped to
+# its place in TrainConfig. Their help texts are the config fields' own descriptions.
+TRAIN_OPTIONS: dict[str, str] = {
+    "text": "model.text",
+    "vision": "model.vision",
+    "fusion": "model.fusion",
+    "user": "model.user",
+    "modality": "model.modalities",
+    "item_tower": "model.item_tower",
+    "text_backbone": "model.text_backbone",
+    "vision_backbone": "model.vision_backbone",
+    "dim": "model.dim",
+    "text_trainable_layers": "model.text_trainable_layers",
+    "vision_trainable_layers": "model.vision_trainable_layers",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "lr_component": "component_lr",
+    "freeze": "freeze",
+    "max_length": "max_length",
+    "min_length": "min_length",
+    "max_history": "max_history",
+    "rec_weight": "objectives.weights.rec",
+    "nicl_weight": "objectives.weights.nicl",
+    "nid_weight": "objectives.weights.nid",
+    "rcl_weight": "objectives.weights.rcl",
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+    "patience": "patience",
+    "max_steps": "max_steps",
+    "num_workers": "num_workers",
+    "gather_negatives": "gather_negatives",
+}
+
+
+def config_field(path: str) -> FieldInfo:
+    """The pydantic field at a dotted TrainConfig path (e.g. `objectives.weights.rec`)."""
+    model: type[BaseModel] = TrainConfig
+    *parents, name = path.split(".")
+    for part in parents:
+        annotation = model.model_fields[part].annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel), path
+        model = annotation
+    return model.model_fields[name]
+
+
+def parse_component_lr(entries: list[str]) -> dict[str, float]:
+    """`SLOT=LR` strings (the `--lr-component` option) as a per-slot learning-rate mapping."""
+    rates = {}
+    for entry in entries:
+        slot, sep, value = entry.partition("=")
+        try:
+            rates[slot] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--lr-component {entry!r}: expected SLOT=LR, e.g. text=5e-5")
+    return rates
+
+
+def overrides_from_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Flat options (names of TRAIN_OPTIONS; None = not given) as nested config overrides."""
+    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {unknown}; known: {', '.join(TRAIN_OPTIONS)}")
+    nested: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None or (isinstance(value, list | tuple) and not value):
+            continue
+        if name == "lr_component" and not isinstance(value, dict):
+            value = parse_component_lr(list(value))
+        *parents, leaf = TRAIN_OPTIONS[name].split(".")
+        target = nested
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = list(value) if isinstance(value, tuple) else value
+    return nested

@@ -13,13 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pmmrec.data import BatchCollator, SequenceBatch
+from pmmrec.components import ItemEncoder, TextEncoder
+from pmmrec.data import BatchCollator, ItemBatch, SequenceBatch
 from pmmrec.model import PMMRec
+from pmmrec.paths import cache_root
 
 # Above this many bytes (fp32 in memory), prefixes go to a memory-mapped fp16 file instead.
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
@@ -78,8 +81,8 @@ class FrozenPrefixCache:
     ) -> FrozenPrefixCache | None:
         """Build the cache for every catalogue item, or None when no encoder has a frozen bottom."""
         num_items = len(collator.item_ids)
-        text = model.text if model.text is not None and _has_frozen_prefix(model.text) else None
-        vision = model.vision if model.vision is not None and _has_frozen_prefix(model.vision) else None
+        text = model.text if model.text is not None and model.text.has_frozen_prefix else None
+        vision = model.vision if model.vision is not None and model.vision.has_frozen_prefix else None
         if text is None and vision is None:
             return None
         text_prefix = image_prefix = None
@@ -107,7 +110,7 @@ class FrozenPrefixCache:
             key_parts.append("text")
         if vision is not None:
             image_prefix = _compute(
-                lambda batch: vision.frozen_prefix(batch.pixel_values),  # type: ignore[union-attr,operator]
+                lambda batch: vision.frozen_prefix(batch.pixel_values),
                 collator,
                 num_items,
                 device,
@@ -151,7 +154,7 @@ class FrozenPrefixCache:
             text_prefix = self._rows(self.text_prefix, items, torch.float32) if self.caches_text else None
             image_prefix = self._rows(self.image_prefix, items, torch.float32) if self.caches_image else None
             batch = batch.to(self.device)
-            encoded = model.encode_items(
+            encoded = model.embed_items(
                 batch.text_ids,
                 batch.text_mask,
                 batch.pixel_values,
@@ -164,10 +167,6 @@ class FrozenPrefixCache:
         return table
 
 
-def _has_frozen_prefix(encoder: torch.nn.Module) -> bool:
-    return bool(getattr(encoder, "frozen_depth", 0)) and not getattr(encoder.config, "train_embeddings", False)
-
-
 def _input_digest(tensor: torch.Tensor | None) -> bytes:
     if tensor is None:
         return b""
@@ -175,10 +174,9 @@ def _input_digest(tensor: torch.Tensor | None) -> bytes:
     return hashlib.sha256(header + tensor.contiguous().numpy().tobytes()).digest()
 
 
-def _config_digest(encoder: torch.nn.Module) -> bytes:
+def _config_digest(encoder: ItemEncoder) -> bytes:
     """The encoder's architecture and preprocessing (backbone config, image size and normalisation, depth)."""
-    config = getattr(encoder, "config", None)
-    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True) if config is not None else ""
+    payload = json.dumps(encoder.config.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(f"{type(encoder).__name__}:{payload}".encode()).digest()
 
 
@@ -194,19 +192,19 @@ def _images_digest(collator: BatchCollator) -> bytes:
     return digest.digest()
 
 
-def _trimmed_text_prefix(encoder: torch.nn.Module, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+def _trimmed_text_prefix(encoder: TextEncoder, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     """Frozen prefix of a chunk run only over the columns some item uses, zero-padded back to the full width.
 
     Padding positions are masked out of every attention and pooling downstream, so their values never matter.
     """
     width = max(int(text_mask.sum(dim=1).max()), 1) if text_mask.shape[0] else text_mask.shape[1]
-    out = encoder.frozen_prefix(text_ids[:, :width], text_mask[:, :width])  # type: ignore[operator]
+    out = encoder.frozen_prefix(text_ids[:, :width], text_mask[:, :width])
     return torch.nn.functional.pad(out, (0, 0, 0, text_mask.shape[1] - width))
 
 
 @torch.inference_mode()
 def _compute(
-    run: object,
+    run: Callable[[ItemBatch], torch.Tensor],
     collator: BatchCollator,
     num_items: int,
     device: torch.device,
@@ -217,8 +215,6 @@ def _compute(
     key: str,
     order: list[int] | None = None,
 ) -> torch.Tensor | np.ndarray:
-    from pmmrec.inference import cache_root
-
     folder = cache_dir or cache_root() / "prefix"
     path = folder / f"{label}-{key[:32]}"
     final = Path(str(path) + ".npy")
@@ -235,7 +231,7 @@ def _compute(
     for start in range(0, num_items, batch_size):
         indices = order[start : start + batch_size]
         batch = collator.collate_items(indices, include_images=label == "image").to(device)
-        out = run(batch).float()  # type: ignore[operator]
+        out = run(batch).float()
         if store is None:
             shape = (num_items + 1, *out.shape[1:])
             nbytes = int(np.prod(shape)) * 4

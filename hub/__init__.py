@@ -1,1 +1,0 @@
-"""Files pmmrec publishes with its artefacts (model-card template, catalogue); shipped as `pmmrec.hub_assets`."""

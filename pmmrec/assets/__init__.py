@@ -1,0 +1,1 @@
+"""Templates and the catalogue pmmrec publishes with its artefacts (package data)."""

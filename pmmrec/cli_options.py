@@ -1,0 +1,188 @@
+"""The pieces of the command line that commands share: one-line error reporting, option types and choices, and
+the option group of `pretrain` / `finetune` generated from the training config (help texts from its fields)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+
+import typer
+
+from pmmrec.errors import PmmrecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(command: F) -> F:
+    """Turn bad input (PmmrecError) and OS errors (missing file, full disk) into one line and exit status 1.
+
+    Set PMMREC_DEBUG=1 to see the traceback instead.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (PmmrecError, OSError) as exc:
+            if os.environ.get("PMMREC_DEBUG"):
+                raise
+            message = str(exc) if isinstance(exc, PmmrecError) else _describe_os_error(exc)
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def is_main_process() -> bool:
+    """Under torchrun only rank 0 prints results."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _choices(name: str, values: list[str]) -> type[Enum]:
+    """A str Enum for Typer's choice validation and help."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+TextRef = Annotated[str | None, typer.Option("--text", help="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")]
+
+
+VisionRef = Annotated[str | None, typer.Option("--vision", help="Vision encoder reference.")]
+
+
+FusionRef = Annotated[str | None, typer.Option("--fusion", help="Fusion reference (created fresh when absent).")]
+
+
+UserRef = Annotated[str | None, typer.Option("--user", help="User encoder reference (created fresh when absent).")]
+
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+
+
+DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (users.tsv, items.tsv, dataset.json).")]
+
+
+ModelRef = Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")]
+
+
+Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if available).")]
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+class KindChoice(str, Enum):
+    text = "text"
+    vision = "vision"
+    fusion = "fusion"
+    user = "user"
+
+
+class SplitChoice(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+class DomainChoice(str, Enum):
+    all = "all"
+    source = "source"
+    target = "target"
+
+
+class ImagesChoice(str, Enum):
+    none = "none"
+    synthetic = "synthetic"
+
+
+class PayloadChoice(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+    raw = "raw"
+
+
+ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]
+
+
+ImagePayload = Annotated[
+    PayloadChoice, typer.Option("--format", help="Stored image payload: png (lossless), jpeg or raw pixels.")
+]
+
+
+AllowMissing = Annotated[
+    bool, typer.Option("--allow-missing", help="Record items without a usable image instead of failing.")
+]
+
+
+def create_option(name: str, **extra: Any) -> Any:
+    from pmmrec.components.options import CreateOptions
+
+    return typer.Option(help=CreateOptions.model_fields[name].description, **extra)
+
+
+def training_parameters() -> list[inspect.Parameter]:
+    """One CLI option per entry of TRAIN_OPTIONS, typed and described by its config field."""
+    from pmmrec.training.config import TRAIN_OPTIONS, config_field
+
+    parameters = []
+    for name, path in TRAIN_OPTIONS.items():
+        field = config_field(path)
+        flag = "--" + name.replace("_", "-")
+        annotation, decls = _cli_type(name, field.annotation), [flag]
+        if annotation is bool:
+            decls = [f"{flag}/--no-{name.replace('_', '-')}"]
+        extra: dict[str, Any] = {"metavar": "SLOT=LR", "callback": _check_component_lr} if name == "lr_component" else {}
+        option = typer.Option(*decls, help=field.description, **extra)
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation | None, option]
+            )
+        )
+    return parameters
+
+
+def _check_component_lr(value: list[str] | None) -> list[str] | None:
+    """A malformed `--lr-component` is a usage error (exit 2), like any malformed option."""
+    from pmmrec.training.config import parse_component_lr
+
+    try:
+        parse_component_lr(value or [])
+    except PmmrecError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--lr-component ")) from None
+    return value
+
+
+def _cli_type(name: str, annotation: Any) -> Any:
+    """The command-line type of a config field: Literal -> choice, list -> repeatable, dict -> SLOT=VALUE strings."""
+    base = annotation
+    if get_origin(annotation) in (Union, UnionType):  # X | None: the option itself is optional
+        base = next(arg for arg in get_args(annotation) if arg is not type(None))
+    origin = get_origin(base)
+    if origin is dict:
+        return list[str]
+    if origin is list:
+        (item,) = get_args(base)
+        if get_origin(item) is Literal:
+            return list[_choices(f"{name}_choice", list(get_args(item)))]  # type: ignore[misc]
+        return list[item]  # type: ignore[valid-type]
+    if origin is Literal:
+        return _choices(f"{name}_choice", list(get_args(base)))
+    return base
+
+
+def plain(value: Any) -> Any:
+    """Enum members (Typer's choices) as their values, also inside lists."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    return value

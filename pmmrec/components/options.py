@@ -1,0 +1,59 @@
+"""The options a fresh component is created from: one typed model, shared by `pmmrec init`, assembly and training.
+
+Each component type reads the fields it needs in its `create` class method (`components.base.Component.create`);
+the field descriptions are the help texts of `pmmrec init`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pmmrec.components import _backbones
+
+
+class CreateOptions(BaseModel):
+    """How to create a fresh component; fields a type does not use are ignored by it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dim: int | None = Field(
+        default=None,
+        ge=1,
+        le=_backbones.MAX_HIDDEN,
+        description="Embedding width d; encoders default to their backbone's width, the rest need it.",
+    )
+    backbone: str | None = Field(
+        default=None,
+        description="Encoders: built-in name (minilm, efficientnet-lite0), a local folder or hub:ORG/NAME[@REV].",
+    )
+    trainable_layers: int = Field(
+        default=2,
+        ge=0,
+        le=_backbones.MAX_LAYERS,
+        description="Encoders: top backbone layers (blocks) trained; the rest is frozen (paper: 2).",
+    )
+    max_tokens: int = Field(default=50, ge=1, le=4096, description="Text encoder: tokens kept per item text.")
+    heads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Fusion and user encoder: attention heads (default: the largest divisor of d up to 12 for the "
+        "fusion, up to 2 for the user encoder).",
+    )
+    layers: int = Field(default=2, ge=1, le=48, description="User encoder: Transformer blocks.")
+    max_length: int = Field(default=20, ge=1, le=4096, description="User encoder: longest input sequence.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Fusion and user encoder: dropout.")
+    item_ids: tuple[str, ...] | None = Field(
+        default=None, description="ID item tower: the catalogue's item ids, in embedding-row order."
+    )
+
+    def require_dim(self, type_name: str) -> int:
+        """`dim`, which types without a backbone cannot guess."""
+        if self.dim is None:
+            raise ValueError(f"--dim is required ({type_name} has no backbone to take the width from)")
+        return self.dim
+
+
+def default_heads(dim: int, at_most: int) -> int:
+    """The largest number of attention heads up to `at_most` that divides `dim` (one rule for fusion and user)."""
+    return max(heads for heads in range(1, min(dim, at_most) + 1) if dim % heads == 0)

@@ -1,0 +1,16 @@
+"""The assembled model: the module (`PMMRec`), assembly of components, and the pmmrec.json manifest."""
+
+from pmmrec.model.assembly import SLOT_KINDS, check_compatible, load_slot
+from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec
+
+__all__ = [
+    "MANIFEST_FILE",
+    "SLOT_KINDS",
+    "ComponentSource",
+    "ItemEncoding",
+    "PMMRec",
+    "check_compatible",
+    "load_slot",
+    "read_manifest",
+]

@@ -1,0 +1,115 @@
+"""pmmrec.json: the lockfile of an assembled model (each component's type, requested reference, resolved commit,
+and the sha256 of its weights), how it is written, read and verified.
+
+Plain data only: this module never builds a model, so the model module and the server can both use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pmmrec._version import __version__
+from pmmrec.components.base import WEIGHTS_FILE
+from pmmrec.errors import ArtefactError
+from pmmrec.fileio import sha256_file
+
+MANIFEST_FILE = "pmmrec.json"
+MODEL_FORMAT_VERSION = 1
+SLOTS = ("text", "vision", "fusion", "user", "item_tower")
+
+
+@dataclass
+class ComponentSource:
+    """Where one component of an assembled model came from."""
+
+    requested: str | None  # the reference as the user gave it; None when created fresh
+    resolved_commit: str | None  # the commit a hub revision resolved to
+    created: bool  # True when assembly created the component fresh
+
+
+def manifest_document(
+    dim: int,
+    modalities: list[str],
+    types: dict[str, str],
+    sources: dict[str, ComponentSource],
+    weight_hashes: dict[str, str],
+) -> dict[str, Any]:
+    """The content of pmmrec.json for components given by slot (type name, source, weights sha256)."""
+    entries = {}
+    for slot, type_name in types.items():
+        source = sources.get(slot, ComponentSource(requested=None, resolved_commit=None, created=True))
+        entries[slot] = {"type": type_name, "path": slot, **asdict(source), "sha256": weight_hashes[slot]}
+    return {
+        "pmmrec_type": "model/pmmrec",
+        "format_version": MODEL_FORMAT_VERSION,
+        "pmmrec_version": __version__,
+        "dim": dim,
+        "modalities": modalities,
+        "components": entries,
+    }
+
+
+def write_manifest(folder: Path, document: dict[str, Any]) -> None:
+    """Write pmmrec.json into a (staging) model folder."""
+    (folder / MANIFEST_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_component(folder: Path, slot: str, entry: dict[str, Any]) -> Path:
+    """Check the weights of one listed component against their pinned sha256; returns the component folder."""
+    component_folder = folder / entry["path"]
+    weights = component_folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtefactError(f"{weights}: missing (listed in {MANIFEST_FILE})")
+    actual = sha256_file(weights)
+    if actual != entry["sha256"]:
+        raise ArtefactError(
+            f"{weights}: sha256 {actual[:12]}... does not match {MANIFEST_FILE} ({entry['sha256'][:12]}...); "
+            "the weights were changed after assembly"
+        )
+    return component_folder
+
+
+def source_of(entry: dict[str, Any]) -> ComponentSource:
+    """The provenance recorded for one component."""
+    return ComponentSource(
+        requested=entry.get("requested"),
+        resolved_commit=entry.get("resolved_commit"),
+        created=entry.get("created", False),
+    )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Parse and check pmmrec.json."""
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        hint = (
+            " (it is a single component: use load_component / Component.from_pretrained)"
+            if (folder / "config.json").is_file()
+            else ""
+        )
+        raise ArtefactError(f"{path}: missing; {folder} is not an assembled pmmrec model{hint}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtefactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("pmmrec_type") != "model/pmmrec":
+        raise ArtefactError(f"{path}: not a pmmrec model manifest (pmmrec_type must be 'model/pmmrec')")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ArtefactError(f"{path}: format_version must be a positive integer")
+    if version > MODEL_FORMAT_VERSION:
+        raise ArtefactError(f"{path}: format_version {version} is newer than this pmmrec supports; upgrade pmmrec")
+    components = manifest.get("components")
+    if not isinstance(components, dict) or not components:
+        raise ArtefactError(f"{path}: 'components' must be a non-empty object")
+    for slot, entry in components.items():
+        if slot not in SLOTS:
+            raise ArtefactError(f"{path}: unknown component slot {slot!r} (known: {sorted(SLOTS)})")
+        if not isinstance(entry, dict) or not {"type", "path", "sha256"} <= entry.keys():
+            raise ArtefactError(f"{path}: components.{slot} needs type, path and sha256")
+        if entry["path"] != slot:
+            raise ArtefactError(f"{path}: components.{slot}.path must be {slot!r}")
+    return manifest

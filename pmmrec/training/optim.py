@@ -1,0 +1,66 @@
+"""Optimiser and schedule: AdamW groups per component (own learning rate, no decay on norms, biases and
+embeddings), linear warm-up then cosine or constant, and mixed-precision settings."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from pmmrec.errors import ConfigError
+from pmmrec.training.config import TrainConfig
+from pmmrec.training.module import TrainingModule
+
+NO_DECAY_MARKERS = ("bias", "norm", "embedding", "positions", "type_embeddings")
+
+
+def parameter_groups(module: TrainingModule, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups per slot (own lr) x decay/no-decay; frozen slots and frozen parameters excluded."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    slots = module.model.components()
+    for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        parts = name.split(".")
+        slot = parts[1] if parts[0] == "model" and parts[1] in slots else "objectives"
+        if slot in config.freeze:
+            continue
+        decay = parameter.ndim >= 2 and not any(marker in name.lower() for marker in NO_DECAY_MARKERS)
+        groups.setdefault((slot, decay), []).append(parameter)
+    return [
+        {
+            "params": params,
+            "lr": config.lr_for(slot) if slot != "objectives" else config.lr,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "slot": slot,
+        }
+        for (slot, decay), params in sorted(groups.items())
+    ]
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> Any:
+    """Linear warm-up, then cosine decay to zero or constant."""
+
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.schedule == "constant":
+            return 1.0
+        span = max(total_steps - config.warmup_steps, 1)
+        progress = min((step - config.warmup_steps) / span, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def autocast_settings(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed)."""
+    if config.precision == "fp32" or (config.precision == "auto" and device.type != "cuda"):
+        return None, False
+    if config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.float16, True

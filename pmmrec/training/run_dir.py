@@ -1,0 +1,213 @@
+"""The run folder: its lock, its log, its saved config, and resumable checkpoints.
+
+A run folder holds config.yaml (the resolved options), log.jsonl (one JSON record per step and evaluation),
+checkpoints/last (weights in safetensors; optimizer, scheduler and RNG in a weights-only torch file; progress in
+JSON), best/ (the best model so far) and, at the end, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from pmmrec.distributed import DistributedContext, barrier
+from pmmrec.errors import ArtefactError, ConfigError
+from pmmrec.fileio import atomic_directory, atomic_file
+
+WEIGHTS = "training_module.safetensors"
+STATE = "trainer_state.pt"
+META = "progress.json"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    folder: Path,
+    module: nn.Module,
+    trainer_state: dict[str, Any],
+    progress: dict[str, Any],
+) -> None:
+    """Write weights, trainer state and progress into `folder`, replacing the previous checkpoint atomically."""
+    with atomic_directory(folder, overwrite=True) as staging:
+        tensors = {name: t.detach().contiguous().cpu() for name, t in module.state_dict().items()}
+        save_file(tensors, str(staging / WEIGHTS))
+        torch.save(trainer_state, staging / STATE)
+        (staging / META).write_text(json.dumps(progress, indent=2) + "\n", encoding="utf-8")
+
+
+def load_checkpoint(
+    folder: Path, module: nn.Module, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore module weights; return (trainer_state, progress). Only complete checkpoints exist on disk."""
+    for name in (WEIGHTS, STATE, META):
+        if not (folder / name).is_file():
+            raise ArtefactError(f"{folder / name}: missing; {folder} is not a complete checkpoint")
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise ArtefactError(f"{folder / WEIGHTS}: unreadable ({exc})") from None
+    expected = module.state_dict().keys()
+    missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+    if missing or unexpected:
+        raise ArtefactError(
+            f"{folder / WEIGHTS}: does not match this run's model (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+            "resume with the same components and options"
+        )
+    with torch.no_grad():
+        module.load_state_dict(tensors, strict=True)
+    try:
+        state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ArtefactError(f"{folder / STATE}: unreadable ({exc})") from None
+    progress = json.loads((folder / META).read_text(encoding="utf-8"))
+    return state, progress
+
+
+def remove_stale_staging(run_dir: Path) -> None:
+    """Delete temporary folders left by a process killed mid-write (never a complete checkpoint)."""
+    for path in run_dir.glob(".*.tmp"):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    for path in (run_dir / "checkpoints").glob(".*.tmp") if (run_dir / "checkpoints").is_dir() else []:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive lock on RUN/.lock for this process's lifetime: a second writer of RUN is refused.
+
+    flock is released by the kernel when the process dies, so a killed run never leaves a stale lock.
+    """
+    import fcntl
+
+    handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{run_dir} is being written by another pmmrec process; wait for it or use another --out") from None
+    return handle
+
+
+
+def fresh_progress() -> dict[str, Any]:
+    """Progress of a run that has not trained yet."""
+    return {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "best": None,
+        "best_epoch": None,
+        "stale_epochs": 0,
+        "history": [],
+    }
+
+
+class RunFolder:
+    """One run's folder, shared by every process of the run; only rank 0 writes."""
+
+    def __init__(self, run_dir: Path, context: DistributedContext) -> None:
+        self.run_dir = Path(run_dir)
+        self.context = context
+        self._lock: IO[str] | None = None
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.run_dir / "best"
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+    def open(self, config_text: str, resume: bool) -> bool:
+        """Lock the folder and record the run's options; True when a checkpoint is there to resume from.
+
+        A new run needs an empty folder; `resume` needs the same options as the saved config.yaml. A run killed
+        before its first complete checkpoint starts over in the same folder.
+        """
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            leftovers = [p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")]
+            if leftovers and not resume:
+                raise ConfigError(
+                    f"{self.run_dir} is not empty ({', '.join(sorted(leftovers)[:4])}); use --resume or another --out"
+                )
+            if leftovers and resume and not self.config_path.is_file():
+                raise ConfigError(f"--resume: {self.run_dir} holds {', '.join(sorted(leftovers)[:4])} but no pmmrec run")
+            self._lock = lock_run_dir(self.run_dir)
+            remove_stale_staging(self.run_dir)
+        barrier(self.context)
+        if resume and self.config_path.is_file() and self.config_path.read_text(encoding="utf-8") != config_text:
+            raise ConfigError(
+                f"--resume: {self.config_path} differs from this run's options; resume with the same options"
+            )
+        if resume and self.last_checkpoint.is_dir():
+            return True
+        if self.context.is_main:
+            if resume:
+                tqdm.write(f"notice: {self.last_checkpoint} does not exist yet; starting the run from the beginning")
+                self.log_path.unlink(missing_ok=True)
+            with atomic_file(self.config_path) as handle:
+                handle.write(config_text)
+        barrier(self.context)
+        return False
+
+    def close(self) -> None:
+        """Release the lock (the kernel also releases it when the process dies)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to log.jsonl (rank 0 only)."""
+        if not self.context.is_main:
+            return
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, progress: dict[str, Any]) -> None:
+        """Drop log records written after the checkpoint (by a run killed later), so no step appears twice."""
+        if not self.context.is_main or not self.log_path.is_file():
+            return
+        kept = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if record.get("event") == "step" and record.get("step", 0) > progress["global_step"]:
+                continue
+            if record.get("event") == "eval" and (record.get("epoch") or 0) > progress["epoch"]:
+                continue
+            if record.get("split") == "test":
+                continue  # logged once at the end of the run, which the resumed run reaches again
+            kept.append(line)
+        with atomic_file(self.log_path) as handle:
+            handle.write("".join(f"{line}\n" for line in kept))

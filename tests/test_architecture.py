@@ -1,0 +1,265 @@
+"""The package's structure: imports go one way through the layers, the CLI is a table over `pmmrec.api`,
+component kinds are the contracts callers use, and fresh components come from the registry."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from pmmrec import api
+from pmmrec.cli import app
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
+
+# From the bottom up; a module may import only from its own layer or below (and never in a circle).
+LAYERS: list[tuple[str, ...]] = [
+    ("pmmrec._version", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging"),
+    ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
+    ("pmmrec.components",),
+    ("pmmrec.data",),
+    ("pmmrec.model",),
+    ("pmmrec.evaluation", "pmmrec.ranking", "pmmrec.objectives", "pmmrec.inference", "pmmrec.prefix_cache",
+     "pmmrec.inspection", "pmmrec.baselines", "pmmrec.stats"),
+    ("pmmrec.training",),
+    ("pmmrec.serving", "pmmrec.demo"),
+    ("pmmrec.api",),
+    ("pmmrec.cli", "pmmrec.cli_options", "pmmrec.__main__", "pmmrec"),
+]  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer_of(name: str) -> int:
+    """The layer of a module: the longest matching prefix in LAYERS."""
+    best, best_length = None, -1
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best_length:
+                best, best_length = index, len(prefix)
+    assert best is not None, f"{name} is in no layer of LAYERS: add it"
+    return best
+
+
+def imported_modules(name: str, path: Path) -> set[str]:
+    """Every pmmrec module `name` imports, at the top or inside functions (TYPE_CHECKING imports included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:  # `from pmmrec.x import y` imports module pmmrec.x.y when y is a module
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in MODULES else base)
+    return {module for module in found if module == "pmmrec" or module.startswith("pmmrec.")}
+
+
+GRAPH = {name: imported_modules(name, path) - {name} for name, path in MODULES.items()}
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    for name in MODULES:
+        layer_of(name)
+
+
+def test_imports_never_go_up_a_layer() -> None:
+    upward = [
+        f"{MODULES[name].relative_to(PACKAGE.parent)} (layer {layer_of(name)}) imports "
+        f"{MODULES.get(target, target)} (layer {layer_of(target)})"
+        for name, targets in GRAPH.items()
+        for target in targets
+        if layer_of(target) > layer_of(name)
+    ]
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles() -> None:
+    """Tarjan's strongly connected components over the module graph; any component of two or more is a cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in GRAPH.get(node, ()):
+            if target not in MODULES:
+                continue
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in MODULES:
+        if name not in index:
+            visit(name)
+    described = [" <-> ".join(str(MODULES[m].relative_to(PACKAGE.parent)) for m in cycle) for cycle in cycles]
+    assert not cycles, "import cycles:\n" + "\n".join(described)
+
+
+def test_the_layer_test_catches_an_upward_import(tmp_path: Path) -> None:
+    """The checker itself: a components module importing training is reported (guards against a vacuous test)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from pmmrec.training.trainer import Trainer\n")
+    targets = imported_modules("pmmrec.components.bad", bad)
+    assert "pmmrec.training.trainer" in targets and layer_of("pmmrec.training.trainer") > layer_of("pmmrec.components")
+
+
+# ---- the CLI is a table over pmmrec.api -------------------------------------------------------------------------
+
+
+def cli_commands() -> dict[str, Any]:
+    """Every leaf command by its api name: `data movielens` -> data_movielens."""
+    root = typer.main.get_command(app)
+    found: dict[str, Any] = {}
+    for name, command in root.commands.items():  # type: ignore[attr-defined]
+        if hasattr(command, "commands"):  # a group of sub-commands
+            for sub_name, sub in command.commands.items():
+                found[f"{name}_{sub_name}".replace("-", "_")] = sub
+        else:
+            found[name.replace("-", "_")] = command
+    return found
+
+
+def test_every_command_has_its_api_function_and_every_api_function_its_command() -> None:
+    commands = set(cli_commands())
+    functions = {name for name, value in vars(api).items() if inspect.isfunction(value) and not name.startswith("_")}
+    functions = {name for name in functions if getattr(api, name).__module__ == "pmmrec.api"}
+    assert commands == functions == set(api.__all__)
+
+
+def test_pretrain_and_finetune_share_one_option_group_described_by_the_config() -> None:
+    from pmmrec.training.config import TRAIN_OPTIONS, config_field
+
+    commands = cli_commands()
+    for mode in ("pretrain", "finetune"):
+        options = {param.name: param for param in commands[mode].params}
+        for name, path in TRAIN_OPTIONS.items():
+            assert name in options, f"{mode} lacks --{name.replace('_', '-')}"
+            assert options[name].help == config_field(path).description
+
+
+def test_cli_module_only_calls_the_api() -> None:
+    """cli.py and its option helpers import no layer below the api for work (presentation and option tables
+    excepted)."""
+    allowed = {
+        "pmmrec",
+        "pmmrec.api",
+        "pmmrec.cli_options",
+        "pmmrec.errors",
+        "pmmrec.inspection",  # format_inspection
+        "pmmrec.evaluation",  # format_metrics_table
+        "pmmrec.data",  # format_statistics
+        "pmmrec.data.movielens",  # LICENCE_NOTE
+        "pmmrec.data.reference_import",  # PICKLE_RISK
+        "pmmrec.components.options",  # help texts of `init`
+        "pmmrec.training.config",  # the training option table and its help texts
+        "pmmrec.training.trainer",  # TrainingInterrupted -> exit status 130
+    }
+    used = GRAPH["pmmrec.cli"] | GRAPH["pmmrec.cli_options"]
+    assert used <= allowed, sorted(used - allowed)
+
+
+# ---- component kinds are contracts -----------------------------------------------------------------------------
+
+
+ENCODER_REACH = re.compile(r"(getattr|hasattr)\((model\.)?(text|vision|encoder|component)\b")
+
+
+def test_no_caller_reaches_encoders_around_their_contract() -> None:
+    """Outside components/, nothing uses getattr/hasattr on an encoder or silences attribute errors."""
+    offenders = []
+    for name, path in MODULES.items():
+        if name.startswith("pmmrec.components"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if ENCODER_REACH.search(line) or "type: ignore[attr-defined]" in line:
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("kind", ["TextEncoder", "VisionEncoder"])
+def test_encoder_kinds_declare_what_callers_use(kind: str) -> None:
+    from pmmrec import components
+
+    cls = getattr(components, kind)
+    declared = {"preprocessor", "frozen_prefix", "forward_from_prefix", "set_trainable_layers", "trainable_layers"}
+    declared |= {"max_tokens", "tokenize"} if kind == "TextEncoder" else {"image_size"}
+    assert declared <= set(dir(cls))
+    abstract = cls.__abstractmethods__
+    assert {"frozen_prefix", "forward_from_prefix"} <= abstract
+
+
+def test_fresh_components_come_from_the_registry() -> None:
+    """A newly registered type is created by `create_component` with no other code changed."""
+    from typing import ClassVar
+
+    from pmmrec.components import CreateOptions, SASRecConfig, SASRecUserEncoder, create_component, register_component
+    from pmmrec.components._registry import _REGISTRY
+
+    class TinyUser(SASRecUserEncoder):
+        type_name: ClassVar[str] = "user_encoder/tiny-test"
+
+        @classmethod
+        def create(cls, options: CreateOptions) -> TinyUser:
+            return cls(SASRecConfig(dim=options.require_dim(cls.type_name), heads=1, layers=1))
+
+    register_component(TinyUser)
+    try:
+        created = create_component("user", CreateOptions(dim=8), "tiny-test")
+        assert type(created) is TinyUser and created.config.layers == 1
+    finally:
+        _REGISTRY.pop("user_encoder/tiny-test")
+
+
+def test_one_rule_for_default_heads(tmp_path: Path) -> None:
+    """`init fusion --dim 64` and assembly at d = 64 pick the same heads (the largest divisor of d up to 12)."""
+    from pmmrec.components import CreateOptions, create_component, default_heads
+
+    assert default_heads(64, 12) == 8 and default_heads(30, 12) == 10 and default_heads(7, 2) == 1
+    fusion = create_component("fusion", CreateOptions(dim=64))
+    assert fusion.config.heads == 8  # type: ignore[attr-defined]
+    path = api.init("fusion", tmp_path / "fusion", dim=64)
+    assert (path / "config.json").is_file()
+
+
+def test_efficientnet_configs_saved_with_the_old_field_name_still_load() -> None:
+    from pmmrec.components import EfficientNetEncoderConfig
+
+    legacy = {"dim": 8, "image_size": 32, "trainable_blocks": 3, "backbone": "x"}
+    assert EfficientNetEncoderConfig.model_validate(legacy).trainable_layers == 3
+    with pytest.raises(ValueError, match="old name"):
+        EfficientNetEncoderConfig.model_validate({**legacy, "trainable_layers": 1})
