@@ -199,14 +199,13 @@ def recommend(
     user: str | None = None,
     history: list[str] | None = None,
     k: int = 10,
-    exclude_seen: bool = False,
+    exclude_seen: bool = True,
     extra_items: PathLike | None = None,
     device: str | None = None,
 ) -> list[Any]:
     """Top-k items for a known user or an explicit history; `extra_items` adds candidates by content alone."""
-    import torch
-
     from pmmrec.data import load_dataset, read_items_tsv
+    from pmmrec.distributed import choose_device
     from pmmrec.errors import ConfigError
     from pmmrec.inference import encode_catalogue, make_collator, top_k
     from pmmrec.model import PMMRec
@@ -214,7 +213,7 @@ def recommend(
     if (user is None) == (history is None):
         raise ConfigError("give exactly one of --user and --history")
     loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
-    target_device = torch.device(device) if device else torch.device("cpu")
+    target_device = choose_device(device)
     loaded.to(target_device)
     dataset = load_dataset(data)
     if extra_items is not None:

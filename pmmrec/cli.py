@@ -54,6 +54,22 @@ data_app = typer.Typer(help="Build, import and check datasets.", no_args_is_help
 app.add_typer(data_app, name="data")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(api.version())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the pmmrec version and exit."),
+    ] = None,
+) -> None:
+    """Transferable, ID-free sequential recommendation (PMMRec) with per-component artefacts."""
+
+
 # ---- shared option types ---------------------------------------------------------------------------------------
 
 @app.command("version")
@@ -230,7 +246,7 @@ def evaluate(
     device: Device = None,
     quiet: Quiet = False,
     more_k: Annotated[
-        list[int] | None, typer.Argument(hidden=True, help="Further cut-offs after --k (--k 10 20 50).")
+        list[int] | None, typer.Argument(metavar="[K]...", hidden=True, help="Further cut-offs after --k.")
     ] = None,
 ) -> None:
     """Full-ranking HR, NDCG and MRR at each K (history excluded; ties count in the user's favour)."""
@@ -257,7 +273,9 @@ def recommend(
     user: Annotated[str | None, typer.Option("--user", help="A user id of users.tsv.")] = None,
     history: Annotated[str | None, typer.Option("--history", help='Item ids, oldest first: "ID ID ...".')] = None,
     k: Annotated[int, typer.Option("--k", help="How many items to return.")] = 10,
-    exclude_seen: Annotated[bool, typer.Option("--exclude-seen", help="Never return items of the history.")] = False,
+    exclude_seen: Annotated[
+        bool, typer.Option("--exclude-seen/--keep-seen", help="Leave the history's items out of the ranking.")
+    ] = True,
     items: Annotated[
         Path | None, typer.Option("--items", help="Extra candidate items (item_id<TAB>text), never seen in training.")
     ] = None,
@@ -272,8 +290,10 @@ def recommend(
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in ranked], indent=2))
         return
+    width = max([len("item id"), *(len(entry.item_id) for entry in ranked)])
+    typer.echo(f"{'rank':>4}  {'score':>8}  {'item id':<{width}}  text")
     for entry in ranked:
-        typer.echo(f"{entry.rank:>3}  {entry.score:8.3f}  {entry.item_id}\t{entry.text}")
+        typer.echo(f"{entry.rank:>4}  {entry.score:8.3f}  {entry.item_id:<{width}}  {entry.text}")
 
 
 @app.command("serve")

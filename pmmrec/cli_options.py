@@ -75,7 +75,9 @@ DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (users.tsv
 ModelRef = Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")]
 
 
-Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: CUDA if available).")]
+Device = Annotated[
+    str | None, typer.Option(help="cpu, cuda or cuda:N (when omitted: cuda:LOCAL_RANK if CUDA is available, else cpu).")
+]
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from pmmrec.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,29 @@ class DistributedContext:
         return self.world_size > 1
 
 
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d{1,3}|mps)$")
+
+
 def choose_device(requested: str | None, local_rank: int = 0) -> torch.device:
-    """The requested device, or CUDA (indexed by LOCAL_RANK, not the global rank) when available."""
-    if requested:
-        device = torch.device(requested)
-        if device.type == "cuda" and device.index is None:
+    """The requested device (checked: it exists here), or cuda:LOCAL_RANK when CUDA is available, else the CPU.
+
+    Under torchrun, plain `cuda` means this process's GPU (LOCAL_RANK, not the global rank).
+    """
+    if not requested:
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if not _DEVICE.match(requested):
+        raise ConfigError(f"--device {requested}: not a device; the choices are cpu, cuda, cuda:N and mps")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is None:
             device = torch.device("cuda", local_rank)
-        return device
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {requested}: MPS is not available on this machine (use --device cpu)")
+    return device
 
 
 def setup_distributed(requested_device: str | None = None) -> DistributedContext:

@@ -136,7 +136,7 @@ def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = (10, 20, 50)) -> dict[
         result[f"hr@{k}"] = float(hit.mean())
         result[f"ndcg@{k}"] = float((hit / torch.log2(ranks_f + 1.0)).mean())
         result[f"mrr@{k}"] = float((hit / ranks_f).mean())
-    result["num_users"] = float(ranks_f.numel())
+    result["num_users"] = int(ranks_f.numel())  # a count: an integer in JSON too
     return result
 
 

@@ -235,7 +235,7 @@ def test_fresh_components_come_from_the_registry() -> None:
 
         @classmethod
         def create(cls, options: CreateOptions) -> TinyUser:
-            return cls(SASRecConfig(dim=options.require_dim(cls.type_name), heads=1, layers=1))
+            return cls(SASRecConfig(dim=options.width, heads=1, layers=1))
 
     register_component(TinyUser)
     try:

@@ -178,18 +178,26 @@ def test_init_vision_default_uses_packaged_efficientnet(runner: CliRunner, tmp_p
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["init", "fusion"], ["pmmrec init fusion: --dim is required"]),
         (["init", "user", "--dim", "30", "--heads", "4"], ["pmmrec init user", "heads (4) must divide dim (30)"]),
         (["init", "user", "--dim", "0"], ["pmmrec init user", "dim"]),
         (["init", "text", "--backbone", "hub:acme/absent@v1"], ["hub:acme/absent@v1", "not in the local Hub cache"]),
     ],
-    ids=["no-dim", "heads-do-not-divide", "zero-dim", "unresolvable-backbone"],
+    ids=["heads-do-not-divide", "zero-dim", "unresolvable-backbone"],
 )
 def test_init_errors(args: list[str], fragments: list[str], runner: CliRunner, hub_cache: Path, tmp_path: Path) -> None:
     """Bad options give exit 1 and one `error:` line, and nothing is written."""
     result = invoke(runner, *args, "--out", tmp_path / "out")
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("kind", "heads"), [("fusion", 12), ("user", 2)])
+def test_init_without_dim_follows_the_one_width_rule(kind: str, heads: int, runner: CliRunner, tmp_path: Path) -> None:
+    """d defaults to 384 (the packaged MiniLM's width) for components without a text backbone; no option is required."""
+    result = invoke(runner, "init", kind, "--out", tmp_path / kind)
+    assert result.exit_code == 0, result.output
+    component = load_component(str(tmp_path / kind))
+    assert (component.dim, component.config.heads) == (384, heads)  # type: ignore[attr-defined]
 
 
 def test_init_refuses_an_existing_folder(runner: CliRunner, tmp_path: Path) -> None:

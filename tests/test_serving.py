@@ -340,7 +340,7 @@ def test_an_added_item_is_rankable_at_once_and_scores_like_the_recommend_job(
     assert "new-1" in [item["item_id"] for item in body["items"]]
     extra = tmp_path / "extra.tsv"
     extra.write_text(f"new-1\t{text}\n", encoding="utf-8")
-    expected = recommend_job(model, data_dir, history=["new-1", "5"], k=50, extra_items=extra)
+    expected = recommend_job(model, data_dir, history=["new-1", "5"], k=50, extra_items=extra, exclude_seen=False)
     assert [item["item_id"] for item in body["items"]] == [r.item_id for r in expected]
     np.testing.assert_allclose([i["score"] for i in body["items"]], [r.score for r in expected], rtol=1e-4, atol=1e-4)
     assert next(i for i in body["items"] if i["item_id"] == "new-1")["added"] is True

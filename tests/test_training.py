@@ -277,7 +277,9 @@ def test_nicl_is_skipped_with_a_notice_for_a_text_only_model(
     tmp_path: Path, dataset_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     trainer = Trainer(text_model(), load_dataset(dataset_dir), config("pretrain", max_steps=2), tmp_path / "run", progress=False)
-    assert trainer.notices == ["NICL skipped: it needs both a text and a vision encoder"]
+    (notice,) = trainer.notices  # says why, and how to switch NICL on
+    assert notice.startswith("NICL skipped: it needs both a text and a vision encoder")
+    assert "--modality text --modality vision" in notice and "images.lmdb" in notice
     assert trainer.module.active_losses() == ["rec", "nid", "rcl"]
     trainer.run()  # pretrain defaults give NICL a non-zero weight: the run must still train
     assert "notice: NICL skipped" in capsys.readouterr().out
@@ -393,19 +395,19 @@ def test_recommend_scores_cold_start_items_from_their_text(tmp_path: Path, datas
     model_dir = text_model().save_pretrained(tmp_path / "model")
     dataset = load_dataset(dataset_dir)
     history = "i3 i4 i6"
-    ranked = json.loads(run_cli("recommend", "--model", model_dir, "--data", dataset_dir, "--history", history, "--k", "3", "--json"))
+    ranked = json.loads(run_cli("recommend", "--model", model_dir, "--data", dataset_dir, "--history", history, "--k", "3", "--json", "--keep-seen"))
     top = ranked[0]
     twin_text = dataset.item_texts[dataset.item_ids.index(top["item_id"])]
     extra = tmp_path / "EXTRA_items.tsv"
     extra.write_text(f"new-1\t{twin_text}\nnew-2\tA completely different cooking show about bread\n")
     ranked = json.loads(
-        run_cli("recommend", "--model", model_dir, "--data", dataset_dir, "--history", history, "--k", "2", "--json", "--items", extra)
+        run_cli("recommend", "--model", model_dir, "--data", dataset_dir, "--history", history, "--k", "2", "--json", "--items", extra, "--keep-seen")
     )
     # The never-trained item has the same text as the best catalogue item, so it scores the same and shares the top.
     assert {r["item_id"] for r in ranked} == {top["item_id"], "new-1"}
     assert ranked[0]["score"] == pytest.approx(ranked[1]["score"], abs=1e-4)
     everything = json.loads(
-        run_cli("recommend", "--model", model_dir, "--data", dataset_dir, "--history", history, "--k", "100", "--json", "--items", extra)
+        run_cli("recommend", "--model", model_dir, "--data", dataset_dir, "--history", history, "--k", "100", "--json", "--items", extra, "--keep-seen")
     )
     assert len(everything) == NUM_ITEMS + 2 and {"new-1", "new-2"} <= {r["item_id"] for r in everything}
     # A cold-start item can also be part of the history.
@@ -491,7 +493,7 @@ def test_a_non_empty_out_is_refused_without_resume(tmp_path: Path, dataset_dir: 
     run_cli("finetune", *common[:2], "--out", done, *common[4:], "--max-steps", "1")
     assert "is not empty" in run_cli("finetune", *common[:2], "--out", done, *common[4:], "--max-steps", "1", expect=1)
     output = run_cli("finetune", *common[:2], "--out", done, *common[4:], "--max-steps", "2", "--resume", expect=1)
-    assert "differs from this run's options" in output
+    assert "differs from this run's options in max_steps (1 -> 2)" in output  # names the key and both values
 
 
 def test_trainable_layers_of_a_loaded_encoder_can_be_changed(dataset_dir: Path, components: dict) -> None:

@@ -57,7 +57,7 @@ class MergeAttentionFusion(Fusion):
     @classmethod
     def create(cls, options: CreateOptions) -> MergeAttentionFusion:
         """A fresh fusion layer at width d; heads default to the largest divisor of d up to 12 (paper: 12)."""
-        dim = options.require_dim(cls.type_name)
+        dim = options.width
         return cls(MergeAttentionConfig(dim=dim, heads=options.heads or default_heads(dim, 12), dropout=options.dropout))
 
     def card_summary(self) -> str:

@@ -30,7 +30,7 @@ class TextOnlyFusion(Fusion):
     @classmethod
     def create(cls, options: CreateOptions) -> TextOnlyFusion:
         """The weight-free tower at width d."""
-        return cls(TextOnlyConfig(dim=options.require_dim(cls.type_name)))
+        return cls(TextOnlyConfig(dim=options.width))
 
     def card_summary(self) -> str:
         return "Text-only item tower: the masked mean of the text encoder's projected token states (no weights)."

@@ -30,7 +30,7 @@ class VisionOnlyFusion(Fusion):
     @classmethod
     def create(cls, options: CreateOptions) -> VisionOnlyFusion:
         """The weight-free tower at width d."""
-        return cls(VisionOnlyConfig(dim=options.require_dim(cls.type_name)))
+        return cls(VisionOnlyConfig(dim=options.width))
 
     def card_summary(self) -> str:
         return "Vision-only item tower: the mean of the vision encoder's projected image tokens (no weights)."

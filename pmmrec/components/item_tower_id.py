@@ -49,7 +49,7 @@ class IdItemTower(ItemTower):
         """A fresh embedding table over `options.item_ids` (their order is the row order)."""
         if not options.item_ids:
             raise ValueError("an ID item tower needs the catalogue's item ids")
-        dim = options.require_dim(cls.type_name)
+        dim = options.width
         return cls(IdItemTowerConfig(dim=dim, num_items=len(options.item_ids)), item_ids=list(options.item_ids))
 
     @classmethod

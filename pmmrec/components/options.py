@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pmmrec.components import _backbones
 
+# The one rule for the embedding width d: d is the width of the text encoder's backbone (the paper: 768 with
+# XLM-R); components without a text backbone of their own (vision encoder, fusion, user encoder, ID tower) take the
+# default text backbone's width, 384 (the packaged all-MiniLM-L6-v2), unless given. Training and assembly take d from
+# the components they start from.
+DEFAULT_DIM = 384
+
 
 class CreateOptions(BaseModel):
     """How to create a fresh component; fields a type does not use are ignored by it."""
@@ -20,7 +26,8 @@ class CreateOptions(BaseModel):
         default=None,
         ge=1,
         le=_backbones.MAX_HIDDEN,
-        description="Embedding width d; encoders default to their backbone's width, the rest need it.",
+        description=f"Embedding width d (default: a text encoder's backbone width, else {DEFAULT_DIM}, the packaged "
+        "MiniLM's width).",
     )
     backbone: str | None = Field(
         default=None,
@@ -47,11 +54,10 @@ class CreateOptions(BaseModel):
         default=None, description="ID item tower: the catalogue's item ids, in embedding-row order."
     )
 
-    def require_dim(self, type_name: str) -> int:
-        """`dim`, which types without a backbone cannot guess."""
-        if self.dim is None:
-            raise ValueError(f"--dim is required ({type_name} has no backbone to take the width from)")
-        return self.dim
+    @property
+    def width(self) -> int:
+        """d for a component without a text backbone of its own: `dim`, else DEFAULT_DIM."""
+        return self.dim if self.dim is not None else DEFAULT_DIM
 
 
 def default_heads(dim: int, at_most: int) -> int:

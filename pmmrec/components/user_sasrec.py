@@ -61,7 +61,7 @@ class SASRecUserEncoder(UserEncoder):
     @classmethod
     def create(cls, options: CreateOptions) -> SASRecUserEncoder:
         """A fresh user encoder at width d; heads default to the largest divisor of d up to 2 (paper: 2)."""
-        dim = options.require_dim(cls.type_name)
+        dim = options.width
         return cls(
             SASRecConfig(
                 dim=dim,

@@ -54,7 +54,7 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
         """A fresh encoder on pretrained CLIP vision weights (`options.backbone`: a hub id or reference, a folder)."""
         if options.backbone is None:
             raise ValueError("vision_encoder/clip needs --backbone (e.g. openai/clip-vit-base-patch32 or a folder)")
-        return cls.from_backbone(options.backbone, dim=options.dim, trainable_layers=options.trainable_layers)
+        return cls.from_backbone(options.backbone, dim=options.width, trainable_layers=options.trainable_layers)
 
     @classmethod
     def from_backbone(

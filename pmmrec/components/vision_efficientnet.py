@@ -72,7 +72,7 @@ class EfficientNetEncoder(VisionEncoder):
     def create(cls, options: CreateOptions) -> EfficientNetEncoder:
         """A fresh encoder on the packaged ImageNet weights of `options.backbone` (default efficientnet-lite0)."""
         return cls.from_backbone(
-            options.backbone or "efficientnet-lite0", dim=options.dim or 384, trainable_layers=options.trainable_layers
+            options.backbone or "efficientnet-lite0", dim=options.width, trainable_layers=options.trainable_layers
         )
 
     @classmethod

@@ -53,7 +53,7 @@ class ModelConfig(_Strict):
         ge=1,
         le=8192,
         description="Embedding width d of fresh components (default: the given components' width, else the text "
-        "backbone's, else 64 for an ID model).",
+        "backbone's, else 384).",
     )
     text_trainable_layers: int | None = Field(
         default=None, ge=0, le=96, description="Text encoder: top layers trained (fresh encoders: 2)."
@@ -112,6 +112,11 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
     device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig, description="Losses and their options.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Also send every step's losses, learning rates and throughput, and every evaluation, to these "
+        "trackers (repeatable; log.jsonl is always written).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Components the run starts from.")
 
     def lr_for(self, slot: str) -> float:
@@ -209,6 +214,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "max_steps": "max_steps",
     "num_workers": "num_workers",
     "gather_negatives": "gather_negatives",
+    "report_to": "report_to",
 }
 
 

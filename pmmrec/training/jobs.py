@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
+from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, load_slot
@@ -35,7 +36,7 @@ def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int)
     if spec.item_tower == "id":
         if spec.text or spec.vision or spec.fusion:
             raise ConfigError("--item-tower id replaces the content tower: drop --text/--vision/--fusion")
-        dim = dim or 64
+        dim = dim or DEFAULT_DIM
         item_tower = create_component("id", CreateOptions(dim=dim, item_ids=tuple(dataset.item_ids)))
         return PMMRec.assemble(user=loaded["user"] or _fresh_user(spec, dim, max_length), item_tower=item_tower)
     modalities = set(spec.modalities or [m for m in ("text", "vision") if loaded[m] is not None] or ["text"])
@@ -55,7 +56,7 @@ def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int)
             except ValidationError as exc:
                 raise ConfigError(f"--{modality}-trainable-layers: {describe_validation_error(exc)}") from None
     if loaded["user"] is None:
-        loaded["user"] = _fresh_user(spec, dim or 384, max_length)
+        loaded["user"] = _fresh_user(spec, dim or DEFAULT_DIM, max_length)
     return PMMRec.assemble(**{slot: loaded[slot] for slot in REFERENCE_SLOTS})
 
 

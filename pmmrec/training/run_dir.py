@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -164,10 +165,14 @@ class RunFolder:
             self._lock = lock_run_dir(self.run_dir)
             remove_stale_staging(self.run_dir)
         barrier(self.context)
-        if resume and self.config_path.is_file() and self.config_path.read_text(encoding="utf-8") != config_text:
-            raise ConfigError(
-                f"--resume: {self.config_path} differs from this run's options; resume with the same options"
-            )
+        if resume and self.config_path.is_file():
+            saved = self.config_path.read_text(encoding="utf-8")
+            if saved != config_text:
+                changed = ", ".join(differing_keys(saved, config_text)) or "its text"
+                raise ConfigError(
+                    f"--resume: {self.config_path} differs from this run's options in {changed}; "
+                    "resume with the same options"
+                )
         if resume and self.last_checkpoint.is_dir():
             return True
         if self.context.is_main:
@@ -211,3 +216,29 @@ class RunFolder:
             kept.append(line)
         with atomic_file(self.log_path) as handle:
             handle.write("".join(f"{line}\n" for line in kept))
+
+
+def differing_keys(saved_yaml: str, current_yaml: str, limit: int = 8) -> list[str]:
+    """Dotted config keys whose values differ between two saved configs, e.g. `lr (0.001 -> 0.0005)`."""
+    try:
+        saved, current = yaml.safe_load(saved_yaml), yaml.safe_load(current_yaml)
+    except yaml.YAMLError:
+        return []
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return []
+    flat_saved, flat_current = flatten(saved), flatten(current)
+    keys = sorted(key for key in flat_saved.keys() | flat_current.keys() if flat_saved.get(key) != flat_current.get(key))
+    shown = [f"{key} ({flat_saved.get(key)!r} -> {flat_current.get(key)!r})" for key in keys[:limit]]
+    return shown + ([f"... ({len(keys)} in all)"] if len(keys) > limit else [])
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -28,6 +28,7 @@ from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig, dump_train_config
 from pmmrec.training.module import TrainingModule, item_tower_frozen
 from pmmrec.training.optim import autocast_settings, lr_lambda, parameter_groups
+from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
     fresh_progress,
@@ -130,7 +131,10 @@ class Trainer:
         self.module.gather_negatives = config.gather_negatives and self.context.enabled
         self.notices: list[str] = []
         if config.objectives.weights.nicl > 0 and self.module.nicl is None:
-            self.notices.append("NICL skipped: it needs both a text and a vision encoder")
+            self.notices.append(
+                "NICL skipped: it needs both a text and a vision encoder (train with --modality text --modality vision "
+                "on a dataset with images.lmdb, e.g. one built by `pmmrec data movielens --images synthetic`)"
+            )
         if config.cache_frozen:
             self.module.prefix_cache = FrozenPrefixCache.for_model(model, self.collator, self.device)
             if self.module.prefix_cache is not None and self.module.prefix_cache.caches_image:
@@ -249,14 +253,19 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train, evaluate, test; the run folder is locked against other writers meanwhile."""
+        self.reporters = Reporters([], self.run_dir, {})
         try:
             return self._run()
         finally:
+            self.reporters.close()
             self.folder.close()
 
     def _run(self) -> TrainResult:
         resuming = self.folder.open(dump_train_config(self.config), self.resume)
         progress = self._restore() if resuming else fresh_progress()
+        self.reporters = Reporters(
+            self.config.report_to, self.run_dir, self.config.model_dump(mode="json"), enabled=self.context.is_main
+        )
         if self.context.is_main:
             for notice in self.notices:
                 tqdm.write(f"notice: {notice}")
@@ -273,6 +282,7 @@ class Trainer:
                     total=self.steps_per_epoch,
                     initial=progress["step_in_epoch"],
                     desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}",
+                    unit="step",
                     disable=not (self.progress and self.context.is_main),
                     dynamic_ncols=True,
                 )
@@ -296,18 +306,21 @@ class Trainer:
                     self.data_wait_s += data_wait
                     self.step_time_s += step_seconds
                     rate = items_seen * self.context.world_size / max(now - started, 1e-9)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", items_s=f"{rate:,.0f}")
+                    # Throughput counts the sequence positions trained (items of users' histories), all processes.
+                    bar.set_postfix_str(f"loss {values['loss']:.4f}, {rate:,.0f} history items/s")
                     bar.update(1)
-                    self.folder.log(
+                    self._log(
                         {
                             "event": "step",
                             "epoch": epoch + 1,
                             "step": progress["global_step"],
                             **values,
+                            **{f"lr_{group['slot']}": group["lr"] for group in self.optimizer.param_groups},
                             "items_per_s": rate,
                             "data_wait_s": data_wait,
                             "step_s": step_seconds,
-                        }
+                        },
+                        progress["global_step"],
                     )
                     mark = time.perf_counter()
                     if self._done(progress):
@@ -320,6 +333,11 @@ class Trainer:
                     break
         return self._finish(progress)
 
+    def _log(self, record: dict[str, Any], step: int) -> None:
+        """One record to log.jsonl (the source of truth) and to the configured trackers."""
+        self.folder.log(record)
+        self.reporters.record(record, step)
+
     def _done(self, progress: dict[str, Any]) -> bool:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
 
@@ -328,7 +346,7 @@ class Trainer:
         score = result.metrics[self.config.select_metric]
         improved = progress["best"] is None or score > progress["best"]
         record = {"event": "eval", "split": "valid", "epoch": epoch + 1, "seconds": seconds, **result.metrics}
-        self.folder.log(record)
+        self._log(record, progress["global_step"])
         progress["history"].append(record)
         if improved:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
@@ -337,9 +355,13 @@ class Trainer:
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
+            epoch_times = [entry["seconds"] for entry in progress["history"]]
+            left = (self.config.epochs - epoch - 1) * sum(epoch_times) / len(epoch_times)
             tqdm.write(
-                f"epoch {epoch + 1}: valid {self.config.select_metric} = {score:.4f}"
+                f"epoch {epoch + 1}/{self.config.epochs}: valid {self.config.select_metric} = {score:.4f}"
                 + (" (best)" if improved else f" (best {progress['best']:.4f} at epoch {progress['best_epoch']})")
+                + f"; {seconds:.1f} s of training"
+                + (f", about {left:.0f} s of training left at most" if left > 0 else "")
             )
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         self._save_last(progress)
@@ -375,7 +397,7 @@ class Trainer:
             "data_wait_share": self.data_wait_s / self.step_time_s if self.step_time_s > 0 else None,
             "data_wait_s": self.data_wait_s,
         }
-        self.folder.log({"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test.metrics})
+        self._log({"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test.metrics}, progress["global_step"])
         if self.context.is_main:
             write_json(self.run_dir / "summary.json", summary)
             tqdm.write(
