@@ -17,7 +17,10 @@ Peak memory is measured in a fresh child process that creates the item table, th
 runs rank_targets once: peak resident set size (ru_maxrss) minus the resident size right after importing torch.
 It is compared with the item table plus one chunk of scores (chunk x (N+1) float32), the bound the issue sets.
 
-    python benchmarks/ranking.py [--quick] [--json PATH]
+On a GPU (`--device cuda`) every tensor lives on the device, timings synchronise it, and peak memory is
+torch.cuda.max_memory_allocated of the ranking call in this process, against the same bound.
+
+    python benchmarks/ranking.py [--quick] [--device cpu|cuda] [--json PATH]
 """
 
 from __future__ import annotations
@@ -76,11 +79,19 @@ def make_inputs(items: int, users: int, dim: int, seed: int) -> dict[str, torch.
     }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_rank_targets(inputs: dict[str, torch.Tensor], chunk: int) -> tuple[float, torch.Tensor]:
+    device = inputs["states"].device
+    _sync(device)
     started = time.perf_counter()
     ranks = rank_targets(
         inputs["states"], inputs["table"], inputs["targets"], inputs["indptr"], inputs["history"], chunk_size=chunk
     )
+    _sync(device)
     return time.perf_counter() - started, ranks
 
 
@@ -88,11 +99,13 @@ def time_rank_targets(inputs: dict[str, torch.Tensor], chunk: int) -> tuple[floa
 def time_matmul(inputs: dict[str, torch.Tensor], chunk: int) -> float:
     """torch.mm of the same shapes as rank_targets' multiplies (every chunk of states x the whole table)."""
     states, table = inputs["states"], inputs["table"]
-    out = torch.empty(min(chunk, states.shape[0]), table.shape[0])
+    out = torch.empty(min(chunk, states.shape[0]), table.shape[0], device=states.device)
+    _sync(states.device)
     started = time.perf_counter()
     for start in range(0, states.shape[0], chunk):
         part = states[start : start + chunk]
         torch.mm(part, table.t(), out=out[: part.shape[0]])
+    _sync(states.device)
     return time.perf_counter() - started
 
 
@@ -108,6 +121,7 @@ def reference_loop(inputs: dict[str, torch.Tensor], users: int) -> tuple[float, 
     table, states, targets = inputs["table"], inputs["states"], inputs["targets"]
     indptr, history = inputs["indptr"], inputs["history"]
     ranks = torch.empty(users, dtype=torch.long)
+    _sync(table.device)
     started = time.perf_counter()
     for user in range(users):
         scores = table @ states[user]
@@ -115,6 +129,7 @@ def reference_loop(inputs: dict[str, torch.Tensor], users: int) -> tuple[float, 
         scores[history[indptr[user] : indptr[user + 1]]] = float("-inf")
         order = torch.argsort(scores, descending=True)
         ranks[user] = int((order == targets[user]).nonzero()[0, 0]) + 1
+    _sync(table.device)
     seconds = time.perf_counter() - started
     ties = torch.empty(users, dtype=torch.long)
     for user in range(users):
@@ -131,6 +146,28 @@ def memory_probe(items: int, users: int, dim: int, chunk: int, seed: int) -> dic
     after_inputs = _rss_bytes()
     time_rank_targets(inputs, chunk)
     return {"baseline_rss": baseline, "after_inputs_rss": after_inputs, "peak_rss": _peak_rss_bytes()}
+
+
+def measure_gpu_memory(inputs: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, Any]:
+    """Peak GPU memory of one ranking call, inputs included, against the table + one chunk of scores."""
+    device = inputs["states"].device
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    resident = torch.cuda.memory_allocated(device)
+    time_rank_targets(inputs, args.chunk)
+    peak = torch.cuda.max_memory_allocated(device)
+    table_bytes = (args.items + 1) * args.dim * 4
+    chunk_bytes = min(args.chunk, args.users) * (args.items + 1) * 4
+    return {
+        "memory_method": "torch.cuda.max_memory_allocated during one rank_targets call; the inputs (table, states, "
+        "histories) are resident before it and counted",
+        "peak_bytes": peak,
+        "inputs_bytes": resident,
+        "item_table_bytes": table_bytes,
+        "chunk_scores_bytes": chunk_bytes,
+        "memory_bound_bytes": table_bytes + chunk_bytes,
+        "peak_over_bound": peak / (table_bytes + chunk_bytes),
+    }
 
 
 def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timings of pmmrec and matmul (best is kept)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.items = args.items or (20_000 if args.quick else 100_000)
@@ -194,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     print(
-        f"ranking: N = {args.items:,} items, U = {args.users:,} users, d = {args.dim}, chunk {args.chunk}; "
+        f"ranking on {args.device}: N = {args.items:,} items, U = {args.users:,} users, d = {args.dim}, chunk {args.chunk}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
         f"load average {load_before[0]:.1f}"
     )
-    inputs = make_inputs(args.items, args.users, args.dim, args.seed)
+    device = torch.device(args.device)
+    inputs = {name: tensor.to(device) for name, tensor in make_inputs(args.items, args.users, args.dim, args.seed).items()}
     flops = 2.0 * args.users * (args.items + 1) * args.dim
     time_matmul(inputs, args.chunk)  # warm-up (allocator, BLAS)
     rank_times, mm_times = [], []
@@ -210,17 +249,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  repeat {repeat + 1}: matmul {mm_times[-1]:.2f} s, rank_targets {rank_times[-1]:.2f} s")
     rank_s, mm_s = min(rank_times), min(mm_times)
     loop_s, loop_ranks, ties = reference_loop(inputs, args.loop_users)
+    ranks, loop_ranks, ties = ranks.cpu(), loop_ranks.cpu(), ties.cpu()
     excess = loop_ranks - ranks[: args.loop_users]
     agree = bool((excess.abs() <= ties).all())  # equal up to items tied with the target within rounding
     exact = int((excess == 0).sum())
     loop_all_s = loop_s / args.loop_users * args.users
-    memory = measure_memory(args)
+    memory = measure_gpu_memory(inputs, args) if device.type == "cuda" else measure_memory(args)
     load_after = os.getloadavg()
     figures: dict[str, Any] = {
         "benchmark": "ranking",
         "quick": args.quick,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average_before": load_before[0],

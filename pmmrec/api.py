@@ -264,11 +264,18 @@ def serve(
     run_server(model, data, host=host, port=port, device=device, progress=progress, threads=threads)
 
 
-def demo(out: PathLike = "demo_out", *, quick: bool = False, seed: int = 42, progress: bool = True) -> dict[str, Any]:
+def demo(
+    out: PathLike = "demo_out",
+    *,
+    quick: bool = False,
+    seed: int = 42,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Pre-train on MovieLens source, publish, assemble, transfer to the target domain; returns results.json."""
     from pmmrec.demo import demo as run_demo
 
-    return run_demo(out, quick=quick, seed=seed, progress=progress)
+    return run_demo(out, quick=quick, seed=seed, device=device, progress=progress)
 
 
 # ---- datasets ------------------------------------------------------------------------------------------------

@@ -321,10 +321,11 @@ def demo(
     ),
     quick: Annotated[bool, typer.Option("--quick", help="Smaller settings: a few minutes on a laptop CPU.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    device: Device = None,
     quiet: Quiet = False,
 ) -> None:
     """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison."""
-    api.demo(out, quick=quick, seed=seed, progress=not quiet)
+    api.demo(out, quick=quick, seed=seed, device=device, progress=not quiet)
 
 
 # ---- datasets ------------------------------------------------------------------------------------------------

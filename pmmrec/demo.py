@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pmmrec.data import Dataset, build_movielens, leave_one_out, load_dataset, write_dataset
+from pmmrec.distributed import choose_device
 from pmmrec.errors import PmmrecError
 from pmmrec.evaluation import metrics_from_ranks, rank_targets
 from pmmrec.fileio import atomic_file, write_json
@@ -138,10 +139,10 @@ def cold_mask(dataset: Dataset) -> np.ndarray:
 
 
 def test_ranks(model: PMMRec, dataset: Dataset) -> np.ndarray:
-    """Per-user test ranks of a model on a dataset (full ranking)."""
+    """Per-user test ranks of a model on a dataset (full ranking), on the device the model is on."""
     split = leave_one_out(dataset.sequences)
     collator = make_collator(model, dataset)
-    result = evaluate_split(model, split, "test", collator, dataset.num_items, torch.device("cpu"))
+    result = evaluate_split(model, split, "test", collator, dataset.num_items, model.device)
     return result.ranks
 
 
@@ -255,6 +256,7 @@ def demo(
     quick: bool = False,
     seed: int = 42,
     progress: bool = True,
+    device: str | None = None,
     settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     """Run the whole transfer story on MovieLens-100K; returns what results.json holds.
@@ -265,7 +267,13 @@ def demo(
     settings = settings or DemoSettings.for_mode(quick, seed)
     out = prepare_output(Path(out))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    common = {"batch_size": settings.batch_size, "max_length": settings.max_length, "seed": settings.seed}
+    context_device = choose_device(device)
+    common = {
+        "batch_size": settings.batch_size,
+        "max_length": settings.max_length,
+        "seed": settings.seed,
+        "device": str(context_device),
+    }
 
     _say("1/5 building the MovieLens-100K source and target domains (disjoint items and users)")
     source_dir = build_movielens(out / "data" / "source", domain="source", overwrite=True)
@@ -315,7 +323,7 @@ def demo(
     curves: dict[str, list[float]] = {}
     rows["popularity"] = summarise("popularity", popularity_ranks(target), cold)
     rows["pmmrec-zero-shot"] = summarise(
-        "pmmrec-zero-shot", test_ranks(PMMRec.from_pretrained(assembled_dir), target), cold
+        "pmmrec-zero-shot", test_ranks(PMMRec.from_pretrained(assembled_dir).to(context_device), target), cold
     )
     # SASRec-ID learns every item vector from scratch: it gets SASRec's usual lr (1e-3), PMMRec the paper's 1e-4.
     runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {

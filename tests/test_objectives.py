@@ -102,6 +102,26 @@ def test_next_item_matches_reference(seed: int, correction: bool) -> None:
     assert loss.item() == pytest.approx(expected, abs=1e-5, rel=1e-5)
 
 
+def test_next_item_popularity_correction_is_not_rounded_under_bf16_autocast() -> None:
+    """Bug guarded: under bf16 autocast, -log p was cast to bf16 (steps of 1/32 near -7) before the cross-entropy."""
+    gen = torch.Generator().manual_seed(3)
+    b = random_batch(gen)
+    bsz, slots = b["item_seq"].shape
+    # Small scores: their own bf16 rounding (the matmul's) is far below the correction's rounding being tested.
+    states = 0.05 * torch.randn(bsz, slots, DIM, generator=gen)
+    emb = 0.05 * torch.randn(b["unique_items"].numel(), DIM, generator=gen)
+    log_pop = -6.0 - (2 * torch.arange(10) + 1) / 64  # each halfway between two bf16 values (1/32 apart)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = NextItemLoss(NextItemConfig(popularity_correction=True))(
+            states, emb, b["slot_index"], b["seq_mask"], b["unique_items"], log_pop
+        )
+    states64, emb64 = states.bfloat16().double(), emb.bfloat16().double()
+    exact = reference_next_item(states64, emb64, b, log_pop.double(), 1.0)
+    rounded = reference_next_item(states64, emb64, b, log_pop.bfloat16().double(), 1.0)
+    assert abs(rounded - exact) > 5e-3  # what the old code computed was this far off
+    assert loss.item() == pytest.approx(exact, abs=1e-3)
+
+
 def test_next_item_own_non_target_item_is_never_a_negative() -> None:
     # Item 7 starts both users' sequences and is never a target: its column is masked in every row.
     b = make_batch([[0, 7, 2, 3, 2], [7, 4, 5, 4, 6]])

@@ -114,7 +114,10 @@ class NextItemLoss(nn.Module):
         targets = slot_index[:, 1:][row_valid]  # [R]
         row_user = torch.arange(batch, device=slot_index.device).unsqueeze(1).expand(batch, slots - 1)[row_valid]
 
-        logits = states @ item_embeddings.t() / self.config.temperature  # [R,U]
+        # Scores in float32 from here: under bf16 autocast the popularity correction would otherwise be rounded to
+        # bf16's steps (about 1/32 near log p = -7) before the cross-entropy.
+        scores = states @ item_embeddings.t()  # [R,U]
+        logits = scores.to(torch.promote_types(scores.dtype, torch.float32)) / self.config.temperature
         if self.config.popularity_correction:
             assert log_popularity is not None
             logits = logits - log_popularity.to(device=logits.device, dtype=logits.dtype)[unique_items].unsqueeze(0)
@@ -122,4 +125,4 @@ class NextItemLoss(nn.Module):
         own = user_item_membership(slot_index, seq_mask, num_unique)[row_user]  # [R,U]
         own[torch.arange(targets.shape[0], device=targets.device), targets] = False
         logits = logits.masked_fill(own, float("-inf"))
-        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+        return F.cross_entropy(logits, targets)
