@@ -7,12 +7,10 @@ training config's own field descriptions.
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import typer
 
@@ -37,9 +35,8 @@ from pmmrec.cli_options import (
     VisionRef,
     create_option,
     is_main_process,
-    plain,
     reports_errors,
-    training_parameters,
+    training_command,
 )
 
 app = typer.Typer(
@@ -165,64 +162,15 @@ def push(
 # ---- training: one option group for pretrain and finetune --------------------------------------------------------
 
 
-def _training_command(mode: Literal["pretrain", "finetune"], summary: str, done: Callable[[Path], str]) -> Any:
-    """The `pmmrec pretrain` / `pmmrec finetune` command: fixed options plus the shared training option group."""
-
-    @reports_errors
-    def command(
-        data: Path, out: Path, config: Path | None = None, resume: bool = False, quiet: bool = False, **options: Any
-    ) -> None:
-        from pmmrec.training.trainer import TrainingInterrupted
-
-        values = {key: plain(value) for key, value in options.items()}
-        try:
-            getattr(api, mode)(data, out, config=config, resume=resume, progress=not quiet, **values)
-        except TrainingInterrupted as exc:
-            typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(code=130) from None
-        if is_main_process():
-            typer.echo(done(out))
-
-    fixed = [
-        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=DataDir),
-        inspect.Parameter(
-            "out",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, logs, outputs).")],
-        ),
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None, typer.Option("--config", help="YAML file of training options; flags override it.")
-            ],
-        ),
-        inspect.Parameter(
-            "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[bool, typer.Option("--resume", help="Continue from RUN/checkpoints/last.")],
-        ),
-        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
-    ]
-    parameters = [*fixed, *training_parameters()]
-    command.__dict__["__signature__"] = inspect.Signature(parameters)  # what Typer reads the options from
-    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    command.__doc__ = summary
-    command.__name__ = mode
-    return command
-
-
 app.command("pretrain")(
-    _training_command(
+    training_command(
         "pretrain",
         "Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*.",
         lambda out: f"components written to {out / 'components'} (publish each with `pmmrec push`)",
     )
 )
 app.command("finetune")(
-    _training_command(
+    training_command(
         "finetune",
         "Fine-tune any combination of components (or train from scratch) on a target dataset; writes RUN/model.",
         lambda out: f"best model written to {out / 'model'}",

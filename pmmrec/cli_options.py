@@ -188,3 +188,54 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(item) for item in value]
     return value
+
+
+def training_command(mode: Literal["pretrain", "finetune"], summary: str, done: Callable[[Path], str]) -> Any:
+    """The `pmmrec pretrain` / `pmmrec finetune` command: fixed options plus the shared training option group."""
+
+    from pmmrec import api
+
+    @reports_errors
+    def command(
+        data: Path, out: Path, config: Path | None = None, resume: bool = False, quiet: bool = False, **options: Any
+    ) -> None:
+        from pmmrec.training.trainer import TrainingInterrupted
+
+        values = {key: plain(value) for key, value in options.items()}
+        try:
+            getattr(api, mode)(data, out, config=config, resume=resume, progress=not quiet, **values)
+        except TrainingInterrupted as exc:
+            typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(code=130) from None
+        if is_main_process():
+            typer.echo(done(out))
+
+    fixed = [
+        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=DataDir),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, logs, outputs).")],
+        ),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None, typer.Option("--config", help="YAML file of training options; flags override it.")
+            ],
+        ),
+        inspect.Parameter(
+            "resume",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--resume", help="Continue from RUN/checkpoints/last.")],
+        ),
+        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
+    ]
+    parameters = [*fixed, *training_parameters()]
+    command.__dict__["__signature__"] = inspect.Signature(parameters)  # what Typer reads the options from
+    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    command.__doc__ = summary
+    command.__name__ = mode
+    return command

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ from pmmrec.training.optim import autocast_settings, lr_lambda, parameter_groups
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
+    StopFlag,
     fresh_progress,
     load_checkpoint,
     restore_rng_state,
@@ -62,30 +60,6 @@ def epoch_order(num_users: int, epoch: int, seed: int, context: DistributedConte
     world = context.world_size
     padded = order + order[: (-len(order)) % world]
     return padded[context.rank :: world]
-
-
-class _StopFlag:
-    """Records SIGTERM/SIGINT instead of dying mid-step; restored on exit."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopFlag]:
-        previous = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: no handlers
-            previous = {}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.raised = signum
 
 
 class Trainer:
@@ -269,7 +243,7 @@ class Trainer:
         if self.context.is_main:
             for notice in self.notices:
                 tqdm.write(f"notice: {notice}")
-        stop = _StopFlag()
+        stop = StopFlag()
         config = self.config
         with stop.installed():
             while progress["epoch"] < config.epochs and not self._done(progress):
