@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pmmrec import __version__
+from pmmrec import __version__, integrity
 from pmmrec.components import (
     Component,
     Fusion,
@@ -32,7 +32,10 @@ from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
 from pmmrec.errors import ArtefactError, AssemblyError
 from pmmrec.fileio import atomic_directory, sha256_file
+from pmmrec.jsonfile import read_json_file, validate_strictly
+from pmmrec.recovery import recover
 from pmmrec.references import resolve_reference
+from pmmrec.schemas import ManifestFile
 
 MANIFEST_FILE = "pmmrec.json"
 MODEL_FORMAT_VERSION = 1
@@ -252,8 +255,10 @@ class PMMRec(nn.Module):
 
     # ---- persistence --------------------------------------------------------------------------
 
-    def manifest(self, weight_hashes: dict[str, str]) -> dict[str, Any]:
-        """The content of pmmrec.json: each component's type, source and weight hash."""
+    def manifest(
+        self, weight_hashes: dict[str, str], file_hashes: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, Any]:
+        """The content of pmmrec.json: each component's type, source, weight hash and every file's hash."""
         entries = {}
         for slot, component in self.components().items():
             source = self.sources.get(slot, ComponentSource(requested=None, resolved_commit=None, created=True))
@@ -262,6 +267,7 @@ class PMMRec(nn.Module):
                 "path": slot,
                 **asdict(source),
                 "sha256": weight_hashes[slot],
+                **({"files": file_hashes[slot]} if file_hashes is not None else {}),
             }
         return {
             "pmmrec_type": "model/pmmrec",
@@ -278,34 +284,34 @@ class PMMRec(nn.Module):
         """One subfolder per component plus pmmrec.json; atomic, never a silent overwrite."""
         target = Path(directory)
         with atomic_directory(target, overwrite=overwrite) as staging:
-            hashes = {}
+            hashes, files = {}, {}
             for slot, component in self.components().items():
                 component.save_pretrained(staging / slot, card=card)
                 hashes[slot] = sha256_file(staging / slot / WEIGHTS_FILE)
-            manifest = self.manifest(hashes)
+                files[slot] = integrity.file_checksums(staging / slot)
+            manifest = self.manifest(hashes, files)
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             (staging / "README.md").write_text(_model_card(manifest, card or {}), encoding="utf-8")
         return target
 
     @classmethod
-    def from_pretrained(cls, reference: str | os.PathLike[str], revision: str | None = None) -> PMMRec:
-        """Reload an assembled model folder (or hub reference); weight hashes are verified first."""
+    def from_pretrained(
+        cls, reference: str | os.PathLike[str], revision: str | None = None, *, unverified: bool = False
+    ) -> PMMRec:
+        """Reload an assembled model folder (or hub reference); every file's hash is verified first.
+
+        `unverified=True` loads a model whose manifest pins only the weights (pmmrec 0.1) or whose files changed.
+        """
         resolved = resolve_reference(str(reference), revision=revision)
         manifest = read_manifest(resolved.path)
         loaded: dict[str, Component] = {}
         sources: dict[str, ComponentSource] = {}
         for slot, entry in manifest["components"].items():
             folder = resolved.path / entry["path"]
-            weights = folder / WEIGHTS_FILE
-            if not weights.is_file():
-                raise ArtefactError(f"{weights}: missing (listed in {MANIFEST_FILE})")
-            actual = sha256_file(weights)
-            if actual != entry["sha256"]:
-                raise ArtefactError(
-                    f"{weights}: sha256 {actual[:12]}... does not match {MANIFEST_FILE} ({entry['sha256'][:12]}...); "
-                    "the weights were changed after assembly"
-                )
-            component = Component.from_folder(folder)
+            checksums = integrity.manifest_checksums(entry, slot, str(resolved.path / MANIFEST_FILE), unverified)
+            component = Component.from_folder(
+                folder, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE
+            )
             if component.type_name != entry["type"]:
                 raise ArtefactError(f"{folder}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
             loaded[slot] = component
@@ -327,17 +333,15 @@ class PMMRec(nn.Module):
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Parse and check pmmrec.json."""
     path = folder / MANIFEST_FILE
-    if not path.is_file():
+    recover(folder)
+    if not os.path.lexists(path):
         hint = (
             " (it is a single component: use load_component / Component.from_pretrained)"
             if (folder / "config.json").is_file()
             else ""
         )
         raise ArtefactError(f"{path}: missing; {folder} is not an assembled pmmrec model{hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{path}: not valid JSON ({exc})") from None
+    manifest = read_json_file(path, error=ArtefactError, max_bytes=16 << 20)
     if not isinstance(manifest, dict) or manifest.get("pmmrec_type") != "model/pmmrec":
         raise ArtefactError(f"{path}: not a pmmrec model manifest (pmmrec_type must be 'model/pmmrec')")
     version = manifest.get("format_version")
@@ -355,6 +359,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise ArtefactError(f"{path}: components.{slot} needs type, path and sha256")
         if entry["path"] != slot:
             raise ArtefactError(f"{path}: components.{slot}.path must be {slot!r}")
+    validate_strictly(ManifestFile, manifest, str(path), error=ArtefactError)
     return manifest
 
 

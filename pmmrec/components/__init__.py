@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 
-def load_component(reference: str, revision: str | None = None) -> Component:
-    """Load any component (its type is read from config.json) from a folder or hub reference."""
-    return Component.from_pretrained(reference, revision=revision)
+def load_component(reference: str, revision: str | None = None, *, unverified: bool = False) -> Component:
+    """Load any component (its type is read from config.json) from a folder or hub reference.
+
+    Its files are verified against its checksums.json unless `unverified=True` (see pmmrec.integrity).
+    """
+    return Component.from_pretrained(reference, revision=revision, unverified=unverified)

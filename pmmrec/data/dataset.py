@@ -14,8 +14,9 @@ Files are UTF-8 (a leading BOM and CRLF line ends are accepted). Every error nam
 
 from __future__ import annotations
 
-import json
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore, build_image_lmdb_into
+from pmmrec.data.image_store import LMDB_DATA_FILE, ImageBuildReport, ImageStore, build_image_lmdb_into
 from pmmrec.errors import DatasetError, PmmrecError
-from pmmrec.fileio import atomic_directory, atomic_file, sha256_file, write_json
+from pmmrec.fileio import atomic_directory, atomic_file, link_or_copy, open_regular_file, sha256_file, write_json
+from pmmrec.jsonfile import read_json_file
+from pmmrec.recovery import recover
 
 DATASET_FORMAT = "pmmrec-dataset"
 DATASET_FORMAT_VERSION = 1
@@ -42,7 +45,10 @@ SYNTHETIC_IMAGE_NOTE = (
 MAX_ID_BYTES = 511  # the longest key an LMDB accepts
 _UTF8_BOM = b"\xef\xbb\xbf"
 _FORBIDDEN_IN_ID = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
-_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+# C0 and C1 controls (U+0085 NEL among them) and the Unicode line/paragraph separators: anything a reader of
+# items.tsv, or str.splitlines(), could take for a line break.
+_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_INFO_BYTES = 256 << 20  # dataset.json lists the items without images: tens of MB for millions of items
 
 
 @dataclass
@@ -106,7 +112,7 @@ MAX_TEXT_CHARS = 100_000  # item texts are titles and descriptions; encoders rea
 def _iter_lines(path: Path, label: str) -> Iterator[tuple[int, str]]:
     """Yield (line number, decoded line) with BOM and CR/LF removed; invalid UTF-8 names the line."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular_file(path, DatasetError) as handle:
             number = 0
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 number += 1
@@ -215,17 +221,9 @@ def read_users_tsv(
 def _read_info(root: Path) -> dict[str, Any]:
     """Parse and type-check dataset.json."""
     path = root / INFO_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DatasetError(f"{root}: no {INFO_FILE}; not a pmmrec dataset folder")
-    try:
-        raw = path.read_bytes()
-        info = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{INFO_FILE}: invalid UTF-8 ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{INFO_FILE} line {exc.lineno}: invalid JSON ({exc.msg})") from exc
-    except OSError as exc:
-        raise DatasetError(f"{INFO_FILE}: cannot read ({exc})") from exc
+    info = read_json_file(path, error=DatasetError, label=INFO_FILE, max_bytes=MAX_INFO_BYTES)
     if not isinstance(info, dict):
         raise DatasetError(f"{INFO_FILE}: top level must be a JSON object")
     if info.get("format") != DATASET_FORMAT:
@@ -317,6 +315,7 @@ def _check_image_coverage(root: Path, info: dict[str, Any], item_ids: list[str])
 def load_dataset(root: Path | str, verify_hashes: bool = True) -> Dataset:
     """Read and validate a dataset folder; raise DatasetError naming the file (and line) at fault."""
     root = Path(root)
+    recover(root)  # a replacement interrupted by a crash is finished (or rolled back) first
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
     info = _read_info(root)
@@ -512,16 +511,44 @@ def write_dataset(
     return out
 
 
-def attach_images(root: Path, kind: str, items_without_images: list[str], image_size: int) -> None:
-    """Record a freshly built `root/images.lmdb` in dataset.json (kind, size, gaps, hash) and revalidate."""
+def attach_images(
+    root: Path,
+    build: Callable[[Path], ImageBuildReport],
+    kind: str,
+    image_size: int,
+    overwrite: bool = False,
+) -> ImageBuildReport:
+    """Give dataset `root` a freshly built images.lmdb and record it in dataset.json, as ONE folder replacement.
+
+    `build(path)` fills an LMDB at `path`. The dataset is staged beside `root` (its other files hard-linked, or
+    copied), validated, then swapped in: a crash leaves the dataset as it was or complete with its images.
+    """
     if kind not in IMAGE_KINDS or kind == "none":
         raise DatasetError(f"image kind must be 'synthetic' or 'real', got {kind!r}")
+    recover(root)
     info = _read_info(root)
-    info["images"] = kind
-    info["image_note"] = SYNTHETIC_IMAGE_NOTE if kind == "synthetic" else None
-    info["image_size"] = image_size
-    info["items_without_images"] = list(items_without_images)
-    info["counts"]["images"] = int(info["counts"]["items"]) - len(items_without_images)
-    info["files"][IMAGES_DATA_FILE] = _file_entry(root / IMAGES_DATA_FILE)
-    write_json(root / INFO_FILE, info)
-    load_dataset(root, verify_hashes=True)
+    if os.path.lexists(root / IMAGES_DIR) and not overwrite:
+        raise DatasetError(f"{root / IMAGES_DIR} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    try:
+        with atomic_directory(root, overwrite=True) as staging:
+            for entry in sorted(os.listdir(root)):
+                if entry == IMAGES_DIR or entry.startswith("."):
+                    continue
+                if (root / entry).is_dir():
+                    shutil.copytree(root / entry, staging / entry, copy_function=link_or_copy)
+                else:
+                    link_or_copy(str(root / entry), str(staging / entry))
+            report = build(staging / IMAGES_DIR)
+            info["images"] = kind
+            info["image_note"] = SYNTHETIC_IMAGE_NOTE if kind == "synthetic" else None
+            info["image_size"] = image_size
+            info["items_without_images"] = list(report.failed)
+            info["counts"]["images"] = int(info["counts"]["items"]) - len(report.failed)
+            info["files"][IMAGES_DATA_FILE] = _file_entry(staging / IMAGES_DATA_FILE)
+            write_json(staging / INFO_FILE, info)
+            load_dataset(staging, verify_hashes=True)
+    except DatasetError:
+        raise
+    except PmmrecError as exc:
+        raise DatasetError(str(exc)) from exc
+    return report

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pmmrec.errors import DatasetError, PmmrecError
 from pmmrec.fileio import atomic_directory
+from pmmrec.recovery import recover
 
 IMAGE_MAGIC = b"PMRI"
 IMAGE_FORMAT_VERSION = 1
@@ -290,10 +291,13 @@ def build_image_lmdb(
     """Build `out` (an LMDB folder) from `<item id>.<ext>` files in `images_dir` for the items of `items_tsv`.
 
     When `out` is `images.lmdb` inside a dataset folder (one with dataset.json), the dataset's dataset.json is
-    updated to record the images as real, with their hash and the items left without an image.
+    updated to record the images as real, with their hash and the items left without an image: the LMDB and
+    dataset.json are one replacement of the dataset folder, so a crash never leaves one without the other.
     """
-    from pmmrec.data.dataset import attach_images, read_items_tsv
+    from pmmrec.data.dataset import INFO_FILE, attach_images, read_items_tsv
 
+    out = Path(out)
+    recover(out.parent)  # a dataset folder whose replacement was interrupted is whole again before we look
     item_ids, _texts = read_items_tsv(items_tsv)
     files = index_image_folder(images_dir)
 
@@ -301,6 +305,12 @@ def build_image_lmdb(
         source = files.get(item_id)
         return None if source is None else load_image_file(source, size)
 
+    if out.name == "images.lmdb" and (out.parent / INFO_FILE).is_file():
+
+        def build(path: Path) -> ImageBuildReport:
+            return build_image_lmdb_into(path, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
+
+        return attach_images(out.parent, build, kind="real", image_size=size, overwrite=overwrite)
     try:
         with atomic_directory(out, overwrite=overwrite) as staging:
             report = build_image_lmdb_into(staging, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
@@ -308,9 +318,6 @@ def build_image_lmdb(
         raise
     except PmmrecError as exc:  # atomic_directory refusing an existing folder
         raise DatasetError(str(exc)) from exc
-    dataset_json = out.parent / "dataset.json"
-    if out.name == "images.lmdb" and dataset_json.is_file():
-        attach_images(out.parent, kind="real", items_without_images=report.failed, image_size=size)
     return report
 
 
