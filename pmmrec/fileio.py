@@ -106,9 +106,11 @@ def _create_temporary(target: Path) -> tuple[int, Path]:
     while True:
         name = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
         try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        recovery.lock_temporary_file(fd)
+        return fd, name
 
 
 @contextlib.contextmanager
@@ -116,9 +118,12 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
     """Open a temporary sibling of `path` for writing and rename it into place on success."""
     target = Path(path)
     tmp_name: Path | None = None
+    guard: int | None = None  # a duplicate descriptor keeps the temporary file's lock until it is renamed
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        recovery.remove_abandoned_files(target)
         fd, tmp_name = _create_temporary(target)
+        guard = os.dup(fd)
         kwargs: dict[str, Any] = {} if "b" in mode else {"encoding": encoding}
         with open(fd, mode, **kwargs) as handle:
             yield handle
@@ -134,6 +139,9 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         if reason is not None:
             raise _write_error(target, reason, "the previous file is unchanged") from exc
         raise
+    finally:
+        if guard is not None:
+            os.close(guard)
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:

@@ -217,6 +217,32 @@ def recover(path: str | os.PathLike[str]) -> None:
             return  # nothing to recover from: deeper names cannot exist either
 
 
+_TEMPORARY_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")
+
+
+def lock_temporary_file(fd: int) -> None:
+    """Mark a temporary file as in use by this process (atomic_file holds it until the rename)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def remove_abandoned_files(target: Path) -> None:
+    """Delete temporary siblings `.NAME.XXXXXXXX.tmp` of a file whose writers died (their lock is free)."""
+    try:
+        entries = os.listdir(target.parent)
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY_FILE.match(entry)
+        if match and match["name"] == target.name and MARK not in entry:
+            path = target.parent / entry
+            if os.path.isfile(path):
+                with _if_abandoned(path) as dead:
+                    if dead:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+
+
 def recover_children(folder: str | os.PathLike[str]) -> None:
     """`recover` every name inside `folder` that has journal entries (a run folder, a checkpoints folder)."""
     folder = Path(folder)

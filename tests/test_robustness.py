@@ -209,7 +209,7 @@ def test_bit_flip_in_tensor_data_is_detected(saved_user: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x10
     weights.write_bytes(bytes(data))
-    with pytest.raises(ArtefactError, match="does not match checksums.json"):  # the folder's checksums ...
+    with pytest.raises(ArtefactError, match=r"does not match checksums\.json"):  # the folder's checksums ...
         Component.from_folder(saved_user)
     tiny.reseal(saved_user)
     with pytest.raises(ArtefactError, match="does not match its checksum"):  # ... and the header's, beneath them
