@@ -17,6 +17,7 @@ from pmmrec.fileio import write_json
 from pmmrec.inference import Recommendation, encode_catalogue, evaluate_split, make_collator, top_k
 from pmmrec.model import PMMRec, load_slot
 from pmmrec.training.config import TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.determinism import deterministic_mode
 from pmmrec.training.distributed import setup_distributed
 from pmmrec.training.loop import Trainer, TrainResult
 
@@ -150,8 +151,9 @@ def _run(
         spec.modalities = ["text", "vision"]
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
-    trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
-    result = trainer.run()
+    with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes
+        trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
+        result = trainer.run()
     return result, trainer, config, dataset
 
 

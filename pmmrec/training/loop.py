@@ -26,6 +26,7 @@ from pmmrec.model import ItemEncoding, PMMRec
 from pmmrec.objectives import NextItemLoss, NICLLoss, NIDLoss, RCLLoss, corrupt_slots, log_popularity_from_counts
 from pmmrec.training import checkpoint as ckpt
 from pmmrec.training.config import TrainConfig, dump_train_config
+from pmmrec.training.determinism import deterministic_mode
 from pmmrec.training.distributed import (
     DistributedContext,
     all_reduce_flag,
@@ -668,5 +669,6 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` on `dataset`; valid after each epoch, best by NDCG@10, test once at the best epoch."""
-    trainer = Trainer(model, dataset, config, Path(run_dir), resume=resume, progress=progress)
-    return trainer.run()
+    with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes
+        trainer = Trainer(model, dataset, config, Path(run_dir), resume=resume, progress=progress)
+        return trainer.run()
