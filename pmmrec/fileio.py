@@ -132,10 +132,10 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         os.replace(tmp_name, target)
         _fsync_dir(target.parent)
     except BaseException as exc:
+        reason = write_failure_reason(exc, target.parent)  # before the cleanup frees space again
         if tmp_name is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
-        reason = write_failure_reason(exc, target.parent)
         if reason is not None:
             raise _write_error(target, reason, "the previous file is unchanged") from exc
         raise
@@ -188,9 +188,9 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
             raise PmmrecError(f"{target} was created by another writer while this one ran; nothing was mixed in") from exc
         _fsync_dir(target.parent)
     except BaseException as exc:
+        reason = write_failure_reason(exc, target.parent)  # before the cleanup frees space again
         if staging is not None:
             staging.discard()
-        reason = write_failure_reason(exc, target.parent)
         if reason is not None:
             raise _write_error(target, reason, "nothing was changed there") from exc
         raise
