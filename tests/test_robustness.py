@@ -549,6 +549,15 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
         assert fragment in result.output and "Traceback" not in result.output
 
 
+def test_pmmrec_debug_shows_the_traceback(tmp_path: Path) -> None:
+    # docs/robustness.md: errors are one line, and PMMREC_DEBUG=1 shows the traceback instead.
+    args = ["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 1 and plain.output.count("\n") == 1 and plain.output.startswith("error: ")
+    debug = CliRunner().invoke(app, args, env={"PMMREC_DEBUG": "1"})
+    assert isinstance(debug.exception, PmmrecError) and debug.exit_code == 1
+
+
 def test_a_second_training_process_on_one_run_folder_is_refused(tmp_path: Path) -> None:
     from pmmrec.training.loop import lock_run_dir
 

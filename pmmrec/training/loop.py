@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from pmmrec.data import BatchCollator, Dataset, LeaveOneOutSplit, SequenceBatch, TrainSequences, leave_one_out
 from pmmrec.errors import ConfigError, PmmrecError
 from pmmrec.evaluation import format_metrics_table
-from pmmrec.fileio import atomic_file, write_json
+from pmmrec.fileio import WriteError, atomic_file, write_json
 from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split, make_collator
 from pmmrec.model import ItemEncoding, PMMRec
 from pmmrec.objectives import NextItemLoss, NICLLoss, NIDLoss, RCLLoss, corrupt_slots, log_popularity_from_counts
@@ -346,8 +346,12 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.context.is_main:
             return
-        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.run_dir / "log.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk: one line naming the file, like every other write
+            raise WriteError(f"could not write {path}: {exc.strerror or exc}") from exc
 
     # ---- state ----------------------------------------------------------------------------------
 
