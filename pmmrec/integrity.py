@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,14 @@ CHECKSUMS_FILE = "checksums.json"
 CARD_FILE = "README.md"
 UNVERIFIED_ENV = "PMMREC_ALLOW_UNVERIFIED"
 HEADER_KEYS = ("pmmrec_type", "format_version", "pmmrec_tensors_sha256")
+
+
+def _report_unverified(folder: Path, explicit: bool) -> None:
+    """A Python caller gets a UserWarning; the command line (the environment variable) one `warning:` line."""
+    if explicit:
+        warnings.warn(f"{folder}: loaded without verifying its files (unverified)", UserWarning, stacklevel=4)
+    else:
+        sys.stderr.write(f"warning: {folder}: loaded without verifying its files ({UNVERIFIED_ENV}=1)\n")
 
 
 def allow_unverified(unverified: bool) -> bool:
@@ -101,7 +110,7 @@ def verify_component_folder(
 ) -> None:
     """Check a component folder before any of it is read: against `expected` (a manifest) or its checksums.json."""
     if allow_unverified(unverified):
-        warnings.warn(f"{folder}: loaded without verifying its files (unverified)", UserWarning, stacklevel=3)
+        _report_unverified(folder, unverified)
         return
     if expected is not None:
         verify_files(folder, expected, source or "the manifest", event="assembly")
@@ -109,7 +118,7 @@ def verify_component_folder(
     path = folder / CHECKSUMS_FILE
     if not os.path.lexists(path):
         raise ArtefactError(
-            f"{path}: missing, so the files of {folder} cannot be verified (written by pmmrec 0.1, or edited); "
+            f"{path}: missing, so the files of {folder} cannot be verified (written before pmmrec kept checksums, or edited); "
             f"if you trust it, load it with unverified=True (command line: {UNVERIFIED_ENV}=1) and save it again"
         )
     expected_files = read_checksums(folder)
@@ -151,7 +160,7 @@ def manifest_checksums(entry: Mapping[str, Any], slot: str, manifest: str, unver
     files = entry.get("files")
     if files is None:
         raise ArtefactError(
-            f"{manifest}: components.{slot} pins only the weights (written by pmmrec 0.1), so its other files "
+            f"{manifest}: components.{slot} pins only the weights (written before pmmrec kept checksums), so its other files "
             f"cannot be verified; if you trust it, load it with unverified=True (command line: {UNVERIFIED_ENV}=1) "
             "and save it again"
         )

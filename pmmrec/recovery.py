@@ -13,7 +13,7 @@ goes back into place (the previous state). Leftovers are removed only when they 
 whose `.tmp` is gone (the replacement finished), a `.tmp` whose writer's lock is free (its process died).
 Readers and writers call `recover` before they look at `NAME`, so no kill at any instant loses a folder.
 
-Folders left by pmmrec 0.1.0 (`.NAME.XXXXXXXX.old/old` moved aside and never restored) are put back too.
+Folders left by the previous pmmrec (before this journal: `.NAME.XXXXXXXX.old/old` moved aside and never restored) are put back too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover (Windows: no locks, so leftovers are nev
 
 MARK = ".pmmrec-"
 _JOURNAL = re.compile(r"^\.(?P<name>.+)\.pmmrec-(?P<token>[0-9a-f]{12})\.(?P<kind>tmp|old)$")
-_LEGACY_OLD = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.old$")  # pmmrec 0.1.0: mkdtemp(...)/old
+_LEGACY_OLD = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.old$")  # the previous pmmrec: mkdtemp(...)/old
 
 
 def sibling(target: Path, token: str, kind: str) -> Path:

@@ -48,7 +48,7 @@ class ManifestEntry(_Closed):
     created: bool = False
     sha256: Sha256
     files: dict[str, Sha256] | None = Field(
-        default=None, description="sha256 of every file of the component folder but README.md (absent before 0.2)."
+        default=None, description="sha256 of every file of the component folder but README.md (absent in older manifests)."
     )
 
     _names = field_validator("files")(lambda files: None if files is None else check_relative_names(files))

@@ -1,6 +1,6 @@
 """Kill every writing command at each of its filesystem operations; the harness is tests/crashpoints.py.
 
-Guards against (each failed on pmmrec 0.1.0's code):
+Guards against (each failed on the code before this change):
 - a kill between the two renames of a replacement leaving neither version under the name (`init --overwrite`,
   `assemble --overwrite`, `data movielens --overwrite`, best/, checkpoints/last: `--resume` then retrained from
   epoch 1 and deleted the complete staged checkpoint);

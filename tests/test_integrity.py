@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,8 @@ def _edit_json(path: Path, change: Any) -> None:
     path.write_text(json.dumps(document))
 
 
-def _as_written_by_0_1(folder: Path) -> Path:
-    """What pmmrec 0.1.0 wrote: no checksums.json (everything else is the same)."""
+def _without_checksums(folder: Path) -> Path:
+    """What pmmrec wrote before it kept checksums: no checksums.json (everything else is the same)."""
     (folder / CHECKSUMS_FILE).unlink()
     return folder
 
@@ -115,33 +114,32 @@ def test_a_renamed_header_checksum_key_does_not_pass_as_intact(saved_user: Path)
 
 
 def test_a_folder_without_checksums_needs_an_explicit_unverified_load(
-    saved_user: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    saved_user: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _as_written_by_0_1(saved_user)
+    _without_checksums(saved_user)
     with pytest.raises(ArtefactError, match=r"checksums\.json: missing, .* unverified=True"):
         load_component(str(saved_user))
     with pytest.warns(UserWarning, match="loaded without verifying"):
         component = load_component(str(saved_user), unverified=True)
     resaved = component.save_pretrained(tmp_path / "resaved")  # saving again adds the checksums
     load_component(str(resaved))
-    monkeypatch.setenv(UNVERIFIED_ENV, "1")  # the command line's way to say the same
-    with pytest.warns(UserWarning, match="loaded without verifying"):
-        Component.from_folder(saved_user)
+    monkeypatch.setenv(UNVERIFIED_ENV, "1")  # the command line's way to say the same, reported in one line
+    Component.from_folder(saved_user)
+    assert capsys.readouterr().err == f"warning: {saved_user}: loaded without verifying its files ({UNVERIFIED_ENV}=1)\n"
 
 
-def test_the_command_line_refuses_and_accepts_a_0_1_folder(saved_user: Path) -> None:
+def test_the_command_line_refuses_and_accepts_a_folder_without_checksums(saved_user: Path) -> None:
     from typer.testing import CliRunner
 
     from pmmrec.cli import app
 
-    _as_written_by_0_1(saved_user)
+    _without_checksums(saved_user)
     refused = CliRunner().invoke(app, ["inspect", str(saved_user)])
     assert refused.exit_code == 1 and "checksums.json: missing" in refused.output
     assert UNVERIFIED_ENV in refused.output and "Traceback" not in refused.output
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        accepted = CliRunner().invoke(app, ["inspect", str(saved_user)], env={UNVERIFIED_ENV: "1"})
+    accepted = CliRunner().invoke(app, ["inspect", str(saved_user)], env={UNVERIFIED_ENV: "1"})
     assert accepted.exit_code == 0, accepted.output
+    assert f"warning: {saved_user}: loaded without verifying its files" in accepted.output
 
 
 # ---- assembled models -------------------------------------------------------------------------------------
@@ -176,19 +174,20 @@ def test_a_tokenizer_file_edited_in_a_model_is_refused(saved_model: Path) -> Non
         PMMRec.from_pretrained(saved_model)
 
 
-def test_a_model_from_pmmrec_0_1_loads_only_unverified(saved_model: Path) -> None:
+def test_a_model_without_file_checksums_loads_only_unverified(saved_model: Path, tmp_path: Path) -> None:
     def drop_files(manifest: dict[str, Any]) -> None:
         for entry in manifest["components"].values():
             entry.pop("files")
 
     _edit_json(saved_model / MANIFEST_FILE, drop_files)
     for slot in ("text", "fusion", "user"):
-        _as_written_by_0_1(saved_model / slot)
+        _without_checksums(saved_model / slot)
     with pytest.raises(ArtefactError, match="pins only the weights"):
         PMMRec.from_pretrained(saved_model)
     with pytest.warns(UserWarning):
         model = PMMRec.from_pretrained(saved_model, unverified=True)
     assert sorted(model.components()) == ["fusion", "text", "user"]
+    PMMRec.from_pretrained(model.save_pretrained(tmp_path / "model-v2"))  # saving again pins every file
 
 
 def test_a_manifest_whose_hashes_disagree_is_refused(saved_model: Path) -> None:

@@ -108,8 +108,8 @@ def test_a_moved_aside_version_without_its_new_one_goes_back(tmp_path: Path) -> 
     assert _versions(target) == "v1" and _hidden(tmp_path) == []
 
 
-def test_a_folder_moved_aside_by_pmmrec_0_1_is_restored(tmp_path: Path) -> None:
-    # pmmrec 0.1.0 moved the old version to `.NAME.XXXXXXXX.old/old` and could die before renaming the new one in.
+def test_a_folder_moved_aside_by_the_previous_pmmrec_is_restored(tmp_path: Path) -> None:
+    # pmmrec before this journal (0.1.0) moved the old version to `.NAME.XXXXXXXX.old/old` and could die before renaming the new one in.
     target = tmp_path / "last"
     (tmp_path / ".last.ab_cd3fg.old" / "old").mkdir(parents=True)
     (tmp_path / ".last.ab_cd3fg.old" / "old" / "version.txt").write_text("v1")
