@@ -7,8 +7,9 @@ command can be killed at each of its operations within CI time:
 1. warm-up: run the command once on a copy of its starting folder (caches filled, so later runs do the same work);
 2. count: run it once more with counting hooks on the operations in OPERATIONS; this gives its total N and a
    trace of what each operation touches, and its result (the new state);
-3. for each kill point k (every k for the artefact and dataset commands; for training a stride plus every
-   operation of the first checkpoint replacement): copy the starting folder, fork, install hooks that call
+3. for each kill point k (see choose_points: every operation that can change what a reader sees for small
+   commands; for long ones every operation on the output's own name plus an even sample of the others): copy
+   the starting folder, fork, install hooks that call
    os._exit the moment operation k is about to run (no finally, no atexit: the filesystem sees what a SIGKILL
    leaves), run the command;
 4. check, in a fresh fork: the command's readers (load_component, load_dataset, PMMRec.from_pretrained, hub
