@@ -300,7 +300,8 @@ class PMMRec(nn.Module):
     ) -> PMMRec:
         """Reload an assembled model folder (or hub reference); every file's hash is verified first.
 
-        `unverified=True` loads a model whose manifest pins only the weights (pmmrec 0.1) or whose files changed.
+        `unverified=True` loads a model whose manifest pins only the weights (written before pmmrec kept checksums)
+        or whose files changed.
         """
         resolved = resolve_reference(str(reference), revision=revision)
         manifest = read_manifest(resolved.path)
