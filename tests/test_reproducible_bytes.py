@@ -80,3 +80,15 @@ def test_a_used_tokenizer_saves_the_same_bytes(text_encoder: HFTextEncoder, tmp_
     after = text_encoder.save_pretrained(tmp_path / "after")
     for name in ("tokenizer/tokenizer.json", "checksums.json"):
         assert _digest(before / name) == _digest(after / name), name
+
+
+def test_runs_without_the_option_keep_their_config_text() -> None:
+    # --resume compares RUN/config.yaml as text: adding the option must not change it for runs that do not use
+    # it, or a run started before the option existed could not be resumed.
+    import yaml
+
+    from pmmrec.training.config import dump_train_config, finetune_defaults, load_train_config
+
+    assert "deterministic" not in yaml.safe_load(dump_train_config(load_train_config(finetune_defaults())))
+    on = load_train_config(finetune_defaults(), overrides={"deterministic": True})
+    assert yaml.safe_load(dump_train_config(on))["deterministic"] is True

@@ -143,5 +143,11 @@ def load_train_config(
 
 
 def dump_train_config(config: TrainConfig) -> str:
-    """YAML text of a resolved config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """YAML text of a resolved config.
+
+    `deterministic` is written only when set, so a run started before the option existed still resumes (resuming
+    compares this text with the saved RUN/config.yaml).
+    """
+    return yaml.safe_dump(
+        config.model_dump(mode="json", exclude=None if config.deterministic else {"deterministic"}), sort_keys=False
+    )
