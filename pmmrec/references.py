@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmmrec.errors import ReferenceResolutionError
+from pmmrec.recovery import recover
 
 HUB_PREFIXES = ("hub:", "hf://")
 _REPO_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
@@ -115,6 +116,7 @@ def resolve_reference(
     reference = parse_reference(text, revision)
     if reference.path is not None:
         path = reference.path
+        recover(path)  # a replacement interrupted by a crash is finished (or rolled back) before reading
         if not path.exists():
             raise ReferenceResolutionError(f"reference {text!r}: no such folder {path}")
         if not path.is_dir():

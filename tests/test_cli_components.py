@@ -454,7 +454,7 @@ def test_push_refuses_before_uploading(
     elif problem == "tampered":
         folder = parts["user"]
         (folder / "config.json").write_text(json.dumps({"pmmrec_type": "user_encoder/sasrec"}))
-        fragments = ["config.json: missing keys"]
+        fragments = ["config.json: sha256", "does not match checksums.json"]
     else:
         folder, repo, fragments = parts["user"], "not a repo", ["'not a repo' is not a valid repo id"]
     assert_one_line_error(invoke(runner, "push", folder, "--repo", repo), *fragments)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tiny
 import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -39,6 +40,12 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 def _visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _progress(epoch: int) -> dict[str, Any]:
+    """A complete progress.json (load_checkpoint validates it)."""
+    return {"epoch": epoch, "step_in_epoch": 0, "global_step": 4 * epoch, "best": 0.5, "best_epoch": 1,
+            "stale_epochs": 0, "history": []}  # fmt: skip
 
 
 @pytest.fixture
@@ -67,6 +74,7 @@ def test_full_disk_while_overwriting_an_artefact_keeps_the_old_one(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "rename", refuse)
     with pytest.raises(WriteError, match=r"could not write .*user: No space left on device"):
         other.save_pretrained(folder, overwrite=True)
     monkeypatch.undo()
@@ -88,7 +96,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
 ) -> None:
     module = torch.nn.Linear(3, 2)
     folder = tmp_path / "checkpoints" / "last"
-    ckpt.save_checkpoint(folder, module, {"step": torch.tensor(1)}, {"epoch": 1})
+    ckpt.save_checkpoint(folder, module, {"step": torch.tensor(1)}, _progress(1))
     before = _snapshot(folder)
     with torch.no_grad():
         module.weight.add_(1.0)
@@ -97,14 +105,15 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.setattr(os, "rename", refuse)
     with pytest.raises(WriteError, match="No space left on device"):
-        ckpt.save_checkpoint(folder, module, {"step": torch.tensor(2)}, {"epoch": 2})
+        ckpt.save_checkpoint(folder, module, {"step": torch.tensor(2)}, _progress(2))
     monkeypatch.undo()
     assert _snapshot(folder) == before
     assert _visible(folder.parent) == ["last"]
     restored = torch.nn.Linear(3, 2)
     _, progress = ckpt.load_checkpoint(folder, restored)
-    assert progress == {"epoch": 1}
+    assert progress == _progress(1)
 
 
 def test_full_disk_while_writing_a_dataset(tmp_path: Path, disk_full: None) -> None:
@@ -190,6 +199,7 @@ def saved_user(user_encoder: SASRecUserEncoder, tmp_path: Path) -> Path:
 def test_truncated_weights_are_refused(saved_user: Path) -> None:
     weights = saved_user / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
+    tiny.reseal(saved_user)  # the safetensors parser is under test (the folder's checksums catch it first)
     with pytest.raises(ArtefactError, match=r"model\.safetensors: not a readable safetensors file"):
         Component.from_folder(saved_user)
 
@@ -199,7 +209,10 @@ def test_bit_flip_in_tensor_data_is_detected(saved_user: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x10
     weights.write_bytes(bytes(data))
-    with pytest.raises(ArtefactError, match="does not match its checksum"):
+    with pytest.raises(ArtefactError, match=r"does not match checksums\.json"):  # the folder's checksums ...
+        Component.from_folder(saved_user)
+    tiny.reseal(saved_user)
+    with pytest.raises(ArtefactError, match="does not match its checksum"):  # ... and the header's, beneath them
         Component.from_folder(saved_user)
 
 
@@ -211,9 +224,11 @@ def test_a_pickle_where_safetensors_is_expected_is_never_unpickled(saved_user: P
             return (os.system, (f"touch {marker}",))
 
     (saved_user / "model.safetensors").write_bytes(pickle.dumps({"weight": Payload()}))
+    tiny.reseal(saved_user)  # a hostile author ships consistent checksums
     with pytest.raises(ArtefactError, match="not a readable safetensors file"):
         Component.from_folder(saved_user)
     torch.save({"x": torch.zeros(1)}, saved_user / "model.safetensors")
+    tiny.reseal(saved_user)
     with pytest.raises(ArtefactError, match="not a readable safetensors file"):
         Component.from_folder(saved_user)
     assert not marker.exists()
@@ -224,6 +239,7 @@ def _edit_config(folder: Path, **changes: Any) -> None:
     document = json.loads(path.read_text())
     document["config"].update(changes)
     path.write_text(json.dumps(document))
+    tiny.reseal(folder)  # the config schema is under test, not the checksums
 
 
 @pytest.mark.parametrize(
@@ -253,11 +269,13 @@ def test_a_type_name_of_another_component_is_refused(saved_user: Path) -> None:
     document = json.loads(path.read_text())
     document["pmmrec_type"] = "fusion/merge_attention"
     path.write_text(json.dumps(document))
+    tiny.reseal(saved_user)
     with pytest.raises(ArtefactError, match=r"config\.json"):
         Component.from_folder(saved_user)
     document["pmmrec_type"] = "user_encoder/sasrec"
     document["format_version"] = 99
     path.write_text(json.dumps(document))
+    tiny.reseal(saved_user)
     with pytest.raises(ArtefactError, match="format_version 99 is newer"):
         Component.from_folder(saved_user)
 
@@ -529,6 +547,15 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_pmmrec_debug_shows_the_traceback(tmp_path: Path) -> None:
+    # docs/robustness.md: errors are one line, and PMMREC_DEBUG=1 shows the traceback instead.
+    args = ["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)]
+    plain = CliRunner().invoke(app, args)
+    assert plain.exit_code == 1 and plain.output.count("\n") == 1 and plain.output.startswith("error: ")
+    debug = CliRunner().invoke(app, args, env={"PMMREC_DEBUG": "1"})
+    assert isinstance(debug.exception, PmmrecError) and debug.exit_code == 1
 
 
 def test_a_second_training_process_on_one_run_folder_is_refused(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ files in tests/golden/ were made from these builders (see tests/golden/make_gold
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -160,6 +161,18 @@ BUILDERS: dict[str, Any] = {
     "item_tower_id": tiny_id_tower,
 }
 """Every golden case: name -> builder of the seeded component."""
+
+
+def reseal(folder: Path) -> Path:
+    """Rewrite a component folder's checksums.json after a test edited its files on purpose.
+
+    Models a hostile or careless author who ships consistent checksums: the loader's later checks (config
+    schema, weight keys, header checksum) must still catch what the edit broke.
+    """
+    from pmmrec.integrity import write_checksums
+
+    write_checksums(folder)
+    return folder
 
 
 def golden_inputs(name: str) -> dict[str, torch.Tensor]:

@@ -101,6 +101,9 @@ def create_component(kind: str, options: CreateOptions | None = None, variant: s
         raise ConfigError(f"pmmrec init {kind}: {' '.join(str(exc).split())}") from None
 
 
-def load_component(reference: str, revision: str | None = None) -> Component:
-    """Load any component (its type is read from config.json) from a folder or hub reference."""
-    return Component.from_pretrained(reference, revision=revision)
+def load_component(reference: str, revision: str | None = None, *, unverified: bool = False) -> Component:
+    """Load any component (its type is read from config.json) from a folder or hub reference.
+
+    Its files are verified against its checksums.json unless `unverified=True` (see pmmrec.integrity).
+    """
+    return Component.from_pretrained(reference, revision=revision, unverified=unverified)

@@ -8,7 +8,6 @@ path), and loaded strictly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from abc import ABCMeta, abstractmethod
@@ -16,18 +15,22 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from pmmrec import integrity
 from pmmrec._version import __version__
 from pmmrec.cards import ComponentCardData, TrainingFacts, render_component_card
 from pmmrec.components._registry import component_class, register_component, registered_types
 from pmmrec.components.options import CreateOptions
-from pmmrec.errors import ArtefactError, describe_validation_error
+from pmmrec.errors import ArtefactError
 from pmmrec.fileio import atomic_directory
 from pmmrec.hub import push_folder
+from pmmrec.integrity import tensors_digest
+from pmmrec.jsonfile import read_json_file, validate_strictly
+from pmmrec.recovery import recover
 
 __all__ = [
     "CARD_FILE",
@@ -39,6 +42,7 @@ __all__ = [
     "component_class",
     "register_component",
     "registered_types",
+    "tensors_digest",
 ]
 
 FORMAT_VERSION = 1
@@ -162,6 +166,7 @@ class Component(nn.Module, metaclass=ABCMeta):
             _sort_header_metadata(staging / WEIGHTS_FILE)
             self.save_extra_files(staging)
             (staging / CARD_FILE).write_text(render_component_card(self.card_data(card)), encoding="utf-8")
+            integrity.write_checksums(staging)
         return target
 
     def push_to_hub(
@@ -184,29 +189,49 @@ class Component(nn.Module, metaclass=ABCMeta):
     # ---- loading --------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls: type[C], reference: str | os.PathLike[str], revision: str | None = None) -> C:
-        """Load a component from a folder or a `hub:`/`hf://` reference, strictly."""
+    def from_pretrained(
+        cls: type[C], reference: str | os.PathLike[str], revision: str | None = None, *, unverified: bool = False
+    ) -> C:
+        """Load a component from a folder or a `hub:`/`hf://` reference, strictly.
+
+        `unverified=True` loads a folder whose files cannot be verified (no checksums.json, or edited); see
+        pmmrec.integrity.
+        """
         from pmmrec.references import resolve_reference
 
         resolved = resolve_reference(str(reference), revision=revision)
-        return cls.from_folder(resolved.path)
+        return cls.from_folder(resolved.path, unverified=unverified)
 
     @classmethod
-    def from_folder(cls: type[C], folder: str | os.PathLike[str]) -> C:
-        """Load from a local artefact folder; every mismatch is an ArtefactError naming the file."""
+    def from_folder(
+        cls: type[C],
+        folder: str | os.PathLike[str],
+        *,
+        unverified: bool = False,
+        checksums: dict[str, str] | None = None,
+        checksums_source: str | None = None,
+    ) -> C:
+        """Load from a local artefact folder; every mismatch is an ArtefactError naming the file.
+
+        Every file is checked first against `checksums` (an assembled model's manifest) or the folder's own
+        checksums.json, unless `unverified`.
+        """
         folder = Path(folder)
+        recover(folder)
+        if folder.is_dir():
+            integrity.verify_component_folder(
+                folder, unverified=unverified, expected=checksums, source=checksums_source
+            )
         type_name, config_payload = read_config_document(folder)
         target_cls = component_class(type_name, source=str(folder / CONFIG_FILE))
         if not issubclass(target_cls, cls):
             raise ArtefactError(
                 f"{folder / CONFIG_FILE}: holds a {type_name!r} component, which is not a {cls.__name__}"
             )
-        try:
-            config = target_cls.config_class.model_validate(config_payload)
-        except ValidationError as exc:
-            raise ArtefactError(
-                f"{folder / CONFIG_FILE}: invalid config for {type_name!r}: {describe_validation_error(exc)}"
-            ) from None
+        config = validate_strictly(
+            target_cls.config_class, config_payload, f"{folder / CONFIG_FILE}: invalid config for {type_name!r}",
+            error=ArtefactError,
+        )
         module = target_cls.build_for_loading(config, folder)
         load_weights_strictly(module, folder / WEIGHTS_FILE, expected_type=type_name)
         module.eval()
@@ -226,12 +251,9 @@ def read_config_document(folder: Path) -> tuple[str, dict[str, Any]]:
     path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise ArtefactError(f"{folder}: not a folder (a component is a folder holding {CONFIG_FILE})")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ArtefactError(f"{path}: missing; {folder} is not a pmmrec component folder")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{path}: not valid JSON ({exc})") from None
+    document = read_json_file(path, error=ArtefactError, max_bytes=16 << 20)
     if not isinstance(document, dict):
         raise ArtefactError(f"{path}: expected a JSON object at the top level")
     expected = {"pmmrec_type", "format_version", "pmmrec_version", "config"}
@@ -288,26 +310,9 @@ def load_weights_strictly(module: nn.Module, path: Path, *, expected_type: str) 
         problems.append("wrong shapes " + _shorten(shape_errors))
     if problems:
         raise ArtefactError(f"{path}: does not match the {expected_type!r} architecture: " + "; ".join(problems))
-    stored_digest = metadata.get("pmmrec_tensors_sha256")
-    if stored_digest is not None and stored_digest != tensors_digest(tensors):
-        raise ArtefactError(f"{path}: tensor data does not match its checksum (the file is corrupted or was edited)")
+    integrity.verify_weights_header(path, metadata, tensors)
     with torch.no_grad():
         module.load_state_dict(tensors, strict=True)
-
-
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes in name order: detects flipped bits in the data."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        if tensor.numel():
-            digest.update(
-                tensor.view(torch.uint8).numpy().tobytes()
-                if tensor.dim()
-                else tensor.reshape(1).view(torch.uint8).numpy().tobytes()
-            )
-    return digest.hexdigest()
 
 
 def _sort_header_metadata(path: Path) -> None:

@@ -15,6 +15,7 @@ from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import ItemTower
 from pmmrec.components.options import CreateOptions
 from pmmrec.errors import ArtefactError
+from pmmrec.jsonfile import read_json_file
 
 ITEM_IDS_FILE = "item_ids.json"
 
@@ -57,10 +58,7 @@ class IdItemTower(ItemTower):
         path = folder / ITEM_IDS_FILE
         item_ids = None
         if path.is_file():
-            try:
-                item_ids = json.loads(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ArtefactError(f"{path}: not valid JSON ({exc})") from None
+            item_ids = read_json_file(path, error=ArtefactError, max_bytes=2 << 30, max_depth=2)
             if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
                 raise ArtefactError(f"{path}: expected a list of item id strings")
             if len(item_ids) != config.num_items:  # type: ignore[attr-defined]

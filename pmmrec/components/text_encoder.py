@@ -106,6 +106,12 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
 
     def save_extra_files(self, folder: Path) -> None:
         if self.tokenizer is not None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+                # A call leaves its truncation and padding in the backend, and tokenizer.json records them: saved
+                # without, the same tokenizer gives the same bytes whether or not it was used (pinned checksums).
+                backend.no_truncation()
+                backend.no_padding()
             self.tokenizer.save_pretrained(str(folder / TOKENIZER_FOLDER))
 
     def base_model(self) -> str | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field
 from torch import nn
 
 from pmmrec.components import _backbones
@@ -29,17 +29,15 @@ class EfficientNetEncoderConfig(EncoderConfig, VisionPreprocessingFields):
     image_mean: tuple[float, float, float] = Field(default=(0.5, 0.5, 0.5), description="EfficientNet-Lite's own mean.")
     image_std: tuple[float, float, float] = Field(default=(0.5, 0.5, 0.5), description="EfficientNet-Lite's own std.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _legacy_trainable_blocks(cls, data: object) -> object:
-        """Configs written by pmmrec 0.1.0 call `trainable_layers` `trainable_blocks`: read them under the new name."""
-        if isinstance(data, dict) and "trainable_blocks" in data:
-            data = dict(data)
-            blocks = data.pop("trainable_blocks")
-            if "trainable_layers" in data and data["trainable_layers"] != blocks:
-                raise ValueError("give trainable_layers only (trainable_blocks is its old name)")
-            data["trainable_layers"] = blocks
-        return data
+    # Configs written by pmmrec 0.1.0 call this field `trainable_blocks`: read under either name (an alias, not a
+    # validator, so strict JSON validation of the whole config still applies).
+    trainable_layers: int = Field(
+        default=2,
+        ge=0,
+        le=_backbones.MAX_LAYERS,
+        validation_alias=AliasChoices("trainable_layers", "trainable_blocks"),
+        description="Top MBConv blocks trained (plus the head conv); the rest is frozen (paper: 2).",
+    )
 
 
 def _efficientnet_class() -> Any:

@@ -6,6 +6,8 @@ reader side never imports a writer.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,8 @@ from pmmrec.data.image_store import (
     write_image_lmdb,
 )
 from pmmrec.errors import DatasetError, PmmrecError
-from pmmrec.fileio import atomic_directory, atomic_file, sha256_file, write_json
+from pmmrec.fileio import atomic_directory, atomic_file, link_or_copy, sha256_file, write_json
+from pmmrec.recovery import recover
 
 
 @dataclass(frozen=True)
@@ -135,19 +138,47 @@ def write_dataset(
     return out
 
 
-def attach_images(root: Path, kind: str, items_without_images: list[str], image_size: int) -> None:
-    """Record a freshly built `root/images.lmdb` in dataset.json (kind, size, gaps, hash) and revalidate."""
+def attach_images(
+    root: Path,
+    build: Callable[[Path], ImageBuildReport],
+    kind: str,
+    image_size: int,
+    overwrite: bool = False,
+) -> ImageBuildReport:
+    """Give dataset `root` a freshly built images.lmdb and record it in dataset.json, as ONE folder replacement.
+
+    `build(path)` fills an LMDB at `path`. The dataset is staged beside `root` (its other files hard-linked, or
+    copied), validated, then swapped in: a crash leaves the dataset as it was or complete with its images.
+    """
     if kind not in IMAGE_KINDS or kind == "none":
         raise DatasetError(f"image kind must be 'synthetic' or 'real', got {kind!r}")
+    recover(root)
     info = _read_info(root)
-    info["images"] = kind
-    info["image_note"] = SYNTHETIC_IMAGE_NOTE if kind == "synthetic" else None
-    info["image_size"] = image_size
-    info["items_without_images"] = list(items_without_images)
-    info["counts"]["images"] = int(info["counts"]["items"]) - len(items_without_images)
-    info["files"][IMAGES_DATA_FILE] = _file_entry(root / IMAGES_DATA_FILE)
-    write_json(root / INFO_FILE, info)
-    load_dataset(root, verify_hashes=True)
+    if os.path.lexists(root / IMAGES_DIR) and not overwrite:
+        raise DatasetError(f"{root / IMAGES_DIR} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    try:
+        with atomic_directory(root, overwrite=True) as staging:
+            for entry in sorted(os.listdir(root)):
+                if entry == IMAGES_DIR or entry.startswith("."):
+                    continue
+                if (root / entry).is_dir():
+                    shutil.copytree(root / entry, staging / entry, copy_function=link_or_copy)
+                else:
+                    link_or_copy(str(root / entry), str(staging / entry))
+            report = build(staging / IMAGES_DIR)
+            info["images"] = kind
+            info["image_note"] = SYNTHETIC_IMAGE_NOTE if kind == "synthetic" else None
+            info["image_size"] = image_size
+            info["items_without_images"] = list(report.failed)
+            info["counts"]["images"] = int(info["counts"]["items"]) - len(report.failed)
+            info["files"][IMAGES_DATA_FILE] = _file_entry(staging / IMAGES_DATA_FILE)
+            write_json(staging / INFO_FILE, info)
+            load_dataset(staging, verify_hashes=True)
+    except DatasetError:
+        raise
+    except PmmrecError as exc:
+        raise DatasetError(str(exc)) from exc
+    return report
 
 
 @dataclass
@@ -251,8 +282,11 @@ def build_image_lmdb(
     """Build `out` (an LMDB folder) from `<item id>.<ext>` files in `images_dir` for the items of `items_tsv`.
 
     When `out` is `images.lmdb` inside a dataset folder (one with dataset.json), the dataset's dataset.json is
-    updated to record the images as real, with their hash and the items left without an image.
+    updated to record the images as real, with their hash and the items left without an image: the LMDB and
+    dataset.json are one replacement of the dataset folder, so a crash never leaves one without the other.
     """
+    out = Path(out)
+    recover(out.parent)  # a dataset folder whose replacement was interrupted is whole again before we look
     item_ids, _texts = read_items_tsv(items_tsv)
     files = index_image_folder(images_dir)
 
@@ -260,6 +294,12 @@ def build_image_lmdb(
         source = files.get(item_id)
         return None if source is None else load_image_file(source, size)
 
+    if out.name == IMAGES_DIR and (out.parent / INFO_FILE).is_file():
+
+        def build(path: Path) -> ImageBuildReport:
+            return build_image_lmdb_into(path, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
+
+        return attach_images(out.parent, build, kind="real", image_size=size, overwrite=overwrite)
     try:
         with atomic_directory(out, overwrite=overwrite) as staging:
             report = build_image_lmdb_into(staging, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
@@ -267,7 +307,4 @@ def build_image_lmdb(
         raise
     except PmmrecError as exc:  # atomic_directory refusing an existing folder
         raise DatasetError(str(exc)) from exc
-    dataset_json = out.parent / "dataset.json"
-    if out.name == "images.lmdb" and dataset_json.is_file():
-        attach_images(out.parent, kind="real", items_without_images=report.failed, image_size=size)
     return report

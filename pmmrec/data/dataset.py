@@ -14,7 +14,7 @@ Files are UTF-8 (a leading BOM and CRLF line ends are accepted). Every error nam
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +25,9 @@ import numpy as np
 
 from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore
 from pmmrec.errors import DatasetError
-from pmmrec.fileio import sha256_file
+from pmmrec.fileio import open_regular_file, sha256_file
+from pmmrec.jsonfile import read_json_file
+from pmmrec.recovery import recover
 
 DATASET_FORMAT = "pmmrec-dataset"
 DATASET_FORMAT_VERSION = 1
@@ -42,7 +44,10 @@ SYNTHETIC_IMAGE_NOTE = (
 MAX_ID_BYTES = 511  # the longest key an LMDB accepts
 _UTF8_BOM = b"\xef\xbb\xbf"
 _FORBIDDEN_IN_ID = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
-_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+# C0 and C1 controls (U+0085 NEL among them) and the Unicode line/paragraph separators: anything a reader of
+# items.tsv, or str.splitlines(), could take for a line break.
+_FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+MAX_INFO_BYTES = 256 << 20  # dataset.json lists the items without images: tens of MB for millions of items
 
 
 @dataclass
@@ -94,7 +99,7 @@ MAX_TEXT_CHARS = 100_000  # item texts are titles and descriptions; encoders rea
 def _iter_lines(path: Path, label: str) -> Iterator[tuple[int, str]]:
     """Yield (line number, decoded line) with BOM and CR/LF removed; invalid UTF-8 names the line."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular_file(path, DatasetError) as handle:
             number = 0
             while raw := handle.readline(MAX_LINE_BYTES + 1):
                 number += 1
@@ -203,17 +208,9 @@ def read_users_tsv(
 def _read_info(root: Path) -> dict[str, Any]:
     """Parse and type-check dataset.json."""
     path = root / INFO_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DatasetError(f"{root}: no {INFO_FILE}; not a pmmrec dataset folder")
-    try:
-        raw = path.read_bytes()
-        info = json.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{INFO_FILE}: invalid UTF-8 ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{INFO_FILE} line {exc.lineno}: invalid JSON ({exc.msg})") from exc
-    except OSError as exc:
-        raise DatasetError(f"{INFO_FILE}: cannot read ({exc})") from exc
+    info = read_json_file(path, error=DatasetError, label=INFO_FILE, max_bytes=MAX_INFO_BYTES)
     if not isinstance(info, dict):
         raise DatasetError(f"{INFO_FILE}: top level must be a JSON object")
     if info.get("format") != DATASET_FORMAT:
@@ -305,6 +302,7 @@ def _check_image_coverage(root: Path, info: dict[str, Any], item_ids: list[str])
 def load_dataset(root: Path | str, verify_hashes: bool = True) -> Dataset:
     """Read and validate a dataset folder; raise DatasetError naming the file (and line) at fault."""
     root = Path(root)
+    recover(root)  # a replacement interrupted by a crash is finished (or rolled back) first
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
     info = _read_info(root)

@@ -140,7 +140,9 @@ def write_image_lmdb(path: Path, images: Iterable[tuple[str, bytes]]) -> int:
     The map grows on demand, and the lock file is removed afterwards because readers open without locking.
     """
     path.mkdir(parents=True, exist_ok=True)
-    env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, subdir=True, lock=True, readahead=False, meminit=False)
+    # meminit: zero the unused part of each page, or uninitialised process memory lands in data.mdb (leaking heap
+    # bytes and making two builds of the same images differ).
+    env = lmdb.open(str(path), map_size=_INITIAL_MAP_SIZE, subdir=True, lock=True, readahead=False, meminit=True)
     written = 0
     try:
         pending: list[tuple[bytes, bytes]] = []

@@ -7,14 +7,16 @@ Plain data only: this module never builds a model, so the model module and the s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pmmrec._version import __version__
-from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.errors import ArtefactError
-from pmmrec.fileio import sha256_file
+from pmmrec.jsonfile import read_json_file, validate_strictly
+from pmmrec.recovery import recover
+from pmmrec.schemas import ManifestFile
 
 MANIFEST_FILE = "pmmrec.json"
 MODEL_FORMAT_VERSION = 1
@@ -36,12 +38,19 @@ def manifest_document(
     types: dict[str, str],
     sources: dict[str, ComponentSource],
     weight_hashes: dict[str, str],
+    file_hashes: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
-    """The content of pmmrec.json for components given by slot (type name, source, weights sha256)."""
+    """The content of pmmrec.json for components given by slot (type, source, weights sha256, every file's sha256)."""
     entries = {}
     for slot, type_name in types.items():
         source = sources.get(slot, ComponentSource(requested=None, resolved_commit=None, created=True))
-        entries[slot] = {"type": type_name, "path": slot, **asdict(source), "sha256": weight_hashes[slot]}
+        entries[slot] = {
+            "type": type_name,
+            "path": slot,
+            **asdict(source),
+            "sha256": weight_hashes[slot],
+            "files": file_hashes[slot],
+        }
     return {
         "pmmrec_type": "model/pmmrec",
         "format_version": MODEL_FORMAT_VERSION,
@@ -57,21 +66,6 @@ def write_manifest(folder: Path, document: dict[str, Any]) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 
-def verify_component(folder: Path, slot: str, entry: dict[str, Any]) -> Path:
-    """Check the weights of one listed component against their pinned sha256; returns the component folder."""
-    component_folder = folder / entry["path"]
-    weights = component_folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ArtefactError(f"{weights}: missing (listed in {MANIFEST_FILE})")
-    actual = sha256_file(weights)
-    if actual != entry["sha256"]:
-        raise ArtefactError(
-            f"{weights}: sha256 {actual[:12]}... does not match {MANIFEST_FILE} ({entry['sha256'][:12]}...); "
-            "the weights were changed after assembly"
-        )
-    return component_folder
-
-
 def source_of(entry: dict[str, Any]) -> ComponentSource:
     """The provenance recorded for one component."""
     return ComponentSource(
@@ -84,17 +78,15 @@ def source_of(entry: dict[str, Any]) -> ComponentSource:
 def read_manifest(folder: Path) -> dict[str, Any]:
     """Parse and check pmmrec.json."""
     path = folder / MANIFEST_FILE
-    if not path.is_file():
+    recover(folder)
+    if not os.path.lexists(path):
         hint = (
             " (it is a single component: use load_component / Component.from_pretrained)"
             if (folder / "config.json").is_file()
             else ""
         )
         raise ArtefactError(f"{path}: missing; {folder} is not an assembled pmmrec model{hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{path}: not valid JSON ({exc})") from None
+    manifest = read_json_file(path, error=ArtefactError, max_bytes=16 << 20)
     if not isinstance(manifest, dict) or manifest.get("pmmrec_type") != "model/pmmrec":
         raise ArtefactError(f"{path}: not a pmmrec model manifest (pmmrec_type must be 'model/pmmrec')")
     version = manifest.get("format_version")
@@ -112,4 +104,5 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise ArtefactError(f"{path}: components.{slot} needs type, path and sha256")
         if entry["path"] != slot:
             raise ArtefactError(f"{path}: components.{slot}.path must be {slot!r}")
+    validate_strictly(ManifestFile, manifest, str(path), error=ArtefactError)
     return manifest

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pmmrec import integrity
 from pmmrec.cards import ComponentRow, ModelCardData, TrainingFacts, render_model_card
 from pmmrec.components import Component, Fusion, ItemTower, TextEncoder, UserEncoder, VisionEncoder
 from pmmrec.components.base import WEIGHTS_FILE
@@ -26,7 +27,6 @@ from pmmrec.model.manifest import (
     manifest_document,
     read_manifest,
     source_of,
-    verify_component,
     write_manifest,
 )
 from pmmrec.references import resolve_reference
@@ -214,12 +214,13 @@ class PMMRec(nn.Module):
         target = Path(directory)
         components = self.components()
         with atomic_directory(target, overwrite=overwrite) as staging:
-            hashes = {}
+            hashes, files = {}, {}
             for slot, component in components.items():
                 component.save_pretrained(staging / slot, card=card)
                 hashes[slot] = sha256_file(staging / slot / WEIGHTS_FILE)
+                files[slot] = integrity.file_checksums(staging / slot)
             types = {slot: component.type_name for slot, component in components.items()}
-            document = manifest_document(self.dim, sorted(self.modalities), types, self.sources, hashes)
+            document = manifest_document(self.dim, sorted(self.modalities), types, self.sources, hashes, files)
             write_manifest(staging, document)
             (staging / "README.md").write_text(render_model_card(self.card_data(document, card)), encoding="utf-8")
         return target
@@ -243,15 +244,24 @@ class PMMRec(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, reference: str | os.PathLike[str], revision: str | None = None) -> PMMRec:
-        """Reload an assembled model folder (or hub reference); weight hashes are verified first."""
+    def from_pretrained(
+        cls, reference: str | os.PathLike[str], revision: str | None = None, *, unverified: bool = False
+    ) -> PMMRec:
+        """Reload an assembled model folder (or hub reference); every file's hash is verified first.
+
+        `unverified=True` loads a model whose manifest pins only the weights (written before pmmrec kept checksums)
+        or whose files changed.
+        """
         resolved = resolve_reference(str(reference), revision=revision)
         manifest = read_manifest(resolved.path)
         loaded: dict[str, Component] = {}
         sources: dict[str, ComponentSource] = {}
         for slot, entry in manifest["components"].items():
-            folder = verify_component(resolved.path, slot, entry)
-            component = Component.from_folder(folder)
+            folder = resolved.path / entry["path"]
+            checksums = integrity.manifest_checksums(entry, slot, str(resolved.path / MANIFEST_FILE), unverified)
+            component = Component.from_folder(
+                folder, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE
+            )
             if component.type_name != entry["type"]:
                 raise ArtefactError(f"{folder}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
             loaded[slot] = component

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -11,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from pmmrec.errors import ConfigError
+from pmmrec.fileio import open_regular_file
 from pmmrec.objectives import NICLConfig, NIDConfig, ObjectiveWeights, RCLConfig
 from pmmrec.objectives.next_item import NextItemConfig
 
 SLOT_NAMES = ("text", "vision", "fusion", "user", "item_tower")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class _Strict(BaseModel):
@@ -111,6 +112,9 @@ class TrainConfig(_Strict):
     )
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
     device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
+    deterministic: bool = Field(
+        default=False, description="Bitwise-reproducible: deterministic kernels, one intra-op CPU thread (slower)."
+    )
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig, description="Losses and their options.")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list,
@@ -152,8 +156,14 @@ def load_train_config(
     source = "command line"
     if path is not None:
         source = str(path)
+        if not os.path.lexists(path):
+            raise ConfigError(f"{path}: no such config file")
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            with open_regular_file(path, ConfigError) as handle:  # a FIFO is refused, never read forever
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes")
+            loaded = yaml.safe_load(raw.decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -177,8 +187,14 @@ def load_train_config(
 
 
 def dump_train_config(config: TrainConfig) -> str:
-    """YAML text of a resolved config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """YAML text of a resolved config.
+
+    `deterministic` is written only when set, so a run started before the option existed still resumes (resuming
+    compares this text with the saved RUN/config.yaml).
+    """
+    return yaml.safe_dump(
+        config.model_dump(mode="json", exclude=None if config.deterministic else {"deterministic"}), sort_keys=False
+    )
 
 
 # The flat options of `pmmrec pretrain` / `pmmrec finetune` and of `pmmrec.api.pretrain` / `finetune`, each mapped to
@@ -215,6 +231,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "num_workers": "num_workers",
     "gather_negatives": "gather_negatives",
     "report_to": "report_to",
+    "deterministic": "deterministic",
 }
 
 

@@ -17,6 +17,7 @@ from pmmrec.data import Dataset, load_dataset
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, load_slot
 from pmmrec.training.config import ModelConfig, TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.determinism import deterministic_mode
 from pmmrec.training.trainer import Trainer, TrainResult
 
 Mode = Literal["pretrain", "finetune"]
@@ -119,8 +120,9 @@ def train(
         spec = spec.model_copy(update={"modalities": ["text", "vision"]})
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
-    trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
-    result = trainer.run()
+    with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes
+        trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
+        result = trainer.run()
     if trainer.context.is_main and result.model is not None:
         facts = training_facts(result, dataset, config, trainer.module.active_losses())
         if mode == "pretrain":

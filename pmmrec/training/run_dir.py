@@ -24,7 +24,10 @@ from tqdm.auto import tqdm
 
 from pmmrec.distributed import DistributedContext, barrier
 from pmmrec.errors import ArtefactError, ConfigError
-from pmmrec.fileio import atomic_directory, atomic_file
+from pmmrec.fileio import WriteError, atomic_directory, atomic_file
+from pmmrec.jsonfile import read_json_file, validate_strictly
+from pmmrec.recovery import recover, recover_children
+from pmmrec.schemas import ProgressFile
 
 WEIGHTS = "training_module.safetensors"
 STATE = "trainer_state.pt"
@@ -64,6 +67,7 @@ def load_checkpoint(
     folder: Path, module: nn.Module, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore module weights; return (trainer_state, progress). Only complete checkpoints exist on disk."""
+    recover(folder)
     for name in (WEIGHTS, STATE, META):
         if not (folder / name).is_file():
             raise ArtefactError(f"{folder / name}: missing; {folder} is not a complete checkpoint")
@@ -84,12 +88,17 @@ def load_checkpoint(
         state = torch.load(folder / STATE, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise ArtefactError(f"{folder / STATE}: unreadable ({exc})") from None
-    progress = json.loads((folder / META).read_text(encoding="utf-8"))
+    progress = read_json_file(folder / META, error=ArtefactError)
+    validate_strictly(ProgressFile, progress, str(folder / META), error=ArtefactError)
     return state, progress
 
 
 def remove_stale_staging(run_dir: Path) -> None:
-    """Delete temporary folders left by a process killed mid-write (never a complete checkpoint)."""
+    """Finish or roll back replacements interrupted by a kill (checkpoints/last, best, model, components/*), then
+    delete temporary files left by killed writes; the caller holds the run folder's lock, so none is in use."""
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "components"):
+        if folder.is_dir():
+            recover_children(folder)
     for path in run_dir.glob(".*.tmp"):
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     for path in (run_dir / "checkpoints").glob(".*.tmp") if (run_dir / "checkpoints").is_dir() else []:
@@ -197,8 +206,11 @@ class RunFolder:
         """Append one record to log.jsonl (rank 0 only)."""
         if not self.context.is_main:
             return
-        with open(self.log_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk: one line naming the file, like every other write
+            raise WriteError(f"could not write {self.log_path}: {exc.strerror or exc}") from exc
 
     def truncate_log(self, progress: dict[str, Any]) -> None:
         """Drop log records written after the checkpoint (by a run killed later), so no step appears twice."""
