@@ -488,19 +488,36 @@ def serve(
     data: DataDir,
     host: Annotated[str, typer.Option(help="Interface to listen on (the API has no authentication).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    threads: Annotated[int, typer.Option(help="torch threads per request (1: concurrent requests use separate cores).")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads for ranking (1: the other core serves HTTP).")] = 1,
     device: Device = None,
     quiet: Quiet = False,
+    state: Annotated[Path | None, typer.Option(help="State folder: live items (SQLite) and table/index caches; default: $PMMREC_STATE or ~/.local/state/pmmrec/serve/DATASET-HASH.")] = None,
+    store: Annotated[str | None, typer.Option(help="postgresql:// URL of a live-item store shared by replicas.")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth).")] = None,
+    protect_reads: Annotated[bool, typer.Option(help="Require the API key on every route but /health and /metrics.")] = False,
+    batching: Annotated[bool, typer.Option(help="Rank concurrent /recommend requests together.")] = True,
+    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for requests already in flight to join a batch.")] = 2.0,
+    ann: Annotated[str | None, typer.Option(help="Approximate search for large catalogues: faiss, usearch or hnswlib.")] = None,
+    ann_min_items: Annotated[int, typer.Option(help="Catalogue size from which --ann is used (exact search below).")] = 200_000,
 ) -> None:
-    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are rankable at once."""
+    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable at once."""
     from pmmrec.errors import ConfigError
 
     try:
+        from pmmrec.serving import ServeOptions
         from pmmrec.serving import serve as run_server
     except ImportError as exc:
         raise ConfigError(str(exc)) from None
-
-    run_server(model, data, host=host, port=port, device=device, progress=not quiet, threads=threads)
+    try:
+        options = ServeOptions(
+            state_dir=state, store_url=store, batching=batching, batch_wait_ms=batch_wait_ms, ann=ann, ann_min_items=ann_min_items
+        )
+    except ValueError as exc:  # pydantic names the option's field and the rule
+        raise ConfigError(f"serve: {' '.join(str(exc).split())}") from None
+    run_server(
+        model, data, host=host, port=port, device=device, progress=not quiet, threads=threads, options=options,
+        api_key_file=api_key_file, protect_reads=protect_reads,
+    )  # fmt: skip
 
 
 @app.command("demo")

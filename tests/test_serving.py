@@ -247,8 +247,8 @@ def test_k_larger_than_the_catalogue_returns_every_unseen_item(client: TestClien
 
 def test_a_long_history_uses_its_last_max_length_items(client: TestClient) -> None:
     long = [str(1 + n % NUM_ITEMS) for n in range(200)]
-    tail = client.post("/recommend", json={"history": long[-8:], "k": 10}).json()
-    full = client.post("/recommend", json={"history": long, "k": 10}).json()
+    tail = client.post("/recommend", json={"history": long[-8:], "k": 10, "exclude_seen": False}).json()
+    full = client.post("/recommend", json={"history": long, "k": 10, "exclude_seen": False}).json()
     assert [i["item_id"] for i in full["items"]] == [i["item_id"] for i in tail["items"]]
 
 
@@ -336,7 +336,7 @@ def test_an_added_item_is_rankable_at_once_and_scores_like_the_recommend_job(
     assert client.get("/health").json()["items"] == NUM_ITEMS + 1
 
     # Ranked against the whole catalogue at once; identical to the offline job given the item as an extra item.
-    body = client.post("/recommend", json={"history": ["new-1", "5"], "k": 50}).json()
+    body = client.post("/recommend", json={"history": ["new-1", "5"], "k": 50, "exclude_seen": False}).json()
     assert "new-1" in [item["item_id"] for item in body["items"]]
     extra = tmp_path / "extra.tsv"
     extra.write_text(f"new-1\t{text}\n", encoding="utf-8")
@@ -427,7 +427,7 @@ def test_a_vision_model_needs_an_image_and_encodes_it(data_dir: Path, private_ca
     with torch.inference_mode():
         expected = model.encode_items(pixel_values=pixels.contiguous()).embeddings[0]
     torch.testing.assert_close(service.snapshot().table[-1], expected, rtol=1e-5, atol=1e-5)
-    body = client.post("/recommend", json={"history": ["v1"], "k": 100}).json()
+    body = client.post("/recommend", json={"history": ["v1"], "k": 100, "exclude_seen": False}).json()
     assert len(body["items"]) == NUM_ITEMS + 1
 
 
@@ -463,7 +463,7 @@ def test_requests_during_appends_see_a_consistent_catalogue(encoded: Recommender
     def read(seen: list[int]) -> None:
         try:
             while not stop.is_set():
-                result = service.recommend(history=["1", "2"], k=1000)
+                result = service.recommend(history=["1", "2"], k=1000, exclude_seen=False)
                 assert len(result["items"]) == result["catalogue_size"]
                 assert len({item["item_id"] for item in result["items"]}) == len(result["items"])
                 seen.append(result["catalogue_size"])
