@@ -2,8 +2,10 @@
 
 A SYNTHETIC catalogue of --items rows of width --dim with cluster structure (--clusters centres; each item is a
 centre plus Gaussian noise, norms vary), as embedding tables of real catalogues have; random unit vectors would be
-the worst case for any graph index and unlike a real table. Each query is the mean of 5 random items plus noise
-(a user state lies near what the user saw) and excludes those 5 items, as `exclude_seen` does.
+the worst case for any graph index and unlike a real table. Two kinds of query, each excluding a 5-item history
+as `exclude_seen` does: `near` is one history item plus noise (a user whose taste is one region of the catalogue),
+`mix` is the mean of the 5 history items (from 5 random clusters) plus noise, a state between regions, the hard
+case for a graph index.
 
 For each backend: build time (wall, --build-threads threads), the process's resident memory growth while
 building and the size of the saved index (the graph and, for these backends, a copy of the vectors), then --queries single queries one after another on one thread
@@ -66,6 +68,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--query", action="append", choices=["near", "mix"], help="Kind of query (repeatable; default both).")
     parser.add_argument("--backend", action="append", choices=["faiss", "usearch", "hnswlib"])
     parser.add_argument("--connectivity", type=int, default=AnnConfig().connectivity)
     parser.add_argument("--ef-construction", type=int, default=AnnConfig().ef_construction)
@@ -82,16 +85,23 @@ def main() -> None:
     rng = np.random.default_rng(args.seed + 1)
     histories = [rng.integers(1, args.items + 1, 5).tolist() for _ in range(args.queries)]
     noise = torch.from_numpy(rng.standard_normal((args.queries, args.dim)).astype(np.float32))
-    states = torch.stack([table[h].mean(0) for h in histories]) + noise
-    exact_ids, exact_ms = [], []
-    for q in range(args.queries):
-        indptr, items = csr([histories[q]])
-        begin = time.perf_counter()
-        _, indices = top_k(states[q : q + 1], table, args.k, indptr, items)
-        exact_ms.append((time.perf_counter() - begin) * 1000)
-        exact_ids.append(set(indices[0].tolist()))
-    rows = [{"method": "exact", "p50_ms": round(percentile(exact_ms, 50), 2), "p99_ms": round(percentile(exact_ms, 99), 2)}]
-    print(rows[-1], flush=True)
+    kinds = args.query or ["near", "mix"]
+    states = {
+        "near": torch.stack([table[h[-1]] for h in histories]) + 0.3 * noise,
+        "mix": torch.stack([table[h].mean(0) for h in histories]) + noise,
+    }
+    exact_ids: dict[str, list[set[int]]] = {}
+    rows = []
+    for kind in kinds:
+        exact_ids[kind], exact_ms = [], []
+        for q in range(args.queries):
+            indptr, items = csr([histories[q]])
+            begin = time.perf_counter()
+            _, indices = top_k(states[kind][q : q + 1], table, args.k, indptr, items)
+            exact_ms.append((time.perf_counter() - begin) * 1000)
+            exact_ids[kind].append(set(indices[0].tolist()))
+        rows.append({"method": "exact", "query": kind, "p50_ms": round(percentile(exact_ms, 50), 2), "p99_ms": round(percentile(exact_ms, 99), 2)})
+        print(rows[-1], flush=True)
     for backend in args.backend or ["faiss"]:
         config = AnnConfig(backend=backend, connectivity=args.connectivity, ef_construction=args.ef_construction)
         if backend == "faiss":
@@ -110,7 +120,7 @@ def main() -> None:
             file_mib = (Path(folder) / "index").stat().st_size / 2**20
         if backend == "faiss":
             faiss.omp_set_num_threads(1)
-        for ef in args.ef_search or [config.ef_search]:
+        for kind, ef in [(kind, ef) for kind in kinds for ef in args.ef_search or [config.ef_search]]:
             searched = AnnIndex(config.model_copy(update={"ef_search": ef}), args.dim, index._index, index.count)
             if backend == "faiss":
                 faiss.downcast_index(index._index.index).hnsw.efSearch = ef
@@ -119,13 +129,14 @@ def main() -> None:
             latencies, hits = [], 0
             for q in range(args.queries):
                 begin = time.perf_counter()
-                _, indices = searched.search(states[q : q + 1], table, args.k, [histories[q]])
+                _, indices = searched.search(states[kind][q : q + 1], table, args.k, [histories[q]])
                 latencies.append((time.perf_counter() - begin) * 1000)
                 found = set(indices[0].tolist())
                 assert not found & set(histories[q]), "an excluded item was returned"
-                hits += len(found & exact_ids[q])
+                hits += len(found & exact_ids[kind][q])
             row = {
                 "method": backend,
+                "query": kind,
                 "ef_search": ef,
                 "connectivity": config.connectivity,
                 "ef_construction": config.ef_construction,

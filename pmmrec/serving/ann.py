@@ -9,6 +9,7 @@ Returned scores are recomputed exactly from the table, so they equal the exact p
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pmmrec.errors import ConfigError
-from pmmrec.fileio import atomic_file
+from pmmrec.fileio import atomic_file, write_json
 from pmmrec.ranking import NO_ITEM
 
 Backend = Literal["faiss", "usearch", "hnswlib"]
@@ -32,12 +33,16 @@ class AnnConfig(BaseModel):
     backend: Backend = Field(default="faiss", description="Library that builds and searches the HNSW graph.")
     connectivity: int = Field(default=32, ge=4, le=128, description="HNSW links per node (M).")
     ef_construction: int = Field(default=80, ge=8, le=2048, description="Search depth while building (efConstruction).")
-    ef_search: int = Field(default=128, ge=8, le=4096, description="Search depth per query (ef); raises recall and cost.")
+    ef_search: int = Field(default=256, ge=8, le=4096, description="Search depth per query (ef); raises recall and cost.")
     min_items: int = Field(
         default=200_000,
         ge=0,
         description="Below this catalogue size the exact search is used even when an index is configured.",
     )
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
 
 
 def _require(module: str) -> Any:
@@ -168,7 +173,8 @@ class AnnIndex:
     # ---- persistence ---------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write the graph atomically (the library's own file format)."""
+        """Write the graph atomically (the library's own file format), and what it holds beside it."""
+        write_json(_sidecar(path), {"count": self.count, "backend": self.config.backend})
         with atomic_file(path, mode="wb") as handle:
             tmp = Path(handle.name)
             backend = self.config.backend
@@ -184,6 +190,9 @@ class AnnIndex:
     @classmethod
     def load(cls, config: AnnConfig, dim: int, path: Path, count: int) -> AnnIndex:
         """Read a graph written by `save` that holds catalogue indices 1..count."""
+        facts = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        if facts.get("count") != count or facts.get("backend") != config.backend:
+            raise ConfigError(f"{path}: holds {facts.get('count')} {facts.get('backend')} items, expected {count}")
         backend = config.backend
         if backend == "faiss":
             faiss = _require("faiss")
