@@ -2,11 +2,13 @@
 
 Each application has its own registry, so several applications in one process (tests) never share counters.
 The endpoint label is the route's path template (`/items/{item_id}`), never the raw path, so ids do not create
-new series; requests that match no route are counted under `unmatched`.
+new series; requests that match no route, or that are refused before routing (a body over the size limit), are
+counted under `unmatched`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")  # /items/{item_id:path} -> /items/{item_id}
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -69,7 +72,7 @@ class ServerMetrics:
                 await app(scope, receive, watch)
             finally:
                 route = scope.get("route")
-                endpoint = getattr(route, "path", None) or "unmatched"
+                endpoint = _CONVERTOR.sub(r"{\1}", getattr(route, "path", None) or "unmatched")
                 method = scope.get("method", "GET")
                 self.requests.labels(method, endpoint, str(status)).inc()
                 self.latency.labels(method, endpoint).observe(time.perf_counter() - started)
