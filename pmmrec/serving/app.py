@@ -1,8 +1,9 @@
 """The FastAPI application: routes, error handling, body limit, optional API key, metrics, offline /docs.
 
-`create_app` wraps a `RecommenderService` (OpenAPI at /openapi.json, Swagger UI at /docs and ReDoc at /redoc from
-assets shipped in the `fastapi-offline` package, the page at /, Prometheus metrics at /metrics). Its lifespan
-closes the service when the server stops, after uvicorn has finished the requests in flight.
+`create_app` wraps a `RecommenderService`: OpenAPI at /openapi.json; Swagger UI at /docs from the assets shipped in
+the `fastapi-offline` package, never a CDN (no ReDoc page: its bundle loads a logo from a CDN); the page at /;
+Prometheus metrics at /metrics. Its lifespan closes the service when the server stops, after uvicorn has finished
+the requests in flight.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
@@ -306,16 +307,6 @@ def create_app(
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
             swagger_favicon_url="/docs-assets/favicon.png",
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url="/docs-assets/redoc.standalone.js",
-            redoc_favicon_url="/docs-assets/favicon.png",
-            with_google_fonts=False,
         )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
