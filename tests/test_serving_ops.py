@@ -302,6 +302,7 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
 
 @pytest.mark.parametrize("backend", ["faiss", "usearch", "hnswlib"])
 def test_ann_search_excludes_exactly_and_scores_exactly(backend: str) -> None:
+    pytest.importorskip(backend, reason=f"{backend} is an optional backend (pip install {backend}); faiss is the default")
     generator = torch.Generator().manual_seed(0)
     table = torch.randn(301, 16, generator=generator)
     table[0] = 0.0

@@ -70,13 +70,18 @@ def rank_queries(
 
 
 class MicroBatcher:
-    """A worker thread that ranks queued requests in batches; `submit` blocks until its request is ranked."""
+    """Worker threads that rank queued requests in batches; `submit` blocks until its request is ranked.
+
+    Each worker takes what is queued when it becomes free; with more than one (say one per core), batches are
+    ranked side by side.
+    """
 
     def __init__(
         self,
         run: Callable[[list[RankQuery]], list[Ranked]],
         max_batch: int = 64,
         max_wait_s: float = 0.002,
+        workers: int = 1,
     ) -> None:
         self._run = run
         self.max_batch = max_batch
@@ -87,8 +92,11 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0
         self.batched_requests = 0
-        self._worker = threading.Thread(target=self._loop, name="pmmrec-batcher", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._loop, name=f"pmmrec-batcher-{n}", daemon=True) for n in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @contextlib.contextmanager
     def expect(self) -> Iterator[None]:
@@ -144,4 +152,5 @@ class MicroBatcher:
         with self._ready:
             self._closed = True
             self._ready.notify_all()
-        self._worker.join(timeout)
+        for worker in self._workers:
+            worker.join(timeout)

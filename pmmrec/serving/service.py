@@ -106,6 +106,7 @@ class RecommenderService:
         batching: bool = True,
         max_batch: int = 64,
         batch_wait_ms: float = 2.0,
+        batch_workers: int = 1,
         ann: AnnIndex | None = None,
     ) -> None:
         if item_table.ndim != 2 or item_table.shape[1] != model.dim:
@@ -131,7 +132,7 @@ class RecommenderService:
         self._last_seq = 0
         # Unbatched: rankings computed at once, at most one per core (more would only time-slice the cores).
         self._compute = threading.BoundedSemaphore(max_parallel or os.cpu_count() or 1)
-        self.batcher = MicroBatcher(self._rank, max_batch, batch_wait_ms / 1000) if batching else None
+        self.batcher = MicroBatcher(self._rank, max_batch, batch_wait_ms / 1000, batch_workers) if batching else None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.items_added_here = 0

@@ -28,8 +28,8 @@ SCHEMA = (
 def _redacted(url: str) -> str:
     """The URL without its password, for messages."""
     scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        credentials, _, host = rest.rpartition("@")
+    credentials, at, host = rest.rpartition("@")
+    if at and ":" in credentials:
         rest = f"{credentials.split(':', 1)[0]}:***@{host}"
     return f"{scheme}{sep}{rest}"
 
