@@ -10,7 +10,22 @@ from pmmrec.serving.images import to_png
 from pmmrec.serving.limits import ServiceError
 
 if TYPE_CHECKING:
+    from pmmrec.model import PMMRec
     from pmmrec.serving.service import RecommenderService
+
+
+def model_manifest(model: PMMRec) -> dict[str, Any]:
+    """The manifest of a model built in memory: each component's type and where it came from (no weight hashes)."""
+    components = {}
+    for slot, component in model.components().items():
+        source = model.sources.get(slot)
+        components[slot] = {
+            "type": component.type_name,
+            "requested": source.requested if source else None,
+            "resolved_commit": source.resolved_commit if source else None,
+            "created": source.created if source else True,
+        }
+    return {"pmmrec_type": "model/pmmrec", "dim": model.dim, "modalities": sorted(model.modalities), "components": components}
 
 
 def describe_item(service: RecommenderService, item_id: str) -> dict[str, Any]:

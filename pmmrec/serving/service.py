@@ -29,7 +29,8 @@ from pmmrec.serving.batching import MicroBatcher, Ranked, RankQuery, rank_querie
 from pmmrec.serving.catalogue import Catalogue, CatalogueSnapshot
 from pmmrec.serving.images import decode_image, square_pixels, to_png
 from pmmrec.serving.limits import LIMITS, Limits, ServiceError
-from pmmrec.serving.store import DuplicateItem, ItemStore, LiveItem
+from pmmrec.serving.live import LiveItemsFollower
+from pmmrec.serving.store import DuplicateItem, ItemStore
 
 log = logging.getLogger("pmmrec.serving")
 
@@ -43,20 +44,6 @@ class AddedItem:
     text: str
     has_image: bool
     encoded_from: list[str] = field(default_factory=list)
-
-
-def model_manifest(model: PMMRec) -> dict[str, Any]:
-    """The manifest of a model built in memory: each component's type and where it came from (no weight hashes)."""
-    components = {}
-    for slot, component in model.components().items():
-        source = model.sources.get(slot)
-        components[slot] = {
-            "type": component.type_name,
-            "requested": source.requested if source else None,
-            "resolved_commit": source.resolved_commit if source else None,
-            "created": source.created if source else True,
-        }
-    return {"pmmrec_type": "model/pmmrec", "dim": model.dim, "modalities": sorted(model.modalities), "components": components}
 
 
 @torch.inference_mode()
@@ -84,7 +71,7 @@ def encode_item(model: PMMRec, text: str, picture: Image.Image | None, device: t
     return vector, used
 
 
-class RecommenderService:
+class RecommenderService(LiveItemsFollower):
     """The catalogue table, ids, texts and user histories of one model, and the operations the API exposes."""
 
     def __init__(
@@ -115,7 +102,7 @@ class RecommenderService:
         self.model = model
         self.limits = limits
         self.dataset_name = dataset_name
-        self.manifest = manifest if manifest is not None else model_manifest(model)
+        self.manifest = manifest if manifest is not None else queries.model_manifest(model)
         self.reference = reference
         self.users = users or {}
         self._user_ids = list(self.users)
@@ -313,69 +300,6 @@ class RecommenderService:
                 self._added_images[item_id] = display
         if self.ann is not None:
             self.ann.add(np.arange(first, last + 1), vectors.cpu())
-
-    # ---- the store -------------------------------------------------------------------------------------
-
-    def attach_store(self, store: ItemStore, model_key: str, poll_interval: float = 1.0) -> int:
-        """Load every stored live item (with its stored embedding, or encoded now) and follow the store.
-
-        Items other servers add to the same store appear here within `poll_interval` seconds plus the time to
-        encode them (when they were stored for another model). Returns how many items were loaded.
-        """
-        self.store, self.model_key = store, model_key
-        before = self.num_items
-        with self.catalogue.lock:
-            self._catch_up_locked({})
-        if poll_interval > 0:
-            self._poller = threading.Thread(target=self._poll, args=(poll_interval,), name="pmmrec-store", daemon=True)
-            self._poller.start()
-        return self.num_items - before
-
-    def sync(self) -> int:
-        """Read the items other servers added to the store since the last look; how many were new here."""
-        before = self.num_items
-        with self.catalogue.lock:
-            self._catch_up_locked({})
-        return self.num_items - before
-
-    def _poll(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self.sync()
-            except Exception as exc:  # the store may be briefly unreachable; try again at the next tick
-                log.warning("could not read new items from %s: %s", getattr(self.store, "location", "?"), exc)
-
-    def _catch_up_locked(self, own: dict[str, tuple[torch.Tensor, list[str], bytes | None]]) -> None:
-        """Append the store's rows past the last seen seq, in seq order (so every replica has the same order)."""
-        assert self.store is not None
-        rows = self.store.items_after(self._last_seq, self.model_key)
-        entries = []
-        for row in rows:
-            if row.item_id in own:
-                vector, used, display = own[row.item_id]
-                entries.append((row.item_id, row.text, vector, used, display))
-            elif row.item_id not in self.catalogue.index:
-                entries.append(self._restore(row))
-            self._last_seq = max(self._last_seq, row.seq)
-        self._publish(entries)
-
-    def _restore(self, row: LiveItem) -> tuple[str, str, torch.Tensor, list[str], bytes | None]:
-        """A stored item ready to publish: its stored embedding, or one encoded now (and stored for next time)."""
-        picture = None
-        if row.image is not None:
-            try:
-                picture = decode_image(row.image, self.limits, [self.limits.display_image_size])
-            except ServiceError as exc:
-                log.warning("stored image of live item %r is unusable (%s); item kept without it", row.item_id, exc.message)
-        display = to_png(square_pixels(picture, self.limits.display_image_size)) if picture is not None else None
-        used = [m for m in ("text", "image") if m in self.model.modalities]
-        if row.embedding is not None and row.embedding.shape == (self.model.dim,):
-            vector = torch.from_numpy(row.embedding)
-        else:
-            vector, used = encode_item(self.model, row.text, picture, self.device)
-            assert self.store is not None
-            self.store.put_embedding(row.item_id, self.model_key, vector.cpu().numpy())
-        return row.item_id, row.text, vector, used, display
 
     # ---- look-ups (pmmrec.serving.queries) and construction (pmmrec.serving.runner) -----------------------
 
