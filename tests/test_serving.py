@@ -538,6 +538,7 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
 
     calls: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
+    monkeypatch.setenv("PMMREC_STATE", str(tmp_path / "state-root"))  # the default state folder lives under it
     text_model().save_pretrained(tmp_path / "model")
     threads = torch.get_num_threads()
     try:
@@ -549,4 +550,17 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
-    assert TestClient(calls["app"]).get("/health").json()["items"] == NUM_ITEMS  # type: ignore[arg-type]
+    health = TestClient(calls["app"]).get("/health").json()  # type: ignore[arg-type]
+    assert health["items"] == NUM_ITEMS
+    assert health["store"].startswith(str(tmp_path / "state-root" / "serve" / "serving-tiny-"))
+    assert "live items in " + health["store"] in result.output
+
+
+def test_serve_command_refuses_bad_options_in_one_line(tmp_path: Path, data_dir: Path) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--ann", "annoy"])
+    assert result.exit_code == 1 and result.output.startswith("error: serve:") and "Traceback" not in result.output
+    assert "ann" in result.output and "'faiss', 'usearch' or 'hnswlib'" in result.output
+    key = tmp_path / "key"
+    key.write_text("short", encoding="utf-8")
+    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--api-key-file", str(key)])
+    assert result.exit_code == 1 and "the key must be at least 16 characters" in result.output

@@ -177,8 +177,13 @@ def load_service(
     progress: bool = True,
     max_parallel: int | None = None,
     options: ServeOptions | None = None,
+    default_state: bool = False,
 ) -> RecommenderService:
-    """Load an assembled model (folder or hub reference) and a dataset folder; read or encode the catalogue."""
+    """Load an assembled model (folder or hub reference) and a dataset folder; read or encode the catalogue.
+
+    With `default_state` and neither a state folder nor a store URL in `options`, the state is kept in
+    `default_state_dir(dataset)` (what `pmmrec serve` does); otherwise nothing is kept without a state folder.
+    """
     from pmmrec.data import load_dataset
     from pmmrec.model import read_manifest
     from pmmrec.references import resolve_reference
@@ -189,6 +194,9 @@ def load_service(
         manifest = manifest | {"resolved_commit": resolved.commit}
     model = PMMRec.from_pretrained(resolved.path)
     dataset = load_dataset(data_dir)
+    options = options or ServeOptions()
+    if default_state and options.state_dir is None and not options.store_url:
+        options = options.model_copy(update={"state_dir": default_state_dir(dataset)})
     return build_service(
         model,
         dataset,
@@ -224,7 +232,6 @@ def serve(
     """
     import uvicorn
 
-    from pmmrec.data import load_dataset
     from pmmrec.serving.app import create_app
 
     if threads < 1:
@@ -234,11 +241,10 @@ def serve(
         socket.create_server((host, port)).close()
     except OSError as exc:
         raise ConfigError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc})") from None
-    options = options or ServeOptions()
-    if options.state_dir is None and not options.store_url:
-        options = options.model_copy(update={"state_dir": default_state_dir(load_dataset(data_dir))})
-    service = load_service(model_ref, data_dir, device=device, batch_size=batch_size, progress=progress, options=options)
+    service = load_service(
+        model_ref, data_dir, device=device, batch_size=batch_size, progress=progress, options=options, default_state=True
+    )
     torch.set_num_threads(threads)  # after the catalogue encoding, which uses every core
     app = create_app(service=service, api_key=api_key, protect_reads=protect_reads)
-    print(f"pmmrec serve: {service.num_items} items, state {options.state_dir or options.store_url}", flush=True)
+    print(f"pmmrec serve: {service.num_items} items, live items in {service.store_location}", flush=True)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30)

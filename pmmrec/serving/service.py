@@ -304,6 +304,11 @@ class RecommenderService(LiveItemsFollower):
     # ---- look-ups (pmmrec.serving.queries) and construction (pmmrec.serving.runner) -----------------------
 
     @property
+    def store_location(self) -> str:
+        """Where live items are kept: the store's path or redacted URL, or 'memory only'."""
+        return self.store.location if self.store is not None else "memory only"
+
+    @property
     def added_count(self) -> int:
         return len(self._added)
 
