@@ -270,6 +270,32 @@ def stop_server(process: subprocess.Popen[str]) -> None:
         process.wait()
 
 
+def startup_parts(model_ref: str, data_dir: str, state: str) -> None:
+    """Where a warm start's time goes, in this process: imports, model, dataset, fingerprint, cached table (JSON)."""
+    marks = [time.perf_counter()]
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    marks.append(time.perf_counter())
+    from pmmrec.data import load_dataset
+    from pmmrec.model import PMMRec
+    from pmmrec.serving import ServeOptions, build_service
+    from pmmrec.serving.table_cache import model_fingerprint
+
+    marks.append(time.perf_counter())
+    model = PMMRec.from_pretrained(model_ref)
+    marks.append(time.perf_counter())
+    dataset = load_dataset(data_dir)
+    marks.append(time.perf_counter())
+    model_fingerprint(model)
+    marks.append(time.perf_counter())
+    build_service(model, dataset, options=ServeOptions(state_dir=Path(state), poll_interval=0)).close()
+    marks.append(time.perf_counter())
+    names = ["import torch+transformers", "import pmmrec.serving", "PMMRec.from_pretrained", "load_dataset",
+             "model fingerprint", "build_service (fingerprint, cached table, store)"]  # fmt: skip
+    print(json.dumps({name: round(b - a, 2) for name, a, b in zip(names, marks, marks[1:], strict=True)}))
+
+
 def startup_times(args: argparse.Namespace, runs: int) -> list[dict[str, Any]]:
     """Seconds from starting `pmmrec serve` to its first 200 on /health: once cold, then `runs` times warm."""
     state = Path(tempfile.mkdtemp(prefix="pmmrec-serve-state-"))
@@ -299,6 +325,12 @@ def startup_times(args: argparse.Namespace, runs: int) -> list[dict[str, Any]]:
                 stop_server(process)  # type: ignore[arg-type]
             rows.append({"start": "cold" if run == 0 else "warm", "seconds_to_health": round(elapsed, 2)})
             print(f"start-up {rows[-1]['start']}: {elapsed:.2f} s to /health", flush=True)
+        parts = subprocess.run(
+            [sys.executable, __file__, "--startup-parts", str(state), "--model", args.model, "--data", args.data],
+            capture_output=True, text=True, check=True, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        rows.append({"start": "warm, in-process parts (s)", **json.loads(parts.stdout.strip().splitlines()[-1])})
+        print(f"start-up parts: {rows[-1]}", flush=True)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return rows
@@ -325,10 +357,14 @@ def main() -> None:
     parser.add_argument("--startup-runs", type=int, default=0, help="Also time start-up: 1 cold and N warm runs.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve", choices=["movielens", "synthetic"], help=argparse.SUPPRESS)
+    parser.add_argument("--startup-parts", help=argparse.SUPPRESS)
     parser.add_argument("--serve-mode", choices=["batched", "unbatched"], default="batched", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         run_server(args)
+        return
+    if args.startup_parts:
+        startup_parts(args.model, args.data, args.startup_parts)
         return
     if args.quick:
         args.duration, args.warmup = 5.0, 1.0
