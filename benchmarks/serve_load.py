@@ -293,7 +293,7 @@ def startup_parts(model_ref: str, data_dir: str, state: str) -> None:
     marks.append(time.perf_counter())
     names = ["import torch+transformers", "import pmmrec.serving", "PMMRec.from_pretrained", "load_dataset",
              "model fingerprint", "build_service (fingerprint, cached table, store)"]  # fmt: skip
-    print(json.dumps({name: round(b - a, 2) for name, a, b in zip(names, marks, marks[1:], strict=True)}))
+    print(json.dumps({name: round(b - a, 2) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}))
 
 
 def startup_times(args: argparse.Namespace, runs: int) -> list[dict[str, Any]]:
@@ -355,6 +355,7 @@ def main() -> None:
     parser.add_argument("--mode", action="append", choices=["batched", "unbatched"], help="Default: both.")
     parser.add_argument("--batch-workers", type=int, default=1, help="Batched mode: ranking threads in the server.")
     parser.add_argument("--startup-runs", type=int, default=0, help="Also time start-up: 1 cold and N warm runs.")
+    parser.add_argument("--startup-only", action="store_true", help="Only the start-up times (no load test).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve", choices=["movielens", "synthetic"], help=argparse.SUPPRESS)
     parser.add_argument("--startup-parts", help=argparse.SUPPRESS)
@@ -374,7 +375,7 @@ def main() -> None:
     scenarios = args.scenario or ["movielens", "synthetic"]
     load_before = os.getloadavg()
     rows = []
-    for scenario, mode in [(scenario, mode) for scenario in scenarios for mode in modes]:
+    for scenario, mode in [] if args.startup_only else [(scenario, mode) for scenario in scenarios for mode in modes]:
         process, info = start_server(scenario, mode, args)
         try:
             bodies = request_bodies(scenario, info, 2000, args.seed)
