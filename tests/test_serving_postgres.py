@@ -2,7 +2,8 @@
 
 An item added through one replica is served by the other within the documented delay (its poll interval plus the
 time to read the row), with the same catalogue index and the same rankings; a duplicate id added through the other
-replica is refused; a replica started later catches up with every item. Skipped, with the reason, where the
+replica is refused; a replica started later catches up with every item; replicas whose database connections
+were cut connect again. Skipped, with the reason, where the
 PostgreSQL server programs are not installed (`make test` installs them with apt-get when it runs as root).
 """
 
@@ -159,6 +160,13 @@ def test_two_replicas_share_one_postgres_catalogue(
             query = {"history": ["pg-3", "pg-2"], "k": 10}
             assert restarted.call("POST", "/recommend", query)[1] == first.call("POST", "/recommend", query)[1]
             assert restarted.call("GET", "/health")[1]["store"].startswith("postgresql://pmmrec@127.0.0.1:")
+
+            import psycopg
+
+            with psycopg.connect(postgres_url, autocommit=True) as admin:  # drop every replica's connection
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = 'postgres'")
+            assert first.call("POST", "/items", {"item_id": "pg-4", "text": "After the connections were cut"})[0] == 201
+            wait_for_item(restarted, "pg-4", bound_s=10 * POLL_S + 5)
         finally:
             restarted.stop()
     finally:

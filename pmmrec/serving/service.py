@@ -281,7 +281,11 @@ class RecommenderService(LiveItemsFollower):
                     raise ServiceError(409, f"item id {item_id!r} already exists (added by another replica)") from None
                 except WriteError as exc:
                     raise ServiceError(503, f"{exc}; the item was not added") from None
-                self._catch_up_locked({item_id: (vector, used, display)})
+                try:
+                    self._catch_up_locked({item_id: (vector, used, display)})
+                except Exception as exc:  # committed but the rows before it could not be read: publish it alone
+                    log.warning("could not read the store after adding %r (%s); rows before it follow later", item_id, exc)
+                    self._publish([(item_id, text, vector, used, display)])
             else:
                 self._publish([(item_id, text, vector, used, display)])
             self.items_added_here += 1
