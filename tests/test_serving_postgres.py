@@ -52,7 +52,8 @@ def postgres_url() -> Iterator[str]:
     initdb, pg_ctl = _program("initdb"), _program("pg_ctl")
     if initdb is None or pg_ctl is None:
         pytest.skip("needs Debian's postgresql server programs (initdb, pg_ctl); `make test` installs them with apt-get")
-    root = Path(tempfile.mkdtemp(prefix="pmmrec-pg-"))
+    # As root the server runs as the postgres user, which must reach the folder: /tmp, not a private TMPDIR.
+    root = Path(tempfile.mkdtemp(prefix="pmmrec-pg-", dir="/tmp" if os.geteuid() == 0 else None))
     run_as: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the package's postgres user
         try:
