@@ -61,6 +61,9 @@ def postgres_url() -> Iterator[str]:
         except KeyError:
             shutil.rmtree(root)
             pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL server as")
+        if shutil.which("runuser") is None:
+            shutil.rmtree(root)
+            pytest.skip("running as root and there is no runuser to start PostgreSQL as the postgres user")
         os.chown(root, account.pw_uid, account.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
