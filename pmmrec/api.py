@@ -253,15 +253,34 @@ def serve(
     threads: int = 1,
     device: str | None = None,
     progress: bool = True,
+    state: PathLike | None = None,
+    store: str | None = None,
+    api_key_file: PathLike | None = None,
+    protect_reads: bool = False,
+    batching: bool = True,
+    batch_wait_ms: float = 2.0,
+    ann: str | None = None,
+    ann_min_items: int = 200_000,
 ) -> None:
-    """Serve recommendations over HTTP until interrupted (needs the `serve` extra)."""
-    from pmmrec.errors import ConfigError
+    """Serve recommendations over HTTP until SIGTERM (needs the `serve` extra); live items are stored in `state`."""
+    from pmmrec.errors import ConfigError, describe_validation_error
 
     try:
+        from pmmrec.serving import ServeOptions
         from pmmrec.serving import serve as run_server
     except ImportError as exc:
         raise ConfigError(str(exc)) from None
-    run_server(model, data, host=host, port=port, device=device, progress=progress, threads=threads)
+    try:
+        options = ServeOptions(
+            state_dir=state, store_url=store, batching=batching, batch_wait_ms=batch_wait_ms, ann=ann,
+            ann_min_items=ann_min_items,
+        )  # fmt: skip
+    except ValueError as exc:  # pydantic names the option's field and the rule
+        raise ConfigError(f"serve: {describe_validation_error(exc)}") from None
+    run_server(
+        model, data, host=host, port=port, device=device, progress=progress, threads=threads, options=options,
+        api_key_file=api_key_file, protect_reads=protect_reads,
+    )  # fmt: skip
 
 
 def demo(

@@ -249,16 +249,32 @@ def recommend(
 def serve(
     model: ModelRef,
     data: DataDir,
-    host: Annotated[str, typer.Option(help="Interface to listen on (the API has no authentication).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to listen on (see --api-key-file before leaving loopback).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    threads: Annotated[
-        int, typer.Option(help="torch threads per request (1: concurrent requests use separate cores).")
-    ] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads for ranking (1: the other core serves HTTP).")] = 1,
     device: Device = None,
     quiet: Quiet = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="State folder: live items (SQLite) and the table and index caches; when omitted: "
+                     "$PMMREC_STATE or ~/.local/state/pmmrec, then serve/DATASET-HASH."),
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="postgresql:// URL of a live-item store shared by replicas.")] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth).")
+    ] = None,
+    protect_reads: Annotated[bool, typer.Option(help="Require the API key on every route but /health and /metrics.")] = False,
+    batching: Annotated[bool, typer.Option(help="Rank concurrent /recommend requests together.")] = True,
+    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for requests already in flight to join a batch.")] = 2.0,
+    ann: Annotated[str | None, typer.Option(help="Approximate search for large catalogues: faiss, usearch or hnswlib.")] = None,
+    ann_min_items: Annotated[int, typer.Option(help="Catalogue size from which --ann is used (exact search below).")] = 200_000,
 ) -> None:
-    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are rankable at once."""
-    api.serve(model, data, host=host, port=port, threads=threads, device=device, progress=not quiet)
+    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable at once."""
+    api.serve(
+        model, data, host=host, port=port, threads=threads, device=device, progress=not quiet, state=state, store=store,
+        api_key_file=api_key_file, protect_reads=protect_reads, batching=batching, batch_wait_ms=batch_wait_ms, ann=ann,
+        ann_min_items=ann_min_items,
+    )  # fmt: skip
 
 
 @app.command("demo")

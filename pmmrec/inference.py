@@ -23,6 +23,8 @@ from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.evaluation import metrics_from_ranks, rank_targets
 from pmmrec.model import PMMRec
 from pmmrec.paths import cache_root
+from pmmrec.ranking import NO_ITEM, csr
+from pmmrec.ranking import top_k as ranking_top_k
 
 
 def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -163,13 +165,10 @@ def top_k(
     window = list(history)[-model.max_length :]
     windows = torch.tensor([window], dtype=torch.long, device=item_table.device)
     state = user_states(model, item_table, windows, torch.ones_like(windows, dtype=torch.bool))[0]
-    scores = item_table.float() @ state
-    scores[0] = float("-inf")
-    if exclude:
-        scores[torch.as_tensor(list(exclude), dtype=torch.long, device=scores.device)] = float("-inf")
-    count = min(k, int(torch.isfinite(scores).sum()))
-    values, indices = torch.topk(scores, count)
+    indptr, excluded = csr([sorted(set(int(i) for i in exclude))])
+    values, indices = ranking_top_k(state[None], item_table.float(), k, indptr, excluded)
     return [
         Recommendation(rank=r + 1, item_id=item_ids[i - 1], score=float(v), text=item_texts[i - 1])
-        for r, (v, i) in enumerate(zip(values.tolist(), indices.tolist(), strict=True))
+        for r, (v, i) in enumerate(zip(values[0].tolist(), indices[0].tolist(), strict=True))
+        if i != NO_ITEM
     ]

@@ -55,12 +55,25 @@ def layer_of(name: str) -> int:
     return best
 
 
-def imported_modules(name: str, path: Path) -> set[str]:
-    """Every pmmrec module `name` imports, at the top or inside functions (TYPE_CHECKING imports included)."""
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the import nodes under `if TYPE_CHECKING:` (annotations only: no import at run time)."""
+    nodes: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            nodes.update(id(child) for child in ast.walk(node))
+    return nodes
+
+
+def imported_modules(name: str, path: Path, runtime_only: bool = False) -> set[str]:
+    """Every pmmrec module `name` imports, at the top or inside functions (TYPE_CHECKING imports unless
+    `runtime_only`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    skipped = _type_checking_nodes(tree) if runtime_only else set()
     found: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -75,6 +88,7 @@ def imported_modules(name: str, path: Path) -> set[str]:
 
 
 GRAPH = {name: imported_modules(name, path) - {name} for name, path in MODULES.items()}
+RUNTIME_GRAPH = {name: imported_modules(name, path, runtime_only=True) - {name} for name, path in MODULES.items()}
 
 
 def test_every_module_belongs_to_a_layer() -> None:
@@ -94,7 +108,8 @@ def test_imports_never_go_up_a_layer() -> None:
 
 
 def test_no_import_cycles() -> None:
-    """Tarjan's strongly connected components over the module graph; any component of two or more is a cycle."""
+    """Tarjan's strongly connected components over the run-time module graph; any component of two or more is a
+    cycle (imports under `if TYPE_CHECKING:` exist for annotations only; they still count for the layers)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -105,7 +120,7 @@ def test_no_import_cycles() -> None:
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for target in GRAPH.get(node, ()):
+        for target in RUNTIME_GRAPH.get(node, ()):
             if target not in MODULES:
                 continue
             if target not in index:

@@ -177,6 +177,22 @@ def test_build_a_history_see_recommendations_and_add_an_item(server: str, browse
     assert not text("error")
 
 
+def test_the_api_docs_render_offline(server: str, browser: Any) -> None:
+    """/docs (Swagger UI) draws the operations from assets the server ships; nothing comes from a CDN."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(server + "/docs")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = browser.execute_script(
+        "return [...document.querySelectorAll('.opblock-summary-path')].map((e) => e.textContent);"
+    )
+    assert {"/recommend", "/items", "/health", "/metrics"} <= {path.replace("\u200b", "") for path in paths}
+    sources = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name);")
+    assert sources and all(source.startswith(server) for source in sources), sources
+
+
 def test_the_page_works_with_a_data_url_image_too(server: str) -> None:
     """The API accepts what the page's FileReader sends (a data: URL), checked without the browser."""
     import json

@@ -1,0 +1,90 @@
+"""Start-up of `pmmrec serve`, for `serve_load.py --startup-runs N`: seconds from the command to its first 200 on
+/health, once cold (a fresh state folder: the catalogue is encoded and cached) and N times warm (the table cache is
+read), then where a warm start's time goes, timed in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def startup_parts(model_ref: str, data_dir: str, state: str) -> None:
+    """Where a warm start's time goes, in this process: imports, model, dataset, fingerprint, cached table (JSON)."""
+    marks = [time.perf_counter()]
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    marks.append(time.perf_counter())
+    from pmmrec.data import load_dataset
+    from pmmrec.model import PMMRec
+    from pmmrec.serving import ServeOptions, build_service
+    from pmmrec.serving.table_cache import model_fingerprint
+
+    marks.append(time.perf_counter())
+    model = PMMRec.from_pretrained(model_ref)
+    marks.append(time.perf_counter())
+    dataset = load_dataset(data_dir)
+    marks.append(time.perf_counter())
+    model_fingerprint(model)
+    marks.append(time.perf_counter())
+    build_service(model, dataset, options=ServeOptions(state_dir=Path(state), poll_interval=0)).close()
+    marks.append(time.perf_counter())
+    names = ["import torch+transformers", "import pmmrec.serving", "PMMRec.from_pretrained", "load_dataset",
+             "model fingerprint", "build_service (fingerprint, cached table, store)"]  # fmt: skip
+    print(json.dumps({name: round(b - a, 2) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}))
+
+
+def startup_times(args: argparse.Namespace, runs: int) -> list[dict[str, Any]]:
+    """Seconds from starting `pmmrec serve` to its first 200 on /health: once cold, then `runs` times warm."""
+    state = Path(tempfile.mkdtemp(prefix="pmmrec-serve-state-"))
+    rows = []
+    try:
+        for run in range(runs + 1):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            command = [str(Path(sys.executable).parent / "pmmrec"), "serve", "--model", args.model, "--data", args.data]
+            command += ["--state", str(state), "--port", str(port), "--quiet"]
+            started = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+            try:
+                while True:
+                    if process.poll() is not None:
+                        raise SystemExit(f"pmmrec serve exited with status {process.returncode} before /health answered")
+                    try:
+                        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                        connection.request("GET", "/health")
+                        if connection.getresponse().status == 200:
+                            break
+                    except OSError:
+                        time.sleep(0.05)
+                elapsed = time.perf_counter() - started
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            rows.append({"start": "cold" if run == 0 else "warm", "seconds_to_health": round(elapsed, 2)})
+            print(f"start-up {rows[-1]['start']}: {elapsed:.2f} s to /health", flush=True)
+        parts = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("serve_load.py")), "--startup-parts", str(state), "--model", args.model, "--data", args.data],
+            capture_output=True, text=True, check=True, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        rows.append({"start": "warm, in-process parts (s)", **json.loads(parts.stdout.strip().splitlines()[-1])})
+        print(f"start-up parts: {rows[-1]}", flush=True)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return rows

@@ -1,0 +1,101 @@
+"""`pmmrec.ranking.top_k`: the one exact top-k that `pmmrec recommend` and the server share.
+
+Tables with only negative scores guard the padding row's mask (its zero score would otherwise win), and every
+result is checked against a brute-force ranking in plain Python.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pmmrec.ranking import NO_ITEM, csr, top_k
+
+
+def brute_force(state: list[float], table: list[list[float]], k: int, exclude: set[int]) -> list[int]:
+    scores = [(sum(a * b for a, b in zip(state, row, strict=True)), index) for index, row in enumerate(table)]
+    eligible = [(score, index) for score, index in scores if index != 0 and index not in exclude]
+    return [index for _, index in sorted(eligible, key=lambda pair: (-pair[0], pair[1]))[:k]]
+
+
+def test_padding_row_is_never_returned_even_when_every_score_is_negative() -> None:
+    table = torch.tensor([[0.0, 0.0], [-1.0, -2.0], [-3.0, -1.0], [-0.5, -0.5]])
+    states = torch.tensor([[1.0, 1.0], [2.0, 0.5]])
+    scores, indices = top_k(states, table, k=3)
+    assert (indices != 0).all()
+    assert indices.tolist() == [[3, 1, 2], [3, 1, 2]]
+    assert (scores < 0).all()
+
+
+def test_excluded_items_are_never_returned_and_rows_run_out_with_no_item() -> None:
+    table = torch.tensor([[0.0], [-1.0], [-2.0], [-3.0], [-4.0]])
+    states = torch.tensor([[1.0], [1.0], [1.0]])
+    indptr, items = csr([[1, 2], [], [1, 2, 3, 4]])
+    scores, indices = top_k(states, table, k=3, exclude_indptr=indptr, exclude_items=items)
+    assert indices[0].tolist() == [3, 4, NO_ITEM] and torch.isneginf(scores[0, 2])
+    assert indices[1].tolist() == [1, 2, 3]
+    assert indices[2].tolist() == [NO_ITEM] * 3 and torch.isneginf(scores[2]).all()
+
+
+def test_k_past_the_catalogue_is_cut_to_its_size() -> None:
+    table = torch.randn(6, 4)
+    _, indices = top_k(torch.randn(2, 4), table, k=50)
+    assert indices.shape == (2, 5)
+    assert sorted(indices[0].tolist()) == [1, 2, 3, 4, 5]
+
+
+def test_a_transposed_column_major_table_gives_the_same_ranking() -> None:
+    generator = torch.Generator().manual_seed(0)
+    table = -torch.rand(100, 8, generator=generator)  # all scores negative for positive states
+    states = torch.rand(3, 8, generator=generator)
+    columns = table.T.contiguous()
+    expected = top_k(states, table, 7)
+    got = top_k(states, columns.T, 7)
+    torch.testing.assert_close(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize(
+    ("states", "table", "message"),
+    [
+        (torch.zeros(2, 3), torch.zeros(4, 5), "must be"),
+        (torch.zeros(3), torch.zeros(4, 3), "must be"),
+    ],
+)
+def test_shapes_are_checked(states: torch.Tensor, table: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        top_k(states, table, 1)
+
+
+def test_k_and_the_exclusion_layout_are_checked() -> None:
+    with pytest.raises(ValueError, match="k must be positive"):
+        top_k(torch.zeros(1, 2), torch.zeros(3, 2), 0)
+    with pytest.raises(ValueError, match="give both"):
+        top_k(torch.zeros(1, 2), torch.zeros(3, 2), 1, exclude_indptr=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="2 entries"):
+        top_k(torch.zeros(1, 2), torch.zeros(3, 2), 1, torch.tensor([0, 1, 1]), torch.tensor([1]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    items=st.integers(1, 12),
+    batch=st.integers(1, 4),
+    k=st.integers(1, 15),
+)
+def test_matches_a_brute_force_ranking(data: st.DataObject, items: int, batch: int, k: int) -> None:
+    values = st.integers(-20, 5)  # mostly negative scores, integers so that there are no float ties to argue about
+    table = [[0, 0]] + [[data.draw(values), data.draw(values)] for _ in range(items)]
+    states = [[data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))] for _ in range(batch)]
+    excludes = [data.draw(st.lists(st.integers(1, items), max_size=items)) for _ in range(batch)]
+    indptr, flat = csr(excludes)
+    scores, indices = top_k(torch.tensor(states, dtype=torch.float64), torch.tensor(table, dtype=torch.float64), k, indptr, flat)
+    for row in range(batch):
+        got = [index for index in indices[row].tolist() if index != NO_ITEM]
+        expected = brute_force(states[row], table, k, set(excludes[row]))
+        assert 0 not in got and not set(got) & set(excludes[row])
+        assert len(got) == len(expected)
+        expected_scores = sorted((sum(a * b for a, b in zip(states[row], table[i], strict=True)) for i in expected), reverse=True)
+        assert [float(s) for s in scores[row, : len(got)]] == [float(s) for s in expected_scores]
