@@ -1,4 +1,4 @@
-"""Assemble published components, check what was loaded, and recommend for a history.
+"""Assemble published components, embed a catalogue from its texts, and recommend for a history.
 
 Run after `make demo`, which publishes the demo's components into demo_out/hub-cache:
 
@@ -12,14 +12,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_CACHE", "demo_out/hub-cache")
 
-from pmmrec import PMMRec, load_component  # after the Hub settings above
-from pmmrec.api import recommend
+from pmmrec import PMMRec  # after the Hub settings above
+from pmmrec.data import load_dataset
 
-text = load_component("hub:pmmrec-demo/pmmrec-text@v1")  # each reference pins its own revision
-user = load_component("hub:pmmrec-demo/pmmrec-user@v1")
-model = PMMRec.assemble(text=text, user=user)
+# References as strings: pmmrec.json records each one and the commit it resolved to.
+model = PMMRec.assemble(text="hub:pmmrec-demo/pmmrec-text@v1", user="hub:pmmrec-demo/pmmrec-user@v1")
 print("assembled:", sorted(model.components()), "notes:", model.assembly_notes)
 
-# A history of target-domain movies (item ids of demo_out/data/target/items.tsv), most recent last.
-for entry in recommend(model, "demo_out/data/target", history=["50", "181", "172"], k=5, exclude_seen=True):
-    print(f"{entry.rank}. {entry.text} (score {entry.score:.2f})")
+catalogue = load_dataset("demo_out/data/target")  # or any list of item texts: items need no training
+embeddings = model.encode_items(texts=catalogue.item_texts)  # [N, d], like SentenceTransformer.encode
+position = {item_id: row for row, item_id in enumerate(catalogue.item_ids)}
+history = [position[item_id] for item_id in ("50", "181", "172")]  # most recent last
+scores, rows = model.recommend(history, embeddings, k=5)  # seen items are left out by default
+for rank, (score, row) in enumerate(zip(scores.tolist(), rows.tolist(), strict=True), start=1):
+    print(f"{rank}. {catalogue.item_texts[row]} (score {score:.2f})")

@@ -29,6 +29,7 @@ from pmmrec.model.manifest import (
     source_of,
     write_manifest,
 )
+from pmmrec.ranking import NO_ITEM, csr, top_k
 from pmmrec.references import resolve_reference
 
 
@@ -130,6 +131,36 @@ class PMMRec(nn.Module):
             out[start:stop] = self.embed_items(text_ids, text_mask, pixels).embeddings.float()
         self.train(was_training)
         return out
+
+    @torch.inference_mode()
+    def recommend(
+        self, history: Sequence[int], candidates: torch.Tensor, k: int = 10, *, exclude_seen: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best candidates after a history: (scores [k'], indices into `candidates` [k']), best first.
+
+        `candidates` [N, d] are item embeddings (from `encode_items`, or any catalogue table); `history` holds
+        indices into them, oldest first, of which the last `max_length` are read. `exclude_seen` leaves the
+        history's items out. Like `sentence_transformers.util.semantic_search`, for a user instead of a query.
+        """
+        if not len(history):
+            raise ConfigError("the history is empty: give at least one item")
+        if candidates.dim() != 2 or candidates.shape[1] != self.dim:
+            raise ConfigError(f"candidates must be [N, {self.dim}] item embeddings, got {tuple(candidates.shape)}")
+        count = candidates.shape[0]
+        if any(not 0 <= int(index) < count for index in history):
+            raise ConfigError(f"history indices must lie in 0..{count - 1} (rows of candidates)")
+        was_training = self.training
+        self.eval()
+        device = self.device
+        table = torch.cat([candidates.new_zeros(1, self.dim), candidates]).to(device=device, dtype=torch.float32)
+        window = torch.tensor([[int(index) + 1 for index in history][-self.max_length :]], device=device)
+        state = self.encode_users(table[window], torch.ones_like(window, dtype=torch.bool))[:, -1].float()
+        seen = sorted({int(index) + 1 for index in history}) if exclude_seen else []
+        indptr, excluded = csr([seen])
+        scores, indices = top_k(state, table, k, indptr, excluded)
+        keep = indices[0] != NO_ITEM
+        self.train(was_training)
+        return scores[0][keep], indices[0][keep] - 1
 
     def embed_items(
         self,
