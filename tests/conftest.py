@@ -1,9 +1,14 @@
-"""Shared fixtures: tiny seeded components built once per session and deep-copied per test; an offline Hub cache."""
+"""Shared fixtures: tiny seeded components built once per session and deep-copied per test; the isolated environment;
+the tiny datasets; an offline Hub cache; one fake Hub; one uninterrupted training run for the resume tests.
+
+Plain helpers (builders, the dataset writer, the CLI runner) are in tiny.py; no test module imports another.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,3 +142,67 @@ def publish(hub_cache: Path) -> Callable[..., str]:
         return publish_to_local_cache(folder, repo_id, cache_dir=hub_cache, tag=tag)
 
     return _publish
+
+
+# ---- the isolated environment and the tiny datasets ----------------------------------------------------------
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private pmmrec cache, the Hub offline, one torch thread (see tiny.isolated_environment); yields tmp_path."""
+    with tiny.isolated_environment(tmp_path, monkeypatch):
+        yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training preset of the tiny dataset (30 items, 15 users, no images); read-only."""
+    return tiny.write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training preset with synthetic 32 px images; read-only."""
+    return tiny.write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-images", images=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny text encoder and user encoder saved as folders ("text", "user"); read-only."""
+    return tiny.save_tiny_components(tmp_path_factory.mktemp("components"))
+
+
+# ---- one fake Hub ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tiny.FakeHub]:
+    """The one fake Hub: pushes go to FakeHubApi (recorded, never sent); `fake_hub.online()` for failing look-ups."""
+    import huggingface_hub
+
+    tiny.FakeHubApi.instances = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", tiny.FakeHubApi)
+    hub = tiny.FakeHub(api=tiny.FakeHubApi, monkeypatch=monkeypatch, cache=tmp_path / "fake-hub-cache")
+    try:
+        yield hub
+    finally:
+        hub.close()
+
+
+# ---- one uninterrupted training run (the reference of every resume test) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tiny.StraightRun:
+    """Three epochs of fine-tuning with NID and RCL on (objective heads and corruption RNG in the state), run once."""
+    root = tmp_path_factory.mktemp("straight")
+    with pytest.MonkeyPatch.context() as monkeypatch, tiny.isolated_environment(root, monkeypatch):
+        data = tiny.write_tiny_dataset(root / "data")
+        parts = tiny.save_tiny_components(root / "components")
+        args = [
+            "finetune", "--data", str(data), "--text", str(parts["text"]), "--user", str(parts["user"]),
+            "--max-length", str(tiny.MAX_LENGTH), "--epochs", "3", "--batch-size", "4", "--lr", "0.003",
+            "--seed", "7", "--nid-weight", "0.2", "--rcl-weight", "0.2", "--device", "cpu", "--quiet",
+        ]  # fmt: skip
+        tiny.run_cli(*args, "--out", root / "run")
+        shutil.rmtree(root / "pmmrec-cache", ignore_errors=True)
+    return tiny.StraightRun(args=args, run=root / "run", epochs=3, steps_per_epoch=4)  # 15 users, batches of 4

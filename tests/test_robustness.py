@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import http.server
 import json
 import os
 import pickle
@@ -18,6 +17,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import FakeHub
 from typer.testing import CliRunner
 
 from pmmrec.cli import app
@@ -320,50 +320,12 @@ def test_reference_parser_fuzzed(text: str) -> None:
         assert ".." not in reference.repo_id and reference.repo_id.count("/") == 1
 
 
-class _FakeHub(http.server.BaseHTTPRequestHandler):
-    """A loopback stand-in for the Hub API answering as the real one does for a missing revision or repo."""
-
-    def do_GET(self) -> None:
-        code = "RepoNotFound" if "missing-repo" in self.path else "RevisionNotFound"
-        self.send_response(404)
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", f"{code} (fake hub)")
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(json.dumps({"error": code}).encode())
-
-    do_HEAD = do_GET
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
-def _online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """huggingface_hub reads HF_HUB_OFFLINE once, at import: switch both the variable and its constant."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-
-
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    _online(monkeypatch)
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    yield endpoint
-    server.shutdown()
-
-
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [("hub:org/model@no-such-tag", "the revision does not exist"), ("hub:org/missing-repo@v1", "not found")],
 )
-def test_missing_revision_or_repo_fails_fast_and_clearly(fake_hub: str, text: str, fragment: str) -> None:
+def test_missing_revision_or_repo_fails_fast_and_clearly(fake_hub: FakeHub, text: str, fragment: str) -> None:
+    fake_hub.online()
     started = time.perf_counter()
     with pytest.raises(ReferenceResolutionError) as info:
         resolve_reference(text)
@@ -372,10 +334,8 @@ def test_missing_revision_or_repo_fails_fast_and_clearly(fake_hub: str, text: st
     assert text in message and "online" in message and fragment in message
 
 
-def test_unreachable_hub_fails_within_seconds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _online(monkeypatch)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+def test_unreachable_hub_fails_within_seconds(fake_hub: FakeHub) -> None:
+    fake_hub.unreachable()  # a port held by the test and never listened on, not a fixed one
     started = time.perf_counter()
     with pytest.raises(ReferenceResolutionError, match=r"revision 'v2', online: the Hub could not be reached"):
         resolve_reference("hub:org/model@v2")

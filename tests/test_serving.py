@@ -2,12 +2,11 @@
 
 Rankings are checked against the library's own `recommend` job (the CLI's path), items added over HTTP against
 the same job's `extra_items`, and every refusal for its status code and a message naming what is wrong.
-The helpers at the top are shared with test_serving_schemathesis.py and test_serving_browser.py.
+The tiny dataset (serving preset), models and image helpers come from tiny.py.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import sys
 import threading
@@ -20,104 +19,18 @@ import tiny
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from tiny import NUM_ITEMS, b64, png_bytes, write_tiny_dataset
 from typer.testing import CliRunner
 
 from pmmrec.api import recommend as recommend_job
 from pmmrec.cli import app as cli_app
-from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
+from pmmrec.data import load_dataset, write_dataset
 from pmmrec.model import PMMRec
 from pmmrec.serving import Limits, RecommenderService, ServiceError, create_app
 
-WORDS = [
-    "red",
-    "blue",
-    "green",
-    "night",
-    "river",
-    "city",
-    "ghost",
-    "robot",
-    "space",
-    "comedy",
-    "drama",
-    "storm",
-    "winter",
-    "summer",
-    "king",
-    "queen",
-    "dragon",
-    "island",
-    "secret",
-    "garden",
-    "music",
-    "dance",
-    "train",
-    "ocean",
-    "forest",
-    "mountain",
-    "desert",
-    "castle",
-    "planet",
-    "star",
-]
-NUM_ITEMS = 30
-NUM_USERS = 8
-
-
-# ---- shared helpers ----------------------------------------------------------------------------------
-
-
-def write_serving_dataset(out: Path, images: bool = True, size: int = tiny.CLIP_IMAGE_SIZE) -> Path:
-    """30 items with short titles (synthetic images when `images`), 8 users with 4-12 interactions each."""
-    rng = np.random.default_rng(0)
-    item_ids = [str(n) for n in range(1, NUM_ITEMS + 1)]
-    texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} ({1980 + n})" for n in range(NUM_ITEMS)]
-    user_items = [
-        [item_ids[int(i)] for i in rng.permutation(NUM_ITEMS)[: 4 + 8 * u // NUM_USERS]] for u in range(NUM_USERS)
-    ]
-    source = None
-    if images:
-        by_id = dict(zip(item_ids, texts, strict=True))
-        source = ImageSource(
-            kind="synthetic",
-            fetch=lambda item_id: render_synthetic_image(item_id, by_id[item_id], ("Drama",), size),
-            size=size,
-        )
-    return write_dataset(
-        out,
-        name="serving-tiny",
-        item_ids=item_ids,
-        item_texts=texts,
-        user_ids=[f"user{u}" for u in range(NUM_USERS)],
-        user_items=user_items,
-        provenance={"source": "tests"},
-        preprocessing={},
-        images=source,
-    )
-
-
-def text_model() -> PMMRec:
-    """Tiny text-only PMMRec: seeded BERT text encoder (MiniLM tokenizer), text-only fusion, SASRec (max_length 8)."""
-    return PMMRec(
-        user=tiny.tiny_user_encoder(seed=2), text=tiny.tiny_text_encoder(seed=1), fusion=tiny.tiny_text_only()
-    ).eval()
-
-
-def vision_model() -> PMMRec:
-    """Tiny vision-only PMMRec on 32 px images."""
-    return PMMRec(
-        user=tiny.tiny_user_encoder(seed=2), vision=tiny.tiny_clip_encoder(seed=3), fusion=tiny.tiny_vision_only()
-    ).eval()
-
-
-def png_bytes(size: int = 40, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+NUM_USERS = tiny.SERVING_USERS
+text_model = tiny.text_only_model
+vision_model = tiny.vision_only_model
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +44,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_serving_dataset(tmp_path_factory.mktemp("serving") / "data")
+    return write_tiny_dataset(tmp_path_factory.mktemp("serving") / "data", preset="serving")
 
 
 @pytest.fixture(scope="module")
@@ -539,14 +452,15 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
     calls: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.update(app=app, **kwargs))
     text_model().save_pretrained(tmp_path / "model")
+    port = tiny.free_port()  # the command checks that the port is free: never a fixed one
     threads = torch.get_num_threads()
     try:
         result = CliRunner().invoke(
-            cli_app, ["serve", "--model", str(tmp_path / "model"), "--data", str(data_dir), "--port", "8123", "--quiet"]
+            cli_app, ["serve", "--model", str(tmp_path / "model"), "--data", str(data_dir), "--port", str(port), "--quiet"]
         )
         assert torch.get_num_threads() == 1  # one torch thread per request
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    assert calls["host"] == "127.0.0.1" and calls["port"] == 8123
+    assert calls["host"] == "127.0.0.1" and calls["port"] == port
     assert TestClient(calls["app"]).get("/health").json()["items"] == NUM_ITEMS  # type: ignore[arg-type]

@@ -1,18 +1,13 @@
 """Training, unit level: config precedence and errors, AdamW groups, objectives switching, the frozen-prefix
-cache, the ID baseline, cold-start recommendation and run-folder safety. Tiny seeded components throughout.
-
-The helpers at the top (a tiny dataset, tiny components saved as folders) are shared with test_resume.py and
-test_distributed.py.
+cache, the ID baseline, cold-start recommendation and run-folder safety. Tiny seeded components throughout
+(tiny.py), the tiny dataset and components from conftest.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +16,8 @@ import tiny
 import torch
 import yaml
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from pmmrec.cli import app
-from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
+from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.prefix_cache import FrozenPrefixCache
@@ -34,125 +27,31 @@ from pmmrec.training.module import TrainingModule
 from pmmrec.training.optim import NO_DECAY_MARKERS, parameter_groups
 from pmmrec.training.trainer import Trainer
 
-WORDS = (
-    "red", "blue", "green", "night", "river", "city", "ghost", "robot", "space", "comedy", "drama", "storm",
-    "winter", "summer", "king", "queen", "dragon", "island", "secret", "garden", "music", "dance", "train",
-    "ocean", "forest", "mountain", "desert", "castle", "planet", "star",
-)
-NUM_ITEMS = 30
-NUM_USERS = 15  # odd: two processes get unequal shards
-MAX_LENGTH = 8  # the tiny user encoder's max_length
-
-
-# ---- shared helpers ------------------------------------------------------------------------------
-
-
-def write_tiny_dataset(out: Path, images: bool = False, seed: int = 0) -> Path:
-    """30 items with short English texts, 15 users with 5-10 interactions drawn with some sequential structure."""
-    rng = random.Random(seed)
-    item_ids = [f"i{n}" for n in range(1, NUM_ITEMS + 1)]
-    texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} (movie {n})" for n in range(NUM_ITEMS)]
-    user_ids, user_items = [], []
-    for user in range(NUM_USERS):
-        length = rng.randint(5, 10)
-        start = rng.randrange(NUM_ITEMS)
-        sequence = [item_ids[(start + step * rng.choice((1, 1, 2))) % NUM_ITEMS] for step in range(length)]
-        user_ids.append(f"u{user}")
-        user_items.append(sequence)
-    source = None
-    if images:
-        by_id = dict(zip(item_ids, texts, strict=True))
-        source = ImageSource(
-            kind="synthetic",
-            fetch=lambda item_id: render_synthetic_image(item_id, by_id[item_id], ("Drama",), tiny.CLIP_IMAGE_SIZE),
-            size=tiny.CLIP_IMAGE_SIZE,
-        )
-    return write_dataset(
-        out,
-        name="tiny",
-        item_ids=item_ids,
-        item_texts=texts,
-        user_ids=user_ids,
-        user_items=user_items,
-        provenance={"source": "tests"},
-        preprocessing={},
-        images=source,
-    )
-
-
-def save_tiny_components(out: Path) -> dict[str, Path]:
-    """The tiny seeded text encoder (MiniLM tokenizer) and user encoder (max_length 8) saved as folders."""
-    paths = {"text": out / "text", "user": out / "user"}
-    tiny.tiny_text_encoder(seed=1).save_pretrained(paths["text"])
-    tiny.tiny_user_encoder(seed=2, max_length=MAX_LENGTH).save_pretrained(paths["user"])
-    return paths
-
-
-def run_cli(*args: str, expect: int = 0) -> str:
-    """Invoke the `pmmrec` CLI in-process; check the exit status; return stdout + stderr."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    output = result.output  # stdout and stderr, interleaved
-    if result.exit_code != expect:
-        raise AssertionError(
-            f"pmmrec {' '.join(map(str, args))}: exit {result.exit_code}, expected {expect}\n{output}"
-        ) from result.exception
-    return output
-
-
-# ---- fixtures --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A private pmmrec cache, the Hub offline, and one torch thread.
-
-    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads per process made
-    these runs ~10x slower (threads spinning against each other); subprocesses get OMP_NUM_THREADS=1.
-    """
-    monkeypatch.setenv("PMMREC_CACHE", str(tmp_path / "pmmrec-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+MAX_LENGTH = tiny.MAX_LENGTH
+NUM_ITEMS = tiny.NUM_ITEMS
+text_model = tiny.text_model
+text_vision_model = tiny.text_vision_model
+run_cli = tiny.run_cli
 
 
 @pytest.fixture(autouse=True)
-def _environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with isolated_environment(tmp_path, monkeypatch):
-        yield
+def _environment(isolated: Path) -> None:
+    """Every test here runs in the isolated environment (private cache, offline, one thread)."""
 
 
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+@pytest.fixture
+def dataset_dir(tiny_dataset: Path) -> Path:
+    return tiny_dataset
 
 
-@pytest.fixture(scope="module")
-def image_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-images", images=True)
+@pytest.fixture
+def image_dataset_dir(tiny_image_dataset: Path) -> Path:
+    return tiny_image_dataset
 
 
-@pytest.fixture(scope="module")
-def components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return save_tiny_components(tmp_path_factory.mktemp("components"))
-
-
-def text_model() -> PMMRec:
-    return PMMRec.assemble(text=tiny.tiny_text_encoder(seed=1), user=tiny.tiny_user_encoder(seed=2))
-
-
-def text_vision_model(vision: str = "clip") -> PMMRec:
-    encoder = tiny.tiny_clip_encoder(seed=3) if vision == "clip" else tiny.tiny_efficientnet_encoder(seed=3)
-    return PMMRec.assemble(
-        text=tiny.tiny_text_encoder(seed=1),
-        vision=encoder,
-        fusion=tiny.tiny_fusion(seed=4),
-        user=tiny.tiny_user_encoder(seed=2),
-    )
+@pytest.fixture
+def components(tiny_components: dict[str, Path]) -> dict[str, Path]:
+    return tiny_components
 
 
 def config(mode: str = "finetune", **overrides: object) -> TrainConfig:
