@@ -1,7 +1,8 @@
 """Mutation testing of pmmrec's core modules with mutmut; `make mutation` runs it and writes mutation.json.
 
-Which code is mutated (GROUPS), and which fast tests may kill a mutant (TESTS), are listed below. mutmut records
-which tests call each function and runs only those against that function's mutants. Two things are adjusted
+Which code is mutated, and which fast tests may kill its mutants, are listed per module group in GROUPS below; each
+group runs in its own process with its own mutants/ folder. mutmut records which of the group's tests call each
+function and runs only those (fastest first, stopping at the first failure) against that function's mutants. Two things are adjusted
 around mutmut (version pinned in the Makefile), both by patching its mutation visitor in this process before it
 forks its workers:
 
@@ -11,8 +12,9 @@ forks its workers:
 - a file may be limited to some of its functions (``path::Class.method,function``), so the server's ranking is
   measured without the rest of the HTTP application.
 
-Usage: ``python tools/mutation.py [--output mutation.json] [--keep]`` from the repository root. Without ``--keep``
-the mutants/ folder of an earlier run is removed first, so every figure comes from this run.
+Usage: ``python tools/mutation.py [--group NAME ...] [--output mutation.json]``. Every group starts from an empty
+mutants/ folder, so each figure comes from this run; with --group, the other groups' figures are kept from the
+existing output file.
 """
 
 from __future__ import annotations
@@ -20,47 +22,65 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Module group -> files ("path" or "path::Qualified.name,other").
-GROUPS: dict[str, list[str]] = {
-    "evaluation": ["pmmrec/evaluation.py"],
-    "objectives": [
-        "pmmrec/objectives/__init__.py",
-        "pmmrec/objectives/corruption.py",
-        "pmmrec/objectives/next_item.py",
-        "pmmrec/objectives/nicl.py",
-        "pmmrec/objectives/nid.py",
-        "pmmrec/objectives/rcl.py",
-    ],
-    "split and windows": [
-        "pmmrec/data/split.py",
-        "pmmrec/data/loading.py::_left_pad,TrainSequences,EvalSequences,_stack_left_padded,BatchCollator._collate",
-    ],
-    "training wiring": ["pmmrec/training/module.py", "pmmrec/training/trainer.py"],
-    "server ranking": ["pmmrec/serving/app.py::RecommenderService.recommend,RecommenderService._rank"],
-    "manifest verification": ["pmmrec/model/manifest.py"],
-}
+@dataclass(frozen=True)
+class Group:
+    """Files to mutate ("path" or "path::Qualified.name,other") and the fast tests that cover them."""
 
-# The fast tests that cover those modules (a mutant runs only those of them that call its function).
-TESTS: list[str] = [
-    "tests/test_evaluation.py",
-    "tests/test_objectives.py",
-    "tests/test_data_split.py",
-    "tests/test_data_loading.py",
-    "tests/test_pipeline_reference.py",
-    "tests/test_training.py",
-    "tests/test_speed_paths.py",
-    "tests/test_serving.py",
-    "tests/test_assembly.py",
-]
+    files: list[str]
+    tests: list[str]
+
+
+PIPELINE = "tests/test_pipeline_reference.py"
+GROUPS: dict[str, Group] = {
+    "evaluation": Group(
+        ["pmmrec/evaluation.py"],
+        ["tests/test_evaluation.py", f"{PIPELINE}::test_pmmrec_evaluate_equals_a_naive_per_user_evaluation"],
+    ),
+    "objectives": Group(
+        [
+            "pmmrec/objectives/__init__.py",
+            "pmmrec/objectives/corruption.py",
+            "pmmrec/objectives/next_item.py",
+            "pmmrec/objectives/nicl.py",
+            "pmmrec/objectives/nid.py",
+            "pmmrec/objectives/rcl.py",
+        ],
+        ["tests/test_objectives.py", f"{PIPELINE}::test_training_module_losses_equal_loops_over_users_and_positions"],
+    ),
+    "split and windows": Group(
+        [
+            "pmmrec/data/split.py",
+            "pmmrec/data/loading.py::_left_pad,TrainSequences,EvalSequences,_stack_left_padded,BatchCollator._collate",
+        ],
+        [
+            "tests/test_data_split.py",
+            "tests/test_data_loading.py",
+            f"{PIPELINE}::test_pmmrec_evaluate_equals_a_naive_per_user_evaluation",
+            f"{PIPELINE}::test_the_popularity_table_counts_the_training_split_only",
+        ],
+    ),
+    "training wiring": Group(
+        ["pmmrec/training/module.py", "pmmrec/training/trainer.py"],
+        [PIPELINE, "tests/test_training.py", "tests/test_speed_paths.py"],
+    ),
+    "server ranking": Group(
+        ["pmmrec/serving/app.py::RecommenderService.recommend,RecommenderService._rank"],
+        [f"{PIPELINE}::test_the_server_and_pmmrec_recommend_rank_like_the_naive_loop", "tests/test_serving.py"],
+    ),
+    "manifest verification": Group(["pmmrec/model/manifest.py"], ["tests/test_assembly.py"]),
+}
 DESELECT: list[str] = [
     "tests/test_data_loading.py::test_spawned_worker_receives_picklable_state",  # 10 s, a process start
 ]
@@ -70,20 +90,22 @@ KILLED = {"killed", "timeout", "caught by type check"}
 GRAD_MODE_DECORATORS = {"torch.inference_mode()", "torch.no_grad()"}
 
 
-def _files() -> dict[str, set[str] | None]:
-    """path -> qualified names to mutate (None: the whole file)."""
+def _files(groups: list[str] | None = None) -> dict[str, set[str] | None]:
+    """path -> qualified names to mutate (None: the whole file), for the given groups (default: all)."""
     files: dict[str, set[str] | None] = {}
-    for entries in GROUPS.values():
-        for entry in entries:
+    for name, group in GROUPS.items():
+        if groups is not None and name not in groups:
+            continue
+        for entry in group.files:
             path, _, names = entry.partition("::")
             files[path] = {name.strip() for name in names.split(",")} if names else None
     return files
 
 
 def _group_of(path: str) -> str:
-    for group, entries in GROUPS.items():
-        if any(entry.partition("::")[0] == path for entry in entries):
-            return group
+    for name, group in GROUPS.items():
+        if any(entry.partition("::")[0] == path for entry in group.files):
+            return name
     raise KeyError(path)
 
 
@@ -119,21 +141,21 @@ def _qualified_names(tree: ast.AST, prefix: str = "") -> list[str]:
     return names
 
 
-def _patch_mutmut() -> None:
-    """Configure mutmut from this file and widen/narrow what its visitor mutates (see the module docstring)."""
+def _patch_mutmut(group: str) -> None:
+    """Configure mutmut for one group and widen/narrow what its visitor mutates (see the module docstring)."""
     import libcst as cst
+    import mutmut.configuration as configuration
     from libcst.metadata import PositionProvider
 
-    import mutmut.configuration as configuration
-
+    files = _files([group])
     settings: dict[str, Any] = {
         "source_paths": ["pmmrec"],
-        "only_mutate": sorted(_files()),
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:randomly", "-q", *(f"--deselect={d}" for d in DESELECT)],
-        "pytest_add_cli_args_test_selection": [t for t in TESTS if (ROOT / t).is_file()],
+        "only_mutate": sorted(files),
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", *(f"--deselect={d}" for d in DESELECT)],
+        "pytest_add_cli_args_test_selection": GROUPS[group].tests,
         "process_isolation": "forkserver",
         "timeout_multiplier": 20.0,
-        "timeout_constant": 20.0,
+        "timeout_constant": 30.0,
         "use_git_change_detection": False,
     }
     configuration._config_reader = lambda: (lambda key, default: settings.get(key, default))  # type: ignore[assignment]
@@ -141,13 +163,14 @@ def _patch_mutmut() -> None:
 
     from mutmut.mutation import file_mutation
 
-    scopes = {path: (_allowed_lines(path, names) if names is not None else None) for path, names in _files().items()}
+    scopes = {path: (_allowed_lines(path, names) if names is not None else None) for path, names in files.items()}
     current: dict[str, set[int] | None] = {"lines": None}
     create_mutations = file_mutation.create_mutations
 
     def create_mutations_in_scope(filename: str, code: str, *args: Any, **kwargs: Any) -> Any:
-        relative = Path(filename).resolve().relative_to(ROOT).as_posix() if Path(filename).is_absolute() else filename
-        current["lines"] = scopes.get(Path(relative).as_posix())
+        path = Path(filename)
+        relative = path.resolve().relative_to(ROOT).as_posix() if path.is_absolute() else path.as_posix()
+        current["lines"] = scopes.get(relative)
         return create_mutations(filename, code, *args, **kwargs)
 
     skip = file_mutation.MutationVisitor._skip_node_and_children
@@ -167,81 +190,102 @@ def _patch_mutmut() -> None:
     file_mutation.MutationVisitor._skip_node_and_children = skip_out_of_scope  # type: ignore[method-assign]
 
 
-def _report(seconds: float) -> dict[str, Any]:
+def _group_report(group: str, seconds: float) -> dict[str, Any]:
+    """Counts, score and survivors (with their diffs) of one group, read from mutants/."""
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
-    modules: dict[str, dict[str, Any]] = {}
-    totals: Counter[str] = Counter()
-    for path in sorted(_files()):
+    report: dict[str, Any] = {
+        "files": GROUPS[group].files,
+        "tests": GROUPS[group].tests,
+        "seconds": round(seconds),
+        "killed": 0,
+        "survived": 0,
+        "total": 0,
+        "statuses": {},
+        "survivors": [],
+    }
+    statuses: Counter[str] = Counter()
+    for path in sorted(_files([group])):
         data = SourceFileMutationData(path=path)
         data.load()
-        group = modules.setdefault(
-            _group_of(path), {"files": [], "killed": 0, "survived": 0, "total": 0, "statuses": Counter(), "survivors": []}
-        )
-        group["files"].append(path)
         for name, code in sorted(data.exit_code_by_key.items()):
             status = status_by_exit_code[code]
-            group["statuses"][status] += 1
+            statuses[status] += 1
             if status in {"skipped", "not checked"}:
                 continue
-            group["total"] += 1
+            report["total"] += 1
             if status in KILLED:
-                group["killed"] += 1
-            else:
-                group["survived"] += 1
-                try:
-                    diff = get_diff_for_mutant(name, path=path)
-                except Exception as exc:  # a report without a diff beats no report
-                    diff = f"(no diff: {exc})"
-                group["survivors"].append({"mutant": name, "status": status, "diff": diff})
-    for group in modules.values():
-        group["score"] = round(group["killed"] / group["total"], 4) if group["total"] else None
-        group["statuses"] = dict(group["statuses"])
-        totals.update(killed=group["killed"], total=group["total"])
-    score = round(totals["killed"] / totals["total"], 4) if totals["total"] else None
+                report["killed"] += 1
+                continue
+            report["survived"] += 1
+            try:
+                diff = get_diff_for_mutant(name, path=path)
+            except Exception as exc:  # a report without a diff beats no report
+                diff = f"(no diff: {exc})"
+            report["survivors"].append({"mutant": name, "status": status, "diff": diff})
+    report["statuses"] = dict(statuses)
+    report["score"] = round(report["killed"] / report["total"], 4) if report["total"] else None
+    return report
+
+
+def _run_group(group: str, part: Path, max_children: int) -> int:
+    """Mutate one group from scratch (mutants/ is removed first) and write its report to `part`."""
+    shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    _patch_mutmut(group)
+    from mutmut.__main__ import cli
+
+    started = time.monotonic()
+    try:
+        cli(["run", "--max-children", str(max_children)], standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            return int(exc.code) if isinstance(exc.code, int) else 1
+    part.write_text(json.dumps(_group_report(group, time.monotonic() - started), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _summary(modules: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    killed = sum(m["killed"] for m in modules.values())
+    total = sum(m["total"] for m in modules.values())
     return {
         "tool": "mutmut",
         "command": "make mutation",
-        "seconds": round(seconds),
-        "score": score,
-        "killed": totals["killed"],
-        "total": totals["total"],
+        "seconds": sum(m["seconds"] for m in modules.values()),
+        "score": round(killed / total, 4) if total else None,
+        "killed": killed,
+        "total": total,
         "targets": TARGETS,
-        "tests": TESTS,
         "modules": modules,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "mutation.json")
-    parser.add_argument("--keep", action="store_true", help="reuse mutants/ and mutmut's cached results")
-    parser.add_argument("--max-children", type=int, default=2)
-    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from mutants/")
     parser.add_argument("--group", action="append", choices=sorted(GROUPS), help="only these module groups")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)  # internal: one group, in its own process
     args = parser.parse_args(argv)
-    if args.group:
-        for name in set(GROUPS) - set(args.group):
-            del GROUPS[name]
-    import os
-
     os.chdir(ROOT)
-    if not args.keep and not args.report_only:
-        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-    _patch_mutmut()
-    started = time.monotonic()
-    if not args.report_only:
-        from mutmut.__main__ import cli
-
-        try:
-            cli(["run", "--max-children", str(args.max_children)], standalone_mode=False)
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                return int(exc.code) if isinstance(exc.code, int) else 1
-    report = _report(time.monotonic() - started)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.part is not None:
+        (group,) = args.group
+        return _run_group(group, args.part, args.max_children)
+    modules: dict[str, dict[str, Any]] = {}
+    if args.output.is_file():  # keep the figures of groups not run this time
+        modules = {k: v for k, v in json.loads(args.output.read_text()).get("modules", {}).items() if k in GROUPS}
+    for group in args.group or list(GROUPS):
+        part = ROOT / "mutants-report.json"
+        command = [sys.executable, __file__, "--group", group, "--part", str(part), "--max-children", str(args.max_children)]
+        print(f"== mutating {group}: {', '.join(GROUPS[group].files)}", flush=True)
+        if subprocess.run(command, check=False).returncode != 0 or not part.is_file():
+            print(f"mutmut failed for {group}", file=sys.stderr)
+            return 1
+        modules[group] = json.loads(part.read_text())
+        part.unlink()
+        args.output.write_text(json.dumps(_summary(modules), indent=2) + "\n", encoding="utf-8")
+    report = _summary(modules)
     print(f"\nmutation score {report['score']} ({report['killed']}/{report['total']} killed) -> {args.output}")
     for name, group in report["modules"].items():
         print(f"  {name:24s} {group['score']}  ({group['killed']}/{group['total']}, {len(group['survivors'])} survivors)")
