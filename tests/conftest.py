@@ -193,16 +193,16 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tiny.F
 
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tiny.StraightRun:
-    """Three epochs of fine-tuning with NID and RCL on (objective heads and corruption RNG in the state), run once."""
+    """Two epochs of fine-tuning with NID and RCL on (objective heads and corruption RNG in the state), run once."""
     root = tmp_path_factory.mktemp("straight")
     with pytest.MonkeyPatch.context() as monkeypatch, tiny.isolated_environment(root, monkeypatch):
         data = tiny.write_tiny_dataset(root / "data")
         parts = tiny.save_tiny_components(root / "components")
         args = [
             "finetune", "--data", str(data), "--text", str(parts["text"]), "--user", str(parts["user"]),
-            "--max-length", str(tiny.MAX_LENGTH), "--epochs", "3", "--batch-size", "4", "--lr", "0.003",
+            "--max-length", str(tiny.MAX_LENGTH), "--epochs", "2", "--batch-size", "4", "--lr", "0.003",
             "--seed", "7", "--nid-weight", "0.2", "--rcl-weight", "0.2", "--device", "cpu", "--quiet",
         ]  # fmt: skip
         tiny.run_cli(*args, "--out", root / "run")
         shutil.rmtree(root / "pmmrec-cache", ignore_errors=True)
-    return tiny.StraightRun(args=args, run=root / "run", epochs=3, steps_per_epoch=4)  # 15 users, batches of 4
+    return tiny.StraightRun(args=args, run=root / "run", epochs=2, steps_per_epoch=4)  # 15 users, batches of 4

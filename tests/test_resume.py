@@ -253,7 +253,7 @@ def test_sigkill_after_the_end_then_resume_changes_nothing(straight_run: Straigh
     run.wait_for("HOOK after the end")
     status, _ = run.stop(signal.SIGKILL)
     assert status == -signal.SIGKILL
-    assert progress_of(out) == (3, 0, 12) and (out / "summary.json").is_file()  # the case: the run had finished
+    assert progress_of(out) == (2, 0, 8) and (out / "summary.json").is_file()  # the case: the run had finished
     assert (out / "model" / "pmmrec.json").is_file()
     resume(straight_run, out)
     assert len([r for r in log_records(out) if r.get("split") == "test"]) == 1
