@@ -468,3 +468,36 @@ def test_objective_weights() -> None:
         weights.combine({**losses, "other": torch.tensor(1.0)})
     with pytest.raises(ValidationError):
         ObjectiveWeights(rec=-1.0)
+
+
+# ---- found by mutation testing (docs/testing.md) -----------------------------------------------------------------
+
+
+def test_weights_of_zero_give_a_zero_total_that_keeps_the_graph() -> None:
+    """Guards against returning an unweighted loss when every given loss has weight 0."""
+    off = ObjectiveWeights(rec=0.0, nicl=0.0, nid=0.0, rcl=0.0)
+    loss = torch.tensor(3.0, requires_grad=True)
+    total = off.combine({"nid": loss})
+    assert total.item() == 0.0 and total.requires_grad
+
+
+def test_a_single_user_is_still_corrupted_by_shuffling() -> None:
+    """Guards against skipping corruption for a batch of one user (it can only shuffle its own items)."""
+    b = make_batch([[1, 2, 3, 4, 5, 6, 7, 8]])
+    corrupted, noise = corrupt_slots(b["slot_index"], b["seq_mask"], 1.0, torch.Generator().manual_seed(1))
+    assert noise.any() and not torch.equal(corrupted, b["slot_index"])
+
+
+def test_nicl_heads_project_to_the_projection_width() -> None:
+    """Guards against a projection head that skips its last layer (and so keeps width d)."""
+    loss_fn = NICLLoss(DIM, NICLConfig(projection_dim=4))
+    assert loss_fn.text_head(torch.randn(3, DIM)).shape == (3, 4)
+    assert loss_fn.image_head(torch.randn(3, DIM)).shape == (3, 4)
+
+
+def test_shape_errors_name_the_shapes() -> None:
+    """Guards against refusals that lose the offending shape (or fail with another error on the way)."""
+    with pytest.raises(ValueError, match=r"counts must be a 1-D tensor \[N\+1\] with N >= 1, got shape \(1, 2\)"):
+        log_popularity_from_counts(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=r"matching seq_mask \(2, 3\)"):
+        NIDLoss(DIM)(torch.randn(2, 4, DIM), torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
