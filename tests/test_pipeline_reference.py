@@ -376,3 +376,36 @@ def test_best_epoch_and_patience_follow_scripted_validation_scores(
     assert all(torch.equal(tested[0][k], chosen[k]) for k in chosen)  # ... and they are what the test split saw
     other = snapshots[epochs_run - 1] if best_epoch != epochs_run else snapshots[0]
     assert any(not torch.equal(other[k], chosen[k]) for k in chosen)  # epochs really differ
+
+
+# ---- the server's ranking: its refusals (found by mutation testing, docs/testing.md) -------------------------------
+
+
+def test_the_server_refuses_bad_requests_with_status_and_reason(models: dict[str, PMMRec], tiny_dataset: Path) -> None:
+    """Guards against refusals that lose their HTTP status or their reason, an off-by-one history limit, and a list
+    of unknown ids that shows more than five or marks a list of exactly five as cut."""
+    from pmmrec.serving import Limits, RecommenderService, ServiceError
+
+    service = RecommenderService.from_dataset(models["negative-id"], load_dataset(tiny_dataset), limits=Limits(max_k=5, max_history=3))
+
+    def refusal(**request: Any) -> tuple[int, str]:
+        with pytest.raises(ServiceError) as info:
+            service.recommend(**({"k": 1} | request))
+        return info.value.status, info.value.message
+
+    assert refusal(user_id="u0", history=["i1"]) == (422, "give exactly one of user_id and history")
+    assert refusal() == (422, "give exactly one of user_id and history")
+    assert refusal(user_id="u0", k=6) == (422, "k must be between 1 and 5, got 6")
+    assert refusal(user_id="u0", k=0) == (422, "k must be between 1 and 5, got 0")
+    assert refusal(history=[]) == (422, "history is empty: give at least one item id")
+    assert refusal(history=["i1", "i2", "i3", "i4"]) == (422, "history has 4 items; at most 3 are accepted")
+    assert len(service.recommend(history=["i1", "i2", "i3"], k=5)["items"]) == 5  # exactly at the limit: served
+    assert refusal(user_id="nobody") == (404, "unknown user id 'nobody'")
+    assert refusal(history=["x1", "x2", "x3"]) == (404, "unknown item ids in history: 'x1', 'x2', 'x3'")
+    wide = RecommenderService.from_dataset(models["negative-id"], load_dataset(tiny_dataset))
+    with pytest.raises(ServiceError) as info:
+        wide.recommend(history=[f"x{n}" for n in range(1, 6)])
+    assert info.value.message == "unknown item ids in history: 'x1', 'x2', 'x3', 'x4', 'x5'"
+    with pytest.raises(ServiceError) as info:
+        wide.recommend(history=[f"x{n}" for n in range(1, 8)])
+    assert info.value.message == "unknown item ids in history: 'x1', 'x2', 'x3', 'x4', 'x5' ..."
