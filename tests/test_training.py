@@ -445,3 +445,12 @@ def test_nicl_keeps_encoding_items_when_the_tower_is_frozen(tmp_path: Path, imag
     assert trainer.module.item_table is None
     assert per_step == [1, 1]  # one encoding of the batch's distinct items per step
     assert all("nicl" in record for record in steps_of(tmp_path / "run"))
+
+
+def test_a_frozen_tower_without_the_prefix_cache_is_encoded_once_per_epoch(tmp_path: Path, dataset_dir: Path) -> None:
+    """Guards against the per-epoch table being built without the catalogue's inputs when no prefix cache exists."""
+    trainer = Trainer(text_model(), load_dataset(dataset_dir), config(freeze=["text"], cache_frozen=False, max_steps=2), tmp_path / "run", progress=False)
+    assert trainer.table_per_epoch and trainer.module.prefix_cache is None
+    trainer.run()
+    assert trainer.module.item_table is not None and trainer.module.item_table.shape == (NUM_ITEMS + 1, tiny.DIM)
+    assert torch.count_nonzero(trainer.module.item_table[1:].abs().sum(dim=1)) == NUM_ITEMS  # every item encoded
