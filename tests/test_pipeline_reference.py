@@ -376,6 +376,14 @@ def test_best_epoch_and_patience_follow_scripted_validation_scores(
     assert all(torch.equal(tested[0][k], chosen[k]) for k in chosen)  # ... and they are what the test split saw
     other = snapshots[epochs_run - 1] if best_epoch != epochs_run else snapshots[0]
     assert any(not torch.equal(other[k], chosen[k]) for k in chosen)  # epochs really differ
+    # The log: one step record per optimiser step, numbered; one valid record per epoch; the test record last.
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 4 * epochs_run + 1))  # 15 users, batches of 4
+    evals = [r for r in records if r["event"] == "eval"]
+    assert [(r["split"], r["epoch"]) for r in evals] == [("valid", e) for e in range(1, epochs_run + 1)] + [("test", best_epoch)]
+    assert all(r["seconds"] > 0 and r["ndcg@10"] == scores[r["epoch"] - 1] for r in evals[:-1])
+    assert summary["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in steps), rel=1e-6, abs=1e-9)
 
 
 # ---- the server's ranking: its refusals (found by mutation testing, docs/testing.md) -------------------------------
