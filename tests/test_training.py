@@ -363,7 +363,7 @@ def test_a_rank_that_cannot_see_best_stops_instead_of_testing_another_model(tmp_
     trainer = Trainer(text_model(), load_dataset(dataset_dir), config(max_steps=1), tmp_path / "run", progress=False)
     trainer.run()
     shutil.rmtree(tmp_path / "run" / "best")  # as on a machine that does not share --out with rank 0
-    with pytest.raises(ConfigError, match="filesystem that every node shares"):
+    with pytest.raises(ConfigError, match=r"best: missing on rank 0; with several nodes, --out must be on a filesystem that every node shares$"):
         trainer._finish({"best_epoch": 1, "history": [], "global_step": 1})
 
 
