@@ -201,3 +201,10 @@ def test_an_empty_batch_is_refused_with_the_reason() -> None:
     collator = BatchCollator(["a", "b"], None, None, None)
     with pytest.raises(ConfigError, match=r"^cannot collate an empty batch$"):
         collator([])
+
+
+def test_evaluation_targets_are_int64_whatever_they_were_given_as() -> None:
+    """Guards against keeping the caller's number type for targets (floats or int32)."""
+    samples = EvalSequences([np.array([1, 2])], [np.int32(3)], 4)
+    assert samples.targets.dtype == np.int64 and samples[0].target == 3
+    assert EvalSequences([np.array([1])], [2.0], 4).targets.dtype == np.int64
