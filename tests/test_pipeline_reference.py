@@ -369,7 +369,15 @@ def test_best_epoch_and_patience_follow_scripted_validation_scores(
     assert summary["best_epoch"] == result.best_epoch == best_epoch
     assert [h["epoch"] for h in summary["history"]] == list(range(1, epochs_run + 1))
     assert summary["valid"]["ndcg@10"] == scores[best_epoch - 1]
-    assert ("early stopping" in capsys.readouterr().out) == stopped
+    printed = capsys.readouterr().out
+    assert ("early stopping" in printed) == stopped
+    best_so_far = [max(scores[:e]) for e in range(1, epochs_run + 1)]
+    for epoch in range(1, epochs_run + 1):
+        improved = epoch == 1 or scores[epoch - 1] > best_so_far[epoch - 2]
+        note = "(best)" if improved else f"(best {best_so_far[epoch - 1]:.4f} at epoch "
+        assert f"epoch {epoch}: valid ndcg@10 = {scores[epoch - 1]:.4f} {note}" in printed
+    assert summary["mode"] == "finetune" and summary["gather_negatives"] is False
+    assert summary["test"]["ndcg@10"] == -1.0 and summary["objectives"] == ["rec"]
     best = PMMRec.from_pretrained(tmp_path / "run" / "best").state_dict()
     chosen = snapshots[best_epoch - 1]
     assert all(torch.equal(best[k], chosen[k]) for k in chosen)  # best/ holds the best epoch's weights ...
@@ -417,3 +425,22 @@ def test_the_server_refuses_bad_requests_with_status_and_reason(models: dict[str
     with pytest.raises(ServiceError) as info:
         wide.recommend(history=[f"x{n}" for n in range(1, 8)])
     assert info.value.message == "unknown item ids in history: 'x1', 'x2', 'x3', 'x4', 'x5' ..."
+
+
+def test_the_training_module_takes_its_options_and_keeps_popularity_out_of_its_weights(tiny_image_dataset: Path) -> None:
+    """Guards against objective heads built with default options instead of the configured ones, and the
+    popularity table (derived from the data) saved with the weights in checkpoints."""
+    config = small_config(
+        "pretrain", objectives={"nicl": {"temperature": 0.3, "projection_dim": 8}, "nid": {"corruption_rate": 0.4}}
+    )
+    module = TrainingModule(tiny.text_vision_model(), config, torch.zeros(tiny.NUM_ITEMS + 1))
+    assert module.nicl is not None and module.nid is not None
+    assert module.nicl.config == config.objectives.nicl and module.nid.config == config.objectives.nid
+    assert "log_popularity" not in module.state_dict() and module.log_popularity.shape == (tiny.NUM_ITEMS + 1,)
+
+
+def test_a_dataset_without_long_enough_users_is_refused_with_the_reason(tiny_dataset: Path, tmp_path: Path) -> None:
+    from pmmrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tiny: no user has at least 11 interactions$"):
+        Trainer(tiny.text_model(), load_dataset(tiny_dataset), small_config(min_length=11), tmp_path / "run", progress=False)
