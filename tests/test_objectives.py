@@ -501,3 +501,32 @@ def test_shape_errors_name_the_shapes() -> None:
         log_popularity_from_counts(torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match=r"matching seq_mask \(2, 3\)"):
         NIDLoss(DIM)(torch.randn(2, 4, DIM), torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_replacements_are_drawn_across_the_other_users_items() -> None:
+    """Guards against a draw that always picks the same foreign item (e.g. dividing instead of scaling)."""
+    b = make_batch([list(range(1, 13)), [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]])
+    corrupted, _ = corrupt_slots(b["slot_index"], b["seq_mask"], 1.0, torch.Generator().manual_seed(3))
+    own = set(b["slot_index"][0].tolist())
+    donors = {int(c) for c in corrupted[0] if int(c) not in own}
+    assert len(donors) >= 3  # six replacements from twelve candidates
+
+
+def test_more_refusals_keep_their_reason() -> None:
+    with pytest.raises(ValueError, match=r"^counts must be finite and non-negative$"):
+        log_popularity_from_counts(torch.tensor([0.0, -1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"^counts of items 1\.\.N sum to zero: no training interactions"):
+        log_popularity_from_counts(torch.tensor([3, 0, 0]))
+    b = make_batch([[1, 2, 3]])
+    with pytest.raises(ValueError, match=rf"item_embeddings must be \[U,{DIM}\], got \(3, 2\)"):
+        NextItemLoss(NextItemConfig(popularity_correction=False))(
+            torch.randn(1, 3, DIM), torch.randn(3, 2), b["slot_index"], b["seq_mask"], b["unique_items"]
+        )
+
+
+def test_defaults_and_empty_batches() -> None:
+    """Guards against a head without its default options, and an empty RCL batch scoring its raw inputs."""
+    assert NIDLoss(DIM).config == NIDConfig() and RCLLoss().config == RCLConfig()
+    clean = torch.randn(0, DIM, requires_grad=True)
+    loss = RCLLoss()(clean, torch.randn(0, DIM))
+    assert loss.item() == 0.0 and loss.requires_grad

@@ -81,7 +81,11 @@ GROUPS: dict[str, Group] = {
     ),
     "server ranking": Group(
         ["pmmrec/serving/app.py::RecommenderService.recommend,RecommenderService._rank"],
-        [f"{PIPELINE}::test_the_server_and_pmmrec_recommend_rank_like_the_naive_loop", "tests/test_serving.py"],
+        [
+            f"{PIPELINE}::test_the_server_and_pmmrec_recommend_rank_like_the_naive_loop",
+            f"{PIPELINE}::test_the_server_refuses_bad_requests_with_status_and_reason",
+            "tests/test_serving.py",
+        ],
     ),
     "manifest verification": Group(["pmmrec/model/manifest.py"], ["tests/test_assembly.py"]),
 }
