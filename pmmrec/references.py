@@ -74,6 +74,8 @@ def parse_reference(text: str, revision: str | None = None) -> Reference:
     repo_id, sep, embedded = body.partition("@")
     if sep and not embedded:
         raise ReferenceResolutionError(f"reference {text!r}: empty revision after '@'")
+    if repo_id.startswith("models/"):  # "models/" is the Hub's type prefix: an org of that name is ambiguous
+        raise ReferenceResolutionError(f"reference {text!r}: {repo_id!r} is ambiguous ('models/' is a type prefix)")
     if not _REPO_ID.match(repo_id) or ".." in repo_id:
         raise ReferenceResolutionError(
             f"reference {text!r}: {repo_id!r} is not a valid repo id (expected ORG/NAME of letters, digits, '.', '_', '-')"

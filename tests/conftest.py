@@ -1,11 +1,17 @@
-"""Shared fixtures: tiny seeded components built once per session and deep-copied per test; an offline Hub cache."""
+"""Shared fixtures: tiny seeded components built once per session and deep-copied per test; the isolated environment;
+the tiny datasets; an offline Hub cache; one fake Hub; one uninterrupted training run for the resume tests.
+
+Plain helpers (builders, the dataset writer, the CLI runner) are in tiny.py; no test module imports another.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tiny
@@ -137,3 +143,124 @@ def publish(hub_cache: Path) -> Callable[..., str]:
         return publish_to_local_cache(folder, repo_id, cache_dir=hub_cache, tag=tag)
 
     return _publish
+
+
+# ---- the isolated environment and the tiny datasets ----------------------------------------------------------
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private pmmrec cache, the Hub offline, one torch thread (see tiny.isolated_environment); yields tmp_path."""
+    with tiny.isolated_environment(tmp_path, monkeypatch):
+        yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training preset of the tiny dataset (30 items, 15 users, no images); read-only."""
+    return tiny.write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_image_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training preset with synthetic 32 px images; read-only."""
+    return tiny.write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-images", images=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny text encoder and user encoder saved as folders ("text", "user"); read-only."""
+    return tiny.save_tiny_components(tmp_path_factory.mktemp("components"))
+
+
+# ---- one fake Hub ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tiny.FakeHub]:
+    """The one fake Hub: pushes go to FakeHubApi (recorded, never sent); `fake_hub.online()` for failing look-ups."""
+    import huggingface_hub
+
+    tiny.FakeHubApi.instances = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", tiny.FakeHubApi)
+    hub = tiny.FakeHub(api=tiny.FakeHubApi, monkeypatch=monkeypatch, cache=tmp_path / "fake-hub-cache")
+    try:
+        yield hub
+    finally:
+        hub.close()
+
+
+# ---- one uninterrupted training run (the reference of every resume test) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tiny.StraightRun:
+    """Two epochs of fine-tuning with NID and RCL on (objective heads and corruption RNG in the state), run once."""
+    root = tmp_path_factory.mktemp("straight")
+    with pytest.MonkeyPatch.context() as monkeypatch, tiny.isolated_environment(root, monkeypatch):
+        data = tiny.write_tiny_dataset(root / "data")
+        parts = tiny.save_tiny_components(root / "components")
+        args = [
+            "finetune", "--data", str(data), "--text", str(parts["text"]), "--user", str(parts["user"]),
+            "--max-length", str(tiny.MAX_LENGTH), "--epochs", "2", "--batch-size", "4", "--lr", "0.003",
+            "--seed", "7", "--nid-weight", "0.2", "--rcl-weight", "0.2", "--device", "cpu", "--quiet",
+        ]  # fmt: skip
+        tiny.run_cli(*args, "--out", root / "run")
+        shutil.rmtree(root / "pmmrec-cache", ignore_errors=True)
+    return tiny.StraightRun(args=args, run=root / "run", epochs=2, steps_per_epoch=4)  # 15 users, batches of 4
+
+
+# ---- serving: a tiny text model over the serving dataset, a fresh service and client per test ----------------
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Token caches in a temporary folder, offline hub, for the whole module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PMMREC_CACHE", str(tmp_path_factory.mktemp("pmmrec-cache")))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.write_tiny_dataset(tmp_path_factory.mktemp("serving") / "data", preset="serving")
+
+
+@pytest.fixture(scope="module")
+def model(private_cache: None) -> Any:
+    return tiny.text_only_model()
+
+
+@pytest.fixture(scope="module")
+def encoded(model: Any, data_dir: Path) -> Any:
+    """The catalogue encoded once per module (a RecommenderService)."""
+    from pmmrec.data import load_dataset
+    from pmmrec.serving import build_service
+
+    return build_service(model, load_dataset(data_dir))
+
+
+@pytest.fixture
+def service(encoded: Any) -> Any:
+    """A fresh service per test over the encoded table, so items added by one test never leak into another."""
+    from pmmrec.serving import RecommenderService
+
+    return RecommenderService(
+        encoded.model,
+        encoded.item_ids,
+        encoded.item_texts,
+        encoded.snapshot().table.clone(),
+        users=encoded.users,
+        image_store=encoded.image_store,
+        dataset_name=encoded.dataset_name,
+    )
+
+
+@pytest.fixture
+def client(service: Any) -> Any:
+    """A FastAPI test client over the fresh service."""
+    from fastapi.testclient import TestClient
+
+    from pmmrec.serving import create_app
+
+    return TestClient(create_app(service=service))

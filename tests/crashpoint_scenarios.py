@@ -49,7 +49,7 @@ def _same_component(folder: Path, reference: Path) -> None:
 def scenarios() -> list[Scenario]:
     """init, assemble, data movielens / import-reference / build-lmdb, a local Hub publish, finetune."""
     import tiny
-    from test_training import MAX_LENGTH, save_tiny_components, write_tiny_dataset
+    from tiny import MAX_LENGTH, save_tiny_components, write_tiny_dataset
 
     def init_prepare(root: Path) -> None:
         cli("init", "user", "--dim", "8", "--out", root / "user")

@@ -279,3 +279,41 @@ def test_efficientnet_configs_saved_with_the_old_field_name_still_load() -> None
     assert EfficientNetEncoderConfig.model_validate(legacy).trainable_layers == 3
     with pytest.raises(ValueError, match="trainable_blocks"):  # both names at once: refused, naming the extra one
         EfficientNetEncoderConfig.model_validate({**legacy, "trainable_layers": 1})
+
+
+# ---- the tests themselves ----------------------------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imports_between_test_modules(tests: Path = TESTS) -> list[str]:
+    """'importer -> imported' for every test module that imports another test module or conftest."""
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            found += [f"{path.name} -> {name}" for name in names if name.startswith("test_") or name == "conftest"]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Guards against shared helpers living in test modules (tiny.py and conftest.py hold them)."""
+    assert imports_between_test_modules() == []
+    assert (TESTS / "tiny.py").is_file()
+
+
+def test_the_test_import_check_catches_one(tmp_path: Path) -> None:
+    (tmp_path / "test_a.py").write_text("from test_b import helper\nimport conftest\n")
+    assert imports_between_test_modules(tmp_path) == ["test_a.py -> test_b", "test_a.py -> conftest"]
+
+
+def test_pytest_finds_the_helpers_through_pyproject_not_sys_path_edits() -> None:
+    """Guards against sys.path edits in conftest.py: `pythonpath` in pyproject.toml makes tiny.py importable."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    config = tomllib.loads((TESTS.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["tool"]["pytest"]["ini_options"]["pythonpath"] == ["tests"]
+    assert "sys.path" not in (TESTS / "conftest.py").read_text(encoding="utf-8")

@@ -385,3 +385,37 @@ def test_component_folder_is_not_a_model(parts: dict[str, Path]) -> None:
     """Loading a single component as a model points to load_component."""
     with pytest.raises(ArtefactError, match="it is a single component: use load_component"):
         PMMRec.from_pretrained(parts["user"])
+
+
+# ---- the manifest's own words (found by mutation testing, docs/testing.md) ----------------------------------------
+
+
+def test_manifest_document_lists_exactly_its_keys_and_marks_unrecorded_parts_created() -> None:
+    """Guards against a renamed manifest key, and a component without a recorded source not marked as created."""
+    from pmmrec import __version__
+    from pmmrec.model.manifest import manifest_document
+
+    files = {"user": {"config.json": "cd" * 32}}
+    document = manifest_document(32, ["text"], {"user": "user_encoder/sasrec"}, {}, {"user": "ab" * 32}, files)
+    assert set(document) == {"pmmrec_type", "format_version", "pmmrec_version", "dim", "modalities", "components"}
+    assert document["pmmrec_version"] == __version__ and document["pmmrec_type"] == "model/pmmrec"
+    assert document["components"]["user"] == {
+        "type": "user_encoder/sasrec", "path": "user", "requested": None, "resolved_commit": None, "created": True,
+        "sha256": "ab" * 32, "files": {"config.json": "cd" * 32},
+    }  # fmt: skip
+
+
+def test_a_folder_without_a_manifest_is_named_and_a_component_folder_gets_a_hint(tmp_path: Path) -> None:
+    """Guards against losing (or inventing) the hint that a folder is a single component."""
+    from pmmrec.errors import ArtefactError
+    from pmmrec.model.manifest import read_manifest
+
+    with pytest.raises(ArtefactError) as info:
+        read_manifest(tmp_path)
+    assert str(info.value) == f"{tmp_path / 'pmmrec.json'}: missing; {tmp_path} is not an assembled pmmrec model"
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ArtefactError) as info:
+        read_manifest(tmp_path)
+    assert str(info.value).endswith(
+        "is not an assembled pmmrec model (it is a single component: use load_component / Component.from_pretrained)"
+    )

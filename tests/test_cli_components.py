@@ -6,11 +6,12 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import tiny
 import torch
+from tiny import FakeHub
 from typer.testing import CliRunner
 
 from pmmrec import __version__
@@ -378,43 +379,7 @@ def test_inspect_errors(damage: str, runner: CliRunner, parts: dict[str, Path], 
 # ---- push (transport replaced) ----------------------------------------------------------------------
 
 
-class FakeHfApi:
-    """Records the calls push would make to the Hub and snapshots the uploaded folder."""
-
-    instances: ClassVar[list[FakeHfApi]] = []
-
-    def __init__(self, token: str | None = None) -> None:
-        self.token = token
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.uploaded: dict[str, bytes] = {}
-        FakeHfApi.instances.append(self)
-
-    def create_repo(self, **kwargs: Any) -> None:
-        self.calls.append(("create_repo", kwargs))
-
-    def upload_folder(self, **kwargs: Any) -> Any:
-        from types import SimpleNamespace
-
-        self.calls.append(("upload_folder", kwargs))
-        root = Path(kwargs["folder_path"])
-        self.uploaded = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-        return SimpleNamespace(oid="f" * 40)
-
-    def create_tag(self, **kwargs: Any) -> None:
-        self.calls.append(("create_tag", kwargs))
-
-
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch) -> type[FakeHfApi]:
-    """Replace huggingface_hub.HfApi (what push_folder instantiates) by FakeHfApi."""
-    import huggingface_hub
-
-    FakeHfApi.instances = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    return FakeHfApi
-
-
-def test_push_component(runner: CliRunner, parts: dict[str, Path], fake_hub: type[FakeHfApi]) -> None:
+def test_push_component(runner: CliRunner, parts: dict[str, Path], fake_hub: FakeHub) -> None:
     """push uploads exactly the artefact's files, with the given token, then tags the commit."""
     result = invoke(runner, "push", parts["user"], "--repo", "acme/user", "--tag", "v1", "--token", "hf_x", "--private")
     assert result.exit_code == 0, result.output
@@ -429,7 +394,7 @@ def test_push_component(runner: CliRunner, parts: dict[str, Path], fake_hub: typ
 
 
 def test_push_assembled_model(
-    runner: CliRunner, parts: dict[str, Path], fake_hub: type[FakeHfApi], tmp_path: Path
+    runner: CliRunner, parts: dict[str, Path], fake_hub: FakeHub, tmp_path: Path
 ) -> None:
     """An assembled model is pushed as one folder: manifest and every component subfolder."""
     model = PMMRec.assemble(text=str(parts["text"]), user=str(parts["user"])).save_pretrained(tmp_path / "m")
@@ -443,7 +408,7 @@ def test_push_assembled_model(
 
 @pytest.mark.parametrize("problem", ["not-an-artefact", "tampered", "bad-repo"])
 def test_push_refuses_before_uploading(
-    problem: str, runner: CliRunner, parts: dict[str, Path], fake_hub: type[FakeHfApi], tmp_path: Path
+    problem: str, runner: CliRunner, parts: dict[str, Path], fake_hub: FakeHub, tmp_path: Path
 ) -> None:
     """What would not load (or has no valid name) is never uploaded."""
     repo = "acme/x"

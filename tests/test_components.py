@@ -14,6 +14,7 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny import FakeHubApi
 
 from pmmrec.cards import TrainingFacts, load_catalogue
 from pmmrec.components import (
@@ -586,39 +587,16 @@ def test_relative_folder_reference(
 # ---- push_to_hub: the transport is replaced, the folder is real ------------------------------------
 
 
-class RecordingHubApi:
-    """Stands in for huggingface_hub.HfApi: records calls and copies what upload_folder would send."""
-
-    def __init__(self, copy_to: Path) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.copy_to = copy_to
-        self.commit = "0123456789abcdef0123456789abcdef01234567"
-
-    def create_repo(self, **kwargs: Any) -> None:
-        self.calls.append(("create_repo", kwargs))
-
-    def upload_folder(self, **kwargs: Any) -> Any:
-        import shutil
-        from types import SimpleNamespace
-
-        self.calls.append(("upload_folder", kwargs))
-        shutil.copytree(kwargs["folder_path"], self.copy_to)  # the temporary folder is gone after the call
-        return SimpleNamespace(oid=self.commit)
-
-    def create_tag(self, **kwargs: Any) -> None:
-        self.calls.append(("create_tag", kwargs))
-
-
 def test_push_to_hub_uploads_the_real_artefact(text_encoder: HFTextEncoder, tmp_path: Path) -> None:
     """create_repo, upload_folder of a complete artefact folder, then a tag on the returned commit."""
-    api = RecordingHubApi(tmp_path / "uploaded")
+    api = FakeHubApi()
     commit = text_encoder.push_to_hub("acme/text-tiny", tag="v1", private=True, api=api)
     assert commit == api.commit
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder", "create_tag"]
     assert api.calls[0][1] == {"repo_id": "acme/text-tiny", "private": True, "exist_ok": True}
     assert api.calls[1][1]["repo_id"] == "acme/text-tiny"
     assert api.calls[2][1] == {"repo_id": "acme/text-tiny", "tag": "v1", "revision": api.commit}
-    uploaded = tmp_path / "uploaded"
+    uploaded = api.write_upload(tmp_path / "uploaded")
     assert {"config.json", "model.safetensors", "README.md", "tokenizer"} <= {p.name for p in uploaded.iterdir()}
     reloaded = load_component(str(uploaded))
     inputs = tiny.golden_inputs("text_bert")
@@ -629,10 +607,10 @@ def test_push_to_hub_uploads_the_real_artefact(text_encoder: HFTextEncoder, tmp_
 
 def test_push_to_hub_without_tag_and_with_card(user_encoder: SASRecUserEncoder, tmp_path: Path) -> None:
     """No tag: no create_tag call; training facts reach the uploaded model card."""
-    api = RecordingHubApi(tmp_path / "uploaded")
+    api = FakeHubApi()
     user_encoder.push_to_hub("acme/user", api=api, card=TrainingFacts(datasets=("movielens-100k",)))
     assert [name for name, _ in api.calls] == ["create_repo", "upload_folder"]
-    assert front_matter((tmp_path / "uploaded" / "README.md").read_text())["datasets"] == ["movielens-100k"]
+    assert front_matter(api.uploaded["README.md"].decode())["datasets"] == ["movielens-100k"]
 
 
 @pytest.mark.parametrize(("repo_id", "tag"), [("not-a-repo-id", None), ("acme/../etc", None), ("acme/user", "bad tag")])
@@ -640,7 +618,7 @@ def test_push_to_hub_refuses_bad_names_before_any_call(
     repo_id: str, tag: str | None, user_encoder: SASRecUserEncoder, tmp_path: Path
 ) -> None:
     """An invalid repo id or tag is refused before the transport is touched."""
-    api = RecordingHubApi(tmp_path / "uploaded")
+    api = FakeHubApi()
     with pytest.raises(ReferenceResolutionError):
         user_encoder.push_to_hub(repo_id, tag=tag, api=api)
     assert api.calls == []

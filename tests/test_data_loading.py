@@ -25,6 +25,7 @@ from pmmrec.data import (
     tokenize_catalogue,
     write_dataset,
 )
+from pmmrec.errors import ConfigError
 
 
 class CountingTokenizer:
@@ -184,3 +185,26 @@ def test_spawned_worker_receives_picklable_state(tiny_dataset: Path) -> None:
     batches = list(loader)
     assert sum(len(batch.targets) for batch in batches) == len(evaluation)
     assert all(batch.pixel_values.dtype == torch.uint8 for batch in batches)
+
+
+# ---- refusals, each with its reason (found by mutation testing, docs/testing.md) -------------------------------
+
+
+@pytest.mark.parametrize("dataset", [TrainSequences, lambda seqs, n: EvalSequences(seqs, [1], n)])
+def test_windows_of_no_length_are_refused_with_the_reason(dataset: Any) -> None:
+    """Guards against losing the reason (and the value) from the refusal of max_len < 1."""
+    with pytest.raises(ConfigError, match=r"^max_len must be positive, got 0$"):
+        dataset([np.array([1, 2])], 0)
+
+
+def test_an_empty_batch_is_refused_with_the_reason() -> None:
+    collator = BatchCollator(["a", "b"], None, None, None)
+    with pytest.raises(ConfigError, match=r"^cannot collate an empty batch$"):
+        collator([])
+
+
+def test_evaluation_targets_are_int64_whatever_they_were_given_as() -> None:
+    """Guards against keeping the caller's number type for targets (floats or int32)."""
+    samples = EvalSequences([np.array([1, 2])], [np.int32(3)], 4)
+    assert samples.targets.dtype == np.int64 and samples[0].target == 3
+    assert EvalSequences([np.array([1])], [2.0], 4).targets.dtype == np.int64

@@ -59,3 +59,11 @@ def test_invalid_options_are_refused(min_length: int, max_history: int | None) -
 def test_no_user_long_enough_gives_empty_split() -> None:
     split = leave_one_out(_arrays([1, 2]))
     assert split.num_users == 0 and split.test_target.shape == (0,)
+
+
+def test_the_split_always_holds_int64_indices() -> None:
+    """Guards against keeping the caller's integer type (int32 arrays would reach torch as IntTensors)."""
+    split = leave_one_out([np.array([1, 2, 3, 4], dtype=np.int32), [5, 6, 7]])
+    for field in (split.train, split.valid_history, split.test_history):
+        assert all(array.dtype == np.int64 for array in field)
+    assert split.valid_target.dtype == np.int64 and split.test_target.dtype == np.int64

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from test_training import (
-    MAX_LENGTH,
-    NUM_USERS,
-    isolated_environment,
-    save_tiny_components,
-    write_tiny_dataset,
-)
+from tiny import MAX_LENGTH, NUM_USERS, free_port, save_tiny_components, write_tiny_dataset
 
 from pmmrec import api
 from pmmrec.data import load_dataset
@@ -31,12 +23,6 @@ pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
 ]
 TIME_LIMIT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def torchrun(*args: object) -> str:
@@ -54,9 +40,8 @@ def torchrun(*args: object) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with isolated_environment(tmp_path, monkeypatch):
-        yield
+def _environment(isolated: Path) -> None:
+    """A private cache (the torchrun processes inherit it), offline, one thread."""
 
 
 def test_two_process_evaluation_equals_one_process(tmp_path: Path) -> None:

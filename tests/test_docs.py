@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +53,56 @@ def test_example_training_config_is_valid() -> None:
 
     config = load_train_config(finetune_defaults(), ROOT / "examples" / "finetune.yaml")
     assert config.component_lr == {"user": 5.0e-4} and config.objectives.weights.nid == 0.1
+
+
+CLAIM_DOCS = ("docs/robustness.md", "docs/training.md", "docs/benchmarks.md", "docs/testing.md")
+_NAMED = re.compile(r"`(?:tests/)?(test_[A-Za-z0-9_*]+(?:\.py)?)(?:::(test_[A-Za-z0-9_*]+)(\.\.\.)?)?`")
+
+
+def _tests_by_file() -> dict[str, set[str]]:
+    """Test file name -> names of the test functions defined in it."""
+    found = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found[path.name] = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    return found
+
+
+def named_tests(text: str) -> list[tuple[str | None, str | None]]:
+    """(file, test) pairs named in backticks: `test_x.py::test_y`, `tests/test_x.py`, `test_y`, with * or ... as a prefix."""
+    pairs = []
+    for first, second, dots in _NAMED.findall(text):
+        if first.endswith(".py"):
+            pairs.append((first, (second + ("*" if dots else "")) or None))
+        else:
+            pairs.append((None, first))
+    return pairs
+
+
+def missing_tests(text: str, tests: dict[str, set[str]]) -> list[str]:
+    missing = []
+    for file, test in named_tests(text):
+        files = [name for name in tests if fnmatch.fnmatch(name, file)] if file else list(tests)
+        if not files:
+            missing.append(str(file))
+        elif test and not any(fnmatch.fnmatch(name, test) for name_file in files for name in tests[name_file]):
+            if file is None and any(fnmatch.fnmatch(name.removesuffix(".py"), test) for name in tests):
+                continue  # `test_data_*`: a family of test files
+            missing.append(f"{file or '*'}::{test}")
+    return missing
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """Guards against docs that say "a test covers X" for a test that was renamed or removed."""
+    tests = _tests_by_file()
+    for doc in CLAIM_DOCS:
+        path = ROOT / doc
+        if path.is_file():
+            assert missing_tests(path.read_text(encoding="utf-8"), tests) == [], doc
+    assert named_tests((ROOT / "docs" / "robustness.md").read_text(encoding="utf-8"))  # the pattern finds them
+
+
+def test_the_docs_check_catches_a_missing_test() -> None:
+    tests = {"test_a.py": {"test_one", "test_two_things"}}
+    text = "`test_a.py::test_one`, `test_a.py::test_two...`, `test_three`, `test_b.py`, `test_a.py::test_*`, `test_a*`"
+    assert missing_tests(text, tests) == ["*::test_three", "test_b.py"]

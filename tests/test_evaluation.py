@@ -136,3 +136,66 @@ def test_format_metrics_table() -> None:
     assert lines[-1] == "users: 3"
     assert len({len(line) for line in lines[:4]}) == 1  # aligned columns
     assert "-" in format_metrics_table(metrics, ks=(10, 20)).splitlines()[1].split()
+
+
+# ---- input checks and edges, each named by the mistake it catches (found by mutation testing, docs/testing.md) ----
+
+
+def test_a_one_item_catalogue_is_ranked() -> None:
+    """Guards against refusing a table of exactly two rows (padding + one item)."""
+    table = torch.tensor([[0.0], [1.0]])
+    ranks = rank_targets(torch.ones(1, 1), table, torch.tensor([1]), torch.tensor([0, 0]), torch.empty(0, dtype=torch.long))
+    assert ranks.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c.update(states=c["states"][:, 0]), r"user_states must be \[M,d\], got shape \(13,\)"),
+        (lambda c: c.update(table=c["table"][:, :2]), r"item_table must be \[N\+1,3\] with N >= 1, got shape \(26, 2\)"),
+        (lambda c: c.update(table=c["table"][:1]), r"item_table must be \[N\+1,3\] with N >= 1, got shape \(1, 3\)"),
+        (lambda c: c.update(targets=c["targets"].int()), r"targets must be a LongTensor \[13\], got \(13,\) torch\.int32"),
+        (lambda c: c.update(targets=c["targets"][:5]), r"targets must be a LongTensor \[13\], got \(5,\) torch\.int64"),
+        (lambda c: c["targets"].__setitem__(2, 26), r"targets must lie in 1\.\.25 \(0 is padding\)"),
+        (lambda c: c.update(indptr=c["indptr"].int()), r"history_indptr must be a LongTensor \[14\], got \(14,\) torch\.int32"),
+        (lambda c: c.update(items=c["items"].reshape(1, -1)), r"history_items must be a 1-D LongTensor, got \(1, \d+\) torch\.int64"),
+        (lambda c: c.update(items=c["items"].int()), r"history_items must be a 1-D LongTensor, got \(\d+,\) torch\.int32"),
+        (lambda c: c.update(indptr=c["indptr"] + 1), r"history_indptr must start at 0 and end at len\(history_items\) = \d+, got 1 and \d+"),
+        (lambda c: c["items"].__setitem__(0, 26), r"history_items must lie in 0\.\.25$"),
+        (lambda c: c["items"].__setitem__(0, -1), r"history_items must lie in 0\.\.25$"),
+    ],
+)
+def test_bad_inputs_are_refused_with_a_message_that_names_them(change: object, message: str) -> None:
+    """Guards against input checks joined with `and` instead of `or`, off-by-one bounds, and messages that lose
+    the offending shape, dtype or value."""
+    case = make_case(9)
+    change(case)  # type: ignore[operator]
+    with pytest.raises(ValueError, match=message):
+        ranks_of(case)
+
+
+def test_indptr_must_not_decrease_and_its_end_is_reported() -> None:
+    table, states, targets = torch.zeros(4, 1), torch.ones(2, 1), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=r"^history_indptr must be non-decreasing$"):
+        rank_targets(states, table, targets, torch.tensor([0, 2, 1]), torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"= 1, got 0 and 2$"):
+        rank_targets(states, table, targets, torch.tensor([0, 1, 2]), torch.tensor([3]))
+
+
+def test_strict_greater_counts_are_integers() -> None:
+    """Guards against counting in float (inexact past 2**24 items per row)."""
+    from pmmrec.evaluation import _count_in_place
+
+    counts = _count_in_place(torch.tensor([[3.0, 1.0, 2.0], [0.0, 0.0, 5.0]]), torch.tensor([[1.0], [0.0]]))
+    assert counts.dtype == torch.long and counts.tolist() == [2, 1]
+
+
+def test_ranks_reject_zero_with_the_reason() -> None:
+    with pytest.raises(ValueError, match=r"^ranks must be finite and >= 1$"):
+        metrics_from_ranks(torch.tensor([0, 1]))
+
+
+def test_a_table_without_cut_offs_has_no_trailing_spaces() -> None:
+    """Guards against padding that is stripped on the wrong side (columns are padded on the right)."""
+    lines = format_metrics_table(metrics_from_ranks(torch.tensor([1, 2])), ks=()).splitlines()
+    assert lines == ["metric", "hr", "ndcg", "mrr", "users: 2"]

@@ -488,3 +488,65 @@ def test_objective_weights() -> None:
         weights.combine({**losses, "other": torch.tensor(1.0)})
     with pytest.raises(ValidationError):
         ObjectiveWeights(rec=-1.0)
+
+
+# ---- found by mutation testing (docs/testing.md) -----------------------------------------------------------------
+
+
+def test_weights_of_zero_give_a_zero_total_that_keeps_the_graph() -> None:
+    """Guards against returning an unweighted loss when every given loss has weight 0."""
+    off = ObjectiveWeights(rec=0.0, nicl=0.0, nid=0.0, rcl=0.0)
+    loss = torch.tensor(3.0, requires_grad=True)
+    total = off.combine({"nid": loss})
+    assert total.item() == 0.0 and total.requires_grad
+
+
+def test_a_single_user_is_still_corrupted_by_shuffling() -> None:
+    """Guards against skipping corruption for a batch of one user (it can only shuffle its own items)."""
+    b = make_batch([[1, 2, 3, 4, 5, 6, 7, 8]])
+    corrupted, noise = corrupt_slots(b["slot_index"], b["seq_mask"], 1.0, torch.Generator().manual_seed(1))
+    assert noise.any() and not torch.equal(corrupted, b["slot_index"])
+
+
+def test_nicl_heads_project_to_the_projection_width() -> None:
+    """Guards against a projection head that skips its last layer (and so keeps width d)."""
+    loss_fn = NICLLoss(DIM, NICLConfig(projection_dim=4))
+    assert loss_fn.text_head(torch.randn(3, DIM)).shape == (3, 4)
+    assert loss_fn.image_head(torch.randn(3, DIM)).shape == (3, 4)
+
+
+def test_shape_errors_name_the_shapes() -> None:
+    """Guards against refusals that lose the offending shape (or fail with another error on the way)."""
+    with pytest.raises(ValueError, match=r"counts must be a 1-D tensor \[N\+1\] with N >= 1, got shape \(1, 2\)"):
+        log_popularity_from_counts(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match=r"matching seq_mask \(2, 3\)"):
+        NIDLoss(DIM)(torch.randn(2, 4, DIM), torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_replacements_are_drawn_across_the_other_users_items() -> None:
+    """Guards against a draw that always picks the same foreign item (e.g. dividing instead of scaling)."""
+    b = make_batch([list(range(1, 13)), [20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31]])
+    corrupted, _ = corrupt_slots(b["slot_index"], b["seq_mask"], 1.0, torch.Generator().manual_seed(3))
+    own = set(b["slot_index"][0].tolist())
+    donors = {int(c) for c in corrupted[0] if int(c) not in own}
+    assert len(donors) >= 3  # six replacements from twelve candidates
+
+
+def test_more_refusals_keep_their_reason() -> None:
+    with pytest.raises(ValueError, match=r"^counts must be finite and non-negative$"):
+        log_popularity_from_counts(torch.tensor([0.0, -1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"^counts of items 1\.\.N sum to zero: no training interactions"):
+        log_popularity_from_counts(torch.tensor([3, 0, 0]))
+    b = make_batch([[1, 2, 3]])
+    with pytest.raises(ValueError, match=rf"item_embeddings must be \[U,{DIM}\], got \(3, 2\)"):
+        NextItemLoss(NextItemConfig(popularity_correction=False))(
+            torch.randn(1, 3, DIM), torch.randn(3, 2), b["slot_index"], b["seq_mask"], b["unique_items"]
+        )
+
+
+def test_defaults_and_empty_batches() -> None:
+    """Guards against a head without its default options, and an empty RCL batch scoring its raw inputs."""
+    assert NIDLoss(DIM).config == NIDConfig() and RCLLoss().config == RCLConfig()
+    clean = torch.randn(0, DIM, requires_grad=True)
+    loss = RCLLoss()(clean, torch.randn(0, DIM))
+    assert loss.item() == 0.0 and loss.requires_grad

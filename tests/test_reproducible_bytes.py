@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import MAX_LENGTH, isolated_environment, run_cli, save_tiny_components, write_tiny_dataset
+from tiny import MAX_LENGTH, isolated_environment, run_cli, save_tiny_components, write_tiny_dataset
 
 from pmmrec.components import HFTextEncoder
 from pmmrec.data.image_store import encode_image_value, write_image_lmdb

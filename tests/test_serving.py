@@ -2,14 +2,13 @@
 
 Rankings are checked against the library's own `recommend` job (the CLI's path), items added over HTTP against
 the same job's `extra_items`, and every refusal for its status code and a message naming what is wrong.
-The helpers at the top are shared with test_serving_schemathesis.py and test_serving_browser.py.
+The tiny dataset (serving preset), models and image helpers come from tiny.py.
 """
 
 from __future__ import annotations
 
-import base64
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,146 +16,16 @@ import pytest
 import tiny
 from fastapi.testclient import TestClient
 from PIL import Image
+from tiny import NUM_ITEMS
 
 from pmmrec.api import recommend as recommend_job
-from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
+from pmmrec.data import load_dataset
 from pmmrec.model import PMMRec
-from pmmrec.serving import RecommenderService, build_service, create_app
+from pmmrec.serving import create_app
 
-WORDS = [
-    "red",
-    "blue",
-    "green",
-    "night",
-    "river",
-    "city",
-    "ghost",
-    "robot",
-    "space",
-    "comedy",
-    "drama",
-    "storm",
-    "winter",
-    "summer",
-    "king",
-    "queen",
-    "dragon",
-    "island",
-    "secret",
-    "garden",
-    "music",
-    "dance",
-    "train",
-    "ocean",
-    "forest",
-    "mountain",
-    "desert",
-    "castle",
-    "planet",
-    "star",
-]
-NUM_ITEMS = 30
-NUM_USERS = 8
-
-
-# ---- shared helpers ----------------------------------------------------------------------------------
-
-
-def write_serving_dataset(out: Path, images: bool = True, size: int = tiny.CLIP_IMAGE_SIZE) -> Path:
-    """30 items with short titles (synthetic images when `images`), 8 users with 4-12 interactions each."""
-    rng = np.random.default_rng(0)
-    item_ids = [str(n) for n in range(1, NUM_ITEMS + 1)]
-    texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} ({1980 + n})" for n in range(NUM_ITEMS)]
-    user_items = [
-        [item_ids[int(i)] for i in rng.permutation(NUM_ITEMS)[: 4 + 8 * u // NUM_USERS]] for u in range(NUM_USERS)
-    ]
-    source = None
-    if images:
-        by_id = dict(zip(item_ids, texts, strict=True))
-        source = ImageSource(
-            kind="synthetic",
-            fetch=lambda item_id: render_synthetic_image(item_id, by_id[item_id], ("Drama",), size),
-            size=size,
-        )
-    return write_dataset(
-        out,
-        name="serving-tiny",
-        item_ids=item_ids,
-        item_texts=texts,
-        user_ids=[f"user{u}" for u in range(NUM_USERS)],
-        user_items=user_items,
-        provenance={"source": "tests"},
-        preprocessing={},
-        images=source,
-    )
-
-
-def text_model() -> PMMRec:
-    """Tiny text-only PMMRec: seeded BERT text encoder (MiniLM tokenizer), text-only fusion, SASRec (max_length 8)."""
-    return PMMRec(
-        user=tiny.tiny_user_encoder(seed=2), text=tiny.tiny_text_encoder(seed=1), fusion=tiny.tiny_text_only()
-    ).eval()
-
-
-def vision_model() -> PMMRec:
-    """Tiny vision-only PMMRec on 32 px images."""
-    return PMMRec(
-        user=tiny.tiny_user_encoder(seed=2), vision=tiny.tiny_clip_encoder(seed=3), fusion=tiny.tiny_vision_only()
-    ).eval()
-
-
-def png_bytes(size: int = 40, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-@pytest.fixture(scope="module")
-def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Token caches in a temporary folder, offline hub, for the whole module."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PMMREC_CACHE", str(tmp_path_factory.mktemp("pmmrec-cache")))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_serving_dataset(tmp_path_factory.mktemp("serving") / "data")
-
-
-@pytest.fixture(scope="module")
-def model(private_cache: None) -> PMMRec:
-    return text_model()
-
-
-@pytest.fixture(scope="module")
-def encoded(model: PMMRec, data_dir: Path) -> RecommenderService:
-    """The catalogue encoded once per module."""
-    return build_service(model, load_dataset(data_dir))
-
-
-@pytest.fixture
-def service(encoded: RecommenderService) -> RecommenderService:
-    """A fresh service per test over the encoded table, so items added by one test never leak into another."""
-    return RecommenderService(
-        encoded.model,
-        encoded.item_ids,
-        encoded.item_texts,
-        encoded.snapshot().table.clone(),
-        users=encoded.users,
-        image_store=encoded.image_store,
-        dataset_name=encoded.dataset_name,
-    )
-
-
-@pytest.fixture
-def client(service: RecommenderService) -> TestClient:
-    return TestClient(create_app(service=service))
+NUM_USERS = tiny.SERVING_USERS
+text_model = tiny.text_only_model
+vision_model = tiny.vision_only_model
 
 
 # ---- reading -----------------------------------------------------------------------------------------

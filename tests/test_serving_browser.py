@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serving import NUM_ITEMS, png_bytes, text_model, write_serving_dataset
+from tiny import NUM_ITEMS, png_bytes, write_tiny_dataset
+from tiny import text_only_model as text_model
 
 from pmmrec.data import load_dataset
 from pmmrec.serving import create_app
@@ -52,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PMMREC_CACHE", str(tmp_path_factory.mktemp("pmmrec-cache")))
-        data = write_serving_dataset(tmp_path_factory.mktemp("browser") / "data")
+        data = write_tiny_dataset(tmp_path_factory.mktemp("browser") / "data", preset="serving")
         app = create_app(text_model(), load_dataset(data))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))

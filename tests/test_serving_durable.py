@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_serving import NUM_ITEMS, b64, png_bytes, text_model, write_serving_dataset
+from tiny import NUM_ITEMS, b64, png_bytes, write_tiny_dataset
+from tiny import text_only_model as text_model
 
 from pmmrec.data import load_dataset, write_dataset
 from pmmrec.errors import DatasetError
@@ -36,7 +37,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("durable")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PMMREC_CACHE", str(root / "cache"))
-        data = write_serving_dataset(root / "data")
+        data = write_tiny_dataset(root / "data", preset="serving")
         text_model().save_pretrained(root / "model")
     return {"root": root, "data": data, "model": root / "model", "cache": root / "cache"}
 

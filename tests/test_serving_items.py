@@ -1,8 +1,7 @@
-# ruff: noqa: F811 (the fixtures imported from test_serving are parameters here)
 """Serving: adding items over HTTP (in-process TestClient) and the `pmmrec serve` command.
 
 Items added over HTTP are checked against the `recommend` job's `extra_items`; every refusal for its status and a
-message naming what is wrong. Fixtures and helpers come from test_serving.py.
+message naming what is wrong. Fixtures come from conftest.py, helpers from tiny.py.
 """
 
 from __future__ import annotations
@@ -18,19 +17,9 @@ import tiny
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_serving import (  # noqa: F401 (fixtures)
-    NUM_ITEMS,
-    b64,
-    client,
-    data_dir,
-    encoded,
-    model,
-    png_bytes,
-    private_cache,
-    service,
-    text_model,
-    vision_model,
-)
+from tiny import NUM_ITEMS, b64, png_bytes
+from tiny import text_only_model as text_model
+from tiny import vision_only_model as vision_model
 from typer.testing import CliRunner
 
 from pmmrec.api import recommend as recommend_job

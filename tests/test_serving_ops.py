@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the fixtures imported from test_serving are parameters here)
 """Operating the server: API key, /metrics, graceful shutdown, the image work budget, streamed bodies over the
 limit, offline /docs assets, micro-batched ranking and the optional ANN index (exact exclusion, cached)."""
 
@@ -17,17 +16,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from test_serving import (  # noqa: F401 (fixtures)
-    NUM_ITEMS,
-    b64,
-    client,
-    data_dir,
-    encoded,
-    model,
-    png_bytes,
-    private_cache,
-    service,
-)
+from tiny import NUM_ITEMS, b64, png_bytes
 
 from pmmrec.data import load_dataset
 from pmmrec.ranking import csr, top_k

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serving import NUM_ITEMS, text_model, write_serving_dataset
+from tiny import NUM_ITEMS, write_tiny_dataset
+from tiny import text_only_model as text_model
 
 from pmmrec.data import load_dataset
 from pmmrec.serving import ServeOptions, build_service, create_app
@@ -138,7 +139,7 @@ def test_two_replicas_share_one_postgres_catalogue(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PMMREC_CACHE", str(tmp_path / "cache"))
-    data = write_serving_dataset(tmp_path / "data")
+    data = write_tiny_dataset(tmp_path / "data", preset="serving")
     first, second = Replica(data, postgres_url), Replica(data, postgres_url)
     try:
         status, added = first.call("POST", "/items", {"item_id": "pg-1", "text": "Shared through PostgreSQL (2025)"})

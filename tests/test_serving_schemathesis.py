@@ -20,7 +20,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_serving import text_model, write_serving_dataset
+from tiny import text_only_model as text_model
+from tiny import write_tiny_dataset
 
 from pmmrec.data import load_dataset
 from pmmrec.serving import create_app
@@ -44,7 +45,7 @@ CHECKS = [status_code_conformance, content_type_conformance, response_schema_con
 def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PMMREC_CACHE", str(tmp_path_factory.mktemp("pmmrec-cache")))
-        data = write_serving_dataset(tmp_path_factory.mktemp("schemathesis") / "data")
+        data = write_tiny_dataset(tmp_path_factory.mktemp("schemathesis") / "data", preset="serving")
         return create_app(text_model(), load_dataset(data))
 
 

@@ -1,18 +1,13 @@
 """Training, unit level: config precedence and errors, AdamW groups, objectives switching, the frozen-prefix
-cache, the ID baseline, cold-start recommendation and run-folder safety. Tiny seeded components throughout.
-
-The helpers at the top (a tiny dataset, tiny components saved as folders) are shared with test_resume.py and
-test_distributed.py.
+cache, the ID baseline, cold-start recommendation and run-folder safety. Tiny seeded components throughout
+(tiny.py), the tiny dataset and components from conftest.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +16,8 @@ import tiny
 import torch
 import yaml
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from pmmrec.cli import app
-from pmmrec.data import ImageSource, load_dataset, render_synthetic_image, write_dataset
+from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.prefix_cache import FrozenPrefixCache
@@ -34,125 +27,31 @@ from pmmrec.training.module import TrainingModule
 from pmmrec.training.optim import NO_DECAY_MARKERS, parameter_groups
 from pmmrec.training.trainer import Trainer
 
-WORDS = (
-    "red", "blue", "green", "night", "river", "city", "ghost", "robot", "space", "comedy", "drama", "storm",
-    "winter", "summer", "king", "queen", "dragon", "island", "secret", "garden", "music", "dance", "train",
-    "ocean", "forest", "mountain", "desert", "castle", "planet", "star",
-)
-NUM_ITEMS = 30
-NUM_USERS = 15  # odd: two processes get unequal shards
-MAX_LENGTH = 8  # the tiny user encoder's max_length
-
-
-# ---- shared helpers ------------------------------------------------------------------------------
-
-
-def write_tiny_dataset(out: Path, images: bool = False, seed: int = 0) -> Path:
-    """30 items with short English texts, 15 users with 5-10 interactions drawn with some sequential structure."""
-    rng = random.Random(seed)
-    item_ids = [f"i{n}" for n in range(1, NUM_ITEMS + 1)]
-    texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} (movie {n})" for n in range(NUM_ITEMS)]
-    user_ids, user_items = [], []
-    for user in range(NUM_USERS):
-        length = rng.randint(5, 10)
-        start = rng.randrange(NUM_ITEMS)
-        sequence = [item_ids[(start + step * rng.choice((1, 1, 2))) % NUM_ITEMS] for step in range(length)]
-        user_ids.append(f"u{user}")
-        user_items.append(sequence)
-    source = None
-    if images:
-        by_id = dict(zip(item_ids, texts, strict=True))
-        source = ImageSource(
-            kind="synthetic",
-            fetch=lambda item_id: render_synthetic_image(item_id, by_id[item_id], ("Drama",), tiny.CLIP_IMAGE_SIZE),
-            size=tiny.CLIP_IMAGE_SIZE,
-        )
-    return write_dataset(
-        out,
-        name="tiny",
-        item_ids=item_ids,
-        item_texts=texts,
-        user_ids=user_ids,
-        user_items=user_items,
-        provenance={"source": "tests"},
-        preprocessing={},
-        images=source,
-    )
-
-
-def save_tiny_components(out: Path) -> dict[str, Path]:
-    """The tiny seeded text encoder (MiniLM tokenizer) and user encoder (max_length 8) saved as folders."""
-    paths = {"text": out / "text", "user": out / "user"}
-    tiny.tiny_text_encoder(seed=1).save_pretrained(paths["text"])
-    tiny.tiny_user_encoder(seed=2, max_length=MAX_LENGTH).save_pretrained(paths["user"])
-    return paths
-
-
-def run_cli(*args: str, expect: int = 0) -> str:
-    """Invoke the `pmmrec` CLI in-process; check the exit status; return stdout + stderr."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    output = result.output  # stdout and stderr, interleaved
-    if result.exit_code != expect:
-        raise AssertionError(
-            f"pmmrec {' '.join(map(str, args))}: exit {result.exit_code}, expected {expect}\n{output}"
-        ) from result.exception
-    return output
-
-
-# ---- fixtures --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A private pmmrec cache, the Hub offline, and one torch thread.
-
-    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads per process made
-    these runs ~10x slower (threads spinning against each other); subprocesses get OMP_NUM_THREADS=1.
-    """
-    monkeypatch.setenv("PMMREC_CACHE", str(tmp_path / "pmmrec-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+MAX_LENGTH = tiny.MAX_LENGTH
+NUM_ITEMS = tiny.NUM_ITEMS
+text_model = tiny.text_model
+text_vision_model = tiny.text_vision_model
+run_cli = tiny.run_cli
 
 
 @pytest.fixture(autouse=True)
-def _environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with isolated_environment(tmp_path, monkeypatch):
-        yield
+def _environment(isolated: Path) -> None:
+    """Every test here runs in the isolated environment (private cache, offline, one thread)."""
 
 
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+@pytest.fixture
+def dataset_dir(tiny_dataset: Path) -> Path:
+    return tiny_dataset
 
 
-@pytest.fixture(scope="module")
-def image_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-images", images=True)
+@pytest.fixture
+def image_dataset_dir(tiny_image_dataset: Path) -> Path:
+    return tiny_image_dataset
 
 
-@pytest.fixture(scope="module")
-def components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return save_tiny_components(tmp_path_factory.mktemp("components"))
-
-
-def text_model() -> PMMRec:
-    return PMMRec.assemble(text=tiny.tiny_text_encoder(seed=1), user=tiny.tiny_user_encoder(seed=2))
-
-
-def text_vision_model(vision: str = "clip") -> PMMRec:
-    encoder = tiny.tiny_clip_encoder(seed=3) if vision == "clip" else tiny.tiny_efficientnet_encoder(seed=3)
-    return PMMRec.assemble(
-        text=tiny.tiny_text_encoder(seed=1),
-        vision=encoder,
-        fusion=tiny.tiny_fusion(seed=4),
-        user=tiny.tiny_user_encoder(seed=2),
-    )
+@pytest.fixture
+def components(tiny_components: dict[str, Path]) -> dict[str, Path]:
+    return tiny_components
 
 
 def config(mode: str = "finetune", **overrides: object) -> TrainConfig:
@@ -212,11 +111,11 @@ def test_cli_reports_config_errors_and_mode_mismatch(tmp_path: Path, dataset_dir
     bad = tmp_path / "bad.yaml"
     bad.write_text("batch_size: -4\n")
     output = run_cli("finetune", "--data", dataset_dir, "--out", tmp_path / "run", "--config", bad, expect=1)
-    assert f"error: {bad}: invalid training config: batch_size" in output and "Traceback" not in output
+    assert f"error: {bad}: invalid training config: batch_size" in output and len(output.splitlines()) == 1
     wrong_mode = tmp_path / "pretrain.yaml"
     wrong_mode.write_text("mode: pretrain\n")
     output = run_cli("finetune", "--data", dataset_dir, "--out", tmp_path / "run", "--config", wrong_mode, expect=1)
-    assert str(wrong_mode) in output and "pretrain" in output
+    assert str(wrong_mode) in output and "pretrain" in output and output.startswith("error: ") and len(output.splitlines()) == 1
     output = run_cli("finetune", "--data", dataset_dir, "--out", tmp_path / "run", "--lr-component", "text", expect=2)
     assert "SLOT=LR" in output
     assert not (tmp_path / "run").exists()
@@ -466,7 +365,7 @@ def test_a_rank_that_cannot_see_best_stops_instead_of_testing_another_model(tmp_
     trainer = Trainer(text_model(), load_dataset(dataset_dir), config(max_steps=1), tmp_path / "run", progress=False)
     trainer.run()
     shutil.rmtree(tmp_path / "run" / "best")  # as on a machine that does not share --out with rank 0
-    with pytest.raises(ConfigError, match="filesystem that every node shares"):
+    with pytest.raises(ConfigError, match=r"best: missing on rank 0; with several nodes, --out must be on a filesystem that every node shares$"):
         trainer._finish({"best_epoch": 1, "history": [], "global_step": 1})
 
 
@@ -512,3 +411,48 @@ def test_trainable_layers_of_a_loaded_encoder_can_be_changed(dataset_dir: Path, 
     assert trainable == [len(one_layer.text.layers) - 1]
     with pytest.raises(ConfigError, match="text_trainable_layers"):
         load_train_config(finetune_defaults(), overrides={"model": {"text": str(components["text"]), "text_trainable_layers": -1}})
+
+
+def test_nicl_keeps_encoding_items_when_the_tower_is_frozen(tmp_path: Path, image_dataset_dir: Path) -> None:
+    """Guards against the per-epoch item table replacing encoding while NICL is on: NICL needs each step's
+    per-modality pooled states, so with a frozen tower and NICL active every step still encodes its items."""
+    model = text_vision_model()
+    trainer = Trainer(
+        model,
+        load_dataset(image_dataset_dir),
+        config("pretrain", max_steps=2, freeze=["text", "vision", "fusion"]),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert trainer.module.nicl is not None and not trainer.table_per_epoch
+    calls: list[int] = []
+    original = model.embed_items
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.embed_items = counting  # type: ignore[method-assign]
+    step = trainer._step
+    per_step: list[int] = []
+
+    def counted_step(*args: object, **kwargs: object) -> dict[str, float]:
+        before = len(calls)
+        values = step(*args, **kwargs)  # type: ignore[arg-type]
+        per_step.append(len(calls) - before)
+        return values
+
+    trainer._step = counted_step  # type: ignore[method-assign]
+    trainer.run()
+    assert trainer.module.item_table is None
+    assert per_step == [1, 1]  # one encoding of the batch's distinct items per step
+    assert all("nicl" in record for record in steps_of(tmp_path / "run"))
+
+
+def test_a_frozen_tower_without_the_prefix_cache_is_encoded_once_per_epoch(tmp_path: Path, dataset_dir: Path) -> None:
+    """Guards against the per-epoch table being built without the catalogue's inputs when no prefix cache exists."""
+    trainer = Trainer(text_model(), load_dataset(dataset_dir), config(freeze=["text"], cache_frozen=False, max_steps=2), tmp_path / "run", progress=False)
+    assert trainer.table_per_epoch and trainer.module.prefix_cache is None
+    trainer.run()
+    assert trainer.module.item_table is not None and trainer.module.item_table.shape == (NUM_ITEMS + 1, tiny.DIM)
+    assert torch.count_nonzero(trainer.module.item_table[1:].abs().sum(dim=1)) == NUM_ITEMS  # every item encoded

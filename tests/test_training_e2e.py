@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_training import isolated_environment, run_cli
+from tiny import run_cli
 
 from pmmrec.data import load_dataset, write_dataset
 from pmmrec.data.movielens import read_movielens, select_domain
@@ -51,9 +50,8 @@ def movielens_slice(out: Path, domain: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with isolated_environment(tmp_path, monkeypatch):
-        yield
+def _environment(isolated: Path) -> None:
+    """A private cache, offline, one thread."""
 
 
 def test_pretrain_assemble_finetune_evaluate_recommend(tmp_path: Path) -> None:

@@ -1,15 +1,26 @@
-"""Tiny, seeded PMMRec components built from configs (no downloads), shared by the test modules.
+"""The tests' shared helpers, in one place: tiny seeded components, tiny models, the one tiny-dataset writer, and
+the in-process CLI runner. Fixtures built on them live in conftest.py; no test module imports another.
 
-Each builder seeds torch before construction, so the same call always gives the same weights; the golden
+Each component builder seeds torch before construction, so the same call always gives the same weights; the golden
 files in tests/golden/ were made from these builders (see tests/golden/make_golden.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import http.server
+import io
+import json
+import random
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from types import SimpleNamespace
+from typing import Any, ClassVar, Literal
 
+import pytest
 import torch
 
 from pmmrec.components import (
@@ -32,6 +43,7 @@ from pmmrec.components import (
     VisionOnlyFusion,
 )
 from pmmrec.components._backbones import sanitise_backbone_config
+from pmmrec.model import PMMRec
 
 DIM = 32
 TEXT_TOKENS = 16
@@ -212,3 +224,283 @@ def run_component(component: Component, inputs: dict[str, torch.Tensor]) -> torc
     with torch.no_grad():
         output = component(**inputs)
     return output[0] if isinstance(output, tuple) else output
+
+
+# ---- tiny models -------------------------------------------------------------------------------------
+
+MAX_LENGTH = 8  # the tiny user encoder's max_length
+
+
+def text_model() -> PMMRec:
+    """The tiny text encoder (seed 1) and user encoder (seed 2) assembled; the text-only fusion is created."""
+    return PMMRec.assemble(text=tiny_text_encoder(seed=1), user=tiny_user_encoder(seed=2))
+
+
+def text_vision_model(vision: Literal["clip", "efficientnet"] = "clip") -> PMMRec:
+    """Tiny text (seed 1) + vision (seed 3) encoders, merge-attention fusion (seed 4), user encoder (seed 2)."""
+    encoder = tiny_clip_encoder(seed=3) if vision == "clip" else tiny_efficientnet_encoder(seed=3)
+    return PMMRec.assemble(text=tiny_text_encoder(seed=1), vision=encoder, fusion=tiny_fusion(seed=4), user=tiny_user_encoder(seed=2))
+
+
+def text_only_model() -> PMMRec:
+    """Tiny text-only PMMRec built directly (no assembly notes or sources), in eval mode: what the server tests use."""
+    return PMMRec(user=tiny_user_encoder(seed=2), text=tiny_text_encoder(seed=1), fusion=tiny_text_only()).eval()
+
+
+def vision_only_model() -> PMMRec:
+    """Tiny vision-only PMMRec on 32 px images, in eval mode."""
+    return PMMRec(user=tiny_user_encoder(seed=2), vision=tiny_clip_encoder(seed=3), fusion=tiny_vision_only()).eval()
+
+
+def save_tiny_components(out: Path) -> dict[str, Path]:
+    """The tiny seeded text encoder (MiniLM tokenizer) and user encoder (max_length 8) saved as folders."""
+    paths = {"text": out / "text", "user": out / "user"}
+    tiny_text_encoder(seed=1).save_pretrained(paths["text"])
+    tiny_user_encoder(seed=2, max_length=MAX_LENGTH).save_pretrained(paths["user"])
+    return paths
+
+
+# ---- the tiny dataset ----------------------------------------------------------------------------------
+
+WORDS = (
+    "red", "blue", "green", "night", "river", "city", "ghost", "robot", "space", "comedy", "drama", "storm",
+    "winter", "summer", "king", "queen", "dragon", "island", "secret", "garden", "music", "dance", "train",
+    "ocean", "forest", "mountain", "desert", "castle", "planet", "star",
+)  # fmt: skip
+NUM_ITEMS = 30
+NUM_USERS = 15  # the training preset; odd, so two processes get unequal shards
+SERVING_USERS = 8  # the serving preset
+
+
+def write_tiny_dataset(
+    out: Path,
+    *,
+    preset: Literal["training", "serving"] = "training",
+    images: bool | None = None,
+    image_size: int = CLIP_IMAGE_SIZE,
+    seed: int = 0,
+) -> Path:
+    """The one tiny dataset writer: 30 items with short English titles, and users in one of two presets.
+
+    - "training": items i1..i30 ("The red blue (movie 0)"), 15 users u0..u14 with 5-10 interactions that walk
+      through the catalogue in steps of 1 or 2 (some sequential structure); no images unless asked.
+    - "serving": items 1..30 ("The red blue (1980)"), 8 users user0..user7 with 4-11 distinct interactions drawn
+      by a seeded permutation; synthetic images unless `images=False`.
+    """
+    from pmmrec.data import ImageSource, render_synthetic_image, write_dataset
+
+    if preset == "training":
+        item_ids = [f"i{n}" for n in range(1, NUM_ITEMS + 1)]
+        texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} (movie {n})" for n in range(NUM_ITEMS)]
+        rng = random.Random(seed)
+        user_ids, user_items = [], []
+        for user in range(NUM_USERS):
+            length = rng.randint(5, 10)
+            start = rng.randrange(NUM_ITEMS)
+            user_ids.append(f"u{user}")
+            user_items.append([item_ids[(start + step * rng.choice((1, 1, 2))) % NUM_ITEMS] for step in range(length)])
+        name, with_images = "tiny", bool(images)
+    else:
+        import numpy as np
+
+        item_ids = [str(n) for n in range(1, NUM_ITEMS + 1)]
+        texts = [f"The {WORDS[n % len(WORDS)]} {WORDS[(3 * n + 1) % len(WORDS)]} ({1980 + n})" for n in range(NUM_ITEMS)]
+        generator = np.random.default_rng(seed)
+        user_items = [
+            [item_ids[int(i)] for i in generator.permutation(NUM_ITEMS)[: 4 + 8 * u // SERVING_USERS]]
+            for u in range(SERVING_USERS)
+        ]
+        user_ids = [f"user{u}" for u in range(SERVING_USERS)]
+        name, with_images = "serving-tiny", images is not False
+    source = None
+    if with_images:
+        by_id = dict(zip(item_ids, texts, strict=True))
+        source = ImageSource(
+            kind="synthetic",
+            fetch=lambda item_id: render_synthetic_image(item_id, by_id[item_id], ("Drama",), image_size),
+            size=image_size,
+        )
+    return write_dataset(
+        out,
+        name=name,
+        item_ids=item_ids,
+        item_texts=texts,
+        user_ids=user_ids,
+        user_items=user_items,
+        provenance={"source": "tests"},
+        preprocessing={},
+        images=source,
+    )
+
+
+def png_bytes(size: int = 40, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A one-colour square PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """Base64 text of `data`."""
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclasses.dataclass(frozen=True)
+class StraightRun:
+    """A `pmmrec finetune` command (without --out) and the folder of its uninterrupted run (fixture: straight_run)."""
+
+    args: list[str]
+    run: Path
+    epochs: int
+    steps_per_epoch: int
+
+
+# ---- the fake Hub (fixture: fake_hub) ------------------------------------------------------------------
+
+class FakeHubApi:
+    """Stands in for huggingface_hub.HfApi: records every call, keeps what upload_folder sends, answers a commit."""
+
+    commit: ClassVar[str] = "f" * 40
+    instances: ClassVar[list[FakeHubApi]] = []
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.uploaded: dict[str, bytes] = {}
+        FakeHubApi.instances.append(self)
+
+    def create_repo(self, **kwargs: Any) -> None:
+        self.calls.append(("create_repo", kwargs))
+
+    def upload_folder(self, **kwargs: Any) -> Any:
+        self.calls.append(("upload_folder", kwargs))
+        root = Path(kwargs["folder_path"])  # a temporary folder, gone after the call: keep its files
+        self.uploaded = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        return SimpleNamespace(oid=self.commit)
+
+    def create_tag(self, **kwargs: Any) -> None:
+        self.calls.append(("create_tag", kwargs))
+
+    def write_upload(self, folder: Path) -> Path:
+        """Lay the uploaded files out in `folder` (as a download of the pushed revision would)."""
+        for name, data in self.uploaded.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        return folder
+
+
+class _HubErrors(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in for the Hub's HTTP API, answering as the real one does for a missing revision or repo."""
+
+    def do_GET(self) -> None:
+        code = "RepoNotFound" if "missing-repo" in self.path else "RevisionNotFound"
+        self.send_response(404)
+        self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", f"{code} (fake hub)")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps({"error": code}).encode())
+
+    do_HEAD = do_GET
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class FakeHub:
+    """The fake Hub of one test: `api` replaces huggingface_hub.HfApi; `online()` points the client at a loopback
+    server that answers every revision or repo as missing (a repo named `missing-repo` as a missing repo)."""
+
+    api: type[FakeHubApi]
+    monkeypatch: pytest.MonkeyPatch
+    cache: Path
+    _servers: list[http.server.ThreadingHTTPServer] = dataclasses.field(default_factory=list)
+    _sockets: list[Any] = dataclasses.field(default_factory=list)
+
+    @property
+    def instances(self) -> list[FakeHubApi]:
+        return self.api.instances
+
+    def online(self) -> str:
+        """Start the loopback server (a free port) and go online against it; returns its address."""
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubErrors)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._servers.append(server)
+        return self._go_online(f"http://127.0.0.1:{server.server_address[1]}")
+
+    def unreachable(self) -> str:
+        """Go online against a loopback port that this fake Hub holds bound but never listens on (refused)."""
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self._sockets.append(sock)
+        return self._go_online(f"http://127.0.0.1:{sock.getsockname()[1]}")
+
+    def _go_online(self, endpoint: str) -> str:
+        from huggingface_hub import constants
+
+        self.monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        self.monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read once, at import
+        self.monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        self.monkeypatch.setenv("HF_HUB_CACHE", str(self.cache))
+        return endpoint
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        for sock in self._sockets:
+            sock.close()
+
+
+
+# ---- running pmmrec ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def isolated_environment(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A private pmmrec cache under `root`, the Hub offline, and one torch thread (fixture: `isolated`).
+
+    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads per process made
+    these runs ~10x slower (threads spinning against each other); subprocesses get OMP_NUM_THREADS=1.
+    """
+    monkeypatch.setenv("PMMREC_CACHE", str(root / "pmmrec-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: object, expect: int = 0) -> str:
+    """Invoke the `pmmrec` CLI in-process; check the exit status; return stdout + stderr."""
+    from typer.testing import CliRunner
+
+    from pmmrec.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    output = result.output  # stdout and stderr, interleaved
+    if result.exit_code != expect:
+        raise AssertionError(
+            f"pmmrec {' '.join(map(str, args))}: exit {result.exit_code}, expected {expect}\n{output}"
+        ) from result.exception
+    return output
