@@ -48,6 +48,13 @@ def open_regular_file(path: str | os.PathLike[str], error: type[PmmrecError] = P
     return os.fdopen(fd, "rb")
 
 
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give a file the mode a plain `open` would (0o666 less the umask): some writers (safetensors) create 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a regular file, read in chunks (a FIFO is refused instead of read forever)."""
     digest = hashlib.sha256()

@@ -133,3 +133,36 @@ def test_readme_walkthrough_writes_only_ignored_paths() -> None:
     for path in written:
         top = Path(path).parts[0]
         assert top in ignored or path in ignored, f"README writes {path}, which .gitignore does not cover"
+
+
+def test_artefacts_datasets_and_runs_follow_the_umask(tmp_path: Path, dataset: Path) -> None:
+    """Bug guarded: model folders came out drwx------ and weights -rw-------, so another user (or a container
+    running as non-root) could not serve them."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        assert invoke("init", "user", "--dim", "32", "--max-length", "8", "--out", tmp_path / "user")[0] == 0
+        text = tiny.tiny_text_encoder().save_pretrained(tmp_path / "text")
+        code, output = invoke("assemble", "--text", text, "--user", tmp_path / "user", "--out", tmp_path / "model")
+        assert code == 0, output
+        code, output = invoke(
+            "finetune", "--data", dataset, "--out", tmp_path / "run", "--text", text, "--user", tmp_path / "user",
+            "--epochs", "1", "--batch-size", "4", "--max-length", "8", "--quiet",
+        )  # fmt: skip
+        assert code == 0, output
+        data = write_dataset(
+            tmp_path / "data", name="d", item_ids=ITEMS[:3], item_texts=TEXTS[:3], user_ids=["u"],
+            user_items=[ITEMS[:3]], provenance={}, preprocessing={},
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    checked = 0
+    for root in (tmp_path / "user", tmp_path / "model", tmp_path / "run", data):
+        for path in [root, *root.rglob("*")]:
+            if path.name == ".lock" or path.is_symlink():
+                continue
+            expected = 0o755 if path.is_dir() else 0o644
+            assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"
+            checked += 1
+    assert checked > 20

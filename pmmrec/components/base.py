@@ -26,7 +26,7 @@ from pmmrec.cards import ComponentCardData, TrainingFacts, render_component_card
 from pmmrec.components._registry import component_class, register_component, registered_types
 from pmmrec.components.options import CreateOptions
 from pmmrec.errors import ArtefactError
-from pmmrec.fileio import atomic_directory
+from pmmrec.fileio import atomic_directory, follow_umask
 from pmmrec.hub import push_folder
 from pmmrec.integrity import tensors_digest
 from pmmrec.jsonfile import read_json_file, validate_strictly
@@ -164,6 +164,7 @@ class Component(nn.Module, metaclass=ABCMeta):
                 },
             )
             _sort_header_metadata(staging / WEIGHTS_FILE)
+            follow_umask(staging / WEIGHTS_FILE)  # safetensors creates its files 0600
             self.save_extra_files(staging)
             (staging / CARD_FILE).write_text(render_component_card(self.card_data(card)), encoding="utf-8")
             integrity.write_checksums(staging)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from pmmrec.distributed import DistributedContext, barrier
 from pmmrec.errors import ArtefactError, ConfigError
-from pmmrec.fileio import WriteError, atomic_directory, atomic_file
+from pmmrec.fileio import WriteError, atomic_directory, atomic_file, follow_umask
 from pmmrec.jsonfile import read_json_file, validate_strictly
 from pmmrec.recovery import recover, recover_children
 from pmmrec.schemas import ProgressFile
@@ -59,6 +59,7 @@ def save_checkpoint(
     with atomic_directory(folder, overwrite=True) as staging:
         tensors = {name: t.detach().contiguous().cpu() for name, t in module.state_dict().items()}
         save_file(tensors, str(staging / WEIGHTS))
+        follow_umask(staging / WEIGHTS)  # safetensors creates its files 0600
         torch.save(trainer_state, staging / STATE)
         (staging / META).write_text(json.dumps(progress, indent=2) + "\n", encoding="utf-8")
 
