@@ -28,6 +28,7 @@ from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import atomic_file
 
 __all__ = [
+    "WINDOW_SCHEMES",
     "BatchCollator",
     "EvalBatch",
     "EvalSample",
@@ -36,6 +37,7 @@ __all__ = [
     "ItemBatch",
     "SequenceBatch",
     "TrainSequences",
+    "tile_ends",
     "tokenize_catalogue",
 ]
 
@@ -120,20 +122,78 @@ def _left_pad(sequence: np.ndarray, length: int) -> np.ndarray:
     return window
 
 
-class TrainSequences(torch.utils.data.Dataset):
-    """Per user, the last max_len + 1 training items left-padded with 0: inputs [:-1], next-item targets [1:]."""
+WINDOW_SCHEMES: tuple[str, ...] = ("tiles", "crop", "last")
 
-    def __init__(self, train_sequences: Sequence[np.ndarray], max_len: int) -> None:
+
+def tile_ends(length: int, max_len: int) -> list[int]:
+    """Ends (exclusive) of the windows that tile a training sequence of `length` items, the last one first.
+
+    Windows hold max_len + 1 items and step back by max_len, so consecutive windows share one item: window
+    ending at e has targets e - max_len .. e - 1, and together the windows make every item but the first a target
+    exactly once. A sequence too short to have a target still gives its one window (it trains nothing).
+    """
+    ends = [length]
+    while ends[-1] - max_len >= 2:
+        ends.append(ends[-1] - max_len)
+    return ends
+
+
+class TrainSequences(torch.utils.data.Dataset):
+    """Training windows of max_len + 1 items, left-padded with 0: inputs [:-1], next-item targets [1:].
+
+    scheme "tiles" (default): each user's whole training sequence is cut into windows ending at its last item
+    (see `tile_ends`), so every training interaction but the user's first is a target once per epoch;
+    "crop": one window per user per epoch, ending at a random position (seeded by `seed` and the epoch: call
+    `set_epoch`), full-length where the sequence allows, so each epoch is as short as one window per user;
+    "last": only each user's last max_len + 1 items, every epoch (the reference implementation's behaviour).
+    """
+
+    def __init__(
+        self, train_sequences: Sequence[np.ndarray], max_len: int, scheme: str = "tiles", seed: int = 0
+    ) -> None:
         if max_len < 1:
             raise ConfigError(f"max_len must be positive, got {max_len}")
+        if scheme not in WINDOW_SCHEMES:
+            raise ConfigError(f"window scheme must be one of {', '.join(WINDOW_SCHEMES)}, got {scheme!r}")
         self.sequences = [np.asarray(sequence, dtype=np.int64) for sequence in train_sequences]
         self.max_len = max_len
+        self.scheme = scheme
+        self.seed = seed
+        self.windows: list[tuple[int, int]] = []  # (user row, end of the window, exclusive)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose this epoch's windows (only "crop" depends on the epoch)."""
+        lengths = [len(sequence) for sequence in self.sequences]
+        if self.scheme == "tiles":
+            self.windows = [(row, end) for row, length in enumerate(lengths) for end in tile_ends(length, self.max_len)]
+        elif self.scheme == "last":
+            self.windows = [(row, length) for row, length in enumerate(lengths)]
+        else:
+            rng = np.random.default_rng([self.seed, epoch])
+            lowest = [min(length, self.max_len + 1) for length in lengths]
+            self.windows = [
+                (row, int(rng.integers(low, length + 1)))
+                for row, (low, length) in enumerate(zip(lowest, lengths, strict=True))
+            ]
 
     def __len__(self) -> int:
-        return len(self.sequences)
+        return len(self.windows)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        return _left_pad(self.sequences[index], self.max_len + 1)
+        row, end = self.windows[index]
+        return _left_pad(self.sequences[row][:end], self.max_len + 1)
+
+    def item_counts(self, num_items: int) -> np.ndarray:
+        """Interactions per catalogue index [N+1] over the items this dataset trains on (popularity estimates).
+
+        "tiles" and "crop" train on whole sequences, "last" on each user's last max_len + 1 items.
+        """
+        counts = np.zeros(num_items + 1, dtype=np.float64)
+        for sequence in self.sequences:
+            used = sequence[-(self.max_len + 1) :] if self.scheme == "last" else sequence
+            np.add.at(counts, used, 1.0)
+        return counts
 
 
 class EvalSample(NamedTuple):
@@ -191,7 +251,8 @@ class SequenceBatch(_TensorBundle):
     """A batch of user sequences and the features of its distinct items.
 
     item_seq: catalogue indices [B, S], left-padded with 0; seq_mask: True on real items;
-    unique_items: sorted distinct non-padding indices [U]; slot_index: position of each slot's item in
+    unique_items: sorted distinct non-padding indices [U] (every catalogue item when the collator lists all items
+    as candidates); slot_index: position of each slot's item in
     unique_items [B, S] (0 on padding, use seq_mask); text_ids/text_mask: token rows [U, T] of unique_items;
     pixel_values: uint8 [U, 3, H, W], un-normalised (zeros for an item without an image).
     """
@@ -263,6 +324,8 @@ class BatchCollator:
         self.image_store = image_store
         self.image_preprocessor = ImagePreprocessor(image_size)
         self.include_images = True  # switched off when a frozen-prefix cache already holds every image input
+        # Training batches list every catalogue item as a candidate (the full-softmax loss), not only their own.
+        self.all_items_as_candidates = False
 
     @property
     def image_size(self) -> int:
@@ -309,9 +372,13 @@ class BatchCollator:
         windows = [sample.window if isinstance(sample, EvalSample) else sample for sample in samples]
         item_seq = _stack_left_padded(windows)
         seq_mask = item_seq > 0
-        unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
         slot_index = np.zeros_like(item_seq)
-        slot_index[seq_mask] = inverse.reshape(-1)
+        if self.all_items_as_candidates and not is_eval:
+            unique_items = np.arange(1, len(self.item_ids) + 1, dtype=np.int64)
+            slot_index[seq_mask] = item_seq[seq_mask] - 1
+        else:
+            unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
+            slot_index[seq_mask] = inverse.reshape(-1)
         unique_tensor = torch.from_numpy(unique_items.astype(np.int64))
         text_ids = text_mask = pixel_values = None
         if with_features:
