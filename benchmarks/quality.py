@@ -66,8 +66,13 @@ class Task:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def run_tasks(tasks: list[Task], workers: int, threads: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Run tasks in dependency order on a process pool; a failed task fails its dependants (logged), not the rest."""
+def run_tasks(
+    tasks: list[Task], workers: int, threads: int, log: Callable[[str], None], deadline: float | None = None
+) -> dict[str, Any]:
+    """Run tasks in dependency order on a process pool; a failed task fails its dependants (logged), not the rest.
+
+    deadline: a time.monotonic() value after which running jobs are killed and the results so far returned.
+    """
     results: dict[str, Any] = {}
     failed: set[str] = set()
     pending = {task.key: task for task in tasks}
@@ -87,7 +92,14 @@ def run_tasks(tasks: list[Task], workers: int, threads: int, log: Callable[[str]
                 if pending:
                     raise RuntimeError(f"unsatisfiable tasks: {sorted(pending)[:5]}")
                 break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:
+                log(f"deadline reached: stopping {len(running)} running and {len(pending)} pending jobs")
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.kill()
+                pool.shutdown(wait=False, cancel_futures=True)
+                return results
             for future in done:
                 key = running.pop(future)
                 try:
@@ -97,6 +109,17 @@ def run_tasks(tasks: list[Task], workers: int, threads: int, log: Callable[[str]
                     failed.add(key)
                     log(f"FAILED {key}: {type(exc).__name__}: {exc}")
     return results
+
+
+SETTING_BOOST = {"large": 2, "demo": 1, "quick": 0}  # long runs first, so that none is left alone at the end
+
+
+def priority(kind: str, setting: str, row: str | None = None) -> int:
+    """Scheduling order (higher first): data, pre-training, the main rows' searches and finals, then the rest."""
+    base = {"pretrain": 6, "search": 4, "final": 5, "untrained": 3, "window": 1}[kind]
+    if row is not None and row not in DEMO_ROWS and kind in ("search", "final"):
+        base -= 2
+    return base + SETTING_BOOST[setting]
 
 
 def selected(results: dict[str, Any], setting: str, row: str) -> int:
@@ -119,7 +142,8 @@ def setting_tasks(
         data = "data:source-img" if name.startswith("mm") else "data:source"
         for seed in seeds:
             tasks.append(Task(f"pre:{setting}:{name}:{seed}", jobs.pretrain, [data],
-                              lambda r, n=name, s=seed: (root, setting, n, s, device), priority=3))  # fmt: skip
+                              lambda r, n=name, s=seed: (root, setting, n, s, device),
+                              priority=priority("pretrain", setting)))  # fmt: skip
 
     def components(results: dict[str, Any], seed: int) -> dict[str, dict[str, str]]:
         return {
@@ -141,11 +165,13 @@ def setting_tasks(
                 return root, f"search/{setting}/{row}/c{index}", data, overrides, device
 
             tasks.append(Task(f"search:{setting}:{row}:{index}", jobs.finetune,
-                              [f"data:{data}", *pre_deps(search_seed)], search_args, priority=2))  # fmt: skip
+                              [f"data:{data}", *pre_deps(search_seed)], search_args,
+                              priority=priority("search", setting, row)))  # fmt: skip
         search_keys = [f"search:{setting}:{row}:{i}" for i in range(len(grid))]
         tasks.append(Task(f"test:{setting}:{row}:{search_seed}", jobs.test_once, search_keys,
                           lambda r, row=row, data=data: (root, f"search/{setting}/{row}/c{selected(r, setting, row)}",
-                                                         data, device), priority=1))  # fmt: skip
+                                                         data, device),
+                          priority=priority("final", setting, row)))  # fmt: skip
         for seed in seeds[1:]:
 
             def final_args(results: dict[str, Any], row: str = row, seed: int = seed, data: str = data) -> tuple[Any, ...]:
@@ -154,7 +180,8 @@ def setting_tasks(
                 return root, f"final/{setting}/{row}/s{seed}", data, row_overrides(row, settings, components(results, seed)), device
 
             tasks.append(Task(f"final:{setting}:{row}:{seed}", jobs.finetune,
-                              [*search_keys, *pre_deps(seed)], final_args, priority=1))  # fmt: skip
+                              [*search_keys, *pre_deps(seed)], final_args,
+                              priority=priority("final", setting, row)))  # fmt: skip
     if setting == "quick" and not only:  # the window-scheme study: default configuration, validation only
         for row in ("sasrec-id", "pmmrec-scratch"):
             for window in WINDOWS:
@@ -164,21 +191,25 @@ def setting_tasks(
                     overrides |= {"window": window, "evaluate_test": False}
                     return root, f"window/{setting}/{row}/{window}", "target", overrides, device
 
-                tasks.append(Task(f"window:{setting}:{row}:{window}", jobs.finetune, ["data:target"], window_args))
+                tasks.append(Task(f"window:{setting}:{row}:{window}", jobs.finetune, ["data:target"], window_args,
+                                  priority=priority("window", setting)))
     # Rows that train nothing on the target. Baselines do not depend on the seed; zero-shot does (its pre-training).
     for name in ("popularity", "content-knn-20", "content-knn-all"):
         splits = ("valid", "test") if name == "popularity" else ("valid",)
         tasks.append(Task(f"untrained:{setting}:{name}", jobs.untrained, ["data:target"],
-                          lambda r, n=name, sp=splits: (root, setting, n, 0, None, None, sp)))  # fmt: skip
+                          lambda r, n=name, sp=splits: (root, setting, n, 0, None, None, sp),
+                          priority=priority("untrained", setting)))  # fmt: skip
     tasks.append(Task(f"untrained:{setting}:content-knn", jobs.untrained,
                       [f"untrained:{setting}:content-knn-20", f"untrained:{setting}:content-knn-all"],
-                      lambda r: (root, setting, knn_choice(r, setting), 0, None, None, ("test",))))  # fmt: skip
+                      lambda r: (root, setting, knn_choice(r, setting), 0, None, None, ("test",)),
+                      priority=priority("untrained", setting)))  # fmt: skip
     zero_shots = [("pmmrec-zero-shot", "text")] + ([("mm-zero-shot", "mm")] if "mm" in pretrainings else [])
     for row, name in zero_shots:
         for seed in seeds:
             tasks.append(Task(f"untrained:{setting}:{row}:{seed}", jobs.untrained, [f"pre:{setting}:{name}:{seed}"],
                               lambda r, row=row, n=name, s=seed: (root, setting, row, s,
-                                                                  r[f"pre:{setting}:{n}:{s}"]["components"], device)))  # fmt: skip
+                                                                  r[f"pre:{setting}:{n}:{s}"]["components"], device),
+                              priority=priority("untrained", setting)))  # fmt: skip
     return tasks
 
 
@@ -198,6 +229,7 @@ def main() -> None:
     parser.add_argument("--ml100k", action="store_true", help="also run the defaults check on the whole MovieLens-100K")
     parser.add_argument("--only-ml100k", action="store_true", help="run only the MovieLens-100K defaults check")
     parser.add_argument("--rows", nargs="+", default=None, help="only these trained rows (default: all of the setting)")
+    parser.add_argument("--deadline", type=float, default=None, help="stop after this many seconds, report what finished")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores / workers)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
@@ -215,7 +247,7 @@ def main() -> None:
     data_names = {"source", "target"} | ({"source-img", "target-img"} if images and "quick" in settings else set())
     data_names = (data_names if settings else set()) | ({"ml100k"} if args.ml100k or args.only_ml100k else set())
     for name in sorted(data_names):
-        tasks.append(Task(f"data:{name}", jobs.build_data, [], lambda r, n=name: (root, n), priority=5))
+        tasks.append(Task(f"data:{name}", jobs.build_data, [], lambda r, n=name: (root, n), priority=10))
     for setting in settings:
         tasks += setting_tasks(root, setting, args.seeds, args.device, images, args.rows)
     if args.ml100k or args.only_ml100k:
@@ -230,7 +262,8 @@ def main() -> None:
             handle.write(line + "\n")
 
     log(f"{len(tasks)} tasks, {args.workers} workers x {threads} threads, device {args.device or 'cpu'}")
-    results = run_tasks(tasks, args.workers, threads, log)
+    deadline = time.monotonic() + args.deadline if args.deadline else None
+    results = run_tasks(tasks, args.workers, threads, log, deadline)
     payload = report(results, settings, args.seeds, images, ml100k=args.ml100k or args.only_ml100k, root=Path(root))
     payload["seconds"] = time.perf_counter() - started
     payload["command"] = " ".join(sys.argv)

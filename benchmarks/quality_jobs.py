@@ -40,6 +40,14 @@ def apply_smoke() -> None:
                                       finetune_epochs=1, patience=1, text_trainable_layers=0)  # fmt: skip
 
 
+def _tidy(run: Path) -> None:
+    """Drop what a finished run no longer needs (best/ equals model/ or components/; checkpoints are for resuming)."""
+    import shutil
+
+    for name in ("best", "checkpoints"):
+        shutil.rmtree(run / name, ignore_errors=True)
+
+
 def _smoke(overrides: dict[str, Any]) -> dict[str, Any]:
     return overrides | {"max_steps": 3, "max_epochs": 1} if os.environ.get(SMOKE) else overrides
 
@@ -85,7 +93,8 @@ def pretrain(root: str, setting: str, name: str, seed: int, device: str | None, 
     data = Path(root) / "data" / ("source-img" if name.startswith("mm") else "source")
     overrides = _smoke(pretrain_overrides(name, settings_for(setting, seed)) | {"device": device})
     started = time.perf_counter()
-    result = train("pretrain", data, folder / "run", overrides=overrides, progress=False)
+    result = train("pretrain", data, folder / "run", overrides=overrides | {"save_checkpoints": False}, progress=False)
+    _tidy(folder / "run")
     components = folder / "run" / "components"
     return _store(
         folder,
@@ -111,8 +120,9 @@ def finetune(
     if cached is not None:
         return cached
     started = time.perf_counter()
-    result = train("finetune", Path(root) / "data" / data, run_folder / "run", overrides=_smoke(overrides | {"device": device}),
-                   progress=False)  # fmt: skip
+    overrides = _smoke(overrides | {"device": device, "save_checkpoints": False})
+    result = train("finetune", Path(root) / "data" / data, run_folder / "run", overrides=overrides, progress=False)
+    _tidy(run_folder / "run")
     return _store(
         run_folder,
         {

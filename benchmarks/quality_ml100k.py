@@ -65,7 +65,7 @@ def ml100k_tasks(root: str, device: str | None, task: Any) -> list[Any]:
         for index, key in enumerate(keys):
             tasks.append(task(key, jobs.finetune, ["data:ml100k"],
                               lambda r, t=tower, i=index: (root, f"ml100k/{t}/c{i}", "ml100k", ml100k_overrides(t, i), device),
-                              priority=4 if index == 0 else 1))  # fmt: skip
+                              priority=7 if tower == "text" else 5))  # fmt: skip
         tasks.append(task(f"ml100k-test:{tower}:default", jobs.test_once, [keys[0]],
                           lambda r, t=tower: (root, f"ml100k/{t}/c0", "ml100k", device)))  # fmt: skip
         tasks.append(task(f"ml100k-test:{tower}:best", jobs.protocols, keys,

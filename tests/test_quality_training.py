@@ -232,3 +232,20 @@ def test_history_include_ranks_history_items_too(tmp_path: Path, dataset_dir: Pa
     include = np.array(json.loads(out.read_text())["ranks"])
     exclude = np.array(json.loads((tmp_path / "exclude.json").read_text())["ranks"])
     assert (include >= exclude).all() and (include > exclude).any()
+
+
+def test_baselines_are_evaluable_from_the_cli_like_models(tmp_path: Path, dataset_dir: Path) -> None:
+    """`pmmrec evaluate --baseline popularity|content-knn` needs no --model; its ranks match the library's."""
+    from test_training import run_cli
+
+    from pmmrec.baselines import baseline_ranks
+
+    out = tmp_path / "pop.json"
+    text = run_cli("evaluate", "--data", dataset_dir, "--baseline", "popularity", "--k", "10", "--output", out)
+    assert "(popularity)" in text and "ndcg" in text
+    dataset = load_dataset(dataset_dir)
+    expected = baseline_ranks("popularity", dataset, leave_one_out(dataset.sequences), "test")
+    assert json.loads(out.read_text())["ranks"] == expected.tolist()
+    knn = run_cli("evaluate", "--data", dataset_dir, "--baseline", "content-knn", "--split", "valid", "--k", "10")
+    assert "(content-knn)" in knn
+    assert "exactly one of --model and --baseline" in run_cli("evaluate", "--data", dataset_dir, expect=1)

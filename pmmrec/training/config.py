@@ -131,6 +131,10 @@ class TrainConfig(_Strict):
     patience: int | None = Field(
         default=5, ge=1, description="Stop after this many epochs without a better validation metric (null: never)."
     )
+    save_checkpoints: bool = Field(
+        default=True,
+        description="Write RUN/checkpoints/last after every epoch (what --resume needs; a signal always writes one).",
+    )
     evaluate_test: bool = Field(
         default=True,
         description="Evaluate the test split once, at the best epoch, when training ends (a configuration search "

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,7 @@ from pmmrec.data import (
     leave_one_out,
     write_split_record,
 )
-from pmmrec.distributed import DistributedContext, all_reduce_flag, barrier, gather_objects, setup_distributed
+from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, PmmrecError
 from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import write_json
@@ -35,6 +32,7 @@ from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig, dump_train_config
+from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
 from pmmrec.training.optim import autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
 from pmmrec.training.run_dir import (
@@ -62,39 +60,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     model: PMMRec | None = None
     test_ranks: np.ndarray | None = None  # per-user test ranks (split order), None when the test was not evaluated
-
-
-def epoch_order(num_windows: int, epoch: int, seed: int, context: DistributedContext) -> list[int]:
-    """This process's windows for `epoch`: a seeded permutation, padded to equal shards as DistributedSampler does."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_windows, generator=generator).tolist()
-    world = context.world_size
-    padded = order + order[: (-len(order)) % world]
-    return padded[context.rank :: world]
-
-
-class _StopFlag:
-    """Records SIGTERM/SIGINT instead of dying mid-step; restored on exit."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopFlag]:
-        previous = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: no handlers
-            previous = {}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.raised = signum
 
 
 class Trainer:
@@ -273,7 +238,7 @@ class Trainer:
         if self.context.is_main:
             for notice in self.notices:
                 tqdm.write(f"notice: {notice}")
-        stop = _StopFlag()
+        stop = StopFlag()
         config = self.config
         with stop.installed():
             while progress["epoch"] < config.epoch_limit and not self._done(progress):
@@ -366,7 +331,8 @@ class Trainer:
                 + (" (best)" if improved else f" (best {progress['best']:.4f} at epoch {progress['best_epoch']})")
             )
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
-        self._save_last(progress)
+        if self.config.save_checkpoints:
+            self._save_last(progress)
 
     def _finish(self, progress: dict[str, Any]) -> TrainResult:
         if progress["best_epoch"] is not None and not self.folder.best_dir.is_dir():
