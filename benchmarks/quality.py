@@ -264,7 +264,13 @@ def main() -> None:
     log(f"{len(tasks)} tasks, {args.workers} workers x {threads} threads, device {args.device or 'cpu'}")
     deadline = time.monotonic() + args.deadline if args.deadline else None
     results = run_tasks(tasks, args.workers, threads, log, deadline)
-    payload = report(results, settings, args.seeds, images, ml100k=args.ml100k or args.only_ml100k, root=Path(root))
+    try:
+        payload = report(results, settings, args.seeds, images, ml100k=args.ml100k or args.only_ml100k, root=Path(root))
+    except Exception:  # the job results are cached in --out: the report can be made again from them
+        import traceback
+
+        payload = {"report_error": traceback.format_exc()}
+        log(payload["report_error"])
     payload["seconds"] = time.perf_counter() - started
     payload["command"] = " ".join(sys.argv)
     payload["load_average"] = os.getloadavg()

@@ -110,25 +110,26 @@ class DemoSettings:
         return {"batch_size": self.batch_size, "max_length": self.max_length, "seed": self.seed}
 
 
-# Configurations selected by `benchmarks/quality.py --setting S --search` on the validation split (docs/benchmarks.md).
-DEMO_CONFIGS = {
-    "sasrec-id": RowConfig("full", 3e-3, 3e-4, 0.3),
-    "pmmrec-scratch": RowConfig("in_batch", 1e-3, 1e-4, 0.1),
-    "pmmrec-transfer": RowConfig("in_batch", 1e-3, 3e-4, 0.1),
-}
+# Configurations selected per setting by benchmarks/quality.py on the validation split (docs/benchmarks.md).
+QUICK_CONFIGS: dict[str, RowConfig] = {}
+DEMO_CONFIGS: dict[str, RowConfig] = {}
+LARGE_CONFIGS: dict[str, RowConfig] = {}
 
 SETTINGS = {
+    # --quick: a few minutes on 2 CPU cores; only the text encoder's projection is trained (its 6 layers frozen).
     "quick": DemoSettings(
-        "quick", dim=64, batch_size=64, max_length=20, pretrain_epochs=2, finetune_epochs=4, patience=2,
-        text_trainable_layers=1, configs=DEMO_CONFIGS,
+        "quick", dim=64, batch_size=128, max_length=20, pretrain_epochs=1, finetune_epochs=3, patience=1,
+        text_trainable_layers=0, configs=QUICK_CONFIGS,
     ),
+    # `pmmrec demo`: at most 15 minutes on 2 CPU cores.
     "demo": DemoSettings(
-        "default", dim=128, batch_size=64, max_length=20, pretrain_epochs=3, finetune_epochs=8, patience=2,
+        "default", dim=128, batch_size=64, max_length=20, pretrain_epochs=3, finetune_epochs=6, patience=2,
         text_trainable_layers=1, configs=DEMO_CONFIGS,
     ),
+    # The larger setting of docs/benchmarks.md (a GPU run).
     "large": DemoSettings(
         "large", dim=256, batch_size=64, max_length=20, pretrain_epochs=20, finetune_epochs=50, patience=5,
-        text_trainable_layers=2, configs=DEMO_CONFIGS,
+        text_trainable_layers=2, configs=LARGE_CONFIGS,
     ),
 }  # fmt: skip
 
