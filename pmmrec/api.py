@@ -200,12 +200,11 @@ def evaluate(
     if baseline is not None:
         import torch
 
-        from pmmrec.baselines import baseline_ranks
+        from pmmrec.baselines import KNN_HISTORY, baseline_ranks
         from pmmrec.evaluation import metrics_from_ranks
 
-        ranks = baseline_ranks(
-            baseline, dataset, split_data, split, exclude_history=history == "exclude", max_length=max_length
-        )
+        window = max_length if max_length is not None else KNN_HISTORY
+        ranks = baseline_ranks(baseline, dataset, split_data, split, exclude_history=history == "exclude", max_length=window)
         metrics = metrics_from_ranks(torch.as_tensor(ranks), tuple(ks))
     else:
         from pmmrec.inference import evaluate_split, make_collator

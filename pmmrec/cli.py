@@ -244,7 +244,7 @@ def evaluate(
         int | None,
         typer.Option(
             "--max-length",
-            help="History items the model reads (default: as the model's run, else its maximum; content-knn: all).",
+            help="History items the model reads (default: as the model's run, else its maximum; content-knn: 20).",
         ),
     ] = None,
     history: Annotated[

@@ -94,6 +94,7 @@ def test_rows_carry_intervals_and_comparisons_carry_p_values() -> None:
     assert row["new_ndcg@10_ci"][0] < row["new_ndcg@10"] < row["new_ndcg@10_ci"][1]
     tests = comparisons({"pmmrec-transfer": strong, "pmmrec-scratch": weak}, new)
     assert tests[0]["a"] == "pmmrec-transfer" and tests[0]["significant"] and tests[0]["p_bootstrap"] < 0.01
+    assert tests[0]["subset"] == "all" and tests[0]["users"] == 300  # the subset label survives the user count
     text = results_markdown([row], tests, ["a note"])
     assert "p (Wilcoxon)" in text and "a note" in text
 

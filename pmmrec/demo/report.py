@@ -66,7 +66,7 @@ def comparisons(
         if mask is not None and not mask.any():
             continue
         result = compare(a, user_values(ranks[a], "ndcg", mask), b, user_values(ranks[b], "ndcg", mask))
-        found.append({"users": users, **result.as_dict(ALPHA)})
+        found.append({**result.as_dict(ALPHA), "subset": users})  # `users` is the count, `subset` all or new
     return found
 
 
@@ -101,7 +101,7 @@ def results_markdown(
     ]
     for test in tests:
         lines.append(
-            f"| {test['a']} vs {test['b']} | {test['users']} | {test['difference']:+.4f} "
+            f"| {test['a']} vs {test['b']} | {test['subset']} ({test['users']}) | {test['difference']:+.4f} "
             f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {test['p_bootstrap']:.4f} | {test['p_wilcoxon']:.4f} "
             f"| {_mark(test)} ({test['verdict']}) |"
         )
@@ -110,7 +110,7 @@ def results_markdown(
 
 def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]]) -> str:
     """Plain-text table for the terminal; * marks a row significantly better than the row it is tested against."""
-    winners = {t["a"] for t in tests if t["significant"] and t["difference"] > 0 and t["users"] == "all"}
+    winners = {t["a"] for t in tests if t["significant"] and t["difference"] > 0 and t["subset"] == "all"}
     header = f"{'model':<20}{'NDCG@10 [95% CI]':>28}{'HR@10':>9}  {'new-item NDCG@10':>17}"
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -123,7 +123,7 @@ def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str,
     lines.append("")
     for test in tests:
         lines.append(
-            f"{test['a']} vs {test['b']} ({test['users']} users): {test['difference']:+.4f}, "
+            f"{test['a']} vs {test['b']} ({test['subset']} users, {test['users']}): {test['difference']:+.4f}, "
             f"p = {test['p_bootstrap']:.4f} (bootstrap), {test['p_wilcoxon']:.4f} (Wilcoxon) -> {test['verdict']}"
         )
     return "\n".join(lines)

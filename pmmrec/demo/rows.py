@@ -95,7 +95,7 @@ class DemoSettings:
     text_trainable_layers: int
     new_items: float = 0.2
     seed: int = 42
-    knn_history: int | None = None  # content-knn: last N history items (None: all); chosen on validation
+    knn_history: int | None = 20  # content-knn: last N history items (None: all); 20 chosen on validation
     configs: dict[str, RowConfig] = field(default_factory=dict)
 
     def config_of(self, row: str) -> RowConfig:
@@ -111,9 +111,29 @@ class DemoSettings:
 
 
 # Configurations selected per setting by benchmarks/quality.py on the validation split (docs/benchmarks.md).
-QUICK_CONFIGS: dict[str, RowConfig] = {}
-DEMO_CONFIGS: dict[str, RowConfig] = {}
-LARGE_CONFIGS: dict[str, RowConfig] = {}
+# (The GPU run of docs/benchmarks.md, search seed 0; the eight candidates of each row and their scores are there.)
+_FULL_HIGH = RowConfig("full", 3e-3, 3e-4, 0.1)
+QUICK_CONFIGS: dict[str, RowConfig] = {
+    "sasrec-id": _FULL_HIGH,
+    "pmmrec-scratch": _FULL_HIGH,
+    "pmmrec-transfer": RowConfig("full", 1e-3, 3e-3, 0.1),
+    "transfer-text-only": _FULL_HIGH,
+    "transfer-user-only": RowConfig("full", 1e-3, 3e-3, 0.1),
+    "transfer-no-nid": RowConfig("full", 1e-3, 3e-3, 0.1),
+    "transfer-no-rcl": RowConfig("full", 1e-3, 3e-3, 0.1),
+    "mm-transfer": RowConfig("in_batch", 1e-3, 1e-3, 0.1),
+    "mm-transfer-no-nicl": RowConfig("in_batch", 1e-3, 1e-3, 0.1),
+}
+DEMO_CONFIGS: dict[str, RowConfig] = {
+    "sasrec-id": RowConfig("full", 3e-3, 3e-4, 0.3),
+    "pmmrec-scratch": _FULL_HIGH,
+    "pmmrec-transfer": RowConfig("full", 1e-3, 1e-3, 0.1),
+}
+LARGE_CONFIGS: dict[str, RowConfig] = {
+    "sasrec-id": RowConfig("full", 1e-3, 1e-4, 0.3),
+    "pmmrec-scratch": RowConfig("full", 1e-3, 1e-4, 0.3),
+    "pmmrec-transfer": RowConfig("full", 1e-3, 1e-4, 0.1),
+}
 
 SETTINGS = {
     # --quick: a few minutes on 2 CPU cores; only the text encoder's projection is trained (its 6 layers frozen).

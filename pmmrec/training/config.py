@@ -65,7 +65,12 @@ class ModelConfig(_Strict):
     user_heads: int | None = Field(
         default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."
     )
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout of a fresh user encoder.")
+    dropout: float = Field(
+        default=0.3,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout of a fresh user encoder (0.3: chosen on validation, docs/benchmarks.md; paper: 0.1).",
+    )
 
 
 class TrainConfig(_Strict):
