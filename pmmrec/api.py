@@ -194,9 +194,15 @@ def evaluate(
     min_length = min_length if min_length is not None else record.get("min_length") or 3
     max_history = max_history if max_history is not None else record.get("max_history")
     max_length = max_length if max_length is not None else record.get("max_length")
+    context = setup_distributed(device)
+    loaded = None
+    if model is not None:
+        from pmmrec.model import PMMRec
+
+        loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
+        loaded.to(context.device)
     dataset = load_dataset(data)
     split_data = leave_one_out(dataset.sequences, min_length, max_history)
-    context = setup_distributed(device)
     if baseline is not None:
         import torch
 
@@ -208,10 +214,8 @@ def evaluate(
         metrics = metrics_from_ranks(torch.as_tensor(ranks), tuple(ks))
     else:
         from pmmrec.inference import evaluate_split, make_collator
-        from pmmrec.model import PMMRec
 
-        loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
-        loaded.to(context.device)
+        assert loaded is not None
         result = evaluate_split(
             loaded, split_data, split, make_collator(loaded, dataset), dataset.num_items, context.device, context,
             ks=tuple(ks), progress=progress, max_length=max_length, exclude_history=history == "exclude",

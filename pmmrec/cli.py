@@ -261,6 +261,8 @@ def evaluate(
     """Full-ranking HR, NDCG and MRR at each K of a model or a baseline (ties count in the user's favour)."""
     from pmmrec.evaluation import format_metrics_table
 
+    if (model is None) == (baseline is None):
+        raise typer.BadParameter("give exactly one of --model and --baseline", param_hint="--model / --baseline")
     ks = tuple([*(k or []), *(more_k or [])] or (10, 20, 50))
     metrics = api.evaluate(
         model, data, baseline=baseline.value if baseline is not None else None, split=split.value, ks=ks,

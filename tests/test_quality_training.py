@@ -248,4 +248,4 @@ def test_baselines_are_evaluable_from_the_cli_like_models(tmp_path: Path, datase
     assert json.loads(out.read_text())["ranks"] == expected.tolist()
     knn = run_cli("evaluate", "--data", dataset_dir, "--baseline", "content-knn", "--split", "valid", "--k", "10")
     assert "(content-knn)" in knn
-    assert "exactly one of --model and --baseline" in run_cli("evaluate", "--data", dataset_dir, expect=1)
+    assert "exactly one of --model and --baseline" in run_cli("evaluate", "--data", dataset_dir, expect=2)
