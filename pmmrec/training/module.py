@@ -95,7 +95,9 @@ def default_softmax(model: PMMRec) -> str:
     """The next-item softmax of `softmax: auto`: full for an ID item tower, in-batch for content towers.
 
     Chosen on validation splits (docs/benchmarks.md): SASRec-ID gains from scoring every item at every step, and
-    its table costs nothing to score; a content tower would encode the whole catalogue at every step.
+    its table costs nothing to score. A content tower trained with the full softmax learns to rank items that never
+    occur in training (new items) last, which is what it exists not to do, and it encodes the whole catalogue at
+    every step.
     """
     return "full" if model.item_tower is not None else "in_batch"
 
