@@ -159,37 +159,78 @@ def _train(
 
 
 def evaluate(
-    model: PathLike | Any,
+    model: PathLike | Any | None,
     data: PathLike,
     *,
+    baseline: str | None = None,
     split: str = "test",
     ks: Sequence[int] = (10, 20, 50),
-    min_length: int = 3,
+    min_length: int | None = None,
     max_history: int | None = None,
+    max_length: int | None = None,
+    history: str = "exclude",
     out: PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Full-ranking HR/NDCG/MRR@K of a model on a dataset's valid or test targets (written as JSON to `out`)."""
-    from pmmrec.data import leave_one_out, load_dataset
-    from pmmrec.distributed import setup_distributed
-    from pmmrec.fileio import write_json
-    from pmmrec.inference import evaluate_split, make_collator
-    from pmmrec.model import PMMRec
+    """Full-ranking HR/NDCG/MRR@K of a model (or of a zero-training `baseline`) on a dataset's valid or test targets.
 
+    The data is split as the model's training run recorded (RUN/model/data_split.json: min_length, max_history,
+    max_length); given arguments override it, and without a record the defaults are min_length 3, every
+    interaction, and the model's own maximum length. history: exclude (pmmrec's protocol: a user's history items
+    are not ranked) or include (RecBole's sequential protocol). `out` receives the metrics and per-user ranks.
+    """
+    from pmmrec.data import leave_one_out, load_dataset, read_split_record
+    from pmmrec.distributed import setup_distributed
+    from pmmrec.errors import ConfigError
+    from pmmrec.fileio import write_json
+
+    if history not in ("exclude", "include"):
+        raise ConfigError(f"--history must be exclude or include, got {history!r}")
+    if (model is None) == (baseline is None):
+        raise ConfigError("give exactly one of --model and --baseline")
+    record = read_split_record(model) if isinstance(model, str | os.PathLike) and Path(model).is_dir() else None
+    record = record or {}
+    min_length = min_length if min_length is not None else record.get("min_length") or 3
+    max_history = max_history if max_history is not None else record.get("max_history")
+    max_length = max_length if max_length is not None else record.get("max_length")
     context = setup_distributed(device)
-    loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
-    loaded.to(context.device)
+    loaded = None
+    if model is not None:
+        from pmmrec.model import PMMRec
+
+        loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
+        loaded.to(context.device)
     dataset = load_dataset(data)
     split_data = leave_one_out(dataset.sequences, min_length, max_history)
-    collator = make_collator(loaded, dataset)
-    result = evaluate_split(
-        loaded, split_data, split, collator, dataset.num_items, context.device, context, ks=tuple(ks), progress=progress
-    )
+    if baseline is not None:
+        import torch
+
+        from pmmrec.baselines import KNN_HISTORY, baseline_ranks
+        from pmmrec.evaluation import metrics_from_ranks
+
+        window = max_length if max_length is not None else KNN_HISTORY
+        ranks = baseline_ranks(baseline, dataset, split_data, split, exclude_history=history == "exclude", max_length=window)
+        metrics = metrics_from_ranks(torch.as_tensor(ranks), tuple(ks))
+    else:
+        from pmmrec.inference import evaluate_split, make_collator
+
+        assert loaded is not None
+        result = evaluate_split(
+            loaded, split_data, split, make_collator(loaded, dataset), dataset.num_items, context.device, context,
+            ks=tuple(ks), progress=progress, max_length=max_length, exclude_history=history == "exclude",
+        )  # fmt: skip
+        ranks, metrics = result.ranks, result.metrics
     if out is not None and context.is_main:
-        source = None if isinstance(model, PMMRec) else str(model)
-        write_json(out, {"model": source, "data": str(data), "split": split, **result.metrics})
-    return result.metrics
+        source = baseline if baseline is not None else None if not isinstance(model, str | os.PathLike) else str(model)
+        settings = {"min_length": min_length, "max_history": max_history, "max_length": max_length, "history": history}
+        users = [dataset.user_ids[row] for row in split_data.user_rows]
+        write_json(
+            out,
+            {"model": source, "data": str(data), "split": split, **settings, **metrics, "users": users,
+             "ranks": [int(rank) for rank in ranks]},
+        )  # fmt: skip
+    return metrics
 
 
 def recommend(
@@ -301,12 +342,23 @@ def demo(
 
 
 def data_movielens(
-    out: PathLike, *, domain: str = "all", images: str = "none", size: int = 224, overwrite: bool = False
+    out: PathLike,
+    *,
+    domain: str = "all",
+    images: str = "none",
+    size: int = 224,
+    new_items: float = 0.0,
+    overwrite: bool = False,
 ) -> Path:
-    """Build MovieLens-100K (or its source/target domain) from the installed recbole==1.2.1 wheel."""
+    """Build MovieLens-100K (or its source/target domain) from the installed recbole==1.2.1 wheel.
+
+    new_items: share of items held out as new items (only ever a validation or test target), as the demo does.
+    """
     from pmmrec.data import build_movielens
 
-    return build_movielens(out, domain=domain, images=images, image_size=size, overwrite=overwrite)
+    return build_movielens(
+        out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items
+    )
 
 
 def data_build_lmdb(

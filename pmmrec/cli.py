@@ -17,10 +17,12 @@ import typer
 from pmmrec import api
 from pmmrec.cli_options import (
     AllowMissing,
+    BaselineChoice,
     DataDir,
     Device,
     DomainChoice,
     FusionRef,
+    HistoryChoice,
     ImagePayload,
     ImagesChoice,
     ImageSize,
@@ -184,30 +186,56 @@ app.command("finetune")(
 @app.command("evaluate")
 @reports_errors
 def evaluate(
-    model: ModelRef,
     data: DataDir,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Assembled model: folder or hub reference (or give --baseline).")
+    ] = None,
+    baseline: Annotated[
+        BaselineChoice | None,
+        typer.Option(help="Evaluate a zero-training baseline instead of a model: popularity or content-knn."),
+    ] = None,
     split: Annotated[SplitChoice, typer.Option(help="Which leave-one-out target to rank.")] = SplitChoice.test,
     k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs: --k 10 20 50 (default) or --k 10 --k 20.")] = None,
-    min_length: Annotated[int, typer.Option("--min-length", help="Users with fewer interactions are dropped.")] = 3,
-    max_history: Annotated[int | None, typer.Option("--max-history", help="Keep the last N interactions per user.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", help="Write the metrics as JSON here.")] = None,
+    min_length: Annotated[
+        int | None,
+        typer.Option("--min-length", help="Users with fewer interactions are dropped (default: as the model's run, else 3)."),
+    ] = None,
+    max_history: Annotated[
+        int | None,
+        typer.Option("--max-history", help="Keep the last N interactions per user (default: as the model's run, else all)."),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length",
+            help="History items the model reads (default: as the model's run, else its maximum; content-knn: 20).",
+        ),
+    ] = None,
+    history: Annotated[
+        HistoryChoice,
+        typer.Option(help="exclude: history items are not ranked (pmmrec); include: they are (RecBole's protocol)."),
+    ] = HistoryChoice.exclude,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the metrics and per-user ranks as JSON here.")] = None,
     device: Device = None,
     quiet: Quiet = False,
     more_k: Annotated[
         list[int] | None, typer.Argument(metavar="[K]...", hidden=True, help="Further cut-offs after --k.")
     ] = None,
 ) -> None:
-    """Full-ranking HR, NDCG and MRR at each K (history excluded; ties count in the user's favour)."""
+    """Full-ranking HR, NDCG and MRR at each K of a model or a baseline (ties count in the user's favour)."""
     from pmmrec.evaluation import format_metrics_table
 
+    if (model is None) == (baseline is None):
+        raise typer.BadParameter("give exactly one of --model and --baseline", param_hint="--model / --baseline")
     ks = tuple([*(k or []), *(more_k or [])] or (10, 20, 50))
     metrics = api.evaluate(
-        model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output,
+        model, data, baseline=baseline.value if baseline is not None else None, split=split.value, ks=ks,
+        min_length=min_length, max_history=max_history, max_length=max_length, history=history.value, out=output,
         device=device, progress=not quiet,
     )  # fmt: skip
     if not is_main_process():
         return
-    typer.echo(f"{split.value} split of {data}:")
+    typer.echo(f"{split.value} split of {data}" + (f" ({baseline.value})" if baseline is not None else "") + ":")
     typer.echo(format_metrics_table(metrics, ks))
     if output is not None:
         typer.echo(f"metrics written to {output}")
@@ -306,13 +334,22 @@ def data_movielens(
         ImagesChoice, typer.Option(help="none, or synthetic pictures drawn from title and genres.")
     ] = ImagesChoice.none,
     size: ImageSize = 224,
+    new_items: Annotated[
+        float,
+        typer.Option(
+            "--new-items",
+            help="Share of items held out as new items: they occur only as validation and test targets (the demo: 0.2).",
+        ),
+    ] = 0.0,
     overwrite: Overwrite = False,
 ) -> None:
     """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
     from pmmrec.data import format_statistics
     from pmmrec.data.movielens import LICENCE_NOTE
 
-    path = api.data_movielens(out, domain=domain.value, images=images.value, size=size, overwrite=overwrite)
+    path = api.data_movielens(
+        out, domain=domain.value, images=images.value, size=size, new_items=new_items, overwrite=overwrite
+    )
     typer.echo(f"wrote {path}")
     typer.echo(format_statistics(api.data_check(path)))
     typer.echo(f"licence: {LICENCE_NOTE}")

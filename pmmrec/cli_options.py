@@ -95,6 +95,16 @@ class SplitChoice(str, Enum):
     test = "test"
 
 
+class BaselineChoice(str, Enum):
+    popularity = "popularity"
+    content_knn = "content-knn"
+
+
+class HistoryChoice(str, Enum):
+    exclude = "exclude"
+    include = "include"
+
+
 class DomainChoice(str, Enum):
     all = "all"
     source = "source"

@@ -101,8 +101,14 @@ def evaluate_split(
     item_batch_size: int = 256,
     item_table: torch.Tensor | None = None,
     progress: bool = False,
+    max_length: int | None = None,
+    exclude_history: bool = True,
 ) -> EvaluationResult:
-    """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered."""
+    """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered.
+
+    max_length: items of history the user encoder reads (default: the model's maximum; a run evaluates with the
+    window length it trained with); exclude_history=False ranks the history items too (RecBole's protocol).
+    """
     if which not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {which!r}")
     histories = split.valid_history if which == "valid" else split.test_history
@@ -113,14 +119,15 @@ def evaluate_split(
     was_training = model.training
     model.eval()
     shard = np.arange(rank_id, len(targets), world)
-    samples = EvalSequences([histories[i] for i in shard], targets[shard], model.max_length)
+    samples = EvalSequences([histories[i] for i in shard], targets[shard], max_length or model.max_length)
     local_ranks = []
     for start in range(0, len(samples), batch_size):
         batch = _eval_batch(collator, samples, start, batch_size).to(device)
         states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
-        local_ranks.append(
-            rank_targets(states, item_table, batch.targets, batch.history_indptr, batch.history_items).cpu().numpy()
-        )
+        indptr, history = batch.history_indptr, batch.history_items
+        if not exclude_history:
+            indptr, history = torch.zeros_like(indptr), history[:0]
+        local_ranks.append(rank_targets(states, item_table, batch.targets, indptr, history).cpu().numpy())
     model.train(was_training)
     mine = (shard, np.concatenate(local_ranks) if local_ranks else np.zeros(0, dtype=np.int64))
     ranks = np.zeros(len(targets), dtype=np.int64)

@@ -75,8 +75,8 @@ def test_finetune_evaluate_recommend_on_cuda(precision: str, setting: dict[str, 
 def test_a_model_trained_on_cuda_is_evaluated_where_it_is(setting: dict[str, Path]) -> None:
     """Bug guarded: the best model came back on CUDA and the demo then evaluated it with CPU inputs."""
     from pmmrec.data import load_dataset
-    from pmmrec.demo import test_ranks
+    from pmmrec.demo.run import model_ranks
 
     model = PMMRec.assemble(text=str(setting["text"]), user=str(setting["user"])).to("cuda")
-    ranks = test_ranks(model, load_dataset(setting["data"]))
+    ranks = model_ranks(model, load_dataset(setting["data"]), "test", max_length=8)
     assert ranks.shape == (16,) and ranks.min() >= 1

@@ -80,10 +80,17 @@ def test_real_tokenizer_keeps_case_and_puts_cls_in_padding_row(tmp_path: Path) -
 
 
 def test_train_and_eval_sequences_are_left_padded() -> None:
-    train = TrainSequences([np.array([5, 6]), np.arange(1, 11)], max_len=4)
+    train = TrainSequences([np.array([5, 6]), np.arange(1, 11)], max_len=4, scheme="last")
     assert len(train) == 2
     assert train[0].tolist() == [0, 0, 0, 5, 6]
     assert train[1].tolist() == [6, 7, 8, 9, 10]
+    tiles = TrainSequences([np.array([5, 6]), np.arange(1, 11)], max_len=4)
+    assert [tiles[i].tolist() for i in range(len(tiles))] == [
+        [0, 0, 0, 5, 6],
+        [6, 7, 8, 9, 10],
+        [2, 3, 4, 5, 6],
+        [0, 0, 0, 1, 2],
+    ]
     evaluation = EvalSequences([np.array([3, 4, 3]), np.arange(1, 8)], np.array([9, 8]), max_len=3)
     sample = evaluation[1]
     assert sample.window.tolist() == [5, 6, 7] and sample.target == 8 and sample.history.tolist() == list(range(1, 8))

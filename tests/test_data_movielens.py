@@ -67,8 +67,8 @@ def test_unusual_titles_give_clean_texts(built: dict[str, Path]) -> None:
 @needs_recbole
 def test_domains_are_disjoint_and_measured(built: dict[str, Path]) -> None:
     source, target = load_dataset(built["source"]), load_dataset(built["target"])
-    assert (source.num_users, source.num_items, source.num_interactions) == (457, 1423, 40_032)
-    assert (target.num_users, target.num_items, target.num_interactions) == (381, 189, 9_199)
+    assert (source.num_users, source.num_items, source.num_interactions) == (310, 1182, 22_986)
+    assert (target.num_users, target.num_items, target.num_interactions) == (611, 388, 22_571)
     assert not set(source.item_ids) & set(target.item_ids)
     assert not set(source.user_ids) & set(target.user_ids)
     assert min(len(sequence) for sequence in source.sequences + target.sequences) >= 5
@@ -105,7 +105,7 @@ def test_cli_synthetic_images_are_labelled(tmp_path: Path) -> None:
     check = CliRunner().invoke(app, ["data", "check", str(out)])
     assert check.exit_code == 0 and "images are SYNTHETIC" in check.output
     store = ImageStore(out / "images.lmdb")
-    assert len(store) == 189 and store.get("1006").shape == (64, 64, 3)
+    assert len(store) == 388 and store.get("1006").shape == (64, 64, 3)
     again = CliRunner().invoke(app, ["data", "movielens", "--out", str(out), "--domain", "target"])
     assert again.exit_code == 1 and "already exists" in again.output
 
@@ -124,3 +124,20 @@ def test_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
         build_movielens(tmp_path / "x")
     result = CliRunner().invoke(app, ["data", "movielens", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "pip install --no-deps recbole==1.2.1" in result.output
+
+
+@needs_recbole
+def test_cli_builds_the_demo_target_with_new_items(tmp_path: Path) -> None:
+    """The demo's target (new items held out of training, kept as validation/test targets) is buildable from the CLI."""
+    from pmmrec.data import is_new_item, leave_one_out, new_target_mask
+
+    out = tmp_path / "target-new"
+    result = CliRunner().invoke(app, ["data", "movielens", "--out", str(out), "--domain", "target", "--new-items", "0.2"])
+    assert result.exit_code == 0, result.output
+    dataset = load_dataset(out)
+    assert dataset.name == "ml-100k-target-new-items" and dataset.num_users == 611 and dataset.num_items == 388
+    assert "new items" in json.loads((out / "dataset.json").read_text())["preprocessing"]["new_items"]
+    for sequence in dataset.sequences:
+        assert not any(is_new_item(dataset.item_ids[index - 1], 0.2) for index in sequence[:-2])
+    split = leave_one_out(dataset.sequences)
+    assert new_target_mask(split, "test").sum() == 145 and new_target_mask(split, "valid").sum() == 132

@@ -1,4 +1,5 @@
-"""The demo's building blocks: new-item hold-out, popularity baseline, result rows, the plot."""
+"""The demo's building blocks: new-item hold-out, popularity and content-knn baselines, result rows with
+intervals and paired tests, the matplotlib plots."""
 
 from __future__ import annotations
 
@@ -6,49 +7,54 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from pmmrec.data import leave_one_out, load_dataset, write_dataset
-from pmmrec.demo import cold_mask, hold_out_new_items, plot_curves, popularity_ranks, prepare_output, summarise
+from pmmrec.baselines import baseline_ranks, content_knn_states
+from pmmrec.data import hold_out_new_items, leave_one_out, load_dataset, new_target_mask, write_dataset
+from pmmrec.demo import prepare_output
+from pmmrec.demo.report import comparisons, plot_test_ndcg, plot_validation_curves, results_markdown, row_summary
 from pmmrec.errors import PmmrecError
 
 
-def _dataset(root: Path) -> Path:
+def _dataset(root: Path, held_out: float = 0.0) -> Path:
     items = [f"i{n}" for n in range(1, 11)]
-    users = {f"u{n}": [items[(n + k) % 10] for k in range(6)] for n in range(8)}
+    users = [[items[(n + k) % 10] for k in range(6)] for n in range(8)]
+    if held_out:
+        users, _ = hold_out_new_items(items, users, held_out)
     return write_dataset(
         root,
         name="toy",
         item_ids=items,
         item_texts=[f"title {n}" for n in range(1, 11)],
-        user_ids=list(users),
-        user_items=list(users.values()),
+        user_ids=[f"u{n}" for n in range(8)],
+        user_items=users,
         provenance={"source": "test"},
         preprocessing={},
     )
 
 
-def test_new_items_only_ever_appear_as_a_last_item(tmp_path: Path) -> None:
-    source = load_dataset(_dataset(tmp_path / "toy"))
-    folder, count = hold_out_new_items(source, tmp_path / "held", fraction=0.4)
-    held = load_dataset(folder)
-    cold_ids = {
-        item for item in source.item_ids if item not in {held.item_ids[i - 1] for s in held.sequences for i in s[:-1]}
-    }
-    assert count > 0
-    for original, sequence in zip(source.sequences, held.sequences, strict=True):
-        assert sequence[-1] == original[-1]
-        assert not {held.item_ids[i - 1] for i in sequence[:-1]} & cold_ids
-    mask = cold_mask(held)
-    split = leave_one_out(held.sequences)
+def test_new_items_occur_only_as_validation_or_test_targets(tmp_path: Path) -> None:
+    """Guards the valid/test disagreement: new items are held out of validation histories too, not only test."""
+    items = [f"i{n}" for n in range(1, 11)]
+    original = [[items[(n + k) % 10] for k in range(6)] for n in range(8)]
+    held, new = hold_out_new_items(items, original, 0.4)
+    assert new and len(new) < len(items)
+    for before, after in zip(original, held, strict=True):
+        assert after[-2:] == before[-2:]
+        assert not set(after[:-2]) & set(new)
+    dataset = load_dataset(_dataset(tmp_path / "held", 0.4))
+    split = leave_one_out(dataset.sequences)
     seen = set(np.concatenate(split.train).tolist())
-    assert mask.tolist() == [int(t) not in seen for t in split.test_target]
+    for which, targets in (("valid", split.valid_target), ("test", split.test_target)):
+        assert new_target_mask(split, which).tolist() == [int(t) not in seen for t in targets]
+    assert new_target_mask(split, "valid").any() and new_target_mask(split, "test").any()
 
 
 def test_popularity_ranks_match_a_direct_count(tmp_path: Path) -> None:
     dataset = load_dataset(_dataset(tmp_path / "toy"))
-    ranks = popularity_ranks(dataset)
     split = leave_one_out(dataset.sequences)
+    ranks = baseline_ranks("popularity", dataset, split, "test")
     counts = np.zeros(dataset.num_items + 1)
     for sequence in split.train:
         for item in sequence:
@@ -62,22 +68,44 @@ def test_popularity_ranks_match_a_direct_count(tmp_path: Path) -> None:
             if item != target and item not in history and (counts[item], -item) > key
         )
         assert ranks[user] == 1 + better
+    included = baseline_ranks("popularity", dataset, split, "test", exclude_history=False)
+    assert (included >= ranks).all() and (included > ranks).any()
 
 
-def test_summarise_reports_cold_users_separately() -> None:
-    ranks = np.array([1, 2, 20, 5])
-    cold = np.array([False, True, True, False])
-    row = summarise("m", ranks, cold)
-    assert row["hr@10"] == pytest.approx(0.75)
-    assert row["cold_hr@10"] == pytest.approx(0.5)
-    assert row["cold_users"] == 2
-    assert summarise("m", ranks, np.zeros(4, dtype=bool))["cold_ndcg@10"] is None
+def test_content_knn_scores_by_cosine_to_the_mean_of_the_history() -> None:
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    normalised, users = content_knn_states(table, [np.array([1, 2]), np.array([1, 2, 2])], max_length=1)
+    assert torch.allclose(users[0], torch.tensor([0.0, 1.0]))  # only the last item with max_length=1
+    _, whole = content_knn_states(table, [np.array([1, 2])])
+    mean = torch.tensor([0.5, 1.0])
+    assert torch.allclose(whole[0], mean / mean.norm())
+    assert torch.allclose(normalised[3], torch.tensor([1.0, 1.0]) / 2**0.5)
 
 
-def test_plot_is_a_png(tmp_path: Path) -> None:
-    plot_curves({"a": [0.1, 0.2, 0.15], "b": [0.05, 0.08, 0.12]}, tmp_path / "plot.png")
-    with Image.open(tmp_path / "plot.png") as image:
-        assert image.format == "PNG" and image.size == (720, 420)
+def test_rows_carry_intervals_and_comparisons_carry_p_values() -> None:
+    rng = np.random.default_rng(0)
+    strong = [rng.integers(1, 6, size=300) for _ in range(3)]
+    weak = [rng.integers(5, 60, size=300) for _ in range(3)]
+    new = np.zeros(300, dtype=bool)
+    new[:40] = True
+    row = row_summary("strong", strong, new)
+    low, high = row["ndcg@10_ci"]
+    assert low < row["ndcg@10"] < high and row["new_users"] == 40 and len(row["ndcg@10_per_seed"]) == 3
+    assert row["new_ndcg@10_ci"][0] < row["new_ndcg@10"] < row["new_ndcg@10_ci"][1]
+    tests = comparisons({"pmmrec-transfer": strong, "pmmrec-scratch": weak}, new)
+    assert tests[0]["a"] == "pmmrec-transfer" and tests[0]["significant"] and tests[0]["p_bootstrap"] < 0.01
+    assert tests[0]["subset"] == "all" and tests[0]["users"] == 300  # the subset label survives the user count
+    text = results_markdown([row], tests, ["a note"])
+    assert "p (Wilcoxon)" in text and "a note" in text
+
+
+def test_plots_are_pngs(tmp_path: Path) -> None:
+    plot_validation_curves({"a": [0.1, 0.2, 0.15], "b": [0.05, 0.08]}, {"popularity": 0.12}, tmp_path / "v.png", "t")
+    row = {"model": "m", "ndcg@10": 0.2, "ndcg@10_ci": [0.1, 0.3], "new_ndcg@10": None}
+    plot_test_ndcg([row], tmp_path / "t.png", "t")
+    for name in ("v.png", "t.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.size[0] > 400
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:

@@ -252,8 +252,9 @@ def reference_nicl(t: torch.Tensor, v: torch.Tensor, b: dict[str, torch.Tensor],
                     nxt = seq[user][pos + 1]
                     positives |= {("t", nxt), ("v", nxt)}
                 positives.discard((anchor_mod, item))
-                negatives = {(m, j) for j in others - items_of[user] for m in ("t", "v")}
-                negatives -= {(m, j) for (m, j) in positives}
+                # method.md 3.2: items of other users, excluding only item ids equal to a positive (i and n).
+                equal_to_positive = {item} | {j for (_m, j) in positives}
+                negatives = {(m, j) for j in others - equal_to_positive for m in ("t", "v")}
                 anchor_vec = rep[anchor_mod][col[item]]
 
                 def sim(key: tuple[str, int], anchor_vec: torch.Tensor = anchor_vec) -> float:
@@ -281,7 +282,8 @@ def test_nicl_matches_reference(seed: int) -> None:
     assert loss.item() == pytest.approx(reference_nicl(t, v, b, 0.3), abs=1e-5, rel=1e-5)
 
 
-def test_nicl_masks_exclude_own_items_from_negatives() -> None:
+def test_nicl_negatives_exclude_only_items_equal_to_a_positive() -> None:
+    """Guards against the old rule that also dropped every other item of the anchor user's own sequence."""
     gen = torch.Generator().manual_seed(8)
     b = random_batch(gen, batch=6)
     num_unique = b["unique_items"].numel()
@@ -289,12 +291,21 @@ def test_nicl_masks_exclude_own_items_from_negatives() -> None:
     member = user_item_membership(b["slot_index"], b["seq_mask"], num_unique)
     users = torch.arange(b["item_seq"].shape[0]).unsqueeze(1).expand_as(b["seq_mask"])[b["seq_mask"]]
     for row in range(anchor.numel()):
-        own = member[users[row]]
-        assert not negatives[row, :num_unique][own].any()
-        assert not negatives[row, num_unique:][own].any()
+        in_others = (member.sum(0) - member[users[row]].long()) > 0
+        expected = in_others.clone()
+        expected[anchor[row]] = False
+        next_items = text_pos[row, :num_unique] | text_pos[row, num_unique:]
+        expected[next_items] = False
+        assert negatives[row, :num_unique].tolist() == expected.tolist()
+        assert negatives[row, num_unique:].tolist() == expected.tolist()
         assert not (text_pos[row] & negatives[row]).any() and not (image_pos[row] & negatives[row]).any()
         assert not text_pos[row, anchor[row]] and text_pos[row, num_unique + anchor[row]]
         assert image_pos[row, anchor[row]] and not image_pos[row, num_unique + anchor[row]]
+    # User 0 holds items 1, 2, 3 and user 1 holds 2, 3: for user 0's anchor 1 (next 2), item 3 is in user 0's own
+    # sequence and in user 1's, so it is a negative; item 2 (the next item) is not.
+    b = make_batch([[1, 2, 3], [0, 2, 3]])
+    _anchor, _text, _image, negatives = nicl_masks(b["slot_index"], b["seq_mask"], 3)
+    assert negatives[0].tolist() == [False, False, True, False, False, True]
 
 
 def test_nicl_repeated_next_item_and_padding() -> None:

@@ -21,7 +21,7 @@ from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.prefix_cache import FrozenPrefixCache
-from pmmrec.training.config import ModelConfig, TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.config import ModelConfig, finetune_defaults, load_train_config, pretrain_defaults
 from pmmrec.training.jobs import build_model
 from pmmrec.training.module import TrainingModule
 from pmmrec.training.optim import NO_DECAY_MARKERS, parameter_groups
@@ -54,10 +54,7 @@ def components(tiny_components: dict[str, Path]) -> dict[str, Path]:
     return tiny_components
 
 
-def config(mode: str = "finetune", **overrides: object) -> TrainConfig:
-    defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
-    base = {"max_length": MAX_LENGTH, "batch_size": 4, "epochs": 1, "device": "cpu", "ks": [5, 10]}
-    return load_train_config(defaults, None, base | overrides)
+config = tiny.train_config
 
 
 def steps_of(run_dir: Path) -> list[dict]:

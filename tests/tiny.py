@@ -236,6 +236,15 @@ def text_model() -> PMMRec:
     return PMMRec.assemble(text=tiny_text_encoder(seed=1), user=tiny_user_encoder(seed=2))
 
 
+def train_config(mode: str = "finetune", **overrides: Any) -> Any:
+    """A TrainConfig for the tiny runs: the mode's defaults, one epoch, batches of 4, the tiny max_length, on CPU."""
+    from pmmrec.training.config import finetune_defaults, load_train_config, pretrain_defaults
+
+    defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
+    base = {"max_length": MAX_LENGTH, "batch_size": 4, "epochs": 1, "device": "cpu", "ks": [5, 10]}
+    return load_train_config(defaults, None, base | overrides)
+
+
 def text_vision_model(vision: Literal["clip", "efficientnet"] = "clip") -> PMMRec:
     """Tiny text (seed 1) + vision (seed 3) encoders, merge-attention fusion (seed 4), user encoder (seed 2)."""
     encoder = tiny_clip_encoder(seed=3) if vision == "clip" else tiny_efficientnet_encoder(seed=3)

@@ -23,6 +23,7 @@ from pmmrec.data.image_store import (
     resize_and_center_crop,
 )
 from pmmrec.data.loading import (
+    WINDOW_SCHEMES,
     BatchCollator,
     EvalBatch,
     EvalSample,
@@ -30,19 +31,23 @@ from pmmrec.data.loading import (
     ItemBatch,
     SequenceBatch,
     TrainSequences,
+    tile_ends,
     tokenize_catalogue,
 )
 from pmmrec.data.movielens import TARGET_GENRES, build_movielens, locate_movielens, read_movielens
+from pmmrec.data.new_items import hold_out_new_items, is_new_item, new_target_mask
 from pmmrec.data.reference_import import import_reference
-from pmmrec.data.split import LeaveOneOutSplit, leave_one_out
+from pmmrec.data.split import SPLIT_RECORD, LeaveOneOutSplit, leave_one_out, read_split_record, write_split_record
 from pmmrec.data.synthetic_images import render_synthetic_image
 
 __all__ = [
     "DATASET_FORMAT_VERSION",
     "DEFAULT_IMAGE_SIZE",
     "IMAGE_KINDS",
+    "SPLIT_RECORD",
     "SYNTHETIC_IMAGE_NOTE",
     "TARGET_GENRES",
+    "WINDOW_SCHEMES",
     "BatchCollator",
     "Dataset",
     "EvalBatch",
@@ -62,15 +67,21 @@ __all__ = [
     "decode_image_value",
     "encode_image_value",
     "format_statistics",
+    "hold_out_new_items",
     "import_reference",
+    "is_new_item",
     "leave_one_out",
     "load_dataset",
     "locate_movielens",
+    "new_target_mask",
     "read_items_tsv",
     "read_movielens",
+    "read_split_record",
     "read_users_tsv",
     "render_synthetic_image",
     "resize_and_center_crop",
+    "tile_ends",
     "tokenize_catalogue",
     "write_dataset",
+    "write_split_record",
 ]

@@ -24,10 +24,12 @@ from safetensors.torch import save as safetensors_save
 
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.data.image_store import ImageStore
+from pmmrec.data.windows import WINDOW_SCHEMES, TrainSequences, left_pad, tile_ends
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import atomic_file
 
 __all__ = [
+    "WINDOW_SCHEMES",
     "BatchCollator",
     "EvalBatch",
     "EvalSample",
@@ -36,6 +38,7 @@ __all__ = [
     "ItemBatch",
     "SequenceBatch",
     "TrainSequences",
+    "tile_ends",
     "tokenize_catalogue",
 ]
 
@@ -111,31 +114,6 @@ def tokenize_catalogue(
     return input_ids, attention_mask
 
 
-def _left_pad(sequence: np.ndarray, length: int) -> np.ndarray:
-    """The last `length` items of `sequence`, left-padded with 0 to exactly `length`."""
-    window = np.zeros(length, dtype=np.int64)
-    tail = np.asarray(sequence, dtype=np.int64)[-length:] if length > 0 else np.zeros(0, dtype=np.int64)
-    if len(tail):
-        window[length - len(tail) :] = tail
-    return window
-
-
-class TrainSequences(torch.utils.data.Dataset):
-    """Per user, the last max_len + 1 training items left-padded with 0: inputs [:-1], next-item targets [1:]."""
-
-    def __init__(self, train_sequences: Sequence[np.ndarray], max_len: int) -> None:
-        if max_len < 1:
-            raise ConfigError(f"max_len must be positive, got {max_len}")
-        self.sequences = [np.asarray(sequence, dtype=np.int64) for sequence in train_sequences]
-        self.max_len = max_len
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return _left_pad(self.sequences[index], self.max_len + 1)
-
-
 class EvalSample(NamedTuple):
     """One evaluation user: left-padded window of the history, the target, the full history for exclusion."""
 
@@ -161,7 +139,7 @@ class EvalSequences(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> EvalSample:
         history = self.histories[index]
-        return EvalSample(_left_pad(history, self.max_len), int(self.targets[index]), history)
+        return EvalSample(left_pad(history, self.max_len), int(self.targets[index]), history)
 
 
 class _TensorBundle:
@@ -191,7 +169,8 @@ class SequenceBatch(_TensorBundle):
     """A batch of user sequences and the features of its distinct items.
 
     item_seq: catalogue indices [B, S], left-padded with 0; seq_mask: True on real items;
-    unique_items: sorted distinct non-padding indices [U]; slot_index: position of each slot's item in
+    unique_items: sorted distinct non-padding indices [U] (every catalogue item when the collator lists all items
+    as candidates); slot_index: position of each slot's item in
     unique_items [B, S] (0 on padding, use seq_mask); text_ids/text_mask: token rows [U, T] of unique_items;
     pixel_values: uint8 [U, 3, H, W], un-normalised (zeros for an item without an image).
     """
@@ -230,7 +209,7 @@ class ItemBatch(_TensorBundle):
 def _stack_left_padded(windows: Sequence[np.ndarray]) -> np.ndarray:
     """Stack windows, left-padding shorter ones with 0 to the longest."""
     length = max(len(window) for window in windows)
-    return np.stack([_left_pad(window, length) for window in windows])
+    return np.stack([left_pad(window, length) for window in windows])
 
 
 class BatchCollator:
@@ -263,6 +242,8 @@ class BatchCollator:
         self.image_store = image_store
         self.image_preprocessor = ImagePreprocessor(image_size)
         self.include_images = True  # switched off when a frozen-prefix cache already holds every image input
+        # Training batches list every catalogue item as a candidate (the full-softmax loss), not only their own.
+        self.all_items_as_candidates = False
 
     @property
     def image_size(self) -> int:
@@ -309,9 +290,13 @@ class BatchCollator:
         windows = [sample.window if isinstance(sample, EvalSample) else sample for sample in samples]
         item_seq = _stack_left_padded(windows)
         seq_mask = item_seq > 0
-        unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
         slot_index = np.zeros_like(item_seq)
-        slot_index[seq_mask] = inverse.reshape(-1)
+        if self.all_items_as_candidates and not is_eval:
+            unique_items = np.arange(1, len(self.item_ids) + 1, dtype=np.int64)
+            slot_index[seq_mask] = item_seq[seq_mask] - 1
+        else:
+            unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
+            slot_index[seq_mask] = inverse.reshape(-1)
         unique_tensor = torch.from_numpy(unique_items.astype(np.int64))
         text_ids = text_mask = pixel_values = None
         if with_features:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pmmrec.errors import ConfigError
+from pmmrec.fileio import write_json
 
 MIN_SPLIT_LENGTH = 3  # one training item, one validation target, one test target
 
@@ -75,3 +79,34 @@ def leave_one_out(
         test_target=np.asarray(test_target, dtype=np.int64),
         user_rows=np.asarray(rows, dtype=np.int64),
     )
+
+
+SPLIT_RECORD = "data_split.json"
+SPLIT_KEYS = ("min_length", "max_history", "max_length", "window")
+
+
+def write_split_record(folder: Path, record: dict[str, Any]) -> Path:
+    """Record in a model folder how its training run split and windowed the data (`pmmrec evaluate` reads it).
+
+    Keys: min_length, max_history (null = every interaction), max_length (the window's input length), window.
+    """
+    unknown = sorted(set(record) - set(SPLIT_KEYS))
+    if unknown:
+        raise ConfigError(f"split record: unknown key(s) {unknown}; expected {', '.join(SPLIT_KEYS)}")
+    path = Path(folder) / SPLIT_RECORD
+    write_json(path, {key: record.get(key) for key in SPLIT_KEYS})
+    return path
+
+
+def read_split_record(folder: Path | str) -> dict[str, Any] | None:
+    """The split record of a model folder, or None when the folder has none (an assembled, untrained model)."""
+    path = Path(folder) / SPLIT_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable split record ({exc})") from None
+    if not isinstance(record, dict) or not set(record) <= set(SPLIT_KEYS):
+        raise ConfigError(f"{path}: expected an object with keys {', '.join(SPLIT_KEYS)}")
+    return record

@@ -1,6 +1,9 @@
-"""Next-item prediction with an in-batch softmax and popularity logit correction (method.md, section 3.1)."""
+"""Next-item prediction (method.md, section 3.1): an in-batch softmax with popularity logit correction, or the
+full-catalogue softmax cross-entropy that standard SASRec implementations train with."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +20,16 @@ class NextItemConfig(BaseModel):
         1.0, gt=0.0, le=100.0, description="Divides the dot-product score h.e before the popularity correction."
     )
     popularity_correction: bool = Field(
-        True, description="Subtract log p(item) from every logit (p from training-set counts), as in the paper."
+        True,
+        description="In-batch softmax: subtract log p(item) from every logit (p from training-set counts), as in the "
+        "paper. The full softmax samples nothing, so it has no sampling bias to correct and never applies it.",
+    )
+    softmax: Literal["auto", "in_batch", "full"] = Field(
+        "auto",
+        description="Candidates of each prediction: in_batch = the distinct items of the batch (the paper's); full = "
+        "every catalogue item at every step (standard SASRec cross-entropy; each step encodes the whole catalogue, "
+        "affordable for ID towers, frozen towers and small catalogues); auto = full for an ID item tower, in_batch "
+        "for content towers (chosen on validation, docs/benchmarks.md).",
     )
 
 
@@ -67,7 +79,11 @@ def log_popularity_from_counts(counts: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 class NextItemLoss(nn.Module):
-    """In-batch softmax cross-entropy of the next item, with popularity correction and history masking.
+    """Softmax cross-entropy of the next item over the batch's candidate items, with history masking.
+
+    The candidates are the batch's distinct items (in-batch softmax, with the popularity correction when enabled)
+    or, when the collator lists every catalogue item (NextItemConfig.softmax = full), the whole catalogue; the
+    module is the same, only `full` switches the correction off.
 
     Rows: every position l of user b such that slots l and l+1 are both valid; the user state at l is
     scored against the U distinct items of the batch (the columns) and the target is the item at slot l+1.
@@ -103,7 +119,8 @@ class NextItemLoss(nn.Module):
             raise ValueError(f"item_embeddings must be [U,{user_states.shape[2]}], got {tuple(item_embeddings.shape)}")
         if unique_items.shape != (num_unique,):
             raise ValueError(f"unique_items must be [U] = [{num_unique}], got {tuple(unique_items.shape)}")
-        if self.config.popularity_correction and log_popularity is None:
+        correct = self.config.popularity_correction and self.config.softmax != "full"
+        if correct and log_popularity is None:
             raise ValueError("log_popularity is required when NextItemConfig.popularity_correction is true")
 
         row_valid = seq_mask[:, :-1] & seq_mask[:, 1:]  # [B,S-1]
@@ -118,7 +135,7 @@ class NextItemLoss(nn.Module):
         # bf16's steps (about 1/32 near log p = -7) before the cross-entropy.
         scores = states @ item_embeddings.t()  # [R,U]
         logits = scores.to(torch.promote_types(scores.dtype, torch.float32)) / self.config.temperature
-        if self.config.popularity_correction:
+        if correct:
             assert log_popularity is not None
             logits = logits - log_popularity.to(device=logits.device, dtype=logits.dtype)[unique_items].unsqueeze(0)
 

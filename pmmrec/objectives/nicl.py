@@ -31,7 +31,8 @@ def nicl_masks(slot_index: Tensor, seq_mask: Tensor, num_unique: int) -> tuple[T
     Returns (anchor_items [A], text_positives [A,2U], image_positives [A,2U], negatives [A,2U]), one row
     per valid slot in row-major (b,l) order. text_positives: v(i), t(n), v(n) minus the anchor's own t(i);
     image_positives: t(i), t(n), v(n) minus v(i); negatives (shared by both directions): t(j), v(j) for
-    items j in another user's sequence and not in user b's own sequence.
+    items j in another user's sequence, except j = i and j = n (items equal to a positive). An item of user b's
+    own sequence that another user also has is a negative: method.md excludes only items equal to a positive.
     """
     check_slot_batch(slot_index, seq_mask)
     batch, slots = slot_index.shape
@@ -59,7 +60,12 @@ def nicl_masks(slot_index: Tensor, seq_mask: Tensor, num_unique: int) -> tuple[T
 
     membership = user_item_membership(slot_index, seq_mask, num_unique)  # [B,U]
     in_others = (membership.sum(0, keepdim=True) - membership.long()) > 0  # [B,U]
-    negatives = (in_others & ~membership).repeat(1, 2)[user]  # [A,2U]
+    negatives = in_others.repeat(1, 2)[user]  # [A,2U]
+    # Only items equal to a positive (the anchor's item i and its next item n) are excluded (method.md 3.2).
+    negatives[rows, anchor] = False
+    negatives[rows, anchor + num_unique] = False
+    negatives[rows[has_next], nxt[has_next]] = False
+    negatives[rows[has_next], nxt[has_next] + num_unique] = False
     return anchor, text_positives, image_positives, negatives
 
 
@@ -88,8 +94,8 @@ class NICLLoss(nn.Module):
 
     - positives of t(i): v(i), and t(n), v(n) of the next item n when slot (b,l+1) is valid;
       of v(i): t(i), and t(n), v(n) likewise;
-    - negatives: t(j), v(j) for every item j occurring in another user's sequence but NOT in user b's
-      own sequence (so a user's own items, which include i and n, are never negatives);
+    - negatives: t(j), v(j) for every item j occurring in another user's sequence, except j = i and j = n
+      (items equal to a positive are never negatives; other items of b's own sequence can be);
     - the anchor's own column (t(i) for a text anchor, v(i) for an image anchor) is neither positive
       nor negative, also when the next item equals i.
 

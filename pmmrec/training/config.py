@@ -66,23 +66,59 @@ class ModelConfig(_Strict):
     user_heads: int | None = Field(
         default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."
     )
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout of a fresh user encoder.")
+    dropout: float = Field(
+        default=0.3,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout of a fresh user encoder (0.3: chosen on validation, docs/benchmarks.md; paper: 0.1).",
+    )
 
 
 class TrainConfig(_Strict):
     """Everything that decides a training run; saved resolved as RUN/config.yaml."""
 
     mode: Literal["pretrain", "finetune"] = Field(default="finetune", description="Which command this run is.")
-    epochs: int = Field(default=5, ge=1, le=10_000, description="Training epochs (paper fine-tuning: 5).")
+    epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Training epochs (paper fine-tuning: 5); default: until validation NDCG@10 has not improved for "
+        "--patience epochs, at most max_epochs.",
+    )
+    max_epochs: int = Field(default=50, ge=1, le=10_000, description="Cap on epochs when --epochs is not given.")
     batch_size: int = Field(default=32, ge=1, le=65_536, description="Users per batch per process.")
     eval_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Users per evaluation batch.")
     item_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Items per catalogue-encoding batch.")
     max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (paper: 20).")
     min_length: int = Field(default=3, ge=3, le=1_000_000, description="Users with fewer interactions are dropped.")
     max_history: int | None = Field(
-        default=None, ge=3, description="Keep only the last N interactions per user (paper: max_length + 3)."
+        default=None,
+        ge=3,
+        description="Keep only each user's last N interactions before splitting (the paper's preprocessing: "
+        "max_length + 3); default: every interaction.",
     )
-    lr: float = Field(default=1e-4, gt=0, le=1.0, description="Learning rate of every trained part (paper: 1e-4).")
+    window: Literal["tiles", "crop", "last"] = Field(
+        default="tiles",
+        description="Training windows of max_length + 1 items: tiles = windows ending at each user's last item that "
+        "cover the whole sequence (every interaction a target once per epoch); crop = one random window per user per "
+        "epoch; last = only each user's last window (the reference code's).",
+    )
+    lr: float | None = Field(
+        default=None,
+        gt=0,
+        le=1.0,
+        description="Learning rate of every trained part (paper: 1e-4); default: by what is trained (fresh_lr for a "
+        "user encoder, fusion or ID table created for this run and for objective heads, pretrained_lr otherwise).",
+    )
+    fresh_lr: float = Field(
+        default=1e-3, gt=0, le=1.0, description="Default rate of parts created for this run (when lr is not given)."
+    )
+    pretrained_lr: float = Field(
+        default=1e-4,
+        gt=0,
+        le=1.0,
+        description="Default rate of pretrained parts: text and vision encoders, transferred components.",
+    )
     component_lr: dict[str, float] = Field(
         default_factory=dict,
         description="Per-slot learning rates overriding lr (text, vision, fusion, user, item_tower).",
@@ -99,7 +135,16 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list, description="Slots whose parameters are not trained.")
     seed: int = Field(default=42, ge=0, description="Seed of initialisation, data order, dropout and corruption.")
     patience: int | None = Field(
-        default=None, ge=1, description="Stop after this many epochs without a better NDCG@10."
+        default=5, ge=1, description="Stop after this many epochs without a better validation metric (null: never)."
+    )
+    save_checkpoints: bool = Field(
+        default=True,
+        description="Write RUN/checkpoints/last after every epoch (what --resume needs; a signal always writes one).",
+    )
+    evaluate_test: bool = Field(
+        default=True,
+        description="Evaluate the test split once, at the best epoch, when training ends (a configuration search "
+        "switches it off, so that only the selected configuration ever sees the test split).",
     )
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50], description="Cut-offs of the reported metrics.")
     select_metric: str = Field(default="ndcg@10", description="Validation metric that picks the best epoch.")
@@ -123,9 +168,18 @@ class TrainConfig(_Strict):
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Components the run starts from.")
 
-    def lr_for(self, slot: str) -> float:
-        """The learning rate of one slot."""
-        return self.component_lr.get(slot, self.lr)
+    @property
+    def epoch_limit(self) -> int:
+        """The most epochs this run trains: `epochs` when given, else `max_epochs`."""
+        return self.epochs if self.epochs is not None else self.max_epochs
+
+    def lr_for(self, slot: str, fresh: bool) -> float:
+        """The learning rate of one slot: component_lr, else lr, else fresh_lr or pretrained_lr."""
+        if slot in self.component_lr:
+            return self.component_lr[slot]
+        if self.lr is not None:
+            return self.lr
+        return self.fresh_lr if fresh else self.pretrained_lr
 
 
 def finetune_defaults() -> dict[str, Any]:
@@ -212,6 +266,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "text_trainable_layers": "model.text_trainable_layers",
     "vision_trainable_layers": "model.vision_trainable_layers",
     "epochs": "epochs",
+    "max_epochs": "max_epochs",
     "batch_size": "batch_size",
     "lr": "lr",
     "lr_component": "component_lr",
@@ -219,6 +274,11 @@ TRAIN_OPTIONS: dict[str, str] = {
     "max_length": "max_length",
     "min_length": "min_length",
     "max_history": "max_history",
+    "window": "window",
+    "softmax": "objectives.next_item.softmax",
+    "fresh_lr": "fresh_lr",
+    "pretrained_lr": "pretrained_lr",
+    "dropout": "model.dropout",
     "rec_weight": "objectives.weights.rec",
     "nicl_weight": "objectives.weights.nicl",
     "nid_weight": "objectives.weights.nid",
@@ -227,6 +287,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "device": "device",
     "precision": "precision",
     "patience": "patience",
+    "evaluate_test": "evaluate_test",
     "max_steps": "max_steps",
     "num_workers": "num_workers",
     "gather_negatives": "gather_negatives",

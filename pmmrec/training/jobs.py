@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
-from pmmrec.data import Dataset, load_dataset
+from pmmrec.data import Dataset, load_dataset, write_split_record
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, load_slot
 from pmmrec.training.config import ModelConfig, TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
@@ -78,7 +78,13 @@ def _record_sources(model: PMMRec, spec: ModelConfig) -> None:
             )
 
 
-def training_facts(result: TrainResult, dataset: Dataset, config: TrainConfig, objectives: list[str]) -> TrainingFacts:
+def training_facts(
+    result: TrainResult,
+    dataset: Dataset,
+    config: TrainConfig,
+    objectives: list[str],
+    learning_rates: dict[str, float] | None = None,
+) -> TrainingFacts:
     """What the model cards of a run's artefacts say about its training."""
     return TrainingFacts(
         datasets=(dataset.name,),
@@ -87,9 +93,9 @@ def training_facts(result: TrainResult, dataset: Dataset, config: TrainConfig, o
             "mode": config.mode,
             "data": f"{dataset.name} ({dataset.num_items} items, {len(dataset.user_ids)} users, images: {dataset.image_kind})",
             "objectives": ", ".join(f"{name} x {getattr(config.objectives.weights, name)}" for name in objectives),
-            "epochs": config.epochs,
+            "epochs": len(result.history),
             "best_epoch": result.best_epoch,
-            "lr": config.lr,
+            "lr": ", ".join(f"{slot} {rate:g}" for slot, rate in (learning_rates or {}).items()) or config.lr,
             "batch_size": config.batch_size,
         },
     )
@@ -124,7 +130,7 @@ def train(
         trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
         result = trainer.run()
     if trainer.context.is_main and result.model is not None:
-        facts = training_facts(result, dataset, config, trainer.module.active_losses())
+        facts = training_facts(result, dataset, config, trainer.module.active_losses(), trainer.learning_rates)
         if mode == "pretrain":
             for slot, component in result.model.components().items():
                 name = f"pmmrec {slot} ({dataset.name})"
@@ -132,4 +138,5 @@ def train(
         else:
             name = f"pmmrec model ({dataset.name})"
             result.model.save_pretrained(Path(out) / "model", overwrite=True, card=facts.named(name))
+            write_split_record(Path(out) / "model", trainer.split_record())
     return result

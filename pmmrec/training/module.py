@@ -24,7 +24,12 @@ class TrainingModule(nn.Module):
         if weights.nicl > 0 and not both:  # NICL is skipped (the Trainer prints a notice): drop its weight
             weights = weights.model_copy(update={"nicl": 0.0})
         self.weights = weights
-        self.next_item = NextItemLoss(objectives.next_item)
+        next_item = objectives.next_item
+        if next_item.softmax == "auto":
+            next_item = next_item.model_copy(update={"softmax": default_softmax(model)})
+        self.next_item = NextItemLoss(next_item)
+        # Full softmax: the collator lists every catalogue item as a candidate of every batch.
+        self.full_softmax = next_item.softmax == "full"
         self.nicl = NICLLoss(model.dim, objectives.nicl) if weights.nicl > 0 and both else None
         self.nid = NIDLoss(model.dim, objectives.nid) if weights.nid > 0 else None
         self.rcl = RCLLoss(objectives.rcl) if weights.rcl > 0 else None
@@ -64,7 +69,7 @@ class TrainingModule(nn.Module):
         padded_states = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], dim=1)
         losses: dict[str, torch.Tensor] = {}
         candidates, candidate_ids = items, batch.unique_items
-        if self.gather_negatives:
+        if self.gather_negatives and not self.full_softmax:
             candidates, candidate_ids = gather_candidates(items, batch.unique_items)
         if self.weights.rec > 0:
             losses["rec"] = self.next_item(
@@ -84,6 +89,17 @@ class TrainingModule(nn.Module):
                 valid = input_mask[:, -1]
                 losses["rcl"] = self.rcl(states[valid, -1], corrupted_states[valid, -1])
         return losses
+
+
+def default_softmax(model: PMMRec) -> str:
+    """The next-item softmax of `softmax: auto`: full for an ID item tower, in-batch for content towers.
+
+    Chosen on validation splits (docs/benchmarks.md): SASRec-ID gains from scoring every item at every step, and
+    its table costs nothing to score. A content tower trained with the full softmax learns to rank items that never
+    occur in training (new items) last, which is what it exists not to do, and it encodes the whole catalogue at
+    every step.
+    """
+    return "full" if model.item_tower is not None else "in_batch"
 
 
 def item_tower_frozen(model: PMMRec) -> bool:

@@ -16,10 +16,32 @@ from pmmrec.training.module import TrainingModule
 NO_DECAY_MARKERS = ("bias", "norm", "embedding", "positions", "type_embeddings")
 
 
+FROM_SCRATCH_SLOTS = ("user", "fusion", "item_tower")  # modules with no pretrained backbone inside
+
+
+def fresh_slots(module: TrainingModule) -> set[str]:
+    """Slots whose weights start from scratch in this run: a user encoder, fusion or ID table created for it (not
+    loaded from a reference), and the objective heads. Text and vision encoders wrap pretrained backbones."""
+    fresh = {"objectives"}
+    for slot in FROM_SCRATCH_SLOTS:
+        source = module.model.sources.get(slot)
+        if slot in module.model.components() and (source is None or source.requested is None):
+            fresh.add(slot)
+    return fresh
+
+
+def slot_learning_rates(module: TrainingModule, config: TrainConfig) -> dict[str, float]:
+    """The learning rate of every slot of the model and of the objective heads (what `parameter_groups` uses)."""
+    fresh = fresh_slots(module)
+    slots = [*module.model.components(), "objectives"]
+    return {slot: config.lr_for(slot, slot in fresh) for slot in slots}
+
+
 def parameter_groups(module: TrainingModule, config: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups per slot (own lr) x decay/no-decay; frozen slots and frozen parameters excluded."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     slots = module.model.components()
+    rates = slot_learning_rates(module, config)
     for name, parameter in module.named_parameters():
         if not parameter.requires_grad:
             continue
@@ -32,7 +54,7 @@ def parameter_groups(module: TrainingModule, config: TrainConfig) -> list[dict[s
     return [
         {
             "params": params,
-            "lr": config.lr_for(slot) if slot != "objectives" else config.lr,
+            "lr": rates[slot],
             "weight_decay": config.weight_decay if decay else 0.0,
             "slot": slot,
         }

@@ -7,12 +7,9 @@ JSON), best/ (the best model so far) and, at the end, summary.json.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -258,27 +255,3 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-class StopFlag:
-    """Records SIGTERM/SIGINT instead of dying mid-step; restored on exit."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopFlag]:
-        previous = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: no handlers
-            previous = {}
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.raised = signum

@@ -8,13 +8,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pmmrec.data import BatchCollator, Dataset, LeaveOneOutSplit, SequenceBatch, TrainSequences, leave_one_out
-from pmmrec.distributed import DistributedContext, all_reduce_flag, barrier, gather_objects, setup_distributed
+from pmmrec.data import (
+    BatchCollator,
+    Dataset,
+    LeaveOneOutSplit,
+    SequenceBatch,
+    TrainSequences,
+    leave_one_out,
+    write_split_record,
+)
+from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, PmmrecError
 from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import write_json
@@ -23,12 +32,12 @@ from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig, dump_train_config
+from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
-from pmmrec.training.optim import autocast_settings, lr_lambda, parameter_groups
+from pmmrec.training.optim import autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
-    StopFlag,
     fresh_progress,
     load_checkpoint,
     restore_rng_state,
@@ -51,15 +60,7 @@ class TrainResult:
     test: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     model: PMMRec | None = None
-
-
-def epoch_order(num_users: int, epoch: int, seed: int, context: DistributedContext) -> list[int]:
-    """This process's users for `epoch`: a seeded permutation, padded to equal shards as DistributedSampler does."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_users, generator=generator).tolist()
-    world = context.world_size
-    padded = order + order[: (-len(order)) % world]
-    return padded[context.rank :: world]
+    test_ranks: np.ndarray | None = None  # per-user test ranks (split order), None when the test was not evaluated
 
 
 class Trainer:
@@ -98,10 +99,11 @@ class Trainer:
             component.requires_grad_(False)
         self.model = model.to(self.device)
         self.collator: BatchCollator = make_collator(model, dataset)
-        counts = torch.zeros(dataset.num_items + 1)
-        for sequence in self.split.train:
-            counts += torch.bincount(torch.as_tensor(sequence), minlength=dataset.num_items + 1).float()
+        # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
+        self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
+        counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
         self.module = TrainingModule(model, config, log_popularity_from_counts(counts)).to(self.device)
+        self.collator.all_items_as_candidates = self.module.full_softmax
         self.module.gather_negatives = config.gather_negatives and self.context.enabled
         self.notices: list[str] = []
         if config.objectives.weights.nicl > 0 and self.module.nicl is None:
@@ -123,14 +125,14 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-        self.train_set = TrainSequences(self.split.train, config.max_length)
         self.steps_per_epoch = math.ceil(len(epoch_order(len(self.train_set), 0, 0, self.context)) / config.batch_size)
-        total = config.epochs * self.steps_per_epoch
+        total = config.epoch_limit * self.steps_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         groups = parameter_groups(self.module, config)
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
-        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.learning_rates = slot_learning_rates(self.module, config)
+        self.optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(0.9, 0.999), eps=1e-8)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -167,6 +169,7 @@ class Trainer:
     # ---- steps ------------------------------------------------------------------------------------
 
     def _loader(self, epoch: int, skip_batches: int) -> torch.utils.data.DataLoader:
+        self.train_set.set_epoch(epoch)
         order = epoch_order(len(self.train_set), epoch, self.config.seed, self.context)
         order = order[skip_batches * self.config.batch_size :]
         return torch.utils.data.DataLoader(
@@ -221,6 +224,7 @@ class Trainer:
             batch_size=self.config.eval_batch_size,
             item_batch_size=self.config.item_batch_size,
             item_table=table,
+            max_length=self.config.max_length,
         )
 
     # ---- the run ----------------------------------------------------------------------------------
@@ -246,7 +250,7 @@ class Trainer:
         stop = StopFlag()
         config = self.config
         with stop.installed():
-            while progress["epoch"] < config.epochs and not self._done(progress):
+            while progress["epoch"] < config.epoch_limit and not self._done(progress):
                 epoch = progress["epoch"]
                 self.model.train()
                 if self.table_per_epoch:
@@ -255,7 +259,7 @@ class Trainer:
                 bar = tqdm(
                     total=self.steps_per_epoch,
                     initial=progress["step_in_epoch"],
-                    desc=f"{config.mode} epoch {epoch + 1}/{config.epochs}",
+                    desc=f"{config.mode} epoch {epoch + 1}/{config.epoch_limit}",
                     unit="step",
                     disable=not (self.progress and self.context.is_main),
                     dynamic_ncols=True,
@@ -312,6 +316,16 @@ class Trainer:
         self.folder.log(record)
         self.reporters.record(record, step)
 
+    def split_record(self) -> dict[str, Any]:
+        """How this run split and windowed the data (what `pmmrec evaluate` reads back from the model folder)."""
+        config = self.config
+        return {
+            "min_length": config.min_length,
+            "max_history": config.max_history,
+            "max_length": config.max_length,
+            "window": config.window,
+        }
+
     def _done(self, progress: dict[str, Any]) -> bool:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
 
@@ -326,19 +340,21 @@ class Trainer:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
             if self.context.is_main:
                 self.model.save_pretrained(self.folder.best_dir, overwrite=True)
+                write_split_record(self.folder.best_dir, self.split_record())
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
             epoch_times = [entry["seconds"] for entry in progress["history"]]
-            left = (self.config.epochs - epoch - 1) * sum(epoch_times) / len(epoch_times)
+            left = (self.config.epoch_limit - epoch - 1) * sum(epoch_times) / len(epoch_times)
             tqdm.write(
-                f"epoch {epoch + 1}/{self.config.epochs}: valid {self.config.select_metric} = {score:.4f}"
+                f"epoch {epoch + 1}/{self.config.epoch_limit}: valid {self.config.select_metric} = {score:.4f}"
                 + (" (best)" if improved else f" (best {progress['best']:.4f} at epoch {progress['best_epoch']})")
                 + f"; {seconds:.1f} s of training"
                 + (f", about {left:.0f} s of training left at most" if left > 0 else "")
             )
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
-        self._save_last(progress)
+        if self.config.save_checkpoints:
+            self._save_last(progress)
 
     def _finish(self, progress: dict[str, Any]) -> TrainResult:
         if progress["best_epoch"] is not None and not self.folder.best_dir.is_dir():
@@ -351,7 +367,8 @@ class Trainer:
         best_model.sources = self.model.sources
         best_model.to(self.device)
         self.model = best_model
-        test = self._evaluate("test")
+        test = self._evaluate("test") if self.config.evaluate_test else None
+        test_metrics = test.metrics if test is not None else {}
         valid_best = next((h for h in progress["history"] if h["epoch"] == progress["best_epoch"]), {})
         valid_metrics = {k: v for k, v in valid_best.items() if "@" in k}
         summary = {
@@ -362,30 +379,39 @@ class Trainer:
             "world_size": self.context.world_size,
             "gather_negatives": self.module.gather_negatives,
             "objectives": self.module.active_losses(),
+            "softmax": self.module.next_item.config.softmax,
+            "learning_rates": self.learning_rates,
+            "split": self.split_record(),
+            "train_windows": len(self.train_set),
             "best_epoch": progress["best_epoch"],
             "valid": valid_metrics,
-            "test": test.metrics,
+            "test": test_metrics,
             "history": progress["history"],
             "steps": progress["global_step"],
             # Share of training-step wall time (this process, this invocation) spent waiting for the DataLoader.
             "data_wait_share": self.data_wait_s / self.step_time_s if self.step_time_s > 0 else None,
             "data_wait_s": self.data_wait_s,
         }
-        self._log({"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test.metrics}, progress["global_step"])
+        if test is not None:
+            self._log(
+                {"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test_metrics}, progress["global_step"]
+            )
         if self.context.is_main:
             write_json(self.run_dir / "summary.json", summary)
-            tqdm.write(
-                f"test at the best epoch ({progress['best_epoch']}):\n"
-                + format_metrics_table(test.metrics, self.config.ks)
-            )
+            if test is not None:
+                tqdm.write(
+                    f"test at the best epoch ({progress['best_epoch']}):\n"
+                    + format_metrics_table(test_metrics, self.config.ks)
+                )
         barrier(self.context)
         return TrainResult(
             run_dir=self.run_dir,
             best_epoch=progress["best_epoch"],
             best_valid=valid_metrics,
-            test=test.metrics,
+            test=test_metrics,
             history=progress["history"],
             model=best_model,
+            test_ranks=test.ranks if test is not None else None,
         )
 
 

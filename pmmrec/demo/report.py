@@ -1,0 +1,198 @@
+"""Results of the transfer comparison: rows with confidence intervals, paired tests, tables and matplotlib plots.
+
+Every row is a list of per-user test ranks per seed (same users in the same order). Seeds are averaged per user,
+then the users are resampled (pmmrec.stats), so each interval and each test is about the model over its seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pmmrec.fileio import atomic_file
+from pmmrec.stats import compare, per_user_metric, seed_mean, summarise
+
+REPORT_K = 10
+ALPHA = 0.05
+# The claims the comparison exists to test: (A, B, users) meaning "A beats B on these users".
+TARGET_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("pmmrec-transfer", "pmmrec-scratch", "all"),
+    ("pmmrec-transfer", "sasrec-id", "all"),
+    ("pmmrec-transfer", "sasrec-id", "new"),
+    ("pmmrec-zero-shot", "content-knn", "all"),
+    ("pmmrec-zero-shot", "popularity", "all"),
+)
+
+
+def user_values(per_seed_ranks: Sequence[np.ndarray], metric: str, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-user values of metric@10 averaged over seeds, restricted to `mask` users when given."""
+    values = seed_mean([per_user_metric(ranks, metric, REPORT_K) for ranks in per_seed_ranks])
+    return values if mask is None else values[mask]
+
+
+def row_summary(name: str, per_seed_ranks: Sequence[np.ndarray], new_users: np.ndarray) -> dict[str, Any]:
+    """One results row: HR/NDCG/MRR@10 with 95% bootstrap intervals, over all users and over new-item users."""
+    row: dict[str, Any] = {"model": name, "seeds": len(per_seed_ranks), "users": len(per_seed_ranks[0])}
+    for prefix, mask in (("", None), ("new_", new_users)):
+        if mask is not None and not mask.any():
+            continue
+        for metric in ("hr", "ndcg", "mrr"):
+            summary = summarise(user_values(per_seed_ranks, metric, mask))
+            key = f"{prefix}{metric}@{REPORT_K}"
+            row[key] = summary.mean
+            row[f"{key}_ci"] = [summary.ci_low, summary.ci_high]
+            if metric == "ndcg":
+                row[f"{key}_se"] = summary.stderr
+    row["new_users"] = int(new_users.sum())
+    per_seed = [float(per_user_metric(ranks, "ndcg", REPORT_K).mean()) for ranks in per_seed_ranks]
+    row["ndcg@10_per_seed"] = per_seed
+    return row
+
+
+def comparisons(
+    ranks: Mapping[str, Sequence[np.ndarray]],
+    new_users: np.ndarray,
+    pairs: Sequence[tuple[str, str, str]] = TARGET_COMPARISONS,
+) -> list[dict[str, Any]]:
+    """Paired tests on per-user NDCG@10 (seed-averaged) for each (A, B, users) pair whose rows exist."""
+    found = []
+    for a, b, users in pairs:
+        if a not in ranks or b not in ranks:
+            continue
+        mask = new_users if users == "new" else None
+        if mask is not None and not mask.any():
+            continue
+        result = compare(a, user_values(ranks[a], "ndcg", mask), b, user_values(ranks[b], "ndcg", mask))
+        found.append({**result.as_dict(ALPHA), "subset": users})  # `users` is the count, `subset` all or new
+    return found
+
+
+def _cell(row: Mapping[str, Any], key: str) -> str:
+    if row.get(key) is None:
+        return "-"
+    low, high = row[f"{key}_ci"]
+    return f"{row[key]:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _mark(comparison: Mapping[str, Any]) -> str:
+    return "yes" if comparison["significant"] else "no"
+
+
+def results_markdown(
+    rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]], notes: Sequence[str]
+) -> str:
+    """Markdown: the table (means with 95% intervals), the paired tests, the notes."""
+    lines = [
+        "| model | HR@10 | NDCG@10 | MRR@10 | new-item users: NDCG@10 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [_cell(row, key) for key in ("hr@10", "ndcg@10", "mrr@10", "new_ndcg@10")]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Paired tests on per-user NDCG@10 (two-sided; significant = both p < {ALPHA}):",
+        "",
+        "| claim | users | difference [95% CI] | p (paired bootstrap) | p (Wilcoxon) | significant |",
+        "|---|---|---|---|---|---|",
+    ]
+    for test in tests:
+        lines.append(
+            f"| {test['a']} vs {test['b']} | {test['subset']} ({test['users']}) | {test['difference']:+.4f} "
+            f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {test['p_bootstrap']:.4f} | {test['p_wilcoxon']:.4f} "
+            f"| {_mark(test)} ({test['verdict']}) |"
+        )
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+
+
+def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]]) -> str:
+    """Plain-text table for the terminal; * marks a row significantly better than the row it is tested against."""
+    winners = {t["a"] for t in tests if t["significant"] and t["difference"] > 0 and t["subset"] == "all"}
+    header = f"{'model':<20}{'NDCG@10 [95% CI]':>28}{'HR@10':>9}  {'new-item NDCG@10':>17}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        low, high = row["ndcg@10_ci"]
+        new = "-" if row.get("new_ndcg@10") is None else f"{row['new_ndcg@10']:.4f}"
+        mark = "*" if row["model"] in winners else " "
+        lines.append(
+            f"{row['model']:<20}{row['ndcg@10']:>9.4f} [{low:.4f}, {high:.4f}]{mark}{row['hr@10']:>8.4f}  {new:>17}"
+        )
+    lines.append("")
+    for test in tests:
+        lines.append(
+            f"{test['a']} vs {test['b']} ({test['subset']} users, {test['users']}): {test['difference']:+.4f}, "
+            f"p = {test['p_bootstrap']:.4f} (bootstrap), {test['p_wilcoxon']:.4f} (Wilcoxon) -> {test['verdict']}"
+        )
+    return "\n".join(lines)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_validation_curves(
+    curves: Mapping[str, Sequence[float]], references: Mapping[str, float], path: Path, title: str
+) -> None:
+    """Validation NDCG@10 per epoch per trained model; untrained rows (baselines, zero-shot) as dashed lines."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for name, series in curves.items():
+        axes.plot(range(1, len(series) + 1), series, marker="o", label=name)
+    for index, (name, value) in enumerate(references.items()):
+        axes.axhline(value, linestyle="--", linewidth=1, color=f"C{len(curves) + index}", label=f"{name} (no training)")
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel("validation NDCG@10")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_test_ndcg(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
+    """Test NDCG@10 per model with 95% interval error bars, for all users and for users with a new-item target."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
+    positions = np.arange(len(rows))
+    width = 0.38
+    for offset, (prefix, label) in zip(
+        (-width / 2, width / 2), (("", "all test users"), ("new_", "new-item users")), strict=True
+    ):
+        means = np.array([row.get(f"{prefix}ndcg@10") or 0.0 for row in rows])
+        lows = np.array([(row.get(f"{prefix}ndcg@10_ci") or [0.0, 0.0])[0] for row in rows])
+        highs = np.array([(row.get(f"{prefix}ndcg@10_ci") or [0.0, 0.0])[1] for row in rows])
+        errors = np.vstack([np.maximum(means - lows, 0.0), np.maximum(highs - means, 0.0)])
+        axes.bar(positions + offset, means, width, yerr=errors, capsize=3, label=label)
+    axes.set_xticks(positions)
+    axes.set_xticklabels([row["model"] for row in rows], rotation=20, ha="right")
+    axes.set_xlabel("model")
+    axes.set_ylabel("test NDCG@10 (95% bootstrap CI over users)")
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    _save(figure, path)
+    plt.close(figure)
+
+
+def _save(figure: Any, path: Path) -> None:
+    with atomic_file(path, mode="wb") as handle:
+        figure.savefig(handle, format="png")
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_file(path) as handle:
+        handle.write(text)

@@ -1,0 +1,237 @@
+"""`pmmrec demo`: pre-train on one MovieLens domain, publish, assemble, transfer to the other, compare with
+confidence intervals and paired tests.
+
+The target domain has disjoint items and users. A share of its items are *new items*: they occur only as users'
+validation and test targets, never in a training sequence (`pmmrec data movielens --new-items`), so the new-item
+columns show what ID-based models cannot do, and the validation split that picks epochs sees them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pmmrec.baselines import baseline_ranks, raw_text_embeddings
+from pmmrec.data import Dataset, build_movielens, leave_one_out, load_dataset, new_target_mask
+from pmmrec.demo.report import (
+    comparisons,
+    plot_test_ndcg,
+    plot_validation_curves,
+    results_markdown,
+    results_text,
+    row_summary,
+    write_markdown,
+)
+from pmmrec.demo.rows import DEMO_ROWS, DemoSettings, pretrain_overrides, row_overrides, settings_for
+from pmmrec.distributed import choose_device
+from pmmrec.errors import PmmrecError
+from pmmrec.evaluation import metrics_from_ranks
+from pmmrec.fileio import write_json
+from pmmrec.hub import publish_to_local_cache
+from pmmrec.inference import evaluate_split, make_collator
+from pmmrec.model import PMMRec
+from pmmrec.references import format_hub_reference
+from pmmrec.training.jobs import train
+
+HUB_ORG = "pmmrec-demo"
+PUBLISHED_SLOTS = ("text", "fusion", "user")
+ROW_ORDER = ("popularity", "content-knn", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
+MARKER = ".pmmrec-demo"
+DEMO_FOLDERS = ("data", "runs", "models", "hub-cache")
+
+
+def published_repo(slot: str) -> str:
+    """The Hub repo of one of the demo's components (listed in hub/catalogue.json)."""
+    return f"{HUB_ORG}/pmmrec-{slot}"
+
+
+def _say(message: str) -> None:
+    tqdm.write(f"[pmmrec demo] {message}")
+
+
+def prepare_output(out: Path) -> Path:
+    """An empty or earlier demo folder; a previous demo's outputs are replaced, anything else is refused."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise PmmrecError(f"{out} is not empty and was not made by `pmmrec demo`; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by pmmrec demo; its contents are replaced by the next demo run\n", encoding="utf-8")
+    for name in DEMO_FOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
+    return out
+
+
+def target_statistics(dataset: Dataset, min_length: int = 3) -> dict[str, Any]:
+    """Users, items, interactions and new items of a target dataset, and its validation/test new-item users."""
+    split = leave_one_out(dataset.sequences, min_length)
+    seen = np.unique(np.concatenate(split.train)) if split.train else np.zeros(0, dtype=np.int64)
+    return {
+        "name": dataset.name,
+        "users": split.num_users,
+        "items": dataset.num_items,
+        "interactions": int(sum(len(sequence) for sequence in dataset.sequences)),
+        "training_interactions": int(sum(len(sequence) for sequence in split.train)),
+        "new_items": int(dataset.num_items - len(seen)),
+        "new_item_valid_users": int(new_target_mask(split, "valid").sum()),
+        "new_item_test_users": int(new_target_mask(split, "test").sum()),
+    }
+
+
+def model_ranks(model: PMMRec, dataset: Dataset, which: str, max_length: int) -> np.ndarray:
+    """Per-user ranks of a model on the valid or test split (full ranking, history excluded), where the model is."""
+    split = leave_one_out(dataset.sequences)
+    collator = make_collator(model, dataset)
+    return evaluate_split(model, split, which, collator, dataset.num_items, model.device, max_length=max_length).ranks
+
+
+def ndcg_at_10(ranks: np.ndarray) -> float:
+    return metrics_from_ranks(torch.as_tensor(ranks), (10,))["ndcg@10"]
+
+
+def untrained_rows(
+    target: Dataset, zero_shot: PMMRec, settings: DemoSettings
+) -> tuple[dict[str, dict[str, np.ndarray]], torch.Tensor]:
+    """Valid and test ranks of popularity, content-knn and the zero-shot model (nothing trained on the target)."""
+    split = leave_one_out(target.sequences)
+    text_table = raw_text_embeddings(target.item_texts)
+    ranks: dict[str, dict[str, np.ndarray]] = {}
+    for which in ("valid", "test"):
+        for name in ("popularity", "content-knn"):
+            ranks.setdefault(name, {})[which] = baseline_ranks(
+                name, target, split, which, max_length=settings.knn_history, text_table=text_table
+            )
+        ranks.setdefault("pmmrec-zero-shot", {})[which] = model_ranks(zero_shot, target, which, settings.max_length)
+    return ranks, text_table
+
+
+def demo(
+    out: str | os.PathLike[str] = "demo_out",
+    *,
+    quick: bool = False,
+    seed: int = 42,
+    progress: bool = True,
+    device: str | None = None,
+    settings: DemoSettings | None = None,
+) -> dict[str, Any]:
+    """Run the whole transfer story on MovieLens-100K; returns what results.json holds.
+
+    `settings` replaces the quick/default sizes (benchmarks/quality.py uses it for other settings).
+    """
+    started = time.perf_counter()
+    settings = settings or settings_for("quick" if quick else "demo", seed)
+    out = prepare_output(Path(out))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    where = choose_device(device)  # every training run and every evaluation on this device
+    on_device = {"device": str(where)}
+
+    _say("1/5 building the MovieLens-100K source and target domains (disjoint items and users)")
+    source_dir = build_movielens(out / "data" / "source", domain="source", overwrite=True)
+    target_dir = build_movielens(out / "data" / "target", domain="target", new_items=settings.new_items, overwrite=True)
+    source, target = load_dataset(source_dir), load_dataset(target_dir)
+    stats = target_statistics(target)
+    _say(
+        f"   source: {source.num_users} users, {source.num_items} items; target: {stats['users']} users, "
+        f"{stats['items']} items, {stats['new_items']} of them new (only ever a validation or test target)"
+    )
+
+    _say("2/5 pre-training text + user encoders on the source domain (next-item prediction, NID, RCL)")
+    pre = train("pretrain", source_dir, out / "runs" / "pretrain", overrides=pretrain_overrides("text", settings) | on_device,
+                progress=progress)  # fmt: skip
+
+    _say("3/5 publishing each component into a local Hub cache (tag v1) and using hub: references from here on")
+    cache = out / "hub-cache"
+    os.environ["HF_HUB_CACHE"] = str(cache)
+    references: dict[str, str] = {}
+    for slot in PUBLISHED_SLOTS:
+        repo = published_repo(slot)
+        commit = publish_to_local_cache(
+            out / "runs" / "pretrain" / "components" / slot, repo, cache_dir=cache, tag="v1"
+        )
+        references[slot] = format_hub_reference(repo, "v1")
+        _say(f"   {references[slot]} -> commit {commit[:12]}")
+
+    _say("4/5 zero-training rows (popularity, content-knn, zero-shot transfer) and fine-tuning on the target domain")
+    assembled_dir = out / "models" / "pmmrec-text-user"
+    PMMRec.assemble(text=references["text"], user=references["user"]).save_pretrained(assembled_dir, overwrite=True)
+    ranks, _ = untrained_rows(target, PMMRec.from_pretrained(assembled_dir).to(where), settings)
+    curves: dict[str, list[float]] = {}
+    chosen: dict[str, Any] = {}
+    for name in DEMO_ROWS:
+        _say(f"   fine-tuning {name} ({settings.config_of(name).label()})")
+        result = train("finetune", target_dir, out / "runs" / name,
+                       overrides=row_overrides(name, settings, {"text": references}) | on_device, progress=progress)  # fmt: skip
+        assert result.test_ranks is not None
+        ranks[name] = {"test": result.test_ranks}
+        curves[name] = [entry["ndcg@10"] for entry in result.history]
+        chosen[name] = {**asdict(settings.config_of(name)), "best_epoch": result.best_epoch}
+
+    _say("5/5 results on the target domain's test split (full ranking over all items, 95% intervals over users)")
+    new_users = new_target_mask(leave_one_out(target.sequences), "test")
+    rows = [row_summary(name, [ranks[name]["test"]], new_users) for name in ROW_ORDER]
+    tests = comparisons({name: [ranks[name]["test"]] for name in ROW_ORDER}, new_users)
+    references_valid = {
+        name: ndcg_at_10(ranks[name]["valid"]) for name in ("popularity", "content-knn", "pmmrec-zero-shot")
+    }
+    elapsed = time.perf_counter() - started
+    notes = demo_notes(settings, stats, pre.best_epoch, references, elapsed)
+    payload = {
+        "rows": rows,
+        "comparisons": tests,
+        "notes": notes,
+        "target": stats,
+        "validation_curves": curves,
+        "validation_ndcg@10_untrained": references_valid,
+        "configurations": chosen,
+        "settings": {**asdict(settings), "configs": {k: asdict(v) for k, v in settings.configs.items()}},
+        "references": references,
+        "test_ranks": {name: [int(r) for r in ranks[name]["test"]] for name in ROW_ORDER},
+        "seconds": elapsed,
+    }
+    write_json(out / "results.json", payload)
+    write_markdown(out / "results.md", results_markdown(rows, tests, notes))
+    label = f"{settings.label} setting, seed {settings.seed}"
+    plot_validation_curves(curves, references_valid, out / "valid_ndcg.png",
+                           f"Target-domain validation NDCG@10 per epoch ({label})")  # fmt: skip
+    plot_test_ndcg(rows, out / "test_ndcg.png", f"Target-domain test NDCG@10 with 95% CIs ({label})")
+    tqdm.write(results_text(rows, tests))
+    for note in notes:
+        tqdm.write(f"  {note}")
+    tqdm.write(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'valid_ndcg.png'} and {out / 'test_ndcg.png'}"
+    )
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def demo_notes(
+    settings: DemoSettings,
+    stats: dict[str, Any],
+    pretrain_epoch: int | None,
+    references: dict[str, str],
+    seconds: float,
+) -> list[str]:
+    """The notes printed under the table and written to results.md."""
+    return [
+        f"target domain: {stats['users']} users, {stats['items']} items, {stats['interactions']} interactions; "
+        "leave-one-out, full ranking over all items, history excluded, ties in the user's favour",
+        f"new items: {stats['new_items']} items occur only as validation or test targets; {stats['new_item_test_users']} "
+        f"test users ({stats['new_item_valid_users']} validation users) have one as target. Validation holds them "
+        "out too, so the epoch and configuration choices see the same kind of targets as the test",
+        "intervals: 95% bootstrap over users (one seed here; benchmarks/quality.py averages 3 seeds); tests: paired "
+        "bootstrap and Wilcoxon signed-rank on per-user NDCG@10, two-sided",
+        f"pre-training kept epoch {pretrain_epoch} (cap {settings.pretrain_epochs}); fine-tuning stops after "
+        f"{settings.patience} epochs without a better validation NDCG@10 (cap {settings.finetune_epochs}); d = {settings.dim}",
+        f"text encoder: all-MiniLM-L6-v2 (packaged weights), top {settings.text_trainable_layers} layer(s) trained; "
+        "content-knn uses the same raw weights with nothing trained; no images are used",
+        f"zero-shot = {references['text']} + {references['user']} assembled, no fine-tuning; pmmrec-transfer = "
+        f"{references['text']}, {references['fusion']}, {references['user']}, fine-tuned",
+        f"configurations: selected on validation by benchmarks/quality.py ({', '.join(f'{k}: {v.label()}' for k, v in settings.configs.items())})",
+        f"seed {settings.seed}; {settings.label} settings; {seconds:.0f} s on this machine ({torch.get_num_threads()} torch threads)",
+    ]
