@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +27,7 @@ log = logging.getLogger("pmmrec.serving")
 Entry = tuple[str, str, torch.Tensor, list[str], bytes | None]  # id, text, embedding, modalities read, display PNG
 
 
-class LiveItemsFollower:
+class LiveItemsFollower(ABC):
     """The store half of `RecommenderService` (which provides the attributes declared here and `_publish`)."""
 
     model: PMMRec
@@ -39,8 +40,9 @@ class LiveItemsFollower:
     _stop: threading.Event
     _poller: threading.Thread | None
 
+    @abstractmethod
     def _publish(self, entries: list[Entry]) -> None:
-        raise NotImplementedError
+        """Append items to the catalogue (the service does it under its lock)."""
 
     def attach_store(self, store: ItemStore, model_key: str, poll_interval: float = 1.0) -> int:
         """Load every stored live item (with its stored embedding, or encoded now) and follow the store.

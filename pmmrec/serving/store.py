@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,23 +42,24 @@ class LiveItem:
     embedding: np.ndarray | None
 
 
-class ItemStore:
+class ItemStore(ABC):
     """Where live items are kept; subclasses implement the four operations for one database."""
 
     location: str
 
+    @abstractmethod
     def add(self, item_id: str, text: str, image: bytes | None, model_key: str, embedding: np.ndarray) -> int:
         """Commit a new item (durable when this returns) and answer its seq; DuplicateItem when the id exists."""
-        raise NotImplementedError
 
+    @abstractmethod
     def items_after(self, seq: int, model_key: str) -> list[LiveItem]:
         """Every item with a seq past `seq`, in seq order, with the embedding stored for `model_key` if any."""
-        raise NotImplementedError
 
+    @abstractmethod
     def put_embedding(self, item_id: str, model_key: str, embedding: np.ndarray) -> None:
         """Keep the embedding a server computed for an item (so the next start of this model reads it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self) -> None:
         """Release the connection; committed items stay."""
 
