@@ -15,31 +15,7 @@ from typing import Annotated
 import typer
 
 from pmmrec import api
-from pmmrec.cli_options import (
-    AllowMissing,
-    BaselineChoice,
-    DataDir,
-    Device,
-    DomainChoice,
-    FusionRef,
-    HistoryChoice,
-    ImagePayload,
-    ImagesChoice,
-    ImageSize,
-    KindChoice,
-    ModelRef,
-    Overwrite,
-    PayloadChoice,
-    Quiet,
-    SplitChoice,
-    TextRef,
-    UserRef,
-    VisionRef,
-    create_option,
-    is_main_process,
-    reports_errors,
-    training_command,
-)
+from pmmrec import cli_options as opt
 
 app = typer.Typer(
     name="pmmrec",
@@ -81,23 +57,23 @@ def version() -> None:
 
 
 @app.command("init")
-@reports_errors
+@opt.reports_errors
 def init(
-    kind: Annotated[KindChoice, typer.Argument(help="Which component to create.")],
+    kind: Annotated[opt.KindChoice, typer.Argument(help="Which component to create.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the component to.")],
     variant: Annotated[
         str | None,
         typer.Option("--type", help="Type within the kind: fusion merge_attention|text_only|vision_only; vision clip|efficientnet."),
     ] = None,
-    backbone: Annotated[str | None, create_option("backbone")] = None,
-    dim: Annotated[int | None, create_option("dim")] = None,
-    trainable_layers: Annotated[int, create_option("trainable_layers")] = 2,
-    max_tokens: Annotated[int, create_option("max_tokens")] = 50,
-    heads: Annotated[int | None, create_option("heads")] = None,
-    layers: Annotated[int, create_option("layers")] = 2,
-    max_length: Annotated[int, create_option("max_length")] = 20,
-    dropout: Annotated[float, create_option("dropout")] = 0.1,
-    overwrite: Overwrite = False,
+    backbone: Annotated[str | None, opt.create_option("backbone")] = None,
+    dim: Annotated[int | None, opt.create_option("dim")] = None,
+    trainable_layers: Annotated[int, opt.create_option("trainable_layers")] = 2,
+    max_tokens: Annotated[int, opt.create_option("max_tokens")] = 50,
+    heads: Annotated[int | None, opt.create_option("heads")] = None,
+    layers: Annotated[int, opt.create_option("layers")] = 2,
+    max_length: Annotated[int, opt.create_option("max_length")] = 20,
+    dropout: Annotated[float, opt.create_option("dropout")] = 0.1,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Create a fresh component (pretrained backbone where named, the rest initialised)."""
     path = api.init(
@@ -118,14 +94,14 @@ def init(
 
 
 @app.command("assemble")
-@reports_errors
+@opt.reports_errors
 def assemble(
     out: Annotated[Path, typer.Option("--out", help="Folder for the assembled model.")],
-    text: TextRef = None,
-    vision: VisionRef = None,
-    fusion: FusionRef = None,
-    user: UserRef = None,
-    overwrite: Overwrite = False,
+    text: opt.TextRef = None,
+    vision: opt.VisionRef = None,
+    fusion: opt.FusionRef = None,
+    user: opt.UserRef = None,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Combine components into one model; missing parts are created where the method needs them."""
     path, notes = api.assemble(out, text=text, vision=vision, fusion=fusion, user=user, overwrite=overwrite)
@@ -135,7 +111,7 @@ def assemble(
 
 
 @app.command("inspect")
-@reports_errors
+@opt.reports_errors
 def inspect_command(
     reference: Annotated[str, typer.Argument(help="Component or model: folder, hub:ORG/NAME[@REV] or hf://...")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
@@ -148,7 +124,7 @@ def inspect_command(
 
 
 @app.command("push")
-@reports_errors
+@opt.reports_errors
 def push(
     folder: Annotated[Path, typer.Argument(help="A component or assembled-model folder.")],
     repo: Annotated[str, typer.Option("--repo", help="Hub repo id ORG/NAME.")],
@@ -165,14 +141,14 @@ def push(
 
 
 app.command("pretrain")(
-    training_command(
+    opt.training_command(
         "pretrain",
         "Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*.",
         lambda out: f"components written to {out / 'components'} (publish each with `pmmrec push`)",
     )
 )
 app.command("finetune")(
-    training_command(
+    opt.training_command(
         "finetune",
         "Fine-tune any combination of components (or train from scratch) on a target dataset; writes RUN/model.",
         lambda out: f"best model written to {out / 'model'}",
@@ -184,17 +160,17 @@ app.command("finetune")(
 
 
 @app.command("evaluate")
-@reports_errors
+@opt.reports_errors
 def evaluate(
-    data: DataDir,
+    data: opt.DataDir,
     model: Annotated[
         str | None, typer.Option("--model", help="Assembled model: folder or hub reference (or give --baseline).")
     ] = None,
     baseline: Annotated[
-        BaselineChoice | None,
+        opt.BaselineChoice | None,
         typer.Option(help="Evaluate a zero-training baseline instead of a model: popularity or content-knn."),
     ] = None,
-    split: Annotated[SplitChoice, typer.Option(help="Which leave-one-out target to rank.")] = SplitChoice.test,
+    split: Annotated[opt.SplitChoice, typer.Option(help="Which leave-one-out target to rank.")] = opt.SplitChoice.test,
     k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs: --k 10 20 50 (default) or --k 10 --k 20.")] = None,
     min_length: Annotated[
         int | None,
@@ -212,12 +188,12 @@ def evaluate(
         ),
     ] = None,
     history: Annotated[
-        HistoryChoice,
+        opt.HistoryChoice,
         typer.Option(help="exclude: history items are not ranked (pmmrec); include: they are (RecBole's protocol)."),
-    ] = HistoryChoice.exclude,
+    ] = opt.HistoryChoice.exclude,
     output: Annotated[Path | None, typer.Option("--output", help="Write the metrics and per-user ranks as JSON here.")] = None,
-    device: Device = None,
-    quiet: Quiet = False,
+    device: opt.Device = None,
+    quiet: opt.Quiet = False,
     more_k: Annotated[
         list[int] | None, typer.Argument(metavar="[K]...", hidden=True, help="Further cut-offs after --k.")
     ] = None,
@@ -233,7 +209,7 @@ def evaluate(
         min_length=min_length, max_history=max_history, max_length=max_length, history=history.value, out=output,
         device=device, progress=not quiet,
     )  # fmt: skip
-    if not is_main_process():
+    if not opt.is_main_process():
         return
     typer.echo(f"{split.value} split of {data}" + (f" ({baseline.value})" if baseline is not None else "") + ":")
     typer.echo(format_metrics_table(metrics, ks))
@@ -242,10 +218,10 @@ def evaluate(
 
 
 @app.command("recommend")
-@reports_errors
+@opt.reports_errors
 def recommend(
-    model: ModelRef,
-    data: DataDir,
+    model: opt.ModelRef,
+    data: opt.DataDir,
     user: Annotated[str | None, typer.Option("--user", help="A user id of users.tsv.")] = None,
     history: Annotated[str | None, typer.Option("--history", help='Item ids, oldest first: "ID ID ...".')] = None,
     k: Annotated[int, typer.Option("--k", help="How many items to return.")] = 10,
@@ -256,7 +232,7 @@ def recommend(
         Path | None, typer.Option("--items", help="Extra candidate items (item_id<TAB>text), never seen in training.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    device: Device = None,
+    device: opt.Device = None,
 ) -> None:
     """Top-k items for a user or a history; new items are recommendable from their content alone."""
     ranked = api.recommend(
@@ -273,29 +249,23 @@ def recommend(
 
 
 @app.command("serve")
-@reports_errors
+@opt.reports_errors
 def serve(
-    model: ModelRef,
-    data: DataDir,
+    model: opt.ModelRef,
+    data: opt.DataDir,
     host: Annotated[str, typer.Option(help="Interface to listen on (see --api-key-file before leaving loopback).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     threads: Annotated[int, typer.Option(help="torch threads for ranking (1: the other core serves HTTP).")] = 1,
-    device: Device = None,
-    quiet: Quiet = False,
-    state: Annotated[
-        Path | None,
-        typer.Option(help="State folder: live items (SQLite) and the table and index caches; when omitted: "
-                     "$PMMREC_STATE or ~/.local/state/pmmrec, then serve/DATASET-HASH."),
-    ] = None,
-    store: Annotated[str | None, typer.Option(help="postgresql:// URL of a live-item store shared by replicas.")] = None,
-    api_key_file: Annotated[
-        Path | None, typer.Option(help="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth).")
-    ] = None,
-    protect_reads: Annotated[bool, typer.Option(help="Require the API key on every route but /health and /metrics.")] = False,
-    batching: Annotated[bool, typer.Option(help="Rank concurrent /recommend requests together.")] = True,
-    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for requests already in flight to join a batch.")] = 2.0,
-    ann: Annotated[str | None, typer.Option(help="Approximate search for large catalogues: faiss, usearch or hnswlib.")] = None,
-    ann_min_items: Annotated[int, typer.Option(help="Catalogue size from which --ann is used (exact search below).")] = 200_000,
+    device: opt.Device = None,
+    quiet: opt.Quiet = False,
+    state: opt.ServeState = None,
+    store: opt.ServeStore = None,
+    api_key_file: opt.ServeApiKeyFile = None,
+    protect_reads: opt.ServeProtectReads = False,
+    batching: opt.ServeBatching = True,
+    batch_wait_ms: opt.ServeBatchWait = 2.0,
+    ann: opt.ServeAnn = None,
+    ann_min_items: opt.ServeAnnMinItems = 200_000,
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable at once."""
     api.serve(
@@ -306,15 +276,15 @@ def serve(
 
 
 @app.command("demo")
-@reports_errors
+@opt.reports_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for data, runs, the local Hub cache and results.")] = Path(
         "demo_out"
     ),
     quick: Annotated[bool, typer.Option("--quick", help="Smaller settings: a few minutes on a laptop CPU.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    device: Device = None,
-    quiet: Quiet = False,
+    device: opt.Device = None,
+    quiet: opt.Quiet = False,
 ) -> None:
     """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison."""
     api.demo(out, quick=quick, seed=seed, device=device, progress=not quiet)
@@ -324,16 +294,16 @@ def demo(
 
 
 @data_app.command("movielens")
-@reports_errors
+@opt.reports_errors
 def data_movielens(
     out: Annotated[Path, typer.Option("--out", help="Dataset folder to create.")],
     domain: Annotated[
-        DomainChoice, typer.Option(help="all = whole MovieLens-100K; source/target = the two transfer domains.")
-    ] = DomainChoice.all,
+        opt.DomainChoice, typer.Option(help="all = whole MovieLens-100K; source/target = the two transfer domains.")
+    ] = opt.DomainChoice.all,
     images: Annotated[
-        ImagesChoice, typer.Option(help="none, or synthetic pictures drawn from title and genres.")
-    ] = ImagesChoice.none,
-    size: ImageSize = 224,
+        opt.ImagesChoice, typer.Option(help="none, or synthetic pictures drawn from title and genres.")
+    ] = opt.ImagesChoice.none,
+    size: opt.ImageSize = 224,
     new_items: Annotated[
         float,
         typer.Option(
@@ -341,7 +311,7 @@ def data_movielens(
             help="Share of items held out as new items: they occur only as validation and test targets (the demo: 0.2).",
         ),
     ] = 0.0,
-    overwrite: Overwrite = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
     from pmmrec.data import format_statistics
@@ -356,15 +326,15 @@ def data_movielens(
 
 
 @data_app.command("build-lmdb")
-@reports_errors
+@opt.reports_errors
 def data_build_lmdb(
     items: Annotated[Path, typer.Option("--items", help="items.tsv whose item ids name the images.")],
     images: Annotated[Path, typer.Option("--images", help="Folder of <item id>.jpg|jpeg|png|webp files.")],
     out: Annotated[Path, typer.Option("--out", help="LMDB folder to create (e.g. DATASET/images.lmdb).")],
-    size: ImageSize = 224,
-    payload: ImagePayload = PayloadChoice.png,
-    allow_missing: AllowMissing = False,
-    overwrite: Overwrite = False,
+    size: opt.ImageSize = 224,
+    payload: opt.ImagePayload = opt.PayloadChoice.png,
+    allow_missing: opt.AllowMissing = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Resize item images once and store them in an LMDB keyed by item id (no pickle)."""
     report = api.data_build_lmdb(
@@ -378,7 +348,7 @@ def data_build_lmdb(
 
 
 @data_app.command("import-reference")
-@reports_errors
+@opt.reports_errors
 def data_import_reference(
     users: Annotated[Path, typer.Option("--users", help="Reference-family X_users.tsv.")],
     items: Annotated[Path, typer.Option("--items", help="Reference-family X_items_texts.tsv.")],
@@ -392,10 +362,10 @@ def data_import_reference(
         ),
     ] = False,
     name: Annotated[str | None, typer.Option(help="Dataset name (default: from the users file name).")] = None,
-    size: ImageSize = 224,
-    payload: ImagePayload = PayloadChoice.png,
-    allow_missing: AllowMissing = False,
-    overwrite: Overwrite = False,
+    size: opt.ImageSize = 224,
+    payload: opt.ImagePayload = opt.PayloadChoice.png,
+    allow_missing: opt.AllowMissing = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Convert the reference family's users/items files (and image LMDB) into a dataset folder."""
     import warnings
@@ -421,7 +391,7 @@ def data_import_reference(
 
 
 @data_app.command("check")
-@reports_errors
+@opt.reports_errors
 def data_check(
     folder: Annotated[Path, typer.Argument(help="Dataset folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,

@@ -122,6 +122,23 @@ class PayloadChoice(str, Enum):
     raw = "raw"
 
 
+# `pmmrec serve`'s options (ServeOptions' fields, described here so the CLI never imports the serving extra).
+ServeState = Annotated[
+    Path | None,
+    typer.Option(
+        help="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE or "
+        "~/.local/state/pmmrec, then serve/DATASET-HASH."
+    ),
+]
+ServeStore = Annotated[str | None, typer.Option(help="postgresql:// URL of a live-item store shared by replicas.")]
+ServeApiKeyFile = Annotated[
+    Path | None, typer.Option(help="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth).")
+]
+ServeProtectReads = Annotated[bool, typer.Option(help="Require the API key on every route but /health and /metrics.")]
+ServeBatching = Annotated[bool, typer.Option(help="Rank concurrent /recommend requests together.")]
+ServeBatchWait = Annotated[float, typer.Option(help="Longest wait for requests already in flight to join a batch.")]
+ServeAnn = Annotated[str | None, typer.Option(help="Approximate search for large catalogues: faiss, usearch or hnswlib.")]
+ServeAnnMinItems = Annotated[int, typer.Option(help="Catalogue size from which --ann is used (exact search below).")]
 ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]
 
 
