@@ -49,6 +49,15 @@ def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
     return BatchCollator(dataset.item_ids, text_ids, text_mask, image_store, image_size=image_size)
 
 
+def catalogue_order(collator: BatchCollator, num_items: int) -> list[int]:
+    """Catalogue indices 1..N, shortest text first (catalogue order without text): chunks of similar length pad
+    little (in the fusion too; the text encoder itself computes real tokens only)."""
+    if collator.text_mask is None:
+        return list(range(1, num_items + 1))
+    lengths = collator.text_mask[1 : num_items + 1].to(torch.int64).sum(dim=1)
+    return (torch.argsort(lengths, stable=True) + 1).tolist()
+
+
 @torch.inference_mode()
 def encode_catalogue(
     model: PMMRec,
@@ -62,9 +71,10 @@ def encode_catalogue(
     was_training = model.training
     model.eval()
     table = torch.zeros(num_items + 1, model.dim, device=device)
-    starts = range(1, num_items + 1, batch_size)
-    for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False):
-        batch = collator.collate_items(list(range(start, min(start + batch_size, num_items + 1)))).to(device)
+    order = catalogue_order(collator, num_items)
+    starts = range(0, num_items, batch_size)
+    for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False, unit="batch"):
+        batch = collator.collate_items(order[start : start + batch_size]).to(device)
         encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
         table[batch.items] = encoded.embeddings.float()
     model.train(was_training)
