@@ -67,6 +67,7 @@ from pmmrec.data import (
     SequenceBatch,
     TrainSequences,
     build_movielens,
+    item_counts,
     leave_one_out,
     load_dataset,
     tokenize_catalogue,
@@ -187,9 +188,7 @@ def make_batches(
     if needed > len(train):
         raise SystemExit(f"{setting.name}: {needed} users needed, the dataset has {len(train)}")
     windows = [train[i] for i in order[:needed]]
-    counts = torch.from_numpy(
-        np.bincount(np.concatenate(list(split.train)), minlength=dataset.num_items + 1).astype(np.float32)
-    )
+    counts = torch.from_numpy(item_counts(split.train, dataset.num_items + 1).astype(np.float32))
     item_ids, texts = dataset.item_ids, dataset.item_texts
     if setting.catalogue == "batches":  # a smaller catalogue: only the benchmarked batches' items
         used = np.unique(np.concatenate(windows))

@@ -33,6 +33,7 @@ from pmmrec.data.loading import (
     tokenize_catalogue,
 )
 from pmmrec.data.movielens import TARGET_GENRES, build_movielens, locate_movielens, read_movielens
+from pmmrec.data.ragged import RaggedArray, item_counts, total_length
 from pmmrec.data.reference_import import import_reference
 from pmmrec.data.split import LeaveOneOutSplit, leave_one_out
 from pmmrec.data.synthetic_images import render_synthetic_image
@@ -53,6 +54,7 @@ __all__ = [
     "ImageStore",
     "ItemBatch",
     "LeaveOneOutSplit",
+    "RaggedArray",
     "SequenceBatch",
     "TrainSequences",
     "build_image_lmdb",
@@ -63,6 +65,7 @@ __all__ = [
     "encode_image_value",
     "format_statistics",
     "import_reference",
+    "item_counts",
     "leave_one_out",
     "load_dataset",
     "locate_movielens",
@@ -72,5 +75,6 @@ __all__ = [
     "render_synthetic_image",
     "resize_and_center_crop",
     "tokenize_catalogue",
+    "total_length",
     "write_dataset",
 ]

@@ -24,6 +24,7 @@ from safetensors.torch import save as safetensors_save
 
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.data.image_store import ImageStore
+from pmmrec.data.ragged import RaggedArray
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import atomic_file
 
@@ -111,6 +112,13 @@ def tokenize_catalogue(
     return input_ids, attention_mask
 
 
+def _rows(sequences: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """A RaggedArray as it is (no Python object per user: cheap to pickle into workers), else int64 arrays."""
+    if isinstance(sequences, RaggedArray):
+        return sequences
+    return [np.asarray(sequence, dtype=np.int64) for sequence in sequences]
+
+
 def _left_pad(sequence: np.ndarray, length: int) -> np.ndarray:
     """The last `length` items of `sequence`, left-padded with 0 to exactly `length`."""
     window = np.zeros(length, dtype=np.int64)
@@ -126,7 +134,7 @@ class TrainSequences(torch.utils.data.Dataset):
     def __init__(self, train_sequences: Sequence[np.ndarray], max_len: int) -> None:
         if max_len < 1:
             raise ConfigError(f"max_len must be positive, got {max_len}")
-        self.sequences = [np.asarray(sequence, dtype=np.int64) for sequence in train_sequences]
+        self.sequences = _rows(train_sequences)
         self.max_len = max_len
 
     def __len__(self) -> int:
@@ -152,7 +160,7 @@ class EvalSequences(torch.utils.data.Dataset):
             raise ConfigError(f"max_len must be positive, got {max_len}")
         if len(histories) != len(targets):
             raise ConfigError(f"{len(histories)} histories but {len(targets)} targets")
-        self.histories = [np.asarray(history, dtype=np.int64) for history in histories]
+        self.histories = _rows(histories)
         self.targets = np.asarray(targets, dtype=np.int64)
         self.max_len = max_len
 

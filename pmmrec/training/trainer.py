@@ -11,12 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pmmrec.data import BatchCollator, Dataset, LeaveOneOutSplit, SequenceBatch, TrainSequences, leave_one_out
+from pmmrec.data import (
+    BatchCollator,
+    Dataset,
+    LeaveOneOutSplit,
+    SequenceBatch,
+    TrainSequences,
+    item_counts,
+    leave_one_out,
+)
 from pmmrec.distributed import DistributedContext, all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, PmmrecError
 from pmmrec.evaluation import format_metrics_table
@@ -123,9 +132,7 @@ class Trainer:
             component.requires_grad_(False)
         self.model = model.to(self.device)
         self.collator: BatchCollator = make_collator(model, dataset)
-        counts = torch.zeros(dataset.num_items + 1)
-        for sequence in self.split.train:
-            counts += torch.bincount(torch.as_tensor(sequence), minlength=dataset.num_items + 1).float()
+        counts = torch.from_numpy(item_counts(self.split.train, dataset.num_items + 1).astype(np.float32))
         self.module = TrainingModule(model, config, log_popularity_from_counts(counts)).to(self.device)
         self.module.gather_negatives = config.gather_negatives and self.context.enabled
         self.notices: list[str] = []
