@@ -169,8 +169,14 @@ def evaluate(
     out: PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
+    resume_dir: PathLike | None = None,
+    cache_prefixes: bool = False,
 ) -> dict[str, float]:
-    """Full-ranking HR/NDCG/MRR@K of a model on a dataset's valid or test targets (written as JSON to `out`)."""
+    """Full-ranking HR/NDCG/MRR@K of a model on a dataset's valid or test targets (written as JSON to `out`).
+
+    `resume_dir` keeps finished users' ranks as they are computed, so an interrupted evaluation resumes there;
+    `cache_prefixes` reuses frozen-prefix files across evaluations of models with the same frozen bottom.
+    """
     from pmmrec.data import leave_one_out, load_dataset
     from pmmrec.distributed import setup_distributed
     from pmmrec.fileio import write_json
@@ -184,11 +190,12 @@ def evaluate(
     split_data = leave_one_out(dataset.sequences, min_length, max_history)
     collator = make_collator(loaded, dataset)
     result = evaluate_split(
-        loaded, split_data, split, collator, dataset.num_items, context.device, context, ks=tuple(ks), progress=progress
-    )
+        loaded, split_data, split, collator, dataset.num_items, context.device, context, ks=tuple(ks), progress=progress,
+        resume_dir=Path(resume_dir) if resume_dir is not None else None, cache_prefixes=cache_prefixes,
+    )  # fmt: skip
     if out is not None and context.is_main:
         source = None if isinstance(model, PMMRec) else str(model)
-        write_json(out, {"model": source, "data": str(data), "split": split, **result.metrics})
+        write_json(out, {"model": source, "data": str(data), "split": split, **result.metrics, "timing": result.timings})
     return result.metrics
 
 

@@ -229,6 +229,12 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--output", help="Write the metrics as JSON here.")] = None,
     device: Device = None,
     quiet: Quiet = False,
+    resume_dir: Annotated[
+        Path | None, typer.Option("--resume-dir", help="Keep finished users' ranks here; a rerun resumes from them.")
+    ] = None,
+    cache_prefixes: Annotated[
+        bool, typer.Option("--cache-prefixes", help="Reuse frozen-prefix files (fp16) across evaluations.")
+    ] = False,
     more_k: Annotated[
         list[int] | None, typer.Argument(hidden=True, help="Further cut-offs after --k (--k 10 20 50).")
     ] = None,
@@ -239,7 +245,7 @@ def evaluate(
     ks = tuple([*(k or []), *(more_k or [])] or (10, 20, 50))
     metrics = api.evaluate(
         model, data, split=split.value, ks=ks, min_length=min_length, max_history=max_history, out=output,
-        device=device, progress=not quiet,
+        device=device, progress=not quiet, resume_dir=resume_dir, cache_prefixes=cache_prefixes,
     )  # fmt: skip
     if not is_main_process():
         return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,13 +18,16 @@ from pmmrec.data import (
     EvalSequences,
     ImageStore,
     LeaveOneOutSplit,
+    RaggedArray,
     tokenize_catalogue,
 )
 from pmmrec.distributed import DistributedContext, gather_objects
 from pmmrec.errors import ConfigError, DatasetError
+from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
 from pmmrec.evaluation import metrics_from_ranks, rank_targets
 from pmmrec.model import PMMRec
 from pmmrec.paths import cache_root
+from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
 
 
 def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -47,15 +52,6 @@ def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
         image_store = ImageStore(dataset.images_path)
         image_size = model.vision.image_size
     return BatchCollator(dataset.item_ids, text_ids, text_mask, image_store, image_size=image_size)
-
-
-def catalogue_order(collator: BatchCollator, num_items: int) -> list[int]:
-    """Catalogue indices 1..N, shortest text first (catalogue order without text): chunks of similar length pad
-    little (in the fusion too; the text encoder itself computes real tokens only)."""
-    if collator.text_mask is None:
-        return list(range(1, num_items + 1))
-    lengths = collator.text_mask[1 : num_items + 1].to(torch.int64).sum(dim=1)
-    return (torch.argsort(lengths, stable=True) + 1).tolist()
 
 
 @torch.inference_mode()
@@ -90,10 +86,15 @@ def user_states(model: PMMRec, item_table: torch.Tensor, windows: torch.Tensor, 
 
 @dataclass
 class EvaluationResult:
-    """Per-user ranks (in split order) and the metrics computed from them."""
+    """Per-user ranks (in split order), the metrics computed from them, and where this process spent its time."""
 
     ranks: np.ndarray
     metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Largest score chunk [users, N+1] float32 that ranking holds at once (the chunk shrinks for huge catalogues).
+DEFAULT_SCORE_BUDGET = 256 * 1024**2
 
 
 def evaluate_split(
@@ -109,32 +110,86 @@ def evaluate_split(
     item_batch_size: int = 256,
     item_table: torch.Tensor | None = None,
     progress: bool = False,
+    *,
+    resume_dir: Path | None = None,
+    cache_prefixes: bool = False,
+    score_budget: int = DEFAULT_SCORE_BUDGET,
+    flush_seconds: float = 30.0,
 ) -> EvaluationResult:
-    """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered."""
+    """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered.
+
+    Streams: users go `batch_size` at a time and scores at most `score_budget` bytes at a time. With
+    `resume_dir`, finished users' ranks (and the catalogue table) are written there as they are computed, and a
+    later call with the same folder ranks only the users still missing. `cache_prefixes` encodes the catalogue
+    through the frozen-prefix cache's fp16 files (reused by later evaluations with the same frozen bottom).
+    `progress` shows users ranked, users/s and the ETA (main process).
+    """
     if which not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {which!r}")
     histories = split.valid_history if which == "valid" else split.test_history
     targets = split.valid_target if which == "valid" else split.test_target
     rank_id, world = (context.rank, context.world_size) if context is not None else (0, 1)
+    show = progress and (context is None or context.is_main)
+    started = time.perf_counter()
+    store = None
+    if resume_dir is not None:
+        key = evaluation_key(
+            model, [collator.text_ids, collator.text_mask], histories, targets, which, model.max_length
+        )
+        store = ResultStore(Path(resume_dir), key, len(targets))
+        if item_table is None:
+            item_table = store.load_table()
     if item_table is None:
-        item_table = encode_catalogue(model, collator, num_items, device, item_batch_size, progress)
+        if cache_prefixes and (cache := FrozenPrefixCache.for_model(model, collator, device, memory_budget=0)):
+            item_table = cache.item_table(model, batch_size=item_batch_size)
+        else:
+            item_table = encode_catalogue(model, collator, num_items, device, item_batch_size, show)
+        if store is not None and rank_id == 0:
+            store.save_table(item_table)
+    item_table = item_table.to(device)
+    encoded = time.perf_counter()
+    done_users, done_ranks = store.finished() if store is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    finished = np.zeros(len(targets), dtype=bool)
+    finished[done_users] = True
+    shard = np.arange(rank_id, len(targets), world)
+    pending = shard[~finished[shard]]
+    rows = histories.take(pending) if isinstance(histories, RaggedArray) else [histories[i] for i in pending]
+    samples = EvalSequences(rows, targets[pending], model.max_length)
+    chunk = max(1, min(batch_size, score_budget // (4 * (num_items + 1))))
+    writer = PartWriter(store, flush_seconds)
     was_training = model.training
     model.eval()
-    shard = np.arange(rank_id, len(targets), world)
-    samples = EvalSequences([histories[i] for i in shard], targets[shard], model.max_length)
     local_ranks = []
-    for start in range(0, len(samples), batch_size):
-        batch = _eval_batch(collator, samples, start, batch_size).to(device)
-        states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
-        local_ranks.append(
-            rank_targets(states, item_table, batch.targets, batch.history_indptr, batch.history_items).cpu().numpy()
-        )
+    with tqdm(
+        total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
+        disable=not show, leave=False, smoothing=0.1,
+    ) as bar:  # fmt: skip
+        for start in range(0, len(samples), batch_size):
+            batch = _eval_batch(collator, samples, start, batch_size).to(device)
+            states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
+            ranks = rank_targets(states, item_table, batch.targets, batch.history_indptr, batch.history_items, chunk)
+            ranks_np = ranks.cpu().numpy()
+            local_ranks.append(ranks_np)
+            writer.add(pending[start : start + len(ranks_np)], ranks_np)
+            bar.update(len(ranks_np))
+    writer.flush()
     model.train(was_training)
-    mine = (shard, np.concatenate(local_ranks) if local_ranks else np.zeros(0, dtype=np.int64))
-    ranks = np.zeros(len(targets), dtype=np.int64)
+    mine = (pending, np.concatenate(local_ranks) if local_ranks else np.zeros(0, dtype=np.int64))
+    ranks_all = np.zeros(len(targets), dtype=np.int64)
+    ranks_all[done_users] = done_ranks
     for indices, values in gather_objects(context, mine) if context is not None else [mine]:
-        ranks[indices] = values
-    return EvaluationResult(ranks=ranks, metrics=metrics_from_ranks(torch.from_numpy(ranks), ks))
+        ranks_all[indices] = values
+    ranked = time.perf_counter()
+    timings = {
+        "encode_s": encoded - started,
+        "rank_s": ranked - encoded,
+        "users_ranked": float(len(pending)),
+        "users_resumed": float(len(shard) - len(pending)),
+        "users_per_s": len(pending) / max(ranked - encoded, 1e-9),
+    }
+    return EvaluationResult(
+        ranks=ranks_all, metrics=metrics_from_ranks(torch.from_numpy(ranks_all), ks), timings=timings
+    )
 
 
 def _eval_batch(collator: BatchCollator, samples: EvalSequences, start: int, batch_size: int) -> EvalBatch:

@@ -23,7 +23,6 @@ import torch
 
 from pmmrec.components import ItemEncoder, TextEncoder
 from pmmrec.data import BatchCollator, ItemBatch, SequenceBatch
-from pmmrec.inference import catalogue_order
 from pmmrec.model import PMMRec
 from pmmrec.paths import cache_root
 
@@ -200,6 +199,15 @@ class FrozenPrefixCache:
         return table
 
 
+def catalogue_order(collator: BatchCollator, num_items: int) -> list[int]:
+    """Catalogue indices 1..N, shortest text first (catalogue order without text): chunks of similar length pad
+    little (in the fusion too; the text encoder itself computes real tokens only)."""
+    if collator.text_mask is None:
+        return list(range(1, num_items + 1))
+    lengths = collator.text_mask[1 : num_items + 1].to(torch.int64).sum(dim=1)
+    return (torch.argsort(lengths, stable=True) + 1).tolist()
+
+
 def jagged_offsets(text_mask: torch.Tensor) -> np.ndarray:
     """Row offsets [N+2] of the jagged store: item r's real tokens at rows offsets[r]:offsets[r+1]; row 0 (the
     padding item, never looked up) stores nothing."""
@@ -265,14 +273,13 @@ def _compute_text(
 ) -> torch.Tensor | np.ndarray:
     """The jagged text store: the frozen prefix of every item's real tokens, in chunks of similar length."""
     num_items = len(offsets) - 2
-    hidden = int(encoder.config.backbone_config["hidden_size"])  # type: ignore[attr-defined]
-    shape = (int(offsets[-1]), hidden)
     folder = cache_dir or cache_root() / "prefix"
     path = folder / f"text-{key[:32]}"
-    reused = _reuse(Path(str(path) + ".npy"), shape[0], shape[1])
+    reused = _reuse(Path(str(path) + ".npy"), int(offsets[-1]))
     if reused is not None:
         return reused
-    store, tmp = _allocate(shape, memory_budget, folder, path, device)
+    store: torch.Tensor | np.ndarray | None = None
+    tmp: str | None = None
     order = catalogue_order(collator, num_items)
     for start in range(0, num_items, batch_size):
         indices = order[start : start + batch_size]
@@ -281,11 +288,15 @@ def _compute_text(
         mask = _trim(batch.text_mask).to(torch.bool)
         out = encoder.frozen_prefix(batch.text_ids[:, : mask.shape[1]].to(device), mask.to(device))
         packed = out[mask.to(device)].float()
+        if store is None:  # the width is the encoder's hidden size, known from its first output
+            store, tmp = _allocate((int(offsets[-1]), packed.shape[1]), memory_budget, folder, path, device)
         rows = jagged_rows(offsets, np.asarray(indices, dtype=np.int64))
         if isinstance(store, np.ndarray):
             store[rows] = packed.cpu().numpy().astype(np.float16)
         else:
             store[torch.from_numpy(rows).to(device)] = packed
+    if store is None:  # an empty catalogue
+        store = torch.zeros(0, 0, device=device)
     return _finish(store, tmp, path)
 
 
