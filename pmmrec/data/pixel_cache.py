@@ -51,7 +51,7 @@ class PixelCache:
 
     def _put(self, index: int, value: np.ndarray | None) -> None:
         size = value.nbytes if value is not None else 0
-        if size > self.max_bytes or index in self._entries:
+        if not self.max_bytes or size > self.max_bytes or index in self._entries:
             return
         self._entries[index] = value
         self._bytes += size
