@@ -24,7 +24,7 @@ from pmmrec.data import (
 from pmmrec.distributed import DistributedContext, gather_objects
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
-from pmmrec.evaluation import metrics_from_ranks, rank_targets
+from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets
 from pmmrec.model import PMMRec
 from pmmrec.paths import cache_root
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
@@ -93,7 +93,7 @@ class EvaluationResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-# Largest score chunk [users, N+1] float32 that ranking holds at once (the chunk shrinks for huge catalogues).
+# Most bytes of scores ranking holds at once (users x item block x CELL_BYTES; fewer users per chunk if needed).
 DEFAULT_SCORE_BUDGET = 256 * 1024**2
 
 
@@ -155,7 +155,8 @@ def evaluate_split(
     pending = shard[~finished[shard]]
     rows = histories.take(pending) if isinstance(histories, RaggedArray) else [histories[i] for i in pending]
     samples = EvalSequences(rows, targets[pending], model.max_length)
-    chunk = max(1, min(batch_size, score_budget // (4 * (num_items + 1))))
+    block = default_block_columns(device, batch_size, num_items + 1)
+    chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
     writer = PartWriter(store, flush_seconds)
     was_training = model.training
     model.eval()
@@ -167,7 +168,9 @@ def evaluate_split(
         for start in range(0, len(samples), batch_size):
             batch = _eval_batch(collator, samples, start, batch_size).to(device)
             states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
-            ranks = rank_targets(states, item_table, batch.targets, batch.history_indptr, batch.history_items, chunk)
+            ranks = rank_targets(
+                states, item_table, batch.targets, batch.history_indptr, batch.history_items, chunk, block
+            )
             ranks_np = ranks.cpu().numpy()
             local_ranks.append(ranks_np)
             writer.add(pending[start : start + len(ranks_np)], ranks_np)

@@ -25,7 +25,8 @@ def test_ragged_rows_are_views_and_behave_like_a_list() -> None:
     assert table[2].tolist() == [5, 6] and np.shares_memory(table[2], table.values)
     assert [row.tolist() for row in table.take(np.array([2, 0]))] == [[5, 6], [1, 2, 3]]
     assert [row.tolist() for row in table[1:]] == [[4], [5, 6]]
-    assert [row.tolist() for row in table + [np.array([7])]] == [*rows, [7]]
+    concatenated = table + [np.array([7])]  # noqa: RUF005 (the list protocol under test)
+    assert [row.tolist() for row in concatenated] == [*rows, [7]]
     again = pickle.loads(pickle.dumps(table))
     assert [row.tolist() for row in again] == rows and total_length(again) == 6
     with pytest.raises(ConfigError, match="not one-dimensional"):
@@ -50,7 +51,7 @@ def test_users_tsv_is_read_into_one_flat_array(tmp_path: Path) -> None:
     assert ids == ["u1", "u2"] and isinstance(sequences, RaggedArray)
     assert [row.tolist() for row in sequences] == [[1, 2, 1], [2]] and sequences.values.dtype == np.int64
     users.write_text("u1\ta\nu2\tc\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match="users.tsv line 2: unknown item id 'c'"):
+    with pytest.raises(DatasetError, match=r"users\.tsv line 2: unknown item id 'c'"):
         read_users_tsv(users, {"a": 1})
     users.write_text("u1\ta\nu2\ta\nu1\ta\n", encoding="utf-8")
     with pytest.raises(DatasetError, match="line 3: duplicate user id 'u1' \\(first on line 1\\)"):

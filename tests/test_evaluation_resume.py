@@ -20,6 +20,7 @@ from test_training import MAX_LENGTH, isolated_environment, run_cli, write_tiny_
 import pmmrec.inference as inference
 from pmmrec.data import leave_one_out, load_dataset
 from pmmrec.errors import ConfigError
+from pmmrec.evaluation import CELL_BYTES
 from pmmrec.inference import evaluate_split, make_collator
 from pmmrec.model import PMMRec
 
@@ -100,7 +101,7 @@ def test_score_chunks_obey_the_budget_and_change_no_rank(tmp_path: Path, monkeyp
         return original(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(inference, "rank_targets", recording)
-    budget = 3 * 4 * (num_items + 1)  # three users' scores
+    budget = 3 * CELL_BYTES * (num_items + 1)  # three users' scores (a tiny catalogue is one block)
     small = evaluate_split(model, split, "test", collator, num_items, CPU, score_budget=budget)  # type: ignore[arg-type]
     assert set(chunks) == {3}
     np.testing.assert_array_equal(small.ranks, full.ranks)

@@ -205,8 +205,9 @@ def read_users_tsv(
         offsets.append(len(values))
     if not user_ids:
         raise DatasetError(f"{label}: no users")
-    flat = np.frombuffer(values, dtype=np.int64).copy() if len(values) else np.zeros(0, dtype=np.int64)
-    return user_ids, RaggedArray.from_offsets(flat, np.frombuffer(offsets, dtype=np.int64).copy())
+    # Views on the arrays' own buffers (no second copy of every interaction); the arrays stay alive with them.
+    flat = np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, dtype=np.int64)
+    return user_ids, RaggedArray.from_offsets(flat, np.frombuffer(offsets, dtype=np.int64))
 
 
 def _read_info(root: Path) -> dict[str, Any]:
