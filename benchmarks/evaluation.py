@@ -44,7 +44,12 @@ def cli_evaluate(
         sys.executable, "-m", "pmmrec", "evaluate", "--model", str(model), "--data", str(data), "--device", "cpu",
         "--output", str(out), "--resume-dir", str(resume), "--quiet",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "HF_HUB_OFFLINE": "1",
+        "PMMREC_CACHE": str(resume.parent / "cache"),
+    }
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env)
     try:

@@ -160,7 +160,7 @@ def evaluate_split(
     writer = PartWriter(store, flush_seconds)
     was_training = model.training
     model.eval()
-    local_ranks = []
+    local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
     with tqdm(
         total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
         disable=not show, leave=False, smoothing=0.1,
@@ -171,13 +171,13 @@ def evaluate_split(
             ranks = rank_targets(
                 states, item_table, batch.targets, batch.history_indptr, batch.history_items, chunk, block
             )
-            ranks_np = ranks.cpu().numpy()
-            local_ranks.append(ranks_np)
-            writer.add(pending[start : start + len(ranks_np)], ranks_np)
-            bar.update(len(ranks_np))
+            stop = start + ranks.shape[0]
+            local_ranks[start:stop] = ranks.cpu().numpy()
+            writer.add(pending[start:stop], local_ranks[start:stop])
+            bar.update(stop - start)
     writer.flush()
     model.train(was_training)
-    mine = (pending, np.concatenate(local_ranks) if local_ranks else np.zeros(0, dtype=np.int64))
+    mine = (pending, local_ranks)
     ranks_all = np.zeros(len(targets), dtype=np.int64)
     ranks_all[done_users] = done_ranks
     for indices, values in gather_objects(context, mine) if context is not None else [mine]:

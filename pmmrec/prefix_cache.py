@@ -238,8 +238,9 @@ def _trim(mask: torch.Tensor) -> torch.Tensor:
 def _input_digest(tensor: torch.Tensor | None) -> bytes:
     if tensor is None:
         return b""
-    header = f"{tensor.dtype}:{tuple(tensor.shape)}".encode()
-    return hashlib.sha256(header + tensor.contiguous().numpy().tobytes()).digest()
+    digest = hashlib.sha256(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))  # hashed in place: no copy as bytes
+    return digest.digest()
 
 
 def _config_digest(encoder: ItemEncoder) -> bytes:
