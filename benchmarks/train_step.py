@@ -152,6 +152,8 @@ class NaiveModule(TrainingModule):
     def __init__(self, model: PMMRec, config: TrainConfig, log_popularity: torch.Tensor, collator: BatchCollator):
         super().__init__(model, config, log_popularity)
         assert collator.text_ids is not None and collator.text_mask is not None
+        assert isinstance(model.text, HFTextEncoder)
+        model.text.token_layout = "padded"  # the reference runs the backbone over the padded batch
         self.text_ids, self.text_mask = collator.text_ids, collator.text_mask
 
     def forward(self, batch: SequenceBatch, corruption_seed: int) -> dict[str, torch.Tensor]:
