@@ -101,7 +101,7 @@ def decode_image_value(value: bytes, where: str = "image value") -> np.ndarray:
     try:  # the header names the format: no probing of every PIL plugin, no copy when already RGB
         with Image.open(io.BytesIO(payload), formats=[PAYLOAD_NAMES[payload_code].upper()]) as picture:
             picture.load()
-            pixels = np.asarray(picture if picture.mode == "RGB" else picture.convert("RGB"), dtype=np.uint8)
+            pixels = np.array(picture if picture.mode == "RGB" else picture.convert("RGB"), dtype=np.uint8)
     except Exception as exc:  # PIL raises many types on corrupt data; all mean "undecodable"
         raise DatasetError(f"{where}: undecodable {PAYLOAD_NAMES[payload_code]} payload ({exc})") from exc
     if pixels.shape != (height, width, channels):

@@ -53,6 +53,8 @@ class PixelCache:
         size = value.nbytes if value is not None else 0
         if not self.max_bytes or size > self.max_bytes or index in self._entries:
             return
+        if value is not None:
+            value.setflags(write=False)  # shared by every batch that hits it: nobody may change it in place
         self._entries[index] = value
         self._bytes += size
         while self._bytes > self.max_bytes:
