@@ -4,8 +4,9 @@ A synthetic catalogue (N items + the padding row, d-dimensional float32 embeddin
 a history of H distinct items each (masked out of the ranking) and a target outside the history. Three
 measurements in the same run, on the same tensors:
 
-- pmmrec: `pmmrec.evaluation.rank_targets` (users in chunks, one matrix multiply per chunk, history masked by
-  index assignment, rank = 1 + number of strictly higher scores);
+- pmmrec: `pmmrec.evaluation.rank_targets` (users in chunks, item columns in cache-sized blocks, history masked
+  by index assignment, rank = 1 + number of strictly higher scores); and the same with whole rows per chunk
+  (`block_columns = N + 1`: the way it ranked before issue 16), whose ranks must be identical;
 - matmul: `torch.mm` of exactly the same shapes (every chunk of user states times the item table), no ranking;
   its FLOP/s is this machine's measured matmul throughput, and matmul_fraction = pmmrec's effective FLOP/s
   (2 * U * (N+1) * d / its time) / that throughput;
@@ -14,7 +15,7 @@ measurements in the same run, on the same tensors:
   against pmmrec's on that subset).
 
 Peak memory is measured in a fresh child process that creates the item table, the states and the histories and
-runs rank_targets once: peak resident set size (ru_maxrss) minus the resident size right after importing torch.
+runs rank_targets once: peak resident set size (VmHWM) minus the resident size right after importing torch.
 It is compared with the item table plus one chunk of scores (chunk x (N+1) float32), the bound the issue sets.
 
 On a GPU (`--device cuda`) every tensor lives on the device, timings synchronise it, and peak memory is
@@ -50,6 +51,12 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux keeps that across fork + exec, so a child probe
+    would report its parent's peak whenever the parent had been larger."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -84,12 +91,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_rank_targets(inputs: dict[str, torch.Tensor], chunk: int) -> tuple[float, torch.Tensor]:
+def time_rank_targets(
+    inputs: dict[str, torch.Tensor], chunk: int, block: int | None = None
+) -> tuple[float, torch.Tensor]:
+    """rank_targets with its default item blocks, or `block` columns at a time (N + 1: whole rows, as before)."""
     device = inputs["states"].device
     _sync(device)
     started = time.perf_counter()
     ranks = rank_targets(
-        inputs["states"], inputs["table"], inputs["targets"], inputs["indptr"], inputs["history"], chunk_size=chunk
+        inputs["states"], inputs["table"], inputs["targets"], inputs["indptr"], inputs["history"], chunk, block
     )
     _sync(device)
     return time.perf_counter() - started, ranks
@@ -194,7 +204,7 @@ def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
     chunk_bytes = min(args.chunk, args.users) * (args.items + 1) * 4
     peak = probe["peak_rss"] - probe["baseline_rss"]
     return {
-        "memory_method": "fresh child process: ru_maxrss (peak RSS) minus RSS right after importing torch; "
+        "memory_method": "fresh child process: VmHWM (peak RSS) minus RSS right after importing torch; "
         "includes building the inputs (table, states, histories) and one rank_targets call",
         "peak_bytes": peak,
         "inputs_bytes": probe["after_inputs_rss"] - probe["baseline_rss"],
@@ -240,14 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {name: tensor.to(device) for name, tensor in make_inputs(args.items, args.users, args.dim, args.seed).items()}
     flops = 2.0 * args.users * (args.items + 1) * args.dim
     time_matmul(inputs, args.chunk)  # warm-up (allocator, BLAS)
-    rank_times, mm_times = [], []
+    rank_times, mm_times, row_times = [], [], []
     ranks = torch.empty(0)
     for repeat in range(args.repeats):  # interleaved, best of each kept
         mm_times.append(time_matmul(inputs, args.chunk))
         took, ranks = time_rank_targets(inputs, args.chunk)
         rank_times.append(took)
-        print(f"  repeat {repeat + 1}: matmul {mm_times[-1]:.2f} s, rank_targets {rank_times[-1]:.2f} s")
-    rank_s, mm_s = min(rank_times), min(mm_times)
+        took, row_ranks = time_rank_targets(inputs, args.chunk, args.items + 1)
+        row_times.append(took)
+        assert torch.equal(row_ranks, ranks), "whole-row and blocked ranking disagree"
+        print(
+            f"  repeat {repeat + 1}: matmul {mm_times[-1]:.2f} s, rank_targets {rank_times[-1]:.2f} s, "
+            f"whole rows {row_times[-1]:.2f} s"
+        )
+    rank_s, mm_s, rows_s = min(rank_times), min(mm_times), min(row_times)
     loop_s, loop_ranks, ties = reference_loop(inputs, args.loop_users)
     ranks, loop_ranks, ties = ranks.cpu(), loop_ranks.cpu(), ties.cpu()
     excess = loop_ranks - ranks[: args.loop_users]
@@ -276,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_s": mm_s,
         "matmul_gflops": flops / mm_s / 1e9,
         "matmul_fraction": mm_s / rank_s,
+        "whole_rows_s": rows_s,
+        "block_speedup": rows_s / rank_s,
         "loop_users_timed": args.loop_users,
         "loop_s_timed": loop_s,
         "loop_s_extrapolated": loop_all_s,
@@ -294,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'torch.mm, same shapes (no ranking)':<44}{mm_s:>20.2f}{args.users / mm_s:>12,.0f}{flops / mm_s / 1e9:>10.1f}"
     )
     print(f"{'pmmrec rank_targets':<44}{rank_s:>20.2f}{args.users / rank_s:>12,.0f}{flops / rank_s / 1e9:>10.1f}")
+    row_label = "rank_targets, whole rows (before issue 16)"
+    print(f"{row_label:<44}{rows_s:>20.2f}{args.users / rows_s:>12,.0f}{flops / rows_s / 1e9:>10.1f}")
     loop_label = f"per-user loop + argsort ({args.loop_users} users, extrap.)"
     print(f"{loop_label:<44}{loop_all_s:>20.2f}{args.loop_users / loop_s:>12,.1f}{flops / loop_all_s / 1e9:>10.1f}")
     print(

@@ -172,6 +172,8 @@ def evaluate(
     out: PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
+    resume_dir: PathLike | None = None,
+    cache_prefixes: bool = False,
 ) -> dict[str, float]:
     """Full-ranking HR/NDCG/MRR@K of a model (or of a zero-training `baseline`) on a dataset's valid or test targets.
 
@@ -179,6 +181,8 @@ def evaluate(
     max_length); given arguments override it, and without a record the defaults are min_length 3, every
     interaction, and the model's own maximum length. history: exclude (pmmrec's protocol: a user's history items
     are not ranked) or include (RecBole's sequential protocol). `out` receives the metrics and per-user ranks.
+    `resume_dir` keeps finished users' ranks as they are computed, so an interrupted evaluation resumes there;
+    `cache_prefixes` reuses frozen-prefix files across evaluations of models with the same frozen bottom.
     """
     from pmmrec.data import leave_one_out, load_dataset, read_split_record
     from pmmrec.distributed import setup_distributed
@@ -212,6 +216,7 @@ def evaluate(
         window = max_length if max_length is not None else KNN_HISTORY
         ranks = baseline_ranks(baseline, dataset, split_data, split, exclude_history=history == "exclude", max_length=window)
         metrics = metrics_from_ranks(torch.as_tensor(ranks), tuple(ks))
+        timing = None
     else:
         from pmmrec.inference import evaluate_split, make_collator
 
@@ -219,8 +224,9 @@ def evaluate(
         result = evaluate_split(
             loaded, split_data, split, make_collator(loaded, dataset), dataset.num_items, context.device, context,
             ks=tuple(ks), progress=progress, max_length=max_length, exclude_history=history == "exclude",
+            resume_dir=Path(resume_dir) if resume_dir is not None else None, cache_prefixes=cache_prefixes,
         )  # fmt: skip
-        ranks, metrics = result.ranks, result.metrics
+        ranks, metrics, timing = result.ranks, result.metrics, result.timings
     if out is not None and context.is_main:
         source = baseline if baseline is not None else None if not isinstance(model, str | os.PathLike) else str(model)
         settings = {"min_length": min_length, "max_history": max_history, "max_length": max_length, "history": history}
@@ -228,7 +234,7 @@ def evaluate(
         write_json(
             out,
             {"model": source, "data": str(data), "split": split, **settings, **metrics, "users": users,
-             "ranks": [int(rank) for rank in ranks]},
+             "ranks": [int(rank) for rank in ranks], **({"timing": timing} if timing else {})},
         )  # fmt: skip
     return metrics
 

@@ -194,6 +194,12 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--output", help="Write the metrics and per-user ranks as JSON here.")] = None,
     device: opt.Device = None,
     quiet: opt.Quiet = False,
+    resume_dir: Annotated[
+        Path | None, typer.Option("--resume-dir", help="Keep finished users' ranks here; a rerun resumes from them.")
+    ] = None,
+    cache_prefixes: Annotated[
+        bool, typer.Option("--cache-prefixes", help="Reuse frozen-prefix files (fp16) across evaluations.")
+    ] = False,
     more_k: Annotated[
         list[int] | None, typer.Argument(metavar="[K]...", hidden=True, help="Further cut-offs after --k.")
     ] = None,
@@ -207,7 +213,7 @@ def evaluate(
     metrics = api.evaluate(
         model, data, baseline=baseline.value if baseline is not None else None, split=split.value, ks=ks,
         min_length=min_length, max_history=max_history, max_length=max_length, history=history.value, out=output,
-        device=device, progress=not quiet,
+        device=device, progress=not quiet, resume_dir=resume_dir, cache_prefixes=cache_prefixes,
     )  # fmt: skip
     if not opt.is_main_process():
         return

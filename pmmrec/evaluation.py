@@ -57,6 +57,20 @@ def _check_rank_inputs(
         raise ValueError(f"history_items must lie in 0..{num_rows - 1}")
 
 
+# Bytes of scoring work memory per (user, item) cell: the float32 score (and two boolean masks, rarely).
+CELL_BYTES = 6
+# On CPU, item columns are scored in blocks of about this many float32 cells per chunk of users, so a block's
+# scores stay in cache while they are compared and counted (the whole row at once on CUDA).
+_CPU_BLOCK_CELLS = 1 << 19
+
+
+def default_block_columns(device: torch.device, chunk_users: int, num_rows: int) -> int:
+    """How many catalogue columns `rank_targets` scores at a time for chunks of `chunk_users` users."""
+    if device.type == "cuda":
+        return num_rows
+    return max(1, min(num_rows, max(1024, _CPU_BLOCK_CELLS // max(chunk_users, 1))))
+
+
 @torch.inference_mode()
 def rank_targets(
     user_states: Tensor,
@@ -65,16 +79,21 @@ def rank_targets(
     history_indptr: Tensor,
     history_items: Tensor,
     chunk_size: int = 1024,
+    block_columns: int | None = None,
 ) -> Tensor:
     """1-based rank of each user's target among all items 1..N, history and padding excluded.
 
     user_states [M,d] and item_table [N+1,d] (row 0 = padding, never ranked) are scored by dot product,
     in float32 so low-precision states do not create artificial ties. Users' histories are a CSR:
     the history of user m is history_items[history_indptr[m]:history_indptr[m+1]]. Those items and the
-    padding column are set to -inf before counting, except the target itself: its score is read before
-    masking and only items scoring strictly higher are counted, so a target that also occurs in the
-    history is still ranked normally. Ties count in the user's favour (see the module docstring).
-    Users are processed chunk_size at a time (memory ~ chunk_size x (N+1) scores); returns Long [M].
+    padding column never count; the target itself is ranked even when it also occurs in the history. Only items
+    scoring strictly higher than the target count (ties in the user's favour; see the module docstring).
+
+    Users go chunk_size at a time and items `block_columns` at a time (default: cache-sized blocks on CPU, the
+    whole catalogue on CUDA), so memory is ~6 bytes x chunk x block whatever the catalogue size. Each block's
+    scores are compared with the target's score as the same matrix multiply computes it: an estimate with a
+    rigorous rounding bound decides every item outside the bound at once, and the few inside it are kept and
+    compared with the exact value once the target's block has been scored. Returns Long [M].
     """
     _check_rank_inputs(user_states, item_table, targets, history_indptr, history_items, chunk_size)
     device = user_states.device
@@ -82,39 +101,126 @@ def rank_targets(
     targets = targets.to(device)
     indptr = history_indptr.to(device)
     history = history_items.to(device)
-    num_users = user_states.shape[0]
+    num_users, num_rows = user_states.shape[0], items.shape[0]
+    chunk = min(chunk_size, max(num_users, 1))
+    block = block_columns or default_block_columns(device, chunk, num_rows)
     ranks = torch.empty(num_users, dtype=torch.long, device=device)
-    # One score buffer reused by every chunk: peak memory = item table + one chunk of scores (+ its bool mask).
-    buffer = torch.empty(min(chunk_size, num_users), items.shape[0], dtype=torch.float32, device=device)
+    buffers = _Buffers(chunk, min(block, num_rows), device)
     for start in range(0, num_users, chunk_size):
         stop = min(start + chunk_size, num_users)
-        scores = torch.mm(user_states[start:stop].to(torch.float32), items.t(), out=buffer[: stop - start])
-        local = torch.arange(stop - start, device=device)
-        target_scores = scores[local, targets[start:stop]].unsqueeze(1)
-        scores[:, 0] = float("-inf")
-        lengths = indptr[start + 1 : stop + 1] - indptr[start:stop]
-        rows = torch.repeat_interleave(local, lengths)
-        cols = history[int(indptr[start]) : int(indptr[stop])]
-        scores[rows, cols] = float("-inf")
-        ranks[start:stop] = 1 + _count_in_place(scores, target_scores)
+        states = user_states[start:stop].to(torch.float32)
+        ranks[start:stop] = 1 + _count_better(
+            states, items, targets[start:stop], indptr[start : stop + 1], history, block, buffers
+        )
     return ranks
 
 
-# float32 sums of 0/1 values are exact below 2**24; columns are summed in blocks of 2**23.
-_EXACT_BLOCK = 1 << 23
+class _Buffers:
+    """Score and mask buffers reused by every chunk and block (no allocation per block; masks only if needed)."""
+
+    def __init__(self, rows: int, columns: int, device: torch.device) -> None:
+        self.rows, self.columns, self.device = rows, columns, device
+        self.scores = torch.empty(rows, columns, dtype=torch.float32, device=device)
+        self._masks: tuple[Tensor, Tensor] | None = None
+
+    def _mask_pair(self) -> tuple[Tensor, Tensor]:
+        if self._masks is None:
+            shape = (self.rows, self.columns)
+            self._masks = (
+                torch.empty(shape, dtype=torch.bool, device=self.device),
+                torch.empty(shape, dtype=torch.bool, device=self.device),
+            )
+        return self._masks
+
+    @property
+    def above_high(self) -> Tensor:
+        return self._mask_pair()[0]
+
+    @property
+    def above_low(self) -> Tensor:
+        return self._mask_pair()[1]
 
 
-def _count_in_place(scores: Tensor, threshold: Tensor) -> Tensor:
-    """Per row, how many entries are strictly greater than the row's threshold; overwrites `scores`.
+def _count_better(
+    states: Tensor, items: Tensor, targets: Tensor, indptr: Tensor, history: Tensor, block: int, buffers: _Buffers
+) -> Tensor:
+    """Per user of the chunk, how many non-excluded items score strictly higher than the target.
 
-    Comparing in place and summing the 0/1 floats needs no temporary as large as the chunk
-    (a boolean mask summed as integers would allocate one).
+    Fast path: the target scores from one small matrix multiply, every block compared with them. The target's
+    score inside its own block is checked against that value; if a kernel rounded them differently (it can for
+    small chunks), the chunk is counted again against a rounding band, which is exact whatever the kernels do.
     """
-    scores.gt_(threshold)
-    counts = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-    for column in range(0, scores.shape[1], _EXACT_BLOCK):
-        counts += scores[:, column : column + _EXACT_BLOCK].sum(dim=1).long()
+    exact = torch.mm(states, items[targets].t()).diagonal().contiguous()
+    counts, seen = _count_blocks(states, items, targets, indptr, history, block, buffers, exact, None)
+    if torch.equal(seen, exact):
+        return counts
+    target_rows = items[targets]
+    # |exact - estimate| <= 2 * gamma_d * sum_k |s_k e_k| for any summation order (both are float32 dot products).
+    slack = 2.2 * (states.shape[1] + 2) * torch.finfo(torch.float32).eps * (states.abs() * target_rows.abs()).sum(1)
+    band = slack + torch.finfo(torch.float32).tiny
+    counts, _ = _count_blocks(states, items, targets, indptr, history, block, buffers, exact, band)
     return counts
+
+
+def _count_blocks(
+    states: Tensor,
+    items: Tensor,
+    targets: Tensor,
+    indptr: Tensor,
+    history: Tensor,
+    block: int,
+    buffers: _Buffers,
+    threshold: Tensor,
+    band: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Counts of items above `threshold` block by block, and each target's score as its block computed it.
+
+    With `band`, items within +-band of the threshold are set aside and compared with the targets' own block
+    scores at the end (exact counts whatever the rounding of the threshold).
+    """
+    users = states.shape[0]
+    device = states.device
+    local = torch.arange(users, device=device)
+    # Cells that never count: the history, the padding column and the target's own column; sorted by column.
+    lengths = indptr[1:] - indptr[:-1]
+    rows = torch.cat([torch.repeat_interleave(local, lengths), local, local])
+    cols = torch.cat([history[int(indptr[0]) : int(indptr[-1])], torch.zeros_like(targets), targets])
+    order = torch.argsort(cols)
+    rows, cols = rows[order], cols[order]
+    target_order = torch.argsort(targets)
+    num_rows = items.shape[0]
+    edges = torch.arange(0, num_rows + block, block, device=device).clamp_max(num_rows)
+    excluded_at = torch.searchsorted(cols, edges).tolist()
+    targets_at = torch.searchsorted(targets[target_order], edges).tolist()
+    high = (threshold if band is None else threshold + band).unsqueeze(1)
+    low = None if band is None else (threshold - band).unsqueeze(1)
+    counts = torch.zeros(users, dtype=torch.long, device=device)
+    seen = torch.empty(users, dtype=torch.float32, device=device)
+    band_rows: list[Tensor] = []
+    band_values: list[Tensor] = []
+    for index, first in enumerate(range(0, num_rows, block)):
+        width = min(block, num_rows - first)
+        scores = torch.mm(states, items[first : first + width].t(), out=buffers.scores[:users, :width])
+        hit = target_order[targets_at[index] : targets_at[index + 1]]
+        if hit.numel():
+            seen[hit] = scores[hit, targets[hit] - first]
+        begin, end = excluded_at[index], excluded_at[index + 1]
+        if end > begin:
+            scores[rows[begin:end], cols[begin:end] - first] = float("-inf")
+        if low is None:  # in place: 0/1 floats summed (exact below 2^24 columns; a block is far narrower)
+            counts += scores.gt_(high).sum(dim=1).long()
+            continue
+        above_high = torch.gt(scores, high, out=buffers.above_high[:users, :width])
+        counts += above_high.sum(dim=1)
+        inside = torch.gt(scores, low, out=buffers.above_low[:users, :width]).logical_xor_(above_high)
+        if bool(inside.any()):
+            band_row, band_column = inside.nonzero(as_tuple=True)
+            band_rows.append(band_row)
+            band_values.append(scores[band_row, band_column])
+    if band_rows:
+        row = torch.cat(band_rows)
+        counts += torch.bincount(row, weights=(torch.cat(band_values) > seen[row]).float(), minlength=users).long()
+    return counts, seen
 
 
 def metrics_from_ranks(ranks: Tensor, ks: Sequence[int] = (10, 20, 50)) -> dict[str, float]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,13 +18,16 @@ from pmmrec.data import (
     EvalSequences,
     ImageStore,
     LeaveOneOutSplit,
+    RaggedArray,
     tokenize_catalogue,
 )
 from pmmrec.distributed import DistributedContext, gather_objects
 from pmmrec.errors import ConfigError, DatasetError
-from pmmrec.evaluation import metrics_from_ranks, rank_targets
+from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
+from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets
 from pmmrec.model import PMMRec
 from pmmrec.paths import cache_root
+from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
 from pmmrec.ranking import NO_ITEM, csr
 from pmmrec.ranking import top_k as ranking_top_k
 
@@ -39,7 +44,12 @@ def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None
 
 
 def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
-    """Inputs of the model's modalities for this dataset's catalogue (tokens once, images from the LMDB)."""
+    """Inputs of the model's modalities for this dataset's catalogue (tokens once, images from the LMDB).
+
+    An ID item tower is bound to the catalogue here: its rows are looked up by item id, never by position.
+    """
+    if model.item_tower is not None:
+        model.item_tower.bind_catalogue(dataset.item_ids)
     text_ids, text_mask = tokenize_texts(model, dataset.item_texts)
     image_store = None
     image_size = 224
@@ -64,9 +74,10 @@ def encode_catalogue(
     was_training = model.training
     model.eval()
     table = torch.zeros(num_items + 1, model.dim, device=device)
-    starts = range(1, num_items + 1, batch_size)
-    for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False):
-        batch = collator.collate_items(list(range(start, min(start + batch_size, num_items + 1)))).to(device)
+    order = catalogue_order(collator, num_items)
+    starts = range(0, num_items, batch_size)
+    for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False, unit="batch"):
+        batch = collator.collate_items(order[start : start + batch_size]).to(device)
         encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
         table[batch.items] = encoded.embeddings.float()
     model.train(was_training)
@@ -82,10 +93,15 @@ def user_states(model: PMMRec, item_table: torch.Tensor, windows: torch.Tensor, 
 
 @dataclass
 class EvaluationResult:
-    """Per-user ranks (in split order) and the metrics computed from them."""
+    """Per-user ranks (in split order), the metrics computed from them, and where this process spent its time."""
 
     ranks: np.ndarray
     metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Most bytes of scores ranking holds at once (users x item block x CELL_BYTES; fewer users per chunk if needed).
+DEFAULT_SCORE_BUDGET = 256 * 1024**2
 
 
 def evaluate_split(
@@ -101,39 +117,94 @@ def evaluate_split(
     item_batch_size: int = 256,
     item_table: torch.Tensor | None = None,
     progress: bool = False,
+    *,
     max_length: int | None = None,
     exclude_history: bool = True,
+    resume_dir: Path | None = None,
+    cache_prefixes: bool = False,
+    score_budget: int = DEFAULT_SCORE_BUDGET,
+    flush_seconds: float = 30.0,
 ) -> EvaluationResult:
     """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered.
 
     max_length: items of history the user encoder reads (default: the model's maximum; a run evaluates with the
     window length it trained with); exclude_history=False ranks the history items too (RecBole's protocol).
+    Streams: users go `batch_size` at a time and scores at most `score_budget` bytes at a time. With
+    `resume_dir`, finished users' ranks (and the catalogue table) are written there as they are computed, and a
+    later call with the same folder ranks only the users still missing. `cache_prefixes` encodes the catalogue
+    through the frozen-prefix cache's fp16 files (reused by later evaluations with the same frozen bottom).
+    `progress` shows users ranked, users/s and the ETA (main process).
     """
     if which not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {which!r}")
     histories = split.valid_history if which == "valid" else split.test_history
     targets = split.valid_target if which == "valid" else split.test_target
     rank_id, world = (context.rank, context.world_size) if context is not None else (0, 1)
+    show = progress and (context is None or context.is_main)
+    started = time.perf_counter()
+    window = max_length or model.max_length
+    store = None
+    if resume_dir is not None:
+        protocol = f"{which}:{'exclude' if exclude_history else 'include'}-history"
+        key = evaluation_key(model, [collator.text_ids, collator.text_mask], histories, targets, protocol, window)
+        store = ResultStore(Path(resume_dir), key, len(targets))
+        if item_table is None:
+            item_table = store.load_table()
     if item_table is None:
-        item_table = encode_catalogue(model, collator, num_items, device, item_batch_size, progress)
+        if cache_prefixes and (cache := FrozenPrefixCache.for_model(model, collator, device, memory_budget=0)):
+            item_table = cache.item_table(model, batch_size=item_batch_size)
+        else:
+            item_table = encode_catalogue(model, collator, num_items, device, item_batch_size, show)
+        if store is not None and rank_id == 0:
+            store.save_table(item_table)
+    item_table = item_table.to(device)
+    encoded = time.perf_counter()
+    done_users, done_ranks = store.finished() if store is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    finished = np.zeros(len(targets), dtype=bool)
+    finished[done_users] = True
+    shard = np.arange(rank_id, len(targets), world)
+    pending = shard[~finished[shard]]
+    rows = histories.take(pending) if isinstance(histories, RaggedArray) else [histories[i] for i in pending]
+    samples = EvalSequences(rows, targets[pending], window)
+    block = default_block_columns(device, batch_size, num_items + 1)
+    chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
+    writer = PartWriter(store, flush_seconds)
     was_training = model.training
     model.eval()
-    shard = np.arange(rank_id, len(targets), world)
-    samples = EvalSequences([histories[i] for i in shard], targets[shard], max_length or model.max_length)
-    local_ranks = []
-    for start in range(0, len(samples), batch_size):
-        batch = _eval_batch(collator, samples, start, batch_size).to(device)
-        states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
-        indptr, history = batch.history_indptr, batch.history_items
-        if not exclude_history:
-            indptr, history = torch.zeros_like(indptr), history[:0]
-        local_ranks.append(rank_targets(states, item_table, batch.targets, indptr, history).cpu().numpy())
+    local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
+    with tqdm(
+        total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
+        disable=not show, leave=False, smoothing=0.1,
+    ) as bar:  # fmt: skip
+        for start in range(0, len(samples), batch_size):
+            batch = _eval_batch(collator, samples, start, batch_size).to(device)
+            states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
+            indptr, history = batch.history_indptr, batch.history_items
+            if not exclude_history:
+                indptr, history = torch.zeros_like(indptr), history[:0]
+            ranks = rank_targets(states, item_table, batch.targets, indptr, history, chunk, block)
+            stop = start + ranks.shape[0]
+            local_ranks[start:stop] = ranks.cpu().numpy()
+            writer.add(pending[start:stop], local_ranks[start:stop])
+            bar.update(stop - start)
+    writer.flush()
     model.train(was_training)
-    mine = (shard, np.concatenate(local_ranks) if local_ranks else np.zeros(0, dtype=np.int64))
-    ranks = np.zeros(len(targets), dtype=np.int64)
+    mine = (pending, local_ranks)
+    ranks_all = np.zeros(len(targets), dtype=np.int64)
+    ranks_all[done_users] = done_ranks
     for indices, values in gather_objects(context, mine) if context is not None else [mine]:
-        ranks[indices] = values
-    return EvaluationResult(ranks=ranks, metrics=metrics_from_ranks(torch.from_numpy(ranks), ks))
+        ranks_all[indices] = values
+    ranked = time.perf_counter()
+    timings = {
+        "encode_s": encoded - started,
+        "rank_s": ranked - encoded,
+        "users_ranked": float(len(pending)),
+        "users_resumed": float(len(shard) - len(pending)),
+        "users_per_s": len(pending) / max(ranked - encoded, 1e-9),
+    }
+    return EvaluationResult(
+        ranks=ranks_all, metrics=metrics_from_ranks(torch.from_numpy(ranks_all), ks), timings=timings
+    )
 
 
 def _eval_batch(collator: BatchCollator, samples: EvalSequences, start: int, batch_size: int) -> EvalBatch:

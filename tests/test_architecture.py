@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pmmrec.components",),
     ("pmmrec.data",),
     ("pmmrec.model",),
-    ("pmmrec.objectives", "pmmrec.inference", "pmmrec.prefix_cache",
+    ("pmmrec.objectives", "pmmrec.inference", "pmmrec.prefix_cache", "pmmrec.eval_store",
      "pmmrec.inspection", "pmmrec.baselines", "pmmrec.stats"),
     ("pmmrec.training",),
     ("pmmrec.serving", "pmmrec.demo"),

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import MAX_LENGTH, NUM_USERS, free_port, save_tiny_components, write_tiny_dataset
+from tiny import MAX_LENGTH, NUM_USERS, save_tiny_components, torchrun, write_tiny_dataset
 
 from pmmrec import api
 from pmmrec.data import load_dataset
@@ -22,23 +19,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
 ]
-TIME_LIMIT_S = 240
-
-
-def torchrun(*args: object) -> str:
-    """`torchrun --nproc-per-node 2 -m pmmrec ARGS...` on CPU; returns the output, fails with it."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(free_port()), "-m", "pmmrec", *map(str, args),
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # PMMREC_CACHE: the test's own
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIME_LIMIT_S)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"torchrun exited with {result.returncode}:\n{output[-4000:]}"
-    return output
-
-
 @pytest.fixture(autouse=True)
 def _environment(isolated: Path) -> None:
     """A private cache (the torchrun processes inherit it), offline, one thread."""

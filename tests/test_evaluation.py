@@ -182,12 +182,15 @@ def test_indptr_must_not_decrease_and_its_end_is_reported() -> None:
         rank_targets(states, table, targets, torch.tensor([0, 1, 2]), torch.tensor([3]))
 
 
-def test_strict_greater_counts_are_integers() -> None:
-    """Guards against counting in float (inexact past 2**24 items per row)."""
-    from pmmrec.evaluation import _count_in_place
-
-    counts = _count_in_place(torch.tensor([[3.0, 1.0, 2.0], [0.0, 0.0, 5.0]]), torch.tensor([[1.0], [0.0]]))
-    assert counts.dtype == torch.long and counts.tolist() == [2, 1]
+def test_strict_greater_counts_are_integers_across_blocks() -> None:
+    """Guards against counting in float, and against counts lost between item blocks (blocks of 2 columns)."""
+    states = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    table = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [2.0, 5.0], [0.5, 4.0], [4.0, 0.0]])
+    targets = torch.tensor([2, 4])
+    no_history = torch.zeros(3, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    ranks = rank_targets(states, table, targets, *no_history, 2, 2)
+    # user 0 scores 3, 1, 2, 0.5, 4: items 1, 3, 5 beat the target's 1; user 1 scores 0, 0, 5, 4, 0: item 3 beats 4.
+    assert ranks.dtype == torch.long and ranks.tolist() == [4, 2]
 
 
 def test_ranks_reject_zero_with_the_reason() -> None:

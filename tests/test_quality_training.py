@@ -60,6 +60,8 @@ def test_tiles_make_every_training_interaction_a_target_exactly_once() -> None:
     expected = {(row, position) for row, sequence in enumerate(sequences) for position in range(1, len(sequence))}
     assert set(targets) == expected and set(targets.values()) == {1}
     assert tile_ends(10, 4) == [10, 6, 2] and tile_ends(1, 4) == [1]
+    by_row = [[end for row, end in train.windows if row == user] for user in range(len(sequences))]
+    assert by_row == [tile_ends(len(sequence), 4) for sequence in sequences]  # vectorised == the rule
 
 
 def test_one_epoch_of_the_trainer_trains_every_training_interaction(tmp_path: Path, dataset_dir: Path) -> None:

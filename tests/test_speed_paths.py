@@ -12,96 +12,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import batches
 import numpy as np
 import pytest
 import tiny
 import torch
 
-from pmmrec.components import TextPreprocessor
 from pmmrec.components.kinds import masked_mean
-from pmmrec.data import BatchCollator, ImageStore, SequenceBatch, TrainSequences, load_dataset, tokenize_catalogue
+from pmmrec.data import BatchCollator, SequenceBatch, load_dataset
 from pmmrec.data.builders import write_dataset
-from pmmrec.data.image_store import encode_image_value, write_image_lmdb
 from pmmrec.inference import encode_catalogue
-from pmmrec.model import PMMRec
-from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig
 from pmmrec.training.module import TrainingModule, item_tower_frozen
 from pmmrec.training.trainer import Trainer
-
-NUM_ITEMS = 24
-WORDS = [
-    "red",
-    "green",
-    "blue",
-    "quiet",
-    "storm",
-    "river",
-    "night",
-    "city",
-    "love",
-    "war",
-    "space",
-    "ghost",
-    "comedy",
-    "drama",
-]
-CPU = torch.device("cpu")
-
-
-def _texts() -> list[str]:
-    rng = np.random.default_rng(0)
-    return [" ".join(rng.choice(WORDS, size=1 + i % 9)) + f" ({1950 + i})" for i in range(NUM_ITEMS)]
-
-
-def _write_images(path: Path, item_ids: list[str], changed: str | None = None) -> ImageStore:
-    rng = np.random.default_rng(1)
-    values = []
-    for item_id in item_ids:
-        pixels = rng.integers(0, 256, (tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE, 3), dtype=np.uint8)
-        if item_id == changed:
-            pixels = 255 - pixels
-        values.append((item_id, encode_image_value(pixels, "raw")))
-    write_image_lmdb(path, values)
-    return ImageStore(path)
-
-
-def _collator(tmp_path: Path, images: bool = True) -> BatchCollator:
-    item_ids = [f"i{n}" for n in range(1, NUM_ITEMS + 1)]
-    ids, mask = tokenize_catalogue(_texts(), TextPreprocessor(tiny.minilm_tokenizer(), tiny.TEXT_TOKENS), None, "test")
-    store = _write_images(tmp_path / "images.lmdb", item_ids) if images else None
-    return BatchCollator(item_ids, ids, mask, store, image_size=tiny.CLIP_IMAGE_SIZE)
-
-
-def _sequences() -> list[np.ndarray]:
-    rng = np.random.default_rng(2)
-    sequences = [rng.integers(1, NUM_ITEMS + 1, size=length) for length in (8, 8, 5, 3, 8, 6)]
-    sequences[0][3] = sequences[0][1]  # a duplicate within a user
-    return sequences
-
-
-def _batch(collator: BatchCollator) -> SequenceBatch:
-    samples = TrainSequences(_sequences(), max_len=7)
-    batch = collator([samples[i] for i in range(len(samples))])
-    assert int(batch.seq_mask.sum()) > len(batch.unique_items), "the batch must hold duplicates"
-    assert not bool(batch.seq_mask.all()), "the batch must hold padding"
-    return batch
-
-
-def _model(text: bool = True, vision: bool = True) -> PMMRec:
-    return PMMRec(
-        user=tiny.tiny_user_encoder(max_length=8),
-        text=tiny.tiny_text_encoder() if text else None,
-        vision=tiny.tiny_clip_encoder() if vision else None,
-        fusion=tiny.tiny_fusion() if text and vision else tiny.tiny_text_only(),
-    ).eval()
-
-
-def _module(model: PMMRec, nicl: float = 0.0) -> TrainingModule:
-    config = TrainConfig.model_validate({"objectives": {"weights": {"rec": 1.0, "nicl": nicl, "nid": 0.0, "rcl": 0.0}}})
-    counts = torch.arange(NUM_ITEMS + 1, dtype=torch.float32) % 5 + 1
-    return TrainingModule(model, config, log_popularity_from_counts(counts)).eval()
 
 
 def _naive_losses(module: TrainingModule, batch: SequenceBatch, collator: BatchCollator) -> dict[str, torch.Tensor]:
@@ -139,9 +63,9 @@ def _assert_losses_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 
 
 def test_distinct_item_encoding_gives_the_loss_and_gradient_of_encoding_every_slot(tmp_path: Path) -> None:
-    collator = _collator(tmp_path)
-    batch = _batch(collator)
-    module = _module(_model(), nicl=0.4)
+    collator = batches.collator(tmp_path)
+    batch = batches.batch(collator)
+    module = batches.module(batches.model(), nicl=0.4)
     fast = module(batch, corruption_seed=0)
     naive = _naive_losses(module, batch, collator)
     assert set(fast) == {"rec", "nicl"}
@@ -156,10 +80,10 @@ def test_distinct_item_encoding_gives_the_loss_and_gradient_of_encoding_every_sl
 
 
 def test_frozen_prefix_cache_equals_the_uncached_path(tmp_path: Path) -> None:
-    collator = _collator(tmp_path)
-    batch = _batch(collator)
-    module = _module(_model(), nicl=0.4)
-    cache = FrozenPrefixCache.for_model(module.model, collator, CPU, cache_dir=tmp_path / "prefix")
+    collator = batches.collator(tmp_path)
+    batch = batches.batch(collator)
+    module = batches.module(batches.model(), nicl=0.4)
+    cache = FrozenPrefixCache.for_model(module.model, collator, batches.CPU, cache_dir=tmp_path / "prefix")
     assert cache is not None and cache.caches_text and cache.caches_image
     assert isinstance(cache.text_prefix, torch.Tensor)  # small: kept in memory, nothing written
     assert not (tmp_path / "prefix").exists()
@@ -176,40 +100,40 @@ def test_frozen_prefix_cache_equals_the_uncached_path(tmp_path: Path) -> None:
     _assert_losses_close(module(batch, corruption_seed=0), uncached_train, atol=1e-5)
     # The evaluation table built on cached prefixes equals encoding the catalogue from raw inputs.
     torch.testing.assert_close(
-        cache.item_table(module.model), encode_catalogue(module.model, collator, NUM_ITEMS, CPU), atol=1e-5, rtol=1e-4
+        cache.item_table(module.model), encode_catalogue(module.model, collator, batches.NUM_ITEMS, batches.CPU), atol=1e-5, rtol=1e-4
     )
 
 
 def test_frozen_item_tower_table_equals_encoding(tmp_path: Path) -> None:
-    collator = _collator(tmp_path)
-    batch = _batch(collator)
-    model = _model()
-    module = _module(model)
+    collator = batches.collator(tmp_path)
+    batch = batches.batch(collator)
+    model = batches.model()
+    module = batches.module(model)
     for slot in ("text", "vision", "fusion"):
         getattr(model, slot).requires_grad_(False)
     assert item_tower_frozen(model)
     encoded = module(batch, corruption_seed=0)
-    module.item_table = encode_catalogue(model, collator, NUM_ITEMS, CPU)
+    module.item_table = encode_catalogue(model, collator, batches.NUM_ITEMS, batches.CPU)
     from_table = module(batch, corruption_seed=0)
     _assert_losses_close(from_table, encoded, atol=1e-5)
     from_table["rec"].backward()  # only the user encoder (nothing of the tower) gets gradients
     assert any(p.grad is not None for p in model.user.parameters())
     assert all(p.grad is None for slot in ("text", "vision", "fusion") for p in getattr(model, slot).parameters())
     # NICL needs per-modality states: with NICL active the Trainer keeps encoding (table_per_epoch is off).
-    assert _module(model, nicl=0.4).nicl is not None
+    assert batches.module(model, nicl=0.4).nicl is not None
 
 
 def test_trainer_uses_the_table_for_a_frozen_tower_and_logs_data_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PMMREC_CACHE", str(tmp_path / "cache"))
-    item_ids = [f"i{n}" for n in range(1, NUM_ITEMS + 1)]
-    sequences = [[item_ids[int(i) - 1] for i in sequence] for sequence in _sequences() * 2]
+    item_ids = [f"i{n}" for n in range(1, batches.NUM_ITEMS + 1)]
+    sequences = [[item_ids[int(i) - 1] for i in sequence] for sequence in batches.sequences() * 2]
     root = write_dataset(
         tmp_path / "data",
         name="tiny",
         item_ids=item_ids,
-        item_texts=_texts(),
+        item_texts=batches.texts(),
         user_ids=[f"u{n}" for n in range(len(sequences))],
         user_items=sequences,
         provenance={"source": "test"},
@@ -217,7 +141,7 @@ def test_trainer_uses_the_table_for_a_frozen_tower_and_logs_data_wait(
     )
     dataset = load_dataset(root)
     options = {"epochs": 1, "batch_size": 4, "max_steps": 2, "max_length": 7, "device": "cpu", "freeze": ["text"]}
-    model = _model(vision=False)
+    model = batches.model(vision=False)
     trainer = Trainer(model, dataset, TrainConfig.model_validate(options), tmp_path / "run", progress=False)
     assert trainer.table_per_epoch
     calls = 0
@@ -231,7 +155,7 @@ def test_trainer_uses_the_table_for_a_frozen_tower_and_logs_data_wait(
     trainer._step = _wrap_step(trainer, lambda: calls)  # type: ignore[method-assign]
     monkeypatch.setattr(model, "encode_items", counting)
     trainer.run()
-    assert trainer.module.item_table is not None and trainer.module.item_table.shape == (NUM_ITEMS + 1, tiny.DIM)
+    assert trainer.module.item_table is not None and trainer.module.item_table.shape == (batches.NUM_ITEMS + 1, tiny.DIM)
     assert trainer.encode_calls_during_steps == [0, 0]  # type: ignore[attr-defined]
     steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [record for record in steps if record["event"] == "step"]
@@ -240,7 +164,7 @@ def test_trainer_uses_the_table_for_a_frozen_tower_and_logs_data_wait(
     assert 0.0 <= summary["data_wait_share"] <= 1.0
     # With a trainable text encoder the item tower is encoded at every step.
     unfrozen = Trainer(
-        _model(vision=False),
+        batches.model(vision=False),
         dataset,
         TrainConfig.model_validate({**options, "freeze": []}),
         tmp_path / "run2",
@@ -264,13 +188,13 @@ def _wrap_step(trainer: Trainer, calls: object) -> object:
 
 
 def test_memmap_cache_is_reused_and_never_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    collator = _collator(tmp_path)
-    batch = _batch(collator)
-    module = _module(_model())
+    collator = batches.collator(tmp_path)
+    batch = batches.batch(collator)
+    module = batches.module(batches.model())
     model = module.model
     folder = tmp_path / "prefix"
     uncached = module(batch, corruption_seed=0)
-    cache = FrozenPrefixCache.for_model(model, collator, CPU, memory_budget=0, cache_dir=folder)
+    cache = FrozenPrefixCache.for_model(model, collator, batches.CPU, memory_budget=0, cache_dir=folder)
     assert cache is not None
     assert isinstance(cache.text_prefix, np.memmap) and cache.text_prefix.dtype == np.float16
     assert isinstance(cache.image_prefix, np.memmap)
@@ -295,13 +219,13 @@ def test_memmap_cache_is_reused_and_never_stale(tmp_path: Path, monkeypatch: pyt
     # Same frozen weights and inputs: the second build reads both files; a trainable top layer may change freely.
     with torch.no_grad():
         model.text.layers[-1].output.dense.weight.add_(0.5)  # type: ignore[union-attr]
-    again = FrozenPrefixCache.for_model(model, collator, CPU, memory_budget=0, cache_dir=folder)
+    again = FrozenPrefixCache.for_model(model, collator, batches.CPU, memory_budget=0, cache_dir=folder)
     assert again is not None and counts == {"text": 0, "image": 0}
     np.testing.assert_array_equal(np.asarray(again.text_prefix), np.asarray(cache.text_prefix))
     # A frozen weight changes: the text file is stale and rebuilt under a new key; images still reused.
     with torch.no_grad():
         model.text.backbone.embeddings.word_embeddings.weight.mul_(1.01)  # type: ignore[union-attr]
-    FrozenPrefixCache.for_model(model, collator, CPU, memory_budget=0, cache_dir=folder)
+    FrozenPrefixCache.for_model(model, collator, batches.CPU, memory_budget=0, cache_dir=folder)
     assert counts["text"] > 0 and counts["image"] == 0
     assert len(list(folder.glob("text-*.npy"))) == 2
     # One stored image changes: the image file is stale too.
@@ -309,9 +233,9 @@ def test_memmap_cache_is_reused_and_never_stale(tmp_path: Path, monkeypatch: pyt
         collator.item_ids,
         collator.text_ids,
         collator.text_mask,
-        _write_images(tmp_path / "images2.lmdb", collator.item_ids, changed="i5"),
+        batches.write_images(tmp_path / "images2.lmdb", collator.item_ids, changed="i5"),
         image_size=tiny.CLIP_IMAGE_SIZE,
     )
-    FrozenPrefixCache.for_model(model, changed, CPU, memory_budget=0, cache_dir=folder)
+    FrozenPrefixCache.for_model(model, changed, batches.CPU, memory_budget=0, cache_dir=folder)
     assert counts["image"] > 0
     assert len(list(folder.glob("image-*.npy"))) == 2

@@ -13,7 +13,10 @@ import functools
 import http.server
 import io
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -512,4 +515,21 @@ def run_cli(*args: object, expect: int = 0) -> str:
         raise AssertionError(
             f"pmmrec {' '.join(map(str, args))}: exit {result.exit_code}, expected {expect}\n{output}"
         ) from result.exception
+    return output
+
+
+TIME_LIMIT_S = 240
+
+
+def torchrun(*args: object) -> str:
+    """`torchrun --nproc-per-node 2 -m pmmrec ARGS...` on CPU; returns the output, fails with it."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(free_port()), "-m", "pmmrec", *map(str, args),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # PMMREC_CACHE: the test's own
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIME_LIMIT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"torchrun exited with {result.returncode}:\n{output[-4000:]}"
     return output

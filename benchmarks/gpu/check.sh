@@ -23,7 +23,7 @@ for stage in $stages; do
       timeout 120 python3 benchmarks/ranking.py --device cuda --items 1000000 --users 100000 --dim 768 --chunk 2048 \
         --repeats 3 --json "$OUT/ranking.json" > "$OUT/ranking.txt" 2>&1 ;;
     train)
-      timeout 240 python3 benchmarks/train_step.py --device cuda --json "$OUT/train_step.json" > "$OUT/train_step.txt" 2>&1 ;;
+      timeout 240 python3 benchmarks/gpu_train_step.py --device cuda --json "$OUT/gpu_train_step.json" > "$OUT/gpu_train_step.txt" 2>&1 ;;
   esac
   echo "stage $stage: exit $? in $(( $(date +%s) - started )) s" | tee -a "$OUT/env.txt"
 done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,7 +15,7 @@ from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import ItemTower
 from pmmrec.components.options import CreateOptions
-from pmmrec.errors import ArtefactError
+from pmmrec.errors import ArtefactError, ConfigError
 from pmmrec.jsonfile import read_json_file
 
 ITEM_IDS_FILE = "item_ids.json"
@@ -40,6 +41,8 @@ class IdItemTower(ItemTower):
         if item_ids is not None and len(item_ids) != config.num_items:
             raise ValueError(f"{len(item_ids)} item ids for num_items={config.num_items}")
         self.item_ids = item_ids
+        # Dataset catalogue index -> own row, set by bind_catalogue (None: the dataset's order is the tower's own).
+        self.row_of: torch.Tensor | None = None
         self.embeddings = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
         nn.init.normal_(self.embeddings.weight, std=0.02)
         with torch.no_grad():
@@ -72,5 +75,30 @@ class IdItemTower(ItemTower):
     def card_summary(self) -> str:
         return f"Item-ID embedding table ({self.config.num_items:,} items, d = {self.config.dim}); catalogue in `{ITEM_IDS_FILE}`."
 
+    def bind_catalogue(self, item_ids: Sequence[str]) -> None:
+        """Map a dataset's catalogue (its items.tsv order) onto the rows of the ids this tower was trained on."""
+        if self.item_ids is None:  # an artefact without item_ids.json: only the row count can be checked
+            if len(item_ids) != self.config.num_items:
+                raise ConfigError(
+                    f"the ID item tower has {self.config.num_items:,} items and no {ITEM_IDS_FILE}; "
+                    f"the dataset has {len(item_ids):,}"
+                )
+            self.row_of = None
+            return
+        own = {item_id: row for row, item_id in enumerate(self.item_ids, start=1)}
+        unknown = [item_id for item_id in item_ids if item_id not in own]
+        if unknown:
+            shown = ", ".join(repr(item_id) for item_id in unknown[:5])
+            raise ConfigError(
+                f"the ID item tower does not know {len(unknown):,} of the dataset's {len(item_ids):,} item ids "
+                f"(for example {shown}): an ID model only ranks the items it was trained on"
+            )
+        rows = [0, *(own[item_id] for item_id in item_ids)]
+        identity = rows == list(range(len(rows))) and len(rows) == self.config.num_items + 1
+        device = self.embeddings.weight.device
+        self.row_of = None if identity else torch.tensor(rows, dtype=torch.long, device=device)
+
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
+        if self.row_of is not None:
+            item_indices = self.row_of.to(item_indices.device)[item_indices]
         return self.embeddings(item_indices)

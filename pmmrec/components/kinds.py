@@ -7,6 +7,7 @@ server) use only what the kind declares, never a type's private members.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -200,6 +201,13 @@ class ItemTower(Component):
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
         return "id"
+
+    @abstractmethod
+    def bind_catalogue(self, item_ids: Sequence[str]) -> None:
+        """Read a dataset's catalogue indices (1..N, in `item_ids` order) through the tower's own rows from now on.
+
+        Refuses (ConfigError) a catalogue with ids the tower has no row for, naming some of them.
+        """
 
     @abstractmethod
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:

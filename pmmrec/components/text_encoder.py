@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from pmmrec.components import _backbones
+from pmmrec.components import _backbones, _packed
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.inputs import TextPreprocessor
 from pmmrec.components.kinds import EncoderConfig, TextEncoder
@@ -40,6 +40,10 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
     type_name: ClassVar[str] = "text_encoder/hf"
     config_class: ClassVar[type[ComponentConfig]] = HFTextEncoderConfig
     config: HFTextEncoderConfig
+    # How layers run over item texts (not saved: a run-time choice, measured in docs/benchmarks.md). `packed`
+    # computes real tokens only (BERT-family layers; others fall back to `bucketed`); `padded` is for measurement.
+    token_layout: _packed.TokenLayout = "packed"
+    attention_core: _packed.AttentionCore = "auto"
 
     def __init__(self, config: HFTextEncoderConfig, backbone: nn.Module | None = None, tokenizer: Any = None) -> None:
         super().__init__(config)
@@ -150,15 +154,43 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         """Token embeddings (layer 0 input)."""
         return self.backbone.embeddings(input_ids=input_ids.long())
 
-    def run_layers(
-        self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int | None = None
+    def layout_for(self, layers: list[nn.Module]) -> str:
+        """The token layout these layers run in: `token_layout`, or `bucketed` where packing is unsupported."""
+        if self.token_layout == "packed" and not all(_packed.is_bert_like(layer) for layer in layers):
+            return "bucketed"
+        return self.token_layout
+
+    def _padded_layers(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: list[nn.Module]
     ) -> torch.Tensor:
-        """Apply backbone layers [start, stop) to hidden states."""
         additive = self._additive_mask(attention_mask, hidden.dtype)
-        for layer in list(self.layers)[start:stop]:
+        for layer in layers:
             output = layer(hidden, attention_mask=additive)
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
+
+    def _run(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: list[nn.Module], head: nn.Module | None
+    ) -> torch.Tensor:
+        """`layers` then `head` (if any) over [N, T, hidden], in this encoder's token layout."""
+        layout = self.layout_for(layers)
+        if layout == "packed":
+            packing = _packed.Packing.from_mask(attention_mask)
+            packed = packing.pack(hidden)
+            for layer in layers:
+                packed = _packed.packed_bert_layer(layer, packed, packing, self.attention_core)
+            return packing.unpack(head(packed) if head is not None else packed)
+        if layout == "bucketed" and layers:
+            hidden = _packed.run_bucketed(lambda h, m: self._padded_layers(h, m, layers), hidden, attention_mask)
+        else:
+            hidden = self._padded_layers(hidden, attention_mask, layers)
+        return head(hidden) if head is not None else hidden
+
+    def run_layers(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int, stop: int | None = None
+    ) -> torch.Tensor:
+        """Apply backbone layers [start, stop) to hidden states; only real tokens are computed (`token_layout`)."""
+        return self._run(hidden, attention_mask, list(self.layers)[start:stop], None)
 
     def frozen_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Output of the frozen bottom (embeddings + frozen layers): cacheable per item."""
@@ -168,8 +200,8 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         self, prefix: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the trainable top layers and the projection on a (possibly cached) frozen-prefix output."""
-        hidden = self.run_layers(prefix, attention_mask, self.frozen_depth)
-        return self.projection(hidden), attention_mask.to(torch.bool)
+        layers = list(self.layers)[self.frozen_depth :]
+        return self._run(prefix, attention_mask, layers, self.projection), attention_mask.to(torch.bool)
 
     # ---- inputs --------------------------------------------------------------------------------
 

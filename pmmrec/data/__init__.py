@@ -36,6 +36,7 @@ from pmmrec.data.loading import (
 )
 from pmmrec.data.movielens import TARGET_GENRES, build_movielens, locate_movielens, read_movielens
 from pmmrec.data.new_items import hold_out_new_items, is_new_item, new_target_mask
+from pmmrec.data.ragged import RaggedArray, item_counts, total_length
 from pmmrec.data.reference_import import import_reference
 from pmmrec.data.split import SPLIT_RECORD, LeaveOneOutSplit, leave_one_out, read_split_record, write_split_record
 from pmmrec.data.synthetic_images import render_synthetic_image
@@ -58,6 +59,7 @@ __all__ = [
     "ImageStore",
     "ItemBatch",
     "LeaveOneOutSplit",
+    "RaggedArray",
     "SequenceBatch",
     "TrainSequences",
     "build_image_lmdb",
@@ -70,6 +72,7 @@ __all__ = [
     "hold_out_new_items",
     "import_reference",
     "is_new_item",
+    "item_counts",
     "leave_one_out",
     "load_dataset",
     "locate_movielens",
@@ -82,6 +85,7 @@ __all__ = [
     "resize_and_center_crop",
     "tile_ends",
     "tokenize_catalogue",
+    "total_length",
     "write_dataset",
     "write_split_record",
 ]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore
+from pmmrec.data.ragged import RaggedArray, total_length
 from pmmrec.errors import DatasetError
 from pmmrec.fileio import open_regular_file, sha256_file
 from pmmrec.jsonfile import read_json_file
@@ -59,7 +61,7 @@ class Dataset:
     item_ids: list[str]
     item_texts: list[str]
     user_ids: list[str]
-    sequences: list[np.ndarray]
+    sequences: Sequence[np.ndarray]  # a RaggedArray when read from users.tsv
     images_path: Path | None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -76,7 +78,7 @@ class Dataset:
     @property
     def num_interactions(self) -> int:
         """Total length of all sequences."""
-        return int(sum(len(sequence) for sequence in self.sequences))
+        return total_length(self.sequences)
 
     @property
     def image_kind(self) -> str:
@@ -172,13 +174,18 @@ def read_items_tsv(path: Path | str, label: str | None = None) -> tuple[list[str
 
 def read_users_tsv(
     path: Path | str, item_index: dict[str, int], label: str | None = None, items_label: str = ITEMS_FILE
-) -> tuple[list[str], list[np.ndarray]]:
-    """Parse `user_id<TAB>item item ...` lines into (user ids, int64 catalogue-index sequences, oldest first)."""
+) -> tuple[list[str], RaggedArray]:
+    """Parse `user_id<TAB>item item ...` lines into (user ids, int64 catalogue-index sequences, oldest first).
+
+    Sequences come back as one RaggedArray (one flat int64 array and offsets), never as a Python object per
+    interaction or per user, so memory stays ~8 bytes per interaction at any scale.
+    """
     path = Path(path)
     label = label or path.name
     user_ids: list[str] = []
-    sequences: list[np.ndarray] = []
-    first_line: dict[str, int] = {}
+    seen: set[str] = set()
+    values = array("q")
+    offsets = array("q", [0])
     for number, line in _iter_lines(path, label):
         where = f"{label} line {number}"
         fields = line.split("\t")
@@ -186,23 +193,26 @@ def read_users_tsv(
             raise DatasetError(f"{where}: expected 2 tab-separated fields (user_id, items), found {len(fields)}")
         user_id, items_field = fields
         validate_identifier(user_id, "user id", where)
-        if user_id in first_line:
-            raise DatasetError(f"{where}: duplicate user id {user_id!r} (first on line {first_line[user_id]})")
-        tokens = [token for token in items_field.split(" ") if token]
+        if user_id in seen:
+            first = user_ids.index(user_id) + 1  # only on the error path: which line had it first
+            raise DatasetError(f"{where}: duplicate user id {user_id!r} (first on line {first})")
+        tokens = items_field.split(" ")
+        if "" in tokens:
+            tokens = [token for token in tokens if token]
         if not tokens:
             raise DatasetError(f"{where}: user {user_id!r} has no items")
-        indices = np.empty(len(tokens), dtype=np.int64)
-        for position, token in enumerate(tokens):
-            index = item_index.get(token)
-            if index is None:
-                raise DatasetError(f"{where}: unknown item id {token!r} (not in {items_label})")
-            indices[position] = index
-        first_line[user_id] = number
+        try:
+            values.extend([item_index[token] for token in tokens])
+        except KeyError as exc:
+            raise DatasetError(f"{where}: unknown item id {exc.args[0]!r} (not in {items_label})") from None
+        seen.add(user_id)
         user_ids.append(user_id)
-        sequences.append(indices)
+        offsets.append(len(values))
     if not user_ids:
         raise DatasetError(f"{label}: no users")
-    return user_ids, sequences
+    # Views on the arrays' own buffers (no second copy of every interaction); the arrays stay alive with them.
+    flat = np.frombuffer(values, dtype=np.int64) if len(values) else np.zeros(0, dtype=np.int64)
+    return user_ids, RaggedArray.from_offsets(flat, np.frombuffer(offsets, dtype=np.int64))
 
 
 def _read_info(root: Path) -> dict[str, Any]:
@@ -263,12 +273,14 @@ def _verify_hashes(root: Path, info: dict[str, Any]) -> None:
             )
 
 
-def _check_counts(info: dict[str, Any], item_ids: list[str], user_ids: list[str], sequences: list[np.ndarray]) -> None:
+def _check_counts(
+    info: dict[str, Any], item_ids: list[str], user_ids: list[str], sequences: Sequence[np.ndarray]
+) -> None:
     counts = info["counts"]
     actual = {
         "items": (len(item_ids), ITEMS_FILE),
         "users": (len(user_ids), USERS_FILE),
-        "interactions": (int(sum(len(sequence) for sequence in sequences)), USERS_FILE),
+        "interactions": (total_length(sequences), USERS_FILE),
     }
     for key, (value, file_name) in actual.items():
         if counts[key] != value:
@@ -327,12 +339,13 @@ def load_dataset(root: Path | str, verify_hashes: bool = True) -> Dataset:
 
 def dataset_statistics(dataset: Dataset) -> dict[str, Any]:
     """Counts, sequence-length summary and image coverage of a loaded dataset (images not decoded)."""
-    lengths = np.array([len(sequence) for sequence in dataset.sequences], dtype=np.int64)
+    sequences = RaggedArray.from_rows(dataset.sequences)
+    lengths = sequences.lengths
+    flat = sequences.flat()
     seen = np.zeros(dataset.num_items + 1, dtype=bool)
-    repeats = 0
-    for sequence in dataset.sequences:
-        seen[sequence] = True
-        repeats += len(sequence) - len(np.unique(sequence))
+    seen[flat] = True
+    rows = np.repeat(np.arange(len(sequences), dtype=np.int64), lengths)
+    repeats = len(flat) - len(np.unique(rows * (dataset.num_items + 1) + flat))  # distinct (user, item) pairs
     declared_missing = set(dataset.info.get("items_without_images", []))
     with_images = 0 if dataset.images_path is None else dataset.num_items - len(declared_missing)
     interactions = int(lengths.sum())

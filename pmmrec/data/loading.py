@@ -24,6 +24,8 @@ from safetensors.torch import save as safetensors_save
 
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.data.image_store import ImageStore
+from pmmrec.data.pixel_cache import DEFAULT_PIXEL_CACHE_BYTES, PixelCache
+from pmmrec.data.ragged import RaggedArray
 from pmmrec.data.windows import WINDOW_SCHEMES, TrainSequences, left_pad, tile_ends
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import atomic_file
@@ -114,6 +116,13 @@ def tokenize_catalogue(
     return input_ids, attention_mask
 
 
+def _rows(sequences: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+    """A RaggedArray as it is (no Python object per user: cheap to pickle into workers), else int64 arrays."""
+    if isinstance(sequences, RaggedArray):
+        return sequences
+    return [np.asarray(sequence, dtype=np.int64) for sequence in sequences]
+
+
 class EvalSample(NamedTuple):
     """One evaluation user: left-padded window of the history, the target, the full history for exclusion."""
 
@@ -130,7 +139,7 @@ class EvalSequences(torch.utils.data.Dataset):
             raise ConfigError(f"max_len must be positive, got {max_len}")
         if len(histories) != len(targets):
             raise ConfigError(f"{len(histories)} histories but {len(targets)} targets")
-        self.histories = [np.asarray(history, dtype=np.int64) for history in histories]
+        self.histories = _rows(histories)
         self.targets = np.asarray(targets, dtype=np.int64)
         self.max_len = max_len
 
@@ -217,7 +226,8 @@ class BatchCollator:
 
     item_ids: catalogue item ids (index i + 1 -> item_ids[i]), used to look images up;
     text_ids / text_mask: the token cache from tokenize_catalogue, or None without text;
-    image_store: an ImageStore or None without images; image_size: side of the returned square images.
+    image_store: an ImageStore or None without images; image_size: side of the returned square images;
+    pixel_cache_bytes: budget of the per-process cache of decoded images (0: decode every time).
     """
 
     def __init__(
@@ -227,6 +237,8 @@ class BatchCollator:
         text_mask: torch.Tensor | None,
         image_store: ImageStore | None,
         image_size: int = 224,
+        *,
+        pixel_cache_bytes: int = DEFAULT_PIXEL_CACHE_BYTES,
     ) -> None:
         if (text_ids is None) != (text_mask is None):
             raise ConfigError("text_ids and text_mask must both be given or both be None")
@@ -244,11 +256,18 @@ class BatchCollator:
         self.include_images = True  # switched off when a frozen-prefix cache already holds every image input
         # Training batches list every catalogue item as a candidate (the full-softmax loss), not only their own.
         self.all_items_as_candidates = False
+        self.pixel_cache = PixelCache(pixel_cache_bytes)  # decoded images of popular items, per process
 
     @property
     def image_size(self) -> int:
         """Side of the square images batches carry."""
         return self.image_preprocessor.image_size
+
+    def _load_pixels(self, indices: list[int]) -> list[np.ndarray | None]:
+        """Prepared images (S x S x 3) of catalogue indices, read from the LMDB in one transaction."""
+        assert self.image_store is not None
+        images = self.image_store.get_many([self.item_ids[index - 1] for index in indices])
+        return [None if image is None else self.image_preprocessor.pixels(image) for image in images]
 
     def _image(self, index: int) -> np.ndarray | None:
         return self.image_store.get(self.item_ids[index - 1]) if self.image_store is not None else None
@@ -267,7 +286,7 @@ class BatchCollator:
             indices = items.tolist()
             if any(index < 1 or index > len(self.item_ids) for index in indices):
                 raise DatasetError(f"catalogue index out of range 1..{len(self.item_ids)}")
-            pixel_values = self.image_preprocessor([self._image(index) for index in indices])
+            pixel_values = self.image_preprocessor(self.pixel_cache.get_many(indices, self._load_pixels))
         return text_ids, text_mask, pixel_values
 
     def collate_items(self, indices: Sequence[int], include_images: bool = True) -> ItemBatch:

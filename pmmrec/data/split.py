@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from pmmrec.data.ragged import RaggedArray
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import write_json
 
@@ -23,12 +24,13 @@ class LeaveOneOutSplit:
     train: sequence without its last two items (every next item is a training target);
     valid_history / valid_target: the train sequence and the second-last item;
     test_history / test_target: the sequence without its last item and the last item.
+    The histories are RaggedArrays: views into the dataset's one flat array, no copy per user.
     """
 
-    train: list[np.ndarray]
-    valid_history: list[np.ndarray]
+    train: RaggedArray
+    valid_history: RaggedArray
     valid_target: np.ndarray
-    test_history: list[np.ndarray]
+    test_history: RaggedArray
     test_target: np.ndarray
     user_rows: np.ndarray
 
@@ -45,7 +47,7 @@ def leave_one_out(
 
     `max_history` keeps only each user's last `max_history` items before splitting (the paper uses
     max_seq_len + 3); None keeps everything. Users are filtered on their full length, then truncated, as the
-    reference preprocessing does. Deterministic: no randomness involved.
+    reference preprocessing does. Deterministic: no randomness involved. Vectorised over users (offsets only).
     """
     if min_length < MIN_SPLIT_LENGTH:
         raise ConfigError(
@@ -53,31 +55,19 @@ def leave_one_out(
         )
     if max_history is not None and max_history < min_length:
         raise ConfigError(f"max_history ({max_history}) must be at least min_length ({min_length})")
-    train: list[np.ndarray] = []
-    test_history: list[np.ndarray] = []
-    valid_target: list[int] = []
-    test_target: list[int] = []
-    rows: list[int] = []
-    for row, sequence in enumerate(sequences):
-        sequence = np.asarray(sequence, dtype=np.int64)
-        if sequence.ndim != 1:
-            raise ConfigError(f"sequence {row} is not one-dimensional")
-        if len(sequence) < min_length:
-            continue
-        if max_history is not None:
-            sequence = sequence[-max_history:]
-        train.append(sequence[:-2])
-        test_history.append(sequence[:-1])
-        valid_target.append(int(sequence[-2]))
-        test_target.append(int(sequence[-1]))
-        rows.append(row)
+    table = RaggedArray.from_rows(sequences)
+    rows = np.flatnonzero(table.lengths >= min_length)
+    starts, stops = table.starts[rows], table.stops[rows]
+    if max_history is not None:
+        starts = np.maximum(starts, stops - max_history)
+    train = RaggedArray(table.values, starts, stops - 2)
     return LeaveOneOutSplit(
         train=train,
         valid_history=train,
-        valid_target=np.asarray(valid_target, dtype=np.int64),
-        test_history=test_history,
-        test_target=np.asarray(test_target, dtype=np.int64),
-        user_rows=np.asarray(rows, dtype=np.int64),
+        valid_target=table.values[stops - 2].copy(),
+        test_history=RaggedArray(table.values, starts, stops - 1),
+        test_target=table.values[stops - 1].copy(),
+        user_rows=rows.astype(np.int64),
     )
 
 

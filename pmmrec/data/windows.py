@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from pmmrec.data.ragged import RaggedArray, item_counts
 from pmmrec.errors import ConfigError
 
 __all__ = ["WINDOW_SCHEMES", "TrainSequences", "left_pad", "tile_ends"]
@@ -58,33 +59,45 @@ class TrainSequences(torch.utils.data.Dataset):
             raise ConfigError(f"max_len must be positive, got {max_len}")
         if scheme not in WINDOW_SCHEMES:
             raise ConfigError(f"window scheme must be one of {', '.join(WINDOW_SCHEMES)}, got {scheme!r}")
-        self.sequences = [np.asarray(sequence, dtype=np.int64) for sequence in train_sequences]
+        # One flat array + offsets (no Python object per user: cheap to pickle into DataLoader workers).
+        self.sequences = (
+            train_sequences if isinstance(train_sequences, RaggedArray) else RaggedArray.from_rows(train_sequences)
+        )
         self.max_len = max_len
         self.scheme = scheme
         self.seed = seed
-        self.windows: list[tuple[int, int]] = []  # (user row, end of the window, exclusive)
+        self.window_rows = np.zeros(0, dtype=np.int64)  # user row of each window
+        self.window_ends = np.zeros(0, dtype=np.int64)  # end of each window in its row, exclusive
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose this epoch's windows (only "crop" depends on the epoch)."""
-        lengths = [len(sequence) for sequence in self.sequences]
-        if self.scheme == "tiles":
-            self.windows = [(row, end) for row, length in enumerate(lengths) for end in tile_ends(length, self.max_len)]
+        """Choose this epoch's windows (only "crop" depends on the epoch); vectorised over users."""
+        lengths = self.sequences.lengths
+        rows = np.arange(len(lengths), dtype=np.int64)
+        if self.scheme == "tiles":  # tile_ends for every row at once
+            per_row = 1 + np.maximum(0, (lengths - 2) // self.max_len)
+            self.window_rows = np.repeat(rows, per_row)
+            first = np.cumsum(per_row) - per_row
+            within = np.arange(int(per_row.sum()), dtype=np.int64) - np.repeat(first, per_row)
+            self.window_ends = lengths[self.window_rows] - within * self.max_len
         elif self.scheme == "last":
-            self.windows = [(row, length) for row, length in enumerate(lengths)]
+            self.window_rows, self.window_ends = rows, lengths.copy()
         else:
             rng = np.random.default_rng([self.seed, epoch])
-            lowest = [min(length, self.max_len + 1) for length in lengths]
-            self.windows = [
-                (row, int(rng.integers(low, length + 1)))
-                for row, (low, length) in enumerate(zip(lowest, lengths, strict=True))
-            ]
+            lowest = np.minimum(lengths, self.max_len + 1)
+            self.window_rows = rows
+            self.window_ends = rng.integers(lowest, lengths + 1) if len(rows) else lengths.copy()
+
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """This epoch's windows as (user row, end) pairs, for inspection (training reads the arrays)."""
+        return list(zip(self.window_rows.tolist(), self.window_ends.tolist(), strict=True))
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self.window_rows)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        row, end = self.windows[index]
+        row, end = int(self.window_rows[index]), int(self.window_ends[index])
         return left_pad(self.sequences[row][:end], self.max_len + 1)
 
     def item_counts(self, num_items: int) -> np.ndarray:
@@ -92,8 +105,8 @@ class TrainSequences(torch.utils.data.Dataset):
 
         "tiles" and "crop" train on whole sequences, "last" on each user's last max_len + 1 items.
         """
-        counts = np.zeros(num_items + 1, dtype=np.float64)
-        for sequence in self.sequences:
-            used = sequence[-(self.max_len + 1) :] if self.scheme == "last" else sequence
-            np.add.at(counts, used, 1.0)
-        return counts
+        used = self.sequences
+        if self.scheme == "last":
+            starts = np.maximum(used.starts, used.stops - (self.max_len + 1))
+            used = RaggedArray(used.values, starts, used.stops)
+        return item_counts(used, num_items + 1).astype(np.float64)
