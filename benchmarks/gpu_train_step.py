@@ -154,13 +154,17 @@ def step(module: TrainingModule, optimizer: torch.optim.Optimizer, batch: Sequen
     return float(loss.detach())
 
 
+CPU_SECONDS: list[float] = []  # process CPU time of each timed call, in order (host-bound steps show CPU = wall)
+
+
 def timed(run: Any, device: torch.device) -> tuple[Any, float]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     value = run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    CPU_SECONDS.append(time.process_time() - cpu_started)
     return value, time.perf_counter() - started
 
 
@@ -183,8 +187,10 @@ def mm_tflops(device: torch.device, dtype: torch.dtype, size: int) -> float:
     return 2.0 * size**3 / best / 1e12
 
 
-def cuda_profile(run: Any, device: torch.device, limit: int = 12) -> list[dict[str, Any]]:
-    """Where one step's device time goes (torch.profiler, self device time per operator)."""
+def cuda_profile(
+    run: Any, device: torch.device, limit: int = 12, attribute: str | None = None
+) -> list[dict[str, Any]]:
+    """Where one step's time goes (torch.profiler): self device time per operator, or `attribute` (e.g. CPU)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -192,13 +198,29 @@ def cuda_profile(run: Any, device: torch.device, limit: int = 12) -> list[dict[s
         run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    attribute = attribute or ("self_device_time_total" if device.type == "cuda" else "self_cpu_time_total")
     events = sorted(prof.key_averages(), key=lambda event: getattr(event, attribute), reverse=True)
     total = sum(getattr(event, attribute) for event in events) or 1.0
     return [
         {"op": event.key, "self_ms": getattr(event, attribute) / 1000, "share": getattr(event, attribute) / total}
         for event in events[:limit]
     ]
+
+
+def python_profile(run: Any, limit: int = 15) -> list[dict[str, Any]]:
+    """Python functions with the most own time in one call (cProfile): host work outside PyTorch's operators."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:limit]  # type: ignore[attr-defined]
+    return [
+        {"function": f"{path.rsplit('/', 1)[-1]}:{line}({name})", "calls": calls, "own_ms": own * 1000,
+         "cumulative_ms": cumulative * 1000}
+        for (path, line, name), (_, calls, own, cumulative, _) in rows
+    ]  # fmt: skip
 
 
 def run_config(
@@ -220,12 +242,14 @@ def run_config(
     }
     on_device = [batch.to(device) for batch in batches]
     seconds: dict[str, list[float]] = {key: [] for key in modules}
+    cpu: dict[str, list[float]] = {key: [] for key in modules}
     losses: dict[str, list[float]] = {key: [] for key in modules}
     for index, batch in enumerate(on_device):  # interleaved; the first step of each path is a warm-up
         for key, module in modules.items():
             loss, took = timed(lambda m=module, k=key, b=batch: step(m, optimisers[k], b, dtype), device)
             losses[key].append(loss)
             seconds[key].append(took)
+            cpu[key].append(CPU_SECONDS[-1])
             print(f"  [{name}] step {index + 1}/{len(on_device)} {key:>9}: loss {loss:.5f}, {took * 1000:8.1f} ms")
     flops = {
         key: float(np.mean([counted_flops(lambda m=module, k=key, b=b: step(m, optimisers[k], b, dtype))
@@ -233,6 +257,10 @@ def run_config(
         for key, module in modules.items()
     }  # fmt: skip
     profile = cuda_profile(lambda: step(optimised, optimisers["optimised"], on_device[-1], dtype), device)
+    python = python_profile(lambda: step(optimised, optimisers["optimised"], on_device[-1], dtype))
+    host = cuda_profile(
+        lambda: step(optimised, optimisers["optimised"], on_device[-1], dtype), device, attribute="self_cpu_time_total"
+    )
     timed_steps = slice(1, None)
     items = sum(int(batch.seq_mask.sum()) for batch in batches[timed_steps])
     rate = {key: items / sum(seconds[key][timed_steps]) for key in modules}
@@ -263,7 +291,11 @@ def run_config(
         "mfu_naive": achieved["naive"] / peak if peak else None,
         "mfu_optimised": achieved["optimised"] / peak if peak else None,
         "losses": losses,
+        "cpu_ms_naive": float(np.mean(cpu["naive"][timed_steps])) * 1000,
+        "cpu_ms_optimised": float(np.mean(cpu["optimised"][timed_steps])) * 1000,
         "profile_optimised_step": profile,
+        "host_profile_optimised_step": host,
+        "python_profile_optimised_step": python,
     }
 
 
@@ -276,12 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes in float32 (checks the script on a CPU)")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cudnn-attention", action="store_true", help="keep SDPA off its cuDNN backend")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = None if args.tiny else torch.bfloat16
     width, layers, patch = (64, 3, 32) if args.tiny else (768, 12, 32)
     device_name, peak = datasheet_peak(device)
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="pmmrec-gpu-bench-") as tmp:
@@ -311,15 +346,23 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['achieved_tflops_optimised']:>9.1f}{mfu:>7}")  # fmt: skip
     print(f"bf16 torch.mm 8192^3 in this run: {mm:.1f} TFLOP/s; datasheet bf16 dense peak: {peak} TFLOP/s")
     for row in rows:
-        print(f"\nwhere the optimised step's time goes, {row['config']}:")
-        for op in row["profile_optimised_step"]:
-            print(f"  {op['share']:6.1%} {op['self_ms']:8.2f} ms  {op['op'][:90]}")
+        print(f"\n{row['config']}: step {row['step_ms_optimised']:.1f} ms wall, {row['cpu_ms_optimised']:.1f} ms "
+              f"process CPU (naive {row['step_ms_naive']:.1f} / {row['cpu_ms_naive']:.1f})")  # fmt: skip
+        for label, key in (("device", "profile_optimised_step"), ("host", "host_profile_optimised_step")):
+            print(f"where the optimised step's {label} time goes:")
+            for op in row[key]:
+                print(f"  {op['share']:6.1%} {op['self_ms']:8.2f} ms  {op['op'][:90]}")
+        print("Python functions with the most own time in that step (cProfile):")
+        for function in row["python_profile_optimised_step"]:
+            print(f"  {function['own_ms']:8.2f} ms own {function['cumulative_ms']:8.2f} ms cumulative "
+                  f"{function['calls']:>6} calls  {function['function'][:80]}")  # fmt: skip
     figures = {
         "benchmark": "gpu_train_step",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "device": device_name,
         "torch": torch.__version__,
         "autocast": str(dtype),
+        "cudnn_attention": not args.no_cudnn_attention,
         "peak_bf16_tflops_datasheet": peak,
         "mm_tflops_measured": mm,
         "configs": rows,

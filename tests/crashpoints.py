@@ -275,6 +275,9 @@ def run_scenario(scenario: Scenario, work: Path) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """python tests/crashpoints.py REPORT.json WORKDIR [SCENARIO ...]"""
     report_path, work = Path(argv[0]), Path(argv[1])
+    # The warm-up run trains here, before the forks; with a GPU visible, autograd would start its device threads
+    # then, and a forked child cannot run backward after that. Kill points are about files, not devices.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
     torch.set_num_threads(1)  # forked children must not inherit a started thread pool

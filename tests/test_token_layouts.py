@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pmmrec.components import HFTextEncoder
-from pmmrec.components._packed import Packing, is_bert_like, length_buckets
+from pmmrec.components._packed import Packing, is_bert_like, length_buckets, resolve_core
 from pmmrec.inference import encode_catalogue
 from pmmrec.prefix_cache import FrozenPrefixCache, jagged_offsets, jagged_rows
 
@@ -184,3 +184,22 @@ def test_jagged_rows_equal_a_per_item_loop() -> None:
     items = np.array([3, 1, 5, 3])
     expected = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items])
     np.testing.assert_array_equal(jagged_rows(offsets, items), expected)
+
+
+def test_item_encoders_never_run_cudnn_attention() -> None:
+    """Guards against cuDNN SDPA in item encoding: it plans per shape, and item batches change shape every step
+    (about 0.7 s per training step on an H200). The flag is read inside the encoder, where the kernel is chosen."""
+    model = batches.model(text=True, vision=False)
+    seen: list[bool] = []
+    original = model.text.forward  # type: ignore[union-attr]
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return original(*args, **kwargs)
+
+    model.text.forward = spy  # type: ignore[method-assign,union-attr]
+    ids, mask = model.text.tokenize(TEXTS)  # type: ignore[union-attr]
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # PyTorch's default outside
+    model.embed_items(ids, mask)
+    assert seen == [False] and torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards
+    assert resolve_core("auto", torch.device("cuda")) == "padded"  # no nested jagged tensors by default either

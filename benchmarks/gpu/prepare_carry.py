@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CARRY = ROOT / ".gpu"
 HERE = Path(__file__).resolve().parent
 WHEELS = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "lmdb", "fastapi",
-          "starlette", "uvicorn", "opentelemetry-api"]  # fmt: skip
+          "starlette", "uvicorn", "opentelemetry-api", "fastapi-offline"]  # fmt: skip
 
 
 def package_dir(name: str) -> Path:

@@ -5,7 +5,7 @@ padded batch spends most of its work on padding. Three layouts run the same laye
 
 - ``packed``: the real tokens of all items are packed into one [total, hidden] matrix; every linear layer,
   LayerNorm and activation runs on that matrix, and only the attention core sees the item boundaries
-  (variable-length attention: nested jagged tensors on CUDA, a per-batch padded core on CPU, see `AttentionCore`).
+  (variable-length attention: a per-batch padded core by default, or nested jagged tensors, see `AttentionCore`).
   Works for BERT-family layers (BERT, RoBERTa, XLM-R, MiniLM...), whose blocks this module drives directly.
 - ``bucketed``: items sorted by length and run through the layer's own forward in a few buckets, each only as
   wide as its longest item. Works for any layer that takes an additive mask; the fallback for other layer types.
@@ -17,6 +17,7 @@ masks them, so results on real tokens are equal across layouts within floating-p
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -130,10 +131,23 @@ def _nested_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Pac
 
 
 def resolve_core(core: str, device: torch.device) -> str:
-    """`auto` picks nested jagged attention on CUDA and the padded core elsewhere (measured: docs/benchmarks.md)."""
+    """`auto` is the padded core on every device (measured: docs/benchmarks.md). On CPU PyTorch runs jagged SDPA
+    as a loop over items; on CUDA nested jagged tensors dispatch every operator through a Python tensor subclass,
+    which made a training step host-bound on an H200 (30-50 ms of Python per step)."""
     if core == "auto":
-        return "nested" if device.type == "cuda" else "padded"
+        return "padded"
     return core
+
+
+def variable_shape_attention() -> contextlib.AbstractContextManager[None]:
+    """SDPA restricted to kernels that need no per-shape setup: flash, memory-efficient, math (never cuDNN).
+
+    Item batches change shape every step (distinct items, longest text); cuDNN attention builds an execution plan
+    for each new shape, which cost about 0.7 s per training step on an H200 (docs/benchmarks.md). A no-op on CPU.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def packed_bert_layer(layer: nn.Module, x: torch.Tensor, packing: Packing, core: str = "auto") -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from pmmrec import integrity
 from pmmrec.cards import ComponentRow, ModelCardData, TrainingFacts, render_model_card
 from pmmrec.components import Component, Fusion, ItemTower, TextEncoder, UserEncoder, VisionEncoder
+from pmmrec.components._packed import variable_shape_attention
 from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
 from pmmrec.errors import ArtefactError, AssemblyError, ConfigError
@@ -174,8 +175,21 @@ class PMMRec(nn.Module):
         """Embed N items from prepared inputs (or IDs); a cached frozen prefix may replace raw inputs.
 
         The training step, the catalogue encoder and the prefix cache call this on prepared batches; `encode_items`
-        prepares raw texts and images first.
+        prepares raw texts and images first. Attention runs on kernels that need no per-shape setup (item batches
+        change shape every step; see `variable_shape_attention`).
         """
+        with variable_shape_attention():
+            return self._embed_items(text_ids, text_mask, pixel_values, item_indices, text_prefix, image_prefix)
+
+    def _embed_items(
+        self,
+        text_ids: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        item_indices: torch.Tensor | None,
+        text_prefix: torch.Tensor | None,
+        image_prefix: torch.Tensor | None,
+    ) -> ItemEncoding:
         if self.item_tower is not None:
             if item_indices is None:
                 raise ValueError("an ID item tower needs item_indices")

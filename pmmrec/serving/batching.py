@@ -55,7 +55,9 @@ def rank_queries(
         mask[row, length - len(query.window) :] = True
     windows, mask = windows.to(table.device), mask.to(table.device)
     embeddings = table[windows] * mask.unsqueeze(-1).to(table.dtype)
-    states = model.encode_users(embeddings, mask)[:, -1].float()
+    # The user encoder runs where the model is; the table may be held elsewhere (a CPU table cache, a GPU model).
+    device = model.device
+    states = model.encode_users(embeddings.to(device), mask.to(device))[:, -1].float().to(table.device)
     k = max(query.k for query in queries)
     if ann is not None:
         scores, indices = ann.search(states, table, k, [query.exclude for query in queries])
