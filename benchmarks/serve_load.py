@@ -287,7 +287,7 @@ def main() -> None:
         "--max-parallel", type=int, default=0, help="Rankings computed at once in the server (default: CPU count)."
     )
     parser.add_argument("--mode", action="append", choices=["batched", "unbatched"], help="Default: both.")
-    parser.add_argument("--batch-workers", type=int, default=1, help="Batched mode: ranking threads in the server.")
+    parser.add_argument("--batch-workers", type=int, default=2, help="Batched mode: ranking threads in the server.")
     parser.add_argument("--startup-runs", type=int, default=0, help="Also time start-up: 1 cold and N warm runs.")
     parser.add_argument("--startup-only", action="store_true", help="Only the start-up times (no load test).")
     parser.add_argument("--seed", type=int, default=0)

@@ -306,6 +306,7 @@ def serve(
     protect_reads: bool = False,
     batching: bool = True,
     batch_wait_ms: float = 2.0,
+    batch_workers: int = 2,
     ann: str | None = None,
     ann_min_items: int = 200_000,
 ) -> None:
@@ -319,7 +320,8 @@ def serve(
         raise ConfigError(str(exc)) from None
     try:
         options = ServeOptions(
-            state_dir=state, store_url=store, batching=batching, batch_wait_ms=batch_wait_ms, ann=ann,
+            state_dir=state, store_url=store, batching=batching, batch_wait_ms=batch_wait_ms,
+            batch_workers=batch_workers, ann=ann,
             ann_min_items=ann_min_items,
         )  # fmt: skip
     except ValueError as exc:  # pydantic names the option's field and the rule

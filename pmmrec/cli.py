@@ -270,14 +270,15 @@ def serve(
     protect_reads: opt.ServeProtectReads = False,
     batching: opt.ServeBatching = True,
     batch_wait_ms: opt.ServeBatchWait = 2.0,
+    batch_workers: opt.ServeBatchWorkers = 2,
     ann: opt.ServeAnn = None,
     ann_min_items: opt.ServeAnnMinItems = 200_000,
 ) -> None:
     """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable at once."""
     api.serve(
         model, data, host=host, port=port, threads=threads, device=device, progress=not quiet, state=state, store=store,
-        api_key_file=api_key_file, protect_reads=protect_reads, batching=batching, batch_wait_ms=batch_wait_ms, ann=ann,
-        ann_min_items=ann_min_items,
+        api_key_file=api_key_file, protect_reads=protect_reads, batching=batching, batch_wait_ms=batch_wait_ms,
+        batch_workers=batch_workers, ann=ann, ann_min_items=ann_min_items,
     )  # fmt: skip
 
 

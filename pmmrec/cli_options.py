@@ -137,6 +137,7 @@ ServeApiKeyFile = Annotated[
 ServeProtectReads = Annotated[bool, typer.Option(help="Require the API key on every route but /health and /metrics.")]
 ServeBatching = Annotated[bool, typer.Option(help="Rank concurrent /recommend requests together.")]
 ServeBatchWait = Annotated[float, typer.Option(help="Longest wait for requests already in flight to join a batch.")]
+ServeBatchWorkers = Annotated[int, typer.Option(help="Threads ranking batches side by side, each taking the requests queued.", min=1)]
 ServeAnn = Annotated[str | None, typer.Option(help="Approximate search for large catalogues: faiss, usearch or hnswlib.")]
 ServeAnnMinItems = Annotated[int, typer.Option(help="Catalogue size from which --ann is used (exact search below).")]
 ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]

@@ -151,14 +151,18 @@ def _count_better(
     small chunks), the chunk is counted again against a rounding band, which is exact whatever the kernels do.
     """
     exact = torch.mm(states, items[targets].t()).diagonal().contiguous()
-    counts, seen = _count_blocks(states, items, targets, indptr, history, block, buffers, exact, None)
+    counts, seen = _count_blocks(
+        states, items, targets, indptr, history, block=block, buffers=buffers, threshold=exact, band=None
+    )
     if torch.equal(seen, exact):
         return counts
     target_rows = items[targets]
     # |exact - estimate| <= 2 * gamma_d * sum_k |s_k e_k| for any summation order (both are float32 dot products).
     slack = 2.2 * (states.shape[1] + 2) * torch.finfo(torch.float32).eps * (states.abs() * target_rows.abs()).sum(1)
     band = slack + torch.finfo(torch.float32).tiny
-    counts, _ = _count_blocks(states, items, targets, indptr, history, block, buffers, exact, band)
+    counts, _ = _count_blocks(
+        states, items, targets, indptr, history, block=block, buffers=buffers, threshold=exact, band=band
+    )
     return counts
 
 
@@ -168,6 +172,7 @@ def _count_blocks(
     targets: Tensor,
     indptr: Tensor,
     history: Tensor,
+    *,
     block: int,
     buffers: _Buffers,
     threshold: Tensor,

@@ -100,10 +100,10 @@ class FrozenPrefixCache:
                 collator,
                 text_offsets,
                 device,
-                batch_size,
-                memory_budget,
-                cache_dir,
-                _state_digest(
+                batch_size=batch_size,
+                memory_budget=memory_budget,
+                cache_dir=cache_dir,
+                key=_state_digest(
                     text.frozen_modules(),
                     _config_digest(text)
                     + _input_digest(collator.text_ids)
@@ -117,11 +117,11 @@ class FrozenPrefixCache:
                 collator,
                 num_items,
                 device,
-                batch_size,
-                memory_budget,
-                cache_dir,
-                "image",
-                _state_digest(vision.frozen_modules(), _config_digest(vision) + _images_digest(collator)),
+                batch_size=batch_size,
+                memory_budget=memory_budget,
+                cache_dir=cache_dir,
+                label="image",
+                key=_state_digest(vision.frozen_modules(), _config_digest(vision) + _images_digest(collator)),
             )
             key_parts.append("image")
         cache = cls(text_prefix, image_prefix, device, "+".join(key_parts), text_offsets=text_offsets)
@@ -267,6 +267,7 @@ def _compute_text(
     collator: BatchCollator,
     offsets: np.ndarray,
     device: torch.device,
+    *,
     batch_size: int,
     memory_budget: int,
     cache_dir: Path | None,
@@ -342,6 +343,7 @@ def _compute(
     collator: BatchCollator,
     num_items: int,
     device: torch.device,
+    *,
     batch_size: int,
     memory_budget: int,
     cache_dir: Path | None,

@@ -8,9 +8,6 @@ from pmmrec.data.dataset import (
     IMAGE_KINDS,
     SYNTHETIC_IMAGE_NOTE,
     Dataset,
-    check_dataset,
-    dataset_statistics,
-    format_statistics,
     load_dataset,
     read_items_tsv,
     read_users_tsv,
@@ -39,6 +36,7 @@ from pmmrec.data.new_items import hold_out_new_items, is_new_item, new_target_ma
 from pmmrec.data.ragged import RaggedArray, item_counts, total_length
 from pmmrec.data.reference_import import import_reference
 from pmmrec.data.split import SPLIT_RECORD, LeaveOneOutSplit, leave_one_out, read_split_record, write_split_record
+from pmmrec.data.statistics import check_dataset, dataset_statistics, format_statistics
 from pmmrec.data.synthetic_images import render_synthetic_image
 
 __all__ = [

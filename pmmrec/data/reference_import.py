@@ -215,6 +215,7 @@ def import_reference(
     users: Path | str,
     items: Path | str,
     out: Path | str,
+    *,
     lmdb_path: Path | str | None = None,
     trust_pickle: bool = False,
     image_size: int = DEFAULT_IMAGE_SIZE,

@@ -49,7 +49,9 @@ class ServeOptions(BaseModel):
     batch_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="Longest wait for more requests already in flight before ranking."
     )
-    batch_workers: int = Field(default=1, ge=1, le=64, description="Threads ranking batches side by side.")
+    batch_workers: int = Field(
+        default=2, ge=1, le=64, description="Threads ranking batches side by side (2: one per core of a small machine)."
+    )
     ann: Backend | None = Field(default=None, description="Approximate search backend (faiss, usearch, hnswlib).")
     ann_min_items: int = Field(
         default=AnnConfig().min_items, ge=0, description="Catalogue size from which the ANN index is built and used."

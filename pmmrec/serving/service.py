@@ -68,7 +68,7 @@ class RecommenderService(LiveItemsFollower):
         batching: bool = True,
         max_batch: int = 64,
         batch_wait_ms: float = 2.0,
-        batch_workers: int = 1,
+        batch_workers: int = 2,
         ann: AnnIndex | None = None,
     ) -> None:
         if item_table.ndim != 2 or item_table.shape[1] != model.dim:
