@@ -561,3 +561,32 @@ def test_defaults_and_empty_batches() -> None:
     clean = torch.randn(0, DIM, requires_grad=True)
     loss = RCLLoss()(clean, torch.randn(0, DIM))
     assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_every_objective_stays_on_its_inputs_device() -> None:
+    """Guards against tensors made on the default device inside a loss (an `arange` without `device=`): with the
+    default device set to PyTorch's "meta" device and the inputs on the CPU, such a tensor cannot mix with the
+    inputs, as a CPU tensor cannot with inputs on a GPU."""
+    gen = torch.Generator().manual_seed(3)
+    b = random_batch(gen)
+    unique = b["unique_items"].numel()
+    states = torch.randn(*b["item_seq"].shape, DIM, generator=gen)
+    items, image = torch.randn(unique, DIM, generator=gen), torch.randn(unique, DIM, generator=gen)
+    clean, noisy = torch.randn(5, DIM, generator=gen), torch.randn(5, DIM, generator=gen)
+    log_pop = log_popularity_from_counts(torch.arange(10))
+    losses = {}
+    nicl = NICLLoss(DIM)
+    for default in ("cpu", "meta"):
+        with torch.device(default):
+            losses[default] = [
+                NextItemLoss(NextItemConfig(popularity_correction=correction))(
+                    states, items, b["slot_index"], b["seq_mask"], b["unique_items"], log_pop
+                )
+                for correction in (True, False)
+            ] + [nicl(items, image, b["slot_index"], b["seq_mask"]), RCLLoss()(clean, noisy)]
+    for on_cpu, with_meta_default in zip(losses["cpu"], losses["meta"], strict=True):
+        assert with_meta_default.device.type == "cpu"
+        assert torch.equal(on_cpu, with_meta_default)
+    # The popularity correction is applied in the scores' precision, whatever the table's dtype.
+    wide = NextItemLoss()(states, items, b["slot_index"], b["seq_mask"], b["unique_items"], log_pop.double())
+    assert wide.dtype == torch.float32 and torch.allclose(wide, losses["cpu"][0])
