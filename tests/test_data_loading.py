@@ -215,3 +215,23 @@ def test_evaluation_targets_are_int64_whatever_they_were_given_as() -> None:
     samples = EvalSequences([np.array([1, 2])], [np.int32(3)], 4)
     assert samples.targets.dtype == np.int64 and samples[0].target == 3
     assert EvalSequences([np.array([1])], [2.0], 4).targets.dtype == np.int64
+
+
+def test_full_softmax_training_batches_list_every_catalogue_item_but_evaluation_batches_do_not() -> None:
+    """Guards against the full-softmax candidate list missing items (or adding the padding row), against its slot
+    indices not pointing at each slot's own item, and against evaluation batches listing the whole catalogue."""
+    collator = BatchCollator([f"i{n}" for n in range(1, 7)], None, None, None)
+    collator.all_items_as_candidates = True
+    train = collator([np.array([0, 2, 5]), np.array([4, 4, 1])])
+    assert train.unique_items.tolist() == [1, 2, 3, 4, 5, 6]
+    assert train.unique_items[train.slot_index][train.seq_mask].tolist() == [2, 5, 4, 4, 1]
+    evaluation = EvalSequences([np.array([2, 5])], np.array([3]), max_len=3)
+    assert collator([evaluation[0]]).unique_items.tolist() == [2, 5]
+
+
+def test_crop_windows_default_to_seed_zero() -> None:
+    """Guards against a default seed that differs from the documented one (0): runs without a seed repeat."""
+    sequences = [np.arange(1, 30), np.arange(1, 12)]
+    default = TrainSequences(sequences, 4, scheme="crop")
+    assert default.windows == TrainSequences(sequences, 4, scheme="crop", seed=0).windows
+    assert default.windows != TrainSequences(sequences, 4, scheme="crop", seed=1).windows

@@ -67,3 +67,20 @@ def test_the_split_always_holds_int64_indices() -> None:
     for field in (split.train, split.valid_history, split.test_history):
         assert all(array.dtype == np.int64 for array in field)
     assert split.valid_target.dtype == np.int64 and split.test_target.dtype == np.int64
+
+
+def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Guards against a record that does not read back as written, and refusals that lose their reason."""
+    import json
+
+    from pmmrec.data import read_split_record, write_split_record
+
+    assert read_split_record(tmp_path) is None  # an assembled, untrained model has none
+    path = write_split_record(tmp_path, {"min_length": 3, "max_length": 20})
+    assert read_split_record(tmp_path) == {"min_length": 3, "max_history": None, "max_length": 20, "window": None}
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]; expected min_length, max_history, max_length, window$"):
+        write_split_record(tmp_path, {"epochs": 3})
+    for document in ([3], {"min_length": 3, "epochs": 2}):
+        path.write_text(json.dumps(document), encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"expected an object with keys min_length, max_history, max_length, window$"):
+            read_split_record(tmp_path)

@@ -202,3 +202,61 @@ def test_a_table_without_cut_offs_has_no_trailing_spaces() -> None:
     """Guards against padding that is stripped on the wrong side (columns are padded on the right)."""
     lines = format_metrics_table(metrics_from_ranks(torch.tensor([1, 2])), ks=()).splitlines()
     assert lines == ["metric", "hr", "ndcg", "mrr", "users: 2"]
+
+
+def _near_tie_case() -> tuple[torch.Tensor, ...]:
+    """Six users over 40 items (row 0 = padding) with an exact tie and near ties (within float32 rounding) of
+    targets, and some history."""
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(6, 16, generator=gen)
+    items = torch.randn(41, 16, generator=gen)
+    items[0] = 0.0
+    items[5] = items[3]  # the same scores as user 0's target: never counted (ties in the user's favour)
+    items[8] = items[7] * (1 + 2**-17)  # users 1 and 2's target, scaled by 1 +- 7.6e-6: closer to the target's
+    items[9] = items[7] * (1 - 2**-17)  # score than the rounding band, far wider apart than float32 rounding
+    targets = torch.tensor([3, 7, 7, 12, 30, 40])
+    indptr, history = torch.tensor([0, 2, 2, 3, 3, 3, 4]), torch.tensor([1, 9, 2, 11])
+    return states, items, targets, indptr, history
+
+
+def test_the_rounding_band_path_ranks_exactly_like_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards against the fallback that counts near ties against a rounding band (taken when a kernel rounds the
+    target's score differently in its block): forced for every chunk here, it must give the fast path's ranks."""
+    case = _near_tie_case()
+    fast = rank_targets(*case, 2, 8)  # chunks of 2 users, blocks of 8 columns
+    whole = rank_targets(*case, 6, 41)
+    monkeypatch.setattr(torch, "equal", lambda a, b: False)  # the block's and the exact target score "differ"
+    banded = rank_targets(*case, 2, 8)
+    monkeypatch.undo()
+    assert fast.dtype == banded.dtype == torch.long
+    assert torch.equal(fast, whole) and torch.equal(banded, fast)
+    states, items, targets, indptr, history = case
+    scores = states.double() @ items.double().t()  # the reference: float64, one user at a time
+    expected = []
+    for user in range(len(targets)):
+        excluded = {0, int(targets[user]), *history[indptr[user] : indptr[user + 1]].tolist()}
+        better = [j for j in range(items.shape[0]) if j not in excluded and scores[user, j] > scores[user, targets[user]]]
+        expected.append(1 + len(better))
+    assert fast.tolist() == expected
+
+
+def test_ranking_stays_on_its_inputs_device() -> None:
+    """Guards against buffers or counts made on the default device (a CPU tensor beside CUDA inputs): with the
+    default device set to "meta" and the inputs on the CPU, any such tensor fails."""
+    case = _near_tie_case()
+    expected = rank_targets(*case, 2, 8)
+    with torch.device("meta"):
+        assert torch.equal(rank_targets(*case, 2, 8), expected)
+
+
+def test_default_block_columns() -> None:
+    """Whole rows on CUDA; on CPU about 2 MiB of scores per block, at least 1,024 columns, at most the catalogue."""
+    from pmmrec.evaluation import default_block_columns
+
+    cpu = torch.device("cpu")
+    assert default_block_columns(torch.device("cuda"), 256, 5_000) == 5_000
+    assert default_block_columns(cpu, 1, 10**7) == 1 << 19
+    assert default_block_columns(cpu, 0, 10**7) == 1 << 19
+    assert default_block_columns(cpu, 256, 10**7) == (1 << 19) // 256
+    assert default_block_columns(cpu, 1 << 19, 10**6) == 1024
+    assert default_block_columns(cpu, 256, 100) == 100

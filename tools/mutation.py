@@ -63,11 +63,15 @@ GROUPS: dict[str, Group] = {
     "split and windows": Group(
         [
             "pmmrec/data/split.py",
-            "pmmrec/data/loading.py::_left_pad,TrainSequences,EvalSequences,_stack_left_padded,BatchCollator._collate",
+            "pmmrec/data/windows.py",
+            "pmmrec/data/loading.py::EvalSequences,_stack_left_padded,BatchCollator._collate",
         ],
         [
             "tests/test_data_split.py",
             "tests/test_data_loading.py",
+            "tests/test_quality_training.py::test_tiles_make_every_training_interaction_a_target_exactly_once",
+            "tests/test_quality_training.py::test_random_crops_cover_every_interaction_within_the_documented_epochs",
+            "tests/test_quality_training.py::test_last_window_scheme_counts_only_what_it_trains",
             f"{PIPELINE}::test_pmmrec_evaluate_equals_a_naive_per_user_evaluation",
             f"{PIPELINE}::test_the_popularity_table_counts_the_training_split_only",
         ],
