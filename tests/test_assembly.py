@@ -419,3 +419,24 @@ def test_a_folder_without_a_manifest_is_named_and_a_component_folder_gets_a_hint
     assert str(info.value).endswith(
         "is not an assembled pmmrec model (it is a single component: use load_component / Component.from_pretrained)"
     )
+
+
+def test_an_oversized_manifest_is_refused_before_parsing(saved_model: Path) -> None:
+    """Guards against reading a pmmrec.json of any size: the manifest is bounded at 16 MiB (its own limit, below
+    the 64 MiB of other JSON files)."""
+    manifest = saved_model / "pmmrec.json"
+    manifest.write_text(manifest.read_text()[:-1] + ', "padding": "' + "x" * (17 << 20) + '"}')
+    with pytest.raises(ArtefactError, match="larger than 16,777,216 bytes"):
+        PMMRec.from_pretrained(saved_model)
+
+
+def test_a_manifest_entry_with_only_the_required_keys_parses(saved_model: Path) -> None:
+    """Guards against requiring more than type, path and sha256 of an entry (the other keys are optional)."""
+    from pmmrec.model import read_manifest
+
+    manifest = json.loads((saved_model / "pmmrec.json").read_text())
+    manifest["components"] = {
+        slot: {key: entry[key] for key in ("type", "path", "sha256")} for slot, entry in manifest["components"].items()
+    }
+    (saved_model / "pmmrec.json").write_text(json.dumps(manifest))
+    assert set(read_manifest(saved_model)["components"]["user"]) == {"type", "path", "sha256"}

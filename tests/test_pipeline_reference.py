@@ -364,9 +364,11 @@ def test_best_epoch_and_patience_follow_scripted_validation_scores(
 
     monkeypatch.setattr(Trainer, "_evaluate", scripted)
     config = small_config(epochs=len(scores), patience=patience, lr=0.01, max_steps=None)
-    result = Trainer(tiny.text_model(), load_dataset(tiny_dataset), config, tmp_path / "run", progress=False).run()
+    trainer = Trainer(tiny.text_model(), load_dataset(tiny_dataset), config, tmp_path / "run", progress=False)
+    result = trainer.run()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best_epoch"] == result.best_epoch == best_epoch
+    assert summary["users"] == trainer.split.num_users > 0 and summary["softmax"] == "in_batch"  # resolved "auto"
     assert [h["epoch"] for h in summary["history"]] == list(range(1, epochs_run + 1))
     assert summary["valid"]["ndcg@10"] == scores[best_epoch - 1]
     printed = capsys.readouterr().out

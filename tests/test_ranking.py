@@ -99,3 +99,16 @@ def test_matches_a_brute_force_ranking(data: st.DataObject, items: int, batch: i
         assert len(got) == len(expected)
         expected_scores = sorted((sum(a * b for a, b in zip(states[row], table[i], strict=True)) for i in expected), reverse=True)
         assert [float(s) for s in scores[row, : len(got)]] == [float(s) for s in expected_scores]
+
+
+def test_csr_layout_of_per_user_lists() -> None:
+    """Guards against an indptr that does not start at 0 or does not accumulate the lists' lengths."""
+    indptr, items = csr([[4, 2], [], [7]])
+    assert indptr.tolist() == [0, 2, 2, 3] and items.tolist() == [4, 2, 7]
+    assert indptr.dtype == items.dtype == torch.long
+
+
+def test_top_k_of_a_catalogue_without_items_is_empty() -> None:
+    """A table holding only the padding row: no item to recommend, an empty [B, 0] answer (not an error)."""
+    scores, indices = top_k(torch.randn(3, 4), torch.zeros(1, 4), k=5)
+    assert scores.shape == indices.shape == (3, 0) and indices.dtype == torch.long

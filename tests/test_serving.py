@@ -183,3 +183,24 @@ def test_the_page_and_the_openapi_spec_are_served(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/recommend", "/items", "/items/{item_id}", "/health", "/users"} <= set(spec["paths"])
     assert {"404", "422"} <= set(spec["paths"]["/recommend"]["post"]["responses"])
+
+
+def test_unbatched_serving_ranks_like_batched(encoded: object) -> None:
+    """Guards against the `--no-batching` path (each request ranked on its own) answering differently."""
+    from pmmrec.serving import RecommenderService
+
+    def fresh(batching: bool) -> RecommenderService:
+        return RecommenderService(
+            encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(),  # type: ignore[attr-defined]
+            users=encoded.users, batching=batching,  # type: ignore[attr-defined]
+        )  # fmt: skip
+
+    batched, unbatched = fresh(True), fresh(False)
+    try:
+        for request in ({"history": ["3", "17", "4"], "k": 5}, {"user_id": "user2", "k": 8, "exclude_seen": False}):
+            one, other = batched.recommend(**request), unbatched.recommend(**request)  # type: ignore[arg-type]
+            assert [i["item_id"] for i in one["items"]] == [i["item_id"] for i in other["items"]]
+            assert len(one["items"]) == request["k"]
+    finally:
+        batched.close()
+        unbatched.close()

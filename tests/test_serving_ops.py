@@ -320,7 +320,11 @@ def test_the_ann_index_is_cached_and_follows_added_items(
     body = first.recommend(history=["ann-new"], k=NUM_ITEMS + 1, exclude_seen=False)
     assert "ann-new" in [item["item_id"] for item in body["items"]]
     assert "ann-new" not in [item["item_id"] for item in first.recommend(history=["ann-new"], k=NUM_ITEMS)["items"]]
+    searches: list[int] = []
+    search = first.ann.search  # type: ignore[union-attr]
+    first.ann.search = lambda *args, **kwargs: searches.append(1) or search(*args, **kwargs)  # type: ignore[method-assign,union-attr]
     top = first.recommend(history=["ann-new"], k=5)["items"]
+    assert searches == [1]  # the request went through the approximate index, not exact search
     first.close()
     cached = list((tmp_path / "state" / "ann").glob("*.index"))
     assert len(cached) == 1

@@ -79,7 +79,12 @@ GROUPS: dict[str, Group] = {
     "training wiring": Group(
         # gather_candidates runs only under several processes (tests/test_distributed.py, too slow to mutate)
         ["pmmrec/training/module.py::TrainingModule,item_tower_frozen", "pmmrec/training/trainer.py"],
-        [PIPELINE, "tests/test_training.py", "tests/test_speed_paths.py"],
+        [
+            PIPELINE,
+            "tests/test_training.py",
+            "tests/test_speed_paths.py",
+            "tests/test_quality_training.py::test_softmax_auto_is_full_for_id_towers_and_in_batch_for_content",
+        ],
         sample="7",
     ),
     "server ranking": Group(
@@ -93,9 +98,13 @@ GROUPS: dict[str, Group] = {
             f"{PIPELINE}::test_the_server_refuses_bad_requests_with_status_and_reason",
             "tests/test_serving.py",
             "tests/test_ranking.py",
+            "tests/test_serving_ops.py::test_the_ann_index_is_cached_and_follows_added_items",
         ],
     ),
-    "manifest verification": Group(["pmmrec/model/manifest.py"], ["tests/test_assembly.py"]),
+    "manifest verification": Group(
+        ["pmmrec/model/manifest.py"],
+        ["tests/test_assembly.py", "tests/test_integrity.py::test_a_model_without_file_checksums_loads_only_unverified"],
+    ),
 }
 DESELECT: list[str] = [
     "tests/test_data_loading.py::test_spawned_worker_receives_picklable_state",  # 10 s, a process start
