@@ -13,8 +13,9 @@ stages=${*:-tests demo ranking train}
 for stage in $stages; do
   started=$(date +%s)
   case $stage in
-    tests)  # the browser and schemathesis tests need chromium / schemathesis, which this image lacks
-      timeout 270 python3 -m pytest -q -p no:cacheprovider -rfEs --timeout 90 tests --ignore tests/test_serving_browser.py \
+    tests)  # in parallel (pytest-xdist is in the image: 104 s on an H200); the browser and schemathesis tests need
+      # chromium / schemathesis, which this image lacks
+      timeout 270 python3 -m pytest -q -p no:cacheprovider -n 12 -rfEs --timeout 120 tests --ignore tests/test_serving_browser.py \
         --ignore tests/test_serving_schemathesis.py > "$OUT/tests.txt" 2>&1 ;;
     demo)
       timeout 100 python3 -m pmmrec demo --quick --device cuda --out /tmp/demo --quiet > "$OUT/demo.txt" 2>&1
