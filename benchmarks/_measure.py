@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,13 @@ def matmul_gflops(rows: int, inner: int, columns: int, repeats: int = 5) -> floa
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - started)
     return 2.0 * rows * inner * columns / best / 1e9
+
+
+def write_figures(path: Path | None, figures: dict[str, Any]) -> None:
+    """A benchmark's figures as indented JSON at `path` (its folder created); nothing when no path was given."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
 
 def top_operators(run: Callable[[], object], limit: int = 12) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-from _measure import machine
+from _measure import machine, write_figures
 from _synthetic import synthetic_dataset
 
 
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wall {figures['wall_s']:.0f} s; load {before['load_average']:.1f} -> {figures['machine_after']['load_average']:.1f}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    write_figures(args.json, figures)
     return 0
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _measure import write_figures
 
 from pmmrec.evaluation import rank_targets
 
@@ -327,9 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         f"MiB: {memory['peak_over_bound']:.2f}x (target <= 2x); wall {figures['wall_s']:.0f} s; "
         f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    write_figures(args.json, figures)
     return 0
 
 

@@ -43,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 import torch
-from _measure import PeakMemory, growth_exponent, machine
+from _measure import PeakMemory, growth_exponent, machine, write_figures
 from _synthetic import folder_bytes, synthetic_dataset
 
 BASE = 10_000
@@ -294,9 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nwall {figures['wall_s']:.0f} s; load average {before['load_average']:.1f} -> {figures['machine_after']['load_average']:.1f}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    write_figures(args.json, figures)
     return 0
 
 

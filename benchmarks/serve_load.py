@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_startup import startup_parts, startup_times
+from serve_startup import startup_parts, startup_times, stop_server
 
 K = 10
 MAX_HISTORY = 50
@@ -259,15 +259,6 @@ def start_server(scenario: str, mode: str, args: argparse.Namespace) -> tuple[su
             return process, json.loads(line[len("READY ") :])
     process.wait()
     raise SystemExit(f"the {scenario} server exited with status {process.returncode} before it was ready")
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def main() -> None:

@@ -19,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 
+def stop_server(process: subprocess.Popen[Any]) -> None:
+    """Terminate a server process, killing it if it has not exited within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def startup_parts(model_ref: str, data_dir: str, state: str) -> None:
     """Where a warm start's time goes, in this process: imports, model, dataset, fingerprint, cached table (JSON)."""
     marks = [time.perf_counter()]
@@ -71,12 +81,7 @@ def startup_times(args: argparse.Namespace, runs: int) -> list[dict[str, Any]]:
                         time.sleep(0.05)
                 elapsed = time.perf_counter() - started
             finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_server(process)
             rows.append({"start": "cold" if run == 0 else "warm", "seconds_to_health": round(elapsed, 2)})
             print(f"start-up {rows[-1]['start']}: {elapsed:.2f} s to /health", flush=True)
         parts = subprocess.run(

@@ -48,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from _measure import matmul_gflops, top_operators
+from _measure import matmul_gflops, top_operators, write_figures
 from torch import nn
 
 from pmmrec.components import (
@@ -517,9 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         f"max loss diff {figures['max_loss_diff']:.2e}; wall {figures['wall_s']:.0f} s; "
         f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    write_figures(args.json, figures)
     return 0
 
 

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
 from pmmrec.objectives import NICLConfig, NIDConfig, ObjectiveWeights, RCLConfig
@@ -180,6 +181,10 @@ class TrainConfig(_Strict):
         if self.lr is not None:
             return self.lr
         return self.fresh_lr if fresh else self.pretrained_lr
+
+    def split_record(self) -> dict[str, Any]:
+        """How this run splits and windows the data (what `pmmrec evaluate` reads back from a model folder)."""
+        return {key: getattr(self, key) for key in SPLIT_KEYS}
 
 
 def finetune_defaults() -> dict[str, Any]:

@@ -138,5 +138,5 @@ def train(
         else:
             name = f"pmmrec model ({dataset.name})"
             result.model.save_pretrained(Path(out) / "model", overwrite=True, card=facts.named(name))
-            write_split_record(Path(out) / "model", trainer.split_record())
+            write_split_record(Path(out) / "model", trainer.config.split_record())
     return result

@@ -316,16 +316,6 @@ class Trainer:
         self.folder.log(record)
         self.reporters.record(record, step)
 
-    def split_record(self) -> dict[str, Any]:
-        """How this run split and windowed the data (what `pmmrec evaluate` reads back from the model folder)."""
-        config = self.config
-        return {
-            "min_length": config.min_length,
-            "max_history": config.max_history,
-            "max_length": config.max_length,
-            "window": config.window,
-        }
-
     def _done(self, progress: dict[str, Any]) -> bool:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
 
@@ -340,7 +330,7 @@ class Trainer:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
             if self.context.is_main:
                 self.model.save_pretrained(self.folder.best_dir, overwrite=True)
-                write_split_record(self.folder.best_dir, self.split_record())
+                write_split_record(self.folder.best_dir, self.config.split_record())
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
@@ -381,7 +371,7 @@ class Trainer:
             "objectives": self.module.active_losses(),
             "softmax": self.module.next_item.config.softmax,
             "learning_rates": self.learning_rates,
-            "split": self.split_record(),
+            "split": self.config.split_record(),
             "train_windows": len(self.train_set),
             "best_epoch": progress["best_epoch"],
             "valid": valid_metrics,
