@@ -230,9 +230,9 @@ def test_a_batch_ranks_each_request_as_it_would_alone(encoded: RecommenderServic
         RankQuery(window=[1, 2, 3, 4, 5, 6, 7, 8], exclude=[], k=30),
         RankQuery(window=[9, 10], exclude=list(range(1, 29)), k=10),
     ]
-    together = rank_queries(encoded.model, snapshot, queries)
+    together = rank_queries(encoded.served.user, snapshot, queries)
     for query, ranked in zip(queries, together, strict=True):
-        alone = rank_queries(encoded.model, snapshot, [query])[0]
+        alone = rank_queries(encoded.served.user, snapshot, [query])[0]
         assert [i for i, _ in ranked.items] == [i for i, _ in alone.items]
         np.testing.assert_allclose([s for _, s in ranked.items], [s for _, s in alone.items], rtol=1e-5, atol=1e-5)
         assert not {i for i, _ in ranked.items} & set(query.exclude)
@@ -247,7 +247,7 @@ def test_concurrent_requests_are_ranked_in_batches(encoded: RecommenderService) 
         entered.set()
         gate.wait(30)  # hold the first batch until the others have queued
         sizes.append(len(queries))
-        return rank_queries(encoded.model, encoded.snapshot(), queries)
+        return rank_queries(encoded.served.user, encoded.snapshot(), queries)
 
     batcher = MicroBatcher(run, max_batch=64, max_wait_s=0.0)
     results: list[Any] = [None] * 6

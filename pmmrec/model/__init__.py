@@ -2,7 +2,7 @@
 
 from pmmrec.model.assembly import SLOT_KINDS, check_compatible, load_slot
 from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
-from pmmrec.model.pmmrec import ItemEncoding, PMMRec
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component
 
 __all__ = [
     "MANIFEST_FILE",
@@ -11,6 +11,7 @@ __all__ = [
     "ItemEncoding",
     "PMMRec",
     "check_compatible",
+    "load_model_component",
     "load_slot",
     "read_manifest",
 ]

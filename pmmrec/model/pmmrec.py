@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,25 +290,29 @@ class PMMRec(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, reference: str | os.PathLike[str], revision: str | None = None, *, unverified: bool = False
+        cls,
+        reference: str | os.PathLike[str],
+        revision: str | None = None,
+        *,
+        unverified: bool = False,
+        preloaded: Mapping[str, Component] | None = None,
     ) -> PMMRec:
         """Reload an assembled model folder (or hub reference); every file's hash is verified first.
 
         `unverified=True` loads a model whose manifest pins only the weights (written before pmmrec kept checksums)
-        or whose files changed.
+        or whose files changed. `preloaded` holds components already loaded from this folder by slot (a server
+        loads the user encoder first); they are used as they are.
         """
         resolved = resolve_reference(str(reference), revision=revision)
         manifest = read_manifest(resolved.path)
         loaded: dict[str, Component] = {}
         sources: dict[str, ComponentSource] = {}
         for slot, entry in manifest["components"].items():
-            folder = resolved.path / entry["path"]
-            checksums = integrity.manifest_checksums(entry, slot, str(resolved.path / MANIFEST_FILE), unverified)
-            component = Component.from_folder(
-                folder, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE
-            )
-            if component.type_name != entry["type"]:
-                raise ArtefactError(f"{folder}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
+            component = (preloaded or {}).get(slot)
+            if component is None:
+                component = load_model_component(resolved.path, manifest, slot, unverified=unverified)
+            elif component.type_name != entry["type"]:
+                raise ArtefactError(f"preloaded {slot}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
             loaded[slot] = component
             sources[slot] = source_of(entry)
         if "user" not in loaded:
@@ -320,3 +324,13 @@ class PMMRec(nn.Module):
         model.eval()
         return model
 
+
+def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, unverified: bool = False) -> Component:
+    """One component of an assembled model folder, its files verified against the manifest's pins."""
+    entry = manifest["components"][slot]
+    checksums = integrity.manifest_checksums(entry, slot, str(folder / MANIFEST_FILE), unverified)
+    path = folder / entry["path"]
+    component = Component.from_folder(path, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE)
+    if component.type_name != entry["type"]:
+        raise ArtefactError(f"{path}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
+    return component

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pmmrec.model import PMMRec
+from pmmrec.components import UserEncoder
 from pmmrec.ranking import NO_ITEM, csr, top_k
 from pmmrec.serving.ann import AnnIndex
 from pmmrec.serving.catalogue import CatalogueSnapshot
@@ -43,7 +43,7 @@ class Ranked:
 
 @torch.inference_mode()
 def rank_queries(
-    model: PMMRec, snapshot: CatalogueSnapshot, queries: list[RankQuery], ann: AnnIndex | None = None
+    user: UserEncoder, snapshot: CatalogueSnapshot, queries: list[RankQuery], ann: AnnIndex | None = None
 ) -> list[Ranked]:
     """Rank every query against `snapshot`: left-padded windows, one user-encoder pass, one matmul and top-k."""
     table = snapshot.table
@@ -55,9 +55,9 @@ def rank_queries(
         mask[row, length - len(query.window) :] = True
     windows, mask = windows.to(table.device), mask.to(table.device)
     embeddings = table[windows] * mask.unsqueeze(-1).to(table.dtype)
-    # The user encoder runs where the model is; the table may be held elsewhere (a CPU table cache, a GPU model).
-    device = model.device
-    states = model.encode_users(embeddings.to(device), mask.to(device))[:, -1].float().to(table.device)
+    # The user encoder runs where its weights are; the table may be held elsewhere (a CPU table cache, a GPU model).
+    device = next(user.parameters()).device
+    states = user(embeddings.to(device), mask.to(device))[:, -1].float().to(table.device)
     k = max(query.k for query in queries)
     if ann is not None:
         scores, indices = ann.search(states, table, k, [query.exclude for query in queries])

@@ -33,6 +33,9 @@ class Limits(BaseModel):
     )
     max_results: int = Field(default=100, ge=1, description="Most entries of a search listing.")
     display_image_size: int = Field(default=224, ge=1, description="Side of the square image kept for the page.")
+    max_encoder_wait_s: int = Field(
+        default=60, ge=0, description="Longest a POST /items waits for the item encoders while they load at start-up."
+    )
 
 
 LIMITS = Limits()

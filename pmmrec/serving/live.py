@@ -19,8 +19,8 @@ from pmmrec.serving.limits import Limits, ServiceError
 from pmmrec.serving.store import ItemStore, LiveItem
 
 if TYPE_CHECKING:
-    from pmmrec.model import PMMRec
     from pmmrec.serving.catalogue import Catalogue
+    from pmmrec.serving.served_model import ServedModel
 
 log = logging.getLogger("pmmrec.serving")
 
@@ -30,7 +30,7 @@ Entry = tuple[str, str, torch.Tensor, list[str], bytes | None]  # id, text, embe
 class LiveItemsFollower(ABC):
     """The store half of `RecommenderService` (which provides the attributes declared here and `_publish`)."""
 
-    model: PMMRec
+    served: ServedModel
     catalogue: Catalogue
     limits: Limits
     device: torch.device
@@ -96,12 +96,11 @@ class LiveItemsFollower(ABC):
             except ServiceError as exc:
                 log.warning("stored image of live item %r is unusable (%s); item kept without it", row.item_id, exc.message)
         display = to_png(square_pixels(picture, self.limits.display_image_size)) if picture is not None else None
-        used = [m for m in ("text", "image") if m in self.model.modalities]
-        if row.embedding is not None and row.embedding.shape == (self.model.dim,):
+        used = self.served.item_inputs
+        if row.embedding is not None and row.embedding.shape == (self.served.dim,):
             vector = torch.from_numpy(row.embedding)
         else:
-
-            vector, used = encode_item(self.model, row.text, picture, self.device)
+            vector, used = encode_item(self.served.model(), row.text, picture, self.device)
             assert self.store is not None
             self.store.put_embedding(row.item_id, self.model_key, vector.cpu().numpy())
         return row.item_id, row.text, vector, used, display

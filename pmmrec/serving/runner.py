@@ -19,9 +19,10 @@ from pmmrec.inference import encode_catalogue, make_collator
 from pmmrec.model import PMMRec
 from pmmrec.serving.ann import AnnConfig, AnnIndex, Backend
 from pmmrec.serving.limits import LIMITS, Limits
+from pmmrec.serving.served_model import ServedModel
 from pmmrec.serving.service import RecommenderService
 from pmmrec.serving.stores import open_store
-from pmmrec.serving.table_cache import load_table, model_fingerprint, save_table, table_key, table_key_parts
+from pmmrec.serving.table_cache import load_table, save_table, table_key, table_key_parts
 
 log = logging.getLogger("pmmrec.serving")
 
@@ -88,7 +89,7 @@ def read_api_key(path: Path | str | None) -> str | None:
 
 
 def build_service(
-    model: PMMRec,
+    model: PMMRec | ServedModel,
     dataset: Dataset,
     *,
     device: torch.device | str = "cpu",
@@ -100,13 +101,18 @@ def build_service(
     max_parallel: int | None = None,
     options: ServeOptions | None = None,
 ) -> RecommenderService:
-    """The service over `dataset`: its table read from the cache or encoded (and cached), its live items loaded."""
+    """The service over `dataset`: its table read from the cache or encoded (and cached), its live items loaded.
+
+    A `ServedModel` still loading its item encoders goes on loading them in the background when the table is
+    cached; the service answers /recommend meanwhile.
+    """
     options = options or ServeOptions()
     device = torch.device(device)
-    model.to(device).eval()
+    served = model if isinstance(model, ServedModel) else ServedModel.whole(model)
+    served.to(device)
     state = options.state_dir
-    model_key = model_fingerprint(model) if (state is not None or options.store_url) else ""
-    shape = (dataset.num_items + 1, model.dim)
+    model_key = served.key if (state is not None or options.store_url) else ""
+    shape = (dataset.num_items + 1, served.dim)
     key = parts = None
     table = None
     if state is not None:
@@ -116,15 +122,16 @@ def build_service(
         if table is not None:
             log.info("catalogue table read from the cache (%s items)", dataset.num_items)
     if table is None:
-        collator = make_collator(model, dataset)
-        table = encode_catalogue(model, collator, dataset.num_items, device, batch_size=batch_size, progress=progress)
+        whole = served.model()
+        collator = make_collator(whole, dataset)
+        table = encode_catalogue(whole, collator, dataset.num_items, device, batch_size=batch_size, progress=progress)
         if state is not None and key is not None and parts is not None:
             save_table(state, key, parts, table)
     ann = None
     if options.ann is not None and dataset.num_items >= options.ann_min_items:
         ann = _ann_index(options, table, state, key)
     service = RecommenderService(
-        model,
+        served,
         list(dataset.item_ids),
         list(dataset.item_texts),
         table.to(device),
@@ -146,6 +153,7 @@ def build_service(
     if store is not None:
         loaded = service.attach_store(store, model_key, options.poll_interval)
         log.info("%s live items loaded from %s", loaded, store.location)
+    served.start_loading()
     return service
 
 
@@ -193,13 +201,13 @@ def load_service(
     manifest = read_manifest(resolved.path)
     if resolved.commit is not None:
         manifest = manifest | {"resolved_commit": resolved.commit}
-    model = PMMRec.from_pretrained(resolved.path)
+    served = ServedModel.from_folder(resolved.path, manifest)
     dataset = load_dataset(data_dir)
     options = options or ServeOptions()
     if default_state and options.state_dir is None and not options.store_url:
         options = options.model_copy(update={"state_dir": default_state_dir(dataset)})
     return build_service(
-        model,
+        served,
         dataset,
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         batch_size=batch_size,

@@ -148,6 +148,10 @@ class Health(BaseModel):
     items: int = Field(description="Items in the catalogue, live ones included.")
     added_items: int = Field(description="Items added live (here or, through a shared store, by other replicas).")
     users: int = Field(description="Users of the dataset.")
+    item_encoders: str = Field(
+        description="'ready'; 'loading' while they load in the background at start-up (POST /items waits for them); "
+        "'failed' (POST /items answers 503 saying why)."
+    )
     can_add_items: bool = Field(description="Whether POST /items can embed new items with this model.")
     add_items_refusal: str | None = Field(description="Why not, when it cannot.")
     new_items_need_image: bool = Field(description="True when the model reads images (POST /items needs one).")

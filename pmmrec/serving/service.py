@@ -30,6 +30,7 @@ from pmmrec.serving.encoding import encode_item
 from pmmrec.serving.images import decode_image, square_pixels, to_png
 from pmmrec.serving.limits import LIMITS, Limits, ServiceError
 from pmmrec.serving.live import LiveItemsFollower
+from pmmrec.serving.served_model import ServedModel
 from pmmrec.serving.store import DuplicateItem, ItemStore
 
 log = logging.getLogger("pmmrec.serving")
@@ -51,7 +52,7 @@ class RecommenderService(LiveItemsFollower):
 
     def __init__(
         self,
-        model: PMMRec,
+        model: PMMRec | ServedModel,
         item_ids: list[str],
         item_texts: list[str],
         item_table: torch.Tensor,
@@ -71,13 +72,14 @@ class RecommenderService(LiveItemsFollower):
         batch_workers: int = 2,
         ann: AnnIndex | None = None,
     ) -> None:
-        if item_table.ndim != 2 or item_table.shape[1] != model.dim:
-            raise PmmrecError(f"item table has shape {tuple(item_table.shape)}, expected (items + 1, {model.dim})")
-        model.eval()
-        self.model = model
+        self.served = model if isinstance(model, ServedModel) else ServedModel.whole(model)
+        if item_table.ndim != 2 or item_table.shape[1] != self.served.dim:
+            raise PmmrecError(f"item table has shape {tuple(item_table.shape)}, expected (items + 1, {self.served.dim})")
         self.limits = limits
         self.dataset_name = dataset_name
-        self.manifest = manifest if manifest is not None else queries.model_manifest(model)
+        if manifest is None:
+            manifest = self.served.manifest or queries.model_manifest(self.served.model())
+        self.manifest = manifest
         self.reference = reference
         self.users = users or {}
         self._user_ids = list(self.users)
@@ -120,11 +122,17 @@ class RecommenderService(LiveItemsFollower):
         return self.catalogue.texts[: self.num_items]
 
     @property
+    def model(self) -> PMMRec:
+        """The whole model (waits while its item encoders load in the background at start-up)."""
+        return self.served.model()
+
+    @property
     def add_refusal(self) -> str | None:
         """Why this model cannot take new items, or None when it can."""
-        if self.model.item_tower is not None:
+        tower = self.served.types.get("item_tower")
+        if tower is not None:
             return (
-                f"this model has an ID item tower ({self.model.item_tower.type_name}): it can only score the items "
+                f"this model has an ID item tower ({tower}): it can only score the items "
                 "it was trained on; adding items by content needs a content model (text and/or vision encoder)"
             )
         return None
@@ -132,7 +140,7 @@ class RecommenderService(LiveItemsFollower):
     @property
     def needs_image(self) -> bool:
         """True when new items must come with an image (the model has a vision encoder)."""
-        return self.model.vision is not None
+        return "image" in self.served.item_inputs
 
     def has_image(self, item_id: str) -> bool:
         if item_id in self._added:
@@ -164,7 +172,7 @@ class RecommenderService(LiveItemsFollower):
         snapshot = self.catalogue.snapshot()
         ann = self.ann
         use_ann = ann is not None and self.ann_config is not None and snapshot.count >= self.ann_config.min_items
-        return rank_queries(self.model, snapshot, queries, ann if use_ann else None)
+        return rank_queries(self.served.user, snapshot, queries, ann if use_ann else None)
 
     def recommend(
         self, *, user_id: str | None = None, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True
@@ -196,7 +204,7 @@ class RecommenderService(LiveItemsFollower):
                 raise ServiceError(404, f"unknown item ids in history: {shown}")
             indices = [index for _, index in looked_up if index is not None]
         exclude = sorted(set(indices)) if exclude_seen else []
-        query = RankQuery(window=indices[-self.model.max_length :], exclude=exclude, k=k)
+        query = RankQuery(window=indices[-self.served.max_length :], exclude=exclude, k=k)
         if self.batcher is not None:
             ranked = self.batcher.submit(query)
         else:
@@ -234,21 +242,22 @@ class RecommenderService(LiveItemsFollower):
             raise ServiceError(422, f"text has {len(text)} characters; at most {self.limits.max_text_chars}")
         if item_id in self.catalogue.index:
             raise ServiceError(409, f"item id {item_id!r} already exists")
-        sides = [self.limits.display_image_size]
-        if self.model.vision is not None:
-            sides.append(self.model.vision.image_size)
-        picture = decode_image(image, self.limits, sides) if image is not None else None
-        if self.needs_image and picture is None:
+        if self.needs_image and image is None:
             raise ServiceError(
                 422,
-                f"this model reads images ({self.model.vision.type_name}): a new item needs image_base64 "  # type: ignore[union-attr]
+                f"this model reads images ({self.served.types['vision']}): a new item needs image_base64 "
                 "(a PNG, JPEG or WebP file, base64-encoded)",
             )
+        model = self.served.model_for_request(self.limits.max_encoder_wait_s)
+        sides = [self.limits.display_image_size]
+        if model.vision is not None:
+            sides.append(model.vision.image_size)
+        picture = decode_image(image, self.limits, sides) if image is not None else None
         display = to_png(square_pixels(picture, self.limits.display_image_size)) if picture is not None else None
         with self.catalogue.lock:
             if item_id in self.catalogue.index:
                 raise ServiceError(409, f"item id {item_id!r} already exists")
-            vector, used = encode_item(self.model, text, picture, self.device)
+            vector, used = encode_item(model, text, picture, self.device)
             if self.store is not None:
                 try:
                     self.store.add(item_id, text, image, self.model_key, vector.cpu().numpy())

@@ -1,9 +1,11 @@
 """The catalogue's embedding table cached on disk, keyed by everything it depends on.
 
-The key is a sha256 over: each component's type, config and weight digest (computed from the loaded tensors, so a
-model built in memory has one too), the tokenizer's full definition, the dataset's item-side files (items.tsv and
-the image LMDB, by the sha256 that dataset.json records and `load_dataset` verifies), the dataset's recorded
-preprocessing and image size, the encoding batch size, device type, torch and pmmrec versions. Any change to one
+The key is a sha256 over: the model (for a model folder, the sha256 of every component file its manifest pins and
+verification checks, so the key is known before the item encoders are loaded; for a model built in memory, each
+component's type, config and weight digest from the loaded tensors, and the tokenizer's full definition), the
+dataset's item-side files (items.tsv and the image LMDB, by the sha256 that dataset.json records and `load_dataset`
+verifies), the dataset's recorded preprocessing and image size, the encoding batch size, device type, and the
+versions of torch, pmmrec and the libraries that prepare inputs (transformers, tokenizers, pillow). Any change to one
 of them gives another key, so a stale table is never reused; the file also carries a digest of its own tensor,
 checked at load, so a damaged file is rebuilt instead of served.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,29 @@ def model_fingerprint(model: PMMRec) -> str:
     return digest.hexdigest()
 
 
+def manifest_fingerprint(manifest: dict[str, Any]) -> str | None:
+    """sha256 over an assembled model's pinned files (slot, type, every file's sha256); None when it pins only
+    the weights (an old manifest), since then its other files are not known by hash."""
+    pins = {}
+    for slot, entry in sorted(manifest["components"].items()):
+        files = entry.get("files")
+        if not files:
+            return None
+        pins[slot] = {"type": entry["type"], "files": dict(sorted(files.items()))}
+    return "files:" + hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that turn item content into model inputs (tokenization, image decoding)."""
+    versions = {}
+    for name in ("transformers", "tokenizers", "pillow"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
 def table_key_parts(model_key: str, dataset: Dataset, batch_size: int, device: torch.device) -> dict[str, Any]:
     """Everything the catalogue table depends on, as a JSON-able mapping (recorded beside the table)."""
     files = dataset.info.get("files", {})
@@ -57,6 +83,7 @@ def table_key_parts(model_key: str, dataset: Dataset, batch_size: int, device: t
         "device": device.type,
         "torch": torch.__version__,
         "pmmrec": __version__,
+        "libraries": library_versions(),
     }
 
 

@@ -1,0 +1,170 @@
+"""Fast restarts: a server over a model folder answers with the user encoder and the cached table while its item
+encoders load in the background; what needs them waits (or gets a 503 saying why), and the cache key is the
+manifest's pinned file hashes, so it is known before the item encoders are loaded and follows every file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tiny import NUM_ITEMS, png_bytes, text_vision_model, write_tiny_dataset
+from tiny import text_only_model as text_model
+
+from pmmrec.data import load_dataset
+from pmmrec.errors import ArtefactError
+from pmmrec.model import PMMRec, read_manifest
+from pmmrec.serving import Limits, RecommenderService, ServeOptions, ServiceError, build_service, load_service
+from pmmrec.serving import runner as runner_module
+from pmmrec.serving.served_model import ServedModel
+from pmmrec.serving.table_cache import manifest_fingerprint
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A dataset with images, a saved tiny text model and a tiny text+vision model, a private token cache."""
+    root = tmp_path_factory.mktemp("startup")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PMMREC_CACHE", str(root / "cache"))
+        data = write_tiny_dataset(root / "data", preset="serving")
+        text_model().save_pretrained(root / "model")
+        text_vision_model().save_pretrained(root / "vision-model")
+    return {"root": root, "data": data, "model": root / "model", "vision": root / "vision-model", "cache": root / "cache"}
+
+
+@pytest.fixture
+def cache_env(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    monkeypatch.setenv("PMMREC_CACHE", str(env["cache"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return env
+
+
+def _load(model: Path, data: Path, state: Path) -> Any:
+    return load_service(str(model), data, device="cpu", progress=False, options=ServeOptions(state_dir=state, poll_interval=0))
+
+
+def _gated(folder: Path) -> tuple[ServedModel, threading.Event]:
+    """A ServedModel of `folder` whose item side loads only once the returned event is set."""
+    manifest = read_manifest(folder)
+    opened = threading.Event()
+    ready = ServedModel.from_folder(folder, manifest)
+
+    def load() -> PMMRec:
+        opened.wait(30)
+        return PMMRec.from_pretrained(folder, preloaded={"user": ready.user})
+
+    served = ServedModel(ready.user, modalities=ready.modalities, types=ready.types, key=lambda: ready.key, load=load, manifest=manifest)
+    return served, opened
+
+
+def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_them(
+    cache_env: dict[str, Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cold = _load(cache_env["model"], cache_env["data"], state)  # encodes the catalogue and caches the table
+    expected = cold.recommend(history=["3", "5"], k=NUM_ITEMS, exclude_seen=False)
+    cold_added = cold.add_item("fresh", "A new item added after a cold start (2025)")
+    cold_vector = cold.snapshot().table[cold_added["catalogue_size"]].clone()
+    cold.close()
+    for suffix in ("", "-wal", "-shm"):
+        (state / f"items.sqlite3{suffix}").unlink(missing_ok=True)
+
+    served, opened = _gated(cache_env["model"])
+    warm = build_service(served, load_dataset(cache_env["data"]), options=ServeOptions(state_dir=state, poll_interval=0))
+    try:
+        assert served.state == "loading" and warm.health()["item_encoders"] == "loading"
+        assert warm.recommend(history=["3", "5"], k=NUM_ITEMS, exclude_seen=False) == expected  # table from the cache
+        assert warm.health()["can_add_items"] is True and warm.health()["new_items_need_image"] is False
+        answers: list[Any] = []
+        adder = threading.Thread(target=lambda: answers.append(warm.add_item("fresh", "A new item added after a cold start (2025)")))
+        adder.start()
+        adder.join(0.3)
+        assert adder.is_alive() and not answers  # waiting for the item encoders
+        opened.set()
+        adder.join(30)
+        assert answers and served.state == "ready" and warm.health()["item_encoders"] == "ready"
+        assert torch.equal(warm.snapshot().table[answers[0]["catalogue_size"]], cold_vector)  # the same model
+    finally:
+        opened.set()
+        warm.close()
+
+
+def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(cache_env: dict[str, Path], tmp_path: Path) -> None:
+    dataset = load_dataset(cache_env["data"])
+    table = torch.zeros(NUM_ITEMS + 1, text_model().dim)
+    served, opened = _gated(cache_env["model"])
+    service = RecommenderService(
+        served, list(dataset.item_ids), list(dataset.item_texts), table, limits=Limits(max_encoder_wait_s=0)
+    )
+    try:
+        with pytest.raises(ServiceError, match="still loading after 0 s") as late:
+            service.add_item("late", "Too early")
+        assert late.value.status == 503 and "late" not in service.item_ids
+    finally:
+        opened.set()
+        service.close()
+
+    def broken() -> PMMRec:
+        raise ArtefactError("text/model.safetensors: truncated")
+
+    failing = ServedModel(served.user, modalities=served.modalities, types=served.types, key=lambda: "k", load=broken)
+    service = RecommenderService(failing, list(dataset.item_ids), list(dataset.item_texts), table, manifest={})
+    try:
+        with pytest.raises(ServiceError, match=r"failed to load \(text/model.safetensors: truncated\)") as failed:
+            service.add_item("never", "Cannot be encoded")
+        assert failed.value.status == 503 and service.health()["item_encoders"] == "failed"
+        assert service.recommend(history=["3"], k=3)["items"]  # ranking does not need the item encoders
+    finally:
+        service.close()
+
+
+def test_a_damaged_item_encoder_file_stops_the_start_even_with_a_cached_table(
+    cache_env: dict[str, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(cache_env["model"], model)
+    state = tmp_path / "state"
+    _load(model, cache_env["data"], state).close()
+    weights = model / "text" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match=r"text.*model\.safetensors"):
+        _load(model, cache_env["data"], state)
+
+
+def test_the_folder_key_follows_every_pinned_file_and_only_them(cache_env: dict[str, Path], tmp_path: Path) -> None:
+    manifest = read_manifest(cache_env["model"])
+    key = manifest_fingerprint(manifest)
+    assert key is not None and key == manifest_fingerprint(read_manifest(cache_env["model"]))
+    for slot, entry in manifest["components"].items():
+        for name in entry["files"]:
+            changed = {**manifest, "components": {**manifest["components"], slot: {**entry, "files": {**entry["files"], name: "0" * 64}}}}
+            assert manifest_fingerprint(changed) != key, (slot, name)
+    renamed = {**manifest, "components": {**manifest["components"], "fusion": {**manifest["components"]["fusion"], "requested": "x"}}}
+    assert manifest_fingerprint(renamed) == key  # provenance is not content
+    old = {**manifest, "components": {**manifest["components"], "user": {**manifest["components"]["user"], "files": None}}}
+    assert manifest_fingerprint(old) is None  # an old manifest: the whole model is loaded at once instead
+
+
+def test_a_vision_model_restarts_warm_and_reports_both_modalities(cache_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    encodes: list[int] = []
+    original = runner_module.encode_catalogue
+    monkeypatch.setattr(runner_module, "encode_catalogue", lambda *a, **k: encodes.append(1) or original(*a, **k))
+    state = tmp_path / "state"
+    first = _load(cache_env["vision"], cache_env["data"], state)
+    added = first.add_item("pictured", "A picture item (2025)", png_bytes(64, (20, 90, 200)))
+    assert added["encoded_from"] == ["text", "image"]
+    first.close()
+    second = _load(cache_env["vision"], cache_env["data"], state)
+    try:
+        assert len(encodes) == 1 and second.needs_image and second.health()["modalities"] == ["text", "vision"]
+        assert second._added["pictured"].encoded_from == ["text", "image"]  # restored from its stored embedding
+        with pytest.raises(ServiceError, match="needs image_base64"):
+            second.add_item("bare", "No picture")
+    finally:
+        second.close()
