@@ -250,7 +250,10 @@ def recommend(
     extra_items: PathLike | None = None,
     device: str | None = None,
 ) -> list[Any]:
-    """Top-k items for a known user or an explicit history; `extra_items` adds candidates by content alone."""
+    """Top-k items for a known user or an explicit history; `extra_items` adds candidates by content alone.
+
+    A model object given without `device` stays where it is; with `device` it is moved there (in place).
+    """
     from pmmrec.data import load_dataset, read_items_tsv
     from pmmrec.distributed import choose_device
     from pmmrec.errors import ConfigError
@@ -259,8 +262,9 @@ def recommend(
 
     if (user is None) == (history is None):
         raise ConfigError("give exactly one of --user and --history")
-    loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
-    target_device = choose_device(device)
+    given = isinstance(model, PMMRec)
+    loaded = model if given else PMMRec.from_pretrained(str(model))
+    target_device = loaded.device if given and device is None else choose_device(device)
     loaded.to(target_device)
     dataset = load_dataset(data)
     if extra_items is not None:
