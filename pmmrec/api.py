@@ -182,7 +182,8 @@ def evaluate(
     interaction, and the model's own maximum length. history: exclude (pmmrec's protocol: a user's history items
     are not ranked) or include (RecBole's sequential protocol). `out` receives the metrics and per-user ranks.
     `resume_dir` keeps finished users' ranks as they are computed, so an interrupted evaluation resumes there;
-    `cache_prefixes` reuses frozen-prefix files across evaluations of models with the same frozen bottom.
+    `cache_prefixes` reuses frozen-prefix files across evaluations of models with the same frozen bottom. A model
+    object given without `device` is evaluated where it is.
     """
     from pmmrec.data import leave_one_out, load_dataset, read_split_record
     from pmmrec.distributed import setup_distributed
@@ -198,11 +199,12 @@ def evaluate(
     min_length = min_length if min_length is not None else record.get("min_length") or 3
     max_history = max_history if max_history is not None else record.get("max_history")
     max_length = max_length if max_length is not None else record.get("max_length")
-    context = setup_distributed(device)
+    from pmmrec.model import PMMRec
+
+    given = isinstance(model, PMMRec)  # a model object without `device` is evaluated where it is
+    context = setup_distributed(str(model.device) if given and device is None else device)
     loaded = None
     if model is not None:
-        from pmmrec.model import PMMRec
-
         loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
         loaded.to(context.device)
     dataset = load_dataset(data)

@@ -62,13 +62,15 @@ def test_recommend_matches_the_recommend_command(model: PMMRec, dataset_dir: Pat
     assert bool((kept_scores[:-1] >= kept_scores[1:]).all())
 
 
-def test_recommend_leaves_a_given_model_where_it_is(
+def test_recommend_and_evaluate_leave_a_given_model_where_it_is(
     model: PMMRec, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without `device`, a model object is used where it is, even where the default device would be CUDA."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the default device would now be cuda:0
     ranked = api.recommend(model, dataset_dir, history=["i4", "i5"], k=3)
     assert len(ranked) == 3 and model.device == torch.device("cpu")
+    metrics = api.evaluate(model, dataset_dir, ks=(5,), progress=False)
+    assert 0 <= metrics["ndcg@5"] <= 1 and model.device == torch.device("cpu")
 
 
 def test_recommend_refuses_bad_input_clearly(model: PMMRec) -> None:
