@@ -149,6 +149,9 @@ def test_the_folder_key_follows_every_pinned_file_and_only_them(cache_env: dict[
     assert manifest_fingerprint(renamed) == key  # provenance is not content
     old = {**manifest, "components": {**manifest["components"], "user": {**manifest["components"]["user"], "files": None}}}
     assert manifest_fingerprint(old) is None  # an old manifest: the whole model is loaded at once instead
+    no_user = {**manifest, "components": {s: e for s, e in manifest["components"].items() if s != "user"}}
+    with pytest.raises(ArtefactError, match=r"pmmrec\.json: no user component"):
+        ServedModel.from_folder(cache_env["model"], no_user)
 
 
 def test_a_vision_model_restarts_warm_and_reports_both_modalities(cache_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

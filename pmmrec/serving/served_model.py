@@ -61,11 +61,18 @@ class ServedModel:
             self._whole.set_result(model)
 
     @classmethod
-    def whole(cls, model: PMMRec) -> ServedModel:
+    def whole(cls, model: PMMRec, manifest: dict[str, Any] | None = None) -> ServedModel:
         """A model already loaded (built in memory or by the caller); its key hashes its tensors."""
         types = {slot: component.type_name for slot, component in model.components().items()}
         model.eval()
-        served = cls(model.user, modalities=model.modalities, types=types, key=lambda: model_fingerprint(model), model=model)
+        served = cls(
+            model.user,
+            modalities=model.modalities,
+            types=types,
+            key=lambda: model_fingerprint(model),
+            model=model,
+            manifest=manifest,
+        )
         served._device = model.device
         return served
 
@@ -78,8 +85,10 @@ class ServedModel:
         """
         key = manifest_fingerprint(manifest)
         if key is None or integrity.allow_unverified(False):
-            return cls.whole(PMMRec.from_pretrained(folder))
+            return cls.whole(PMMRec.from_pretrained(folder), manifest)
         components = manifest["components"]
+        if "user" not in components:
+            raise ArtefactError(f"{folder / MANIFEST_FILE}: no user component")
         for slot, entry in components.items():
             if slot != "user":  # the user encoder is verified as it is loaded, just below
                 pins = integrity.manifest_checksums(entry, slot, str(folder / MANIFEST_FILE), False)
@@ -146,7 +155,8 @@ class ServedModel:
         with self._lock:
             if self._loader is not None or self._whole.done():
                 return
-            self._loader = threading.Thread(target=self._run_load, name="pmmrec-item-encoders", daemon=True)
+            # not a daemon: the interpreter waits for a load in progress at exit instead of killing it inside torch
+            self._loader = threading.Thread(target=self._run_load, name="pmmrec-item-encoders", daemon=False)
             self._loader.start()
 
     def _run_load(self) -> None:
@@ -160,6 +170,12 @@ class ServedModel:
             return
         log.info("item encoders loaded")
         self._whole.set_result(model)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for a background load to end (a server shutting down lets it finish rather than cut it)."""
+        loader = self._loader
+        if loader is not None:
+            loader.join(timeout)
 
     def model(self, timeout: float | None = None) -> PMMRec:
         """The whole model, waiting up to `timeout` seconds (None: as long as it takes) for it to load.

@@ -319,10 +319,12 @@ class RecommenderService(LiveItemsFollower):
         return queries.health(self)
 
     def close(self) -> None:
-        """Stop following the store, finish queued rankings, release the store (idempotent)."""
+        """Stop following the store, finish queued rankings and a model load in progress, release the store
+        (idempotent)."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=30)
+        self.served.join(timeout=120)
         if self.batcher is not None:
             self.batcher.close()
         with self.catalogue.lock:
