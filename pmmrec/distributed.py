@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 from dataclasses import dataclass
@@ -67,6 +68,9 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # Destroyed before the interpreter exits: a process group left to C++ static destructors aborts the
+        # process now and then ("terminate called without an active exception", SIGABRT after a finished job).
+        atexit.register(_destroy_process_group)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
@@ -102,6 +106,6 @@ def all_reduce_flag(context: DistributedContext, flag: bool) -> bool:
     return bool(tensor.item())
 
 
-def teardown_distributed(context: DistributedContext) -> None:
-    if context.enabled and dist.is_initialized():
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
