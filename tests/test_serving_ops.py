@@ -312,6 +312,7 @@ def test_ann_search_excludes_exactly_and_scores_exactly(backend: str) -> None:
 def test_the_ann_index_is_cached_and_follows_added_items(
     encoded: RecommenderService, data_dir: Path, tmp_path: Path
 ) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu (the default ANN backend, in the serve extra) is not installed")
     options = ServeOptions(state_dir=tmp_path / "state", ann="faiss", ann_min_items=10, poll_interval=0)
     first = build_service(encoded.model, load_dataset(data_dir), options=options)
     assert first.health()["search"] == "approximate (faiss HNSW)"

@@ -12,6 +12,7 @@ and cannot download anything; the working tree it receives is limited to 64 MiB.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CARRY = ROOT / ".gpu"
 HERE = Path(__file__).resolve().parent
 WHEELS = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "lmdb", "fastapi",
-          "starlette", "uvicorn", "opentelemetry-api", "fastapi-offline"]  # fmt: skip
+          "starlette", "uvicorn", "opentelemetry-api", "fastapi-offline",
+          "typer", "click", "shellingham"]  # fmt: skip  (this machine's Typer renders docs/cli.md as the test expects)
 
 
 def package_dir(name: str) -> Path:
@@ -51,6 +53,10 @@ def main() -> None:
     movielens = site / "recbole" / "dataset_example" / "ml-100k"
     movielens.mkdir(parents=True)
     (site / "recbole" / "__init__.py").write_text('"""MovieLens-100K files only (stand-in for the recbole wheel)."""\n')
+    version = importlib.metadata.version("recbole")  # recorded in dataset.json's provenance, as the wheel's is
+    info = site / f"recbole-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: recbole\nVersion: {version}\n")
     for name in ("ml-100k.inter", "ml-100k.item"):
         shutil.copy(package_dir("recbole") / "dataset_example" / "ml-100k" / name, movielens / name)
     shutil.copytree(package_dir("efficientnet_lite_pytorch"), site / "efficientnet_lite_pytorch",
