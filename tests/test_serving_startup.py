@@ -5,6 +5,8 @@ manifest's pinned file hashes, so it is known before the item encoders are loade
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -12,16 +14,35 @@ from typing import Any
 
 import pytest
 import torch
-from tiny import NUM_ITEMS, png_bytes, text_vision_model, write_tiny_dataset
+from safetensors.torch import save as safetensors_bytes
+from tiny import (
+    NUM_ITEMS,
+    png_bytes,
+    text_vision_model,
+    tiny_id_tower,
+    tiny_text_encoder,
+    tiny_user_encoder,
+    vision_only_model,
+    write_tiny_dataset,
+)
 from tiny import text_only_model as text_model
 
 from pmmrec.data import load_dataset
 from pmmrec.errors import ArtefactError
+from pmmrec.integrity import tensors_digest
 from pmmrec.model import PMMRec, read_manifest
 from pmmrec.serving import Limits, RecommenderService, ServeOptions, ServiceError, build_service, load_service
 from pmmrec.serving import runner as runner_module
 from pmmrec.serving.served_model import ServedModel
-from pmmrec.serving.table_cache import manifest_fingerprint
+from pmmrec.serving.table_cache import (
+    cache_path,
+    load_table,
+    manifest_fingerprint,
+    model_fingerprint,
+    save_table,
+    table_key,
+    table_key_parts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +114,9 @@ def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_t
         warm.close()
 
 
-def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(cache_env: dict[str, Path], tmp_path: Path) -> None:
+def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(
+    cache_env: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dataset = load_dataset(cache_env["data"])
     table = torch.zeros(NUM_ITEMS + 1, text_model().dim)
     served, opened = _gated(cache_env["model"])
@@ -117,6 +140,7 @@ def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(cache_env:
         with pytest.raises(ServiceError, match=r"failed to load \(text/model.safetensors: truncated\)") as failed:
             service.add_item("never", "Cannot be encoded")
         assert failed.value.status == 503 and service.health()["item_encoders"] == "failed"
+        assert "the item encoders failed to load: text/model.safetensors: truncated" in caplog.text
         assert service.recommend(history=["3"], k=3)["items"]  # ranking does not need the item encoders
     finally:
         service.close()
@@ -171,3 +195,92 @@ def test_a_vision_model_restarts_warm_and_reports_both_modalities(cache_env: dic
             second.add_item("bare", "No picture")
     finally:
         second.close()
+
+
+# ---- what is loaded, from what, and where ---------------------------------------------------------------------
+
+
+def test_the_background_load_reuses_the_user_encoder_and_follows_the_device(cache_env: dict[str, Path]) -> None:
+    served = ServedModel.from_folder(cache_env["model"], read_manifest(cache_env["model"]))
+    served.to(torch.device("meta"))  # a device unlike where weights are read: every part must be moved there
+    whole = served.model(timeout=60)
+    assert whole.user is served.user  # loaded once, not twice
+    assert {p.device.type for p in whole.parameters()} == {"meta"} and served.state == "ready"
+
+
+def test_a_component_swapped_for_another_valid_one_is_refused_at_start(cache_env: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(cache_env["model"], model)
+    shutil.rmtree(model / "text")
+    tiny_text_encoder(seed=9).save_pretrained(model / "text")  # self-consistent (its own checksums.json), not pinned
+    with pytest.raises(ArtefactError, match=r"pmmrec\.json"):
+        ServedModel.from_folder(model, read_manifest(model))
+
+
+def test_unpinned_or_unverified_models_load_whole_at_once(
+    cache_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(cache_env["model"], model)
+    manifest = read_manifest(model)
+    served = ServedModel.from_folder(model, manifest)
+    assert served.state == "loading"  # pinned and verified: the item side waits for start_loading
+    served.join()
+    monkeypatch.setenv("PMMREC_ALLOW_UNVERIFIED", "1")
+    unverified = ServedModel.from_folder(model, manifest)
+    assert unverified.state == "ready" and unverified.model().text is not None
+    monkeypatch.delenv("PMMREC_ALLOW_UNVERIFIED")
+    old = {**manifest, "components": {s: {k: v for k, v in e.items() if k != "files"} for s, e in manifest["components"].items()}}
+    (model / "pmmrec.json").write_text(json.dumps(old), encoding="utf-8")  # written before pmmrec kept checksums
+    with pytest.raises(ArtefactError, match="pins only the weights"):
+        ServedModel.from_folder(model, read_manifest(model))  # as PMMRec.from_pretrained refuses it
+    monkeypatch.setenv("PMMREC_ALLOW_UNVERIFIED", "1")
+    assert ServedModel.from_folder(model, read_manifest(model)).state == "ready"
+
+
+def test_an_id_tower_model_is_served_as_ids_and_refuses_new_items(tmp_path: Path) -> None:
+    PMMRec(user=tiny_user_encoder(seed=2), item_tower=tiny_id_tower(num_items=NUM_ITEMS)).save_pretrained(tmp_path / "m")
+    served = ServedModel.from_folder(tmp_path / "m", read_manifest(tmp_path / "m"))
+    assert served.modalities == frozenset({"id"}) == served.model().modalities and served.item_inputs == []
+    service = RecommenderService(served, [f"item-{n}" for n in range(1, NUM_ITEMS + 1)], ["t"] * NUM_ITEMS,
+                                 torch.zeros(NUM_ITEMS + 1, served.dim))  # fmt: skip
+    try:
+        assert service.health()["modalities"] == ["id"] and "ID item tower (item_tower/id)" in service.add_refusal  # type: ignore[operator]
+    finally:
+        service.close()
+
+
+# ---- the table's key and file ------------------------------------------------------------------------------
+
+
+def test_the_table_key_follows_item_files_and_preprocessing_but_not_users(cache_env: dict[str, Path]) -> None:
+    dataset = load_dataset(cache_env["data"])
+    files = dataset.info["files"]
+
+    def key_with(**info: Any) -> str:
+        edited = copy.copy(dataset)
+        edited.info = {**dataset.info, **info}
+        return table_key(table_key_parts("model", edited, 256, torch.device("cpu")))
+
+    base = key_with()
+    assert key_with(files={**files, "users.tsv": {**files["users.tsv"], "sha256": "0" * 64}}) == base
+    assert key_with(files={**files, "items.tsv": {**files["items.tsv"], "sha256": "0" * 64}}) != base
+    assert key_with(preprocessing={"text": "lowercased"}) != base
+    assert table_key(table_key_parts("other model", dataset, 256, torch.device("cpu"))) != base
+
+
+def test_a_cached_table_of_another_dtype_is_not_served(tmp_path: Path) -> None:
+    table = torch.randn(NUM_ITEMS + 1, 8, dtype=torch.float64)
+    metadata = {"key": "k", "digest": tensors_digest({"table": table})}
+    path = cache_path(tmp_path, "k")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(safetensors_bytes({"table": table}, metadata=metadata))
+    assert load_table(tmp_path, "k", (NUM_ITEMS + 1, 8)) is None
+    save_table(tmp_path, "k", {}, table)  # written as float32: now it is served
+    loaded = load_table(tmp_path, "k", (NUM_ITEMS + 1, 8))
+    assert loaded is not None and torch.equal(loaded, table.float())
+
+
+def test_models_without_a_text_encoder_have_a_fingerprint_too() -> None:
+    vision, text = model_fingerprint(vision_only_model()), model_fingerprint(text_model())
+    assert vision == model_fingerprint(vision_only_model()) and len(vision) == 64 and vision != text
