@@ -260,7 +260,7 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
     health = TestClient(calls["app"]).get("/health").json()  # type: ignore[arg-type]
     assert health["items"] == NUM_ITEMS
     assert health["store"].startswith(str(tmp_path / "state-root" / "serve" / "serving-tiny-"))
-    assert "live items in " + health["store"] in result.output
+    assert "live items in " + health["store"] + ", item encoders ready" in result.output  # cold: encoded the table
 
 
 def test_serve_command_refuses_bad_options_in_one_line(tmp_path: Path, data_dir: Path) -> None:

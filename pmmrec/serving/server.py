@@ -46,5 +46,6 @@ def serve(
     )
     torch.set_num_threads(threads)  # after the catalogue encoding, which uses every core
     app = create_app(service=service, api_key=api_key, protect_reads=protect_reads)
-    print(f"pmmrec serve: {service.num_items} items, live items in {service.store_location}", flush=True)
+    encoders = "loading in the background (POST /items waits)" if service.served.state == "loading" else service.served.state
+    print(f"pmmrec serve: {service.num_items} items, live items in {service.store_location}, item encoders {encoders}", flush=True)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30)
