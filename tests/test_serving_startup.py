@@ -9,9 +9,11 @@ import copy
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -284,3 +286,34 @@ def test_a_cached_table_of_another_dtype_is_not_served(tmp_path: Path) -> None:
 def test_models_without_a_text_encoder_have_a_fingerprint_too() -> None:
     vision, text = model_fingerprint(vision_only_model()), model_fingerprint(text_model())
     assert vision == model_fingerprint(vision_only_model()) and len(vision) == 64 and vision != text
+
+
+def test_adds_waiting_for_the_item_encoders_do_not_hold_up_reads(cache_env: dict[str, Path]) -> None:
+    """More adds wait than the server has request threads (anyio's 40): /recommend still answers at once."""
+    from fastapi.testclient import TestClient
+
+    from pmmrec.serving import create_app
+
+    dataset = load_dataset(cache_env["data"])
+    served, opened = _gated(cache_env["model"])
+    service = RecommenderService(served, list(dataset.item_ids), list(dataset.item_texts),
+                                 torch.zeros(NUM_ITEMS + 1, served.dim), users={"u": np.asarray([3, 5])})  # fmt: skip
+    statuses: list[int] = []
+    with TestClient(create_app(service=service)) as client:  # one event loop and thread pool for every request
+
+        def add(n: int) -> None:
+            statuses.append(client.post("/items", json={"item_id": f"w{n}", "text": "t"}).status_code)
+
+        adders = [threading.Thread(target=add, args=(n,)) for n in range(45)]
+        try:
+            for thread in adders:
+                thread.start()
+            time.sleep(0.5)  # every add is now waiting for the item encoders
+            assert not statuses and served.state == "loading"
+            answer = client.post("/recommend", json={"user_id": "u", "k": 3})
+            assert answer.status_code == 200 and len(answer.json()["items"]) == 3 and served.state == "loading"
+        finally:
+            opened.set()
+            for thread in adders:
+                thread.join(60)
+    assert statuses == [201] * 45

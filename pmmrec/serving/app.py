@@ -8,10 +8,12 @@ the requests in flight.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +154,13 @@ def create_app(
         lambda: service.batcher.batches if service.batcher is not None else 0,
     )
 
+    # Adds run on their own threads: one waiting for the catalogue lock (adds are encoded one at a time) or for the
+    # item encoders must not hold a thread of the pool that serves reads, or a burst of adds stalls /recommend.
+    adds = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pmmrec-add")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
+        yield  # uvicorn answers every request in flight, adds included, before the shutdown half runs
         service.close()  # uvicorn has finished the requests in flight by now
 
     app = FastAPI(
@@ -238,9 +244,12 @@ def create_app(
         dependencies=writes,
         summary="Add an item from its content; stored, and rankable at once",
     )
-    def add_item(request: AddItemRequest) -> dict[str, Any]:
-        image = decode_base64(request.image_base64, limits) if request.image_base64 is not None else None
-        added = service.add_item(request.item_id, request.text, image)
+    async def add_item(request: AddItemRequest) -> dict[str, Any]:
+        def add() -> dict[str, Any]:
+            image = decode_base64(request.image_base64, limits) if request.image_base64 is not None else None
+            return service.add_item(request.item_id, request.text, image)
+
+        added = await asyncio.wrap_future(adds.submit(add))
         metrics.items_added.inc()
         return added
 
