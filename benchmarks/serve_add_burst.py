@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _measure import write_figures
-from serve_startup import stop_server
+from serve_load import percentile
+from serve_startup import server_health, stop_server
 
 
 def call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -55,9 +55,8 @@ def add_burst(port: int, adds: int) -> list[int]:
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
     ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered) * 1000, 2), "p99_ms": round(p99 * 1000, 2),
-            "max_ms": round(ordered[-1] * 1000, 2)}  # fmt: skip
+    return {"n": len(ordered), "p50_ms": round(percentile(ordered, 50) * 1000, 2),
+            "p99_ms": round(percentile(ordered, 99) * 1000, 2), "max_ms": round(ordered[-1] * 1000, 2)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             if process.poll() is not None:
                 raise SystemExit(f"pmmrec serve exited with status {process.returncode}")
-            try:
-                status, health = call(port, "GET", "/health")
-                if status == 200 and health["item_encoders"] == "ready":
-                    break
-            except OSError:
-                pass
+            health = server_health(port)
+            if health is not None and health["item_encoders"] == "ready":
+                break
             time.sleep(0.1)
         user = call(port, "GET", "/users?limit=1")[1]["users"][0]
         query = {"user_id": user, "k": 10}

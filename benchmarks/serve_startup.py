@@ -57,7 +57,7 @@ def startup_parts(model_ref: str, data_dir: str, state: str) -> None:
     print(json.dumps({name: round(b - a, 2) for name, a, b in zip(names, marks[:-1], marks[1:], strict=True)}))
 
 
-def _health(port: int) -> dict[str, Any] | None:
+def server_health(port: int) -> dict[str, Any] | None:
     """The server's /health document, or None while it does not answer 200."""
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -85,13 +85,13 @@ def startup_times(args: argparse.Namespace, runs: int) -> list[dict[str, Any]]:
                 while True:
                     if process.poll() is not None:
                         raise SystemExit(f"pmmrec serve exited with status {process.returncode} before /health answered")
-                    if (health := _health(port)) is not None:
+                    if (health := server_health(port)) is not None:
                         break
                     time.sleep(0.05)
                 elapsed = time.perf_counter() - started
                 while health.get("item_encoders") == "loading":  # POST /items waits until they are ready
                     time.sleep(0.05)
-                    health = _health(port) or health
+                    health = server_health(port) or health
                 encoders = time.perf_counter() - started
             finally:
                 stop_server(process)

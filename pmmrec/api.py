@@ -199,12 +199,11 @@ def evaluate(
     min_length = min_length if min_length is not None else record.get("min_length") or 3
     max_history = max_history if max_history is not None else record.get("max_history")
     max_length = max_length if max_length is not None else record.get("max_length")
-    from pmmrec.model import PMMRec
-
-    given = isinstance(model, PMMRec)  # a model object without `device` is evaluated where it is
-    context = setup_distributed(str(model.device) if given and device is None else device)
+    context = setup_distributed(_requested_device(model, device))
     loaded = None
     if model is not None:
+        from pmmrec.model import PMMRec
+
         loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
         loaded.to(context.device)
     dataset = load_dataset(data)
@@ -264,9 +263,8 @@ def recommend(
 
     if (user is None) == (history is None):
         raise ConfigError("give exactly one of --user and --history")
-    given = isinstance(model, PMMRec)
-    loaded = model if given else PMMRec.from_pretrained(str(model))
-    target_device = loaded.device if given and device is None else choose_device(device)
+    target_device = choose_device(_requested_device(model, device))
+    loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
     loaded.to(target_device)
     dataset = load_dataset(data)
     if extra_items is not None:
@@ -295,6 +293,13 @@ def recommend(
     table = encode_catalogue(loaded, make_collator(loaded, dataset), len(dataset.item_ids), target_device)
     exclude = sequence if exclude_seen else ()
     return top_k(loaded, table, dataset.item_ids, dataset.item_texts, sequence, k=k, exclude=exclude)
+
+
+def _requested_device(model: Any, device: str | None) -> str | None:
+    """`device`, or for a model object given without one, where that model is (it is not moved)."""
+    from pmmrec.model import PMMRec
+
+    return str(model.device) if device is None and isinstance(model, PMMRec) else device
 
 
 def serve(

@@ -167,6 +167,27 @@ def tiny_image_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny.write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-images", images=True)
 
 
+@pytest.fixture(scope="module")
+def serving_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A serving dataset with images, the tiny text model and text+vision model saved, a private token cache
+    (one set per test module: the server tests write state beside them)."""
+    root = tmp_path_factory.mktemp("serving")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PMMREC_CACHE", str(root / "cache"))
+        data = tiny.write_tiny_dataset(root / "data", preset="serving")
+        tiny.text_only_model().save_pretrained(root / "model")
+        tiny.text_vision_model().save_pretrained(root / "vision-model")
+    return {"root": root, "data": data, "model": root / "model", "vision": root / "vision-model", "cache": root / "cache"}
+
+
+@pytest.fixture
+def serving_env(serving_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """`serving_files` with its token cache in use and the Hub offline."""
+    monkeypatch.setenv("PMMREC_CACHE", str(serving_files["cache"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return serving_files
+
+
 @pytest.fixture(scope="session")
 def tiny_components(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny text encoder and user encoder saved as folders ("text", "user"); read-only."""

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import NUM_ITEMS, b64, png_bytes, write_tiny_dataset
+from tiny import NUM_ITEMS, b64, png_bytes
 from tiny import text_only_model as text_model
 
 from pmmrec.data import load_dataset, write_dataset
@@ -29,24 +29,6 @@ from pmmrec.serving import ServeOptions, build_service, merge_live_items
 from pmmrec.serving import runner as runner_module
 from pmmrec.serving.store import SQLiteItemStore
 from pmmrec.serving.table_cache import cache_path
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A dataset with images, a saved tiny text model, a private token cache (module-wide)."""
-    root = tmp_path_factory.mktemp("durable")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PMMREC_CACHE", str(root / "cache"))
-        data = write_tiny_dataset(root / "data", preset="serving")
-        text_model().save_pretrained(root / "model")
-    return {"root": root, "data": data, "model": root / "model", "cache": root / "cache"}
-
-
-@pytest.fixture
-def cache_env(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    monkeypatch.setenv("PMMREC_CACHE", str(env["cache"]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return env
 
 
 def _service(env: dict[str, Path], state: Path, model: Any = None, **options: Any) -> Any:
@@ -60,14 +42,14 @@ def _service(env: dict[str, Path], state: Path, model: Any = None, **options: An
 # ---- in process ------------------------------------------------------------------------------------------
 
 
-def test_live_items_survive_a_restart_bit_for_bit(cache_env: dict[str, Path], tmp_path: Path) -> None:
-    first = _service(cache_env, tmp_path / "state")
+def test_live_items_survive_a_restart_bit_for_bit(serving_env: dict[str, Path], tmp_path: Path) -> None:
+    first = _service(serving_env, tmp_path / "state")
     first.add_item("live-a", "The dragon garden of the north (2024)")
     first.add_item("live-b", "A red square", png_bytes(300))
     before = first.recommend(history=["live-a", "3"], k=NUM_ITEMS + 2, exclude_seen=False)
     table_before = first.snapshot().table.clone()
     first.close()
-    second = _service(cache_env, tmp_path / "state")
+    second = _service(serving_env, tmp_path / "state")
     try:
         assert second.num_items == NUM_ITEMS + 2 and second.added_count == 2
         assert torch.equal(second.snapshot().table, table_before)  # stored embeddings, read back exactly
@@ -78,8 +60,8 @@ def test_live_items_survive_a_restart_bit_for_bit(cache_env: dict[str, Path], tm
         second.close()
 
 
-def test_a_duplicate_in_the_store_is_a_conflict_and_nothing_changes(cache_env: dict[str, Path], tmp_path: Path) -> None:
-    service = _service(cache_env, tmp_path / "state")
+def test_a_duplicate_in_the_store_is_a_conflict_and_nothing_changes(serving_env: dict[str, Path], tmp_path: Path) -> None:
+    service = _service(serving_env, tmp_path / "state")
     try:
         service.add_item("twice", "first")
         other = SQLiteItemStore(tmp_path / "state" / "items.sqlite3")  # another process added "race" meanwhile
@@ -97,7 +79,7 @@ def test_a_duplicate_in_the_store_is_a_conflict_and_nothing_changes(cache_env: d
 
 
 def test_the_table_cache_is_reused_and_rebuilt_when_anything_changes(
-    cache_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serving_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     encodes: list[int] = []
     original = runner_module.encode_catalogue
@@ -108,17 +90,17 @@ def test_the_table_cache_is_reused_and_rebuilt_when_anything_changes(
 
     monkeypatch.setattr(runner_module, "encode_catalogue", counting)
     state = tmp_path / "state"
-    cold = _service(cache_env, state)
-    warm = _service(cache_env, state)
+    cold = _service(serving_env, state)
+    warm = _service(serving_env, state)
     assert len(encodes) == 1 and torch.equal(cold.snapshot().table, warm.snapshot().table)
     cold.close()
     warm.close()
     other_weights = text_model()
     with torch.no_grad():
         next(other_weights.user.parameters()).add_(0.01)  # only the user encoder changes: still a new key
-    _service(cache_env, state, model=other_weights).close()
+    _service(serving_env, state, model=other_weights).close()
     assert len(encodes) == 2
-    _service(cache_env, state, batching=False).close()  # serving options are not part of the key
+    _service(serving_env, state, batching=False).close()  # serving options are not part of the key
     assert len(encodes) == 2
     files = sorted((state / "tables").glob("*.safetensors"))
     assert len(files) == 2
@@ -126,50 +108,50 @@ def test_the_table_cache_is_reused_and_rebuilt_when_anything_changes(
         data = bytearray(path.read_bytes())
         data[-5] ^= 0xFF
         path.write_bytes(bytes(data))
-    rebuilt = _service(cache_env, state)
+    rebuilt = _service(serving_env, state)
     assert len(encodes) == 3 and torch.equal(rebuilt.snapshot().table, cold.snapshot().table)
     rebuilt.close()
-    dataset = load_dataset(cache_env["data"])
+    dataset = load_dataset(serving_env["data"])
     texts = [*dataset.item_texts[:-1], "An edited last title (1999)"]
     edited = write_dataset(
         tmp_path / "edited", name=dataset.name, item_ids=dataset.item_ids, item_texts=texts, user_ids=dataset.user_ids,
         user_items=[[dataset.item_ids[i - 1] for i in seq] for seq in dataset.sequences], provenance={}, preprocessing={},
     )  # fmt: skip
-    _service({**cache_env, "data": edited}, state).close()
+    _service({**serving_env, "data": edited}, state).close()
     assert len(encodes) == 4
     assert len(list((state / "tables").glob("*.safetensors"))) == 3 and cache_path(state, "x").parent == state / "tables"
 
 
-def test_merge_live_items_writes_a_new_dataset_folder(cache_env: dict[str, Path], tmp_path: Path) -> None:
+def test_merge_live_items_writes_a_new_dataset_folder(serving_env: dict[str, Path], tmp_path: Path) -> None:
     state = tmp_path / "state"
-    service = _service(cache_env, state)
+    service = _service(serving_env, state)
     service.add_item("m-1", "Merged text item (2025)")
     service.add_item("m-2", "Merged picture item (2025)", png_bytes(100, (10, 200, 30)))
     service.close()
-    before = {path.name: path.read_bytes() for path in cache_env["data"].iterdir() if path.is_file()}
-    report = merge_live_items(state, cache_env["data"], tmp_path / "merged")
+    before = {path.name: path.read_bytes() for path in serving_env["data"].iterdir() if path.is_file()}
+    report = merge_live_items(state, serving_env["data"], tmp_path / "merged")
     assert report["merged"] == 2 and report["already_present"] == 0
     merged = load_dataset(tmp_path / "merged")
     assert merged.item_ids[-2:] == ["m-1", "m-2"] and merged.num_items == NUM_ITEMS + 2
-    assert merged.user_ids == load_dataset(cache_env["data"]).user_ids
+    assert merged.user_ids == load_dataset(serving_env["data"]).user_ids
     store = merged.image_store()
     assert store is not None
     pixels = store.get("m-2")
     assert pixels is not None and pixels.shape[:2] == (merged.info["image_size"],) * 2
     assert tuple(pixels[5, 5]) == (10, 200, 30)
     assert "m-1" in merged.info["items_without_images"]
-    assert {path.name: path.read_bytes() for path in cache_env["data"].iterdir() if path.is_file()} == before
+    assert {path.name: path.read_bytes() for path in serving_env["data"].iterdir() if path.is_file()} == before
     again = merge_live_items(state, tmp_path / "merged", tmp_path / "merged-again")  # idempotent
     assert again["merged"] == 0 and again["already_present"] == 2
     with pytest.raises(DatasetError, match="already exists"):
-        merge_live_items(state, cache_env["data"], tmp_path / "merged")
+        merge_live_items(state, serving_env["data"], tmp_path / "merged")
     clash = SQLiteItemStore(state / "items.sqlite3")
     clash.add("3", "Not the dataset's text for item 3", None, "k", np.zeros(4, np.float32))
     clash.close()
     with pytest.raises(DatasetError, match=r"1 live item ids are in .* with another text: '3'"):
-        merge_live_items(state, cache_env["data"], tmp_path / "merged-clash")
+        merge_live_items(state, serving_env["data"], tmp_path / "merged-clash")
     with pytest.raises(DatasetError, match="not a pmmrec serve state folder"):
-        merge_live_items(tmp_path / "nothing", cache_env["data"], tmp_path / "merged-none")
+        merge_live_items(tmp_path / "nothing", serving_env["data"], tmp_path / "merged-none")
 
 
 # ---- a real server process, killed -----------------------------------------------------------------------
@@ -221,14 +203,14 @@ class Server:
         self.process.wait(timeout=60)
 
 
-def test_items_survive_sigkill_right_after_201_single_and_concurrent_burst(cache_env: dict[str, Path], tmp_path: Path) -> None:
+def test_items_survive_sigkill_right_after_201_single_and_concurrent_burst(serving_env: dict[str, Path], tmp_path: Path) -> None:
     state = tmp_path / "state"
-    server = Server(cache_env, state)
+    server = Server(serving_env, state)
     try:
         status, added = _call(server.port, "POST", "/items", {"item_id": "solo", "text": "Killed right after (2025)"})
         assert status == 201, added
         server.kill()  # nothing else happens between the 201 and the kill
-        server = Server(cache_env, state)
+        server = Server(serving_env, state)
         status, item = _call(server.port, "GET", "/items/solo")
         assert status == 200 and item["added"] is True and item["index"] == NUM_ITEMS + 1
         assert _call(server.port, "POST", "/recommend", {"history": ["solo"], "k": 5})[0] == 200
@@ -250,7 +232,7 @@ def test_items_survive_sigkill_right_after_201_single_and_concurrent_burst(cache
         assert [status for status, _ in answers] == [201] * 10, answers
         during = _call(server.port, "POST", "/recommend", {"history": ["burst-3", "solo"], "k": 50, "exclude_seen": False})[1]
         server.kill()
-        server = Server(cache_env, state)
+        server = Server(serving_env, state)
         health = _call(server.port, "GET", "/health")[1]
         assert health["items"] == NUM_ITEMS + 11 and health["added_items"] == 11
         after = _call(server.port, "POST", "/recommend", {"history": ["burst-3", "solo"], "k": 50, "exclude_seen": False})[1]

@@ -20,12 +20,10 @@ from safetensors.torch import save as safetensors_bytes
 from tiny import (
     NUM_ITEMS,
     png_bytes,
-    text_vision_model,
     tiny_id_tower,
     tiny_text_encoder,
     tiny_user_encoder,
     vision_only_model,
-    write_tiny_dataset,
 )
 from tiny import text_only_model as text_model
 
@@ -47,25 +45,6 @@ from pmmrec.serving.table_cache import (
 )
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A dataset with images, a saved tiny text model and a tiny text+vision model, a private token cache."""
-    root = tmp_path_factory.mktemp("startup")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PMMREC_CACHE", str(root / "cache"))
-        data = write_tiny_dataset(root / "data", preset="serving")
-        text_model().save_pretrained(root / "model")
-        text_vision_model().save_pretrained(root / "vision-model")
-    return {"root": root, "data": data, "model": root / "model", "vision": root / "vision-model", "cache": root / "cache"}
-
-
-@pytest.fixture
-def cache_env(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    monkeypatch.setenv("PMMREC_CACHE", str(env["cache"]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return env
-
-
 def _load(model: Path, data: Path, state: Path) -> Any:
     return load_service(str(model), data, device="cpu", progress=False, options=ServeOptions(state_dir=state, poll_interval=0))
 
@@ -80,15 +59,15 @@ def _gated(folder: Path) -> tuple[ServedModel, threading.Event]:
         opened.wait(30)
         return PMMRec.from_pretrained(folder, preloaded={"user": ready.user})
 
-    served = ServedModel(ready.user, modalities=ready.modalities, types=ready.types, key=lambda: ready.key, load=load, manifest=manifest)
+    served = ServedModel(ready.user, types=ready.types, key=lambda: ready.key, load=load, manifest=manifest)
     return served, opened
 
 
 def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_them(
-    cache_env: dict[str, Path], tmp_path: Path
+    serving_env: dict[str, Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    cold = _load(cache_env["model"], cache_env["data"], state)  # encodes the catalogue and caches the table
+    cold = _load(serving_env["model"], serving_env["data"], state)  # encodes the catalogue and caches the table
     expected = cold.recommend(history=["3", "5"], k=NUM_ITEMS, exclude_seen=False)
     cold_added = cold.add_item("fresh", "A new item added after a cold start (2025)")
     cold_vector = cold.snapshot().table[cold_added["catalogue_size"]].clone()
@@ -96,8 +75,8 @@ def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_t
     for suffix in ("", "-wal", "-shm"):
         (state / f"items.sqlite3{suffix}").unlink(missing_ok=True)
 
-    served, opened = _gated(cache_env["model"])
-    warm = build_service(served, load_dataset(cache_env["data"]), options=ServeOptions(state_dir=state, poll_interval=0))
+    served, opened = _gated(serving_env["model"])
+    warm = build_service(served, load_dataset(serving_env["data"]), options=ServeOptions(state_dir=state, poll_interval=0))
     try:
         assert served.state == "loading" and warm.health()["item_encoders"] == "loading"
         assert warm.recommend(history=["3", "5"], k=NUM_ITEMS, exclude_seen=False) == expected  # table from the cache
@@ -117,11 +96,11 @@ def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_t
 
 
 def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(
-    cache_env: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    serving_env: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dataset = load_dataset(cache_env["data"])
+    dataset = load_dataset(serving_env["data"])
     table = torch.zeros(NUM_ITEMS + 1, text_model().dim)
-    served, opened = _gated(cache_env["model"])
+    served, opened = _gated(serving_env["model"])
     service = RecommenderService(
         served, list(dataset.item_ids), list(dataset.item_texts), table, limits=Limits(max_encoder_wait_s=0)
     )
@@ -136,7 +115,7 @@ def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(
     def broken() -> PMMRec:
         raise ArtefactError("text/model.safetensors: truncated")
 
-    failing = ServedModel(served.user, modalities=served.modalities, types=served.types, key=lambda: "k", load=broken)
+    failing = ServedModel(served.user, types=served.types, key=lambda: "k", load=broken)
     service = RecommenderService(failing, list(dataset.item_ids), list(dataset.item_texts), table, manifest={})
     try:
         with pytest.raises(ServiceError, match=r"failed to load \(text/model.safetensors: truncated\)") as failed:
@@ -149,24 +128,24 @@ def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(
 
 
 def test_a_damaged_item_encoder_file_stops_the_start_even_with_a_cached_table(
-    cache_env: dict[str, Path], tmp_path: Path
+    serving_env: dict[str, Path], tmp_path: Path
 ) -> None:
     model = tmp_path / "model"
-    shutil.copytree(cache_env["model"], model)
+    shutil.copytree(serving_env["model"], model)
     state = tmp_path / "state"
-    _load(model, cache_env["data"], state).close()
+    _load(model, serving_env["data"], state).close()
     weights = model / "text" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtefactError, match=r"text.*model\.safetensors"):
-        _load(model, cache_env["data"], state)
+        _load(model, serving_env["data"], state)
 
 
-def test_the_folder_key_follows_every_pinned_file_and_only_them(cache_env: dict[str, Path], tmp_path: Path) -> None:
-    manifest = read_manifest(cache_env["model"])
+def test_the_folder_key_follows_every_pinned_file_and_only_them(serving_env: dict[str, Path], tmp_path: Path) -> None:
+    manifest = read_manifest(serving_env["model"])
     key = manifest_fingerprint(manifest)
-    assert key is not None and key == manifest_fingerprint(read_manifest(cache_env["model"]))
+    assert key is not None and key == manifest_fingerprint(read_manifest(serving_env["model"]))
     for slot, entry in manifest["components"].items():
         for name in entry["files"]:
             changed = {**manifest, "components": {**manifest["components"], slot: {**entry, "files": {**entry["files"], name: "0" * 64}}}}
@@ -177,19 +156,19 @@ def test_the_folder_key_follows_every_pinned_file_and_only_them(cache_env: dict[
     assert manifest_fingerprint(old) is None  # an old manifest: the whole model is loaded at once instead
     no_user = {**manifest, "components": {s: e for s, e in manifest["components"].items() if s != "user"}}
     with pytest.raises(ArtefactError, match=r"pmmrec\.json: no user component"):
-        ServedModel.from_folder(cache_env["model"], no_user)
+        ServedModel.from_folder(serving_env["model"], no_user)
 
 
-def test_a_vision_model_restarts_warm_and_reports_both_modalities(cache_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_vision_model_restarts_warm_and_reports_both_modalities(serving_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     encodes: list[int] = []
     original = runner_module.encode_catalogue
     monkeypatch.setattr(runner_module, "encode_catalogue", lambda *a, **k: encodes.append(1) or original(*a, **k))
     state = tmp_path / "state"
-    first = _load(cache_env["vision"], cache_env["data"], state)
+    first = _load(serving_env["vision"], serving_env["data"], state)
     added = first.add_item("pictured", "A picture item (2025)", png_bytes(64, (20, 90, 200)))
     assert added["encoded_from"] == ["text", "image"]
     first.close()
-    second = _load(cache_env["vision"], cache_env["data"], state)
+    second = _load(serving_env["vision"], serving_env["data"], state)
     try:
         assert len(encodes) == 1 and second.needs_image and second.health()["modalities"] == ["text", "vision"]
         assert second._added["pictured"].encoded_from == ["text", "image"]  # restored from its stored embedding
@@ -202,17 +181,17 @@ def test_a_vision_model_restarts_warm_and_reports_both_modalities(cache_env: dic
 # ---- what is loaded, from what, and where ---------------------------------------------------------------------
 
 
-def test_the_background_load_reuses_the_user_encoder_and_follows_the_device(cache_env: dict[str, Path]) -> None:
-    served = ServedModel.from_folder(cache_env["model"], read_manifest(cache_env["model"]))
+def test_the_background_load_reuses_the_user_encoder_and_follows_the_device(serving_env: dict[str, Path]) -> None:
+    served = ServedModel.from_folder(serving_env["model"], read_manifest(serving_env["model"]))
     served.to(torch.device("meta"))  # a device unlike where weights are read: every part must be moved there
     whole = served.model(timeout=60)
     assert whole.user is served.user  # loaded once, not twice
     assert {p.device.type for p in whole.parameters()} == {"meta"} and served.state == "ready"
 
 
-def test_a_component_swapped_for_another_valid_one_is_refused_at_start(cache_env: dict[str, Path], tmp_path: Path) -> None:
+def test_a_component_swapped_for_another_valid_one_is_refused_at_start(serving_env: dict[str, Path], tmp_path: Path) -> None:
     model = tmp_path / "model"
-    shutil.copytree(cache_env["model"], model)
+    shutil.copytree(serving_env["model"], model)
     shutil.rmtree(model / "text")
     tiny_text_encoder(seed=9).save_pretrained(model / "text")  # self-consistent (its own checksums.json), not pinned
     with pytest.raises(ArtefactError, match=r"pmmrec\.json"):
@@ -220,10 +199,10 @@ def test_a_component_swapped_for_another_valid_one_is_refused_at_start(cache_env
 
 
 def test_unpinned_or_unverified_models_load_whole_at_once(
-    cache_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    serving_env: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = tmp_path / "model"
-    shutil.copytree(cache_env["model"], model)
+    shutil.copytree(serving_env["model"], model)
     manifest = read_manifest(model)
     served = ServedModel.from_folder(model, manifest)
     assert served.state == "loading"  # pinned and verified: the item side waits for start_loading
@@ -255,8 +234,8 @@ def test_an_id_tower_model_is_served_as_ids_and_refuses_new_items(tmp_path: Path
 # ---- the table's key and file ------------------------------------------------------------------------------
 
 
-def test_the_table_key_follows_item_files_and_preprocessing_but_not_users(cache_env: dict[str, Path]) -> None:
-    dataset = load_dataset(cache_env["data"])
+def test_the_table_key_follows_item_files_and_preprocessing_but_not_users(serving_env: dict[str, Path]) -> None:
+    dataset = load_dataset(serving_env["data"])
     files = dataset.info["files"]
 
     def key_with(**info: Any) -> str:
@@ -288,14 +267,14 @@ def test_models_without_a_text_encoder_have_a_fingerprint_too() -> None:
     assert vision == model_fingerprint(vision_only_model()) and len(vision) == 64 and vision != text
 
 
-def test_adds_waiting_for_the_item_encoders_do_not_hold_up_reads(cache_env: dict[str, Path]) -> None:
+def test_adds_waiting_for_the_item_encoders_do_not_hold_up_reads(serving_env: dict[str, Path]) -> None:
     """More adds wait than the server has request threads (anyio's 40): /recommend still answers at once."""
     from fastapi.testclient import TestClient
 
     from pmmrec.serving import create_app
 
-    dataset = load_dataset(cache_env["data"])
-    served, opened = _gated(cache_env["model"])
+    dataset = load_dataset(serving_env["data"])
+    served, opened = _gated(serving_env["model"])
     service = RecommenderService(served, list(dataset.item_ids), list(dataset.item_texts),
                                  torch.zeros(NUM_ITEMS + 1, served.dim), users={"u": np.asarray([3, 5])})  # fmt: skip
     statuses: list[int] = []

@@ -2,7 +2,7 @@
 
 from pmmrec.model.assembly import SLOT_KINDS, check_compatible, load_slot
 from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
-from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component, modalities_of
 
 __all__ = [
     "MANIFEST_FILE",
@@ -13,5 +13,6 @@ __all__ = [
     "check_compatible",
     "load_model_component",
     "load_slot",
+    "modalities_of",
     "read_manifest",
 ]

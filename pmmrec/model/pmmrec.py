@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +75,7 @@ class PMMRec(nn.Module):
     @property
     def modalities(self) -> frozenset[str]:
         """Which item modalities the model reads: {'text'}, {'vision'}, both, or {'id'}."""
-        if self.item_tower is not None:
-            return frozenset({"id"})
-        return frozenset(name for name, enc in (("text", self.text), ("vision", self.vision)) if enc is not None)
+        return modalities_of(self.components())
 
     @property
     def dim(self) -> int:
@@ -323,6 +321,14 @@ class PMMRec(nn.Module):
             raise ArtefactError(f"{resolved.path / MANIFEST_FILE}: {exc}") from None
         model.eval()
         return model
+
+
+def modalities_of(slots: Iterable[str]) -> frozenset[str]:
+    """The item modalities of a model with these component slots: {'id'} with an ID item tower, else the encoders'."""
+    present = set(slots)
+    if "item_tower" in present:
+        return frozenset({"id"})
+    return frozenset(slot for slot in ("text", "vision") if slot in present)
 
 
 def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, unverified: bool = False) -> Component:

@@ -10,13 +10,12 @@ from pmmrec.serving.limits import ServiceError
 
 
 @torch.inference_mode()
-def encode_item(model: PMMRec, text: str, picture: Image.Image | None, device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """One item's embedding [d] from its content with the model's own encoders, and the modalities it read.
+def encode_item(model: PMMRec, text: str, picture: Image.Image | None, device: torch.device) -> torch.Tensor:
+    """One item's embedding [d] on `device` from its content, with the model's own encoders.
 
     `PMMRec.encode_items` prepares the inputs the one way the library does (the text encoder's tokenizer; the
     image resized and centre-cropped to the vision encoder's side, as the dataset builder stores images).
     """
-    used = [name for name, encoder in (("text", model.text), ("image", model.vision)) if encoder is not None]
     if model.vision is not None and picture is None:
         raise ServiceError(422, "this model reads images: the item needs an image")
     texts = [text] if model.text is not None else None
@@ -24,4 +23,4 @@ def encode_item(model: PMMRec, text: str, picture: Image.Image | None, device: t
     vector = model.encode_items(texts=texts, images=images)[0].to(device)
     if not bool(torch.isfinite(vector).all()):
         raise ServiceError(422, "the model produced a non-finite embedding for this item")
-    return vector, used
+    return vector

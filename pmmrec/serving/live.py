@@ -96,11 +96,10 @@ class LiveItemsFollower(ABC):
             except ServiceError as exc:
                 log.warning("stored image of live item %r is unusable (%s); item kept without it", row.item_id, exc.message)
         display = to_png(square_pixels(picture, self.limits.display_image_size)) if picture is not None else None
-        used = self.served.item_inputs
         if row.embedding is not None and row.embedding.shape == (self.served.dim,):
             vector = torch.from_numpy(row.embedding)
         else:
-            vector, used = encode_item(self.served.model(), row.text, picture, self.device)
+            vector = encode_item(self.served.model(), row.text, picture, self.device)
             assert self.store is not None
             self.store.put_embedding(row.item_id, self.model_key, vector.cpu().numpy())
-        return row.item_id, row.text, vector, used, display
+        return row.item_id, row.text, vector, self.served.item_inputs, display

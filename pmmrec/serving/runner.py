@@ -108,7 +108,7 @@ def build_service(
     """
     options = options or ServeOptions()
     device = torch.device(device)
-    served = model if isinstance(model, ServedModel) else ServedModel.whole(model)
+    served = ServedModel.of(model)
     served.to(device)
     state = options.state_dir
     model_key = served.key if (state is not None or options.store_url) else ""

@@ -13,6 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ import torch
 from pmmrec import integrity
 from pmmrec.components import UserEncoder
 from pmmrec.errors import ArtefactError
-from pmmrec.model import MANIFEST_FILE, PMMRec, load_model_component
+from pmmrec.model import MANIFEST_FILE, PMMRec, load_model_component, modalities_of
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.table_cache import manifest_fingerprint, model_fingerprint
 
@@ -37,7 +38,6 @@ class ServedModel:
         self,
         user: UserEncoder,
         *,
-        modalities: frozenset[str],
         types: dict[str, str],
         key: Callable[[], str],
         load: Callable[[], PMMRec] | None = None,
@@ -47,11 +47,9 @@ class ServedModel:
         if (load is None) == (model is None):
             raise ValueError("give exactly one of load and model")
         self.user = user
-        self.modalities = modalities
         self.types = types
         self.manifest = manifest  # pmmrec.json of a model loaded from a folder
         self._key = key
-        self._key_value: str | None = None
         self._load = load
         self._whole: Future[PMMRec] = Future()
         self._loader: threading.Thread | None = None
@@ -62,19 +60,15 @@ class ServedModel:
 
     @classmethod
     def whole(cls, model: PMMRec, manifest: dict[str, Any] | None = None) -> ServedModel:
-        """A model already loaded (built in memory or by the caller); its key hashes its tensors."""
+        """A model already loaded (built in memory or by the caller), where it is; its key hashes its tensors."""
         types = {slot: component.type_name for slot, component in model.components().items()}
-        model.eval()
-        served = cls(
-            model.user,
-            modalities=model.modalities,
-            types=types,
-            key=lambda: model_fingerprint(model),
-            model=model,
-            manifest=manifest,
-        )
-        served._device = model.device
-        return served
+        served = cls(model.user, types=types, key=lambda: model_fingerprint(model), model=model, manifest=manifest)
+        return served.to(model.device)
+
+    @classmethod
+    def of(cls, model: PMMRec | ServedModel) -> ServedModel:
+        """`model` itself when it is a ServedModel, else the whole model it is."""
+        return model if isinstance(model, ServedModel) else cls.whole(model)
 
     @classmethod
     def from_folder(cls, folder: Path, manifest: dict[str, Any]) -> ServedModel:
@@ -96,12 +90,9 @@ class ServedModel:
         user = load_model_component(folder, manifest, "user")
         if not isinstance(user, UserEncoder):
             raise ArtefactError(f"{folder / MANIFEST_FILE}: components.user is a {user.type_name!r}, not a user encoder")
-        types = {slot: entry["type"] for slot, entry in components.items()}
-        modalities = frozenset({"id"}) if "item_tower" in types else frozenset(s for s in ("text", "vision") if s in types)
         return cls(
             user,
-            modalities=modalities,
-            types=types,
+            types={slot: entry["type"] for slot, entry in components.items()},
             key=lambda: key,
             load=lambda: PMMRec.from_pretrained(folder, preloaded={"user": user}),
             manifest=manifest,
@@ -109,12 +100,15 @@ class ServedModel:
 
     # ---- facts known at once -------------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def key(self) -> str:
         """What the model's embeddings depend on (the table cache's and the live-item store's model key)."""
-        if self._key_value is None:
-            self._key_value = self._key()
-        return self._key_value
+        return self._key()
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """Which item modalities the model reads (as `PMMRec.modalities`)."""
+        return modalities_of(self.types)
 
     @property
     def dim(self) -> int:
@@ -130,7 +124,7 @@ class ServedModel:
 
     @property
     def item_inputs(self) -> list[str]:
-        """What a new item's content must hold for this model: 'text' and/or 'image'."""
+        """What the model reads of a new item's content: 'text' and/or 'image' (reported as `encoded_from`)."""
         return [name for name, slot in (("text", "text"), ("image", "vision")) if slot in self.types]
 
     def to(self, device: torch.device) -> ServedModel:

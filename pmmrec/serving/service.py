@@ -72,7 +72,7 @@ class RecommenderService(LiveItemsFollower):
         batch_workers: int = 2,
         ann: AnnIndex | None = None,
     ) -> None:
-        self.served = model if isinstance(model, ServedModel) else ServedModel.whole(model)
+        self.served = ServedModel.of(model)
         if item_table.ndim != 2 or item_table.shape[1] != self.served.dim:
             raise PmmrecError(f"item table has shape {tuple(item_table.shape)}, expected (items + 1, {self.served.dim})")
         self.limits = limits
@@ -257,7 +257,8 @@ class RecommenderService(LiveItemsFollower):
         with self.catalogue.lock:
             if item_id in self.catalogue.index:
                 raise ServiceError(409, f"item id {item_id!r} already exists")
-            vector, used = encode_item(model, text, picture, self.device)
+            vector = encode_item(model, text, picture, self.device)
+            used = self.served.item_inputs
             if self.store is not None:
                 try:
                     self.store.add(item_id, text, image, self.model_key, vector.cpu().numpy())
