@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import typer
 
 from pmmrec.errors import PmmrecError
+from pmmrec.slots import INIT_KINDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,11 +84,7 @@ Device = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
-class KindChoice(str, Enum):
-    text = "text"
-    vision = "vision"
-    fusion = "fusion"
-    user = "user"
+KindChoice = _choices("KindChoice", list(INIT_KINDS))  # the kinds `pmmrec init` creates
 
 
 class SplitChoice(str, Enum):

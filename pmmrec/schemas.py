@@ -10,8 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from pmmrec.slots import MODALITIES, SLOTS
+
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-SLOTS = ("text", "vision", "fusion", "user", "item_tower")
 
 
 class _Closed(BaseModel):
@@ -61,8 +62,8 @@ class ManifestFile(_Closed):
     format_version: int = Field(ge=1)
     pmmrec_version: str
     dim: int = Field(ge=1)
-    modalities: list[Literal["text", "vision", "id"]] = Field(min_length=1)
-    components: dict[Literal["text", "vision", "fusion", "user", "item_tower"], ManifestEntry] = Field(min_length=1)
+    modalities: list[Literal[MODALITIES]] = Field(min_length=1)
+    components: dict[Literal[SLOTS], ManifestEntry] = Field(min_length=1)
 
 
 class ProgressFile(_Closed):

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 
 # From the bottom up; a module may import only from its own layer or below (and never in a circle).
 LAYERS: list[tuple[str, ...]] = [
-    ("pmmrec._version", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
+    ("pmmrec._version", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
      "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
     ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
     ("pmmrec.components",),
@@ -154,6 +154,40 @@ def test_the_layer_test_catches_an_upward_import(tmp_path: Path) -> None:
     assert "pmmrec.training.trainer" in targets and layer_of("pmmrec.training.trainer") > layer_of("pmmrec.components")
 
 
+# ---- slots are declared once ----------------------------------------------------------------------------------
+
+
+def slot_name_literals(path: Path) -> list[str]:
+    """'file:line: literal' for every tuple, list or set literal in `path` made of two or more distinct slot or kind
+    names and nothing else, `Literal[...]` arguments included (a dict keyed by slot names pairs values by name)."""
+    from pmmrec.slots import KIND_NAMES, SLOTS
+
+    names = set(SLOTS) | set(KIND_NAMES)
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Tuple | ast.List | ast.Set):
+            continue
+        elements = node.elts
+        strings = [e.value for e in elements if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+        if len(strings) == len(elements) and len(set(strings)) >= 2 and set(strings) <= names:
+            shown = path.relative_to(PACKAGE.parent) if path.is_relative_to(PACKAGE.parent) else path
+            found.append((node.lineno, f"{shown}:{node.lineno}: {ast.unparse(node)[:80]}"))
+    return [line for _, line in sorted(found)]
+
+
+def test_slot_lists_are_derived_from_the_one_table() -> None:
+    """Every list of slots (all of them, a subset, CLI choices, kinds) is a view of pmmrec/slots.py's table."""
+    offenders = [found for name, path in MODULES.items() if name != "pmmrec.slots" for found in slot_name_literals(path)]
+    assert not offenders, "slot names spelled out instead of derived from pmmrec.slots:\n" + "\n".join(offenders)
+
+
+def test_the_slot_literal_check_catches_one(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text('A = ("text", "vision")\nB: Literal["user", "fusion"]\nC = {"item_tower", "id"}\nD = ("text", "x")\n')
+    found = slot_name_literals(bad)
+    assert [line.removeprefix(f"{bad}:").split(":")[0] for line in found] == ["1", "2", "3"], found
+
+
 # ---- the CLI is a table over pmmrec.api -------------------------------------------------------------------------
 
 
@@ -196,6 +230,7 @@ def test_cli_module_only_calls_the_api() -> None:
         "pmmrec.api",
         "pmmrec.cli_options",
         "pmmrec.errors",
+        "pmmrec.slots",  # the choices of `init`
         "pmmrec.inspection",  # format_inspection
         "pmmrec.evaluation",  # format_metrics_table
         "pmmrec.data",  # format_statistics

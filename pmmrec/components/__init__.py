@@ -17,21 +17,37 @@ from pmmrec.components.base import (
     registered_types,
 )
 from pmmrec.components.fusion_merge_attention import MergeAttentionConfig, MergeAttentionFusion
-from pmmrec.components.fusion_text_only import TextOnlyConfig, TextOnlyFusion
-from pmmrec.components.fusion_vision_only import VisionOnlyConfig, VisionOnlyFusion
+from pmmrec.components.fusion_single_modality import (
+    SingleModalityConfig,
+    SingleModalityFusion,
+    TextOnlyConfig,
+    TextOnlyFusion,
+    VisionOnlyConfig,
+    VisionOnlyFusion,
+)
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.components.item_tower_id import IdItemTower, IdItemTowerConfig
-from pmmrec.components.kinds import Fusion, ItemEncoder, ItemTower, TextEncoder, UserEncoder, VisionEncoder
+from pmmrec.components.kinds import (
+    Fusion,
+    ItemEncoder,
+    ItemTower,
+    TextEncoder,
+    UserEncoder,
+    VisionEncoder,
+    kind_classes,
+)
 from pmmrec.components.options import CreateOptions, default_heads
 from pmmrec.components.text_encoder import HFTextEncoder, HFTextEncoderConfig
 from pmmrec.components.user_sasrec import SASRecConfig, SASRecUserEncoder
 from pmmrec.components.vision_clip import CLIPVisionEncoder, CLIPVisionEncoderConfig
 from pmmrec.components.vision_efficientnet import EfficientNetEncoder, EfficientNetEncoderConfig
 from pmmrec.errors import ConfigError, describe_validation_error
+from pmmrec.slots import KIND_NAMES, SLOT_TABLE
 
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
+    "SLOT_KINDS",
     "CLIPVisionEncoder",
     "CLIPVisionEncoderConfig",
     "Component",
@@ -52,6 +68,8 @@ __all__ = [
     "MergeAttentionFusion",
     "SASRecConfig",
     "SASRecUserEncoder",
+    "SingleModalityConfig",
+    "SingleModalityFusion",
     "TextEncoder",
     "TextOnlyConfig",
     "TextOnlyFusion",
@@ -68,15 +86,11 @@ __all__ = [
     "registered_types",
 ]
 
-ComponentKind = Literal["text", "vision", "fusion", "user", "id"]
-# The short kind names of `pmmrec init` and the model's slots -> the kind classes that declare their contracts.
-KINDS: dict[str, type[Component]] = {
-    "text": TextEncoder,
-    "vision": VisionEncoder,
-    "fusion": Fusion,
-    "user": UserEncoder,
-    "id": ItemTower,
-}
+ComponentKind = Literal[KIND_NAMES]
+# The short kind names of `pmmrec init` (pmmrec.slots) -> the kind classes that declare their contracts.
+KINDS: dict[str, type[Component]] = kind_classes()
+# The model's slots -> the kind class a component must be to fill it.
+SLOT_KINDS: dict[str, type[Component]] = {slot.name: KINDS[slot.kind] for slot in SLOT_TABLE}
 
 
 def create_component(kind: str, options: CreateOptions | None = None, variant: str | None = None) -> Component:

@@ -12,6 +12,7 @@ from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig, register_component
 from pmmrec.components.kinds import Fusion, masked_mean
 from pmmrec.components.options import CreateOptions, default_heads
+from pmmrec.slots import MODALITY_SLOTS
 
 TEXT_TYPE, IMAGE_TYPE = 0, 1
 
@@ -37,7 +38,7 @@ class MergeAttentionFusion(Fusion):
 
     type_name: ClassVar[str] = "fusion/merge_attention"
     config_class: ClassVar[type[ComponentConfig]] = MergeAttentionConfig
-    modalities: ClassVar[frozenset[str]] = frozenset({"text", "vision"})
+    modalities: ClassVar[frozenset[str]] = frozenset(MODALITY_SLOTS)  # text and vision tokens
     config: MergeAttentionConfig
 
     def __init__(self, config: MergeAttentionConfig) -> None:

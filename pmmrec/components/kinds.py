@@ -18,6 +18,7 @@ from pmmrec.components import _backbones
 from pmmrec.components.base import Component, ComponentConfig
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.components.options import CreateOptions
+from pmmrec.slots import SLOT, SLOT_TABLE
 
 
 class EncoderConfig(ComponentConfig):
@@ -84,7 +85,7 @@ class ItemEncoder(Component):
 class TextEncoder(ItemEncoder):
     """Token ids of an item's text -> projected token states [N, T, d] and their mask."""
 
-    kind: ClassVar[str] = "text_encoder"
+    kind: ClassVar[str] = SLOT["text"].type_prefix
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -122,7 +123,7 @@ class TextEncoder(ItemEncoder):
 class VisionEncoder(ItemEncoder):
     """uint8 images [N, 3, S, S] -> projected image tokens [N, P, d]."""
 
-    kind: ClassVar[str] = "vision_encoder"
+    kind: ClassVar[str] = SLOT["vision"].type_prefix
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -156,7 +157,7 @@ class VisionEncoder(ItemEncoder):
 class Fusion(Component):
     """Modality tokens -> one item embedding [N, d]; declares which modalities it needs."""
 
-    kind: ClassVar[str] = "fusion"
+    kind: ClassVar[str] = SLOT["fusion"].type_prefix
     modalities: ClassVar[frozenset[str]]
 
     @classmethod
@@ -177,7 +178,7 @@ class Fusion(Component):
 class UserEncoder(Component):
     """Item embeddings of a left-padded sequence [B, S, d] -> user state at every position [B, S, d]."""
 
-    kind: ClassVar[str] = "user_encoder"
+    kind: ClassVar[str] = SLOT["user"].type_prefix
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -196,7 +197,7 @@ class UserEncoder(Component):
 class ItemTower(Component):
     """Catalogue indices -> item embeddings, for ID-based baselines."""
 
-    kind: ClassVar[str] = "item_tower"
+    kind: ClassVar[str] = SLOT["item_tower"].type_prefix
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -212,6 +213,13 @@ class ItemTower(Component):
     @abstractmethod
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
         """Embeddings [N, d] of catalogue rows (0 = padding)."""
+
+
+def kind_classes() -> dict[str, type[Component]]:
+    """Each `create_component` kind (pmmrec.slots: `text`, ..., `id`) -> the kind class that declares its contract,
+    matched through the slot's type prefix."""
+    by_prefix = {cls.kind: cls for cls in (TextEncoder, VisionEncoder, Fusion, UserEncoder, ItemTower)}
+    return {slot.kind: by_prefix[slot.type_prefix] for slot in SLOT_TABLE}
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

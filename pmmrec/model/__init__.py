@@ -1,8 +1,10 @@
 """The assembled model: the module (`PMMRec`), assembly of components, and the pmmrec.json manifest."""
 
-from pmmrec.model.assembly import SLOT_KINDS, check_compatible, load_slot
+from pmmrec.components import SLOT_KINDS
+from pmmrec.model.assembly import check_compatible, common_width, load_slot
 from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
-from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component, modalities_of
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component
+from pmmrec.slots import modalities_of
 
 __all__ = [
     "MANIFEST_FILE",
@@ -11,6 +13,7 @@ __all__ = [
     "ItemEncoding",
     "PMMRec",
     "check_compatible",
+    "common_width",
     "load_model_component",
     "load_slot",
     "modalities_of",

@@ -17,10 +17,10 @@ from pmmrec.errors import ArtefactError
 from pmmrec.jsonfile import read_json_file, validate_strictly
 from pmmrec.recovery import recover
 from pmmrec.schemas import ManifestFile
+from pmmrec.slots import SLOTS
 
 MANIFEST_FILE = "pmmrec.json"
 MODEL_FORMAT_VERSION = 1
-SLOTS = ("text", "vision", "fusion", "user", "item_tower")
 
 
 @dataclass

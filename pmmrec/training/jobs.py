@@ -15,13 +15,14 @@ from pmmrec.components import Component, CreateOptions, ItemEncoder, create_comp
 from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset, write_split_record
 from pmmrec.errors import ConfigError, describe_validation_error
-from pmmrec.model import ComponentSource, PMMRec, load_slot
+from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
+from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
 from pmmrec.training.config import ModelConfig, TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
 from pmmrec.training.determinism import deterministic_mode
 from pmmrec.training.trainer import Trainer, TrainResult
 
 Mode = Literal["pretrain", "finetune"]
-REFERENCE_SLOTS = ("text", "vision", "fusion", "user")
+DEFAULT_MODALITY = "text"  # what a run reads when neither --modality nor an encoder says
 
 
 def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int) -> PMMRec:
@@ -30,26 +31,26 @@ def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int)
     loaded: dict[str, Component | None] = {
         slot: load_slot(slot, getattr(spec, slot))[0] for slot in REFERENCE_SLOTS
     }
-    given_dims = {c.dim for c in loaded.values() if c is not None}
-    if len(given_dims) > 1:
-        raise ConfigError(f"the given components disagree on d: {sorted(given_dims)}")
-    dim = spec.dim or (given_dims.pop() if given_dims else None)
+    given_dim = common_width(loaded)  # refuses given components that disagree, naming their widths
+    dim = spec.dim or given_dim
     if spec.item_tower == "id":
-        if spec.text or spec.vision or spec.fusion:
-            raise ConfigError("--item-tower id replaces the content tower: drop --text/--vision/--fusion")
+        if any(getattr(spec, slot) for slot in CONTENT_SLOTS):
+            flags = "/".join(SLOT[slot].flag for slot in CONTENT_SLOTS)
+            raise ConfigError(f"--item-tower id replaces the content tower: drop {flags}")
         dim = dim or DEFAULT_DIM
         item_tower = create_component("id", CreateOptions(dim=dim, item_ids=tuple(dataset.item_ids)))
         return PMMRec.assemble(user=loaded["user"] or _fresh_user(spec, dim, max_length), item_tower=item_tower)
-    modalities = set(spec.modalities or [m for m in ("text", "vision") if loaded[m] is not None] or ["text"])
-    for modality in ("text", "vision"):
-        layers = spec.text_trainable_layers if modality == "text" else spec.vision_trainable_layers
+    given_modalities = [slot for slot in MODALITY_SLOTS if loaded[slot] is not None]
+    modalities = set(spec.modalities or given_modalities or [DEFAULT_MODALITY])
+    for modality in MODALITY_SLOTS:
+        layers = getattr(spec, f"{modality}_trainable_layers")
         encoder = loaded[modality]
         if encoder is not None and modality not in modalities:
             raise ConfigError(f"--{modality} was given but --modalities excludes {modality}")
         if encoder is None and modality in modalities:
-            backbone = spec.text_backbone if modality == "text" else spec.vision_backbone
+            backbone = getattr(spec, f"{modality}_backbone")
             options = CreateOptions(dim=dim, backbone=backbone, trainable_layers=2 if layers is None else layers)
-            encoder = loaded[modality] = create_component(modality, options)
+            encoder = loaded[modality] = create_component(SLOT[modality].kind, options)
             dim = dim or encoder.dim
         elif isinstance(encoder, ItemEncoder) and layers is not None:
             try:
@@ -123,7 +124,7 @@ def train(
     dataset = load_dataset(data)
     spec = config.model
     if mode == "pretrain" and spec.modalities is None and dataset.images_path is not None and not (spec.text or spec.vision):
-        spec = spec.model_copy(update={"modalities": ["text", "vision"]})
+        spec = spec.model_copy(update={"modalities": list(MODALITY_SLOTS)})
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
     with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes

@@ -10,13 +10,11 @@ import torch
 from torch import nn
 
 from pmmrec.errors import ConfigError
+from pmmrec.slots import FROM_SCRATCH_SLOTS
 from pmmrec.training.config import TrainConfig
 from pmmrec.training.module import TrainingModule
 
 NO_DECAY_MARKERS = ("bias", "norm", "embedding", "positions", "type_embeddings")
-
-
-FROM_SCRATCH_SLOTS = ("user", "fusion", "item_tower")  # modules with no pretrained backbone inside
 
 
 def fresh_slots(module: TrainingModule) -> set[str]:
