@@ -3,12 +3,18 @@ full-catalogue softmax cross-entropy that standard SASRec implementations train 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
+
+from pmmrec.objectives.base import Objective, register_objective
+
+if TYPE_CHECKING:
+    from pmmrec.model import PMMRec
+    from pmmrec.objectives.step import TrainingStep
 
 
 class NextItemConfig(BaseModel):
@@ -78,7 +84,19 @@ def log_popularity_from_counts(counts: Tensor, eps: float = 1e-8) -> Tensor:
     return log_p.to(torch.float32)
 
 
-class NextItemLoss(nn.Module):
+def default_softmax(model: PMMRec) -> str:
+    """The next-item softmax of `softmax: auto`: full for an ID item tower, in-batch for content towers.
+
+    Chosen on validation splits (docs/benchmarks.md): SASRec-ID gains from scoring every item at every step, and
+    its table costs nothing to score. A content tower trained with the full softmax learns to rank items that never
+    occur in training (new items) last, which is what it exists not to do, and it encodes the whole catalogue at
+    every step.
+    """
+    return "full" if model.item_tower is not None else "in_batch"
+
+
+@register_objective
+class NextItemLoss(Objective):
     """Softmax cross-entropy of the next item over the batch's candidate items, with history masking.
 
     The candidates are the batch's distinct items (in-batch softmax, with the popularity correction when enabled)
@@ -96,9 +114,35 @@ class NextItemLoss(nn.Module):
     attached to the graph).
     """
 
+    name: ClassVar[str] = "rec"
+    options_key: ClassVar[str] = "next_item"
+    config_class: ClassVar[type[BaseModel]] = NextItemConfig
+    pretrain_weight: ClassVar[float] = 1.0
+    finetune_weight: ClassVar[float] = 1.0
+    weight_description: ClassVar[str] = "Weight of the next-item (recommendation) loss."
+    options_description: ClassVar[str] = "Next-item prediction options."
+
     def __init__(self, config: NextItemConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else NextItemConfig()
+
+    @classmethod
+    def resolve_options(cls, options: NextItemConfig, model: PMMRec) -> NextItemConfig:
+        """`softmax: auto` decided for this model (`default_softmax`)."""
+        if options.softmax != "auto":
+            return options
+        return options.model_copy(update={"softmax": default_softmax(model)})
+
+    @classmethod
+    def lists_every_item(cls, options: NextItemConfig) -> bool:
+        return options.softmax == "full"
+
+    def step_loss(self, step: TrainingStep) -> Tensor:
+        # State l predicts slot l + 1; the target slot has no successor, so its state is a zero column.
+        states = step.states
+        padded = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], dim=1)
+        batch = step.batch
+        return self(padded, step.candidates, batch.slot_index, batch.seq_mask, step.candidate_ids, step.log_popularity)
 
     def forward(
         self,

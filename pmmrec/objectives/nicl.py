@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from pmmrec.objectives.base import Objective, register_objective
 from pmmrec.objectives.next_item import check_slot_batch, user_item_membership
+from pmmrec.slots import MODALITY_SLOTS
+
+if TYPE_CHECKING:
+    from pmmrec.model import PMMRec
+    from pmmrec.objectives.step import TrainingStep
 
 
 class NICLConfig(BaseModel):
@@ -85,7 +93,8 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
-class NICLLoss(nn.Module):
+@register_objective
+class NICLLoss(Objective):
     """Multi-positive, symmetric text<->image InfoNCE over the items of a batch, with next-item positives.
 
     Anchors are every valid slot (b,l), once with the text representation t(i) of its item i and once
@@ -103,12 +112,34 @@ class NICLLoss(nn.Module):
     both directions (0 when the batch has no valid slot).
     """
 
+    name: ClassVar[str] = "nicl"
+    options_key: ClassVar[str] = "nicl"
+    config_class: ClassVar[type[BaseModel]] = NICLConfig
+    pretrain_weight: ClassVar[float] = 0.4
+    weight_description: ClassVar[str] = "Weight of NICL (cross-modal contrastive loss)."
+    options_description: ClassVar[str] = "NICL options."
+    needs_modalities: ClassVar[frozenset[str]] = frozenset(MODALITY_SLOTS)  # contrasts text with image states
+    skip_notice: ClassVar[str] = (
+        "NICL skipped: it needs both a text and a vision encoder (train with --modality text --modality vision "
+        "on a dataset with images.lmdb, e.g. one built by `pmmrec data movielens --images synthetic`)"
+    )
+    reads_item_states: ClassVar[bool] = True
+
     def __init__(self, hidden_dim: int, config: NICLConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else NICLConfig()
         out_dim = self.config.projection_dim if self.config.projection_dim is not None else hidden_dim
         self.text_head = ProjectionHead(hidden_dim, out_dim)
         self.image_head = ProjectionHead(hidden_dim, out_dim)
+
+    @classmethod
+    def build(cls, model: PMMRec, options: NICLConfig) -> NICLLoss:
+        return cls(model.dim, options)
+
+    def step_loss(self, step: TrainingStep) -> Tensor:
+        items = step.items
+        assert items.text_pooled is not None and items.image_pooled is not None
+        return self(items.text_pooled, items.image_pooled, step.batch.slot_index, step.batch.seq_mask)
 
     def forward(self, text_repr: Tensor, image_repr: Tensor, slot_index: Tensor, seq_mask: Tensor) -> Tensor:
         """Scalar loss from per-item pooled text [U,d] and image [U,d] representations of the batch."""

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+
+from pmmrec.objectives.base import Objective, register_objective
+
+if TYPE_CHECKING:
+    from pmmrec.model import PMMRec
+    from pmmrec.objectives.step import TrainingStep
 
 
 class NIDConfig(BaseModel):
@@ -18,7 +26,8 @@ class NIDConfig(BaseModel):
     )
 
 
-class NIDLoss(nn.Module):
+@register_objective
+class NIDLoss(Objective):
     """Per-position binary head Linear(d,1) on the user states of the corrupted sequence.
 
     The state at position l (which, under the causal mask, has seen the item at l and its history) predicts
@@ -26,10 +35,25 @@ class NIDLoss(nn.Module):
     (0 when there are none).
     """
 
+    name: ClassVar[str] = "nid"
+    options_key: ClassVar[str] = "nid"
+    config_class: ClassVar[type[BaseModel]] = NIDConfig
+    pretrain_weight: ClassVar[float] = 0.1
+    weight_description: ClassVar[str] = "Weight of NID (noised item detection); project default."
+    options_description: ClassVar[str] = "NID options (corruption rate, also used by RCL)."
+
     def __init__(self, hidden_dim: int, config: NIDConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else NIDConfig()
         self.head = nn.Linear(hidden_dim, 1)
+
+    @classmethod
+    def build(cls, model: PMMRec, options: NIDConfig) -> NIDLoss:
+        return cls(model.dim, options)
+
+    def step_loss(self, step: TrainingStep) -> Tensor:
+        corrupted_states, noise = step.corrupted()
+        return self(corrupted_states, noise, step.input_mask)
 
     def forward(self, corrupted_states: Tensor, noise_labels: Tensor, seq_mask: Tensor) -> Tensor:
         """Scalar loss from states [B,S,d], labels Bool [B,S] and the validity mask Bool [B,S]."""

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
+from torch import Tensor
+
+from pmmrec.objectives.base import Objective, register_objective
+
+if TYPE_CHECKING:
+    from pmmrec.objectives.step import TrainingStep
 
 
 class RCLConfig(BaseModel):
@@ -16,7 +23,8 @@ class RCLConfig(BaseModel):
     temperature: float = Field(0.1, gt=0.0, le=100.0, description="tau dividing the cosine similarities.")
 
 
-class RCLLoss(nn.Module):
+@register_objective
+class RCLLoss(Objective):
     """Symmetric InfoNCE between the clean and corrupted user representations (last valid position).
 
     Row b of the similarity matrix is clean user b against every corrupted user; the positive is the
@@ -24,9 +32,22 @@ class RCLLoss(nn.Module):
     averaged. With B = 1 the loss is 0; with B = 0 it is 0 as well.
     """
 
+    name: ClassVar[str] = "rcl"
+    options_key: ClassVar[str] = "rcl"
+    config_class: ClassVar[type[BaseModel]] = RCLConfig
+    pretrain_weight: ClassVar[float] = 0.1
+    weight_description: ClassVar[str] = "Weight of RCL (robustness contrastive); project default."
+    options_description: ClassVar[str] = "RCL options."
+
     def __init__(self, config: RCLConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else RCLConfig()
+
+    def step_loss(self, step: TrainingStep) -> Tensor:
+        """Clean against corrupted user state after the last input slot, for users whose last slot is real."""
+        valid = step.input_mask[:, -1]
+        corrupted_states, _ = step.corrupted()
+        return self(step.states[valid, -1], corrupted_states[valid, -1])
 
     def forward(self, clean_user: Tensor, corrupted_user: Tensor) -> Tensor:
         """Scalar loss from clean [B,d] and corrupted [B,d] user vectors."""

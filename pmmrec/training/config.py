@@ -6,16 +6,15 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
-from pmmrec.objectives import NICLConfig, NIDConfig, ObjectiveWeights, RCLConfig
-from pmmrec.objectives.next_item import NextItemConfig
+from pmmrec.objectives import ObjectiveWeights, registered_objectives
+from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOTS
 
-SLOT_NAMES = ("text", "vision", "fusion", "user", "item_tower")
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -23,14 +22,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class ObjectivesConfig(_Strict):
-    """Which losses are trained, with what weight and options."""
+def _objectives_config() -> type[_Strict]:
+    """ObjectivesConfig: the weights, then each registered objective's options under its options key."""
+    names = ", ".join(registered_objectives())
+    fields: dict[str, Any] = {
+        "weights": (ObjectiveWeights, Field(default_factory=ObjectiveWeights, description=f"{names} weights."))
+    }
+    for objective in registered_objectives().values():
+        options = objective.config_class
+        fields[objective.options_key] = (options, Field(default_factory=options, description=objective.options_description))
+    model = create_model("ObjectivesConfig", __base__=_Strict, __module__=__name__, **fields)
+    model.__doc__ = "Which losses are trained, with what weight and options."
+    return model
 
-    weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights, description="rec, nicl, nid, rcl weights.")
-    next_item: NextItemConfig = Field(default_factory=NextItemConfig, description="Next-item prediction options.")
-    nicl: NICLConfig = Field(default_factory=NICLConfig, description="NICL options.")
-    nid: NIDConfig = Field(default_factory=NIDConfig, description="NID options (corruption rate, also used by RCL).")
-    rcl: RCLConfig = Field(default_factory=RCLConfig, description="RCL options.")
+
+ObjectivesConfig = _objectives_config()
 
 
 class ModelConfig(_Strict):
@@ -40,7 +46,7 @@ class ModelConfig(_Strict):
     vision: str | None = Field(default=None, description="Vision encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
     fusion: str | None = Field(default=None, description="Fusion reference (created fresh when absent).")
     user: str | None = Field(default=None, description="User encoder reference (created fresh when absent).")
-    modalities: list[Literal["text", "vision"]] | None = Field(
+    modalities: list[Literal[MODALITY_SLOTS]] | None = Field(
         default=None,
         description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset with "
         "images: text and vision).",
@@ -189,7 +195,8 @@ class TrainConfig(_Strict):
 
 def finetune_defaults() -> dict[str, Any]:
     """Fine-tuning trains next-item prediction alone unless asked otherwise (method.md, section 3)."""
-    return {"mode": "finetune", "objectives": {"weights": {"rec": 1.0, "nicl": 0.0, "nid": 0.0, "rcl": 0.0}}}
+    weights = {name: objective.finetune_weight for name, objective in registered_objectives().items()}
+    return {"mode": "finetune", "objectives": {"weights": weights}}
 
 
 def pretrain_defaults() -> dict[str, Any]:
@@ -239,9 +246,9 @@ def load_train_config(
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{source}: invalid training config: {problems}") from None
     unknown_slots = set(config.component_lr) | set(config.freeze)
-    unknown_slots -= set(SLOT_NAMES)
+    unknown_slots -= set(SLOTS)
     if unknown_slots:
-        raise ConfigError(f"{source}: unknown component(s) {sorted(unknown_slots)}; expected {', '.join(SLOT_NAMES)}")
+        raise ConfigError(f"{source}: unknown component(s) {sorted(unknown_slots)}; expected {', '.join(SLOTS)}")
     return config
 
 
@@ -259,17 +266,12 @@ def dump_train_config(config: TrainConfig) -> str:
 # The flat options of `pmmrec pretrain` / `pmmrec finetune` and of `pmmrec.api.pretrain` / `finetune`, each mapped to
 # its place in TrainConfig. Their help texts are the config fields' own descriptions.
 TRAIN_OPTIONS: dict[str, str] = {
-    "text": "model.text",
-    "vision": "model.vision",
-    "fusion": "model.fusion",
-    "user": "model.user",
+    **{slot: f"model.{slot}" for slot in REFERENCE_SLOTS},
     "modality": "model.modalities",
     "item_tower": "model.item_tower",
-    "text_backbone": "model.text_backbone",
-    "vision_backbone": "model.vision_backbone",
+    **{f"{slot}_backbone": f"model.{slot}_backbone" for slot in MODALITY_SLOTS},
     "dim": "model.dim",
-    "text_trainable_layers": "model.text_trainable_layers",
-    "vision_trainable_layers": "model.vision_trainable_layers",
+    **{f"{slot}_trainable_layers": f"model.{slot}_trainable_layers" for slot in MODALITY_SLOTS},
     "epochs": "epochs",
     "max_epochs": "max_epochs",
     "batch_size": "batch_size",
@@ -284,10 +286,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "fresh_lr": "fresh_lr",
     "pretrained_lr": "pretrained_lr",
     "dropout": "model.dropout",
-    "rec_weight": "objectives.weights.rec",
-    "nicl_weight": "objectives.weights.nicl",
-    "nid_weight": "objectives.weights.nid",
-    "rcl_weight": "objectives.weights.rcl",
+    **{f"{name}_weight": f"objectives.weights.{name}" for name in registered_objectives()},
     "seed": "seed",
     "device": "device",
     "precision": "precision",

@@ -1,111 +1,119 @@
-"""The training module: the model plus the objective heads; forward(batch) returns every active loss (what DDP wraps)."""
+"""The training module: the model plus the objective heads; forward(batch) returns every active loss (what DDP wraps).
+
+The objectives come from their registry (`pmmrec.objectives`): each active one is built for the model and reads
+what it needs of the step (`TrainingStep`); this module only computes what they share.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from pmmrec.data import SequenceBatch
 from pmmrec.model import ItemEncoding, PMMRec
-from pmmrec.objectives import NextItemLoss, NICLLoss, NIDLoss, RCLLoss, corrupt_slots
+from pmmrec.objectives import Objective, TrainingStep, registered_objectives
 from pmmrec.prefix_cache import FrozenPrefixCache
+from pmmrec.slots import ITEM_SIDE_SLOTS
 from pmmrec.training.config import TrainConfig
 
 
 class TrainingModule(nn.Module):
-    """The model plus the objective heads; forward(batch) returns every active loss (what DDP wraps)."""
+    """The model plus the objective heads; forward(batch) returns every active loss (what DDP wraps).
 
-    def __init__(self, model: PMMRec, config: TrainConfig, log_popularity: torch.Tensor) -> None:
+    `prefix_cache`: frozen-prefix outputs used instead of running the encoders' frozen bottoms; `gather_negatives`:
+    other processes' batch items join the next-item softmax. An active objective is an attribute under its options
+    key (`module.nicl`), an inactive one None there.
+    """
+
+    def __init__(
+        self,
+        model: PMMRec,
+        config: TrainConfig,
+        log_popularity: torch.Tensor,
+        *,
+        prefix_cache: FrozenPrefixCache | None = None,
+        gather_negatives: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         objectives = config.objectives
         weights = objectives.weights
-        both = model.modalities == frozenset({"text", "vision"})
-        if weights.nicl > 0 and not both:  # NICL is skipped (the Trainer prints a notice): drop its weight
-            weights = weights.model_copy(update={"nicl": 0.0})
+        self.notices: list[str] = []  # objectives skipped because the model lacks what they need
+        self.options: dict[str, Any] = {}  # each objective's options as this model trains with them
+        self.active: dict[str, Objective] = {}
+        for name, objective in registered_objectives().items():
+            options = objective.resolve_options(getattr(objectives, objective.options_key), model)
+            self.options[objective.options_key] = options
+            if getattr(weights, name) > 0 and not objective.needs_modalities <= model.modalities:
+                weights = weights.model_copy(update={name: 0.0})  # skipped (the Trainer prints the notice)
+                self.notices.append(objective.skip_notice)
+            built = objective.build(model, options) if getattr(weights, name) > 0 else None
+            setattr(self, objective.options_key, built)  # registered as a submodule: its state dict keys
+            if built is not None:
+                self.active[name] = built
         self.weights = weights
-        next_item = objectives.next_item
-        if next_item.softmax == "auto":
-            next_item = next_item.model_copy(update={"softmax": default_softmax(model)})
-        self.next_item = NextItemLoss(next_item)
         # Full softmax: the collator lists every catalogue item as a candidate of every batch.
-        self.full_softmax = next_item.softmax == "full"
-        self.nicl = NICLLoss(model.dim, objectives.nicl) if weights.nicl > 0 and both else None
-        self.nid = NIDLoss(model.dim, objectives.nid) if weights.nid > 0 else None
-        self.rcl = RCLLoss(objectives.rcl) if weights.rcl > 0 else None
-        self.corruption_rate = objectives.nid.corruption_rate
+        self.full_softmax = any(
+            objective.lists_every_item(self.options[objective.options_key])
+            for objective in registered_objectives().values()
+        )
+        # The per-modality item states of every step are read (no per-epoch item table can stand in for them).
+        self.reads_item_states = any(type(objective).reads_item_states for objective in self.active.values())
+        self.corruption_rate = objectives.nid.corruption_rate  # NID's option, which RCL's corruption shares
         self.register_buffer("log_popularity", log_popularity, persistent=False)
-        self.gather_negatives = False
-        self.prefix_cache: FrozenPrefixCache | None = None
+        self.gather_negatives = gather_negatives
+        self.prefix_cache = prefix_cache
         # Catalogue embedding table [N+1, d] used instead of encoding, when the whole item tower is frozen.
         self.item_table: torch.Tensor | None = None
 
     def active_losses(self) -> list[str]:
-        names = ["rec"] if self.weights.rec > 0 else []
-        names += [name for name in ("nicl", "nid", "rcl") if getattr(self, name) is not None]
-        return names
+        """Names of the objectives this module trains, in registration order."""
+        return list(self.active)
 
     def forward(self, batch: SequenceBatch, corruption_seed: int) -> dict[str, torch.Tensor]:
-        model = self.model
-        if self.item_table is not None:  # frozen item tower: rows of this epoch's table, nothing to encode
-            encoded = ItemEncoding(embeddings=self.item_table[batch.unique_items])
-        else:
-            text_prefix = image_prefix = None
-            if self.prefix_cache is not None:
-                text_prefix, image_prefix = self.prefix_cache.lookup(batch)
-            encoded = model.embed_items(
-                batch.text_ids,
-                batch.text_mask,
-                batch.pixel_values,
-                item_indices=batch.unique_items,
-                text_prefix=text_prefix,
-                image_prefix=image_prefix,
-            )
+        encoded = self._encode_items(batch)
         items = encoded.embeddings
         slot_embeddings = items[batch.slot_index] * batch.seq_mask.unsqueeze(-1).to(items.dtype)
-        input_mask = batch.seq_mask[:, :-1]
-        states = model.encode_users(slot_embeddings[:, :-1], input_mask)
-        # State l predicts slot l + 1; the target slot has no successor, so its state is a zero column.
-        padded_states = torch.cat([states, states.new_zeros(states.shape[0], 1, states.shape[2])], dim=1)
-        losses: dict[str, torch.Tensor] = {}
+        states = self.model.encode_users(slot_embeddings[:, :-1], batch.seq_mask[:, :-1])
         candidates, candidate_ids = items, batch.unique_items
         if self.gather_negatives and not self.full_softmax:
             candidates, candidate_ids = gather_candidates(items, batch.unique_items)
-        if self.weights.rec > 0:
-            losses["rec"] = self.next_item(
-                padded_states, candidates, batch.slot_index, batch.seq_mask, candidate_ids, self.log_popularity
-            )
-        if self.nicl is not None:
-            losses["nicl"] = self.nicl(encoded.text_pooled, encoded.image_pooled, batch.slot_index, batch.seq_mask)
-        if self.nid is not None or self.rcl is not None:
-            generator = torch.Generator(device=batch.slot_index.device).manual_seed(corruption_seed)
-            inputs = batch.slot_index[:, :-1]
-            corrupted, noise = corrupt_slots(inputs, input_mask, self.corruption_rate, generator)
-            corrupted_embeddings = items[corrupted] * input_mask.unsqueeze(-1).to(items.dtype)
-            corrupted_states = model.encode_users(corrupted_embeddings, input_mask)
-            if self.nid is not None:
-                losses["nid"] = self.nid(corrupted_states, noise, input_mask)
-            if self.rcl is not None:
-                valid = input_mask[:, -1]
-                losses["rcl"] = self.rcl(states[valid, -1], corrupted_states[valid, -1])
-        return losses
+        step = TrainingStep(
+            batch=batch,
+            items=encoded,
+            states=states,
+            candidates=candidates,
+            candidate_ids=candidate_ids,
+            log_popularity=self.log_popularity,
+            encode_users=self.model.encode_users,
+            corruption_rate=self.corruption_rate,
+            corruption_seed=corruption_seed,
+        )
+        return {name: objective.step_loss(step) for name, objective in self.active.items()}
 
-
-def default_softmax(model: PMMRec) -> str:
-    """The next-item softmax of `softmax: auto`: full for an ID item tower, in-batch for content towers.
-
-    Chosen on validation splits (docs/benchmarks.md): SASRec-ID gains from scoring every item at every step, and
-    its table costs nothing to score. A content tower trained with the full softmax learns to rank items that never
-    occur in training (new items) last, which is what it exists not to do, and it encodes the whole catalogue at
-    every step.
-    """
-    return "full" if model.item_tower is not None else "in_batch"
+    def _encode_items(self, batch: SequenceBatch) -> ItemEncoding:
+        """The batch's distinct items: rows of this epoch's table when the item tower is frozen, else encoded
+        (from cached frozen prefixes where there are some)."""
+        if self.item_table is not None:
+            return ItemEncoding(embeddings=self.item_table[batch.unique_items])
+        text_prefix = image_prefix = None
+        if self.prefix_cache is not None:
+            text_prefix, image_prefix = self.prefix_cache.lookup(batch)
+        return self.model.embed_items(
+            batch.text_ids,
+            batch.text_mask,
+            batch.pixel_values,
+            item_indices=batch.unique_items,
+            text_prefix=text_prefix,
+            image_prefix=image_prefix,
+        )
 
 
 def item_tower_frozen(model: PMMRec) -> bool:
     """True when no parameter of the item tower (text, vision, fusion or ID tower) is trained."""
-    slots = ("text", "vision", "fusion", "item_tower")
-    components = [getattr(model, slot) for slot in slots if getattr(model, slot) is not None]
+    components = [getattr(model, slot) for slot in ITEM_SIDE_SLOTS if getattr(model, slot) is not None]
     return not any(parameter.requires_grad for component in components for parameter in component.parameters())
 
 
