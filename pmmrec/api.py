@@ -222,6 +222,7 @@ def evaluate(
         from pmmrec.inference import evaluate_split, make_collator
 
         assert loaded is not None
+        loaded.bind_catalogue(dataset.item_ids)
         result = evaluate_split(
             loaded, split_data, split, make_collator(loaded, dataset), dataset.num_items, context.device, context,
             ks=tuple(ks), progress=progress, max_length=max_length, exclude_history=history == "exclude",
@@ -273,11 +274,8 @@ def recommend(
         if loaded.vision is not None:
             raise ConfigError("--items: this model reads images; extra items need images (add them to the dataset instead)")
         extra_ids, extra_texts = read_items_tsv(extra_items)
-        clashes = sorted(set(extra_ids) & set(dataset.item_ids))
-        if clashes:
-            raise ConfigError(f"{extra_items}: item ids already in the dataset: {clashes[:5]}")
-        dataset.item_ids = dataset.item_ids + extra_ids
-        dataset.item_texts = dataset.item_texts + extra_texts
+        dataset = dataset.with_extra_items(extra_ids, extra_texts, source=str(extra_items))
+    loaded.bind_catalogue(dataset.item_ids)
     index = dataset.item_index()
     if user is not None:
         try:

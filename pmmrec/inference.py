@@ -26,6 +26,7 @@ from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
 from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets
 from pmmrec.model import PMMRec
+from pmmrec.modes import eval_mode
 from pmmrec.paths import cache_root
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
 from pmmrec.ranking import NO_ITEM, csr
@@ -46,10 +47,9 @@ def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None
 def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
     """Inputs of the model's modalities for this dataset's catalogue (tokens once, images from the LMDB).
 
-    An ID item tower is bound to the catalogue here: its rows are looked up by item id, never by position.
+    Changes nothing in the model: an ID model reads this catalogue once `model.bind_catalogue(dataset.item_ids)`
+    has mapped its item ids onto the tower's rows.
     """
-    if model.item_tower is not None:
-        model.item_tower.bind_catalogue(dataset.item_ids)
     text_ids, text_mask = tokenize_texts(model, dataset.item_texts)
     image_store = None
     image_size = 224
@@ -71,16 +71,14 @@ def encode_catalogue(
     progress: bool = False,
 ) -> torch.Tensor:
     """Item embedding table [N+1, d] (row 0 = padding, zeros), each item encoded once in large batches."""
-    was_training = model.training
-    model.eval()
     table = torch.zeros(num_items + 1, model.dim, device=device)
     order = catalogue_order(collator, num_items)
     starts = range(0, num_items, batch_size)
-    for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False, unit="batch"):
-        batch = collator.collate_items(order[start : start + batch_size]).to(device)
-        encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
-        table[batch.items] = encoded.embeddings.float()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False, unit="batch"):
+            batch = collator.collate_items(order[start : start + batch_size]).to(device)
+            encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
+            table[batch.items] = encoded.embeddings.float()
     return table
 
 
@@ -169,10 +167,8 @@ def evaluate_split(
     block = default_block_columns(device, batch_size, num_items + 1)
     chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
     writer = PartWriter(store, flush_seconds)
-    was_training = model.training
-    model.eval()
     local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
-    with tqdm(
+    with eval_mode(model), tqdm(
         total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
         disable=not show, leave=False, smoothing=0.1,
     ) as bar:  # fmt: skip
@@ -188,7 +184,6 @@ def evaluate_split(
             writer.add(pending[start:stop], local_ranks[start:stop])
             bar.update(stop - start)
     writer.flush()
-    model.train(was_training)
     mine = (pending, local_ranks)
     ranks_all = np.zeros(len(targets), dtype=np.int64)
     ranks_all[done_users] = done_ranks

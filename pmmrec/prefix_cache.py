@@ -24,6 +24,7 @@ import torch
 from pmmrec.components import ItemEncoder, TextEncoder
 from pmmrec.data import BatchCollator, ItemBatch, SequenceBatch
 from pmmrec.model import PMMRec
+from pmmrec.modes import eval_mode
 from pmmrec.paths import cache_root
 
 # Above this many bytes (fp32 in memory), prefixes go to a memory-mapped fp16 file instead.
@@ -169,34 +170,36 @@ class FrozenPrefixCache:
         Items go in chunks of similar text length, so the fusion pads little too.
         """
         assert self._collator is not None
-        was_training = model.training
-        model.eval()
         table = torch.zeros(self._num_items + 1, model.dim, device=self.device)
         order = catalogue_order(self._collator, self._num_items)
-        for start in range(0, self._num_items, batch_size):
-            batch = self._collator.collate_items(
-                order[start : start + batch_size], include_images=not self.caches_image
-            )
-            items = batch.items
-            text_prefix = None
-            if self.caches_text:
-                assert batch.text_mask is not None
-                batch.text_mask = _trim(batch.text_mask)
-                batch.text_ids = batch.text_ids[:, : batch.text_mask.shape[1]] if batch.text_ids is not None else None
-                text_prefix = self.text_rows(items, batch.text_mask)
-            image_prefix = self._rows(self.image_prefix, items, torch.float32) if self.caches_image else None
-            batch = batch.to(self.device)
-            encoded = model.embed_items(
-                batch.text_ids,
-                batch.text_mask,
-                batch.pixel_values,
-                item_indices=batch.items,
-                text_prefix=text_prefix,
-                image_prefix=image_prefix,
-            )
-            table[batch.items] = encoded.embeddings.float()
-        model.train(was_training)
+        with eval_mode(model):
+            for start in range(0, self._num_items, batch_size):
+                items, embeddings = self._encode_chunk(model, order[start : start + batch_size])
+                table[items] = embeddings.float()
         return table
+
+    def _encode_chunk(self, model: PMMRec, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(catalogue indices on the device, their embeddings) of one chunk, from cached prefixes."""
+        assert self._collator is not None
+        batch = self._collator.collate_items(indices, include_images=not self.caches_image)
+        items = batch.items
+        text_prefix = None
+        if self.caches_text:
+            assert batch.text_mask is not None
+            batch.text_mask = _trim(batch.text_mask)
+            batch.text_ids = batch.text_ids[:, : batch.text_mask.shape[1]] if batch.text_ids is not None else None
+            text_prefix = self.text_rows(items, batch.text_mask)
+        image_prefix = self._rows(self.image_prefix, items, torch.float32) if self.caches_image else None
+        batch = batch.to(self.device)
+        encoded = model.embed_items(
+            batch.text_ids,
+            batch.text_mask,
+            batch.pixel_values,
+            item_indices=batch.items,
+            text_prefix=text_prefix,
+            image_prefix=image_prefix,
+        )
+        return batch.items, encoded.embeddings
 
 
 def catalogue_order(collator: BatchCollator, num_items: int) -> list[int]:

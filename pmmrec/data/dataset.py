@@ -18,7 +18,7 @@ import os
 import re
 from array import array
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore
 from pmmrec.data.ragged import RaggedArray, total_length
-from pmmrec.errors import DatasetError
+from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import open_regular_file, sha256_file
 from pmmrec.jsonfile import read_json_file
 from pmmrec.recovery import recover
@@ -92,6 +92,14 @@ class Dataset:
     def image_store(self) -> ImageStore | None:
         """A lazily opened reader of the dataset's images, or None without images."""
         return None if self.images_path is None else ImageStore(self.images_path)
+
+    def with_extra_items(self, item_ids: Sequence[str], item_texts: Sequence[str], source: str) -> Dataset:
+        """A copy whose catalogue has these items appended after its own (users and images as they are); this
+        dataset is left unchanged. Ids already in the catalogue are refused, naming `source`."""
+        clashes = sorted(set(item_ids) & set(self.item_ids))
+        if clashes:
+            raise ConfigError(f"{source}: item ids already in the dataset: {clashes[:5]}")
+        return replace(self, item_ids=[*self.item_ids, *item_ids], item_texts=[*self.item_texts, *item_texts])
 
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a users.tsv line of millions of interactions still fits

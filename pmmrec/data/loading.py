@@ -10,6 +10,7 @@ with DataLoader workers (fork or spawn) and with DistributedSampler.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Sequence
@@ -227,7 +228,9 @@ class BatchCollator:
     item_ids: catalogue item ids (index i + 1 -> item_ids[i]), used to look images up;
     text_ids / text_mask: the token cache from tokenize_catalogue, or None without text;
     image_store: an ImageStore or None without images; image_size: side of the returned square images;
-    pixel_cache_bytes: budget of the per-process cache of decoded images (0: decode every time).
+    pixel_cache_bytes: budget of the per-process cache of decoded images (0: decode every time);
+    all_items_as_candidates: training batches list every catalogue item as a candidate (the full-softmax loss), not
+    only their own; include_images: False when a frozen-prefix cache already holds every image input.
     """
 
     def __init__(
@@ -239,6 +242,8 @@ class BatchCollator:
         image_size: int = 224,
         *,
         pixel_cache_bytes: int = DEFAULT_PIXEL_CACHE_BYTES,
+        all_items_as_candidates: bool = False,
+        include_images: bool = True,
     ) -> None:
         if (text_ids is None) != (text_mask is None):
             raise ConfigError("text_ids and text_mask must both be given or both be None")
@@ -253,10 +258,17 @@ class BatchCollator:
         self.text_mask = text_mask
         self.image_store = image_store
         self.image_preprocessor = ImagePreprocessor(image_size)
-        self.include_images = True  # switched off when a frozen-prefix cache already holds every image input
-        # Training batches list every catalogue item as a candidate (the full-softmax loss), not only their own.
-        self.all_items_as_candidates = False
+        self.include_images = include_images
+        self.all_items_as_candidates = all_items_as_candidates
         self.pixel_cache = PixelCache(pixel_cache_bytes)  # decoded images of popular items, per process
+
+    def with_options(self, *, all_items_as_candidates: bool, include_images: bool) -> BatchCollator:
+        """A collator over the same catalogue inputs (token rows, image store, decoded-image cache) whose batches
+        follow these options; this one is left as it is."""
+        changed = copy.copy(self)
+        changed.all_items_as_candidates = all_items_as_candidates
+        changed.include_images = include_images
+        return changed
 
     @property
     def image_size(self) -> int:

@@ -40,10 +40,11 @@ from pmmrec.hub import publish_to_local_cache
 from pmmrec.inference import evaluate_split, make_collator
 from pmmrec.model import PMMRec
 from pmmrec.references import format_hub_reference
+from pmmrec.slots import content_model_slots
 from pmmrec.training.jobs import train
 
 HUB_ORG = "pmmrec-demo"
-PUBLISHED_SLOTS = ("text", "fusion", "user")
+PUBLISHED_SLOTS = content_model_slots(["text"])  # what the text pre-training run writes: text, fusion and user
 ROW_ORDER = ("popularity", "content-knn", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
 MARKER = ".pmmrec-demo"
 DEMO_FOLDERS = ("data", "runs", "models", "hub-cache")
@@ -88,6 +89,7 @@ def target_statistics(dataset: Dataset, min_length: int = 3) -> dict[str, Any]:
 def model_ranks(model: PMMRec, dataset: Dataset, which: str, max_length: int) -> np.ndarray:
     """Per-user ranks of a model on the valid or test split (full ranking, history excluded), where the model is."""
     split = leave_one_out(dataset.sequences)
+    model.bind_catalogue(dataset.item_ids)
     collator = make_collator(model, dataset)
     return evaluate_split(model, split, which, collator, dataset.num_items, model.device, max_length=max_length).ranks
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
 from pmmrec.errors import ArtefactError, AssemblyError, ConfigError
 from pmmrec.fileio import atomic_directory, sha256_file
-from pmmrec.model.assembly import SLOT_KINDS, ComponentLike, assemble_parts, check_compatible
+from pmmrec.model.assembly import ComponentLike, assemble_parts, check_compatible
 from pmmrec.model.manifest import (
     MANIFEST_FILE,
     ComponentSource,
@@ -30,8 +30,10 @@ from pmmrec.model.manifest import (
     source_of,
     write_manifest,
 )
+from pmmrec.modes import eval_mode
 from pmmrec.ranking import NO_ITEM, csr, top_k
 from pmmrec.references import resolve_reference
+from pmmrec.slots import SLOTS, modalities_of
 
 
 @dataclass
@@ -56,7 +58,7 @@ class PMMRec(nn.Module):
         sources: dict[str, ComponentSource] | None = None,
     ) -> None:
         super().__init__()
-        check_compatible(text=text, vision=vision, fusion=fusion, user=user, item_tower=item_tower)
+        check_compatible({"text": text, "vision": vision, "fusion": fusion, "user": user, "item_tower": item_tower})
         self.text = text
         self.vision = vision
         self.fusion = fusion
@@ -69,7 +71,7 @@ class PMMRec(nn.Module):
 
     def components(self) -> dict[str, Component]:
         """The present components by slot name."""
-        slots = {slot: getattr(self, slot) for slot in SLOT_KINDS}
+        slots = {slot: getattr(self, slot) for slot in SLOTS}
         return {slot: component for slot, component in slots.items() if component is not None}
 
     @property
@@ -90,6 +92,15 @@ class PMMRec(nn.Module):
     def device(self) -> torch.device:
         """Where the model's parameters are."""
         return next(self.parameters()).device
+
+    def bind_catalogue(self, item_ids: Sequence[str]) -> None:
+        """Read a dataset's catalogue indices (1..N, in `item_ids` order) from now on.
+
+        An ID item tower looks its rows up by item id, never by position (and refuses ids it has no row for); a
+        content model reads items by their content, so there is nothing to bind.
+        """
+        if self.item_tower is not None:
+            self.item_tower.bind_catalogue(item_ids)
 
     # ---- forward pieces -----------------------------------------------------------------------
 
@@ -115,20 +126,18 @@ class PMMRec(nn.Module):
             raise ConfigError("this model reads item images: give images= (None for an item without one)")
         if texts is not None and images is not None and len(texts) != len(images):
             raise ConfigError(f"{len(texts)} texts but {len(images)} images")
-        was_training = self.training
-        self.eval()
         device = self.device
         out = torch.zeros(count, self.dim, device=device)
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            text_ids = text_mask = pixels = None
-            if self.text is not None and texts is not None:
-                text_ids, text_mask = self.text.tokenize(list(texts[start:stop]))
-                text_ids, text_mask = text_ids.to(device), text_mask.to(device)
-            if self.vision is not None and images is not None:
-                pixels = self.vision.preprocessor(list(images[start:stop])).to(device)
-            out[start:stop] = self.embed_items(text_ids, text_mask, pixels).embeddings.float()
-        self.train(was_training)
+        with eval_mode(self):
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                text_ids = text_mask = pixels = None
+                if self.text is not None and texts is not None:
+                    text_ids, text_mask = self.text.tokenize(list(texts[start:stop]))
+                    text_ids, text_mask = text_ids.to(device), text_mask.to(device)
+                if self.vision is not None and images is not None:
+                    pixels = self.vision.preprocessor(list(images[start:stop])).to(device)
+                out[start:stop] = self.embed_items(text_ids, text_mask, pixels).embeddings.float()
         return out
 
     @torch.inference_mode()
@@ -148,17 +157,15 @@ class PMMRec(nn.Module):
         count = candidates.shape[0]
         if any(not 0 <= int(index) < count for index in history):
             raise ConfigError(f"history indices must lie in 0..{count - 1} (rows of candidates)")
-        was_training = self.training
-        self.eval()
         device = self.device
         table = torch.cat([candidates.new_zeros(1, self.dim), candidates]).to(device=device, dtype=torch.float32)
         window = torch.tensor([[int(index) + 1 for index in history][-self.max_length :]], device=device)
-        state = self.encode_users(table[window], torch.ones_like(window, dtype=torch.bool))[:, -1].float()
+        with eval_mode(self):
+            state = self.encode_users(table[window], torch.ones_like(window, dtype=torch.bool))[:, -1].float()
         seen = sorted({int(index) + 1 for index in history}) if exclude_seen else []
         indptr, excluded = csr([seen])
         scores, indices = top_k(state, table, k, indptr, excluded)
         keep = indices[0] != NO_ITEM
-        self.train(was_training)
         return scores[0][keep], indices[0][keep] - 1
 
     def embed_items(
@@ -321,14 +328,6 @@ class PMMRec(nn.Module):
             raise ArtefactError(f"{resolved.path / MANIFEST_FILE}: {exc}") from None
         model.eval()
         return model
-
-
-def modalities_of(slots: Iterable[str]) -> frozenset[str]:
-    """The item modalities of a model with these component slots: {'id'} with an ID item tower, else the encoders'."""
-    present = set(slots)
-    if "item_tower" in present:
-        return frozenset({"id"})
-    return frozenset(slot for slot in ("text", "vision") if slot in present)
 
 
 def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, unverified: bool = False) -> Component:

@@ -123,6 +123,7 @@ def build_service(
             log.info("catalogue table read from the cache (%s items)", dataset.num_items)
     if table is None:
         whole = served.model()
+        whole.bind_catalogue(dataset.item_ids)
         collator = make_collator(whole, dataset)
         table = encode_catalogue(whole, collator, dataset.num_items, device, batch_size=batch_size, progress=progress)
         if state is not None and key is not None and parts is not None:

@@ -98,25 +98,14 @@ class Trainer:
                 raise ConfigError(f"--freeze {slot}: the model has no {slot} component")
             component.requires_grad_(False)
         self.model = model.to(self.device)
-        self.collator: BatchCollator = make_collator(model, dataset)
+        model.bind_catalogue(dataset.item_ids)
         # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
         self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
-        self.module = TrainingModule(model, config, log_popularity_from_counts(counts)).to(self.device)
-        self.collator.all_items_as_candidates = self.module.full_softmax
-        self.module.gather_negatives = config.gather_negatives and self.context.enabled
-        self.notices: list[str] = []
-        if config.objectives.weights.nicl > 0 and self.module.nicl is None:
-            self.notices.append(
-                "NICL skipped: it needs both a text and a vision encoder (train with --modality text --modality vision "
-                "on a dataset with images.lmdb, e.g. one built by `pmmrec data movielens --images synthetic`)"
-            )
-        if config.cache_frozen:
-            self.module.prefix_cache = FrozenPrefixCache.for_model(model, self.collator, self.device)
-            if self.module.prefix_cache is not None and self.module.prefix_cache.caches_image:
-                self.collator.include_images = False  # the cache already holds every image's frozen prefix
-        # A frozen item tower (NICL off: it needs per-modality states) is encoded once per epoch into a table.
-        self.table_per_epoch = item_tower_frozen(model) and self.module.nicl is None
+        self.module, self.collator = self._build_module(model, dataset, log_popularity_from_counts(counts))
+        self.notices: list[str] = list(self.module.notices)
+        # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
+        self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
@@ -136,6 +125,26 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    def _build_module(
+        self, model: PMMRec, dataset: Dataset, log_popularity: torch.Tensor
+    ) -> tuple[TrainingModule, BatchCollator]:
+        """The training module (frozen-prefix cache, gathered negatives) and the batch collator it trains on, each
+        built with its settings: batches list every item under the full softmax, and carry no images when the
+        cache holds every image's frozen prefix."""
+        inputs = make_collator(model, dataset)
+        cache = FrozenPrefixCache.for_model(model, inputs, self.device) if self.config.cache_frozen else None
+        module = TrainingModule(
+            model,
+            self.config,
+            log_popularity,
+            prefix_cache=cache,
+            gather_negatives=self.config.gather_negatives and self.context.enabled,
+        ).to(self.device)
+        collator = inputs.with_options(
+            all_items_as_candidates=module.full_softmax, include_images=cache is None or not cache.caches_image
+        )
+        return module, collator
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -369,7 +378,7 @@ class Trainer:
             "world_size": self.context.world_size,
             "gather_negatives": self.module.gather_negatives,
             "objectives": self.module.active_losses(),
-            "softmax": self.module.next_item.config.softmax,
+            "softmax": self.module.options["next_item"].softmax,
             "learning_rates": self.learning_rates,
             "split": self.config.split_record(),
             "train_windows": len(self.train_set),
