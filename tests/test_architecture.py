@@ -188,6 +188,123 @@ def test_the_slot_literal_check_catches_one(tmp_path: Path) -> None:
     assert [line.removeprefix(f"{bad}:").split(":")[0] for line in found] == ["1", "2", "3"], found
 
 
+def test_everything_keyed_by_slot_follows_the_table() -> None:
+    """The kind classes, the model, the manifest schema, the training config and `pmmrec init` cover exactly the
+    table's slots, each found by name (a slot added to the table and missing in one of them fails here)."""
+    from typing import get_args
+
+    from pmmrec.cli_options import KindChoice
+    from pmmrec.components import KINDS, SLOT_KINDS
+    from pmmrec.model import PMMRec
+    from pmmrec.schemas import ManifestFile
+    from pmmrec.slots import INIT_KINDS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT_TABLE, SLOTS
+    from pmmrec.training.config import ModelConfig
+
+    for slot in SLOT_TABLE:
+        assert SLOT_KINDS[slot.name] is KINDS[slot.kind] and KINDS[slot.kind].kind == slot.type_prefix
+    assert set(SLOTS) <= set(inspect.signature(PMMRec.__init__).parameters)
+    assert set(SLOTS) <= set(inspect.signature(PMMRec.assemble).parameters)
+    (slot_literal, _entry) = get_args(ManifestFile.model_fields["components"].annotation)
+    assert get_args(slot_literal) == SLOTS
+    fields = set(ModelConfig.model_fields)
+    assert set(REFERENCE_SLOTS) <= fields
+    assert {f"{slot}_{option}" for slot in MODALITY_SLOTS for option in ("backbone", "trainable_layers")} <= fields
+    assert [choice.value for choice in KindChoice] == list(INIT_KINDS) and "id" in KINDS  # `init id`: Python only
+
+
+def test_the_id_kind_creates_the_item_tower() -> None:
+    from pmmrec.components import CreateOptions, ItemTower, create_component
+
+    tower = create_component("id", CreateOptions(dim=8, item_ids=("a", "b")))
+    assert isinstance(tower, ItemTower) and tower.type_name == "item_tower/id"
+
+
+def test_one_eval_mode_helper() -> None:
+    """Nothing outside pmmrec/modes.py saves and restores a module's training flag by hand."""
+    offenders = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}"
+        for name, path in MODULES.items()
+        if name != "pmmrec.modes"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if "was_training" in line
+    ]
+    assert not offenders, offenders
+
+
+def test_eval_mode_restores_the_mode_after_the_block_and_after_an_error() -> None:
+    from torch import nn
+
+    from pmmrec.modes import eval_mode
+
+    module = nn.Dropout()
+    with eval_mode(module) as inside:
+        assert inside is module and not module.training
+    assert module.training
+    module.eval()
+    with eval_mode(module):
+        pass
+    assert not module.training
+    module.train()
+    with pytest.raises(RuntimeError), eval_mode(module):
+        raise RuntimeError("inside")
+    assert module.training
+
+
+# ---- objectives are registered once ------------------------------------------------------------------------------
+
+
+def test_every_registered_objective_is_wired_through_the_registry() -> None:
+    """Weights, options, flags, fine-tuning defaults and the training module all list the registered objectives."""
+    from pmmrec.objectives import ObjectiveWeights, registered_objectives
+    from pmmrec.training.config import TRAIN_OPTIONS, ObjectivesConfig, config_field, finetune_defaults
+
+    objectives = registered_objectives()
+    assert list(objectives) == ["rec", "nicl", "nid", "rcl"]  # registration order: weights, flags, logs
+    assert list(ObjectiveWeights.model_fields) == list(objectives)
+    assert list(ObjectivesConfig.model_fields) == ["weights", *(cls.options_key for cls in objectives.values())]
+    for name, cls in objectives.items():
+        assert ObjectiveWeights.model_fields[name].default == cls.pretrain_weight
+        assert config_field(TRAIN_OPTIONS[f"{name}_weight"]).description == cls.weight_description
+        assert ObjectivesConfig.model_fields[cls.options_key].annotation is cls.config_class
+        assert finetune_defaults()["objectives"]["weights"][name] == cls.finetune_weight
+
+
+def test_a_registered_objective_gets_its_weight() -> None:
+    """A new objective class, once registered, is a field of the weights the registry builds (its default and its
+    description), combined like the others."""
+    from typing import ClassVar
+
+    import torch
+    from pydantic import BaseModel
+
+    from pmmrec.objectives import Objective, register_objective, weights_model
+    from pmmrec.objectives.base import _REGISTRY
+
+    class ToyOptions(BaseModel):
+        scale: float = 1.0
+
+    @register_objective
+    class ToyObjective(Objective):
+        name: ClassVar[str] = "toy"
+        options_key: ClassVar[str] = "toy"
+        config_class: ClassVar[type[BaseModel]] = ToyOptions
+        pretrain_weight: ClassVar[float] = 0.5
+        weight_description: ClassVar[str] = "Weight of the toy loss."
+        options_description: ClassVar[str] = "Toy options."
+
+    try:
+        with pytest.raises(ValueError, match="registered twice"):
+            register_objective(type("Other", (ToyObjective,), {}))
+        weights = weights_model("test weights")()
+        assert weights.active() == ("rec", "nicl", "nid", "rcl", "toy")
+        assert type(weights).model_fields["toy"].description == "Weight of the toy loss."
+        one = torch.tensor(1.0)
+        total = weights.combine({"rec": one, "nicl": one, "nid": one, "rcl": one, "toy": one})
+        assert float(total) == pytest.approx(1.0 + 0.4 + 0.1 + 0.1 + 0.5)
+    finally:
+        _REGISTRY.pop("toy")
+
+
 # ---- the CLI is a table over pmmrec.api -------------------------------------------------------------------------
 
 

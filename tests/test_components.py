@@ -153,6 +153,21 @@ def test_config_document_envelope(fusion: MergeAttentionFusion, tmp_path: Path) 
     assert metadata["format_version"] == str(FORMAT_VERSION)
 
 
+@pytest.mark.parametrize("variant", ["text_only", "vision_only"])
+def test_single_modality_fusions_write_the_config_json_they_always_wrote(variant: str, tmp_path: Path) -> None:
+    """Both types share one implementation now; their artefacts keep their type names and exact config.json text,
+    and a folder of either type loads as that type."""
+    from pmmrec._version import __version__
+    from pmmrec.components import CreateOptions, SingleModalityFusion, create_component, load_component
+
+    folder = create_component("fusion", CreateOptions(dim=24), variant).save_pretrained(tmp_path / variant)
+    expected = {"pmmrec_type": f"fusion/{variant}", "format_version": 1, "pmmrec_version": __version__, "config": {"dim": 24}}
+    assert (folder / "config.json").read_text() == json.dumps(expected, indent=2) + "\n"
+    loaded = load_component(str(folder))
+    assert loaded.type_name == f"fusion/{variant}" and isinstance(loaded, SingleModalityFusion)
+    assert loaded.modalities == {variant.removesuffix("_only")}
+
+
 def test_tokenizer_saved_beside_text_encoder(text_encoder: HFTextEncoder, tmp_path: Path) -> None:
     """tokenizer/ is written beside the weights and tokenizes exactly as the original after reload."""
     folder = text_encoder.save_pretrained(tmp_path / "text")

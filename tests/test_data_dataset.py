@@ -23,7 +23,7 @@ from pmmrec.data import (
     write_dataset,
 )
 from pmmrec.data.image_store import HEADER, IMAGE_MAGIC, write_image_lmdb
-from pmmrec.errors import DatasetError
+from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import sha256_file
 
 ITEMS = [("a", "Alpha movie"), ("b", "Beta film"), ("c", "Gamma show")]
@@ -145,6 +145,16 @@ def test_parsers_used_directly(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"extra\.tsv: no items"):
         path.write_bytes(b"")
         read_items_tsv(path)
+
+
+def test_extra_items_extend_a_copy_and_leave_the_loaded_dataset_alone(tmp_path: Path) -> None:
+    dataset = load_dataset(make_dataset(tmp_path / "ds"))
+    extended = dataset.with_extra_items(["new"], ["A new show"], source="extra.tsv")
+    assert extended.item_ids == ["a", "b", "c", "new"] and extended.item_texts[-1] == "A new show"
+    assert extended.item_index()["new"] == 4 and extended.sequences is dataset.sequences
+    assert dataset.item_ids == ["a", "b", "c"] and len(dataset.item_texts) == 3  # unchanged
+    with pytest.raises(ConfigError, match=r"^extra\.tsv: item ids already in the dataset: \['b'\]$"):
+        dataset.with_extra_items(["b", "new"], ["x", "y"], source="extra.tsv")
 
 
 def test_hash_mismatch_names_the_file(tmp_path: Path) -> None:

@@ -57,6 +57,22 @@ def test_same_ids_in_another_order_give_the_same_recommendations(id_model: tuple
     assert [(r.item_id, round(r.score, 5)) for r in first] == [(r.item_id, round(r.score, 5)) for r in second]
 
 
+def test_make_collator_leaves_the_model_alone_and_binding_is_explicit(
+    id_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from pmmrec.inference import make_collator
+
+    folder, data = id_model
+    reordered = load_dataset(_rewrite(data, tmp_path / "reversed", reverse=True))
+    model = PMMRec.from_pretrained(folder)
+    assert model.item_tower is not None
+    make_collator(model, reordered)
+    assert model.item_tower.row_of is None  # still the tower's own order: nothing bound as a side effect
+    model.bind_catalogue(reordered.item_ids)
+    assert model.item_tower.row_of is not None and model.item_tower.row_of.tolist()[:2] == [0, 30]
+    tiny.text_model().bind_catalogue(["anything"])  # a content model reads items by content: nothing to bind
+
+
 def test_the_tower_maps_ids_to_its_own_rows() -> None:
     tower = tiny.tiny_id_tower(num_items=4)
     tower.bind_catalogue(["item-3", "item-1"])  # a subset, in another order

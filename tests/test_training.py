@@ -419,6 +419,28 @@ def test_a_non_empty_out_is_refused_without_resume(tmp_path: Path, dataset_dir: 
     assert "differs from this run's options in max_steps (1 -> 2)" in output  # names the key and both values
 
 
+def test_build_model_refuses_components_of_different_widths_naming_each(tmp_path: Path, dataset_dir: Path) -> None:
+    from pmmrec.errors import AssemblyError
+
+    text = tiny.tiny_text_encoder().save_pretrained(tmp_path / "text")
+    user = tiny.tiny_user_encoder(dim=16).save_pretrained(tmp_path / "user")
+    spec = ModelConfig(text=str(text), user=str(user), dim=32)  # --dim does not override what the components say
+    with pytest.raises(AssemblyError, match=r"^components disagree on the embedding width: text d=32, user d=16$"):
+        build_model(spec, load_dataset(dataset_dir), MAX_LENGTH, seed=0)
+
+
+def test_the_trainer_builds_its_collator_and_module_configured(tmp_path: Path, image_dataset_dir: Path) -> None:
+    """Full softmax: batches list every item; a prefix cache holding every image: batches carry no pixels."""
+    dataset = load_dataset(image_dataset_dir)
+    full = config("pretrain", max_steps=1, objectives={"next_item": {"softmax": "full"}})
+    trainer = Trainer(text_vision_model(), dataset, full, tmp_path / "run", progress=False)
+    assert trainer.module.full_softmax and trainer.collator.all_items_as_candidates
+    assert trainer.module.prefix_cache is not None and trainer.module.prefix_cache.caches_image
+    assert not trainer.collator.include_images
+    batch = trainer.collator([np.array([1, 2, 3])])
+    assert batch.pixel_values is None and batch.unique_items.tolist() == list(range(1, NUM_ITEMS + 1))
+
+
 def test_trainable_layers_of_a_loaded_encoder_can_be_changed(dataset_dir: Path, components: dict) -> None:
     from pmmrec.data import load_dataset
     from pmmrec.training.jobs import build_model
