@@ -1,9 +1,12 @@
 """PMMRec components: one file per type, all registered under stable type names.
 
-Importing this package registers every built-in type. `create_component` makes a fresh one through the registry;
-`load_component` loads any saved one (its type is read from config.json).
+Importing this package registers every built-in type: every file of the package not named `_private` is imported
+(`_import_type_files`), so a new type is its own file and nothing else. `create_component` makes a fresh one through
+the registry; `load_component` loads any saved one (its type is read from config.json).
 """
 
+import importlib
+import pkgutil
 from typing import Literal
 
 from pydantic import ValidationError
@@ -85,6 +88,16 @@ __all__ = [
     "register_component",
     "registered_types",
 ]
+
+
+def _import_type_files() -> None:
+    """Import every public module of this package, registering the types it defines."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_type_files()
 
 ComponentKind = Literal[KIND_NAMES]
 # The short kind names of `pmmrec init` (pmmrec.slots) -> the kind classes that declare their contracts.
