@@ -20,7 +20,6 @@ class Slot:
     name: str  # PMMRec attribute, pmmrec.json key, training config field
     kind: str  # the kind `pmmrec init` / `create_component` take (`id` for the ID item tower)
     type_prefix: str  # registered type names of this slot's components start with `<type_prefix>/`
-    label: str  # how messages name it
     modality: str | None  # the item input it reads (text, vision, the item id); None: other components' outputs
     item_side: bool  # part of the item tower (frozen with it; encoded once per epoch when all of it is frozen)
     pretrained: bool  # wraps a pretrained backbone (trained at pretrained_lr by default, the rest at fresh_lr)
@@ -40,15 +39,15 @@ class Slot:
 
 
 SLOT_TABLE: tuple[Slot, ...] = (
-    Slot("text", kind="text", type_prefix="text_encoder", label="text encoder", modality="text",
+    Slot("text", kind="text", type_prefix="text_encoder", modality="text",
          item_side=True, pretrained=True, content=True, reference=True, init=True),
-    Slot("vision", kind="vision", type_prefix="vision_encoder", label="vision encoder", modality="vision",
+    Slot("vision", kind="vision", type_prefix="vision_encoder", modality="vision",
          item_side=True, pretrained=True, content=True, reference=True, init=True),
-    Slot("fusion", kind="fusion", type_prefix="fusion", label="fusion", modality=None,
+    Slot("fusion", kind="fusion", type_prefix="fusion", modality=None,
          item_side=True, pretrained=False, content=True, reference=True, init=True),
-    Slot("user", kind="user", type_prefix="user_encoder", label="user encoder", modality=None,
+    Slot("user", kind="user", type_prefix="user_encoder", modality=None,
          item_side=False, pretrained=False, content=False, reference=True, init=True),
-    Slot("item_tower", kind="id", type_prefix="item_tower", label="ID item tower", modality="id",
+    Slot("item_tower", kind="id", type_prefix="item_tower", modality="id",
          item_side=True, pretrained=False, content=False, reference=False, init=False),
 )  # fmt: skip
 
