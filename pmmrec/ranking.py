@@ -89,10 +89,11 @@ def rank_histories(
 ) -> list[Ranking]:
     """The top k items after each history: one user-encoder pass and one scoring pass for all the queries.
 
-    `table` [N+1, d] holds the catalogue's item embeddings (row 0 = padding; a transposed view of a [d, N+1]
-    matrix is fastest); each query's history holds catalogue indices 1..N, oldest first, of which the last
-    `max_length` are read. Its `exclude` items are never returned. `index` searches approximately instead of
-    scoring every item (exclusions stay exact; scores are exact dot products either way).
+    Index convention: histories, exclusions and the returned indices are all catalogue indices, 1..N, where item i
+    is row i of `table` [N+1, d] and row 0 is padding (a caller with 0-based rows adds 1 before and subtracts it
+    after, at its edge). A transposed view of a [d, N+1] matrix is the fastest table. Of each history, oldest
+    first, the last `max_length` items are read; its `exclude` items are never returned. `index` searches
+    approximately instead of scoring every item (exclusions stay exact; scores are exact dot products either way).
     """
     if not queries:
         return []
