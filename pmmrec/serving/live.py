@@ -11,12 +11,13 @@ import threading
 
 import torch
 
+from pmmrec.fileio import WriteError
 from pmmrec.serving.catalogue import Catalogue, LiveEntry
 from pmmrec.serving.encoding import encode_item
 from pmmrec.serving.images import decode_image, square_pixels, to_png
 from pmmrec.serving.limits import Limits, ServiceError
 from pmmrec.serving.served_model import ServedModel
-from pmmrec.serving.store import ItemStore, LiveItem
+from pmmrec.serving.store import DuplicateItem, ItemStore, LiveItem
 
 log = logging.getLogger("pmmrec.serving")
 
@@ -35,6 +36,11 @@ class LiveItemsFollower:
         self._last_seq = 0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+
+    @property
+    def location(self) -> str:
+        """The store's path or redacted URL."""
+        return self.store.location
 
     def start(self, poll_interval: float = 1.0) -> int:
         """Load every stored live item (with its stored embedding, or encoded now), then look for new rows every
@@ -71,6 +77,21 @@ class LiveItemsFollower:
                 entries.append(self._restore(row))
             self._last_seq = max(self._last_seq, row.seq)
         self.catalogue.publish(entries)
+
+    def add_locked(self, entry: LiveEntry, image: bytes | None) -> None:
+        """Commit an item added here (with its image file), then publish it after the rows other replicas stored
+        before it; the caller holds the catalogue's lock. A ServiceError (409, 503) when the store refuses it."""
+        try:
+            self.store.add(entry.item_id, entry.text, image, self.model_key, entry.vector.cpu().numpy())
+        except DuplicateItem:
+            raise ServiceError(409, f"item id {entry.item_id!r} already exists (added by another replica)") from None
+        except WriteError as exc:
+            raise ServiceError(503, f"{exc}; the item was not added") from None
+        try:
+            self.catch_up_locked({entry.item_id: entry})
+        except Exception as exc:  # committed but the rows before it could not be read: publish it alone
+            log.warning("could not read the store after adding %r (%s); rows before it follow later", entry.item_id, exc)
+            self.catalogue.publish([entry])
 
     def _restore(self, row: LiveItem) -> LiveEntry:
         """A stored item ready to publish: its stored embedding, or one encoded now (and stored for next time)."""

@@ -11,7 +11,6 @@ store, one committed write before the item is published; a request in flight kee
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from typing import Any
@@ -22,7 +21,6 @@ import torch
 from pmmrec.data import ImageStore
 from pmmrec.data.dataset import validate_identifier, validate_text
 from pmmrec.errors import DatasetError, PmmrecError
-from pmmrec.fileio import WriteError
 from pmmrec.model import PMMRec
 from pmmrec.ranking import RankQuery, rank_histories
 from pmmrec.serving.ann import AnnIndex
@@ -34,10 +32,8 @@ from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.live import LiveItemsFollower
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.served_model import ServedModel, model_manifest
-from pmmrec.serving.store import DuplicateItem, ItemStore
+from pmmrec.serving.store import ItemStore
 from pmmrec.serving.view import CatalogueView
-
-log = logging.getLogger("pmmrec.serving")
 
 
 class RecommenderService:
@@ -113,7 +109,7 @@ class RecommenderService:
     @property
     def store_location(self) -> str:
         """Where live items are kept: the store's path or redacted URL, or 'memory only'."""
-        return self.live.store.location if self.live is not None else "memory only"
+        return self.live.location if self.live is not None else "memory only"
 
     # ---- ranking -------------------------------------------------------------------------------------
 
@@ -199,7 +195,7 @@ class RecommenderService:
             vector = encode_item(model, text, picture, self.device)
             entry = LiveEntry(item_id, text, vector, self.served.item_inputs, display)
             if self.live is not None:
-                self._store_and_publish(entry, image)
+                self.live.add_locked(entry, image)
             else:
                 self.catalogue.publish([entry])
             self.items_added_here += 1
@@ -228,21 +224,6 @@ class RecommenderService:
                 "(a PNG, JPEG or WebP file, base64-encoded)",
             )
         return text
-
-    def _store_and_publish(self, entry: LiveEntry, image: bytes | None) -> None:
-        """Commit the item to the store, then publish it after the rows other replicas stored before it."""
-        assert self.live is not None
-        try:
-            self.live.store.add(entry.item_id, entry.text, image, self.live.model_key, entry.vector.cpu().numpy())
-        except DuplicateItem:
-            raise ServiceError(409, f"item id {entry.item_id!r} already exists (added by another replica)") from None
-        except WriteError as exc:
-            raise ServiceError(503, f"{exc}; the item was not added") from None
-        try:
-            self.live.catch_up_locked({entry.item_id: entry})
-        except Exception as exc:  # committed but the rows before it could not be read: publish it alone
-            log.warning("could not read the store after adding %r (%s); rows before it follow later", entry.item_id, exc)
-            self.catalogue.publish([entry])
 
     # ---- the store and shutting down ------------------------------------------------------------------
 
