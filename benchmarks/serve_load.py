@@ -59,9 +59,11 @@ def build_service(
     from pmmrec.model import PMMRec, read_manifest
     from pmmrec.serving import RecommenderService, ServeOptions, load_service
 
+    options = ServeOptions(
+        device="cpu", quiet=True, batching=batching, batch_workers=workers, max_parallel=parallel or None
+    )
     if scenario == "movielens":
-        options = ServeOptions(batching=batching, batch_workers=workers)
-        return load_service(model_ref, data_dir, device="cpu", progress=False, max_parallel=parallel or None, options=options)
+        return load_service(model_ref, data_dir, options)
     model = PMMRec.from_pretrained(model_ref)
     generator = torch.Generator().manual_seed(seed)
     table = torch.randn(items + 1, model.dim, generator=generator)
@@ -77,9 +79,7 @@ def build_service(
         dataset_name=f"synthetic-{items}",
         manifest=read_manifest(Path(model_ref)),
         reference=model_ref,
-        max_parallel=parallel or None,
-        batching=batching,
-        batch_workers=workers,
+        options=options,
     )
 
 
@@ -109,7 +109,7 @@ def run_server(args: argparse.Namespace) -> None:
         "startup_s": round(startup, 2),
         "torch_threads": torch.get_num_threads(),
         "item_ids_sample": service.item_ids[:: max(1, service.num_items // 5000)],
-        "user_ids_sample": list(service.users)[:2000],
+        "user_ids_sample": list(service.view.users)[:2000],
     }
     sock.listen(128)  # connections queue until uvicorn accepts them
     print("READY " + json.dumps(info), flush=True)

@@ -47,7 +47,7 @@ def startup_parts(model_ref: str, data_dir: str, state: str) -> None:
     marks.append(time.perf_counter())
     dataset = load_dataset(data_dir)
     marks.append(time.perf_counter())
-    service = build_service(served, dataset, options=ServeOptions(state_dir=Path(state), poll_interval=0))
+    service = build_service(served, dataset, options=ServeOptions(quiet=True, state_dir=Path(state), poll_interval=0))
     marks.append(time.perf_counter())
     service.model  # noqa: B018 (waits for the item encoders, loading since build_service returned)
     marks.append(time.perf_counter())

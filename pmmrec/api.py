@@ -300,45 +300,21 @@ def _requested_device(model: Any, device: str | None) -> str | None:
     return str(model.device) if device is None and isinstance(model, PMMRec) else device
 
 
-def serve(
-    model: str,
-    data: PathLike,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    threads: int = 1,
-    device: str | None = None,
-    progress: bool = True,
-    state: PathLike | None = None,
-    store: str | None = None,
-    api_key_file: PathLike | None = None,
-    protect_reads: bool = False,
-    batching: bool = True,
-    batch_wait_ms: float = 2.0,
-    batch_workers: int = 2,
-    ann: str | None = None,
-    ann_min_items: int = 200_000,
-) -> None:
-    """Serve recommendations over HTTP until SIGTERM (needs the `serve` extra); live items are stored in `state`."""
-    from pmmrec.errors import ConfigError, describe_validation_error
+def serve(model: str, data: PathLike, **options: Any) -> None:
+    """Serve recommendations over HTTP until SIGTERM (needs the `serve` extra); live items are stored in `state`.
 
+    `options` are `pmmrec serve`'s flags by name (`pmmrec.serving.options.SERVE_FLAGS`: host, port, state, store,
+    batching, ...), validated by `ServeOptions`; a bad value is one error naming its flag.
+    """
+    from pmmrec.errors import ConfigError
+    from pmmrec.serving.options import options_from_flags
+
+    serve_options = options_from_flags(options)
     try:
-        from pmmrec.serving import ServeOptions
         from pmmrec.serving import serve as run_server
     except ImportError as exc:
         raise ConfigError(str(exc)) from None
-    try:
-        options = ServeOptions(
-            state_dir=state, store_url=store, batching=batching, batch_wait_ms=batch_wait_ms,
-            batch_workers=batch_workers, ann=ann,
-            ann_min_items=ann_min_items,
-        )  # fmt: skip
-    except ValueError as exc:  # pydantic names the option's field and the rule
-        raise ConfigError(f"serve: {describe_validation_error(exc)}") from None
-    run_server(
-        model, data, host=host, port=port, device=device, progress=progress, threads=threads, options=options,
-        api_key_file=api_key_file, protect_reads=protect_reads,
-    )  # fmt: skip
+    run_server(str(model), data, serve_options)
 
 
 def demo(

@@ -2,7 +2,7 @@
 
 Each command parses its options, calls its library function and prints the result; nothing else happens here. The
 options of `pretrain` and `finetune` are generated from one table (`TRAIN_OPTIONS`), their help texts from the
-training config's own field descriptions.
+training config's own field descriptions; those of `serve` from `ServeOptions` (`SERVE_FLAGS`) the same way.
 """
 
 from __future__ import annotations
@@ -254,32 +254,12 @@ def recommend(
         typer.echo(f"{entry.rank:>4}  {entry.score:8.3f}  {entry.item_id:<{width}}  {entry.text}")
 
 
-@app.command("serve")
-@opt.reports_errors
-def serve(
-    model: opt.ModelRef,
-    data: opt.DataDir,
-    host: Annotated[str, typer.Option(help="Interface to listen on (see --api-key-file before leaving loopback).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    threads: Annotated[int, typer.Option(help="torch threads for ranking (1: the other core serves HTTP).")] = 1,
-    device: opt.Device = None,
-    quiet: opt.Quiet = False,
-    state: opt.ServeState = None,
-    store: opt.ServeStore = None,
-    api_key_file: opt.ServeApiKeyFile = None,
-    protect_reads: opt.ServeProtectReads = False,
-    batching: opt.ServeBatching = True,
-    batch_wait_ms: opt.ServeBatchWait = 2.0,
-    batch_workers: opt.ServeBatchWorkers = 2,
-    ann: opt.ServeAnn = None,
-    ann_min_items: opt.ServeAnnMinItems = 200_000,
-) -> None:
-    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable at once."""
-    api.serve(
-        model, data, host=host, port=port, threads=threads, device=device, progress=not quiet, state=state, store=store,
-        api_key_file=api_key_file, protect_reads=protect_reads, batching=batching, batch_wait_ms=batch_wait_ms,
-        batch_workers=batch_workers, ann=ann, ann_min_items=ann_min_items,
-    )  # fmt: skip
+app.command("serve")(
+    opt.serve_command(
+        "Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable "
+        "at once."
+    )
+)
 
 
 @app.command("demo")

@@ -1,5 +1,6 @@
 """The pieces of the command line that commands share: one-line error reporting, option types and choices, and
-the option group of `pretrain` / `finetune` generated from the training config (help texts from its fields)."""
+the option groups generated from configs (help texts from their fields): `pretrain` / `finetune` from the training
+config, `serve` from `ServeOptions`."""
 
 from __future__ import annotations
 
@@ -119,24 +120,6 @@ class PayloadChoice(str, Enum):
     raw = "raw"
 
 
-# `pmmrec serve`'s options (ServeOptions' fields, described here so the CLI never imports the serving extra).
-ServeState = Annotated[
-    Path | None,
-    typer.Option(
-        help="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE or "
-        "~/.local/state/pmmrec, then serve/DATASET-HASH."
-    ),
-]
-ServeStore = Annotated[str | None, typer.Option(help="postgresql:// URL of a live-item store shared by replicas.")]
-ServeApiKeyFile = Annotated[
-    Path | None, typer.Option(help="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth).")
-]
-ServeProtectReads = Annotated[bool, typer.Option(help="Require the API key on every route but /health and /metrics.")]
-ServeBatching = Annotated[bool, typer.Option(help="Rank concurrent /recommend requests together.")]
-ServeBatchWait = Annotated[float, typer.Option(help="Longest wait for requests already in flight to join a batch.")]
-ServeBatchWorkers = Annotated[int, typer.Option(help="Threads ranking batches side by side, each taking the requests queued.", min=1)]
-ServeAnn = Annotated[str | None, typer.Option(help="Approximate search for large catalogues: faiss, usearch or hnswlib.")]
-ServeAnnMinItems = Annotated[int, typer.Option(help="Catalogue size from which --ann is used (exact search below).")]
 ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]
 
 
@@ -258,9 +241,60 @@ def training_command(mode: Literal["pretrain", "finetune"], summary: str, done: 
         ),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
     ]
-    parameters = [*fixed, *training_parameters()]
+    return _with_parameters(command, [*fixed, *training_parameters()], summary, mode)
+
+
+def _with_parameters(command: Any, parameters: list[inspect.Parameter], summary: str, name: str) -> Any:
+    """`command` with the options Typer reads from its signature, its help summary and its name."""
     command.__dict__["__signature__"] = inspect.Signature(parameters)  # what Typer reads the options from
     command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     command.__doc__ = summary
-    command.__name__ = mode
+    command.__name__ = name
     return command
+
+
+def serve_parameters() -> list[inspect.Parameter]:
+    """One CLI option per entry of SERVE_FLAGS, typed, defaulted and described by its ServeOptions field.
+
+    Values are checked by `ServeOptions` (not by Typer), so a bad one is a one-line error naming the flag.
+    """
+    from pmmrec.serving.options import SERVE_FLAGS, ServeOptions
+
+    parameters = []
+    for name, field_name in SERVE_FLAGS.items():
+        field = ServeOptions.model_fields[field_name]
+        annotation = _flag_type(field.annotation)
+        if name == "quiet":  # the --quiet flag every command has
+            annotation = Quiet
+        elif annotation is bool:
+            annotation = Annotated[bool, typer.Option(help=field.description)]
+        else:
+            annotation = Annotated[annotation, typer.Option(help=field.description)]
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation))
+    return parameters
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The command-line type of a ServeOptions field: X | None stays optional; a Literal is a string (checked by
+    the model)."""
+    optional = get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
+    base = next(arg for arg in get_args(annotation) if arg is not type(None)) if optional else annotation
+    if get_origin(base) is Literal:
+        base = str
+    return base | None if optional else base
+
+
+def serve_command(summary: str) -> Any:
+    """The `pmmrec serve` command: --model, --data and the options generated from ServeOptions."""
+
+    from pmmrec import api
+
+    @reports_errors
+    def command(model: str, data: Path, **options: Any) -> None:
+        api.serve(model, data, **options)
+
+    fixed = [
+        inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, annotation=ModelRef),
+        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=DataDir),
+    ]
+    return _with_parameters(command, [*fixed, *serve_parameters()], summary, "serve")

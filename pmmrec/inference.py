@@ -29,8 +29,7 @@ from pmmrec.model import PMMRec
 from pmmrec.modes import eval_mode
 from pmmrec.paths import cache_root
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
-from pmmrec.ranking import NO_ITEM, csr
-from pmmrec.ranking import top_k as ranking_top_k
+from pmmrec.ranking import RankQuery, rank_histories, user_states
 
 
 def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -80,13 +79,6 @@ def encode_catalogue(
             encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
             table[batch.items] = encoded.embeddings.float()
     return table
-
-
-@torch.inference_mode()
-def user_states(model: PMMRec, item_table: torch.Tensor, windows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """State after each left-padded window [B, S] -> [B, d] (the last column)."""
-    embeddings = item_table[windows] * mask.unsqueeze(-1).to(item_table.dtype)
-    return model.encode_users(embeddings, mask)[:, -1].float()
 
 
 @dataclass
@@ -174,7 +166,7 @@ def evaluate_split(
     ) as bar:  # fmt: skip
         for start in range(0, len(samples), batch_size):
             batch = _eval_batch(collator, samples, start, batch_size).to(device)
-            states = user_states(model, item_table, batch.item_seq, batch.seq_mask)
+            states = user_states(model.user, item_table, batch.item_seq, batch.seq_mask)
             indptr, history = batch.history_indptr, batch.history_items
             if not exclude_history:
                 indptr, history = torch.zeros_like(indptr), history[:0]
@@ -220,7 +212,6 @@ class Recommendation:
     text: str
 
 
-@torch.inference_mode()
 def top_k(
     model: PMMRec,
     item_table: torch.Tensor,
@@ -230,18 +221,17 @@ def top_k(
     k: int = 10,
     exclude: Sequence[int] = (),
 ) -> list[Recommendation]:
-    """Top-k catalogue items after a history of catalogue indices (most recent last)."""
+    """Top-k catalogue items after a history of catalogue indices (1-based, most recent last), named by id and text.
+
+    Ranked by `pmmrec.ranking.rank_histories`; catalogue index i is `item_ids[i - 1]`.
+    """
     if not history:
         raise ConfigError("the history is empty: give at least one known item")
     if k < 1:
         raise ConfigError(f"--k must be positive, got {k}")
-    window = list(history)[-model.max_length :]
-    windows = torch.tensor([window], dtype=torch.long, device=item_table.device)
-    state = user_states(model, item_table, windows, torch.ones_like(windows, dtype=torch.bool))[0]
-    indptr, excluded = csr([sorted(set(int(i) for i in exclude))])
-    values, indices = ranking_top_k(state[None], item_table.float(), k, indptr, excluded)
+    query = RankQuery(list(history), k, exclude=sorted({int(i) for i in exclude}))
+    (ranking,) = rank_histories(model.user, item_table.float(), [query], max_length=model.max_length)
     return [
-        Recommendation(rank=r + 1, item_id=item_ids[i - 1], score=float(v), text=item_texts[i - 1])
-        for r, (v, i) in enumerate(zip(values[0].tolist(), indices[0].tolist(), strict=True))
-        if i != NO_ITEM
+        Recommendation(rank=r + 1, item_id=item_ids[i - 1], score=v, text=item_texts[i - 1])
+        for r, (v, i) in enumerate(zip(ranking.scores.tolist(), ranking.indices.tolist(), strict=True))
     ]

@@ -271,9 +271,9 @@ def service(encoded: Any) -> Any:
         encoded.item_ids,
         encoded.item_texts,
         encoded.snapshot().table.clone(),
-        users=encoded.users,
-        image_store=encoded.image_store,
-        dataset_name=encoded.dataset_name,
+        users=encoded.view.users,
+        image_store=encoded.view.image_store,
+        dataset_name=encoded.view.dataset_name,
     )
 
 

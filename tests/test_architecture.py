@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +343,28 @@ def test_pretrain_and_finetune_share_one_option_group_described_by_the_config() 
             assert options[name].help == config_field(path).description
 
 
+def test_serve_flags_are_generated_from_serve_options() -> None:
+    """Every `pmmrec serve` option but --model/--data is a ServeOptions field, with the field's default and help."""
+    from pmmrec.serving.options import SERVE_FLAGS, ServeOptions
+
+    options = {param.name: param for param in cli_commands()["serve"].params}
+    assert set(options) == {"model", "data", *SERVE_FLAGS}
+    for name, field in SERVE_FLAGS.items():
+        described = ServeOptions.model_fields[field]
+        assert options[name].help == described.description, name
+        assert options[name].default == described.default, name
+
+
+def test_serve_options_and_their_flags_load_neither_torch_nor_fastapi() -> None:
+    """`pmmrec serve --help` reads ServeOptions; that must not import the server (FastAPI) or torch."""
+    code = (
+        "import sys; from pmmrec import cli_options; cli_options.serve_parameters(); "
+        "print(sorted(m for m in ('torch', 'fastapi', 'uvicorn', 'pmmrec.serving.app') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_cli_module_only_calls_the_api() -> None:
     """cli.py and its option helpers import no layer below the api for work (presentation and option tables
     excepted)."""
@@ -358,6 +382,7 @@ def test_cli_module_only_calls_the_api() -> None:
         "pmmrec.components.options",  # help texts of `init`
         "pmmrec.training.config",  # the training option table and its help texts
         "pmmrec.training.trainer",  # TrainingInterrupted -> exit status 130
+        "pmmrec.serving.options",  # the serve option model and its help texts
     }
     used = GRAPH["pmmrec.cli"] | GRAPH["pmmrec.cli_options"]
     assert used <= allowed, sorted(used - allowed)

@@ -402,9 +402,9 @@ def test_best_epoch_and_patience_follow_scripted_validation_scores(
 def test_the_server_refuses_bad_requests_with_status_and_reason(models: dict[str, PMMRec], tiny_dataset: Path) -> None:
     """Guards against refusals that lose their HTTP status or their reason, an off-by-one history limit, and a list
     of unknown ids that shows more than five or marks a list of exactly five as cut."""
-    from pmmrec.serving import Limits, ServiceError, build_service
+    from pmmrec.serving import Limits, ServeOptions, ServiceError, build_service
 
-    service = build_service(models["negative-id"], load_dataset(tiny_dataset), limits=Limits(max_k=5, max_history=3))
+    service = build_service(models["negative-id"], load_dataset(tiny_dataset), ServeOptions(limits=Limits(max_k=5, max_history=3)))
 
     def refusal(**request: Any) -> tuple[int, str]:
         with pytest.raises(ServiceError) as info:

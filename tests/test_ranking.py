@@ -1,4 +1,5 @@
-"""`pmmrec.ranking.top_k`: the one exact top-k that `pmmrec recommend` and the server share.
+"""`pmmrec.ranking`: `rank_histories`, the one path from histories to top-k that `PMMRec.recommend`, `pmmrec recommend`
+and the server share, and its exact top-k.
 
 Tables with only negative scores guard the padding row's mask (its zero score would otherwise win), and every
 result is checked against a brute-force ranking in plain Python.
@@ -6,12 +7,14 @@ result is checked against a brute-force ranking in plain Python.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import tiny
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmmrec.ranking import NO_ITEM, csr, top_k
+from pmmrec.ranking import NO_ITEM, RankQuery, csr, rank_histories, top_k
 
 
 def brute_force(state: list[float], table: list[list[float]], k: int, exclude: set[int]) -> list[int]:
@@ -112,3 +115,66 @@ def test_top_k_of_a_catalogue_without_items_is_empty() -> None:
     """A table holding only the padding row: no item to recommend, an empty [B, 0] answer (not an error)."""
     scores, indices = top_k(torch.randn(3, 4), torch.zeros(1, 4), k=5)
     assert scores.shape == indices.shape == (3, 0) and indices.dtype == torch.long
+
+
+# ---- rank_histories: the one path from histories to top-k --------------------------------------------------------
+
+
+def _alone(user: torch.nn.Module, table: torch.Tensor, history: list[int], max_length: int) -> list[float]:
+    """The state after one history, encoded on its own (no padding in the batch), as a plain list."""
+    window = torch.tensor([history[-max_length:]])
+    with torch.inference_mode():
+        return user(table[window], torch.ones_like(window, dtype=torch.bool))[0, -1].tolist()
+
+
+def test_rank_histories_ranks_each_query_as_a_loop_over_users_would() -> None:
+    """Guards the left padding and its mask, the max_length window, the exclusions and each query's own k: a batch
+    of histories of different lengths gives each user the ranking of their own state against the table."""
+    user = tiny.tiny_user_encoder(seed=3, max_length=4)
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(13, user.dim, generator=generator)
+    table[0] = 0.0
+    queries = [
+        RankQuery([5], 3),
+        RankQuery([1, 2, 3, 4, 5, 6, 7], 12, exclude=[7, 6]),  # longer than max_length: its last 4 items are read
+        RankQuery([9, 9, 2], 20, exclude=list(range(1, 11))),  # only items 11 and 12 are eligible
+    ]
+    rankings = rank_histories(user, table, queries, max_length=4)
+    for query, ranking in zip(queries, rankings, strict=True):
+        state = _alone(user, table, list(query.history), 4)
+        expected = brute_force(state, table.tolist(), query.k, set(query.exclude))
+        assert ranking.indices.tolist() == expected
+        naive = [sum(a * b for a, b in zip(state, table[i].tolist(), strict=True)) for i in expected]
+        np.testing.assert_allclose(ranking.scores.numpy(), naive, rtol=1e-4, atol=1e-5)
+    assert [len(r.indices) for r in rankings] == [3, 10, 2]
+
+
+def test_rank_histories_takes_catalogue_indices_only() -> None:
+    """Index convention: 1..N; row 0 is padding and N+1 is past the table (a 0-based caller must add 1 first)."""
+    user = tiny.tiny_user_encoder(max_length=4)
+    table = torch.randn(6, user.dim)
+    for history in ([], [0, 1], [1, 6]):
+        with pytest.raises(ValueError, match=r"empty|catalogue indices 1\.\.5"):
+            rank_histories(user, table, [RankQuery(history, 2)], max_length=4)
+    assert rank_histories(user, table, [], max_length=4) == []
+
+
+def test_rank_histories_asks_an_approximate_index_with_the_exclusions() -> None:
+    """With an index, its answer is used (empty slots dropped) and it gets every query's exclusion list."""
+    asked: list[tuple[int, list[list[int]]]] = []
+
+    class Fake:
+        def search(
+            self, states: torch.Tensor, table: torch.Tensor, k: int, exclude: list[list[int]]
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            asked.append((k, exclude))
+            indices = torch.tensor([[4, 2, NO_ITEM], [1, NO_ITEM, NO_ITEM]])
+            return torch.tensor([[3.0, 2.0, float("-inf")], [1.0, float("-inf"), float("-inf")]]), indices
+
+    user = tiny.tiny_user_encoder(max_length=4)
+    table = torch.randn(6, user.dim)
+    queries = [RankQuery([1], 3, exclude=[1]), RankQuery([2, 3], 1)]
+    rankings = rank_histories(user, table, queries, max_length=4, index=Fake())
+    assert asked == [(3, [[1], []])]
+    assert [r.indices.tolist() for r in rankings] == [[4, 2], [1]]
+    assert rankings[0].scores.tolist() == [3.0, 2.0]

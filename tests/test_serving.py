@@ -45,10 +45,10 @@ def test_health_reports_the_manifest_catalogue_and_limits(client: TestClient) ->
 def test_health_of_a_saved_model_lists_references_and_weight_hashes(
     tmp_path: Path, data_dir: Path, private_cache: None
 ) -> None:
-    from pmmrec.serving import load_service
+    from pmmrec.serving import ServeOptions, load_service
 
     text_model().save_pretrained(tmp_path / "model")
-    service = load_service(str(tmp_path / "model"), data_dir, device="cpu", progress=False)
+    service = load_service(str(tmp_path / "model"), data_dir, ServeOptions(device="cpu", quiet=True))
     body = TestClient(create_app(service=service)).get("/health").json()
     assert body["model"]["reference"] == str(tmp_path / "model")
     components = body["model"]["manifest"]["components"]
@@ -58,7 +58,7 @@ def test_health_of_a_saved_model_lists_references_and_weight_hashes(
 def test_health_names_hub_references_and_resolved_commits(
     tmp_path: Path, data_dir: Path, publish: Callable[..., str], private_cache: None
 ) -> None:
-    from pmmrec.serving import load_service
+    from pmmrec.serving import ServeOptions, load_service
 
     tiny.tiny_text_encoder(seed=1).save_pretrained(tmp_path / "text")
     text_commit = publish(tmp_path / "text", "pmmrec-test/text", tag="v1")
@@ -66,7 +66,7 @@ def test_health_names_hub_references_and_resolved_commits(
         tmp_path / "model"
     )
     model_commit = publish(tmp_path / "model", "pmmrec-test/model", tag="v2")
-    service = load_service("hub:pmmrec-test/model@v2", data_dir, device="cpu", progress=False)
+    service = load_service("hub:pmmrec-test/model@v2", data_dir, ServeOptions(device="cpu", quiet=True))
     body = TestClient(create_app(service=service)).get("/health").json()
     assert body["model"]["reference"] == "hub:pmmrec-test/model@v2"
     manifest = body["model"]["manifest"]
@@ -187,12 +187,12 @@ def test_the_page_and_the_openapi_spec_are_served(client: TestClient) -> None:
 
 def test_unbatched_serving_ranks_like_batched(encoded: object) -> None:
     """Guards against the `--no-batching` path (each request ranked on its own) answering differently."""
-    from pmmrec.serving import RecommenderService
+    from pmmrec.serving import RecommenderService, ServeOptions
 
     def fresh(batching: bool) -> RecommenderService:
         return RecommenderService(
             encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(),  # type: ignore[attr-defined]
-            users=encoded.users, batching=batching,  # type: ignore[attr-defined]
+            users=encoded.view.users, options=ServeOptions(batching=batching),  # type: ignore[attr-defined]
         )  # fmt: skip
 
     batched, unbatched = fresh(True), fresh(False)

@@ -51,11 +51,11 @@ def test_live_items_survive_a_restart_bit_for_bit(serving_env: dict[str, Path], 
     first.close()
     second = _service(serving_env, tmp_path / "state")
     try:
-        assert second.num_items == NUM_ITEMS + 2 and second.added_count == 2
+        assert second.num_items == NUM_ITEMS + 2 and len(second.catalogue.added) == 2
         assert torch.equal(second.snapshot().table, table_before)  # stored embeddings, read back exactly
         assert second.recommend(history=["live-a", "3"], k=NUM_ITEMS + 2, exclude_seen=False) == before
-        assert second.describe_item("live-b")["has_image"] is True
-        assert Image.open(__import__("io").BytesIO(second.image_png("live-b"))).size == (224, 224)
+        assert second.view.describe_item("live-b")["has_image"] is True
+        assert Image.open(__import__("io").BytesIO(second.view.image_png("live-b"))).size == (224, 224)
     finally:
         second.close()
 
@@ -72,8 +72,8 @@ def test_a_duplicate_in_the_store_is_a_conflict_and_nothing_changes(serving_env:
         with pytest.raises(ServiceError, match="already exists") as refused:
             service.add_item("race", "mine")
         assert refused.value.status == 409
-        service.sync()  # the other process's item is encoded here (its stored vector is for another model)
-        assert service.describe_item("race")["text"] == "from elsewhere"
+        service.live.sync()  # the other process's item is encoded here (its stored vector is for another model)
+        assert service.view.describe_item("race")["text"] == "from elsewhere"
     finally:
         service.close()
 

@@ -26,7 +26,7 @@ from pmmrec.api import recommend as recommend_job
 from pmmrec.cli import app as cli_app
 from pmmrec.data import load_dataset, write_dataset
 from pmmrec.model import PMMRec
-from pmmrec.serving import Limits, RecommenderService, ServiceError, build_service, create_app
+from pmmrec.serving import Limits, RecommenderService, ServeOptions, ServiceError, build_service, create_app
 
 # ---- adding items ------------------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ def test_adding_the_same_id_twice_is_a_conflict(client: TestClient) -> None:
 
 def test_oversized_images_and_bodies_are_413(model: PMMRec, data_dir: Path) -> None:
     limits = Limits(max_image_bytes=2_000, max_image_pixels=50 * 50, max_body_bytes=20_000)
-    service = build_service(model, load_dataset(data_dir), limits=limits)
+    service = build_service(model, load_dataset(data_dir), ServeOptions(limits=limits))
     client = TestClient(create_app(service=service))
     noisy = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(noisy, format="PNG")
@@ -160,7 +160,7 @@ def test_an_id_model_serves_but_cannot_add_items(tmp_path: Path, private_cache: 
 
 def test_requests_during_appends_see_a_consistent_catalogue(encoded: RecommenderService) -> None:
     service = RecommenderService(
-        encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(), spare_items=3
+        encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(), options=ServeOptions(spare_items=3)
     )
     added = 40
     errors: list[BaseException] = []
@@ -263,10 +263,28 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
     assert "live items in " + health["store"] + ", item encoders ready" in result.output  # cold: encoded the table
 
 
-def test_serve_command_refuses_bad_options_in_one_line(tmp_path: Path, data_dir: Path) -> None:
-    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--ann", "annoy"])
-    assert result.exit_code == 1 and result.output.startswith("error: serve:") and "Traceback" not in result.output
-    assert "ann" in result.output and "'faiss', 'usearch' or 'hnswlib'" in result.output
+@pytest.mark.parametrize(
+    ("flag", "value", "rule"),
+    [
+        ("--ann", "annoy", "Input should be 'faiss', 'usearch' or 'hnswlib'"),
+        ("--port", "0", "Input should be greater than or equal to 1"),
+        ("--port", "70000", "Input should be less than or equal to 65535"),
+        ("--threads", "0", "Input should be greater than or equal to 1"),
+        ("--batch-workers", "0", "Input should be greater than or equal to 1"),
+        ("--batch-wait-ms", "-0.5", "Input should be greater than or equal to 0"),
+        ("--ann-min-items", "-5", "Input should be greater than or equal to 0"),
+    ],
+)
+def test_serve_command_refuses_bad_options_in_one_line_naming_the_flag(
+    data_dir: Path, flag: str, value: str, rule: str
+) -> None:
+    """Values are checked by ServeOptions before anything loads: one line, the flag, the value, the rule."""
+    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), flag, value])
+    assert result.exit_code == 1, result.output
+    assert result.output == f"error: {flag} {value}: {rule}\n"
+
+
+def test_serve_command_refuses_a_short_api_key_in_one_line(tmp_path: Path, data_dir: Path) -> None:
     key = tmp_path / "key"
     key.write_text("short", encoding="utf-8")
     result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--api-key-file", str(key)])

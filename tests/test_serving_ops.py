@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from tiny import NUM_ITEMS, b64, png_bytes
 
 from pmmrec.data import load_dataset
-from pmmrec.ranking import csr, top_k
+from pmmrec.ranking import RankQuery, csr, rank_histories, top_k
 from pmmrec.serving import AnnConfig, AnnIndex, Limits, RecommenderService, ServeOptions, build_service, create_app
-from pmmrec.serving.batching import MicroBatcher, RankQuery, rank_queries
+from pmmrec.serving.batching import MicroBatcher, Ranked
 from pmmrec.serving.runner import read_api_key
 
 KEY = "s3cret-key-for-the-tests"
@@ -29,7 +29,7 @@ KEY = "s3cret-key-for-the-tests"
 
 def _fresh(encoded: RecommenderService, **kwargs: Any) -> RecommenderService:
     return RecommenderService(
-        encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(), users=encoded.users, **kwargs
+        encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(), users=encoded.view.users, **kwargs
     )
 
 
@@ -64,7 +64,7 @@ def test_an_api_key_protects_adding_items_and_reads_stay_open(encoded: Recommend
 
 
 def test_protect_reads_needs_the_key_everywhere_but_health_and_metrics(encoded: RecommenderService) -> None:
-    client = TestClient(create_app(service=_fresh(encoded), api_key=KEY, protect_reads=True))
+    client = TestClient(create_app(service=_fresh(encoded, options=ServeOptions(protect_reads=True)), api_key=KEY))
     assert client.post("/recommend", json={"history": ["1"]}).status_code == 401
     assert client.post("/recommend", json={"history": ["1"]}, headers={"X-API-Key": KEY}).status_code == 200
     assert client.get("/health").status_code == 200 and client.get("/metrics").status_code == 200
@@ -153,7 +153,7 @@ def test_shutdown_finishes_the_request_in_flight_then_closes_the_service(
     thread.join(30)
     sock.close()
     assert answers == [201] and closed.is_set() and not thread.is_alive()
-    assert service.describe_item("in-flight")["added"] is True
+    assert service.view.describe_item("in-flight")["added"] is True
 
 
 # ---- hostile input ---------------------------------------------------------------------------------------
@@ -223,16 +223,22 @@ def test_docs_assets_are_served_locally(client: TestClient) -> None:
 # ---- batching ----------------------------------------------------------------------------------------------
 
 
+def _rank(encoded: RecommenderService, queries: list[RankQuery]) -> list[Ranked]:
+    """Rank as the service does: its user encoder over its current table."""
+    user, table = encoded.served.user, encoded.snapshot().table
+    rankings = rank_histories(user, table, queries, max_length=encoded.served.max_length)
+    return [Ranked(list(zip(r.indices.tolist(), r.scores.tolist(), strict=True)), table.shape[0] - 1) for r in rankings]
+
+
 def test_a_batch_ranks_each_request_as_it_would_alone(encoded: RecommenderService) -> None:
-    snapshot = encoded.snapshot()
     queries = [
-        RankQuery(window=[3], exclude=[3], k=5),
-        RankQuery(window=[1, 2, 3, 4, 5, 6, 7, 8], exclude=[], k=30),
-        RankQuery(window=[9, 10], exclude=list(range(1, 29)), k=10),
+        RankQuery([3], 5, exclude=[3]),
+        RankQuery([1, 2, 3, 4, 5, 6, 7, 8], 30),
+        RankQuery([9, 10], 10, exclude=list(range(1, 29))),
     ]
-    together = rank_queries(encoded.served.user, snapshot, queries)
+    together = _rank(encoded, queries)
     for query, ranked in zip(queries, together, strict=True):
-        alone = rank_queries(encoded.served.user, snapshot, [query])[0]
+        alone = _rank(encoded, [query])[0]
         assert [i for i, _ in ranked.items] == [i for i, _ in alone.items]
         np.testing.assert_allclose([s for _, s in ranked.items], [s for _, s in alone.items], rtol=1e-5, atol=1e-5)
         assert not {i for i, _ in ranked.items} & set(query.exclude)
@@ -247,12 +253,12 @@ def test_concurrent_requests_are_ranked_in_batches(encoded: RecommenderService) 
         entered.set()
         gate.wait(30)  # hold the first batch until the others have queued
         sizes.append(len(queries))
-        return rank_queries(encoded.served.user, encoded.snapshot(), queries)
+        return _rank(encoded, queries)
 
     batcher = MicroBatcher(run, max_batch=64, max_wait_s=0.0)
     results: list[Any] = [None] * 6
     threads = [
-        threading.Thread(target=lambda n=n: results.__setitem__(n, batcher.submit(RankQuery([n + 1], [], 3))))
+        threading.Thread(target=lambda n=n: results.__setitem__(n, batcher.submit(RankQuery([n + 1], 3))))
         for n in range(6)
     ]
     threads[0].start()
@@ -279,11 +285,11 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
 
     batcher = MicroBatcher(run)
     with pytest.raises(RuntimeError, match="boom"):
-        batcher.submit(RankQuery([1], [], 1))
-    assert batcher.submit(RankQuery([1], [], 2)) == "ok-2"
+        batcher.submit(RankQuery([1], 1))
+    assert batcher.submit(RankQuery([1], 2)) == "ok-2"
     batcher.close()
     with pytest.raises(RuntimeError, match="shutting down"):
-        batcher.submit(RankQuery([1], [], 3))
+        batcher.submit(RankQuery([1], 3))
 
 
 # ---- approximate search ---------------------------------------------------------------------------------
@@ -315,15 +321,15 @@ def test_the_ann_index_is_cached_and_follows_added_items(
     pytest.importorskip("faiss", reason="faiss-cpu (the default ANN backend, in the serve extra) is not installed")
     options = ServeOptions(state_dir=tmp_path / "state", ann="faiss", ann_min_items=10, poll_interval=0)
     first = build_service(encoded.model, load_dataset(data_dir), options=options)
-    assert first.health()["search"] == "approximate (faiss HNSW)"
+    assert first.view.health()["search"] == "approximate (faiss HNSW)"
     first.add_item("ann-new", "The dragon queen of the ocean (2030)")
-    assert len(first.ann) == NUM_ITEMS + 1  # type: ignore[arg-type]
+    assert len(first.catalogue.ann) == NUM_ITEMS + 1  # type: ignore[arg-type]
     body = first.recommend(history=["ann-new"], k=NUM_ITEMS + 1, exclude_seen=False)
     assert "ann-new" in [item["item_id"] for item in body["items"]]
     assert "ann-new" not in [item["item_id"] for item in first.recommend(history=["ann-new"], k=NUM_ITEMS)["items"]]
     searches: list[int] = []
-    search = first.ann.search  # type: ignore[union-attr]
-    first.ann.search = lambda *args, **kwargs: searches.append(1) or search(*args, **kwargs)  # type: ignore[method-assign,union-attr]
+    search = first.catalogue.ann.search  # type: ignore[union-attr]
+    first.catalogue.ann.search = lambda *args, **kwargs: searches.append(1) or search(*args, **kwargs)  # type: ignore[method-assign,union-attr]
     top = first.recommend(history=["ann-new"], k=5)["items"]
     assert searches == [1]  # the request went through the approximate index, not exact search
     first.close()
@@ -331,16 +337,16 @@ def test_the_ann_index_is_cached_and_follows_added_items(
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     second = build_service(encoded.model, load_dataset(data_dir), options=options)
-    assert cached[0].stat().st_mtime_ns == stamp and len(second.ann) == NUM_ITEMS + 1  # type: ignore[arg-type]
+    assert cached[0].stat().st_mtime_ns == stamp and len(second.catalogue.ann) == NUM_ITEMS + 1  # type: ignore[arg-type]
     assert second.recommend(history=["ann-new"], k=5)["items"] == top
     second.close()
     exact = build_service(encoded.model, load_dataset(data_dir), options=options.model_copy(update={"ann_min_items": 1000}))
-    assert exact.ann is None and exact.health()["search"] == "exact"
+    assert exact.catalogue.ann is None and exact.view.health()["search"] == "exact"
     exact.close()
 
 
 def test_a_resize_over_the_budget_is_413(encoded: RecommenderService) -> None:
-    service = _fresh(encoded, limits=Limits(max_resized_pixels=500_000))
+    service = _fresh(encoded, options=ServeOptions(limits=Limits(max_resized_pixels=500_000)))
     client = TestClient(create_app(service=service))
     response = client.post("/items", json={"item_id": "tall", "text": "x", "image_base64": b64(strip_png(100, 1_900))})
     assert response.status_code == 413

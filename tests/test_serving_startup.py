@@ -46,7 +46,7 @@ from pmmrec.serving.table_cache import (
 
 
 def _load(model: Path, data: Path, state: Path) -> Any:
-    return load_service(str(model), data, device="cpu", progress=False, options=ServeOptions(state_dir=state, poll_interval=0))
+    return load_service(str(model), data, ServeOptions(device="cpu", quiet=True, state_dir=state, poll_interval=0))
 
 
 def _gated(folder: Path) -> tuple[ServedModel, threading.Event]:
@@ -78,9 +78,9 @@ def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_t
     served, opened = _gated(serving_env["model"])
     warm = build_service(served, load_dataset(serving_env["data"]), options=ServeOptions(state_dir=state, poll_interval=0))
     try:
-        assert served.state == "loading" and warm.health()["item_encoders"] == "loading"
+        assert served.state == "loading" and warm.view.health()["item_encoders"] == "loading"
         assert warm.recommend(history=["3", "5"], k=NUM_ITEMS, exclude_seen=False) == expected  # table from the cache
-        assert warm.health()["can_add_items"] is True and warm.health()["new_items_need_image"] is False
+        assert warm.view.health()["can_add_items"] is True and warm.view.health()["new_items_need_image"] is False
         answers: list[Any] = []
         adder = threading.Thread(target=lambda: answers.append(warm.add_item("fresh", "A new item added after a cold start (2025)")))
         adder.start()
@@ -88,7 +88,7 @@ def test_a_warm_start_ranks_before_the_item_encoders_load_and_adding_waits_for_t
         assert adder.is_alive() and not answers  # waiting for the item encoders
         opened.set()
         adder.join(30)
-        assert answers and served.state == "ready" and warm.health()["item_encoders"] == "ready"
+        assert answers and served.state == "ready" and warm.view.health()["item_encoders"] == "ready"
         assert torch.equal(warm.snapshot().table[answers[0]["catalogue_size"]], cold_vector)  # the same model
     finally:
         opened.set()
@@ -102,7 +102,7 @@ def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(
     table = torch.zeros(NUM_ITEMS + 1, text_model().dim)
     served, opened = _gated(serving_env["model"])
     service = RecommenderService(
-        served, list(dataset.item_ids), list(dataset.item_texts), table, limits=Limits(max_encoder_wait_s=0)
+        served, list(dataset.item_ids), list(dataset.item_texts), table, options=ServeOptions(limits=Limits(max_encoder_wait_s=0))
     )
     try:
         with pytest.raises(ServiceError, match="still loading after 0 s") as late:
@@ -120,7 +120,7 @@ def test_adding_answers_503_when_the_item_encoders_are_late_or_failed(
     try:
         with pytest.raises(ServiceError, match=r"failed to load \(text/model.safetensors: truncated\)") as failed:
             service.add_item("never", "Cannot be encoded")
-        assert failed.value.status == 503 and service.health()["item_encoders"] == "failed"
+        assert failed.value.status == 503 and service.view.health()["item_encoders"] == "failed"
         assert "the item encoders failed to load: text/model.safetensors: truncated" in caplog.text
         assert service.recommend(history=["3"], k=3)["items"]  # ranking does not need the item encoders
     finally:
@@ -170,8 +170,8 @@ def test_a_vision_model_restarts_warm_and_reports_both_modalities(serving_env: d
     first.close()
     second = _load(serving_env["vision"], serving_env["data"], state)
     try:
-        assert len(encodes) == 1 and second.needs_image and second.health()["modalities"] == ["text", "vision"]
-        assert second._added["pictured"].encoded_from == ["text", "image"]  # restored from its stored embedding
+        assert len(encodes) == 1 and second.served.needs_image and second.view.health()["modalities"] == ["text", "vision"]
+        assert second.catalogue.added["pictured"].encoded_from == ["text", "image"]  # restored from its stored embedding
         with pytest.raises(ServiceError, match="needs image_base64"):
             second.add_item("bare", "No picture")
     finally:
@@ -226,7 +226,7 @@ def test_an_id_tower_model_is_served_as_ids_and_refuses_new_items(tmp_path: Path
     service = RecommenderService(served, [f"item-{n}" for n in range(1, NUM_ITEMS + 1)], ["t"] * NUM_ITEMS,
                                  torch.zeros(NUM_ITEMS + 1, served.dim))  # fmt: skip
     try:
-        assert service.health()["modalities"] == ["id"] and "ID item tower (item_tower/id)" in service.add_refusal  # type: ignore[operator]
+        assert service.view.health()["modalities"] == ["id"] and "ID item tower (item_tower/id)" in service.served.add_refusal  # type: ignore[operator]
     finally:
         service.close()
 

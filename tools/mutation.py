@@ -90,8 +90,7 @@ GROUPS: dict[str, Group] = {
     "server ranking": Group(
         [
             "pmmrec/ranking.py",
-            "pmmrec/serving/batching.py::rank_queries",
-            "pmmrec/serving/service.py::RecommenderService.recommend,RecommenderService._rank",
+            "pmmrec/serving/service.py::RecommenderService.recommend,RecommenderService._rank,RecommenderService._history_indices",
         ],
         [
             f"{PIPELINE}::test_the_server_and_pmmrec_recommend_rank_like_the_naive_loop",

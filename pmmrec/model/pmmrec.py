@@ -31,7 +31,7 @@ from pmmrec.model.manifest import (
     write_manifest,
 )
 from pmmrec.modes import eval_mode
-from pmmrec.ranking import NO_ITEM, csr, top_k
+from pmmrec.ranking import RankQuery, rank_histories
 from pmmrec.references import resolve_reference
 from pmmrec.slots import SLOTS, modalities_of
 
@@ -147,8 +147,9 @@ class PMMRec(nn.Module):
         """The k best candidates after a history: (scores [k'], indices into `candidates` [k']), best first.
 
         `candidates` [N, d] are item embeddings (from `encode_items`, or any catalogue table); `history` holds
-        indices into them, oldest first, of which the last `max_length` are read. `exclude_seen` leaves the
-        history's items out. Like `sentence_transformers.util.semantic_search`, for a user instead of a query.
+        indices into them (0-based rows), oldest first, of which the last `max_length` are read. `exclude_seen` leaves
+        the history's items out. Like `sentence_transformers.util.semantic_search`, for a user instead of a query.
+        Ranked by `pmmrec.ranking.rank_histories`, whose catalogue indices are these rows + 1 (row 0 is padding).
         """
         if not len(history):
             raise ConfigError("the history is empty: give at least one item")
@@ -157,16 +158,12 @@ class PMMRec(nn.Module):
         count = candidates.shape[0]
         if any(not 0 <= int(index) < count for index in history):
             raise ConfigError(f"history indices must lie in 0..{count - 1} (rows of candidates)")
-        device = self.device
-        table = torch.cat([candidates.new_zeros(1, self.dim), candidates]).to(device=device, dtype=torch.float32)
-        window = torch.tensor([[int(index) + 1 for index in history][-self.max_length :]], device=device)
+        table = torch.cat([candidates.new_zeros(1, self.dim), candidates]).to(device=self.device, dtype=torch.float32)
+        rows = [int(index) + 1 for index in history]  # candidate rows -> catalogue indices (row 0 is padding)
+        query = RankQuery(rows, k, exclude=sorted(set(rows)) if exclude_seen else ())
         with eval_mode(self):
-            state = self.encode_users(table[window], torch.ones_like(window, dtype=torch.bool))[:, -1].float()
-        seen = sorted({int(index) + 1 for index in history}) if exclude_seen else []
-        indptr, excluded = csr([seen])
-        scores, indices = top_k(state, table, k, indptr, excluded)
-        keep = indices[0] != NO_ITEM
-        return scores[0][keep], indices[0][keep] - 1
+            (ranking,) = rank_histories(self.user, table, [query], max_length=self.max_length)
+        return ranking.scores, ranking.indices - 1
 
     def embed_items(
         self,

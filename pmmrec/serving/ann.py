@@ -13,33 +13,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import atomic_file, write_json
 from pmmrec.ranking import NO_ITEM
+from pmmrec.serving.options import AnnConfig, Backend
 
-Backend = Literal["faiss", "usearch", "hnswlib"]
-
-
-class AnnConfig(BaseModel):
-    """How the approximate index is built and searched."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backend: Backend = Field(default="faiss", description="Library that builds and searches the HNSW graph.")
-    connectivity: int = Field(default=32, ge=4, le=128, description="HNSW links per node (M).")
-    ef_construction: int = Field(default=80, ge=8, le=2048, description="Search depth while building (efConstruction).")
-    ef_search: int = Field(default=256, ge=8, le=4096, description="Search depth per query (ef); raises recall and cost.")
-    min_items: int = Field(
-        default=200_000,
-        ge=0,
-        description="Below this catalogue size the exact search is used even when an index is configured.",
-    )
+__all__ = ["AnnConfig", "AnnIndex", "Backend"]
 
 
 def _sidecar(path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The FastAPI application: routes, error handling, body limit, optional API key, metrics, offline /docs.
+"""The FastAPI application: the routers of `routes`, error handling, body limit, optional API key, metrics, /docs.
 
 `create_app` wraps a `RecommenderService`: OpenAPI at /openapi.json; Swagger UI at /docs from the assets shipped in
 the `fastapi-offline` package, never a CDN (no ReDoc page: its bundle loads a logo from a CDN); the page at /;
@@ -8,21 +8,17 @@ the requests in flight.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from fastapi.security import APIKeyHeader
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,32 +26,13 @@ from pmmrec._version import __version__
 from pmmrec.data import Dataset
 from pmmrec.errors import PmmrecError
 from pmmrec.model import PMMRec
-from pmmrec.serving.images import decode_base64
+from pmmrec.serving import routes
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
+from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import build_service
-from pmmrec.serving.schemas import (
-    AddItemRequest,
-    AddItemResponse,
-    Health,
-    HistoryShown,
-    ItemIdPath,
-    ItemList,
-    ItemQuery,
-    ItemSummary,
-    RecommendRequest,
-    RecommendResponse,
-    ResultLimit,
-    UserHistory,
-    UserIdPath,
-    UserList,
-    UserQuery,
-    error_responses,
-)
+from pmmrec.serving.schemas import error_responses
 from pmmrec.serving.service import RecommenderService
-
-STATIC_DIR = Path(__file__).parent / "static"
-API_KEY_HEADER = "X-API-Key"
 
 
 def _docs_assets() -> Path:
@@ -129,39 +106,26 @@ def create_app(
     dataset: Dataset | None = None,
     *,
     service: RecommenderService | None = None,
+    options: ServeOptions | None = None,
     reference: str | None = None,
     manifest: dict[str, Any] | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
     api_key: str | None = None,
-    protect_reads: bool = False,
 ) -> FastAPI:
-    """The FastAPI application over a model and a dataset (items encoded now), or over a ready service.
+    """The FastAPI application over a model and a dataset (items encoded now, with `options`), or over a service.
 
-    With `api_key`, POST /items needs it in the `X-API-Key` header (or `Authorization: Bearer KEY`); with
-    `protect_reads` too, every other route but /health and /metrics does as well.
+    With `api_key`, POST /items needs it in the `X-API-Key` header (or `Authorization: Bearer KEY`); with the
+    service's `options.protect_reads` too, every other route but /health and /metrics does as well.
     """
     if service is None:
         if model is None or dataset is None:
             raise PmmrecError("create_app needs a model and a dataset, or a service")
-        service = build_service(
-            model, dataset, device=device, progress=progress, manifest=manifest, reference=reference
-        )
-    limits = service.limits
-    metrics = ServerMetrics(
-        lambda: service.num_items,
-        lambda: service.added_count,
-        lambda: service.batcher.batches if service.batcher is not None else 0,
-    )
-
-    # Adds run on their own threads: one waiting for the catalogue lock (adds are encoded one at a time) or for the
-    # item encoders must not hold a thread of the pool that serves reads, or a burst of adds stalls /recommend.
-    adds = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pmmrec-add")
+        service = build_service(model, dataset, options, manifest=manifest, reference=reference)
+    running = service  # what the closures below read (never None)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield  # uvicorn answers every request in flight, adds included, before the shutdown half runs
-        service.close()  # uvicorn has finished the requests in flight by now
+        running.close()
 
     app = FastAPI(
         title="pmmrec recommendation server",
@@ -176,25 +140,57 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.state.metrics = metrics
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.state.api_key = api_key
+    app.state.metrics = metrics = ServerMetrics(
+        lambda: running.num_items,
+        lambda: len(running.catalogue.added),
+        lambda: running.batcher.batches if running.batcher is not None else 0,
+    )
+    # Adds run on their own threads: one waiting for the catalogue lock (adds are encoded one at a time) or for the
+    # item encoders must not hold a thread of the pool that serves reads, or a burst of adds stalls /recommend.
+    app.state.add_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pmmrec-add")
+    app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     app.add_middleware(metrics.middleware)  # outermost: counts 413s of the body limit too
+    _add_error_handlers(app)
+    keyed = [Depends(routes.require_key)] if api_key is not None else []
+    unauthorised = error_responses(401) if api_key is not None else {}
+    protect = service.options.protect_reads
+    app.include_router(routes.public)
+    app.include_router(routes.reads, dependencies=keyed if protect else [], responses=unauthorised if protect else {})
+    app.include_router(routes.writes, dependencies=keyed, responses=unauthorised)
+    _add_docs(app)
+    app.openapi = _spec_in_declared_order(app)  # type: ignore[method-assign]
+    return app
 
-    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The server's API key.")
 
-    def require_key(request: Request, given: str | None = Depends(header)) -> None:
-        if api_key is None:
-            return
-        if given is None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else None
-        if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise ServiceError(401, f"this operation needs the server's API key in the {API_KEY_HEADER} header")
+def _spec_in_declared_order(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI spec with operations in the order `routes` declares them and responses by status code.
 
-    writes = [Depends(require_key)] if api_key is not None else []
-    reads = writes if protect_reads else []
-    auth_errors = (401,) if api_key is not None else ()
-    read_errors = auth_errors if protect_reads else ()
+    FastAPI lists included routers one after another and a router's shared responses (the API key's 401) before
+    the route's own; this keeps the spec as a single list of routes gives it.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            order = routes.declared_order()
+            operations = sorted(
+                ((path, method, operation) for path, item in spec["paths"].items() for method, operation in item.items()),
+                key=lambda entry: order.get((entry[0], entry[1]), len(order)),
+            )
+            paths: dict[str, dict[str, Any]] = {}
+            for path, method, operation in operations:
+                operation["responses"] = dict(sorted(operation["responses"].items()))
+                paths.setdefault(path, {})[method] = operation
+            spec["paths"] = paths
+        return app.openapi_schema  # type: ignore[return-value]
+
+    return openapi
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal as JSON `{"detail": ...}` naming what is wrong (validation errors with pydantic's list too)."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -218,96 +214,9 @@ def create_app(
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _JSON({"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.get("/health", response_model=Health, summary="Model manifest, catalogue size and limits")
-    def health() -> dict[str, Any]:
-        return service.health()
 
-    @app.post(
-        "/recommend",
-        response_model=RecommendResponse,
-        responses=error_responses(400, *read_errors, 404, 413, 422),
-        dependencies=reads,
-        summary="Top-k items for a user id or a history of item ids (seen items excluded unless exclude_seen=false)",
-    )
-    def recommend(request: RecommendRequest) -> dict[str, Any]:
-        batcher = service.batcher
-        with batcher.expect() if batcher is not None else contextlib.nullcontext():
-            return service.recommend(
-                user_id=request.user_id, history=request.history, k=request.k, exclude_seen=request.exclude_seen
-            )
-
-    @app.post(
-        "/items",
-        response_model=AddItemResponse,
-        status_code=201,
-        responses=error_responses(400, *auth_errors, 409, 413, 422, 503),
-        dependencies=writes,
-        summary="Add an item from its content; stored, and rankable at once",
-    )
-    async def add_item(request: AddItemRequest) -> dict[str, Any]:
-        def add() -> dict[str, Any]:
-            image = decode_base64(request.image_base64, limits) if request.image_base64 is not None else None
-            return service.add_item(request.item_id, request.text, image)
-
-        added = await asyncio.wrap_future(adds.submit(add))
-        metrics.items_added.inc()
-        return added
-
-    @app.get(
-        "/items", response_model=ItemList, responses=error_responses(*read_errors, 422), dependencies=reads,
-        summary="Search items by text",
-    )  # fmt: skip
-    def search_items(q: ItemQuery = "", limit: ResultLimit = 20) -> dict[str, Any]:
-        return {"items": service.search_items(q, limit)}
-
-    @app.get(
-        "/items/{item_id:path}", response_model=ItemSummary, responses=error_responses(*read_errors, 404, 422),
-        dependencies=reads, summary="One item",
-    )  # fmt: skip
-    def get_item(item_id: ItemIdPath) -> dict[str, Any]:
-        return service.describe_item(item_id)
-
-    @app.get(
-        "/images/{item_id:path}",
-        response_class=Response,
-        responses={
-            200: {"content": {"image/png": {}}, "description": "The item's image (PNG)"},
-            **error_responses(*read_errors, 404, 422),
-        },
-        dependencies=reads,
-        summary="An item's image",
-    )
-    def get_image(item_id: ItemIdPath) -> Response:
-        return Response(service.image_png(item_id), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
-
-    @app.get(
-        "/users", response_model=UserList, responses=error_responses(*read_errors, 422), dependencies=reads,
-        summary="User ids starting with a prefix",
-    )  # fmt: skip
-    def search_users(q: UserQuery = "", limit: ResultLimit = 20) -> dict[str, Any]:
-        users, total = service.search_users(q, limit)
-        return {"users": users, "total": total}
-
-    @app.get(
-        "/users/{user_id:path}", response_model=UserHistory, responses=error_responses(*read_errors, 404, 422),
-        dependencies=reads, summary="A user's history",
-    )  # fmt: skip
-    def get_user(user_id: UserIdPath, last: HistoryShown = 50) -> dict[str, Any]:
-        return service.user_history(user_id, last)
-
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
-        summary="Prometheus metrics: requests and latency per endpoint, catalogue size, items added",
-    )
-    def prometheus_metrics() -> Response:
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the fastapi-offline assets, and the page's static files."""
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
@@ -319,6 +228,5 @@ def create_app(
             swagger_favicon_url="/docs-assets/favicon.png",
         )
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=_docs_assets()), name="docs-assets")
-    return app

@@ -1,10 +1,10 @@
 """Ranking many requests at once: one user-encoder pass and one matrix multiply for the requests that wait together.
 
-`rank_queries` ranks a list of requests against one catalogue snapshot. `MicroBatcher` feeds it from a queue on a
-single worker thread: the worker takes every request queued when it becomes free (so requests that arrive while a
-batch is computed form the next batch), and waits at most `max_wait_s` for more only while other requests are
-already being handled by the server (`expect`), so a lone client never waits. Reading the item table once per
-batch instead of once per request is what makes this faster: at 100,000 items the table is 150 MB.
+`MicroBatcher` feeds a ranking function (the service's, over `pmmrec.ranking.rank_histories`) from a queue on
+worker threads: a worker takes every request queued when it becomes free (so requests that arrive while a batch is
+computed form the next batch), and waits at most `max_wait_s` for more only while other requests are already being
+handled by the server (`expect`), so a lone client never waits. Reading the item table once per batch instead of
+once per request is what makes this faster: at 100,000 items the table is 150 MB.
 """
 
 from __future__ import annotations
@@ -16,21 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import torch
-
-from pmmrec.components import UserEncoder
-from pmmrec.ranking import NO_ITEM, csr, top_k
-from pmmrec.serving.ann import AnnIndex
-from pmmrec.serving.catalogue import CatalogueSnapshot
-
-
-@dataclass(frozen=True)
-class RankQuery:
-    """One ranking request: the window fed to the user encoder, the items it must not get, how many it wants."""
-
-    window: list[int]
-    exclude: list[int]
-    k: int
+from pmmrec.ranking import RankQuery
 
 
 @dataclass(frozen=True)
@@ -39,36 +25,6 @@ class Ranked:
 
     items: list[tuple[int, float]]
     catalogue_size: int
-
-
-@torch.inference_mode()
-def rank_queries(
-    user: UserEncoder, snapshot: CatalogueSnapshot, queries: list[RankQuery], ann: AnnIndex | None = None
-) -> list[Ranked]:
-    """Rank every query against `snapshot`: left-padded windows, one user-encoder pass, one matmul and top-k."""
-    table = snapshot.table
-    length = max(len(query.window) for query in queries)
-    windows = torch.zeros(len(queries), length, dtype=torch.long)
-    mask = torch.zeros(len(queries), length, dtype=torch.bool)
-    for row, query in enumerate(queries):
-        windows[row, length - len(query.window) :] = torch.tensor(query.window, dtype=torch.long)
-        mask[row, length - len(query.window) :] = True
-    windows, mask = windows.to(table.device), mask.to(table.device)
-    embeddings = table[windows] * mask.unsqueeze(-1).to(table.dtype)
-    # The user encoder runs where its weights are; the table may be held elsewhere (a CPU table cache, a GPU model).
-    device = next(user.parameters()).device
-    states = user(embeddings.to(device), mask.to(device))[:, -1].float().to(table.device)
-    k = max(query.k for query in queries)
-    if ann is not None:
-        scores, indices = ann.search(states, table, k, [query.exclude for query in queries])
-    else:
-        indptr, items = csr([query.exclude for query in queries])
-        scores, indices = top_k(states, table, k, indptr, items)
-    results = []
-    for row, query in enumerate(queries):
-        pairs = zip(indices[row, : query.k].tolist(), scores[row, : query.k].tolist(), strict=True)
-        results.append(Ranked([(i, s) for i, s in pairs if i != NO_ITEM], snapshot.count))
-    return results
 
 
 class MicroBatcher:

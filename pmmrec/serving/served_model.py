@@ -60,9 +60,13 @@ class ServedModel:
 
     @classmethod
     def whole(cls, model: PMMRec, manifest: dict[str, Any] | None = None) -> ServedModel:
-        """A model already loaded (built in memory or by the caller), where it is; its key hashes its tensors."""
+        """A model already loaded (built in memory or by the caller), where it is; its key hashes its tensors.
+
+        Without a manifest (a model built in memory), its facts are described from the components
+        (`model_manifest`)."""
         types = {slot: component.type_name for slot, component in model.components().items()}
-        served = cls(model.user, types=types, key=lambda: model_fingerprint(model), model=model, manifest=manifest)
+        described = manifest if manifest is not None else model_manifest(model)
+        served = cls(model.user, types=types, key=lambda: model_fingerprint(model), model=model, manifest=described)
         return served.to(model.device)
 
     @classmethod
@@ -127,6 +131,22 @@ class ServedModel:
         """What the model reads of a new item's content: 'text' and/or 'image' (reported as `encoded_from`)."""
         return [name for name, slot in (("text", "text"), ("image", "vision")) if slot in self.types]
 
+    @property
+    def add_refusal(self) -> str | None:
+        """Why this model cannot take new items (an ID item tower), or None when it can."""
+        tower = self.types.get("item_tower")
+        if tower is not None:
+            return (
+                f"this model has an ID item tower ({tower}): it can only score the items "
+                "it was trained on; adding items by content needs a content model (text and/or vision encoder)"
+            )
+        return None
+
+    @property
+    def needs_image(self) -> bool:
+        """True when new items must come with an image (the model has a vision encoder)."""
+        return "image" in self.item_inputs
+
     def to(self, device: torch.device) -> ServedModel:
         """Move the user encoder now and the item side when it is loaded (the model is in eval mode)."""
         self._device = torch.device(device)
@@ -187,3 +207,17 @@ class ServedModel:
             raise ServiceError(503, f"the item encoders are still loading after {timeout:g} s; retry shortly") from None
         except Exception as exc:
             raise ServiceError(503, f"the item encoders failed to load ({exc})") from None
+
+
+def model_manifest(model: PMMRec) -> dict[str, Any]:
+    """The manifest of a model built in memory: each component's type and where it came from (no weight hashes)."""
+    components = {}
+    for slot, component in model.components().items():
+        source = model.sources.get(slot)
+        components[slot] = {
+            "type": component.type_name,
+            "requested": source.requested if source else None,
+            "resolved_commit": source.resolved_commit if source else None,
+            "created": source.created if source else True,
+        }
+    return {"pmmrec_type": "model/pmmrec", "dim": model.dim, "modalities": sorted(model.modalities), "components": components}

@@ -9,24 +9,11 @@ import torch
 
 from pmmrec.errors import ConfigError
 from pmmrec.serving.app import create_app
-from pmmrec.serving.runner import ServeOptions, load_service, read_api_key
+from pmmrec.serving.options import ServeOptions
+from pmmrec.serving.runner import load_service, read_api_key
 
 
-def serve(
-    model_ref: str,
-    data_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    device: str | None = None,
-    batch_size: int = 256,
-    progress: bool = True,
-    access_log: bool = True,
-    threads: int = 1,
-    options: ServeOptions | None = None,
-    api_key_file: Path | str | None = None,
-    protect_reads: bool = False,
-) -> None:
+def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = None) -> None:
     """Load the model, the catalogue (cached) and the live items, then serve the API and the page until SIGTERM.
 
     `options.state_dir` None means the default state folder (`default_state_dir`). On SIGTERM or Ctrl-C, uvicorn
@@ -34,18 +21,17 @@ def serve(
     """
     import uvicorn
 
-    if threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
-    api_key = read_api_key(api_key_file)
+    options = options or ServeOptions()
+    api_key = read_api_key(options.api_key_file)
     try:  # before the (long) catalogue encoding: is the address free?
-        socket.create_server((host, port)).close()
+        socket.create_server((options.host, options.port)).close()
     except OSError as exc:
-        raise ConfigError(f"--host {host} --port {port}: cannot listen ({exc.strerror or exc})") from None
-    service = load_service(
-        model_ref, data_dir, device=device, batch_size=batch_size, progress=progress, options=options, default_state=True
-    )
-    torch.set_num_threads(threads)  # after the catalogue encoding, which uses every core
-    app = create_app(service=service, api_key=api_key, protect_reads=protect_reads)
+        raise ConfigError(f"--host {options.host} --port {options.port}: cannot listen ({exc.strerror or exc})") from None
+    service = load_service(model_ref, data_dir, options, default_state=True)
+    torch.set_num_threads(options.threads)  # after the catalogue encoding, which uses every core
+    app = create_app(service=service, api_key=api_key)
     encoders = "loading in the background (POST /items waits)" if service.served.state == "loading" else service.served.state
     print(f"pmmrec serve: {service.num_items} items, live items in {service.store_location}, item encoders {encoders}", flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app, host=options.host, port=options.port, access_log=True, log_level="info", timeout_graceful_shutdown=30
+    )

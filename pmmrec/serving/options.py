@@ -1,0 +1,147 @@
+"""How a server runs: every option of `pmmrec serve` in one pydantic model, `ServeOptions`.
+
+The command line generates the `serve` flags from it (`SERVE_FLAGS`: flag -> field, help texts from the field
+descriptions), `pmmrec.api.serve` validates them with it, and the server's parts read it (`serve`,
+`load_service`, `build_service`, `RecommenderService`). This module imports neither torch nor FastAPI, so
+`pmmrec serve --help` never loads the server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pmmrec.errors import ConfigError
+from pmmrec.serving.limits import Limits
+
+Backend = Literal["faiss", "usearch", "hnswlib"]
+
+
+class AnnConfig(BaseModel):
+    """How the approximate index is built and searched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Backend = Field(default="faiss", description="Library that builds and searches the HNSW graph.")
+    connectivity: int = Field(default=32, ge=4, le=128, description="HNSW links per node (M).")
+    ef_construction: int = Field(default=80, ge=8, le=2048, description="Search depth while building (efConstruction).")
+    ef_search: int = Field(default=256, ge=8, le=4096, description="Search depth per query (ef); raises recall and cost.")
+    min_items: int = Field(
+        default=200_000,
+        ge=0,
+        description="Below this catalogue size the exact search is used even when an index is configured.",
+    )
+
+
+class ServeOptions(BaseModel):
+    """Everything a server is told besides its model and data: where it listens, where it keeps its state, how it
+    ranks, and its request limits.
+
+    `state_dir` None: `pmmrec serve` (and `pmmrec.serving.serve`) keep the state in `default_state_dir`;
+    `build_service` and `load_service` keep nothing. `device` None: `pmmrec serve` picks CUDA when available;
+    `build_service` keeps a model object where it is.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Interface to listen on (see --api-key-file before leaving loopback).",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
+    threads: int = Field(default=1, ge=1, description="torch threads for ranking (1: the other core serves HTTP).")
+    device: str | None = Field(
+        default=None, description="cpu, cuda or cuda:N (when omitted: cuda:LOCAL_RANK if CUDA is available, else cpu)."
+    )
+    quiet: bool = Field(default=False, description="No progress bars.")
+    state_dir: Path | None = Field(
+        default=None,
+        description="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE "
+        "or ~/.local/state/pmmrec, then serve/DATASET-HASH.",
+    )
+    store_url: str | None = Field(default=None, description="postgresql:// URL of a live-item store shared by replicas.")
+    api_key_file: Path | None = Field(
+        default=None, description="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth)."
+    )
+    protect_reads: bool = Field(
+        default=False, description="Require the API key on every route but /health and /metrics."
+    )
+    batching: bool = Field(default=True, description="Rank concurrent /recommend requests together.")
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="Longest wait for requests already in flight to join a batch."
+    )
+    batch_workers: int = Field(
+        default=2, ge=1, le=64, description="Threads ranking batches side by side, each taking the requests queued."
+    )
+    ann: Backend | None = Field(
+        default=None, description="Approximate search for large catalogues: faiss, usearch or hnswlib."
+    )
+    ann_min_items: int = Field(
+        default=AnnConfig().min_items, ge=0, description="Catalogue size from which --ann is used (exact search below)."
+    )
+    # Not command-line flags: for benchmarks, tests and Python callers.
+    ann_ef_search: int = Field(default=AnnConfig().ef_search, ge=8, description="HNSW search depth (recall vs cost).")
+    poll_interval: float = Field(
+        default=1.0, ge=0, description="Seconds between looks for items other replicas added (0: never look)."
+    )
+    max_batch: int = Field(default=64, ge=1, le=4096, description="Most requests ranked in one batch.")
+    max_parallel: int | None = Field(
+        default=None, ge=1, description="Without batching: most rankings computed at once (default: one per core)."
+    )
+    spare_items: int = Field(
+        default=1024, ge=0, description="Free columns of the item table for items added live (it doubles when full)."
+    )
+    encode_batch_size: int = Field(
+        default=256, ge=1, description="Items encoded at once when the catalogue table is built (part of its cache key)."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Request limits (reported by GET /health).")
+
+    @property
+    def ann_config(self) -> AnnConfig | None:
+        """The approximate index's options, or None for exact search only."""
+        if self.ann is None:
+            return None
+        return AnnConfig(backend=self.ann, ef_search=self.ann_ef_search, min_items=self.ann_min_items)
+
+
+# `pmmrec serve`'s flags in --help order: option name (--state) -> ServeOptions field (state_dir). Their help texts
+# are the fields' descriptions; booleans are --x/--no-x switches, except --quiet, the flag every command has.
+SERVE_FLAGS: dict[str, str] = {
+    "host": "host",
+    "port": "port",
+    "threads": "threads",
+    "device": "device",
+    "quiet": "quiet",
+    "state": "state_dir",
+    "store": "store_url",
+    "api_key_file": "api_key_file",
+    "protect_reads": "protect_reads",
+    "batching": "batching",
+    "batch_wait_ms": "batch_wait_ms",
+    "batch_workers": "batch_workers",
+    "ann": "ann",
+    "ann_min_items": "ann_min_items",
+}
+
+
+def options_from_flags(flags: dict[str, Any]) -> ServeOptions:
+    """`ServeOptions` from `pmmrec serve`'s flags by option name (None = not given); a bad value is one ConfigError
+    line naming the flag, the value and the rule (`--port 0: Input should be greater than or equal to 1`)."""
+    unknown = sorted(set(flags) - set(SERVE_FLAGS))
+    if unknown:
+        raise ConfigError(f"unknown serve option(s) {unknown}; known: {', '.join(SERVE_FLAGS)}")
+    values = {SERVE_FLAGS[name]: value for name, value in flags.items() if value is not None}
+    try:
+        return ServeOptions(**values)
+    except ValidationError as exc:
+        flag_of = {field: "--" + name.replace("_", "-") for name, field in SERVE_FLAGS.items()}
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error.get("loc") else ""
+            given = values.get(field)
+            where = flag_of.get(field, field or "serve") + ("" if given is None else f" {given}")
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        raise ConfigError("; ".join(problems)) from None
