@@ -11,7 +11,16 @@ import torch
 from PIL import Image
 
 from pmmrec.baselines import baseline_ranks, content_knn_states
-from pmmrec.data import hold_out_new_items, leave_one_out, load_dataset, new_target_mask, write_dataset
+from pmmrec.data import (
+    hashed_items,
+    hold_out_new_items,
+    leave_one_out,
+    load_dataset,
+    new_target_mask,
+    newest_items,
+    write_dataset,
+)
+from pmmrec.data.new_items import new_item_count, new_items_record
 from pmmrec.demo import prepare_output
 from pmmrec.demo.report import comparisons, plot_test_ndcg, plot_validation_curves, results_markdown, row_summary
 from pmmrec.errors import PmmrecError
@@ -21,7 +30,7 @@ def _dataset(root: Path, held_out: float = 0.0) -> Path:
     items = [f"i{n}" for n in range(1, 11)]
     users = [[items[(n + k) % 10] for k in range(6)] for n in range(8)]
     if held_out:
-        users, _ = hold_out_new_items(items, users, held_out)
+        users = hold_out_new_items(users, hashed_items(items, held_out))
     return write_dataset(
         root,
         name="toy",
@@ -38,7 +47,8 @@ def test_new_items_occur_only_as_validation_or_test_targets(tmp_path: Path) -> N
     """Guards the valid/test disagreement: new items are held out of validation histories too, not only test."""
     items = [f"i{n}" for n in range(1, 11)]
     original = [[items[(n + k) % 10] for k in range(6)] for n in range(8)]
-    held, new = hold_out_new_items(items, original, 0.4)
+    new = hashed_items(items, 0.4)
+    held = hold_out_new_items(original, new)
     assert new and len(new) < len(items)
     for before, after in zip(original, held, strict=True):
         assert after[-2:] == before[-2:]
@@ -49,6 +59,28 @@ def test_new_items_occur_only_as_validation_or_test_targets(tmp_path: Path) -> N
     for which, targets in (("valid", split.valid_target), ("test", split.test_target)):
         assert new_target_mask(split, which).tolist() == [int(t) not in seen for t in targets]
     assert new_target_mask(split, "valid").any() and new_target_mask(split, "test").any()
+
+
+def test_new_items_are_the_last_first_seen_and_the_record_counts_them_exactly() -> None:
+    """Issue 24: cold start in time. Hand-computed: first seen a@1 b@2 c@3 d@4 e@5, share 0.4 -> d and e (2 of 5)."""
+    first_seen = {"c": (3, 0), "a": (1, 0), "e": (5, 0), "b": (2, 0), "d": (4, 0)}
+    assert newest_items(first_seen, 0.4) == ["d", "e"] and newest_items(first_seen, 0.0) == []
+    assert new_item_count(5, 0.3) == 2 and new_item_count(5, 0.29) == 1  # 1.5 rounds up, 1.45 down
+    before = [["a", "d", "b", "e"], ["b", "c", "a", "d"], ["a", "e", "c", "b"], ["c", "d", "e", "a"]]
+    after = hold_out_new_items(before, ["d", "e"])
+    assert after == [["a", "b", "e"], ["b", "c", "a", "d"], ["a", "c", "b"], ["c", "e", "a"]]
+    record = new_items_record("first-seen", 0.4, ["d", "e"], before, after, cut="t4")
+    assert (record["held_out"], record["items"], record["left_catalogue"]) == (2, 2, [])
+    assert record["dropped_interactions"] == 1 + 0 + 1 + 1 and record["users_below_min_length"] == 0
+    assert record["valid_target_users"] == 1 and record["test_target_users"] == 2  # valid: user 3; test: users 0, 1
+    # counts before: a 4, b 3, c 3, d 3, e 3 -> ranks a 1, b 2, c 3, d 4, e 5 (ties by id)
+    popularity = record["test_target_popularity"]
+    assert popularity["interactions_before_hold_out"] == {"min": 3, "median": 3.0, "max": 3}
+    assert popularity["most_popular"] == [
+        {"item_id": "d", "interactions": 3, "popularity_rank": 4, "users": 1},
+        {"item_id": "e", "interactions": 3, "popularity_rank": 5, "users": 1},
+    ]
+    assert record["never_in_training"] == 2  # d and e: no training prefix ([:-2]) holds them
 
 
 def test_popularity_ranks_match_a_direct_count(tmp_path: Path) -> None:
