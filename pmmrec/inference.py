@@ -24,7 +24,7 @@ from pmmrec.data import (
 from pmmrec.distributed import DistributedContext, gather_objects
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
-from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets
+from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets_with_unscored
 from pmmrec.model import PMMRec
 from pmmrec.paths import cache_root
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
@@ -82,6 +82,15 @@ def encode_catalogue(
         table[batch.items] = encoded.embeddings.float()
     model.train(was_training)
     return table
+
+
+def unscored_items(model: PMMRec, num_items: int) -> torch.Tensor | None:
+    """Catalogue indices the model has no trained representation of: an ID tower's never-trained rows (issue 24;
+    they score below every trained item), None for content towers, which encode every item from its content."""
+    if model.item_tower is None:
+        return None
+    untrained = model.item_tower.untrained_indices(num_items)
+    return untrained if untrained.numel() else None
 
 
 @torch.inference_mode()
@@ -169,6 +178,7 @@ def evaluate_split(
     block = default_block_columns(device, batch_size, num_items + 1)
     chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
     writer = PartWriter(store, flush_seconds)
+    unscored = unscored_items(model, num_items)
     was_training = model.training
     model.eval()
     local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
@@ -182,7 +192,9 @@ def evaluate_split(
             indptr, history = batch.history_indptr, batch.history_items
             if not exclude_history:
                 indptr, history = torch.zeros_like(indptr), history[:0]
-            ranks = rank_targets(states, item_table, batch.targets, indptr, history, chunk, block)
+            ranks = rank_targets_with_unscored(
+                states, item_table, batch.targets, indptr, history, unscored, chunk, block
+            )
             stop = start + ranks.shape[0]
             local_ranks[start:stop] = ranks.cpu().numpy()
             writer.add(pending[start:stop], local_ranks[start:stop])
@@ -235,7 +247,8 @@ def top_k(
     k: int = 10,
     exclude: Sequence[int] = (),
 ) -> list[Recommendation]:
-    """Top-k catalogue items after a history of catalogue indices (most recent last)."""
+    """Top-k catalogue items after a history of catalogue indices (most recent last); an ID tower's never-trained
+    rows are never recommended (they score below every trained item)."""
     if not history:
         raise ConfigError("the history is empty: give at least one known item")
     if k < 1:
@@ -243,7 +256,9 @@ def top_k(
     window = list(history)[-model.max_length :]
     windows = torch.tensor([window], dtype=torch.long, device=item_table.device)
     state = user_states(model, item_table, windows, torch.ones_like(windows, dtype=torch.bool))[0]
-    indptr, excluded = csr([sorted(set(int(i) for i in exclude))])
+    unscored = unscored_items(model, len(item_ids))
+    never = set(unscored.tolist()) if unscored is not None else set()
+    indptr, excluded = csr([sorted({int(i) for i in exclude} | never)])
     values, indices = ranking_top_k(state[None], item_table.float(), k, indptr, excluded)
     return [
         Recommendation(rank=r + 1, item_id=item_ids[i - 1], score=float(v), text=item_texts[i - 1])

@@ -41,7 +41,15 @@ from pmmrec.data.new_items import (
 )
 from pmmrec.data.ragged import RaggedArray, item_counts, total_length
 from pmmrec.data.reference_import import import_reference
-from pmmrec.data.split import SPLIT_RECORD, LeaveOneOutSplit, leave_one_out, read_split_record, write_split_record
+from pmmrec.data.split import (
+    SPLIT_RECORD,
+    LeaveOneOutSplit,
+    known_items,
+    leave_one_out,
+    read_split_record,
+    training_items,
+    write_split_record,
+)
 from pmmrec.data.statistics import check_dataset, dataset_statistics, format_statistics
 from pmmrec.data.synthetic_images import render_synthetic_image
 
@@ -78,6 +86,7 @@ __all__ = [
     "hold_out_new_items",
     "import_reference",
     "item_counts",
+    "known_items",
     "leave_one_out",
     "load_dataset",
     "locate_movielens",
@@ -92,6 +101,7 @@ __all__ = [
     "tile_ends",
     "tokenize_catalogue",
     "total_length",
+    "training_items",
     "write_dataset",
     "write_split_record",
 ]

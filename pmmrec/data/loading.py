@@ -178,7 +178,7 @@ class SequenceBatch(_TensorBundle):
     """A batch of user sequences and the features of its distinct items.
 
     item_seq: catalogue indices [B, S], left-padded with 0; seq_mask: True on real items;
-    unique_items: sorted distinct non-padding indices [U] (every catalogue item when the collator lists all items
+    unique_items: sorted distinct non-padding indices [U] (every known item when the collator lists all known items
     as candidates); slot_index: position of each slot's item in
     unique_items [B, S] (0 on padding, use seq_mask); text_ids/text_mask: token rows [U, T] of unique_items;
     pixel_values: uint8 [U, 3, H, W], un-normalised (zeros for an item without an image).
@@ -254,8 +254,11 @@ class BatchCollator:
         self.image_store = image_store
         self.image_preprocessor = ImagePreprocessor(image_size)
         self.include_images = True  # switched off when a frozen-prefix cache already holds every image input
-        # Training batches list every catalogue item as a candidate (the full-softmax loss), not only their own.
+        # Training batches list every known item as a candidate (the full-softmax loss), not only their own.
         self.all_items_as_candidates = False
+        # The items known at training time (pmmrec.data.known_items, sorted): the full softmax's candidates. None:
+        # the whole catalogue 1..N. Never-trained items must not be negatives (issue 24), so training sets it.
+        self.known_items: np.ndarray | None = None
         self.pixel_cache = PixelCache(pixel_cache_bytes)  # decoded images of popular items, per process
 
     @property
@@ -311,8 +314,15 @@ class BatchCollator:
         seq_mask = item_seq > 0
         slot_index = np.zeros_like(item_seq)
         if self.all_items_as_candidates and not is_eval:
-            unique_items = np.arange(1, len(self.item_ids) + 1, dtype=np.int64)
-            slot_index[seq_mask] = item_seq[seq_mask] - 1
+            known = self.known_items
+            unique_items = np.arange(1, len(self.item_ids) + 1, dtype=np.int64) if known is None else known
+            items = item_seq[seq_mask]
+            slot_index[seq_mask] = positions = np.searchsorted(unique_items, items)
+            if len(items) and (
+                not len(unique_items)
+                or not np.array_equal(unique_items[np.minimum(positions, len(unique_items) - 1)], items)
+            ):
+                raise ConfigError("a training sequence holds an item that is not in the collator's known_items")
         else:
             unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
             slot_index[seq_mask] = inverse.reshape(-1)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pmmrec.data.split import MIN_SPLIT_LENGTH, LeaveOneOutSplit
+from pmmrec.data.split import MIN_SPLIT_LENGTH, LeaveOneOutSplit, training_items
 from pmmrec.errors import DatasetError
 
 NEW_ITEM_RULES: tuple[str, ...] = ("first-seen", "hash")
@@ -147,6 +147,5 @@ def new_target_mask(split: LeaveOneOutSplit, which: str = "test") -> np.ndarray:
     """True for users whose valid or test target never occurs in any training sequence (a new item)."""
     if which not in ("valid", "test"):
         raise DatasetError(f"split must be valid or test, got {which!r}")
-    seen = np.unique(np.concatenate(split.train)) if split.train else np.zeros(0, dtype=np.int64)
     targets = split.valid_target if which == "valid" else split.test_target
-    return ~np.isin(targets, seen)
+    return ~np.isin(targets, training_items(split))

@@ -94,10 +94,10 @@ class TrainingModule(nn.Module):
 def default_softmax(model: PMMRec) -> str:
     """The next-item softmax of `softmax: auto`: full for an ID item tower, in-batch for content towers.
 
-    Chosen on validation splits (docs/benchmarks.md): SASRec-ID gains from scoring every item at every step, and
-    its table costs nothing to score. A content tower trained with the full softmax learns to rank items that never
-    occur in training (new items) last, which is what it exists not to do, and it encodes the whole catalogue at
-    every step.
+    SASRec-ID gains from scoring every known item at every step (docs/benchmarks.md), and its table costs nothing to
+    score. A content tower with the full softmax encodes every known item at every step. (Before issue 24 the full
+    softmax also took never-trained items as negatives, which taught content towers to rank new items last; it now
+    scores only the items known at training time.)
     """
     return "full" if model.item_tower is not None else "in_batch"
 

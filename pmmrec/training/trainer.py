@@ -20,6 +20,7 @@ from pmmrec.data import (
     LeaveOneOutSplit,
     SequenceBatch,
     TrainSequences,
+    known_items,
     leave_one_out,
     write_split_record,
 )
@@ -99,6 +100,12 @@ class Trainer:
             component.requires_grad_(False)
         self.model = model.to(self.device)
         self.collator: BatchCollator = make_collator(model, dataset)
+        # Training knows only the items of its time (issue 24): those of the training sequences and config.known_items.
+        # They are the full softmax's only candidates, and an ID tower trains only their rows (the others are zeroed).
+        self.known_items = known_items(self.split, dataset.item_ids, config.known_items)
+        self.collator.known_items = self.known_items
+        if model.item_tower is not None:
+            model.item_tower.train_only(torch.from_numpy(self.known_items))
         # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
         self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
@@ -370,6 +377,7 @@ class Trainer:
             "gather_negatives": self.module.gather_negatives,
             "objectives": self.module.active_losses(),
             "softmax": self.module.next_item.config.softmax,
+            "known_items": len(self.known_items),
             "learning_rates": self.learning_rates,
             "split": self.config.split_record(),
             "train_windows": len(self.train_set),
