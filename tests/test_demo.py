@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pmmrec.baselines import baseline_ranks, content_knn_states
+from pmmrec.baselines import (
+    BaselineConfig,
+    baseline_grid,
+    baseline_ranks,
+    content_knn_states,
+    popularity_table,
+    tune_baseline,
+)
 from pmmrec.data import (
     hashed_items,
     hold_out_new_items,
@@ -112,6 +119,41 @@ def test_content_knn_scores_by_cosine_to_the_mean_of_the_history() -> None:
     mean = torch.tensor([0.5, 1.0])
     assert torch.allclose(whole[0], mean / mean.norm())
     assert torch.allclose(normalised[3], torch.tensor([1.0, 1.0]) / 2**0.5)
+
+
+def test_content_knn_can_average_normalised_vectors() -> None:
+    table = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    _, raw = content_knn_states(table, [np.array([1, 2])])
+    _, normalised = content_knn_states(table, [np.array([1, 2])], normalise=True)
+    assert torch.allclose(raw[0], torch.tensor([2.0, 0.5]) / torch.tensor([2.0, 0.5]).norm())  # the long vector wins
+    assert torch.allclose(normalised[0], torch.tensor([1.0, 1.0]) / 2**0.5)  # each item weighs the same
+
+
+def test_popularity_can_count_a_recency_window() -> None:
+    split = leave_one_out([np.array([1, 1, 2, 3, 9, 9]), np.array([2, 3, 3, 9, 9])])  # train: [1,1,2,3], [2,3,3]
+    counts = popularity_table(split, 9).squeeze(1).round().tolist()
+    assert counts[1:4] == [2, 2, 3]
+    recent = popularity_table(split, 9, window=2).squeeze(1).round().tolist()
+    assert recent[1:4] == [0, 1, 3]  # last two of each: [2, 3] and [3, 3]
+
+
+def test_baselines_are_searched_on_validation_with_the_stated_budget(tmp_path: Path) -> None:
+    """Issue 24: windows {1, 2, 3, 5, 10, 20, all} (x raw/normalised for content-knn), selected on validation,
+    the test split ranked once at the selected configuration."""
+    assert [c.window for c in baseline_grid("popularity")] == [1, 2, 3, 5, 10, 20, None]
+    assert len(baseline_grid("content-knn")) == 14 and BaselineConfig(2, True) in baseline_grid("content-knn")
+    dataset = load_dataset(_dataset(tmp_path / "toy"))
+    split = leave_one_out(dataset.sequences)
+    search = tune_baseline("popularity", dataset, split)
+    assert search.valid_ndcg[search.selected] == max(search.valid_ndcg) and len(search.valid_ndcg) == 7
+    window = search.config.window
+    assert search.test_ranks.tolist() == baseline_ranks("popularity", dataset, split, "test", popularity_window=window).tolist()
+    assert search.as_dict()["budget"] == 7
+    table = torch.randn(dataset.num_items + 1, 6, generator=torch.Generator().manual_seed(0))
+    knn = tune_baseline("content-knn", dataset, split, text_table=table)
+    expected = baseline_ranks("content-knn", dataset, split, "valid", max_length=knn.config.window,
+                              normalise=knn.config.normalise, text_table=table)  # fmt: skip
+    assert knn.valid_ranks.tolist() == expected.tolist() and len(knn.valid_ndcg) == 14
 
 
 def test_rows_carry_intervals_and_comparisons_carry_p_values() -> None:
