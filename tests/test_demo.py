@@ -31,6 +31,7 @@ from pmmrec.data.new_items import new_item_count, new_items_record
 from pmmrec.demo import prepare_output
 from pmmrec.demo.report import comparisons, plot_test_ndcg, plot_validation_curves, results_markdown, row_summary
 from pmmrec.errors import PmmrecError
+from pmmrec.stats import holm
 
 
 def _dataset(root: Path, held_out: float = 0.0) -> Path:
@@ -162,15 +163,21 @@ def test_rows_carry_intervals_and_comparisons_carry_p_values() -> None:
     weak = [rng.integers(5, 60, size=300) for _ in range(3)]
     new = np.zeros(300, dtype=bool)
     new[:40] = True
-    row = row_summary("strong", strong, new)
+    row = row_summary("strong", strong, new, searched="8 on validation")
     low, high = row["ndcg@10_ci"]
     assert low < row["ndcg@10"] < high and row["new_users"] == 40 and len(row["ndcg@10_per_seed"]) == 3
     assert row["new_ndcg@10_ci"][0] < row["new_ndcg@10"] < row["new_ndcg@10_ci"][1]
     tests = comparisons({"pmmrec-transfer": strong, "pmmrec-scratch": weak}, new)
     assert tests[0]["a"] == "pmmrec-transfer" and tests[0]["significant"] and tests[0]["p_bootstrap"] < 0.01
     assert tests[0]["subset"] == "all" and tests[0]["users"] == 300  # the subset label survives the user count
+    assert tests[0]["seeds_a"] == 3 and 0 < tests[0]["differing"] <= 300 and tests[0]["sign_flip"] == "monte-carlo"
+    pairs = [("pmmrec-transfer", "pmmrec-scratch", "all"), ("pmmrec-transfer", "pmmrec-scratch", "new")]
+    table = comparisons({"pmmrec-transfer": strong, "pmmrec-scratch": weak}, new, pairs)
+    assert [t["subset"] for t in table] == ["all", "new"] and table[1]["users"] == 40
+    assert [t["p_holm"] for t in table] == pytest.approx(holm([t["p"] for t in table]))  # Holm within the table
     text = results_markdown([row], tests, ["a note"])
-    assert "p (Wilcoxon)" in text and "a note" in text
+    assert "users that differ" in text and "Holm-adjusted within this table" in text and "a note" in text
+    assert "| strong | 8 on validation |" in text
 
 
 def test_plots_are_pngs(tmp_path: Path) -> None:
