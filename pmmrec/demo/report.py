@@ -104,9 +104,14 @@ def _mark(comparison: Mapping[str, Any]) -> str:
     return "yes" if comparison["significant"] else "no"
 
 
+def _p(value: float) -> str:
+    """A p-value: 4 decimals, or 2 significant digits below 0.0001 (an exact p can be tiny)."""
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
 def _flip(comparison: Mapping[str, Any]) -> str:
     method = "exact" if comparison["sign_flip"] == "exact" else "MC"
-    return f"{comparison['p_sign_flip']:.4f} ({method})"
+    return f"{_p(comparison['p_sign_flip'])} ({method})"
 
 
 def results_markdown(
@@ -132,7 +137,7 @@ def results_markdown(
         lines.append(
             f"| {test['a']} vs {test['b']} | {test['subset']} ({test['users']}) | {test['differing']} | "
             f"{test['difference']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {_flip(test)} | "
-            f"{test['p_bootstrap']:.4f} | {test['p_holm']:.4f} | {_mark(test)} ({test['verdict']}) |"
+            f"{_p(test['p_bootstrap'])} | {_p(test['p_holm'])} | {_mark(test)} ({test['verdict']}) |"
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
@@ -154,8 +159,8 @@ def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str,
     for test in tests:
         lines.append(
             f"{test['a']} vs {test['b']} ({test['subset']} users, {test['users']}; {test['differing']} differ): "
-            f"{test['difference']:+.4f}, p = {_flip(test)} sign-flip, {test['p_bootstrap']:.4f} seed x user "
-            f"bootstrap, {test['p_holm']:.4f} Holm -> {test['verdict']}"
+            f"{test['difference']:+.4f}, p = {_flip(test)} sign-flip, {_p(test['p_bootstrap'])} seed x user "
+            f"bootstrap, {_p(test['p_holm'])} Holm -> {test['verdict']}"
         )
     return "\n".join(lines)
 
