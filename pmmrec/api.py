@@ -341,17 +341,20 @@ def data_movielens(
     images: str = "none",
     size: int = 224,
     new_items: float = 0.0,
+    new_items_rule: str = "first-seen",
     overwrite: bool = False,
 ) -> Path:
     """Build MovieLens-100K (or its source/target domain) from the installed recbole==1.2.1 wheel.
 
-    new_items: share of items held out as new items (only ever a validation or test target), as the demo does.
+    new_items: share of items held out as new items (only ever a validation or test target), as the demo does;
+    new_items_rule: first-seen (the items that appear last in the domain's time line) or hash (pre-issue-24 rule).
     """
     from pmmrec.data import build_movielens
 
     return build_movielens(
-        out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items
-    )
+        out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items,
+        new_items_rule=new_items_rule,
+    )  # fmt: skip
 
 
 def data_build_lmdb(

@@ -298,6 +298,13 @@ def data_movielens(
             help="Share of items held out as new items: they occur only as validation and test targets (the demo: 0.2).",
         ),
     ] = 0.0,
+    new_items_rule: Annotated[
+        opt.NewItemRuleChoice,
+        typer.Option(
+            help="first-seen = the items whose first interaction is latest (cold start in time); hash = the rule used "
+            "before issue 24, unrelated to time (kept to reproduce older tables).",
+        ),
+    ] = opt.NewItemRuleChoice.first_seen,
     overwrite: opt.Overwrite = False,
 ) -> None:
     """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
@@ -305,7 +312,13 @@ def data_movielens(
     from pmmrec.data.movielens import LICENCE_NOTE
 
     path = api.data_movielens(
-        out, domain=domain.value, images=images.value, size=size, new_items=new_items, overwrite=overwrite
+        out,
+        domain=domain.value,
+        images=images.value,
+        size=size,
+        new_items=new_items,
+        new_items_rule=new_items_rule.value,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {path}")
     typer.echo(format_statistics(api.data_check(path)))

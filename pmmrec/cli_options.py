@@ -109,6 +109,11 @@ class DomainChoice(str, Enum):
     target = "target"
 
 
+class NewItemRuleChoice(str, Enum):
+    first_seen = "first-seen"
+    hash = "hash"
+
+
 class ImagesChoice(str, Enum):
     none = "none"
     synthetic = "synthetic"

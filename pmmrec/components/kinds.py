@@ -211,6 +211,15 @@ class ItemTower(Component):
         """
 
     @abstractmethod
+    def train_only(self, catalogue_indices: torch.Tensor) -> None:
+        """Only these catalogue items (those known at training time) get a trained row; the others are marked
+        untrained and score below every trained item (issue 24)."""
+
+    @abstractmethod
+    def untrained_indices(self, num_items: int) -> torch.Tensor:
+        """Catalogue indices 1..num_items whose row was never trained (empty when every row was)."""
+
+    @abstractmethod
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:
         """Embeddings [N, d] of catalogue rows (0 = padding)."""
 

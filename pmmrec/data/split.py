@@ -71,6 +71,25 @@ def leave_one_out(
     )
 
 
+def training_items(split: LeaveOneOutSplit) -> np.ndarray:
+    """Sorted distinct catalogue indices that occur in some training sequence (what training can know)."""
+    return np.unique(RaggedArray.from_rows(split.train).flat()).astype(np.int64)
+
+
+def known_items(split: LeaveOneOutSplit, item_ids: Sequence[str], extra: Sequence[str] = ()) -> np.ndarray:
+    """The catalogue indices known at training time: items of the training sequences plus `extra` ids (items that
+    exist at training time without a training interaction), sorted. Never-trained items are not in it: they are
+    never a negative of the next-item softmax, and an ID tower has no trained row for them (issue 24)."""
+    known = training_items(split)
+    if extra:
+        index = {item_id: position for position, item_id in enumerate(item_ids, start=1)}
+        missing = [item_id for item_id in extra if item_id not in index]
+        if missing:
+            raise ConfigError(f"known_items: item id(s) not in the catalogue: {missing[:5]}")
+        known = np.union1d(known, np.asarray([index[item_id] for item_id in extra], dtype=np.int64))
+    return known.astype(np.int64)
+
+
 SPLIT_RECORD = "data_split.json"
 SPLIT_KEYS = ("min_length", "max_history", "max_length", "window")
 
