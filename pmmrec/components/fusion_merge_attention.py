@@ -1,4 +1,12 @@
-"""`fusion/merge_attention`: one Transformer layer over text and image tokens, then a masked mean."""
+"""`fusion/merge_attention`: one Transformer layer over text and image tokens, then a masked mean.
+
+A fresh fusion is *gated* (issue 24.6): item = mean of the text-only and vision-only towers + tanh(gate) x the
+merge-attention output, the gate starting at 0. The layer's post-LN output is much larger than the towers' (norm
+about sqrt(d) per token) and, over 49 image tokens and about 16 text tokens, mostly image: a fresh ungated fusion
+starts as a random, image-dominated map with a logit scale several times the text-only model's. Gated, it starts
+as the plain mean of the two towers and lets training open the attention path. Configs without `gated` (artefacts
+written before) keep the paper's ungated form.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +32,12 @@ class MergeAttentionConfig(ComponentConfig):
     heads: int = Field(default=12, ge=1, le=256, description="Attention heads; must divide dim.")
     ffn_multiplier: int = Field(default=4, ge=1, le=16, description="Feed-forward width as a multiple of d.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout in the fusion layer.")
+    gated: bool = Field(
+        default=False,
+        description="Item = mean of the text and image towers + tanh(gate) x merge-attention output, gate starting "
+        "at 0 (fresh fusions since issue 24.6); false: the merge-attention output alone (the paper's, and every "
+        "fusion written before).",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> MergeAttentionConfig:
@@ -54,17 +68,27 @@ class MergeAttentionFusion(Fusion):
             norm_first=False,
         )
         nn.init.normal_(self.type_embeddings.weight, std=0.02)
+        # One scalar; tanh(0) = 0, so a fresh gated fusion is exactly the mean of the single-modality towers.
+        self.gate = nn.Parameter(torch.zeros(())) if config.gated else None
 
     @classmethod
     def create(cls, options: CreateOptions) -> MergeAttentionFusion:
-        """A fresh fusion layer at width d; heads default to the largest divisor of d up to 12 (paper: 12)."""
+        """A fresh gated fusion layer at width d; heads default to the largest divisor of d up to 12 (paper: 12)."""
         dim = options.width
-        return cls(MergeAttentionConfig(dim=dim, heads=options.heads or default_heads(dim, 12), dropout=options.dropout))
+        heads = options.heads or default_heads(dim, 12)
+        return cls(MergeAttentionConfig(dim=dim, heads=heads, dropout=options.dropout, gated=True))
 
     def card_summary(self) -> str:
+        gate = (
+            " Gated: the item embedding is the mean of the text-only and vision-only towers plus tanh(gate) times "
+            "that, the gate starting at 0."
+            if self.gate is not None
+            else ""
+        )
         return (
             f"Merge-attention fusion: one post-LN Transformer layer ({self.config.heads} heads, d = {self.config.dim}) "
             "over text and image tokens with modality-type embeddings, then a masked mean: one embedding per item."
+            + gate
         )
 
     def forward(
@@ -80,5 +104,8 @@ class MergeAttentionFusion(Fusion):
         tokens = torch.cat([text, image], dim=1)
         image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)
         valid = torch.cat([text_mask.to(torch.bool), image_mask], dim=1)
-        fused = self.layer(tokens, src_key_padding_mask=~valid)
-        return masked_mean(fused, valid)
+        fused = masked_mean(self.layer(tokens, src_key_padding_mask=~valid), valid)
+        if self.gate is None:
+            return fused
+        towers = 0.5 * (masked_mean(text_tokens, text_mask) + image_tokens.mean(dim=1))
+        return towers + torch.tanh(self.gate) * fused
