@@ -343,17 +343,20 @@ def data_movielens(
     new_items: float = 0.0,
     new_items_rule: str = "first-seen",
     overwrite: bool = False,
+    item_text: str = "title-year-genres",
 ) -> Path:
     """Build MovieLens-100K (or its source/target domain) from the installed recbole==1.2.1 wheel.
 
     new_items: share of items held out as new items (only ever a validation or test target), as the demo does;
-    new_items_rule: first-seen (the items that appear last in the domain's time line) or hash (pre-issue-24 rule).
+    new_items_rule: first-seen (the items that appear last in the domain's time line) or hash (pre-issue-24 rule);
+    item_text: title-year-genres (the default) or title-year (no genres in the text; synthetic pictures keep their
+    genre colours).
     """
     from pmmrec.data import build_movielens
 
     return build_movielens(
         out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items,
-        new_items_rule=new_items_rule,
+        new_items_rule=new_items_rule, item_text=item_text,
     )  # fmt: skip
 
 

@@ -305,6 +305,13 @@ def data_movielens(
             "before issue 24, unrelated to time (kept to reproduce older tables).",
         ),
     ] = opt.NewItemRuleChoice.first_seen,
+    item_text: Annotated[
+        opt.ItemTextChoice,
+        typer.Option(
+            help="What each item's text holds: title-year-genres, or title-year (no genres: synthetic pictures still "
+            "show them as colours, the one case where pictures carry what the text lacks).",
+        ),
+    ] = opt.ItemTextChoice.title_year_genres,
     overwrite: opt.Overwrite = False,
 ) -> None:
     """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
@@ -319,6 +326,7 @@ def data_movielens(
         new_items=new_items,
         new_items_rule=new_items_rule.value,
         overwrite=overwrite,
+        item_text=item_text.value,
     )
     typer.echo(f"wrote {path}")
     typer.echo(format_statistics(api.data_check(path)))

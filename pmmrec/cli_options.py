@@ -114,6 +114,11 @@ class NewItemRuleChoice(str, Enum):
     hash = "hash"
 
 
+class ItemTextChoice(str, Enum):
+    title_year_genres = "title-year-genres"
+    title_year = "title-year"
+
+
 class ImagesChoice(str, Enum):
     none = "none"
     synthetic = "synthetic"
