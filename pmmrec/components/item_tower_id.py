@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -19,6 +21,7 @@ from pmmrec.errors import ArtefactError, ConfigError
 from pmmrec.jsonfile import read_json_file
 
 ITEM_IDS_FILE = "item_ids.json"
+MAX_ID_BYTES = 511  # as a dataset's item ids (an LMDB key)
 
 
 class IdItemTowerConfig(ComponentConfig):
@@ -26,6 +29,9 @@ class IdItemTowerConfig(ComponentConfig):
 
     dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Item embedding width d.")
     num_items: int = Field(ge=1, le=50_000_000, description="Catalogue size (rows = num_items + 1).")
+
+    def parameter_estimate(self) -> int:
+        return (self.num_items + 1) * self.dim
 
 
 @register_component
@@ -58,15 +64,21 @@ class IdItemTower(ItemTower):
 
     @classmethod
     def build_for_loading(cls, config: ComponentConfig, folder: Path) -> IdItemTower:
+        assert isinstance(config, IdItemTowerConfig)
         path = folder / ITEM_IDS_FILE
         item_ids = None
-        if path.is_file():
-            item_ids = read_json_file(path, error=ArtefactError, max_bytes=2 << 30, max_depth=2)
-            if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
-                raise ArtefactError(f"{path}: expected a list of item id strings")
-            if len(item_ids) != config.num_items:  # type: ignore[attr-defined]
-                raise ArtefactError(f"{path}: {len(item_ids)} ids but config.json says num_items={config.num_items}")  # type: ignore[attr-defined]
-        return cls(config, item_ids=item_ids)  # type: ignore[arg-type]
+        if os.path.lexists(path):
+            # At most MAX_ID_BYTES per id (quoted, escaped as \uXXXX) plus separators: bounded before reading.
+            limit = config.num_items * (3 * MAX_ID_BYTES + 4) + 2
+            item_ids = read_json_file(path, error=ArtefactError, max_bytes=min(limit, 2 << 30), max_depth=2)
+            if not isinstance(item_ids, list) or not all(isinstance(x, str) and x for x in item_ids):
+                raise ArtefactError(f"{path}: expected a list of non-empty item id strings")
+            if len(item_ids) != config.num_items:
+                raise ArtefactError(f"{path}: {len(item_ids)} ids but config.json says num_items={config.num_items}")
+            if len(set(item_ids)) != len(item_ids):
+                twice = next(item_id for item_id, count in Counter(item_ids).items() if count > 1)
+                raise ArtefactError(f"{path}: item id {twice!r} names two rows")
+        return cls(config, item_ids=item_ids)
 
     def save_extra_files(self, folder: Path) -> None:
         if self.item_ids is not None:

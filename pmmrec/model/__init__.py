@@ -2,7 +2,7 @@
 
 from pmmrec.model.assembly import SLOT_KINDS, check_compatible, load_slot
 from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
-from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component, modalities_of
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component, modalities_of, read_model_split_record
 
 __all__ = [
     "MANIFEST_FILE",
@@ -15,4 +15,5 @@ __all__ = [
     "load_slot",
     "modalities_of",
     "read_manifest",
+    "read_model_split_record",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +19,19 @@ from pmmrec.components import Component, Fusion, ItemTower, TextEncoder, UserEnc
 from pmmrec.components._packed import variable_shape_attention
 from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
+from pmmrec.data.split import SPLIT_RECORD, read_split_record, write_split_record
 from pmmrec.errors import ArtefactError, AssemblyError, ConfigError
 from pmmrec.fileio import atomic_directory, sha256_file
 from pmmrec.model.assembly import SLOT_KINDS, ComponentLike, assemble_parts, check_compatible
 from pmmrec.model.manifest import (
     MANIFEST_FILE,
     ComponentSource,
+    check_component_claims,
     manifest_document,
+    modalities_of,
     read_manifest,
     source_of,
+    verify_model_files,
     write_manifest,
 )
 from pmmrec.ranking import NO_ITEM, csr, top_k
@@ -251,19 +255,33 @@ class PMMRec(nn.Module):
     # ---- persistence --------------------------------------------------------------------------
 
     def save_pretrained(
-        self, directory: str | os.PathLike[str], *, overwrite: bool = False, card: TrainingFacts | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        card: TrainingFacts | None = None,
+        split_record: Mapping[str, Any] | None = None,
     ) -> Path:
-        """One subfolder per component plus pmmrec.json; atomic, never a silent overwrite."""
+        """One subfolder per component plus pmmrec.json; atomic, never a silent overwrite.
+
+        `split_record` (how a training run split the data) is written as data_split.json inside the folder before it
+        is renamed into place, and pinned by pmmrec.json like every other file pmmrec reads.
+        """
         target = Path(directory)
         components = self.components()
         with atomic_directory(target, overwrite=overwrite) as staging:
-            hashes, files = {}, {}
+            hashes, files, model_files = {}, {}, {}
             for slot, component in components.items():
                 component.save_pretrained(staging / slot, card=card)
                 hashes[slot] = sha256_file(staging / slot / WEIGHTS_FILE)
                 files[slot] = integrity.file_checksums(staging / slot)
+            if split_record is not None:
+                written = write_split_record(staging, dict(split_record))
+                model_files[written.name] = sha256_file(written)
             types = {slot: component.type_name for slot, component in components.items()}
-            document = manifest_document(self.dim, sorted(self.modalities), types, self.sources, hashes, files)
+            document = manifest_document(
+                self.dim, sorted(self.modalities), types, self.sources, hashes, files, model_files
+            )
             write_manifest(staging, document)
             (staging / "README.md").write_text(render_model_card(self.card_data(document, card)), encoding="utf-8")
         return target
@@ -303,6 +321,7 @@ class PMMRec(nn.Module):
         """
         resolved = resolve_reference(str(reference), revision=revision)
         manifest = read_manifest(resolved.path)
+        verify_model_files(resolved.path, manifest, unverified=unverified)
         loaded: dict[str, Component] = {}
         sources: dict[str, ComponentSource] = {}
         for slot, entry in manifest["components"].items():
@@ -323,14 +342,6 @@ class PMMRec(nn.Module):
         return model
 
 
-def modalities_of(slots: Iterable[str]) -> frozenset[str]:
-    """The item modalities of a model with these component slots: {'id'} with an ID item tower, else the encoders'."""
-    present = set(slots)
-    if "item_tower" in present:
-        return frozenset({"id"})
-    return frozenset(slot for slot in ("text", "vision") if slot in present)
-
-
 def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, unverified: bool = False) -> Component:
     """One component of an assembled model folder, its files verified against the manifest's pins."""
     entry = manifest["components"][slot]
@@ -339,4 +350,14 @@ def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, u
     component = Component.from_folder(path, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE)
     if component.type_name != entry["type"]:
         raise ArtefactError(f"{path}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
+    check_component_claims(manifest, folder, slot, component.dim)
     return component
+
+
+def read_model_split_record(folder: str | os.PathLike[str], *, unverified: bool = False) -> dict[str, Any] | None:
+    """data_split.json of a trained model folder (None for an assembled, untrained one), verified against the
+    sha256 pmmrec.json pins for it before it is read, then validated strictly (types and ranges)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    verify_model_files(folder, manifest, unverified=unverified, reading=(SPLIT_RECORD,))
+    return read_split_record(folder)

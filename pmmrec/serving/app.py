@@ -30,6 +30,7 @@ from pmmrec._version import __version__
 from pmmrec.data import Dataset
 from pmmrec.errors import PmmrecError
 from pmmrec.model import PMMRec
+from pmmrec.serving.body import JsonBodyCheck
 from pmmrec.serving.images import decode_base64
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
@@ -177,6 +178,7 @@ def create_app(
     )
     app.state.service = service
     app.state.metrics = metrics
+    app.add_middleware(JsonBodyCheck)  # inside the size limit: it reads only bodies the limit let through
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(metrics.middleware)  # outermost: counts 413s of the body limit too
 

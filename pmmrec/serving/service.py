@@ -8,6 +8,7 @@ store, one committed write before the item is published; a request in flight kee
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -210,10 +211,8 @@ class RecommenderService(LiveItemsFollower):
         else:
             with self._compute:
                 ranked = self._rank([query])[0]
-        items = [
-            {"rank": rank, **self.summary(index), "score": score}
-            for rank, (index, score) in enumerate(ranked.items, start=1)
-        ]
+        finite = [(index, score) for index, score in ranked.items if math.isfinite(score)]  # never a 500 for a value
+        items = [{"rank": rank, **self.summary(index), "score": score} for rank, (index, score) in enumerate(finite, 1)]
         for item in items:
             del item["index"]
         return {
