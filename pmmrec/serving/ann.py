@@ -1,10 +1,12 @@
 """Optional approximate nearest-neighbour (maximum inner product) search over the catalogue, for very large ones.
 
-One HNSW graph per catalogue from a well-kept library (`faiss-cpu` by default; `usearch` and `hnswlib` are
-accepted too: docs/serving.md gives the measurements behind the choice). Keys are catalogue indices (1-based), so
-the padding row is never in the graph. History exclusion stays exact: `search` over-fetches by the number of
-excluded items, drops them, and widens the search until k eligible items are found or the catalogue is exhausted.
-Returned scores are recomputed exactly from the table, so they equal the exact path's scores for the same items.
+Either one HNSW graph per catalogue from a well-kept library (`faiss-cpu` by default; `usearch` and `hnswlib` are
+accepted too: docs/serving.md gives the measurements behind the choice), or (`ivf`) a quantised scan whose best
+`rescore` candidates are re-scored exactly (`pmmrec.serving.ivf`: near-exact answers for users between regions of
+the catalogue, where a graph walk misses). Keys are catalogue indices (1-based), so the padding row is never in
+the index. History exclusion stays exact: `search` over-fetches by the number of excluded items, drops them, and
+widens the search until k eligible items are found or the catalogue is exhausted. Returned scores are recomputed
+exactly from the table, so they equal the exact path's scores for the same items.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import atomic_file, write_json
 from pmmrec.ranking import NO_ITEM
+from pmmrec.serving.ivf import ivf_search, probes, train_ivf
 
-Backend = Literal["faiss", "usearch", "hnswlib"]
+Backend = Literal["faiss", "usearch", "hnswlib", "ivf"]
+DESCRIPTIONS = {
+    "faiss": "faiss HNSW",
+    "usearch": "usearch HNSW",
+    "hnswlib": "hnswlib HNSW",
+    "ivf": "faiss IVF-PQ 4-bit scan, exact re-scoring",
+}
 
 
 class AnnConfig(BaseModel):
@@ -31,10 +40,25 @@ class AnnConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Backend = Field(default="faiss", description="Library that builds and searches the HNSW graph.")
+    backend: Backend = Field(
+        default="faiss",
+        description="Library that builds and searches the HNSW graph, or ivf: a quantised scan re-scored exactly.",
+    )
     connectivity: int = Field(default=32, ge=4, le=128, description="HNSW links per node (M).")
     ef_construction: int = Field(default=80, ge=8, le=2048, description="Search depth while building (efConstruction).")
     ef_search: int = Field(default=256, ge=8, le=4096, description="Search depth per query (ef); raises recall and cost.")
+    ivf_lists: int | None = Field(
+        default=None, ge=1, le=65_536, description="ivf: inverted lists (default: a power of two near 2 sqrt(N))."
+    )
+    ivf_probe_share: float = Field(
+        default=0.5, gt=0, le=1, description="ivf: share of the lists scanned per query; raises recall and cost."
+    )
+    ivf_code_dims: int = Field(
+        default=2, ge=1, le=64, description="ivf: dimensions per 4-bit code (2: 96 bytes per item at d = 384)."
+    )
+    rescore: int = Field(
+        default=300, ge=1, le=100_000, description="ivf: best approximate candidates re-scored exactly per query."
+    )
     min_items: int = Field(
         default=200_000,
         ge=0,
@@ -64,6 +88,8 @@ class AnnIndex:
 
     def _empty(self) -> Any:
         c = self.config
+        if c.backend == "ivf":
+            raise ConfigError("an ivf index is trained on the catalogue: create it with AnnIndex.build")
         if c.backend == "faiss":
             faiss = _require("faiss")
             inner = faiss.IndexHNSWFlat(self.dim, c.connectivity, faiss.METRIC_INNER_PRODUCT)
@@ -91,9 +117,18 @@ class AnnIndex:
     @classmethod
     def build(cls, config: AnnConfig, table: torch.Tensor) -> AnnIndex:
         """The graph over rows 1..N of `table` [N+1, d]."""
-        index = cls(config, table.shape[1])
-        index.add(np.arange(1, table.shape[0], dtype=np.int64), table[1:])
+        rows = np.ascontiguousarray(np.asarray(table[1:], dtype=np.float32))
+        trained = None
+        if config.backend == "ivf":
+            trained = train_ivf(_require("faiss"), rows, lists=config.ivf_lists, code_dims=config.ivf_code_dims)
+        index = cls(config, table.shape[1], trained)
+        index.add(np.arange(1, table.shape[0], dtype=np.int64), rows)
         return index
+
+    @property
+    def description(self) -> str:
+        """What answers the queries, for /health: 'faiss HNSW', 'faiss IVF-PQ 4-bit scan, exact re-scoring', ..."""
+        return DESCRIPTIONS[self.config.backend]
 
     def add(self, keys: np.ndarray, vectors: torch.Tensor | np.ndarray) -> None:
         """Insert items (catalogue indices `keys`, their rows `vectors` [n, d])."""
@@ -102,7 +137,7 @@ class AnnIndex:
         data = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(keys), self.dim))
         keys = np.asarray(keys, dtype=np.int64)
         backend = self.config.backend
-        if backend == "faiss":
+        if backend in ("faiss", "ivf"):
             self._index.add_with_ids(data, keys)
         elif backend == "usearch":
             self._index.add(keys.astype(np.uint64), data, threads=os.cpu_count() or 1)
@@ -116,6 +151,9 @@ class AnnIndex:
     def _raw_search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Catalogue indices [B, k] (NO_ITEM where the graph returned fewer)."""
         backend = self.config.backend
+        if backend == "ivf":
+            faiss = _require("faiss")
+            return ivf_search(faiss, self._index, queries, k, probes(self._index, self.config.ivf_probe_share))
         if backend == "faiss":
             _, keys = self._index.search(queries, k)
             return np.where(keys < 0, NO_ITEM, keys)
@@ -148,8 +186,9 @@ class AnnIndex:
         indices = torch.full((batch, max(count, 0)), NO_ITEM, dtype=torch.long)
         if count < 1:
             return scores, indices
+        pool = max(count, self.config.rescore) if self.config.backend == "ivf" else count  # re-scored candidates
         pending = list(range(batch))
-        fetch = {b: min(self.count, count + len(exclude[b])) for b in pending}
+        fetch = {b: min(self.count, pool + len(exclude[b])) for b in pending}
         while pending:
             widest = max(fetch[b] for b in pending)
             keys = self._raw_search(queries[pending], widest)
@@ -161,13 +200,13 @@ class AnnIndex:
                     fetch[b] = min(self.count, 2 * fetch[b])  # not enough eligible neighbours: widen the search
                     still.append(b)
                     continue
-                chosen = chosen[:count]
+                chosen = chosen[:pool]
                 if chosen:
                     picked = torch.tensor(chosen, dtype=torch.long)
                     exact = table[picked].float() @ states[b].float()
-                    order = torch.argsort(exact, descending=True, stable=True)
-                    scores[b, : len(chosen)] = exact[order]
-                    indices[b, : len(chosen)] = picked[order]
+                    order = torch.argsort(exact, descending=True, stable=True)[:count]
+                    scores[b, : len(order)] = exact[order]
+                    indices[b, : len(order)] = picked[order]
             pending = still
         return scores, indices
 
@@ -177,7 +216,7 @@ class AnnIndex:
         """Write the graph atomically (the library's own file format), and what it holds beside it."""
         write_json(_sidecar(path), {"count": self.count, "backend": self.config.backend})
         backend = self.config.backend
-        if backend == "faiss":
+        if backend in ("faiss", "ivf"):
             import faiss
 
             payload = faiss.serialize_index(self._index).tobytes()
@@ -199,7 +238,9 @@ class AnnIndex:
         if facts.get("count") != count or facts.get("backend") != config.backend:
             raise ConfigError(f"{path}: holds {facts.get('count')} {facts.get('backend')} items, expected {count}")
         backend = config.backend
-        if backend == "faiss":
+        if backend == "ivf":
+            index = _require("faiss").deserialize_index(np.fromfile(path, dtype=np.uint8))
+        elif backend == "faiss":
             faiss = _require("faiss")
             index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
             faiss.downcast_index(index.index).hnsw.efSearch = config.ef_search
@@ -220,7 +261,7 @@ class AnnIndex:
 
     def __len__(self) -> int:
         backend = self.config.backend
-        if backend == "faiss":
+        if backend in ("faiss", "ivf"):
             return int(self._index.ntotal)
         if backend == "usearch":
             return len(self._index)
