@@ -51,7 +51,7 @@ class AnnConfig(BaseModel):
         default=None, ge=1, le=65_536, description="ivf: inverted lists (default: a power of two near 2 sqrt(N))."
     )
     ivf_probe_share: float = Field(
-        default=0.5, gt=0, le=1, description="ivf: share of the lists scanned per query; raises recall and cost."
+        default=0.25, gt=0, le=1, description="ivf: share of the lists scanned per query; raises recall and cost."
     )
     ivf_code_dims: int = Field(
         default=2, ge=1, le=64, description="ivf: dimensions per 4-bit code (2: 96 bytes per item at d = 384)."
