@@ -29,6 +29,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,17 +114,20 @@ def build_index(config: AnnConfig, table: torch.Tensor, threads: int) -> tuple[A
     return index, {"build_s": round(build_s, 1), "rss_growth_mib": round(memory), "index_file_mib": round(file_mib)}
 
 
-def variants(index: AnnIndex, args: argparse.Namespace) -> list[tuple[dict[str, Any], AnnIndex]]:
-    """The search settings to measure on one built index: efSearch values (HNSW) or probe shares (ivf)."""
+def variants(index: AnnIndex, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], AnnIndex]]:
+    """The search settings to measure on one built index: efSearch values (HNSW) or probe shares (ivf).
+
+    A generator: the graph libraries keep efSearch in the index itself, so each value is set just before its
+    queries run (and stays set until the next one).
+    """
     config = index.config
     if config.backend == "ivf":
         shares = args.probe_share or [config.ivf_probe_share]
         lists = int(index._index.nlist)
-        return [
-            ({"lists": lists, "probe_share": share, "rescore": config.rescore}, AnnIndex(config.model_copy(update={"ivf_probe_share": share}), index.dim, index._index, index.count))
-            for share in shares
-        ]
-    found = []
+        for share in shares:
+            searched = AnnIndex(config.model_copy(update={"ivf_probe_share": share}), index.dim, index._index, index.count)
+            yield {"lists": lists, "probe_share": share, "rescore": config.rescore}, searched
+        return
     for ef in args.ef_search or [config.ef_search]:
         searched = AnnIndex(config.model_copy(update={"ef_search": ef}), index.dim, index._index, index.count)
         if config.backend == "faiss":
@@ -132,8 +136,7 @@ def variants(index: AnnIndex, args: argparse.Namespace) -> list[tuple[dict[str, 
             faiss.downcast_index(index._index.index).hnsw.efSearch = ef
         elif config.backend == "usearch":
             index._index.expansion_search = ef
-        found.append(({"ef_search": ef, "connectivity": config.connectivity, "ef_construction": config.ef_construction}, searched))
-    return found
+        yield {"ef_search": ef, "connectivity": config.connectivity, "ef_construction": config.ef_construction}, searched
 
 
 def measure(
@@ -190,18 +193,19 @@ def main() -> None:
             backend=backend, connectivity=args.connectivity, ef_construction=args.ef_construction, ivf_lists=args.ivf_lists, rescore=args.rescore
         )
         index, built = build_index(config, table, args.build_threads)
-        for kind, (setting, searched) in [(kind, variant) for kind in kinds for variant in variants(index, args)]:
-            latencies, cpu, hits = measure(searched, states[kind], table, histories, exact_ids[kind], args.k)
-            row = {"method": backend, "query": kind, **setting, **built}
-            row |= {
-                "recall_at_k": round(hits / (args.k * args.queries), 4),
-                "p50_ms": round(percentile(latencies, 50), 2),
-                "p99_ms": round(percentile(latencies, 99), 2),
-                "cpu_p50_ms": round(percentile(cpu, 50), 2),
-                "cpu_p99_ms": round(percentile(cpu, 99), 2),
-            }
-            rows.append(row)
-            print(row, flush=True)
+        for setting, searched in variants(index, args):  # each setting is applied as the generator reaches it
+            for kind in kinds:
+                latencies, cpu, hits = measure(searched, states[kind], table, histories, exact_ids[kind], args.k)
+                row = {"method": backend, "query": kind, **setting, **built}
+                row |= {
+                    "recall_at_k": round(hits / (args.k * args.queries), 4),
+                    "p50_ms": round(percentile(latencies, 50), 2),
+                    "p99_ms": round(percentile(latencies, 99), 2),
+                    "cpu_p50_ms": round(percentile(cpu, 50), 2),
+                    "cpu_p99_ms": round(percentile(cpu, 99), 2),
+                }
+                rows.append(row)
+                print(row, flush=True)
         del index
     report = {
         "settings": vars(args) | {"json": str(args.json) if args.json else None},
