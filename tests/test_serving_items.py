@@ -266,7 +266,7 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
 def test_serve_command_refuses_bad_options_in_one_line(tmp_path: Path, data_dir: Path) -> None:
     result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--ann", "annoy"])
     assert result.exit_code == 1 and result.output.startswith("error: serve:") and "Traceback" not in result.output
-    assert "ann" in result.output and "'faiss', 'usearch' or 'hnswlib'" in result.output
+    assert "ann" in result.output and "'faiss', 'usearch', 'hnswlib' or 'ivf'" in result.output
     key = tmp_path / "key"
     key.write_text("short", encoding="utf-8")
     result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--api-key-file", str(key)])
