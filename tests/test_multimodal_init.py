@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("single_thread", "no_fsync")
 def towers_mean(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The mean of the text-only and the vision-only item towers' outputs."""
     text_only, vision_only = tiny.tiny_text_only(), tiny.tiny_vision_only()
-    return 0.5 * (text_only(**inputs) + vision_only(**inputs))
+    tokens = tiny.fusion_tokens(**inputs)
+    return 0.5 * (text_only(tokens) + vision_only(tokens))
 
 
 def fresh_fusion() -> MergeAttentionFusion:
@@ -44,11 +45,11 @@ def test_a_fresh_fusion_is_the_mean_of_the_single_modality_towers(mode: str) -> 
     assert fusion.config.gated
     fusion.train(mode == "train")
     inputs = tiny.golden_inputs("fusion_merge_attention")
-    torch.testing.assert_close(fusion(**inputs), towers_mean(inputs), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fusion(tiny.fusion_tokens(**inputs)), towers_mean(inputs), rtol=0, atol=1e-6)
     # The same weights ungated (what fresh fusions were before) give the layer's output instead.
     ungated = MergeAttentionFusion(fusion.config.model_copy(update={"gated": False}))
     ungated.load_state_dict({k: v for k, v in fusion.state_dict().items() if k != "gate"})
-    assert not torch.allclose(ungated.eval()(**inputs), towers_mean(inputs), atol=1e-2)
+    assert not torch.allclose(ungated.eval()(tiny.fusion_tokens(**inputs)), towers_mean(inputs), atol=1e-2)
 
 
 def test_the_gate_opens_the_attention_path_under_training() -> None:
@@ -57,14 +58,14 @@ def test_the_gate_opens_the_attention_path_under_training() -> None:
     fusion = fresh_fusion().eval()
     inputs = tiny.golden_inputs("fusion_merge_attention")
     target = torch.randn(3, tiny.DIM, generator=torch.Generator().manual_seed(7))
-    (fusion(**inputs) * target).sum().backward()
+    (fusion(tiny.fusion_tokens(**inputs)) * target).sum().backward()
     assert fusion.gate is not None and fusion.gate.grad is not None and float(fusion.gate.grad.abs()) > 0
     layer_grads = [p.grad for p in fusion.layer.parameters()]
     assert all(g is None or float(g.abs().max()) == 0.0 for g in layer_grads)
     fusion.zero_grad()
     with torch.no_grad():
         fusion.gate.fill_(0.3)
-    (fusion(**inputs) * target).sum().backward()
+    (fusion(tiny.fusion_tokens(**inputs)) * target).sum().backward()
     assert any(g is not None and float(g.abs().max()) > 0 for g in (p.grad for p in fusion.layer.parameters()))
     with torch.no_grad():
         text = inputs["text_tokens"] + fusion.type_embeddings.weight[0]
@@ -72,7 +73,7 @@ def test_the_gate_opens_the_attention_path_under_training() -> None:
         valid = torch.cat([inputs["text_mask"], torch.ones(3, image.shape[1], dtype=torch.bool)], dim=1)
         layer = masked_mean(fusion.layer(torch.cat([text, image], dim=1), src_key_padding_mask=~valid), valid)
         expected = towers_mean(inputs) + torch.tanh(torch.tensor(0.3)) * layer
-        torch.testing.assert_close(fusion(**inputs), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fusion(tiny.fusion_tokens(**inputs)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_fusion_written_before_loads_ungated(tmp_path: Path) -> None:

@@ -27,11 +27,11 @@ from pmmrec.data import Dataset
 from pmmrec.errors import PmmrecError
 from pmmrec.model import PMMRec
 from pmmrec.serving import routes
+from pmmrec.serving.body import JsonBodyCheck
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import build_service
-from pmmrec.serving.schemas import error_responses
 from pmmrec.serving.service import RecommenderService
 
 
@@ -149,11 +149,12 @@ def create_app(
     # Adds run on their own threads: one waiting for the catalogue lock (adds are encoded one at a time) or for the
     # item encoders must not hold a thread of the pool that serves reads, or a burst of adds stalls /recommend.
     app.state.add_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pmmrec-add")
+    app.add_middleware(JsonBodyCheck)  # inside the size limit: it reads only bodies the limit let through
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     app.add_middleware(metrics.middleware)  # outermost: counts 413s of the body limit too
     _add_error_handlers(app)
     keyed = [Depends(routes.require_key)] if api_key is not None else []
-    unauthorised = error_responses(401) if api_key is not None else {}
+    unauthorised = routes.error_responses(401) if api_key is not None else {}
     protect = service.options.protect_reads
     app.include_router(routes.public)
     app.include_router(routes.reads, dependencies=keyed if protect else [], responses=unauthorised if protect else {})

@@ -22,7 +22,6 @@ from pmmrec.data import (
     TrainSequences,
     known_items,
     leave_one_out,
-    write_split_record,
 )
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, PmmrecError
@@ -149,7 +148,7 @@ class Trainer:
         ).to(self.device)
         collator = inputs.with_options(
             all_items_as_candidates=module.full_softmax,
-            include_images=cache is None or not cache.caches_image,
+            cached=cache.skipped_inputs if cache is not None else (),
             known_items=self.known_items,
         )
         return module, collator
@@ -346,8 +345,7 @@ class Trainer:
         if improved:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
             if self.context.is_main:
-                self.model.save_pretrained(self.folder.best_dir, overwrite=True)
-                write_split_record(self.folder.best_dir, self.config.split_record())
+                self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.config.split_record())
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
