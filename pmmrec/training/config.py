@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
+from pmmrec.commands import DEVICE_HELP
 from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
@@ -42,10 +43,18 @@ ObjectivesConfig = _objectives_config()
 class ModelConfig(_Strict):
     """Which components a run starts from (references), and how the missing ones are created."""
 
-    text: str | None = Field(default=None, description="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
-    vision: str | None = Field(default=None, description="Vision encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
-    fusion: str | None = Field(default=None, description="Fusion reference (created fresh when absent).")
-    user: str | None = Field(default=None, description="User encoder reference (created fresh when absent).")
+    text: str | None = Field(
+        default=None,
+        description="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder (default: none; a fresh one on "
+        "--text-backbone when the run reads text).",
+    )
+    vision: str | None = Field(
+        default=None,
+        description="Vision encoder: hub:ORG/NAME[@REV], hf://... or a folder (default: none; a fresh one on "
+        "--vision-backbone when the run reads images).",
+    )
+    fusion: str | None = Field(default=None, description="Fusion reference (default: none, created fresh).")
+    user: str | None = Field(default=None, description="User encoder reference (default: none, created fresh).")
     modalities: list[Literal[MODALITY_SLOTS]] | None = Field(
         default=None,
         description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset with "
@@ -64,10 +73,17 @@ class ModelConfig(_Strict):
         "backbone's, else 384).",
     )
     text_trainable_layers: int | None = Field(
-        default=None, ge=0, le=96, description="Text encoder: top layers trained (fresh encoders: 2)."
+        default=None,
+        ge=0,
+        le=96,
+        description="Text encoder: top layers trained (default: 2 for a fresh encoder, a given encoder's own).",
     )
     vision_trainable_layers: int | None = Field(
-        default=None, ge=0, le=96, description="Vision encoder: top layers (blocks) trained (fresh encoders: 2)."
+        default=None,
+        ge=0,
+        le=96,
+        description="Vision encoder: top layers (blocks) trained (default: 2 for a fresh encoder, a given encoder's "
+        "own).",
     )
     user_layers: int = Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")
     user_heads: int | None = Field(
@@ -148,7 +164,10 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list, description="Slots whose parameters are not trained.")
     seed: int = Field(default=42, ge=0, description="Seed of initialisation, data order, dropout and corruption.")
     patience: int | None = Field(
-        default=5, ge=1, description="Stop after this many epochs without a better validation metric (null: never)."
+        default=5,
+        ge=1,
+        description="Stop after this many epochs without a better validation metric (never: a value of at least the "
+        "epochs, or `patience: null` in a YAML file).",
     )
     save_checkpoints: bool = Field(
         default=True,
@@ -168,8 +187,10 @@ class TrainConfig(_Strict):
     cache_frozen: bool = Field(
         default=True, description="Reuse frozen-prefix outputs of encoders per item instead of recomputing them."
     )
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
-    device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps, for tests and smoke runs (default: no limit)."
+    )
+    device: str | None = Field(default=None, description=DEVICE_HELP)
     deterministic: bool = Field(
         default=False, description="Bitwise-reproducible: deterministic kernels, one intra-op CPU thread (slower)."
     )
@@ -208,6 +229,42 @@ def finetune_defaults() -> dict[str, Any]:
 def pretrain_defaults() -> dict[str, Any]:
     """Pre-training trains all four objectives."""
     return {"mode": "pretrain", "batch_size": 64}
+
+
+def mode_defaults(mode: str) -> dict[str, Any]:
+    """The defaults a command starts from (before a YAML file and flags): pretrain's or finetune's."""
+    return pretrain_defaults() if mode == "pretrain" else finetune_defaults()
+
+
+def config_value(config: TrainConfig, path: str) -> Any:
+    """The value at a dotted TrainConfig path (e.g. `objectives.weights.rec`)."""
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def mode_default_values(mode: str) -> dict[str, Any]:
+    """Each flat training option (TRAIN_OPTIONS) as `mode` trains it when neither a YAML file nor a flag sets it."""
+    config = load_train_config(mode_defaults(mode))
+    return {name: config_value(config, path) for name, path in TRAIN_OPTIONS.items()}
+
+
+def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
+    in the config's field order (what a run prints first, as RecBole prints its configuration)."""
+    default = load_train_config(mode_defaults(config.mode)).model_dump(mode="json")
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def walk(value: Any, base: Any, prefix: str) -> None:
+        if isinstance(value, dict) and isinstance(base, dict):
+            for key in value:
+                walk(value[key], base.get(key), f"{prefix}{key}.")
+        elif value != base:
+            changes[prefix.rstrip(".")] = (value, base)
+
+    walk(config.model_dump(mode="json"), default, "")
+    return changes
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -128,7 +128,10 @@ def train(
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
     with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes
-        trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
+        trainer = Trainer(
+            model, dataset, config, Path(out), resume=resume, progress=progress,
+            config_file=str(config_path) if config_path is not None else None,
+        )  # fmt: skip
         result = trainer.run()
     if trainer.context.is_main and result.model is not None:
         facts = training_facts(result, dataset, config, trainer.module.active_losses(), trainer.learning_rates)
@@ -138,6 +141,6 @@ def train(
                 component.save_pretrained(Path(out) / "components" / slot, overwrite=True, card=facts.named(name))
         else:
             name = f"pmmrec model ({dataset.name})"
-            split = trainer.config.split_record()
+            split = trainer.split_record
             result.model.save_pretrained(Path(out) / "model", overwrite=True, card=facts.named(name), split_record=split)
     return result
