@@ -121,7 +121,11 @@ def inspect(
     return inspect_reference(reference, revision)
 
 
-@command(show=lambda commit, a: f"pushed {a['folder']} to {a['repo']} at commit {commit}" + (f" (tag {a['tag']})" if a["tag"] else ""))
+@command(
+    show=lambda commit, a: (
+        f"pushed {a['folder']} to {a['repo']} at commit {commit}" + (f" (tag {a['tag']})" if a["tag"] else "")
+    )
+)
 def push(
     folder: Annotated[PathLike, Arg("A component or assembled-model folder.", metavar="FOLDER", cli=Path)],
     repo: Annotated[str, Opt("Hub repo id ORG/NAME.")],
@@ -269,7 +273,10 @@ def evaluate(
     history: Annotated[
         Literal["exclude", "include"] | None, Opt("Old spelling of --exclude-seen/--keep-seen.", hidden=True)
     ] = None,
-    out: Annotated[PathLike | None, Opt("Old spelling: writes the --json document to PATH.", flag="--output", cli=Path, hidden=True)] = None,
+    out: Annotated[
+        PathLike | None,
+        Opt("Old spelling: writes the --json document to PATH.", flag="--output", cli=Path, hidden=True),
+    ] = None,
 ) -> dict[str, float]:
     """Full-ranking HR, NDCG and MRR at each K of a model or a baseline (ties count in the user's favour).
 
@@ -328,11 +335,19 @@ def recommend(
     ] = None,
     k: Annotated[int, Opt("How many items to return.")] = 10,
     exclude_seen: Annotated[
-        bool, Opt("Leave the history's items out of the ranking (--keep-seen: rank them too).", flag="--exclude-seen/--keep-seen")
+        bool,
+        Opt(
+            "Leave the history's items out of the ranking (--keep-seen: rank them too).",
+            flag="--exclude-seen/--keep-seen",
+        ),
     ] = True,
     extra_items: Annotated[
         PathLike | None,
-        Opt("Extra candidate items (item_id<TAB>text), never seen in training (default: none).", flag="--items", cli=Path),
+        Opt(
+            "Extra candidate items (item_id<TAB>text), never seen in training (default: none).",
+            flag="--items",
+            cli=Path,
+        ),
     ] = None,
     device: Device = None,
     progress: bool = True,
@@ -406,7 +421,7 @@ def compare(
         Arg(
             "Evaluations to compare: `evaluate --json` files, training run folders (RUN/test_ranks.json), demo "
             "folders or results.json; NAME=PATH names one, and a name given twice is one model's seeds.",
-            metavar="RUN_OR_JSON...",
+            metavar="RUN_OR_JSON",
             cli=list[str],
             variadic=True,
         ),
@@ -445,7 +460,9 @@ def data_movielens(
         Literal["all", "source", "target"],
         Opt("all = whole MovieLens-100K; source/target = the two transfer domains."),
     ] = "all",
-    images: Annotated[Literal["none", "synthetic"], Opt("none, or synthetic pictures drawn from title and genres.")] = "none",
+    images: Annotated[
+        Literal["none", "synthetic"], Opt("none, or synthetic pictures drawn from title and genres.")
+    ] = "none",
     size: ImageSize = 224,
     new_items: Annotated[
         float,
@@ -494,7 +511,10 @@ def data_build_lmdb(
     overwrite: Overwrite = False,
     progress: bool = True,
 ) -> Any:
-    """Resize item images once and store them in an LMDB keyed by item id (no pickle); returns the build report."""
+    """Resize item images once and store them in an LMDB keyed by item id (no pickle).
+
+    Returns the build report (images stored, missing, undecodable).
+    """
     from pmmrec.arguments import check_arguments
     from pmmrec.data import build_image_lmdb
 
@@ -511,7 +531,9 @@ def data_import_reference(
     items: Annotated[PathLike, Opt("Reference-family X_items_texts.tsv.", cli=Path)],
     out: OutFolder,
     *,
-    lmdb: Annotated[PathLike | None, Opt("Reference-family image LMDB, file or folder (default: none).", cli=Path)] = None,
+    lmdb: Annotated[
+        PathLike | None, Opt("Reference-family image LMDB, file or folder (default: none).", cli=Path)
+    ] = None,
     trust_pickle: Annotated[
         bool, Opt("Read pickled LMDB values. Unpickling can run code chosen by the file's author: trusted files only.")
     ] = False,

@@ -85,7 +85,9 @@ class LazyGroup(TyperGroup):
         return self._built.get(cmd_name)
 
     def _subgroup(self, words: tuple[str, ...]) -> LazyGroup:
-        return LazyGroup(words=words, name=words[-1], help=GROUPS[words[-1]], no_args_is_help=True, rich_markup_mode=None)
+        return LazyGroup(
+            words=words, name=words[-1], help=GROUPS[words[-1]], no_args_is_help=True, rich_markup_mode=None
+        )
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = list(self._entries().items())

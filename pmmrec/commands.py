@@ -114,6 +114,8 @@ def renamed(old: str, new: str) -> None:
 PathLike = str | os.PathLike[str]
 # Parameters many commands share, with one help text each.
 DataDir = Annotated[PathLike, Opt("Dataset folder (users.tsv, items.tsv, dataset.json).", cli=Path)]
-ModelRef = Annotated[Any, Opt("Assembled model: folder or hub:ORG/NAME[@REV] (a component: `pmmrec assemble` it).", cli=str)]
+ModelRef = Annotated[
+    Any, Opt("Assembled model: folder or hub:ORG/NAME[@REV] (a component: `pmmrec assemble` it).", cli=str)
+]
 Overwrite = Annotated[bool, Opt("Replace an existing output folder.")]
 Device = Annotated[str | None, Opt(DEVICE_HELP)]

@@ -93,7 +93,10 @@ def _demo_rows(path: Path, name: str | None, document: Any = None) -> list[Ranke
     if not isinstance(rows, dict) or not rows:
         raise ConfigError(f"{path}: no test_ranks (not a demo's results.json)")
     prefix = f"{name}/" if name else ""
-    return [RankedRun(f"{prefix}{row}", str(path), "test", None, _ranks(ranks, f"{path}: test_ranks.{row}")) for row, ranks in rows.items()]
+    return [
+        RankedRun(f"{prefix}{row}", str(path), "test", None, _ranks(ranks, f"{path}: test_ranks.{row}"))
+        for row, ranks in rows.items()
+    ]
 
 
 def _aligned(runs: list[RankedRun]) -> tuple[dict[str, list[np.ndarray]], int]:
@@ -162,12 +165,19 @@ def format_comparison(report: dict[str, Any]) -> str:
     columns = [f"{m}@{k}" for m in METRICS]
     header = ["model", "runs", *(f"{c.upper()} [95% CI]" for c in columns)]
     rows = [
-        [row["model"], str(row["runs"]), *(f"{row[c]:.4f} [{row[c + '_ci'][0]:.4f}, {row[c + '_ci'][1]:.4f}]" for c in columns)]
+        [
+            row["model"],
+            str(row["runs"]),
+            *(f"{row[c]:.4f} [{row[c + '_ci'][0]:.4f}, {row[c + '_ci'][1]:.4f}]" for c in columns),
+        ]
         for row in report["models"]
     ]
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     lines = [f"{report['split']} split, {report['users']:,} users"]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in [header, *rows]]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    ]
     lines.append(
         f"paired tests on per-user {report['metric'].upper()} (sign-flip with users as clusters, seed x user "
         f"bootstrap; Holm over {len(report['comparisons'])}; significant below {report['alpha']}):"
@@ -179,5 +189,3 @@ def format_comparison(report: dict[str, Any]) -> str:
             f"p Holm {_p(test['p_holm'])}, {test['differing']} of {test['users']} users differ: {test['verdict']}"
         )
     return "\n".join(lines)
-
-

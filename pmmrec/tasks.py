@@ -87,14 +87,14 @@ def evaluate_model_or_baseline(
         from pmmrec.evaluation import metrics_from_ranks
 
         window = max_length if max_length is not None else KNN_HISTORY
-        ranks = baseline_ranks(baseline, dataset, split_data, split, exclude_history=exclude_seen, max_length=window)
+        ranks = baseline_ranks(baseline, dataset, split_data, split, exclude_seen=exclude_seen, max_length=window)
         metrics = metrics_from_ranks(torch.as_tensor(ranks), tuple(ks))
     else:
         assert loaded is not None
         loaded.bind_catalogue(dataset.item_ids)
         result = evaluate_split(
             loaded, split_data, split, make_collator(loaded, dataset), dataset.num_items, context.device, context,
-            ks=tuple(ks), progress=progress, max_length=max_length, exclude_history=exclude_seen,
+            ks=tuple(ks), progress=progress, max_length=max_length, exclude_seen=exclude_seen,
             resume_dir=Path(resume_dir) if resume_dir is not None else None, cache_prefixes=cache_prefixes,
         )  # fmt: skip
         ranks, metrics, timing = result.ranks, result.metrics, result.timings
@@ -164,7 +164,9 @@ def recommend_for(
         if loaded.item_tower is not None:
             raise ConfigError("--items: an ID-based model cannot score items it was not trained on")
         if loaded.vision is not None:
-            raise ConfigError("--items: this model reads images; extra items need images (add them to the dataset instead)")
+            raise ConfigError(
+                "--items: this model reads images; extra items need images (add them to the dataset instead)"
+            )
         extra_ids, extra_texts = read_items_tsv(extra_items)
         dataset = dataset.with_extra_items(extra_ids, extra_texts, source=str(extra_items))
     loaded.bind_catalogue(dataset.item_ids)

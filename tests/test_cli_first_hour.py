@@ -110,7 +110,11 @@ def test_usage_lines_name_arguments_as_written() -> None:
 
 def options_of(words: tuple[str, ...]) -> dict[str, Any]:
     command = COMMANDS[words]
-    return {opt: param for param in command.params for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]}
+    return {
+        opt: param
+        for param in command.params
+        for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+    }
 
 
 def test_one_spelling_for_seen_items_json_quiet_and_device() -> None:
@@ -155,7 +159,9 @@ def test_old_spellings_still_work_and_say_their_new_name(model_and_data: dict[st
     assert "note: --history include (history='include') is renamed --keep-seen (exclude_seen=False)" in old.stderr
     assert "note: --output PATH (out=) is renamed --json (json_path=)" in old.stderr
     written = json.loads((tmp_path / "old.json").read_text())
-    assert written["ranks"] == document["ranks"] and written["exclude_seen"] is False and written["history"] == "include"
+    assert (
+        written["ranks"] == document["ranks"] and written["exclude_seen"] is False and written["history"] == "include"
+    )
 
 
 def test_cut_offs_after_k_still_count_and_stray_values_do_not(model_and_data: dict[str, Path]) -> None:
@@ -207,12 +213,19 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_file_as_data_is_refused_before_any_model_loads(command: str, model_and_data: dict[str, Path]) -> None:
     """Bug guarded: a file given as --data was reported after 58 s of model loading, as "dataset folder not found"."""
     file = model_and_data["data"] / "users.tsv"
-    extra = {"evaluate": [], "recommend": ["--user", "u1"], "serve": [], "finetune": ["--out", model_and_data["root"] / "x"]}
+    extra = {
+        "evaluate": [],
+        "recommend": ["--user", "u1"],
+        "serve": [],
+        "finetune": ["--out", model_and_data["root"] / "x"],
+    }
     model = [] if command == "finetune" else ["--model", model_and_data["model"]]
     result = invoke(command, *model, "--data", file, *extra[command])
     assert result.exit_code == 1
-    assert result.output.strip() == f"error: --data {file}: is a file, not a dataset folder (a folder holding " \
+    assert (
+        result.output.strip() == f"error: --data {file}: is a file, not a dataset folder (a folder holding "
         "users.tsv, items.tsv, dataset.json)"
+    )
 
 
 @pytest.mark.usefixtures("no_model_loading")
@@ -257,14 +270,18 @@ def test_a_run_first_prints_its_folder_and_what_differs_from_the_defaults(traine
 
 def test_a_run_writes_its_test_ranks_as_evaluate_does(trained: dict[str, Any], model_and_data: dict[str, Path]) -> None:
     written = json.loads((trained["run"] / "test_ranks.json").read_text())
-    again = invoke("evaluate", "--model", trained["run"] / "model", "--data", model_and_data["data"], "--json", "--quiet")
+    again = invoke(
+        "evaluate", "--model", trained["run"] / "model", "--data", model_and_data["data"], "--json", "--quiet"
+    )
     assert again.exit_code == 0, again.output
     evaluated = json.loads(again.stdout)
     assert written["users"] == evaluated["users"] and written["ranks"] == evaluated["ranks"]
     assert written["dataset"] == evaluated["dataset"] and written["dataset"]["name"] == "tiny"
 
 
-def test_evaluating_on_another_dataset_says_so_in_one_line(trained: dict[str, Any], model_and_data: dict[str, Path]) -> None:
+def test_evaluating_on_another_dataset_says_so_in_one_line(
+    trained: dict[str, Any], model_and_data: dict[str, Path]
+) -> None:
     """Bug guarded: a content model evaluated on another dataset than its own ran silently."""
     model = trained["run"] / "model"
     own = invoke("evaluate", "--model", model, "--data", model_and_data["data"], "--quiet")
@@ -337,7 +354,16 @@ def test_env_reports_versions_devices_and_the_hub(monkeypatch: pytest.MonkeyPatc
     report = json.loads(invoke("env", "--json").stdout)
     assert report["packages"]["torch"] == torch.__version__ and report["cuda_available"] == torch.cuda.is_available()
     assert report["torch_threads"] == torch.get_num_threads() and report["variables"]["HF_HUB_OFFLINE"] == "1"
-    assert {"pmmrec", "transformers", "tokenizers", "huggingface-hub", "safetensors", "faiss", "pydantic", "typer"} <= set(report["packages"])
+    assert {
+        "pmmrec",
+        "transformers",
+        "tokenizers",
+        "huggingface-hub",
+        "safetensors",
+        "faiss",
+        "pydantic",
+        "typer",
+    } <= set(report["packages"])
 
 
 def test_the_time_left_counts_validations_and_the_test() -> None:

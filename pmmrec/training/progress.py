@@ -24,9 +24,13 @@ def start_lines(config: TrainConfig, run_dir: Path, resuming: bool, config_file:
     if not changes:
         lines.append(f"configuration: {config.mode}'s defaults (all of it in {run_dir / 'config.yaml'})")
         return lines
-    lines.append(f"configuration that differs from {config.mode}'s defaults{source} (all of it in {run_dir / 'config.yaml'}):")
+    lines.append(
+        f"configuration that differs from {config.mode}'s defaults{source} (all of it in {run_dir / 'config.yaml'}):"
+    )
     width = max(len(path) for path in changes)
-    lines += [f"  {path:<{width}}  {_value(value)}  (default {_value(default)})" for path, (value, default) in changes.items()]
+    lines += [
+        f"  {path:<{width}}  {_value(value)}  (default {_value(default)})" for path, (value, default) in changes.items()
+    ]
     return lines
 
 
