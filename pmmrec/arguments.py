@@ -86,9 +86,14 @@ def check_model_folder(reference: str | os.PathLike[str], flag: str = "--model")
         raise ConfigError(f"{flag} {where}: is a file, not a model folder")
     if not (where / MODEL_MANIFEST).exists() and (where / COMPONENT_CONFIG).is_file():
         slot = _component_slot(where)
+        if slot == "item_tower":  # an ID table is assembled by the run that trains it, not by `pmmrec assemble`
+            raise ConfigError(
+                f"{flag} {where}: is a single component (item_tower), not an assembled model; give the model folder "
+                "of the run that trained it (RUN/model)"
+            )
         raise ConfigError(
             f"{flag} {where}: is a single component ({slot or 'unknown type'}), not an assembled model; assemble "
-            f"it first: pmmrec assemble --{(slot or 'SLOT').replace('_', '-')} {where} --out MODEL"
+            f"it first: pmmrec assemble --{slot or 'SLOT'} {where} --out MODEL"
         )
 
 

@@ -28,8 +28,11 @@ def start_lines(config: TrainConfig, run_dir: Path, resuming: bool, config_file:
         f"configuration that differs from {config.mode}'s defaults{source} (all of it in {run_dir / 'config.yaml'}):"
     )
     width = max(len(path) for path in changes)
+    values = {path: _value(value) for path, (value, _) in changes.items()}
+    value_width = max(len(text) for text in values.values())
     lines += [
-        f"  {path:<{width}}  {_value(value)}  (default {_value(default)})" for path, (value, default) in changes.items()
+        f"  {path:<{width}}  {values[path]:<{value_width}}  (default {_value(default)})"
+        for path, (_, default) in changes.items()
     ]
     return lines
 

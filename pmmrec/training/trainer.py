@@ -82,9 +82,11 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         config_file: str | None = None,
+        announced: bool = False,
     ) -> None:
         self.config = config
         self.config_file = config_file
+        self.announced = announced  # the run's first lines were printed already (`jobs.announce_run`)
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -273,8 +275,9 @@ class Trainer:
             self.config.report_to, self.run_dir, self.config.model_dump(mode="json"), enabled=self.context.is_main
         )
         if self.context.is_main:
-            for line in start_lines(self.config, self.run_dir, resuming, self.config_file):
-                tqdm.write(line)
+            if not self.announced:
+                for line in start_lines(self.config, self.run_dir, resuming, self.config_file):
+                    tqdm.write(line)
             tqdm.write(plan_line(self.config, self.steps_per_epoch, len(self.train_set), self.total_steps))
             for notice in self.notices:
                 tqdm.write(f"notice: {notice}")
