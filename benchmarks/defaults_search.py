@@ -92,7 +92,12 @@ def load(path: Path) -> dict[str, Any]:
 
 def history_of(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        {"epoch": h["epoch"], "ndcg@10": round(h["ndcg@10"], 4), "hr@10": round(h["hr@10"], 4), "s": round(h["seconds"], 1)}
+        {
+            "epoch": h["epoch"],
+            "ndcg@10": round(h["ndcg@10"], 4),
+            "hr@10": round(h["hr@10"], 4),
+            "s": round(h["seconds"], 1),
+        }
         for h in summary["history"]
         if h.get("split", "valid") == "valid"
     ]
@@ -112,7 +117,9 @@ def with_patience(history: list[dict[str, Any]], patience: int) -> tuple[list[di
     return history, best
 
 
-def train_one(data: Path, workdir: Path, tower: str, name: str, options: dict[str, Any], threads: int) -> dict[str, Any]:
+def train_one(
+    data: Path, workdir: Path, tower: str, name: str, options: dict[str, Any], threads: int
+) -> dict[str, Any]:
     run = workdir / tower / name
     command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(data), "--out", str(run), "--quiet",
                "--no-evaluate-test", *tower_flags(tower), *option_flags(options)]  # fmt: skip
@@ -238,7 +245,11 @@ def test(args: argparse.Namespace) -> None:
 
 
 def row_text(row: dict[str, Any]) -> str:
-    load_text = f"load {row['load']['before']:.1f}/{row['load']['mean']:.1f}/{row['load']['after']:.1f}" if "load" in row else "derived"
+    load_text = (
+        f"load {row['load']['before']:.1f}/{row['load']['mean']:.1f}/{row['load']['after']:.1f}"
+        if "load" in row
+        else "derived"
+    )
     text = (
         f"valid NDCG@10 {row['valid']['ndcg@10']:.4f} HR@10 {row['valid']['hr@10']:.4f}, best epoch "
         f"{row['best_epoch']}/{row['epochs']}, CPU {row['cpu_s']:.0f} s, wall {row['wall_s']:.0f} s, {load_text}"
