@@ -74,7 +74,7 @@ def test_pretrain_keeps_its_own_batch_size() -> None:
 
 
 def test_explicit_values_win_over_tower_defaults(tmp_path: Path) -> None:
-    given = {"batch_size": 7, "max_length": 9, "fresh_lr": 0.01, "max_epochs": 3, "patience": 2}
+    given = {"batch_size": 7, "fresh_lr": 0.01, "max_epochs": 3}
     config = load_train_config(finetune_defaults(), overrides=given | {"model": {"item_tower": "id", "dim": 32}})
     assert {key: getattr(config, key) for key in given} == given and config.model.dim == 32
     path = tmp_path / "never.yaml"
@@ -100,14 +100,15 @@ def test_a_given_user_encoders_width_wins_over_the_id_default(tmp_path: Path, ti
 
 
 def test_help_texts_state_each_towers_default() -> None:
-    assert set(TOWER_DEPENDENT) == {"batch_size", "fresh_lr", "max_epochs", "model.dim"}
-    for path in TOWER_DEFAULTS["id"]:
+    assert set(TOWER_DEPENDENT) == set(TOWER_DEFAULTS["id"]) >= set(TOWER_DEFAULTS["content"])
+    for path in TOWER_DEPENDENT:
         description = config_field(path).description or ""
-        values = {TOWER_DEFAULTS[tower].get(path) for tower in TOWER_DEFAULTS} - {None}
-        for value in values:
-            assert (f"{value:g}" if isinstance(value, float) else str(value)) in description, (path, description)
-        if path in TOWER_DEPENDENT:
-            assert "for ID towers" in description and "for content towers" in description, path
+        for tower, name in (("id", "ID"), ("content", "content")):
+            value = TOWER_DEFAULTS[tower].get(path)
+            if value is not None:
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                assert f"{shown} for {name} towers" in description, (path, description)
+    assert "the text backbone's width (384 for minilm) for content towers" in (config_field("model.dim").description or "")
     assert f"pretrain: {PRETRAIN_BATCH_SIZE}" in (config_field("batch_size").description or "")
 
 

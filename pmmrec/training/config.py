@@ -112,12 +112,7 @@ class TrainConfig(_Strict):
     )
     eval_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Users per evaluation batch.")
     item_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Items per catalogue-encoding batch.")
-    max_length: int = Field(
-        default=TOWER_DEFAULTS[DEFAULT_TOWER]["max_length"],
-        ge=1,
-        le=4096,
-        description=f"Items per input sequence (paper: 20; default: {tower_default_text('max_length')}).",
-    )
+    max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (paper: 20).")
     min_length: int = Field(default=3, ge=3, le=1_000_000, description="Users with fewer interactions are dropped.")
     max_history: int | None = Field(
         default=None,
@@ -173,10 +168,7 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list, description="Slots whose parameters are not trained.")
     seed: int = Field(default=42, ge=0, description="Seed of initialisation, data order, dropout and corruption.")
     patience: int | None = Field(
-        default=TOWER_DEFAULTS[DEFAULT_TOWER]["patience"],
-        ge=1,
-        description="Stop after this many epochs without a better validation metric (default: "
-        f"{tower_default_text('patience')}; null: never).",
+        default=5, ge=1, description="Stop after this many epochs without a better validation metric (null: never)."
     )
     save_checkpoints: bool = Field(
         default=True,

@@ -1,7 +1,7 @@
 """Training defaults that depend on the item tower (issue 28.1).
 
-An ID table and its user encoder train far faster than a content tower and need neither MovieLens' text width
-(d = 384) nor 32-window batches: the ID tower gets its own width, batch size, learning rate and epoch cap. A key that
+An ID table and its user encoder need neither a text backbone's width (d = 384 for MiniLM) nor 32-window batches:
+the ID tower gets its own width, batch size, learning rate and epoch cap. A key that
 a run's options leave out (defaults of the mode < a resumed run's config.yaml < YAML file < flags) takes its tower's
 value here; a value given, null included, always wins. `model.dim` is filled only when no user encoder is given:
 a given component decides the width. RUN/config.yaml records the resolved values, so a run resumes with them even
@@ -13,29 +13,22 @@ from __future__ import annotations
 from typing import Any
 
 TOWER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "id": {"batch_size": 256, "max_length": 20, "fresh_lr": 2e-3, "max_epochs": 30, "patience": 5, "model.dim": 64},
-    "content": {"batch_size": 32, "max_length": 20, "fresh_lr": 1e-3, "max_epochs": 50, "patience": 5},
+    "id": {"batch_size": 256, "fresh_lr": 2e-3, "max_epochs": 30, "model.dim": 64},
+    "content": {"batch_size": 32, "fresh_lr": 1e-3, "max_epochs": 50},
 }
 DEFAULT_TOWER = "content"  # the tower of a run that does not name one; its values are the fields' own defaults
-# Dotted TrainConfig paths whose default differs between towers: their help states the default of each tower, and
-# no single "[default: ...]" can stand for them.
-TOWER_DEPENDENT = tuple(
-    path
-    for path in dict.fromkeys(path for defaults in TOWER_DEFAULTS.values() for path in defaults)
-    if len({repr(defaults.get(path)) for defaults in TOWER_DEFAULTS.values()}) > 1
-)
+# Dotted TrainConfig paths whose default depends on the tower (the table lists only those): their help states each
+# tower's default, and no single "[default: ...]" can stand for them.
+TOWER_DEPENDENT = tuple(dict.fromkeys(path for defaults in TOWER_DEFAULTS.values() for path in defaults))
 
 
 def tower_default_text(path: str) -> str:
-    """`path`'s default as its help text states it: one value, or the value of each tower."""
-    values = {tower: defaults.get(path) for tower, defaults in TOWER_DEFAULTS.items()}
-    if len(set(values.values())) == 1:
-        return _shown(values[DEFAULT_TOWER])
-    return f"{_shown(values['id'])} for ID towers, {_shown(values['content'])} for content towers"
+    """`path`'s default per tower, as its help text states it."""
+    return f"{_shown(TOWER_DEFAULTS['id'][path])} for ID towers, {_shown(TOWER_DEFAULTS['content'][path])} for content towers"
 
 
 def _shown(value: Any) -> str:
-    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def with_tower_defaults(data: dict[str, Any]) -> dict[str, Any]:
