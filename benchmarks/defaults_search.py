@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -214,6 +215,9 @@ def test(args: argparse.Namespace) -> None:
         if key in results["test"]:
             continue
         run = args.workdir / "test" / f"{args.tower}-seed{seed}"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        if run.exists():  # a run interrupted before its result was recorded: train it again from the start
+            subprocess.run(["rm", "-rf", str(run)], check=True)
         command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(args.data), "--out", str(run), "--quiet",
                    *tower_flags(args.tower), "--seed", str(seed)]  # fmt: skip
         env = child_env(args.threads, TOKENIZERS_PARALLELISM="false")
@@ -259,6 +263,13 @@ def row_text(row: dict[str, Any]) -> str:
     return text
 
 
+def spread(values: list[float]) -> str:
+    """Mean, sample standard deviation, min and max of one figure over the seeds."""
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"mean {mean:.4g} (sd {sd:.2g}, min {min(values):.4g}, max {max(values):.4g})"
+
+
 def report(args: argparse.Namespace) -> None:
     results = load(args.json)
     for tower in ("id", "text"):
@@ -276,11 +287,15 @@ def report(args: argparse.Namespace) -> None:
         rows = [row for key, row in tests.items() if key.startswith(f"{tower}/")]
         if not rows:
             continue
-        hrs = [row["test"]["hr@10"] for row in rows]
-        ndcgs = [row["test"]["ndcg@10"] for row in rows]
-        print(f"\n{tower} defaults, {len(rows)} seed(s): test HR@10 mean {sum(hrs) / len(hrs):.4f} "
-              f"(min {min(hrs):.4f}, max {max(hrs):.4f}), NDCG@10 mean {sum(ndcgs) / len(ndcgs):.4f} "
-              f"(min {min(ndcgs):.4f}, max {max(ndcgs):.4f})")  # fmt: skip
+        print(f"\n{tower} defaults, {len(rows)} seed(s), to the early stop:")
+        for label, values in (
+            ("test HR@10", [row["test"]["hr@10"] for row in rows]),
+            ("test NDCG@10", [row["test"]["ndcg@10"] for row in rows]),
+            ("wall s", [row["wall_s"] for row in rows]),
+            ("CPU s", [row["cpu_s"] for row in rows]),
+            ("epochs", [row["epochs"] for row in rows]),
+        ):
+            print(f"  {label:<13} {spread(values)}")
         for key, row in tests.items():
             if key.startswith(f"{tower}/"):
                 print(f"  {key}: {row_text(row)}")
