@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 LAYERS: list[tuple[str, ...]] = [
     ("pmmrec._version", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
      "pmmrec.budget", "pmmrec.arguments",
-     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
+     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.progress", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
     ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
     ("pmmrec.components",),
     ("pmmrec.data",),
