@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 LAYERS: list[tuple[str, ...]] = [
     ("pmmrec._version", "pmmrec.commands", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
      "pmmrec.budget", "pmmrec.arguments",
-     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
+     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.progress", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
     ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets", "pmmrec.environment"),
     ("pmmrec.components",),
     ("pmmrec.data",),
@@ -408,7 +408,8 @@ def test_pretrain_and_finetune_share_one_option_group_described_by_the_config() 
             assert name in options, f"{mode} lacks --{name.replace('_', '-')}"
             assert options[name].help.startswith(config_field(path).description)
             assert options[name].default is None  # not given: a --config file's value stays
-        assert options["batch_size"].help.endswith(f"[default: {defaults['batch_size']}]")
+        assert options["rec_weight"].help.endswith(f"[default: {defaults['rec_weight']}]")
+        assert "[default:" not in options["batch_size"].help  # stated per item tower by the description
     assert mode_default_values("pretrain")["batch_size"] != mode_default_values("finetune")["batch_size"]
 
 
@@ -584,3 +585,14 @@ def test_pytest_finds_the_helpers_through_pyproject_not_sys_path_edits() -> None
     config = tomllib.loads((TESTS.parent / "pyproject.toml").read_text(encoding="utf-8"))
     assert config["tool"]["pytest"]["ini_options"]["pythonpath"] == ["tests"]
     assert "sys.path" not in (TESTS / "conftest.py").read_text(encoding="utf-8")
+
+
+def test_the_licence_is_an_spdx_string_so_installs_are_quiet() -> None:
+    """Issue 26: `project.license` as a TOML table made setuptools print a deprecation warning four times per
+    install; an SPDX string needs setuptools >= 77 (checked by hand: `pip install --no-deps -e .` in a fresh venv
+    printed no license warning)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "Apache-2.0"
+    (requirement,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert int(re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", requirement).group(1)) >= 77  # type: ignore[union-attr]

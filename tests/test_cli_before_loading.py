@@ -59,6 +59,14 @@ def test_a_run_with_its_defaults_says_so(data: Path, tmp_path: Path) -> None:
     assert lines[1] == f"configuration: finetune's defaults (all of it in {tmp_path / 'run' / 'config.yaml'})"
 
 
+@pytest.mark.usefixtures("model_building_stops")
+def test_an_id_run_lists_its_tower_not_the_towers_own_defaults(data: Path, tmp_path: Path) -> None:
+    """The ID tower's batch size, width, learning rate and epoch cap are its defaults (issue 28.1), not changes."""
+    result = invoke("finetune", "--data", data, "--out", tmp_path / "run", "--item-tower", "id", "--quiet")
+    changed = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert changed == [["model.item_tower", "id", "(default", "content)"]]
+
+
 @pytest.fixture
 def no_model_building(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:

@@ -32,6 +32,7 @@ from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split,
 from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
+from pmmrec.progress import bar_disable
 from pmmrec.tasks import evaluation_document
 from pmmrec.training.config import TrainConfig, dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
@@ -120,7 +121,9 @@ class Trainer:
         self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
         self.module, self.collator = self._build_module(model, dataset, log_popularity_from_counts(counts))
-        self.notices: list[str] = list(self.module.notices)
+        # A skipped objective is announced where a user could expect it: its weight was given, or the data has
+        # images. A text-only run on text-only data, where it cannot apply (the demo, the README), stays quiet.
+        self.notices = [notice for _, notice, given in self.module.skipped if given or dataset.images_path is not None]
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
@@ -295,7 +298,7 @@ class Trainer:
                     initial=progress["step_in_epoch"],
                     desc=f"{config.mode} epoch {epoch + 1}/{config.epoch_limit}",
                     unit="step",
-                    disable=not (self.progress and self.context.is_main),
+                    disable=bar_disable(self.progress and self.context.is_main),
                     dynamic_ncols=True,
                 )
                 started, items_seen = time.perf_counter(), 0
@@ -432,6 +435,7 @@ class Trainer:
             "world_size": self.context.world_size,
             "gather_negatives": self.module.gather_negatives,
             "objectives": self.module.active_losses(),
+            "skipped_objectives": [name for name, _, _ in self.module.skipped],
             "softmax": self.module.options["next_item"].softmax,
             "known_items": len(self.known_items),
             "learning_rates": self.learning_rates,
