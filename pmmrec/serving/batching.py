@@ -69,13 +69,18 @@ class MicroBatcher:
 
     def submit(self, query: RankQuery) -> Ranked:
         """Queue a request and wait for its ranking (exceptions of the batch are raised here)."""
+        return self.submit_future(query).result()
+
+    def submit_future(self, query: RankQuery) -> Future[Ranked]:
+        """Queue a request; its ranking (or the batch's exception) comes in the future (`asyncio.wrap_future` awaits
+        it on an event loop)."""
         future: Future[Ranked] = Future()
         with self._ready:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
             self._queue.append((query, future))
             self._ready.notify_all()
-        return future.result()
+        return future
 
     def _take(self) -> list[tuple[RankQuery, Future[Ranked]]] | None:
         with self._ready:
