@@ -77,7 +77,7 @@ class Catalogue:
         spare: int = 1024,
         ann: AnnIndex | None = None,
         scan: Literal["int8", "fp32"] = "fp32",
-        int8_min_items: int = 0,
+        int8_min_items: int = 20_000,
         int8_block: int = 4096,
     ) -> None:
         if len(item_ids) != len(item_texts):
@@ -88,10 +88,11 @@ class Catalogue:
                 "(one row per item plus the padding row 0)"
             )
         count = len(item_ids)
-        self.rows = scan == "int8" and table.device.type == "cpu" and int8_scan.available()
-        if scan == "int8" and not self.rows:
-            log.info("int8 scan unavailable (%s): float32 scoring", "not on CPU" if table.device.type != "cpu" else "no kernel")
-        self.int8_min_items, self.int8_block = int8_min_items, int8_block
+        # The layout is chosen once: row-major with an int8 copy when the scan applies, else column-major.
+        self.rows = scan == "int8" and count >= int8_min_items and table.device.type == "cpu" and int8_scan.available()
+        if scan == "int8" and count >= int8_min_items and not self.rows:
+            log.info("no int8 scan (%s): float32 scoring", "not on CPU" if table.device.type != "cpu" else "no kernel")
+        self.int8_block = int8_block
         shape = (count + 1 + spare, table.shape[1]) if self.rows else (table.shape[1], count + 1 + spare)
         buffer = torch.empty(shape, dtype=torch.float32, device=table.device)
         self._buffer = buffer  # rows (or columns) past the published count are free space for appends
@@ -114,8 +115,8 @@ class Catalogue:
         return self._buffer[: count + 1] if self.rows else self._buffer[:, : count + 1].T
 
     def _int8_for(self, current: int8_scan.Int8Table | None, count: int) -> int8_scan.Int8Table | None:
-        """The int8 copy for items 0..count: `current` extended, or built once the catalogue is large enough."""
-        if not self.rows or count < max(1, self.int8_min_items):
+        """The int8 copy for items 0..count: `current` extended, or built (row-major catalogues of items only)."""
+        if not self.rows or count < 1:
             return None
         if current is None:
             try:

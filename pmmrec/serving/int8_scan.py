@@ -102,16 +102,17 @@ class Int8Table:
     """Rows 0..covered of a catalogue table in int8 (immutable: `extended` returns a new one), and the exact search
     over a float32 table whose first rows they are (`search`, the `pmmrec.ranking.ApproximateIndex` protocol)."""
 
-    def __init__(self, blocks: tuple[_Block, ...], max_candidates: int = 8192) -> None:
+    def __init__(self, blocks: tuple[_Block, ...], max_candidates: int = 8192, max_batch: int = 32) -> None:
         self.blocks = blocks
-        self.max_candidates = max_candidates
+        self.max_candidates = max_candidates  # more for a state: that state is ranked by the float32 product
+        self.max_batch = max_batch  # larger batches: the float32 product (it is as fast per state there)
 
     @classmethod
-    def build(cls, table: torch.Tensor, max_candidates: int = 8192) -> Int8Table:
+    def build(cls, table: torch.Tensor, max_candidates: int = 8192, max_batch: int = 32) -> Int8Table:
         """The int8 copy of a float32 table [n+1, d] (row 0 = padding)."""
         if not bool(torch.isfinite(table).all()):
             raise ValueError("the item table has values that are not finite: no int8 copy")
-        return cls((_Block.pack(table, 0),), max_candidates)
+        return cls((_Block.pack(table, 0),), max_candidates, max_batch)
 
     @property
     def covered(self) -> int:
@@ -125,7 +126,7 @@ class Int8Table:
         fresh = table[start:]
         if fresh.shape[0] < block_rows or not bool(torch.isfinite(fresh).all()):
             return self
-        return Int8Table((*self.blocks, _Block.pack(fresh, start)), self.max_candidates)
+        return Int8Table((*self.blocks, _Block.pack(fresh, start)), self.max_candidates, self.max_batch)
 
     def search(
         self, states: torch.Tensor, table: torch.Tensor, k: int, exclude: list[list[int]]
@@ -140,6 +141,8 @@ class Int8Table:
         width = min(k, count)
         if width < 1 or batch == 0:
             return torch.empty(batch, 0), torch.empty(batch, 0, dtype=torch.long)
+        if batch > self.max_batch:
+            return top_k(states, table, k, *csr([list(entry) for entry in exclude]))
         states = states.float()
         approx, bound, usable = self._approximate(states)
         tail_scores = states @ table[self.covered + 1 :].T  # items added since the copy: float32 already

@@ -98,7 +98,9 @@ class ServeOptions(BaseModel):
         default=None, ge=1, description="Without batching: most rankings computed at once (default: one per core)."
     )
     int8_min_items: int = Field(
-        default=0, ge=0, description="Catalogue size from which the int8 scan is used (float32 below)."
+        default=20_000,
+        ge=0,
+        description="Catalogue size at start-up from which --scan int8 is used (float32 below, as fast there).",
     )
     spare_items: int = Field(
         default=1024, ge=0, description="Free columns of the item table for items added live (it doubles when full)."
