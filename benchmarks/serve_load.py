@@ -132,6 +132,9 @@ def run_server(args: argparse.Namespace) -> None:
     service = build_service(
         scenario, args.model, args.data, args.items, args.seed, args.max_parallel, args.serve_mode, args.batch_workers
     )
+    ready = getattr(service.catalogue, "int8_ready", None)
+    if ready is not None:  # the int8 copy is built in the background: measure the server as it runs afterwards
+        ready.wait()
     startup = time.perf_counter() - started
     torch.set_num_threads(args.threads)  # as `pmmrec serve --threads` does after encoding the catalogue
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP; without it a

@@ -198,3 +198,36 @@ def test_small_catalogues_and_the_fp32_option_keep_the_column_major_float32_tabl
     assert not Catalogue(ids, ids, table, scan="int8", int8_min_items=101).rows  # below the threshold
     assert Catalogue(ids, ids, table, scan="int8", int8_min_items=100).rows
     assert not Catalogue(ids, ids, table, scan="fp32", int8_min_items=0).rows
+
+
+def test_the_int8_copy_built_in_the_background_covers_items_appended_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server builds the copy in a thread: until it is published requests are ranked in float32, and items
+    appended while it is built are ranked exactly once it is (scored in float32 as rows past the copy)."""
+    import threading
+
+    table = make_table("gaussian", 300, 16, seed=16)
+    ids = [f"item-{i}" for i in range(1, 301)]
+    release, building = threading.Event(), threading.Event()
+    build = Int8Table.build
+
+    def slow_build(rows: torch.Tensor, *args: object) -> Int8Table:
+        building.set()
+        release.wait(30)
+        return build(rows)
+
+    monkeypatch.setattr(Int8Table, "build", staticmethod(slow_build))
+    catalogue = Catalogue(ids, ids, table, scan="int8", int8_min_items=0, int8_in_background=True)
+    assert building.wait(30) and not catalogue.int8_ready.is_set()
+    assert catalogue.index_for(catalogue.snapshot()) is None  # float32 until the copy is ready
+    vectors = torch.randn(5, 16, generator=torch.Generator().manual_seed(17))
+    with catalogue.lock:
+        catalogue.extend([f"new-{n}" for n in range(5)], [f"new-{n}" for n in range(5)], vectors)
+    release.set()
+    assert catalogue.int8_ready.wait(30)
+    snapshot = catalogue.snapshot()
+    assert snapshot.count == 305 and snapshot.int8 is not None and snapshot.int8.covered == 300
+    states = torch.randn(2, 16, generator=torch.Generator().manual_seed(18))
+    exclude: list[list[int]] = [[301], []]
+    check_same_ranking(states, snapshot.table, 12, exclude, snapshot.int8.search(states, snapshot.table, 12, exclude))
+    ranked = snapshot.int8.search(states, snapshot.table, 305, [[], []])[1]
+    assert {301, 302, 303, 304, 305} <= set(ranked[0].tolist())  # appended items are ranked, by the copy's search

@@ -220,6 +220,7 @@ def test_the_int8_scan_answers_as_the_float32_product(encoded: object) -> None:
         )  # fmt: skip
 
     fast, plain = fresh("int8"), fresh("fp32")
+    assert fast.catalogue.int8_ready.wait(60)  # built in the background
     assert fast.snapshot().int8 is not None and plain.snapshot().int8 is None
     requests = [{"user_id": user, "k": k, "exclude_seen": seen} for user in list(fast.view.users)[:6] for k in (1, 7, 1000) for seen in (True, False)]
     requests += [{"history": [str(i), str(i + 3)], "k": 1000} for i in range(1, 20, 3)]

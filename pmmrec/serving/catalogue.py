@@ -79,6 +79,7 @@ class Catalogue:
         scan: Literal["int8", "fp32"] = "fp32",
         int8_min_items: int = 20_000,
         int8_block: int = 4096,
+        int8_in_background: bool = False,
     ) -> None:
         if len(item_ids) != len(item_texts):
             raise PmmrecError(f"{len(item_ids)} item ids but {len(item_texts)} texts")
@@ -108,23 +109,31 @@ class Catalogue:
         self.added: dict[str, AddedItem] = {}  # items added live, by id
         self.added_images: dict[str, bytes] = {}  # their display PNGs
         self.ann = ann
-        self._snapshot = CatalogueSnapshot(self._view(count), count, self._int8_for(None, count))
+        self._snapshot = CatalogueSnapshot(self._view(count), count)
+        self.int8_ready = threading.Event()  # set once the int8 copy is published (or will never be)
+        if not self.rows or count < 1:
+            self.int8_ready.set()
+        elif int8_in_background:  # seconds at 100,000 items: requests are ranked in float32 meanwhile
+            threading.Thread(target=self._build_int8, name="pmmrec-int8", daemon=True).start()
+        else:
+            self._build_int8()
 
     def _view(self, count: int) -> torch.Tensor:
         """The table of items 0..count, [count + 1, d], a view of the buffer."""
         return self._buffer[: count + 1] if self.rows else self._buffer[:, : count + 1].T
 
-    def _int8_for(self, current: int8_scan.Int8Table | None, count: int) -> int8_scan.Int8Table | None:
-        """The int8 copy for items 0..count: `current` extended, or built (row-major catalogues of items only)."""
-        if not self.rows or count < 1:
-            return None
-        if current is None:
-            try:
-                return int8_scan.Int8Table.build(self._view(count))
-            except ValueError as exc:  # a table with non-finite values: float32 scoring
-                log.warning("no int8 scan: %s", exc)
-                return None
-        return current.extended(self._view(count), self.int8_block)
+    def _build_int8(self) -> None:
+        """Build the int8 copy of the current table and publish it, extended by the items appended meanwhile."""
+        try:
+            built: int8_scan.Int8Table | None = int8_scan.Int8Table.build(self._snapshot.table)
+        except ValueError as exc:  # a table with non-finite values: float32 scoring
+            log.warning("no int8 scan: %s", exc)
+            built = None
+        if built is not None:
+            with self.lock:
+                current = self._snapshot
+                self._snapshot = CatalogueSnapshot(current.table, current.count, built.extended(current.table, self.int8_block))
+        self.int8_ready.set()
 
     @property
     def dim(self) -> int:
@@ -193,5 +202,7 @@ class Catalogue:
             self.texts.append(text)
             self.lower.append(text.lower())
             self.index[item_id] = count + 1 + offset
-        self._snapshot = CatalogueSnapshot(self._view(needed - 1), needed - 1, self._int8_for(snapshot.int8, needed - 1))
+        table = self._view(needed - 1)
+        int8 = snapshot.int8.extended(table, self.int8_block) if snapshot.int8 is not None else None
+        self._snapshot = CatalogueSnapshot(table, needed - 1, int8)
         return needed - 1

@@ -65,7 +65,7 @@ class RecommenderService:
             manifest = self.served.manifest if self.served.manifest is not None else model_manifest(self.served.model())
         self.catalogue = Catalogue(
             item_ids, item_texts, item_table, spare=options.spare_items, ann=ann, scan=options.scan,
-            int8_min_items=options.int8_min_items,
+            int8_min_items=options.int8_min_items, int8_in_background=True,
         )  # fmt: skip
         self.view = CatalogueView(
             self.catalogue, self.served, options, users=users, image_store=image_store,
