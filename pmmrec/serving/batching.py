@@ -99,6 +99,11 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while (taken := self._take()) is not None:
+            # A request whose waiter went away (an awaiting coroutine cancelled) is dropped; the others can no
+            # longer be cancelled, so setting their results below cannot fail.
+            taken = [(query, future) for query, future in taken if future.set_running_or_notify_cancel()]
+            if not taken:
+                continue
             try:
                 results = self._run([query for query, _ in taken])
             except BaseException as exc:  # the requests of this batch fail; the worker goes on
