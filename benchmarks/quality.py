@@ -7,10 +7,11 @@ pmmrec-transfer; at the quick setting also the ablations and the text + vision r
 2. search: the row's eight configurations (pmmrec.demo.rows.search_grid) with the search seed, the test split off;
 3. select the configuration with the best validation NDCG@10, evaluate its test split once, and train it with the
    other seeds (test evaluated once at the best epoch of each);
-4. rows that train nothing on the target: popularity, content-knn (history window chosen on validation) and
-   zero-shot transfer;
-5. report: per row, metrics averaged over seeds with 95% bootstrap intervals over users; paired tests over users
-   (paired bootstrap and Wilcoxon signed-rank on per-user NDCG@10) for every claim; per-user test ranks.
+4. rows that train nothing on the target: popularity (recency window, 7 configurations) and content-knn (history
+   window x raw/normalised vectors, 14), each searched on validation and tested once, and zero-shot transfer;
+5. report: per row, metrics over seeds with 95% seed x user bootstrap intervals and the search budget; for every
+   claim the exact (or Monte-Carlo) sign-flip test with users as clusters, the seed x user bootstrap, the number
+   of users that differ and Holm's correction within the table (pmmrec.stats); per-user test ranks.
 
 It also runs the defaults check on the whole MovieLens-100K (`--ml100k`): `pmmrec finetune --item-tower id` and
 `--text-backbone minilm` with no other option, against the best of eight tuned recipes each (selected on validation).
@@ -193,16 +194,12 @@ def setting_tasks(
 
                 tasks.append(Task(f"window:{setting}:{row}:{window}", jobs.finetune, ["data:target"], window_args,
                                   priority=priority("window", setting)))
-    # Rows that train nothing on the target. Baselines do not depend on the seed; zero-shot does (its pre-training).
-    for name in ("popularity", "content-knn-20", "content-knn-all"):
-        splits = ("valid", "test") if name == "popularity" else ("valid",)
+    # Rows that train nothing on the target. Baselines do not depend on the seed (each searches its configurations on
+    # validation and ranks the test split once, pmmrec.baselines.tune_baseline); zero-shot does (its pre-training).
+    for name in ("popularity", "content-knn"):
         tasks.append(Task(f"untrained:{setting}:{name}", jobs.untrained, ["data:target"],
-                          lambda r, n=name, sp=splits: (root, setting, n, 0, None, None, sp),
+                          lambda r, n=name: (root, setting, n, 0, None, None),
                           priority=priority("untrained", setting)))  # fmt: skip
-    tasks.append(Task(f"untrained:{setting}:content-knn", jobs.untrained,
-                      [f"untrained:{setting}:content-knn-20", f"untrained:{setting}:content-knn-all"],
-                      lambda r: (root, setting, knn_choice(r, setting), 0, None, None, ("test",)),
-                      priority=priority("untrained", setting)))  # fmt: skip
     zero_shots = [("pmmrec-zero-shot", "text")] + ([("mm-zero-shot", "mm")] if "mm" in pretrainings else [])
     for row, name in zero_shots:
         for seed in seeds:
@@ -211,14 +208,6 @@ def setting_tasks(
                                                                   r[f"pre:{setting}:{n}:{s}"]["components"], device),
                               priority=priority("untrained", setting)))  # fmt: skip
     return tasks
-
-
-def knn_choice(results: dict[str, Any], setting: str) -> str:
-    """content-knn-20 or content-knn-all, whichever has the better validation NDCG@10."""
-    from quality_report import ndcg
-
-    scores = {name: ndcg(results[f"untrained:{setting}:{name}"]["valid_ranks"]) for name in ("content-knn-20", "content-knn-all")}
-    return max(scores, key=lambda name: (scores[name], name == "content-knn-20"))
 
 
 def main() -> None:

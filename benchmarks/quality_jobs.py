@@ -166,13 +166,13 @@ def untrained(
     splits: tuple[str, ...] = ("valid", "test"),
     threads: int = 1,
 ) -> dict[str, Any]:
-    """Ranks of a row that trains nothing on the target: popularity, content-knn over the last 20 history items
-    (content-knn-20) or the whole history (content-knn-all), or zero-shot transfer (the pre-trained components
-    assembled), on the given splits (a candidate that validation may reject is ranked on `valid` only)."""
+    """Ranks of a row that trains nothing on the target: popularity or content-knn (their configurations searched
+    on validation, the test split ranked once at the selected one: pmmrec.baselines.tune_baseline), or zero-shot
+    transfer (the pre-trained components assembled) on the given splits."""
     _prepare(threads)
     import torch
 
-    from pmmrec.baselines import baseline_ranks
+    from pmmrec.baselines import tune_baseline
     from pmmrec.data import leave_one_out, load_dataset
     from pmmrec.demo.rows import settings_for
     from pmmrec.inference import evaluate_split, make_collator
@@ -185,22 +185,18 @@ def untrained(
     mm = name.startswith("mm")
     target = load_dataset(Path(root) / "data" / ("target-img" if mm else "target"))
     split = leave_one_out(target.sequences)
-    ranks: dict[str, list[int]] = {}
-    if name in ("popularity", "content-knn-20", "content-knn-all"):
-        kind = "content-knn" if name.startswith("content") else name
-        window = 20 if name.endswith("-20") else None
-        for which in splits:
-            ranks[which] = baseline_ranks(kind, target, split, which, max_length=window).tolist()
-    else:
-        assert components is not None
-        model = PMMRec.assemble(**components)
-        target_device = torch.device(device or "cpu")
-        model.to(target_device)
-        collator = make_collator(model, target)
-        max_length = settings_for(setting).max_length
-        for which in splits:
-            ranks[which] = evaluate_split(model, split, which, collator, target.num_items, target_device,
-                                          max_length=max_length).ranks.tolist()  # fmt: skip
+    if name in ("popularity", "content-knn"):
+        search = tune_baseline(name, target, split)
+        return _store(folder, {"search": search.as_dict(), "valid_ranks": search.valid_ranks.tolist(),
+                               "test_ranks": search.test_ranks.tolist()})  # fmt: skip
+    assert components is not None
+    model = PMMRec.assemble(**components)
+    target_device = torch.device(device or "cpu")
+    model.to(target_device)
+    collator = make_collator(model, target)
+    max_length = settings_for(setting).max_length
+    ranks = {which: evaluate_split(model, split, which, collator, target.num_items, target_device,
+                                   max_length=max_length).ranks.tolist() for which in splits}  # fmt: skip
     return _store(folder, {f"{which}_ranks": values for which, values in ranks.items()})
 
 

@@ -1,4 +1,5 @@
-"""The report of benchmarks/quality.py: rows over seeds with intervals, paired tests, searches, curves, defaults."""
+"""The report of benchmarks/quality.py: rows over seeds with intervals and search budgets, paired tests (sign-flip,
+seed x user bootstrap, users that differ, Holm within each table), searches, curves, defaults."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pmmrec.data import leave_one_out, load_dataset, new_target_mask
 from pmmrec.demo.report import TARGET_COMPARISONS, comparisons, results_markdown, row_summary
 from pmmrec.demo.rows import search_grid, settings_for
 from pmmrec.demo.run import target_statistics
-from pmmrec.stats import per_user_metric
 
 ABLATION_COMPARISONS = (
     ("pmmrec-transfer", "transfer-no-nid", "all"),
@@ -25,11 +25,6 @@ ABLATION_COMPARISONS = (
     ("mm-transfer", "mm-zero-shot", "all"),
 )
 UNTRAINED = ("popularity", "content-knn", "pmmrec-zero-shot", "mm-zero-shot")
-
-
-def ndcg(ranks: list[int]) -> float:
-    """Mean NDCG@10 of per-user ranks."""
-    return float(per_user_metric(np.asarray(ranks), "ndcg", 10).mean())
 
 
 def _get(results: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -76,10 +71,13 @@ def setting_report(results: dict[str, Any], setting: str, seeds: list[int], root
             ranks[row] = [np.asarray(run["test_ranks"]) for run in runs]  # type: ignore[index]
     order = ["popularity", "content-knn", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot"]
     order += sorted(name for name in ranks if name not in order)
-    rows = [row_summary(name, ranks[name], new_users) for name in order if name in ranks]
+    baselines = {name: results[f"untrained:{setting}:{name}"]["search"]
+                 for name in ("popularity", "content-knn") if f"untrained:{setting}:{name}" in results}  # fmt: skip
+    budgets = {row: f"{len(search_grid(row))} on validation" for row in searches}
+    budgets |= {name: f"{search['budget']} on validation: {search['selected_label']}" for name, search in baselines.items()}
+    budgets |= {name: "none (nothing trained on the target)" for name in ("pmmrec-zero-shot", "mm-zero-shot")}
+    rows = [row_summary(name, ranks[name], new_users, budgets.get(name)) for name in order if name in ranks]
     tests = comparisons(ranks, new_users, TARGET_COMPARISONS + ABLATION_COMPARISONS)
-    knn = {name: ndcg(results[f"untrained:{setting}:{name}"]["valid_ranks"])
-           for name in ("content-knn-20", "content-knn-all") if f"untrained:{setting}:{name}" in results}  # fmt: skip
     pretraining = {key: {k: v for k, v in value.items() if k != "components"}
                    for key, value in results.items() if key.startswith(f"pre:{setting}:")}  # fmt: skip
     windows = {key: value["valid_ndcg@10"] for key, value in results.items() if key.startswith(f"window:{setting}:")}
@@ -87,15 +85,15 @@ def setting_report(results: dict[str, Any], setting: str, seeds: list[int], root
     notes = [
         f"setting {setting}: d = {settings.dim}, pre-training cap {settings.pretrain_epochs} epochs, fine-tuning cap "
         f"{settings.finetune_epochs}, patience {settings.patience}, top {settings.text_trainable_layers} text layer(s) "
-        f"trained; seeds {seeds} (search seed {seeds[0]}); intervals: 95% bootstrap over users of the seed-averaged "
-        "per-user values",
+        f"trained; seeds {seeds} (search seed {seeds[0]}); intervals: 95% seed x user bootstrap (users and each "
+        "row's seeds resampled); zero-training baselines are deterministic (one seed repeated)",
     ]
     return {
         "target": target_statistics(target),
         "rows": rows,
         "comparisons": tests,
         "searches": searches,
-        "content_knn_valid": knn,
+        "baseline_searches": baselines,
         "validation_curves": curves,
         "pretraining": pretraining,
         "window_study_valid_ndcg@10": windows,

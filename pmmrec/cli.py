@@ -37,12 +37,25 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool | None,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the pmmrec version and exit."),
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error instead of one line (PMMREC_DEBUG=1).")
+    ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory pmmrec may plan to use (e.g. 8G), instead of what the machine has available "
+            "(PMMREC_MAX_MEMORY); configurations estimated above it are refused before anything is allocated.",
+        ),
+    ] = None,
 ) -> None:
     """Transferable, ID-free sequential recommendation (PMMRec) with per-component artefacts."""
+    ctx.call_on_close(opt.apply_global_options(debug=debug, max_memory=max_memory))
 
 
 # ---- shared option types ---------------------------------------------------------------------------------------
@@ -298,6 +311,13 @@ def data_movielens(
             help="Share of items held out as new items: they occur only as validation and test targets (the demo: 0.2).",
         ),
     ] = 0.0,
+    new_items_rule: Annotated[
+        opt.NewItemRuleChoice,
+        typer.Option(
+            help="first-seen = the items whose first interaction is latest (cold start in time); hash = the rule used "
+            "before issue 24, unrelated to time (kept to reproduce older tables).",
+        ),
+    ] = opt.NewItemRuleChoice.first_seen,
     overwrite: opt.Overwrite = False,
 ) -> None:
     """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
@@ -305,7 +325,13 @@ def data_movielens(
     from pmmrec.data.movielens import LICENCE_NOTE
 
     path = api.data_movielens(
-        out, domain=domain.value, images=images.value, size=size, new_items=new_items, overwrite=overwrite
+        out,
+        domain=domain.value,
+        images=images.value,
+        size=size,
+        new_items=new_items,
+        new_items_rule=new_items_rule.value,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {path}")
     typer.echo(format_statistics(api.data_check(path)))

@@ -115,6 +115,49 @@ def rank_targets(
     return ranks
 
 
+@torch.inference_mode()
+def rank_targets_with_unscored(
+    user_states: Tensor,
+    item_table: Tensor,
+    targets: Tensor,
+    history_indptr: Tensor,
+    history_items: Tensor,
+    unscored: Tensor | None,
+    chunk_size: int = 1024,
+    block_columns: int | None = None,
+) -> Tensor:
+    """`rank_targets`, where the `unscored` items (an ID tower's never-trained rows) score below every other item.
+
+    They never outrank another item, and an unscored target's rank is 1 + the number of scored items outside the
+    user's history (ties among unscored items count in the user's favour, as every tie does). Without unscored
+    items this is `rank_targets` itself.
+    """
+    if unscored is None or unscored.numel() == 0:
+        return rank_targets(user_states, item_table, targets, history_indptr, history_items, chunk_size, block_columns)
+    device = history_items.device
+    unscored = unscored.to(device=device, dtype=torch.long)
+    users = targets.shape[0]
+    lengths = history_indptr[1:] - history_indptr[:-1]
+    owners = torch.cat([torch.repeat_interleave(torch.arange(users, device=device), lengths),
+                        torch.arange(users, device=device).repeat_interleave(unscored.numel())])  # fmt: skip
+    items = torch.cat([history_items[int(history_indptr[0]) : int(history_indptr[-1])], unscored.repeat(users)])
+    order = torch.argsort(owners, stable=True)
+    indptr = torch.zeros(users + 1, dtype=torch.long, device=device)
+    indptr[1:] = torch.cumsum(lengths + unscored.numel(), 0)
+    ranks = rank_targets(user_states, item_table, targets, indptr, items[order], chunk_size, block_columns)
+    num_rows = item_table.shape[0]
+    is_unscored = torch.zeros(num_rows, dtype=torch.bool, device=device)
+    is_unscored[unscored] = True
+    history = history_items[int(history_indptr[0]) : int(history_indptr[-1])]
+    holders = torch.repeat_interleave(torch.arange(users, device=device), lengths)
+    scored = (history > 0) & ~is_unscored[history]
+    pairs = torch.unique(holders[scored] * num_rows + history[scored])  # distinct (user, scored item) pairs
+    seen_scored = torch.bincount(pairs // num_rows, minlength=users)
+    candidates = (num_rows - 1 - int(is_unscored[1:].sum())) - seen_scored
+    last = (1 + candidates).to(ranks.device)
+    return torch.where(is_unscored[targets.to(device)].to(ranks.device), last, ranks)
+
+
 class _Buffers:
     """Score and mask buffers reused by every chunk and block (no allocation per block; masks only if needed)."""
 

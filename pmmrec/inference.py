@@ -24,7 +24,7 @@ from pmmrec.data import (
 from pmmrec.distributed import DistributedContext, gather_objects
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
-from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets
+from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets_with_unscored
 from pmmrec.model import PMMRec
 from pmmrec.modes import eval_mode
 from pmmrec.paths import cache_root
@@ -79,6 +79,15 @@ def encode_catalogue(
             encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
             table[batch.items] = encoded.embeddings.float()
     return table
+
+
+def unscored_items(model: PMMRec, num_items: int) -> torch.Tensor | None:
+    """Catalogue indices the model has no trained representation of: an ID tower's never-trained rows (issue 24;
+    they score below every trained item), None for content towers, which encode every item from its content."""
+    if model.item_tower is None:
+        return None
+    untrained = model.item_tower.untrained_indices(num_items)
+    return untrained if untrained.numel() else None
 
 
 @dataclass
@@ -159,6 +168,7 @@ def evaluate_split(
     block = default_block_columns(device, batch_size, num_items + 1)
     chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
     writer = PartWriter(store, flush_seconds)
+    unscored = unscored_items(model, num_items)
     local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
     with eval_mode(model), tqdm(
         total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
@@ -170,7 +180,9 @@ def evaluate_split(
             indptr, history = batch.history_indptr, batch.history_items
             if not exclude_history:
                 indptr, history = torch.zeros_like(indptr), history[:0]
-            ranks = rank_targets(states, item_table, batch.targets, indptr, history, chunk, block)
+            ranks = rank_targets_with_unscored(
+                states, item_table, batch.targets, indptr, history, unscored, chunk, block
+            )
             stop = start + ranks.shape[0]
             local_ranks[start:stop] = ranks.cpu().numpy()
             writer.add(pending[start:stop], local_ranks[start:stop])
@@ -223,13 +235,16 @@ def top_k(
 ) -> list[Recommendation]:
     """Top-k catalogue items after a history of catalogue indices (1-based, most recent last), named by id and text.
 
-    Ranked by `pmmrec.ranking.rank_histories`; catalogue index i is `item_ids[i - 1]`.
+    Ranked by `pmmrec.ranking.rank_histories`; catalogue index i is `item_ids[i - 1]`. An ID tower's never-trained
+    rows are never recommended (they score below every trained item).
     """
     if not history:
         raise ConfigError("the history is empty: give at least one known item")
     if k < 1:
         raise ConfigError(f"--k must be positive, got {k}")
-    query = RankQuery(list(history), k, exclude=sorted({int(i) for i in exclude}))
+    unscored = unscored_items(model, len(item_ids))
+    never = set(unscored.tolist()) if unscored is not None else set()
+    query = RankQuery(list(history), k, exclude=sorted({int(i) for i in exclude} | never))
     (ranking,) = rank_histories(model.user, item_table.float(), [query], max_length=model.max_length)
     return [
         Recommendation(rank=r + 1, item_id=item_ids[i - 1], score=v, text=item_texts[i - 1])

@@ -127,17 +127,42 @@ def test_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 @needs_recbole
-def test_cli_builds_the_demo_target_with_new_items(tmp_path: Path) -> None:
-    """The demo's target (new items held out of training, kept as validation/test targets) is buildable from the CLI."""
-    from pmmrec.data import is_new_item, leave_one_out, new_target_mask
+def test_cli_builds_the_demo_target_with_new_items_in_time(tmp_path: Path) -> None:
+    """Issue 24: new items are the ones that appear last in the domain's time line, not blockbusters chosen by hash;
+    they occur only as validation or test targets; dataset.json records how many and how popular their targets are."""
+    from pmmrec.data import leave_one_out, new_target_mask
+    from pmmrec.data.movielens import first_interactions, read_movielens, select_domain
 
     out = tmp_path / "target-new"
     result = CliRunner().invoke(app, ["data", "movielens", "--out", str(out), "--domain", "target", "--new-items", "0.2"])
     assert result.exit_code == 0, result.output
     dataset = load_dataset(out)
-    assert dataset.name == "ml-100k-target-new-items" and dataset.num_users == 611 and dataset.num_items == 388
-    assert "new items" in json.loads((out / "dataset.json").read_text())["preprocessing"]["new_items"]
+    record = json.loads((out / "dataset.json").read_text())["preprocessing"]["new_items"]
+    assert dataset.name == "ml-100k-target-new-items" and dataset.num_users == 611
+    # 78 newest of 388 items; 31 of them occurred only before their users' last two items and left the catalogue.
+    assert (record["rule"], record["held_out"], record["items"], len(record["left_catalogue"])) == ("first-seen", 78, 47, 31)
+    assert dataset.num_items == 388 - 31 and record["cut"] == "1997-11-05T14:09:57Z"
+    assert (record["dropped_interactions"], record["valid_target_users"], record["test_target_users"]) == (1140, 66, 76)
+    popularity = record["test_target_popularity"]
+    assert popularity["interactions_before_hold_out"] == {"min": 1, "median": 28.0, "max": 147}
+    assert popularity["most_popular"][0] == {"item_id": "271", "interactions": 147, "popularity_rank": 41, "users": 4}
+    # Every new item is first seen after every old item; none occurs in a training sequence.
+    data = read_movielens()
+    first = first_interactions(data, select_domain(data, "target")[1])
+    new = set(record["item_ids"]) | set(record["left_catalogue"])
+    assert min(first[item] for item in new) > max(first[item] for item in first if item not in new)
     for sequence in dataset.sequences:
-        assert not any(is_new_item(dataset.item_ids[index - 1], 0.2) for index in sequence[:-2])
+        assert not {dataset.item_ids[index - 1] for index in sequence[:-2]} & new
     split = leave_one_out(dataset.sequences)
-    assert new_target_mask(split, "test").sum() == 145 and new_target_mask(split, "valid").sum() == 132
+    assert new_target_mask(split, "test").sum() == 76 and new_target_mask(split, "valid").sum() == 66
+
+
+@needs_recbole
+def test_the_hash_rule_is_kept_under_its_own_name(tmp_path: Path) -> None:
+    """The pre-issue-24 rule reproduces the old target (145 test users; Star Wars, 384 interactions, held out)."""
+    out = build_movielens(tmp_path / "hash", domain="target", new_items=0.2, new_items_rule="hash")
+    record = json.loads((out / "dataset.json").read_text())["preprocessing"]["new_items"]
+    assert load_dataset(out).name == "ml-100k-target-new-items-hash" and record["test_target_users"] == 145
+    assert record["test_target_popularity"]["most_popular"][0]["interactions"] == 384
+    with pytest.raises(DatasetError, match="unknown new-item rule"):
+        build_movielens(tmp_path / "bad", domain="target", new_items=0.2, new_items_rule="random")

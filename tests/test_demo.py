@@ -10,18 +10,35 @@ import pytest
 import torch
 from PIL import Image
 
-from pmmrec.baselines import baseline_ranks, content_knn_states
-from pmmrec.data import hold_out_new_items, leave_one_out, load_dataset, new_target_mask, write_dataset
+from pmmrec.baselines import (
+    BaselineConfig,
+    baseline_grid,
+    baseline_ranks,
+    content_knn_states,
+    popularity_table,
+    tune_baseline,
+)
+from pmmrec.data import (
+    hashed_items,
+    hold_out_new_items,
+    leave_one_out,
+    load_dataset,
+    new_target_mask,
+    newest_items,
+    write_dataset,
+)
+from pmmrec.data.new_items import new_item_count, new_items_record
 from pmmrec.demo import prepare_output
 from pmmrec.demo.report import comparisons, plot_test_ndcg, plot_validation_curves, results_markdown, row_summary
 from pmmrec.errors import PmmrecError
+from pmmrec.stats import holm
 
 
 def _dataset(root: Path, held_out: float = 0.0) -> Path:
     items = [f"i{n}" for n in range(1, 11)]
     users = [[items[(n + k) % 10] for k in range(6)] for n in range(8)]
     if held_out:
-        users, _ = hold_out_new_items(items, users, held_out)
+        users = hold_out_new_items(users, hashed_items(items, held_out))
     return write_dataset(
         root,
         name="toy",
@@ -38,7 +55,8 @@ def test_new_items_occur_only_as_validation_or_test_targets(tmp_path: Path) -> N
     """Guards the valid/test disagreement: new items are held out of validation histories too, not only test."""
     items = [f"i{n}" for n in range(1, 11)]
     original = [[items[(n + k) % 10] for k in range(6)] for n in range(8)]
-    held, new = hold_out_new_items(items, original, 0.4)
+    new = hashed_items(items, 0.4)
+    held = hold_out_new_items(original, new)
     assert new and len(new) < len(items)
     for before, after in zip(original, held, strict=True):
         assert after[-2:] == before[-2:]
@@ -49,6 +67,28 @@ def test_new_items_occur_only_as_validation_or_test_targets(tmp_path: Path) -> N
     for which, targets in (("valid", split.valid_target), ("test", split.test_target)):
         assert new_target_mask(split, which).tolist() == [int(t) not in seen for t in targets]
     assert new_target_mask(split, "valid").any() and new_target_mask(split, "test").any()
+
+
+def test_new_items_are_the_last_first_seen_and_the_record_counts_them_exactly() -> None:
+    """Issue 24: cold start in time. Hand-computed: first seen a@1 b@2 c@3 d@4 e@5, share 0.4 -> d and e (2 of 5)."""
+    first_seen = {"c": (3, 0), "a": (1, 0), "e": (5, 0), "b": (2, 0), "d": (4, 0)}
+    assert newest_items(first_seen, 0.4) == ["d", "e"] and newest_items(first_seen, 0.0) == []
+    assert new_item_count(5, 0.3) == 2 and new_item_count(5, 0.29) == 1  # 1.5 rounds up, 1.45 down
+    before = [["a", "d", "b", "e"], ["b", "c", "a", "d"], ["a", "e", "c", "b"], ["c", "d", "e", "a"]]
+    after = hold_out_new_items(before, ["d", "e"])
+    assert after == [["a", "b", "e"], ["b", "c", "a", "d"], ["a", "c", "b"], ["c", "e", "a"]]
+    record = new_items_record("first-seen", 0.4, ["d", "e"], before, after, cut="t4")
+    assert (record["held_out"], record["items"], record["left_catalogue"]) == (2, 2, [])
+    assert record["dropped_interactions"] == 1 + 0 + 1 + 1 and record["users_below_min_length"] == 0
+    assert record["valid_target_users"] == 1 and record["test_target_users"] == 2  # valid: user 3; test: users 0, 1
+    # counts before: a 4, b 3, c 3, d 3, e 3 -> ranks a 1, b 2, c 3, d 4, e 5 (ties by id)
+    popularity = record["test_target_popularity"]
+    assert popularity["interactions_before_hold_out"] == {"min": 3, "median": 3.0, "max": 3}
+    assert popularity["most_popular"] == [
+        {"item_id": "d", "interactions": 3, "popularity_rank": 4, "users": 1},
+        {"item_id": "e", "interactions": 3, "popularity_rank": 5, "users": 1},
+    ]
+    assert record["never_in_training"] == 2  # d and e: no training prefix ([:-2]) holds them
 
 
 def test_popularity_ranks_match_a_direct_count(tmp_path: Path) -> None:
@@ -82,21 +122,62 @@ def test_content_knn_scores_by_cosine_to_the_mean_of_the_history() -> None:
     assert torch.allclose(normalised[3], torch.tensor([1.0, 1.0]) / 2**0.5)
 
 
+def test_content_knn_can_average_normalised_vectors() -> None:
+    table = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 1.0]])
+    _, raw = content_knn_states(table, [np.array([1, 2])])
+    _, normalised = content_knn_states(table, [np.array([1, 2])], normalise=True)
+    assert torch.allclose(raw[0], torch.tensor([2.0, 0.5]) / torch.tensor([2.0, 0.5]).norm())  # the long vector wins
+    assert torch.allclose(normalised[0], torch.tensor([1.0, 1.0]) / 2**0.5)  # each item weighs the same
+
+
+def test_popularity_can_count_a_recency_window() -> None:
+    split = leave_one_out([np.array([1, 1, 2, 3, 9, 9]), np.array([2, 3, 3, 9, 9])])  # train: [1,1,2,3], [2,3,3]
+    counts = popularity_table(split, 9).squeeze(1).round().tolist()
+    assert counts[1:4] == [2, 2, 3]
+    recent = popularity_table(split, 9, window=2).squeeze(1).round().tolist()
+    assert recent[1:4] == [0, 1, 3]  # last two of each: [2, 3] and [3, 3]
+
+
+def test_baselines_are_searched_on_validation_with_the_stated_budget(tmp_path: Path) -> None:
+    """Issue 24: windows {1, 2, 3, 5, 10, 20, all} (x raw/normalised for content-knn), selected on validation,
+    the test split ranked once at the selected configuration."""
+    assert [c.window for c in baseline_grid("popularity")] == [1, 2, 3, 5, 10, 20, None]
+    assert len(baseline_grid("content-knn")) == 14 and BaselineConfig(2, True) in baseline_grid("content-knn")
+    dataset = load_dataset(_dataset(tmp_path / "toy"))
+    split = leave_one_out(dataset.sequences)
+    search = tune_baseline("popularity", dataset, split)
+    assert search.valid_ndcg[search.selected] == max(search.valid_ndcg) and len(search.valid_ndcg) == 7
+    window = search.config.window
+    assert search.test_ranks.tolist() == baseline_ranks("popularity", dataset, split, "test", popularity_window=window).tolist()
+    assert search.as_dict()["budget"] == 7
+    table = torch.randn(dataset.num_items + 1, 6, generator=torch.Generator().manual_seed(0))
+    knn = tune_baseline("content-knn", dataset, split, text_table=table)
+    expected = baseline_ranks("content-knn", dataset, split, "valid", max_length=knn.config.window,
+                              normalise=knn.config.normalise, text_table=table)  # fmt: skip
+    assert knn.valid_ranks.tolist() == expected.tolist() and len(knn.valid_ndcg) == 14
+
+
 def test_rows_carry_intervals_and_comparisons_carry_p_values() -> None:
     rng = np.random.default_rng(0)
     strong = [rng.integers(1, 6, size=300) for _ in range(3)]
     weak = [rng.integers(5, 60, size=300) for _ in range(3)]
     new = np.zeros(300, dtype=bool)
     new[:40] = True
-    row = row_summary("strong", strong, new)
+    row = row_summary("strong", strong, new, searched="8 on validation")
     low, high = row["ndcg@10_ci"]
     assert low < row["ndcg@10"] < high and row["new_users"] == 40 and len(row["ndcg@10_per_seed"]) == 3
     assert row["new_ndcg@10_ci"][0] < row["new_ndcg@10"] < row["new_ndcg@10_ci"][1]
     tests = comparisons({"pmmrec-transfer": strong, "pmmrec-scratch": weak}, new)
     assert tests[0]["a"] == "pmmrec-transfer" and tests[0]["significant"] and tests[0]["p_bootstrap"] < 0.01
     assert tests[0]["subset"] == "all" and tests[0]["users"] == 300  # the subset label survives the user count
+    assert tests[0]["seeds_a"] == 3 and 0 < tests[0]["differing"] <= 300 and tests[0]["sign_flip"] == "monte-carlo"
+    pairs = [("pmmrec-transfer", "pmmrec-scratch", "all"), ("pmmrec-transfer", "pmmrec-scratch", "new")]
+    table = comparisons({"pmmrec-transfer": strong, "pmmrec-scratch": weak}, new, pairs)
+    assert [t["subset"] for t in table] == ["all", "new"] and table[1]["users"] == 40
+    assert [t["p_holm"] for t in table] == pytest.approx(holm([t["p"] for t in table]))  # Holm within the table
     text = results_markdown([row], tests, ["a note"])
-    assert "p (Wilcoxon)" in text and "a note" in text
+    assert "users that differ" in text and "Holm-adjusted within this table" in text and "a note" in text
+    assert "| strong | 8 on validation |" in text
 
 
 def test_plots_are_pngs(tmp_path: Path) -> None:

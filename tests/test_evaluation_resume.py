@@ -53,7 +53,7 @@ def test_an_interrupted_evaluation_resumes_with_the_same_ranks(
     model, split, collator, num_items = _setup(tmp_path)
     full = evaluate_split(model, split, "test", collator, num_items, CPU, batch_size=4)  # type: ignore[arg-type]
     folder = tmp_path / "results"
-    original = inference.rank_targets
+    original = inference.rank_targets_with_unscored
     calls = 0
 
     def failing(*args: object, **kwargs: object) -> torch.Tensor:
@@ -63,11 +63,11 @@ def test_an_interrupted_evaluation_resumes_with_the_same_ranks(
             raise _Interrupted
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(inference, "rank_targets", failing)
+    monkeypatch.setattr(inference, "rank_targets_with_unscored", failing)
     with pytest.raises(_Interrupted):  # two batches of 4 users finished, written at once (flush_seconds=0)
         evaluate_split(model, split, "test", collator, num_items, CPU, batch_size=4, resume_dir=folder, flush_seconds=0)  # type: ignore[arg-type]
     assert len(list(folder.glob("part-*.npz"))) == 2 and (folder / "item-table.npy").is_file()
-    monkeypatch.setattr(inference, "rank_targets", original)
+    monkeypatch.setattr(inference, "rank_targets_with_unscored", original)
     resumed = evaluate_split(model, split, "test", collator, num_items, CPU, batch_size=4, resume_dir=folder)  # type: ignore[arg-type]
     assert resumed.timings["users_resumed"] == 8 and resumed.timings["users_ranked"] == len(full.ranks) - 8
     np.testing.assert_array_equal(resumed.ranks, full.ranks)
@@ -94,13 +94,13 @@ def test_score_chunks_obey_the_budget_and_change_no_rank(tmp_path: Path, monkeyp
     model, split, collator, num_items = _setup(tmp_path)
     full = evaluate_split(model, split, "test", collator, num_items, CPU)  # type: ignore[arg-type]
     chunks: list[int] = []
-    original = inference.rank_targets
+    original = inference.rank_targets_with_unscored
 
     def recording(*args: object) -> torch.Tensor:
-        chunks.append(int(args[5]))  # type: ignore[call-overload]
+        chunks.append(int(args[6]))  # type: ignore[call-overload]
         return original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(inference, "rank_targets", recording)
+    monkeypatch.setattr(inference, "rank_targets_with_unscored", recording)
     budget = 3 * CELL_BYTES * (num_items + 1)  # three users' scores (a tiny catalogue is one block)
     small = evaluate_split(model, split, "test", collator, num_items, CPU, score_budget=budget)  # type: ignore[arg-type]
     assert set(chunks) == {3}

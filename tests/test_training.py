@@ -430,7 +430,8 @@ def test_build_model_refuses_components_of_different_widths_naming_each(tmp_path
 
 
 def test_the_trainer_builds_its_collator_and_module_configured(tmp_path: Path, image_dataset_dir: Path) -> None:
-    """Full softmax: batches list every item; a prefix cache holding every image: batches carry no pixels."""
+    """Full softmax: batches list every item known at training time; a prefix cache holding every image: batches
+    carry no pixels."""
     dataset = load_dataset(image_dataset_dir)
     full = config("pretrain", max_steps=1, objectives={"next_item": {"softmax": "full"}})
     trainer = Trainer(text_vision_model(), dataset, full, tmp_path / "run", progress=False)
@@ -438,7 +439,8 @@ def test_the_trainer_builds_its_collator_and_module_configured(tmp_path: Path, i
     assert trainer.module.prefix_cache is not None and trainer.module.prefix_cache.caches_image
     assert not trainer.collator.include_images
     batch = trainer.collator([np.array([1, 2, 3])])
-    assert batch.pixel_values is None and batch.unique_items.tolist() == list(range(1, NUM_ITEMS + 1))
+    assert batch.pixel_values is None and batch.unique_items.tolist() == trainer.known_items.tolist()
+    assert trainer.collator.known_items is trainer.known_items and 0 < len(trainer.known_items) <= NUM_ITEMS
 
 
 def test_trainable_layers_of_a_loaded_encoder_can_be_changed(dataset_dir: Path, components: dict) -> None:

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from pmmrec.components import _backbones
+from pmmrec.components._vision import VisionPreprocessingFields, check_preprocessing
 from pmmrec.components.base import Component, ComponentConfig
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.components.options import CreateOptions
 from pmmrec.slots import SLOT, SLOT_TABLE
+
+V = TypeVar("V", bound="VisionEncoder")
 
 
 class EncoderConfig(ComponentConfig):
@@ -131,6 +135,13 @@ class VisionEncoder(ItemEncoder):
         backbone = options.backbone or "efficientnet-lite0"
         return "efficientnet" if backbone.startswith("efficientnet-") else "clip"
 
+    @classmethod
+    def build_for_loading(cls: type[V], config: ComponentConfig, folder: Path) -> V:
+        """Check preprocessing.json against the config first (one place for that file: `_vision`)."""
+        assert isinstance(config, VisionPreprocessingFields)
+        check_preprocessing(folder, config)
+        return super().build_for_loading(config, folder)  # type: ignore[return-value]
+
     @property
     @abstractmethod
     def image_size(self) -> int:
@@ -214,6 +225,15 @@ class ItemTower(Component):
 
         Refuses (ConfigError) a catalogue with ids the tower has no row for, naming some of them.
         """
+
+    @abstractmethod
+    def train_only(self, catalogue_indices: torch.Tensor) -> None:
+        """Only these catalogue items (those known at training time) get a trained row; the others are marked
+        untrained and score below every trained item (issue 24)."""
+
+    @abstractmethod
+    def untrained_indices(self, num_items: int) -> torch.Tensor:
+        """Catalogue indices 1..num_items whose row was never trained (empty when every row was)."""
 
     @abstractmethod
     def forward(self, item_indices: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,24 @@ from pmmrec.data.loading import (
     tokenize_catalogue,
 )
 from pmmrec.data.movielens import TARGET_GENRES, build_movielens, locate_movielens, read_movielens
-from pmmrec.data.new_items import hold_out_new_items, is_new_item, new_target_mask
+from pmmrec.data.new_items import (
+    NEW_ITEM_RULES,
+    hashed_items,
+    hold_out_new_items,
+    new_target_mask,
+    newest_items,
+)
 from pmmrec.data.ragged import RaggedArray, item_counts, total_length
 from pmmrec.data.reference_import import import_reference
-from pmmrec.data.split import SPLIT_RECORD, LeaveOneOutSplit, leave_one_out, read_split_record, write_split_record
+from pmmrec.data.split import (
+    SPLIT_RECORD,
+    LeaveOneOutSplit,
+    known_items,
+    leave_one_out,
+    read_split_record,
+    training_items,
+    write_split_record,
+)
 from pmmrec.data.statistics import check_dataset, dataset_statistics, format_statistics
 from pmmrec.data.synthetic_images import render_synthetic_image
 
@@ -43,6 +57,7 @@ __all__ = [
     "DATASET_FORMAT_VERSION",
     "DEFAULT_IMAGE_SIZE",
     "IMAGE_KINDS",
+    "NEW_ITEM_RULES",
     "SPLIT_RECORD",
     "SYNTHETIC_IMAGE_NOTE",
     "TARGET_GENRES",
@@ -67,14 +82,16 @@ __all__ = [
     "decode_image_value",
     "encode_image_value",
     "format_statistics",
+    "hashed_items",
     "hold_out_new_items",
     "import_reference",
-    "is_new_item",
     "item_counts",
+    "known_items",
     "leave_one_out",
     "load_dataset",
     "locate_movielens",
     "new_target_mask",
+    "newest_items",
     "read_items_tsv",
     "read_movielens",
     "read_split_record",
@@ -84,6 +101,7 @@ __all__ = [
     "tile_ends",
     "tokenize_catalogue",
     "total_length",
+    "training_items",
     "write_dataset",
     "write_split_record",
 ]

@@ -179,7 +179,7 @@ class SequenceBatch(_TensorBundle):
     """A batch of user sequences and the features of its distinct items.
 
     item_seq: catalogue indices [B, S], left-padded with 0; seq_mask: True on real items;
-    unique_items: sorted distinct non-padding indices [U] (every catalogue item when the collator lists all items
+    unique_items: sorted distinct non-padding indices [U] (every known item when the collator lists all known items
     as candidates); slot_index: position of each slot's item in
     unique_items [B, S] (0 on padding, use seq_mask); text_ids/text_mask: token rows [U, T] of unique_items;
     pixel_values: uint8 [U, 3, H, W], un-normalised (zeros for an item without an image).
@@ -230,7 +230,9 @@ class BatchCollator:
     image_store: an ImageStore or None without images; image_size: side of the returned square images;
     pixel_cache_bytes: budget of the per-process cache of decoded images (0: decode every time);
     all_items_as_candidates: training batches list every catalogue item as a candidate (the full-softmax loss), not
-    only their own; include_images: False when a frozen-prefix cache already holds every image input.
+    only their own; include_images: False when a frozen-prefix cache already holds every image input;
+    known_items: the sorted catalogue indices known at training time, the full softmax's only candidates (None: the
+    whole catalogue 1..N; never-trained items must not be negatives, issue 24, so training sets it).
     """
 
     def __init__(
@@ -244,6 +246,7 @@ class BatchCollator:
         pixel_cache_bytes: int = DEFAULT_PIXEL_CACHE_BYTES,
         all_items_as_candidates: bool = False,
         include_images: bool = True,
+        known_items: np.ndarray | None = None,
     ) -> None:
         if (text_ids is None) != (text_mask is None):
             raise ConfigError("text_ids and text_mask must both be given or both be None")
@@ -260,14 +263,18 @@ class BatchCollator:
         self.image_preprocessor = ImagePreprocessor(image_size)
         self.include_images = include_images
         self.all_items_as_candidates = all_items_as_candidates
+        self.known_items: np.ndarray | None = known_items
         self.pixel_cache = PixelCache(pixel_cache_bytes)  # decoded images of popular items, per process
 
-    def with_options(self, *, all_items_as_candidates: bool, include_images: bool) -> BatchCollator:
+    def with_options(
+        self, *, all_items_as_candidates: bool, include_images: bool, known_items: np.ndarray | None = None
+    ) -> BatchCollator:
         """A collator over the same catalogue inputs (token rows, image store, decoded-image cache) whose batches
         follow these options; this one is left as it is."""
         changed = copy.copy(self)
         changed.all_items_as_candidates = all_items_as_candidates
         changed.include_images = include_images
+        changed.known_items = known_items
         return changed
 
     @property
@@ -323,8 +330,15 @@ class BatchCollator:
         seq_mask = item_seq > 0
         slot_index = np.zeros_like(item_seq)
         if self.all_items_as_candidates and not is_eval:
-            unique_items = np.arange(1, len(self.item_ids) + 1, dtype=np.int64)
-            slot_index[seq_mask] = item_seq[seq_mask] - 1
+            known = self.known_items
+            unique_items = np.arange(1, len(self.item_ids) + 1, dtype=np.int64) if known is None else known
+            items = item_seq[seq_mask]
+            slot_index[seq_mask] = positions = np.searchsorted(unique_items, items)
+            if len(items) and (
+                not len(unique_items)
+                or not np.array_equal(unique_items[np.minimum(positions, len(unique_items) - 1)], items)
+            ):
+                raise ConfigError("a training sequence holds an item that is not in the collator's known_items")
         else:
             unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
             slot_index[seq_mask] = inverse.reshape(-1)

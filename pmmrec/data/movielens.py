@@ -15,16 +15,18 @@ Domain split (deterministic, documented in docs/datasets.md):
 
 Item sets and user sets of the two domains are therefore disjoint. The target domain (about 390 items, 610 users)
 is large enough for test metrics with a standard error near 0.008; docs/datasets.md has the statistics.
-Optionally a share of the items is held out as *new items* (`new_items`, see pmmrec.data.new_items).
+Optionally a share of the items is held out as *new items*: by default those whose first interaction in the domain
+is latest (cold start in time; `new_items`, see pmmrec.data.new_items).
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import importlib.metadata
 import importlib.util
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,13 @@ import numpy as np
 
 from pmmrec.data.builders import ImageSource, write_dataset
 from pmmrec.data.image_store import DEFAULT_IMAGE_SIZE
-from pmmrec.data.new_items import hold_out_new_items, new_items_note
+from pmmrec.data.new_items import (
+    NEW_ITEM_RULES,
+    hashed_items,
+    hold_out_new_items,
+    new_items_record,
+    newest_items,
+)
 from pmmrec.data.synthetic_images import render_synthetic_image
 from pmmrec.errors import DatasetError
 
@@ -80,11 +88,15 @@ class MovieLensItem:
 
 @dataclass(frozen=True)
 class MovieLensData:
-    """Parsed MovieLens-100K: movies in file order and each user's item ids sorted by (timestamp, file order)."""
+    """Parsed MovieLens-100K: movies in file order and each user's item ids sorted by (timestamp, file order).
+
+    user_times: per user, the (timestamp, ml-100k.inter line) of each interaction, in the order of user_items.
+    """
 
     items: list[MovieLensItem]
     user_items: dict[str, list[str]]
     provenance: dict[str, Any]
+    user_times: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
 
 def locate_movielens() -> Path:
@@ -164,10 +176,9 @@ def read_movielens(folder: Path | None = None) -> MovieLensData:
     counts = {"users": len(events), "items": len(items), "interactions": interactions}
     if counts != EXPECTED_COUNTS:
         raise DatasetError(f"{folder}: MovieLens-100K should have {EXPECTED_COUNTS}, found {counts}; {INSTALL_HINT}")
-    user_items = {
-        user_id: [item_id for _time, _line, item_id in sorted(events[user_id])]
-        for user_id in sorted(events, key=_id_sort_key)
-    }
+    ordered = {user_id: sorted(events[user_id]) for user_id in sorted(events, key=_id_sort_key)}
+    user_items = {user_id: [item_id for _time, _line, item_id in rows] for user_id, rows in ordered.items()}
+    user_times = {user_id: [(time, line) for time, line, _item in rows] for user_id, rows in ordered.items()}
     try:
         recbole_version = importlib.metadata.version("recbole")
     except importlib.metadata.PackageNotFoundError:
@@ -181,7 +192,7 @@ def read_movielens(folder: Path | None = None) -> MovieLensData:
         },
         "licence": LICENCE_NOTE,
     }
-    return MovieLensData(items=items, user_items=user_items, provenance=provenance)
+    return MovieLensData(items=items, user_items=user_items, provenance=provenance, user_times=user_times)
 
 
 def _id_sort_key(value: str) -> tuple[int, int, str]:
@@ -219,6 +230,37 @@ def select_domain(data: MovieLensData, domain: str) -> tuple[list[MovieLensItem]
     return [item for item in data.items if item.item_id in used], user_items
 
 
+def first_interactions(data: MovieLensData, user_items: dict[str, list[str]]) -> dict[str, tuple[float, int]]:
+    """Each item's first interaction among the given users' sequences: (timestamp, ml-100k.inter line)."""
+    first: dict[str, tuple[float, int]] = {}
+    for user_id, kept in user_items.items():
+        wanted = set(kept)
+        for item_id, when in zip(data.user_items[user_id], data.user_times[user_id], strict=True):
+            if item_id in wanted and (item_id not in first or when < first[item_id]):
+                first[item_id] = when
+    return first
+
+
+def _hold_out_new_items(
+    data: MovieLensData, items: list[MovieLensItem], user_items: dict[str, list[str]], share: float, rule: str
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """The sequences with the new items held out (see pmmrec.data.new_items) and dataset.json's record of it."""
+    if rule not in NEW_ITEM_RULES:
+        raise DatasetError(f"unknown new-item rule {rule!r}; use one of {list(NEW_ITEM_RULES)}")
+    cut = None
+    if rule == "first-seen":
+        first = first_interactions(data, user_items)
+        new = newest_items(first, share)
+        if new:
+            stamp = datetime.datetime.fromtimestamp(first[new[0]][0], tz=datetime.timezone.utc)
+            cut = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    else:
+        new = hashed_items([item.item_id for item in items], share)
+    sequences = hold_out_new_items(list(user_items.values()), new)
+    record = new_items_record(rule, share, new, list(user_items.values()), sequences, cut)
+    return dict(zip(user_items, sequences, strict=True)), record
+
+
 def build_movielens(
     out: Path | str,
     domain: str = "all",
@@ -227,22 +269,28 @@ def build_movielens(
     overwrite: bool = False,
     source_folder: Path | None = None,
     new_items: float = 0.0,
+    new_items_rule: str = "first-seen",
 ) -> Path:
     """Write MovieLens-100K (or one transfer domain) as a dataset folder at `out`, optionally with synthetic images.
 
     new_items: the share of items held out as new items (they occur only as users' validation and test targets,
-    never in a training sequence; see `hold_out_new_items`); 0 keeps every interaction.
+    never in a training sequence; see pmmrec.data.new_items); 0 keeps every interaction. new_items_rule:
+    `first-seen` (the items that appear last in the domain's time line) or `hash` (the pre-issue-24 rule, unrelated
+    to time). dataset.json's preprocessing.new_items records the items, the users with a new target and the
+    popularity of those targets.
     """
     if images not in IMAGE_MODES:
         raise DatasetError(f"unknown image mode {images!r}; use one of {list(IMAGE_MODES)}")
     data = read_movielens(source_folder)
     items, user_items = select_domain(data, domain)
     name = DATASET_NAMES[domain]
-    held_out: list[str] = []
+    record: dict[str, Any] | None = None
     if new_items:
-        sequences, held_out = hold_out_new_items([item.item_id for item in items], list(user_items.values()), new_items)
-        user_items = dict(zip(user_items, sequences, strict=True))
-        name = f"{name}-new-items"
+        user_items, record = _hold_out_new_items(data, items, user_items, new_items, new_items_rule)
+        name = f"{name}-new-items" if new_items_rule == "first-seen" else f"{name}-new-items-hash"
+        if new_items_rule == "first-seen":  # the catalogue holds the items that still occur (the hash rule kept all)
+            used = {item_id for sequence in user_items.values() for item_id in sequence}
+            items = [item for item in items if item.item_id in used]
     preprocessing: dict[str, Any] = {
         "domain": domain,
         "sequence_order": "timestamp ascending, ties in ml-100k.inter file order",
@@ -259,8 +307,8 @@ def build_movielens(
             min_domain_interactions=MIN_DOMAIN_INTERACTIONS,
             catalogue="items interacted with by the domain's kept users",
         )
-    if new_items:
-        preprocessing["new_items"] = new_items_note(len(held_out), new_items)
+    if record is not None:
+        preprocessing["new_items"] = record
     image_source = None
     if images == "synthetic":
         by_id = {item.item_id: item for item in items}

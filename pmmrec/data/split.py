@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,8 @@ import numpy as np
 from pmmrec.data.ragged import RaggedArray
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import write_json
+from pmmrec.jsonfile import read_json_file, validate_strictly
+from pmmrec.schemas import SplitRecordFile
 
 MIN_SPLIT_LENGTH = 3  # one training item, one validation target, one test target
 
@@ -71,6 +73,25 @@ def leave_one_out(
     )
 
 
+def training_items(split: LeaveOneOutSplit) -> np.ndarray:
+    """Sorted distinct catalogue indices that occur in some training sequence (what training can know)."""
+    return np.unique(RaggedArray.from_rows(split.train).flat()).astype(np.int64)
+
+
+def known_items(split: LeaveOneOutSplit, item_ids: Sequence[str], extra: Sequence[str] = ()) -> np.ndarray:
+    """The catalogue indices known at training time: items of the training sequences plus `extra` ids (items that
+    exist at training time without a training interaction), sorted. Never-trained items are not in it: they are
+    never a negative of the next-item softmax, and an ID tower has no trained row for them (issue 24)."""
+    known = training_items(split)
+    if extra:
+        index = {item_id: position for position, item_id in enumerate(item_ids, start=1)}
+        missing = [item_id for item_id in extra if item_id not in index]
+        if missing:
+            raise ConfigError(f"known_items: item id(s) not in the catalogue: {missing[:5]}")
+        known = np.union1d(known, np.asarray([index[item_id] for item_id in extra], dtype=np.int64))
+    return known.astype(np.int64)
+
+
 SPLIT_RECORD = "data_split.json"
 SPLIT_KEYS = ("min_length", "max_history", "max_length", "window")
 
@@ -83,20 +104,24 @@ def write_split_record(folder: Path, record: dict[str, Any]) -> Path:
     unknown = sorted(set(record) - set(SPLIT_KEYS))
     if unknown:
         raise ConfigError(f"split record: unknown key(s) {unknown}; expected {', '.join(SPLIT_KEYS)}")
+    document = {key: record.get(key) for key in SPLIT_KEYS}
+    validate_strictly(SplitRecordFile, document, "split record", error=ConfigError)
     path = Path(folder) / SPLIT_RECORD
-    write_json(path, {key: record.get(key) for key in SPLIT_KEYS})
+    write_json(path, document)
     return path
 
 
 def read_split_record(folder: Path | str) -> dict[str, Any] | None:
-    """The split record of a model folder, or None when the folder has none (an assembled, untrained model)."""
+    """The split record of a model folder, or None when the folder has none (an assembled, untrained model).
+
+    Read within size and depth limits and validated strictly (types, ranges: `max_length` 1e9 or 0 is refused, naming
+    the key). Whether the file is the one the model's manifest pins is `pmmrec.model.read_model_split_record`'s check.
+    """
     path = Path(folder) / SPLIT_RECORD
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable split record ({exc})") from None
-    if not isinstance(record, dict) or not set(record) <= set(SPLIT_KEYS):
+    record = read_json_file(path, error=ConfigError, max_bytes=1 << 16, max_depth=4)
+    if not isinstance(record, dict):
         raise ConfigError(f"{path}: expected an object with keys {', '.join(SPLIT_KEYS)}")
-    return record
+    validated = validate_strictly(SplitRecordFile, record, str(path), error=ConfigError)
+    return validated.model_dump()

@@ -1,7 +1,9 @@
 """Results of the transfer comparison: rows with confidence intervals, paired tests, tables and matplotlib plots.
 
-Every row is a list of per-user test ranks per seed (same users in the same order). Seeds are averaged per user,
-then the users are resampled (pmmrec.stats), so each interval and each test is about the model over its seeds.
+Every row is a list of per-user test ranks per seed (same users in the same order). Intervals resample users and
+seeds (pmmrec.stats), so each is about the model over its training seeds, and every comparison carries the exact
+(or Monte-Carlo) sign-flip test with users as clusters, the seed x user bootstrap, the number of users whose
+difference is not zero, and Holm's correction within its table.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from typing import Any
 import numpy as np
 
 from pmmrec.fileio import atomic_file
-from pmmrec.stats import compare, per_user_metric, seed_mean, summarise
+from pmmrec.stats import compare, per_user_metric, seed_mean, summarise, with_holm
 
 REPORT_K = 10
 ALPHA = 0.05
+SIGNIFICANCE_RULE = (
+    f"two-sided paired tests on per-user NDCG@{REPORT_K}: the sign-flip test with users as clusters of their "
+    "per-seed differences (exact when at most 30 users differ, else 100,000 Monte-Carlo sign vectors, seed 0) and "
+    "the seed x user bootstrap (users and each model's seeds resampled, 10,000 times); significant = the larger of "
+    f"the two p-values, Holm-adjusted within this table, is below {ALPHA}"
+)
 # The claims the comparison exists to test: (A, B, users) meaning "A beats B on these users".
 TARGET_COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("pmmrec-transfer", "pmmrec-scratch", "all"),
@@ -33,14 +41,26 @@ def user_values(per_seed_ranks: Sequence[np.ndarray], metric: str, mask: np.ndar
     return values if mask is None else values[mask]
 
 
-def row_summary(name: str, per_seed_ranks: Sequence[np.ndarray], new_users: np.ndarray) -> dict[str, Any]:
-    """One results row: HR/NDCG/MRR@10 with 95% bootstrap intervals, over all users and over new-item users."""
+def seed_values(per_seed_ranks: Sequence[np.ndarray], metric: str, mask: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per-seed per-user values of metric@10, restricted to `mask` users when given."""
+    values = [per_user_metric(ranks, metric, REPORT_K) for ranks in per_seed_ranks]
+    return values if mask is None else [v[mask] for v in values]
+
+
+def row_summary(
+    name: str, per_seed_ranks: Sequence[np.ndarray], new_users: np.ndarray, searched: str | None = None
+) -> dict[str, Any]:
+    """One results row: HR/NDCG/MRR@10 with 95% intervals (users x seeds), over all users and new-item users.
+
+    searched: the row's search budget as the table states it (e.g. "8 on validation").
+    """
     row: dict[str, Any] = {"model": name, "seeds": len(per_seed_ranks), "users": len(per_seed_ranks[0])}
+    row["searched"] = searched
     for prefix, mask in (("", None), ("new_", new_users)):
         if mask is not None and not mask.any():
             continue
         for metric in ("hr", "ndcg", "mrr"):
-            summary = summarise(user_values(per_seed_ranks, metric, mask))
+            summary = summarise(seed_values(per_seed_ranks, metric, mask))
             key = f"{prefix}{metric}@{REPORT_K}"
             row[key] = summary.mean
             row[f"{key}_ci"] = [summary.ci_low, summary.ci_high]
@@ -57,17 +77,20 @@ def comparisons(
     new_users: np.ndarray,
     pairs: Sequence[tuple[str, str, str]] = TARGET_COMPARISONS,
 ) -> list[dict[str, Any]]:
-    """Paired tests on per-user NDCG@10 (seed-averaged) for each (A, B, users) pair whose rows exist."""
+    """Paired tests on per-user NDCG@10 (every seed of each row) for each (A, B, users) pair whose rows exist; the
+    pairs given form one table, and Holm's correction runs over them."""
     found = []
+    subsets = []
     for a, b, users in pairs:
         if a not in ranks or b not in ranks:
             continue
         mask = new_users if users == "new" else None
         if mask is not None and not mask.any():
             continue
-        result = compare(a, user_values(ranks[a], "ndcg", mask), b, user_values(ranks[b], "ndcg", mask))
-        found.append({**result.as_dict(ALPHA), "subset": users})  # `users` is the count, `subset` all or new
-    return found
+        found.append(compare(a, seed_values(ranks[a], "ndcg", mask), b, seed_values(ranks[b], "ndcg", mask)))
+        subsets.append(users)
+    # `users` is the count, `subset` all or new
+    return [{**c.as_dict(ALPHA), "subset": subset} for c, subset in zip(with_holm(found), subsets, strict=True)]
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
@@ -81,29 +104,40 @@ def _mark(comparison: Mapping[str, Any]) -> str:
     return "yes" if comparison["significant"] else "no"
 
 
+def _p(value: float) -> str:
+    """A p-value: 4 decimals, or 2 significant digits below 0.0001 (an exact p can be tiny)."""
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _flip(comparison: Mapping[str, Any]) -> str:
+    method = "exact" if comparison["sign_flip"] == "exact" else "MC"
+    return f"{_p(comparison['p_sign_flip'])} ({method})"
+
+
 def results_markdown(
     rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]], notes: Sequence[str]
 ) -> str:
-    """Markdown: the table (means with 95% intervals), the paired tests, the notes."""
+    """Markdown: the table (means with 95% intervals, search budgets), the paired tests and their rule, the notes."""
     lines = [
-        "| model | HR@10 | NDCG@10 | MRR@10 | new-item users: NDCG@10 |",
-        "|---|---|---|---|---|",
+        "| model | configurations searched | HR@10 | NDCG@10 | MRR@10 | new-item users: NDCG@10 |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [_cell(row, key) for key in ("hr@10", "ndcg@10", "mrr@10", "new_ndcg@10")]
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['model']} | {row.get('searched') or '-'} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Paired tests on per-user NDCG@10 (two-sided; significant = both p < {ALPHA}):",
+        f"Paired tests ({SIGNIFICANCE_RULE}):",
         "",
-        "| claim | users | difference [95% CI] | p (paired bootstrap) | p (Wilcoxon) | significant |",
-        "|---|---|---|---|---|---|",
+        "| claim | users | users that differ | difference [95% CI] | p sign-flip | p seed x user bootstrap | p Holm | "
+        "significant |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for test in tests:
         lines.append(
-            f"| {test['a']} vs {test['b']} | {test['subset']} ({test['users']}) | {test['difference']:+.4f} "
-            f"[{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {test['p_bootstrap']:.4f} | {test['p_wilcoxon']:.4f} "
-            f"| {_mark(test)} ({test['verdict']}) |"
+            f"| {test['a']} vs {test['b']} | {test['subset']} ({test['users']}) | {test['differing']} | "
+            f"{test['difference']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {_flip(test)} | "
+            f"{_p(test['p_bootstrap'])} | {_p(test['p_holm'])} | {_mark(test)} ({test['verdict']}) |"
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
@@ -111,7 +145,7 @@ def results_markdown(
 def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]]) -> str:
     """Plain-text table for the terminal; * marks a row significantly better than the row it is tested against."""
     winners = {t["a"] for t in tests if t["significant"] and t["difference"] > 0 and t["subset"] == "all"}
-    header = f"{'model':<20}{'NDCG@10 [95% CI]':>28}{'HR@10':>9}  {'new-item NDCG@10':>17}"
+    header = f"{'model':<20}{'NDCG@10 [95% CI]':>28}{'HR@10':>9}  {'new-item NDCG@10':>17}  searched"
     lines = [header, "-" * len(header)]
     for row in rows:
         low, high = row["ndcg@10_ci"]
@@ -119,12 +153,14 @@ def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str,
         mark = "*" if row["model"] in winners else " "
         lines.append(
             f"{row['model']:<20}{row['ndcg@10']:>9.4f} [{low:.4f}, {high:.4f}]{mark}{row['hr@10']:>8.4f}  {new:>17}"
+            f"  {row.get('searched') or '-'}"
         )
-    lines.append("")
+    lines += ["", f"significance: {SIGNIFICANCE_RULE}"]
     for test in tests:
         lines.append(
-            f"{test['a']} vs {test['b']} ({test['subset']} users, {test['users']}): {test['difference']:+.4f}, "
-            f"p = {test['p_bootstrap']:.4f} (bootstrap), {test['p_wilcoxon']:.4f} (Wilcoxon) -> {test['verdict']}"
+            f"{test['a']} vs {test['b']} ({test['subset']} users, {test['users']}; {test['differing']} differ): "
+            f"{test['difference']:+.4f}, p = {_flip(test)} sign-flip, {_p(test['p_bootstrap'])} seed x user "
+            f"bootstrap, {_p(test['p_holm'])} Holm -> {test['verdict']}"
         )
     return "\n".join(lines)
 

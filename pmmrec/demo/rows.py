@@ -97,7 +97,6 @@ class DemoSettings:
     text_trainable_layers: int
     new_items: float = 0.2
     seed: int = 42
-    knn_history: int | None = 20  # content-knn: last N history items (None: all); 20 chosen on validation
     configs: dict[str, RowConfig] = field(default_factory=dict)
 
     def config_of(self, row: str) -> RowConfig:

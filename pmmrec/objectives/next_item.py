@@ -33,9 +33,9 @@ class NextItemConfig(BaseModel):
     softmax: Literal["auto", "in_batch", "full"] = Field(
         "auto",
         description="Candidates of each prediction: in_batch = the distinct items of the batch (the paper's); full = "
-        "every catalogue item at every step (standard SASRec cross-entropy; each step encodes the whole catalogue, "
-        "affordable for ID towers, frozen towers and small catalogues); auto = full for an ID item tower, in_batch "
-        "for content towers (chosen on validation, docs/benchmarks.md).",
+        "every item known at training time at every step (standard SASRec cross-entropy over the items of the "
+        "training sequences and known_items, never future items; each step encodes all of them, affordable for ID "
+        "towers, frozen towers and small catalogues); auto = full for an ID item tower, in_batch for content towers.",
     )
 
 
@@ -87,10 +87,10 @@ def log_popularity_from_counts(counts: Tensor, eps: float = 1e-8) -> Tensor:
 def default_softmax(model: PMMRec) -> str:
     """The next-item softmax of `softmax: auto`: full for an ID item tower, in-batch for content towers.
 
-    Chosen on validation splits (docs/benchmarks.md): SASRec-ID gains from scoring every item at every step, and
-    its table costs nothing to score. A content tower trained with the full softmax learns to rank items that never
-    occur in training (new items) last, which is what it exists not to do, and it encodes the whole catalogue at
-    every step.
+    SASRec-ID gains from scoring every known item at every step (docs/benchmarks.md), and its table costs nothing to
+    score. A content tower with the full softmax encodes every known item at every step. (Before issue 24 the full
+    softmax also took never-trained items as negatives, which taught content towers to rank new items last; it now
+    scores only the items known at training time.)
     """
     return "full" if model.item_tower is not None else "in_batch"
 
@@ -100,8 +100,9 @@ class NextItemLoss(Objective):
     """Softmax cross-entropy of the next item over the batch's candidate items, with history masking.
 
     The candidates are the batch's distinct items (in-batch softmax, with the popularity correction when enabled)
-    or, when the collator lists every catalogue item (NextItemConfig.softmax = full), the whole catalogue; the
-    module is the same, only `full` switches the correction off.
+    or, when the collator lists every known item (NextItemConfig.softmax = full), every item known at training time
+    (never an item of no training sequence: issue 24); the module is the same, only `full` switches the correction
+    off.
 
     Rows: every position l of user b such that slots l and l+1 are both valid; the user state at l is
     scored against the U distinct items of the batch (the columns) and the target is the item at slot l+1.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import threading
 from typing import Any
@@ -167,7 +168,8 @@ class RecommenderService:
         """The response body, its fields in RecommendResponse's order (the route sends it without re-validating)."""
         view = self.view
         items = []
-        for rank, (index, score) in enumerate(ranked.items, start=1):
+        finite = [(index, score) for index, score in ranked.items if math.isfinite(score)]  # never a 500 for a value
+        for rank, (index, score) in enumerate(finite, start=1):
             summary = view.summary(index)
             items.append({
                 "rank": rank, "item_id": summary["item_id"], "score": score, "text": summary["text"],

@@ -110,6 +110,12 @@ class TrainConfig(_Strict):
         "cover the whole sequence (every interaction a target once per epoch); crop = one random window per user per "
         "epoch; last = only each user's last window (the reference code's).",
     )
+    known_items: list[str] = Field(
+        default_factory=list,
+        description="Item ids that exist at training time but occur in no training sequence (e.g. catalogue items "
+        "nobody interacted with yet): the full softmax scores them as negatives and an ID tower trains their rows. "
+        "Items of the training sequences are always known; no other item is ever a negative (issue 24).",
+    )
     lr: float | None = Field(
         default=None,
         gt=0,
@@ -233,7 +239,7 @@ def load_train_config(
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -20,8 +20,8 @@ from pmmrec.data import (
     LeaveOneOutSplit,
     SequenceBatch,
     TrainSequences,
+    known_items,
     leave_one_out,
-    write_split_record,
 )
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, PmmrecError
@@ -99,6 +99,11 @@ class Trainer:
             component.requires_grad_(False)
         self.model = model.to(self.device)
         model.bind_catalogue(dataset.item_ids)
+        # Training knows only the items of its time (issue 24): those of the training sequences and config.known_items.
+        # They are the full softmax's only candidates, and an ID tower trains only their rows (the others are zeroed).
+        self.known_items = known_items(self.split, dataset.item_ids, config.known_items)
+        if model.item_tower is not None:
+            model.item_tower.train_only(torch.from_numpy(self.known_items))
         # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
         self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
@@ -142,7 +147,9 @@ class Trainer:
             gather_negatives=self.config.gather_negatives and self.context.enabled,
         ).to(self.device)
         collator = inputs.with_options(
-            all_items_as_candidates=module.full_softmax, include_images=cache is None or not cache.caches_image
+            all_items_as_candidates=module.full_softmax,
+            include_images=cache is None or not cache.caches_image,
+            known_items=self.known_items,
         )
         return module, collator
 
@@ -338,8 +345,7 @@ class Trainer:
         if improved:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
             if self.context.is_main:
-                self.model.save_pretrained(self.folder.best_dir, overwrite=True)
-                write_split_record(self.folder.best_dir, self.config.split_record())
+                self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.config.split_record())
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
@@ -379,6 +385,7 @@ class Trainer:
             "gather_negatives": self.module.gather_negatives,
             "objectives": self.module.active_losses(),
             "softmax": self.module.options["next_item"].softmax,
+            "known_items": len(self.known_items),
             "learning_rates": self.learning_rates,
             "split": self.config.split_record(),
             "train_windows": len(self.train_set),
