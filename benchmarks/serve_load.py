@@ -17,6 +17,10 @@ Two catalogues, each served by a separate server process per mode (uvicorn, one 
 - noop: the HTTP floor. The synthetic scenario's application, with one more route, POST /noop, that parses the
   request as /recommend does and answers a fixed 10-item body the way this tree's /recommend answers (no ranking).
 
+With --rounds N the modes run N times, their order reversed every other round (old new, new old, old new, ...),
+each time on a fresh server, so that a change in the machine's load during the run weighs on every mode alike; each
+row names its round.
+
 Modes (each its own server process): batched (`pmmrec serve`'s default), unbatched (`--no-batching`), fp32
 (batched, `--scan fp32`: no int8 scan), and old: the batched server of another source tree (--baseline-tree, e.g.
 an export of main) under uvicorn's h11 parser and asyncio loop, i.e. `pmmrec serve` as it ran before httptools and
@@ -32,7 +36,7 @@ machine's cores: the figures include the client's cost. Each row also reports th
 
     python benchmarks/serve_load.py --model RUN/model --data DATA [--quick] [--json PATH]
         [--duration S] [--concurrency 1 --concurrency 4] [--items N] [--threads T] [--adds-per-second R]
-        [--mode batched --mode unbatched --mode fp32 --mode old] [--baseline-tree DIR] [--http h11]
+        [--mode batched --mode unbatched --mode fp32 --mode old] [--rounds N] [--baseline-tree DIR] [--http h11]
         [--startup-runs N]
 """
 
@@ -341,6 +345,11 @@ def start_server(scenario: str, mode: str, args: argparse.Namespace) -> tuple[su
     raise SystemExit(f"the {scenario} server exited with status {process.returncode} before it was ready")
 
 
+def mode_order(modes: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, mode) in the order they run: the modes as given, reversed every other round (A B, B A, A B, ...)."""
+    return [(n, mode) for n in range(1, rounds + 1) for mode in (modes if n % 2 else modes[::-1])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Assembled model folder (e.g. RUN/model of pmmrec finetune).")
@@ -361,6 +370,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--mode", action="append", choices=["batched", "unbatched", "fp32", "old"], help="Default: unbatched, batched."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Run the modes this many times, alternating their order (fresh servers)."
     )
     parser.add_argument("--baseline-tree", type=Path, help="Source tree whose server --mode old runs (h11, asyncio).")
     parser.add_argument(
@@ -388,7 +400,8 @@ def main() -> None:
     scenarios = args.scenario or ["movielens", "synthetic"]
     load_before = os.getloadavg()
     rows = []
-    for scenario, mode in [] if args.startup_only else [(scenario, mode) for scenario in scenarios for mode in modes]:
+    runs = [(scenario, n, mode) for scenario in scenarios for n, mode in mode_order(modes, max(1, args.rounds))]
+    for scenario, round_number, mode in [] if args.startup_only else runs:
         process, info = start_server(scenario, mode, args)
         try:
             bodies = request_bodies(scenario, info, 2000, args.seed)
@@ -401,6 +414,7 @@ def main() -> None:
                 row = {
                     "scenario": scenario,
                     "mode": mode,
+                    "round": round_number,
                     "items": info["items"],
                     "dim": info["dim"],
                     "startup_s": info["startup_s"],
@@ -415,7 +429,7 @@ def main() -> None:
                 rows.append(row)
                 adds = f"  adds: {row['adds']}" if "adds" in row else ""
                 print(
-                    f"{scenario:<9} {mode:<9} {row['items']:>7,} items c={concurrency:<2} {row['requests_per_s']:>6.1f} req/s "
+                    f"{scenario:<9} r{round_number} {mode:<9} {row['items']:>7,} items c={concurrency:<2} {row['requests_per_s']:>6.1f} req/s "
                     f"p50 {row['p50_ms']:>6.2f} p90 {row['p90_ms']:>6.2f} p99 {row['p99_ms']:>6.2f} max {row['max_ms']} ms "
                     f"err {row['errors']} | server {row['server_cpu_ms_per_request']:.2f} ms CPU/req, "
                     f"{row['server_threads']} threads | load {row['load_average_after'][0]:.2f}{adds}",
