@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pmmrec.ranking import NO_ITEM, csr, top_k
-from pmmrec.serving import int8_scan
+from pmmrec.serving import AnnConfig, AnnIndex, int8_scan
 from pmmrec.serving.catalogue import Catalogue
 from pmmrec.serving.int8_scan import Int8Table
 
@@ -198,6 +198,17 @@ def test_small_catalogues_and_the_fp32_option_keep_the_column_major_float32_tabl
     assert not Catalogue(ids, ids, table, scan="int8", int8_min_items=101).rows  # below the threshold
     assert Catalogue(ids, ids, table, scan="int8", int8_min_items=100).rows
     assert not Catalogue(ids, ids, table, scan="fp32", int8_min_items=0).rows
+
+
+def test_no_int8_copy_when_the_approximate_index_ranks_from_the_start() -> None:
+    table = make_table("gaussian", 100, 8, seed=16)
+    ids = [str(i) for i in range(1, 101)]
+    applies = Catalogue(ids, ids, table, scan="int8", int8_min_items=0, ann=AnnIndex(AnnConfig(min_items=100), 8))
+    assert not applies.rows and applies.snapshot().int8 is None
+    assert applies.index_for(applies.snapshot()) is applies.ann
+    later = Catalogue(ids, ids, table, scan="int8", int8_min_items=0, ann=AnnIndex(AnnConfig(min_items=101), 8))
+    assert later.rows and later.snapshot().int8 is not None  # exact int8 search until the catalogue reaches 101
+    assert later.index_for(later.snapshot()) is later.snapshot().int8
 
 
 def test_the_int8_copy_built_in_the_background_covers_items_appended_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,9 @@
 With the int8 scan (`ServeOptions.scan`, CPU only) the float32 table is kept row-major ([capacity, d]) beside its
 int8 copy (`int8_scan.Int8Table`): the scan reads the int8 copy, and the float32 rows are read only to re-score a
 few hundred candidates and to look up a history's items, row gathers that a row-major table makes cheap. Without
-it (`scan="fp32"`, or on a GPU) the table is kept column-major ([d, capacity], one column per item), because a
-vector times a [d, N] matrix runs about three times faster on CPU than a [N, d] matrix times a vector. An append
+it (`scan="fp32"`, on a GPU, or when an approximate index ranks every request from the start) the table is kept
+column-major ([d, capacity], one column per item), because a vector times a [d, N] matrix runs about three times
+faster on CPU than a [N, d] matrix times a vector. An append
 writes the row or column past the published count (doubling the buffer when full), extends the int8 copy, and then
 publishes a new `CatalogueSnapshot` with one attribute assignment; a request takes the snapshot at its start and
 ranks exactly that catalogue.
@@ -89,9 +90,11 @@ class Catalogue:
                 "(one row per item plus the padding row 0)"
             )
         count = len(item_ids)
-        # The layout is chosen once: row-major with an int8 copy when the scan applies, else column-major.
-        self.rows = scan == "int8" and count >= int8_min_items and table.device.type == "cpu" and int8_scan.available()
-        if scan == "int8" and count >= int8_min_items and not self.rows:
+        # The layout is chosen once: row-major with an int8 copy when the scan applies, else column-major. An
+        # approximate index that applies from the start ranks every request (the catalogue only grows): no copy.
+        wanted = scan == "int8" and count >= int8_min_items and (ann is None or count < ann.config.min_items)
+        self.rows = wanted and table.device.type == "cpu" and int8_scan.available()
+        if wanted and not self.rows:
             log.info("no int8 scan (%s): float32 scoring", "not on CPU" if table.device.type != "cpu" else "no kernel")
         self.int8_block = int8_block
         shape = (count + 1 + spare, table.shape[1]) if self.rows else (table.shape[1], count + 1 + spare)
@@ -161,7 +164,8 @@ class Catalogue:
     def index_for(self, snapshot: CatalogueSnapshot) -> ApproximateIndex | None:
         """What ranks `snapshot` instead of a float32 product over every item: the approximate index when it
         applies, else the int8 scan (exact) when there is a copy, else None (the float32 product)."""
-        return self.ann_for(snapshot) or snapshot.int8
+        ann = self.ann_for(snapshot)
+        return ann if ann is not None else snapshot.int8  # not `or`: an index may be falsy (len 0)
 
     def publish(self, entries: list[LiveEntry]) -> None:
         """Append live items and publish them at once (table, live record, approximate index); the caller holds
