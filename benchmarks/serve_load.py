@@ -102,7 +102,10 @@ def build_service(
 def add_noop_route(app: Any, service: Any) -> None:
     """POST /noop: parse the body as /recommend does, answer a fixed 10-item body as this tree's /recommend answers
     (bytes of the service's own answer where the tree has `recommend_async`, else a dict FastAPI validates)."""
-    from pmmrec.serving.schemas import RecommendRequest, RecommendResponse
+    try:
+        from pmmrec.serving.routes import RecommendRequest, RecommendResponse
+    except ImportError:  # a tree from before the bodies moved beside their routes (e.g. --baseline-tree 238deab)
+        from pmmrec.serving.schemas import RecommendRequest, RecommendResponse  # type: ignore[no-redef]
 
     items = [
         {"rank": r, "item_id": f"syn-{r}", "score": 1.25 * r, "text": f"Synthetic item {r}", "has_image": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import torch.nn.functional as F
 import yaml
@@ -95,7 +96,7 @@ def test_item_tower_path_is_the_projected_sentence_embedding(
     """encoder -> text-only item tower = projection of MiniLM's mean-pooled states (the mean is linear)."""
     tower = TextOnlyFusion(TextOnlyConfig(dim=384))
     with torch.no_grad():
-        items = tower(text_tokens=encoded["tokens"], text_mask=encoded["token_mask"])
+        items = tower(tiny.fusion_tokens(encoded["tokens"], encoded["token_mask"]))
         expected = minilm.projection(masked_mean(encoded["hidden"], encoded["mask"]))
     torch.testing.assert_close(items, expected, rtol=1e-4, atol=1e-5)
 

@@ -211,7 +211,7 @@ def test_the_int8_scan_answers_as_the_float32_product(encoded: object) -> None:
     does: the same items in the same order, the same scores to float32 precision; bodies in RecommendResponse's
     shape and field order (the route sends them without FastAPI's validation)."""
     from pmmrec.serving import RecommenderService, ServeOptions
-    from pmmrec.serving.schemas import RankedItem, RecommendResponse
+    from pmmrec.serving.routes import RankedItem, RecommendResponse
 
     def fresh(scan: str) -> RecommenderService:
         return RecommenderService(

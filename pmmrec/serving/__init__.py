@@ -2,8 +2,8 @@
 
 Modules: `options` (every option of `pmmrec serve`: one pydantic model), `service` (ranking and adding items),
 `catalogue` (the in-memory table and its live items), `view` (read-only look-ups and health), `live` (following
-the item store), `routes` (the HTTP routes), `app` (the application: middleware, errors, /docs), `schemas`
-(request and response bodies), `runner` (building a service), `server` (running it), `store` / `store_postgres`
+the item store), `routes` (the HTTP API: request and response bodies and the routes), `app` (the application:
+middleware, errors, /docs), `runner` (building a service), `server` (running it), `store` / `store_postgres`
 (durable live items), `table_cache`, `batching`, `ann`, `images`, `metrics`, `merge` (live items into a new
 dataset folder).
 

@@ -13,7 +13,7 @@ from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
 from pmmrec.objectives import ObjectiveWeights, registered_objectives
-from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOTS
+from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOT, SLOTS
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -39,46 +39,76 @@ def _objectives_config() -> type[_Strict]:
 ObjectivesConfig = _objectives_config()
 
 
-class ModelConfig(_Strict):
-    """Which components a run starts from (references), and how the missing ones are created."""
+def _model_config() -> type[_Strict]:
+    """ModelConfig, with a reference field per slot and a backbone and trainable-layers field per modality,
+    generated from pmmrec.slots' table (field order: the order of config.yaml, which resuming compares)."""
+    reference = {slot: (str | None, Field(default=None, description=SLOT[slot].reference_help)) for slot in REFERENCE_SLOTS}
+    backbone = {
+        f"{slot}_backbone": (
+            str if SLOT[slot].backbone is not None else str | None,
+            Field(default=SLOT[slot].backbone, description=f"Backbone of a fresh {SLOT[slot].title.lower()}."),
+        )
+        for slot in MODALITY_SLOTS
+    }
+    layers = {
+        f"{slot}_trainable_layers": (
+            int | None,
+            Field(
+                default=None,
+                ge=0,
+                le=96,
+                description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (fresh encoders: 2).",
+            ),
+        )
+        for slot in MODALITY_SLOTS
+    }
+    fields: dict[str, Any] = {
+        **reference,
+        "modalities": (
+            list[Literal[MODALITY_SLOTS]] | None,
+            Field(
+                default=None,
+                description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset "
+                "with images: text and vision).",
+            ),
+        ),
+        "item_tower": (
+            Literal["content", "id"],
+            Field(default="content", description="content (PMMRec) or id (the SASRec-ID baseline: one embedding per item)."),
+        ),
+        **backbone,
+        "dim": (
+            int | None,
+            Field(
+                default=None,
+                ge=1,
+                le=8192,
+                description="Embedding width d of fresh components (default: the given components' width, else the "
+                "text backbone's, else 384).",
+            ),
+        ),
+        **layers,
+        "user_layers": (int, Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")),
+        "user_heads": (
+            int | None,
+            Field(default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."),
+        ),
+        "dropout": (
+            float,
+            Field(
+                default=0.3,
+                ge=0.0,
+                lt=1.0,
+                description="Dropout of a fresh user encoder (0.3: chosen on validation, docs/benchmarks.md; paper: 0.1).",
+            ),
+        ),
+    }
+    model = create_model("ModelConfig", __base__=_Strict, __module__=__name__, **fields)
+    model.__doc__ = "Which components a run starts from (references), and how the missing ones are created."
+    return model
 
-    text: str | None = Field(default=None, description="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
-    vision: str | None = Field(default=None, description="Vision encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
-    fusion: str | None = Field(default=None, description="Fusion reference (created fresh when absent).")
-    user: str | None = Field(default=None, description="User encoder reference (created fresh when absent).")
-    modalities: list[Literal[MODALITY_SLOTS]] | None = Field(
-        default=None,
-        description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset with "
-        "images: text and vision).",
-    )
-    item_tower: Literal["content", "id"] = Field(
-        default="content", description="content (PMMRec) or id (the SASRec-ID baseline: one embedding per item)."
-    )
-    text_backbone: str = Field(default="minilm", description="Backbone of a fresh text encoder.")
-    vision_backbone: str = Field(default="efficientnet-lite0", description="Backbone of a fresh vision encoder.")
-    dim: int | None = Field(
-        default=None,
-        ge=1,
-        le=8192,
-        description="Embedding width d of fresh components (default: the given components' width, else the text "
-        "backbone's, else 384).",
-    )
-    text_trainable_layers: int | None = Field(
-        default=None, ge=0, le=96, description="Text encoder: top layers trained (fresh encoders: 2)."
-    )
-    vision_trainable_layers: int | None = Field(
-        default=None, ge=0, le=96, description="Vision encoder: top layers (blocks) trained (fresh encoders: 2)."
-    )
-    user_layers: int = Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")
-    user_heads: int | None = Field(
-        default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."
-    )
-    dropout: float = Field(
-        default=0.3,
-        ge=0.0,
-        lt=1.0,
-        description="Dropout of a fresh user encoder (0.3: chosen on validation, docs/benchmarks.md; paper: 0.1).",
-    )
+
+ModelConfig = _model_config()
 
 
 class TrainConfig(_Strict):

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
-from pmmrec.data import Dataset, load_dataset
+from pmmrec.data import Dataset, load_dataset, registered_readers
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
@@ -123,8 +123,10 @@ def train(
         raise ConfigError(f"{config_path}: mode is {config.mode!r} but this is `pmmrec {mode}`")
     dataset = load_dataset(data)
     spec = config.model
-    if mode == "pretrain" and spec.modalities is None and dataset.images_path is not None and not (spec.text or spec.vision):
-        spec = spec.model_copy(update={"modalities": list(MODALITY_SLOTS)})
+    if mode == "pretrain" and spec.modalities is None and not any(getattr(spec, slot) for slot in MODALITY_SLOTS):
+        provided = [modality for modality, reader in registered_readers().items() if reader.provided_by(dataset)]
+        if len(provided) > 1:  # pre-training reads every modality the dataset holds (one: the default, text)
+            spec = spec.model_copy(update={"modalities": provided})
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
     with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes

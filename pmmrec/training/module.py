@@ -98,17 +98,8 @@ class TrainingModule(nn.Module):
         (from cached frozen prefixes where there are some)."""
         if self.item_table is not None:
             return ItemEncoding(embeddings=self.item_table[batch.unique_items])
-        text_prefix = image_prefix = None
-        if self.prefix_cache is not None:
-            text_prefix, image_prefix = self.prefix_cache.lookup(batch)
-        return self.model.embed_items(
-            batch.text_ids,
-            batch.text_mask,
-            batch.pixel_values,
-            item_indices=batch.unique_items,
-            text_prefix=text_prefix,
-            image_prefix=image_prefix,
-        )
+        prefixes = self.prefix_cache.lookup(batch) if self.prefix_cache is not None else {}
+        return self.model.embed_items(inputs=batch.inputs, prefixes=prefixes, item_indices=batch.unique_items)
 
 
 def item_tower_frozen(model: PMMRec) -> bool:

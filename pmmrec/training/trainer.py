@@ -148,7 +148,7 @@ class Trainer:
         ).to(self.device)
         collator = inputs.with_options(
             all_items_as_candidates=module.full_softmax,
-            include_images=cache is None or not cache.caches_image,
+            cached=cache.skipped_inputs if cache is not None else (),
             known_items=self.known_items,
         )
         return module, collator
