@@ -104,7 +104,7 @@ def add_noop_route(app: Any, service: Any) -> None:
     (bytes of the service's own answer where the tree has `recommend_async`, else a dict FastAPI validates)."""
     try:
         from pmmrec.serving.routes import RecommendRequest, RecommendResponse
-    except ImportError:  # a tree from before the bodies moved beside their routes (e.g. --baseline-tree 238deab)
+    except ImportError:  # a tree from before the bodies moved beside their routes (e.g. main at 238deab)
         from pmmrec.serving.schemas import RecommendRequest, RecommendResponse  # type: ignore[no-redef]
 
     items = [
