@@ -27,6 +27,7 @@ from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ra
 from pmmrec.model import PMMRec
 from pmmrec.modes import eval_mode
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
+from pmmrec.progress import bar_disable
 from pmmrec.ranking import RankQuery, rank_histories, user_states
 
 
@@ -57,7 +58,7 @@ def encode_catalogue(
     order = catalogue_order(collator, num_items)
     starts = range(0, num_items, batch_size)
     with eval_mode(model):
-        for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False, unit="batch"):
+        for start in tqdm(starts, desc="encoding items", disable=bar_disable(progress), leave=False, unit="batch"):
             batch = collator.collate_items(order[start : start + batch_size]).to(device)
             encoded = model.embed_items(inputs=batch.inputs, item_indices=batch.items)
             table[batch.items] = encoded.embeddings.float()
@@ -155,7 +156,7 @@ def evaluate_split(
     local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
     with eval_mode(model), tqdm(
         total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
-        disable=not show, leave=False, smoothing=0.1,
+        disable=bar_disable(show), leave=False, smoothing=0.1,
     ) as bar:  # fmt: skip
         for start in range(0, len(samples), batch_size):
             batch = _eval_batch(collator, samples, start, batch_size).to(device)

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 LAYERS: list[tuple[str, ...]] = [
     ("pmmrec._version", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
      "pmmrec.budget", "pmmrec.arguments",
-     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
+     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.progress", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
     ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
     ("pmmrec.components",),
     ("pmmrec.data",),
@@ -542,3 +542,14 @@ def test_pytest_finds_the_helpers_through_pyproject_not_sys_path_edits() -> None
     config = tomllib.loads((TESTS.parent / "pyproject.toml").read_text(encoding="utf-8"))
     assert config["tool"]["pytest"]["ini_options"]["pythonpath"] == ["tests"]
     assert "sys.path" not in (TESTS / "conftest.py").read_text(encoding="utf-8")
+
+
+def test_the_licence_is_an_spdx_string_so_installs_are_quiet() -> None:
+    """Issue 26: `project.license` as a TOML table made setuptools print a deprecation warning four times per
+    install; an SPDX string needs setuptools >= 77 (checked by hand: `pip install --no-deps -e .` in a fresh venv
+    printed no license warning)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "Apache-2.0"
+    (requirement,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert int(re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", requirement).group(1)) >= 77  # type: ignore[union-attr]

@@ -56,7 +56,9 @@ class RecommenderService:
         reference: str | None = None,
         options: ServeOptions | None = None,
         ann: AnnIndex | None = None,
+        unscored: list[int] | None = None,
     ) -> None:
+        """`unscored`: catalogue indices never to recommend (an ID tower's never-trained rows, issue 24)."""
         self.served = ServedModel.of(model)
         if item_table.ndim != 2 or item_table.shape[1] != self.served.dim:
             raise PmmrecError(f"item table has shape {tuple(item_table.shape)}, expected (items + 1, {self.served.dim})")
@@ -81,6 +83,9 @@ class RecommenderService:
             else None
         )
         self.items_added_here = 0
+        self.unscored = frozenset(unscored or ())
+        self.live_loaded = 0  # live items loaded from the store at start-up
+        self.notes: list[str] = []  # what the start-up printed besides its one line (`pmmrec serve`)
 
     # ---- state ---------------------------------------------------------------------------------------
 
@@ -137,13 +142,13 @@ class RecommenderService:
         """
         batcher = self.batcher
         with batcher.expect() if batcher is not None else contextlib.nullcontext():
-            query = self._query(user_id, history, k, exclude_seen)
+            query, excluded = self._query(user_id, history, k, exclude_seen)
             if batcher is not None:
                 ranked = batcher.submit(query)
             else:
                 with self._compute:
                     ranked = self._rank([query])[0]
-        return self._answer(query, ranked, user_id)
+        return self._answer(query, ranked, user_id, excluded)
 
     async def recommend_async(
         self, *, user_id: str | None = None, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True
@@ -155,16 +160,21 @@ class RecommenderService:
                 self.recommend, user_id=user_id, history=history, k=k, exclude_seen=exclude_seen
             )
         with batcher.expect():
-            query = self._query(user_id, history, k, exclude_seen)
+            query, excluded = self._query(user_id, history, k, exclude_seen)
             ranked = await asyncio.wrap_future(batcher.submit_future(query))
-        return self._answer(query, ranked, user_id)
+        return self._answer(query, ranked, user_id, excluded)
 
-    def _query(self, user_id: str | None, history: list[str] | None, k: int, exclude_seen: bool) -> RankQuery:
-        """The ranking a request asks for, its history and k checked (ServiceError naming what is wrong)."""
+    def _query(
+        self, user_id: str | None, history: list[str] | None, k: int, exclude_seen: bool
+    ) -> tuple[RankQuery, int]:
+        """The ranking a request asks for, its history and k checked (ServiceError naming what is wrong), and how
+        many seen items it excludes; the never-trained rows (`unscored`) are excluded too, uncounted."""
         indices = self._history_indices(user_id, history, k)
-        return RankQuery(indices, k, exclude=sorted(set(indices)) if exclude_seen else [])
+        exclude = sorted(set(indices)) if exclude_seen else []
+        never = sorted(self.unscored.union(exclude)) if self.unscored else exclude
+        return RankQuery(indices, k, exclude=never), len(exclude)
 
-    def _answer(self, query: RankQuery, ranked: Ranked, user_id: str | None) -> dict[str, Any]:
+    def _answer(self, query: RankQuery, ranked: Ranked, user_id: str | None, excluded: int) -> dict[str, Any]:
         """The response body, its fields in RecommendResponse's order (the route sends it without re-validating)."""
         view = self.view
         items = []
@@ -181,7 +191,7 @@ class RecommenderService:
             "user_id": user_id,
             "history_length": len(query.history),
             "catalogue_size": ranked.catalogue_size,
-            "excluded": len(query.exclude),
+            "excluded": excluded,
         }
 
     def _history_indices(self, user_id: str | None, history: list[str] | None, k: int) -> list[int]:
@@ -261,7 +271,8 @@ class RecommenderService:
         """Load every stored live item and follow the store (see `LiveItemsFollower`); how many items were loaded."""
         self.live = LiveItemsFollower(store, model_key, self.catalogue, self.served, self.limits)
         self.view.store_location = store.location
-        return self.live.start(poll_interval)
+        self.live_loaded = self.live.start(poll_interval)
+        return self.live_loaded
 
     def close(self) -> None:
         """Stop following the store, finish queued rankings and a model load in progress, release the store

@@ -115,12 +115,16 @@ def train(
     """Pre-train or fine-tune: build the model the config names, train it, write the run's artefacts.
 
     pretrain writes RUN/components/<slot> (each component its own artefact); finetune writes RUN/model (the
-    assembled best model). Options: defaults of the mode < the YAML file < `overrides` (nested like the YAML).
+    assembled best model). Options: defaults of the mode < (`resume`) the run's own RUN/config.yaml < the YAML file
+    < `overrides` (nested like the YAML); what none gives takes its item tower's default.
     """
     defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
-    config = load_train_config(defaults, config_path, overrides)
+    # A resumed run starts from the options it saved: what is not given again keeps its value, so a run resumes even
+    # after the defaults changed (issue 28.1); an option given differently is still refused by the run folder.
+    saved = Path(out) / "config.yaml" if resume and os.path.lexists(Path(out) / "config.yaml") else None
+    config = load_train_config(defaults, config_path, overrides, saved=saved)
     if config.mode != mode:
-        raise ConfigError(f"{config_path}: mode is {config.mode!r} but this is `pmmrec {mode}`")
+        raise ConfigError(f"{config_path or saved}: mode is {config.mode!r} but this is `pmmrec {mode}`")
     dataset = load_dataset(data)
     spec = config.model
     if mode == "pretrain" and spec.modalities is None and not any(getattr(spec, slot) for slot in MODALITY_SLOTS):
