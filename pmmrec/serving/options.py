@@ -18,6 +18,7 @@ from pmmrec.errors import ConfigError
 from pmmrec.serving.limits import Limits
 
 Backend = Literal["faiss", "usearch", "hnswlib", "ivf"]
+Scan = Literal["int8", "fp32"]
 DESCRIPTIONS = {
     "faiss": "faiss HNSW",
     "usearch": "usearch HNSW",
@@ -113,6 +114,11 @@ class ServeOptions(BaseModel):
     batch_workers: int = Field(
         default=2, ge=1, le=64, description="Threads ranking batches side by side, each taking the requests queued."
     )
+    scan: Scan = Field(
+        default="int8",
+        description="Exact scoring on CPU: int8 (an int8 pass over every item, then the items that may be in the top "
+        "k re-scored in float32: the float32 ranking, faster) or fp32 (one float32 product over every item).",
+    )
     ann: Backend | None = Field(
         default=None,
         description="Approximate search for large catalogues: faiss, usearch or hnswlib (HNSW graphs), or ivf (a "
@@ -136,6 +142,11 @@ class ServeOptions(BaseModel):
     max_batch: int = Field(default=64, ge=1, le=4096, description="Most requests ranked in one batch.")
     max_parallel: int | None = Field(
         default=None, ge=1, description="Without batching: most rankings computed at once (default: one per core)."
+    )
+    int8_min_items: int = Field(
+        default=20_000,
+        ge=0,
+        description="Catalogue size at start-up from which --scan int8 is used (float32 below, as fast there).",
     )
     spare_items: int = Field(
         default=1024, ge=0, description="Free columns of the item table for items added live (it doubles when full)."
@@ -183,6 +194,7 @@ SERVE_FLAGS: dict[str, str] = {
     "batching": "batching",
     "batch_wait_ms": "batch_wait_ms",
     "batch_workers": "batch_workers",
+    "scan": "scan",
     "ann": "ann",
     "ann_min_items": "ann_min_items",
     "ann_ef_search": "ann_ef_search",
