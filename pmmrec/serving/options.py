@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pmmrec.commands import DEVICE_HELP, QUIET_HELP
 from pmmrec.errors import ConfigError
 from pmmrec.serving.limits import Limits
 
@@ -82,23 +83,26 @@ class ServeOptions(BaseModel):
     )
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     threads: int = Field(default=1, ge=1, description="torch threads for ranking (1: the other core serves HTTP).")
-    device: str | None = Field(
-        default=None, description="cpu, cuda or cuda:N (when omitted: cuda:LOCAL_RANK if CUDA is available, else cpu)."
-    )
-    quiet: bool = Field(default=False, description="No progress bars.")
+    device: str | None = Field(default=None, description=DEVICE_HELP)
+    quiet: bool = Field(default=False, description=QUIET_HELP)
     state_dir: Path | None = Field(
         default=None,
-        description="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE "
-        "or ~/.local/state/pmmrec, then serve/DATASET-HASH/model-KEY (this model's own live items).",
+        description="State folder: live items (SQLite) and the table and index caches (default: $PMMREC_STATE "
+        "or ~/.local/state/pmmrec, then serve/DATASET-HASH/model-KEY: this model's own live items).",
     )
     share_live_items: bool = Field(
         default=False,
         description="Without --state: keep live items in serve/DATASET-HASH, shared by every model served with this "
         "flag on the same data, instead of in this model's own folder.",
     )
-    store_url: str | None = Field(default=None, description="postgresql:// URL of a live-item store shared by replicas.")
+    store_url: str | None = Field(
+        default=None,
+        description="postgresql:// URL of a live-item store shared by replicas (default: none, the state folder's "
+        "SQLite).",
+    )
     api_key_file: Path | None = Field(
-        default=None, description="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth)."
+        default=None,
+        description="File holding the API key POST /items needs (default: $PMMREC_API_KEY; neither: no auth).",
     )
     protect_reads: bool = Field(
         default=False, description="Require the API key on every route but /health and /metrics."
@@ -118,7 +122,8 @@ class ServeOptions(BaseModel):
     ann: Backend | None = Field(
         default=None,
         description="Approximate search for large catalogues: faiss, usearch or hnswlib (HNSW graphs), or ivf (a "
-        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items).",
+        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items); default: "
+        "none, exact search.",
     )
     ann_min_items: int = Field(
         default=AnnConfig().min_items, ge=0, description="Catalogue size from which --ann is used (exact search below)."
