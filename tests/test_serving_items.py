@@ -197,10 +197,10 @@ def test_requests_during_appends_see_a_consistent_catalogue(encoded: Recommender
 def test_an_unexpected_failure_is_a_500_and_the_server_keeps_answering(
     client: TestClient, service: RecommenderService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(**_: object) -> None:
+    async def broken(**_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(service, "recommend", broken)
+    monkeypatch.setattr(service, "recommend_async", broken)  # what the route awaits
     failing = TestClient(client.app, raise_server_exceptions=False)
     assert failing.post("/recommend", json={"history": ["1"]}).status_code == 500
     assert failing.get("/health").status_code == 200
@@ -260,7 +260,7 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
     health = TestClient(calls["app"]).get("/health").json()  # type: ignore[arg-type]
     assert health["items"] == NUM_ITEMS
     assert health["store"].startswith(str(tmp_path / "state-root" / "serve" / "serving-tiny-"))
-    assert "live items in " + health["store"] + ", item encoders ready" in result.output  # cold: encoded the table
+    assert f"pmmrec serve: {NUM_ITEMS} items + 0 live items (in {health['store']}), item encoders ready" in result.output  # cold
 
 
 @pytest.mark.parametrize(

@@ -281,6 +281,7 @@ def build_movielens(
     new_items: float = 0.0,
     new_items_rule: str = "first-seen",
     item_text: str = DEFAULT_ITEM_TEXT,
+    progress: bool = True,
 ) -> Path:
     """Write MovieLens-100K (or one transfer domain) as a dataset folder at `out`, optionally with synthetic images.
 
@@ -334,7 +335,9 @@ def build_movielens(
             item = by_id[item_id]
             return render_synthetic_image(item_id, item.display_title(), item.genres, image_size)
 
-        image_source = ImageSource(kind="synthetic", fetch=fetch, size=image_size, payload_format="png")
+        image_source = ImageSource(
+            kind="synthetic", fetch=fetch, size=image_size, payload_format="png", progress=progress
+        )
     return write_dataset(
         out,
         name=name,

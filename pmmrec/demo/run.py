@@ -52,6 +52,32 @@ MARKER = ".pmmrec-demo"
 DEMO_FOLDERS = ("data", "runs", "models", "hub-cache")
 
 
+# Wall seconds of `pmmrec demo` (default) and `--quick` on an idle 2-core CPU, empty caches (docs/benchmarks.md,
+# "How long the demo takes": 3 min 12 s and 25 s at load 0.4-1.2).
+EXPECTED_SECONDS = {"default": 192, "quick": 25}
+
+
+def duration(seconds: float) -> str:
+    """'25 s', '3 min 12 s'."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60} s"
+
+
+def expected_line(label: str, measured: dict[str, float] = EXPECTED_SECONDS) -> str | None:
+    """What a run of this setting should take, from a measured figure, and how busy this machine is now."""
+    if label not in measured:
+        return None
+    cores = os.cpu_count() or 1
+    try:
+        load = f", load {os.getloadavg()[0]:.1f}"
+    except OSError:  # no load average on this platform
+        load = ""
+    return (
+        f"expected duration: about {duration(measured[label])} on an idle 2-core CPU (measured); this machine has "
+        f"{cores} cores{load}, and a busy machine takes longer"
+    )
+
+
 def published_repo(slot: str) -> str:
     """The Hub repo of one of the demo's components (listed in hub/catalogue.json)."""
     return f"{HUB_ORG}/pmmrec-{slot}"
@@ -148,6 +174,8 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     where = choose_device(device)  # every training run and every evaluation on this device
     on_device = {"device": str(where)}
+    if (expected := expected_line(settings.label)) is not None and where.type == "cpu":
+        _say(expected)
 
     _say("1/5 building the MovieLens-100K source and target domains (disjoint items and users)")
     source_dir = build_movielens(out / "data" / "source", domain="source", overwrite=True)
@@ -215,18 +243,31 @@ def demo(
         "seconds": elapsed,
     }
     write_json(out / "results.json", payload)
-    write_markdown(out / "results.md", results_markdown(rows, tests, notes))
     label = f"{settings.label} setting, seed {settings.seed}"
+    title = f"pmmrec demo: transfer to a new MovieLens domain ({label})"
+    intro = demo_intro(stats, len(rows))
+    write_markdown(out / "results.md", results_markdown(rows, tests, notes, title=title, intro=intro))
     plot_validation_curves(curves, references_valid, out / "valid_ndcg.png",
                            f"Target-domain validation NDCG@10 per epoch ({label})")  # fmt: skip
     plot_test_ndcg(rows, out / "test_ndcg.png", f"Target-domain test NDCG@10 with 95% CIs ({label})")
-    tqdm.write(results_text(rows, tests))
+    tqdm.write(results_text(rows, tests, title=title))
     for note in notes:
         tqdm.write(f"  {note}")
     tqdm.write(
         f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'valid_ndcg.png'} and {out / 'test_ndcg.png'}"
     )
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def demo_intro(stats: dict[str, Any], count: int) -> str:
+    """The sentence under the title: what is compared, on what, by which measure."""
+    return (
+        f"{count} ways to recommend on the MovieLens-100K target domain are compared: each row ranks all {stats['items']} "
+        f"target items for each of the {stats['users']} test users (items and users disjoint from the source domain "
+        "the pre-trained rows learnt on), and is scored by where each user's held-out next item lands. "
+        f"For {stats['new_item_test_users']} of those users the next item is a new item, one that no training "
+        "sequence holds: the test of recommending by content."
+    )
 
 
 def demo_notes(

@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pmmrec.commands import DEVICE_HELP, QUIET_HELP
 from pmmrec.errors import ConfigError
 from pmmrec.serving.limits import Limits
 
 Backend = Literal["faiss", "usearch", "hnswlib", "ivf"]
+Scan = Literal["int8", "fp32"]
 DESCRIPTIONS = {
     "faiss": "faiss HNSW",
     "usearch": "usearch HNSW",
@@ -81,18 +83,26 @@ class ServeOptions(BaseModel):
     )
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     threads: int = Field(default=1, ge=1, description="torch threads for ranking (1: the other core serves HTTP).")
-    device: str | None = Field(
-        default=None, description="cpu, cuda or cuda:N (when omitted: cuda:LOCAL_RANK if CUDA is available, else cpu)."
-    )
-    quiet: bool = Field(default=False, description="No progress bars.")
+    device: str | None = Field(default=None, description=DEVICE_HELP)
+    quiet: bool = Field(default=False, description=QUIET_HELP)
     state_dir: Path | None = Field(
         default=None,
-        description="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE "
-        "or ~/.local/state/pmmrec, then serve/DATASET-HASH.",
+        description="State folder: live items (SQLite) and the table and index caches (default: $PMMREC_STATE "
+        "or ~/.local/state/pmmrec, then serve/DATASET-HASH/model-KEY: this model's own live items).",
     )
-    store_url: str | None = Field(default=None, description="postgresql:// URL of a live-item store shared by replicas.")
+    share_live_items: bool = Field(
+        default=False,
+        description="Without --state: keep live items in serve/DATASET-HASH, shared by every model served with this "
+        "flag on the same data, instead of in this model's own folder.",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description="postgresql:// URL of a live-item store shared by replicas (default: none, the state folder's "
+        "SQLite).",
+    )
     api_key_file: Path | None = Field(
-        default=None, description="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth)."
+        default=None,
+        description="File holding the API key POST /items needs (default: $PMMREC_API_KEY; neither: no auth).",
     )
     protect_reads: bool = Field(
         default=False, description="Require the API key on every route but /health and /metrics."
@@ -104,10 +114,16 @@ class ServeOptions(BaseModel):
     batch_workers: int = Field(
         default=2, ge=1, le=64, description="Threads ranking batches side by side, each taking the requests queued."
     )
+    scan: Scan = Field(
+        default="int8",
+        description="Exact scoring on CPU: int8 (an int8 pass over every item, then the items that may be in the top "
+        "k re-scored in float32: the float32 ranking, faster) or fp32 (one float32 product over every item).",
+    )
     ann: Backend | None = Field(
         default=None,
         description="Approximate search for large catalogues: faiss, usearch or hnswlib (HNSW graphs), or ivf (a "
-        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items).",
+        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items); default: "
+        "none, exact search.",
     )
     ann_min_items: int = Field(
         default=AnnConfig().min_items, ge=0, description="Catalogue size from which --ann is used (exact search below)."
@@ -127,6 +143,11 @@ class ServeOptions(BaseModel):
     max_parallel: int | None = Field(
         default=None, ge=1, description="Without batching: most rankings computed at once (default: one per core)."
     )
+    int8_min_items: int = Field(
+        default=20_000,
+        ge=0,
+        description="Catalogue size at start-up from which --scan int8 is used (float32 below, as fast there).",
+    )
     spare_items: int = Field(
         default=1024, ge=0, description="Free columns of the item table for items added live (it doubles when full)."
     )
@@ -134,6 +155,14 @@ class ServeOptions(BaseModel):
         default=256, ge=1, description="Items encoded at once when the catalogue table is built (part of its cache key)."
     )
     limits: Limits = Field(default_factory=Limits, description="Request limits (reported by GET /health).")
+
+    @model_validator(mode="after")
+    def _share_only_the_default_folder(self) -> ServeOptions:
+        """--share-live-items picks the default folder: with --state or --store it would silently do nothing."""
+        if self.share_live_items and (self.state_dir is not None or self.store_url):
+            given = "--state" if self.state_dir is not None else "--store"
+            raise ValueError(f"--share-live-items applies without --state and --store; {given} already names the store")
+        return self
 
     @property
     def ann_config(self) -> AnnConfig | None:
@@ -158,12 +187,14 @@ SERVE_FLAGS: dict[str, str] = {
     "device": "device",
     "quiet": "quiet",
     "state": "state_dir",
+    "share_live_items": "share_live_items",
     "store": "store_url",
     "api_key_file": "api_key_file",
     "protect_reads": "protect_reads",
     "batching": "batching",
     "batch_wait_ms": "batch_wait_ms",
     "batch_workers": "batch_workers",
+    "scan": "scan",
     "ann": "ann",
     "ann_min_items": "ann_min_items",
     "ann_ef_search": "ann_ef_search",
@@ -186,6 +217,9 @@ def options_from_flags(flags: dict[str, Any]) -> ServeOptions:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error.get("loc") else ""
+            if not field:  # a rule between options (the message names the flags)
+                problems.append(str(error.get("msg", "invalid")).removeprefix("Value error, "))
+                continue
             given = values.get(field)
             where = flag_of.get(field, field or "serve") + ("" if given is None else f" {given}")
             problems.append(f"{where}: {error.get('msg', 'invalid')}")

@@ -6,16 +6,20 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
+from pmmrec.commands import DEVICE_HELP
 from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
 from pmmrec.objectives import ObjectiveWeights, registered_objectives
 from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOT, SLOTS
+from pmmrec.training.tower_defaults import DEFAULT_TOWER, TOWER_DEFAULTS, tower_default_text, with_tower_defaults
+from pmmrec.training.tower_defaults import TOWER_DEPENDENT as TOWER_DEPENDENT  # the CLI's help reads it from here
 
 MAX_CONFIG_BYTES = 1 << 20
+PRETRAIN_BATCH_SIZE = 64  # pretrain's own default, whatever the tower
 
 
 class _Strict(BaseModel):
@@ -57,7 +61,8 @@ def _model_config() -> type[_Strict]:
                 default=None,
                 ge=0,
                 le=96,
-                description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (fresh encoders: 2).",
+                description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (default: 2 for a fresh encoder, "
+                "a given encoder's own).",
             ),
         )
         for slot in MODALITY_SLOTS
@@ -83,8 +88,9 @@ def _model_config() -> type[_Strict]:
                 default=None,
                 ge=1,
                 le=8192,
-                description="Embedding width d of fresh components (default: the given components' width, else the "
-                "text backbone's, else 384).",
+                description="Embedding width d of fresh components (default: the given components' width, else "
+                f"{TOWER_DEFAULTS['id']['model.dim']} for ID towers and the text backbone's width (384 for minilm) for "
+                "content towers; null: the given components' width, else the text backbone's, else 384).",
             ),
         ),
         **layers,
@@ -122,8 +128,20 @@ class TrainConfig(_Strict):
         description="Training epochs (paper fine-tuning: 5); default: until validation NDCG@10 has not improved for "
         "--patience epochs, at most max_epochs.",
     )
-    max_epochs: int = Field(default=50, ge=1, le=10_000, description="Cap on epochs when --epochs is not given.")
-    batch_size: int = Field(default=32, ge=1, le=65_536, description="Users per batch per process.")
+    max_epochs: int = Field(
+        default=TOWER_DEFAULTS[DEFAULT_TOWER]["max_epochs"],
+        ge=1,
+        le=10_000,
+        description="Cap on epochs when --epochs is not given; the cosine schedule decays to 0 over it (default: "
+        f"{tower_default_text('max_epochs')}).",
+    )
+    batch_size: int = Field(
+        default=TOWER_DEFAULTS[DEFAULT_TOWER]["batch_size"],
+        ge=1,
+        le=65_536,
+        description=f"Training windows per batch per process (default: {tower_default_text('batch_size')}; "
+        f"pretrain: {PRETRAIN_BATCH_SIZE}).",
+    )
     eval_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Users per evaluation batch.")
     item_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Items per catalogue-encoding batch.")
     max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (paper: 20).")
@@ -154,7 +172,11 @@ class TrainConfig(_Strict):
         "user encoder, fusion or ID table created for this run and for objective heads, pretrained_lr otherwise).",
     )
     fresh_lr: float = Field(
-        default=1e-3, gt=0, le=1.0, description="Default rate of parts created for this run (when lr is not given)."
+        default=TOWER_DEFAULTS[DEFAULT_TOWER]["fresh_lr"],
+        gt=0,
+        le=1.0,
+        description="Default rate of parts created for this run (when lr is not given; default: "
+        f"{tower_default_text('fresh_lr')}).",
     )
     pretrained_lr: float = Field(
         default=1e-4,
@@ -178,7 +200,10 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list, description="Slots whose parameters are not trained.")
     seed: int = Field(default=42, ge=0, description="Seed of initialisation, data order, dropout and corruption.")
     patience: int | None = Field(
-        default=5, ge=1, description="Stop after this many epochs without a better validation metric (null: never)."
+        default=5,
+        ge=1,
+        description="Stop after this many epochs without a better validation metric (never: a value of at least the "
+        "epochs, or `patience: null` in a YAML file).",
     )
     save_checkpoints: bool = Field(
         default=True,
@@ -198,8 +223,10 @@ class TrainConfig(_Strict):
     cache_frozen: bool = Field(
         default=True, description="Reuse frozen-prefix outputs of encoders per item instead of recomputing them."
     )
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
-    device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps, for tests and smoke runs (default: no limit)."
+    )
+    device: str | None = Field(default=None, description=DEVICE_HELP)
     deterministic: bool = Field(
         default=False, description="Bitwise-reproducible: deterministic kernels, one intra-op CPU thread (slower)."
     )
@@ -210,6 +237,13 @@ class TrainConfig(_Strict):
         "trackers (repeatable; log.jsonl is always written).",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Components the run starts from.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_tower_defaults(cls, data: Any) -> Any:
+        """Keys left out take their item tower's defaults (TOWER_DEFAULTS; a field's own default is the content
+        tower's)."""
+        return with_tower_defaults(data) if isinstance(data, dict) else data
 
     @property
     def epoch_limit(self) -> int:
@@ -237,7 +271,47 @@ def finetune_defaults() -> dict[str, Any]:
 
 def pretrain_defaults() -> dict[str, Any]:
     """Pre-training trains all four objectives."""
-    return {"mode": "pretrain", "batch_size": 64}
+    return {"mode": "pretrain", "batch_size": PRETRAIN_BATCH_SIZE}
+
+
+def mode_defaults(mode: str) -> dict[str, Any]:
+    """The defaults a command starts from (before a YAML file and flags): pretrain's or finetune's."""
+    return pretrain_defaults() if mode == "pretrain" else finetune_defaults()
+
+
+def config_value(config: TrainConfig, path: str) -> Any:
+    """The value at a dotted TrainConfig path (e.g. `objectives.weights.rec`)."""
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def mode_default_values(mode: str) -> dict[str, Any]:
+    """Each flat training option (TRAIN_OPTIONS) as `mode` trains it when neither a YAML file nor a flag sets it."""
+    config = load_train_config(mode_defaults(mode))
+    return {name: config_value(config, path) for name, path in TRAIN_OPTIONS.items()}
+
+
+def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
+    in the config's field order (what a run prints first, as RecBole prints its configuration). The defaults are
+    those of the run's item tower (TOWER_DEFAULTS): an ID run lists its tower, not the ID tower's own defaults."""
+    tower = config.model.item_tower
+    base = _deep_merge(mode_defaults(config.mode), {"model": {"item_tower": tower}})
+    default = load_train_config(base).model_dump(mode="json")
+    default["model"]["item_tower"] = DEFAULT_TOWER
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def walk(value: Any, base: Any, prefix: str) -> None:
+        if isinstance(value, dict) and isinstance(base, dict):
+            for key in value:
+                walk(value[key], base.get(key), f"{prefix}{key}.")
+        elif value != base:
+            changes[prefix.rstrip(".")] = (value, base)
+
+    walk(config.model_dump(mode="json"), default, "")
+    return changes
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -251,30 +325,19 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_train_config(
-    defaults: dict[str, Any], path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+    defaults: dict[str, Any],
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    saved: str | os.PathLike[str] | None = None,
 ) -> TrainConfig:
-    """defaults < YAML file < command-line overrides; errors name the file and the key."""
+    """defaults < `saved` (a resumed run's config.yaml) < YAML file < command-line overrides; errors name the file
+    and the key. Keys that no layer gives take their item tower's default (TOWER_DEFAULTS)."""
     payload = dict(defaults)
     source = "command line"
-    if path is not None:
-        source = str(path)
-        if not os.path.lexists(path):
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            with open_regular_file(path, ConfigError) as handle:  # a FIFO is refused, never read forever
-                raw = handle.read(MAX_CONFIG_BYTES + 1)
-            if len(raw) > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes")
-            loaded = yaml.safe_load(raw.decode("utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of options at the top level")
-        payload = _deep_merge(payload, loaded)
+    for layer in (saved, path):
+        if layer is not None:
+            source = str(layer)
+            payload = _deep_merge(payload, read_yaml_mapping(layer))
     payload = _deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         config = TrainConfig.model_validate(payload)
@@ -286,6 +349,27 @@ def load_train_config(
     if unknown_slots:
         raise ConfigError(f"{source}: unknown component(s) {sorted(unknown_slots)}; expected {', '.join(SLOTS)}")
     return config
+
+
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options of a YAML config file (at most MAX_CONFIG_BYTES, a regular file); errors name the file."""
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        with open_regular_file(path, ConfigError) as handle:  # a FIFO is refused, never read forever
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes")
+        loaded = yaml.safe_load(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of options at the top level")
+    return loaded
 
 
 def dump_train_config(config: TrainConfig) -> str:
