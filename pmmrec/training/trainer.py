@@ -18,10 +18,12 @@ from pmmrec.data import (
     BatchCollator,
     Dataset,
     LeaveOneOutSplit,
+    RaggedArray,
     SequenceBatch,
     TrainSequences,
     known_items,
     leave_one_out,
+    user_share_rows,
     write_split_record,
 )
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
@@ -102,11 +104,14 @@ class Trainer:
         model.bind_catalogue(dataset.item_ids)
         # Training knows only the items of its time (issue 24): those of the training sequences and config.known_items.
         # They are the full softmax's only candidates, and an ID tower trains only their rows (the others are zeroed).
-        self.known_items = known_items(self.split, dataset.item_ids, config.known_items)
+        # A learning curve trains on a share of the users (nested samples); every user is still evaluated.
+        self.train_rows = user_share_rows(self.split.num_users, config.train_user_share, config.train_user_seed)
+        self.known_items = known_items(self.split, dataset.item_ids, config.known_items, rows=self.train_rows)
         if model.item_tower is not None:
             model.item_tower.train_only(torch.from_numpy(self.known_items))
         # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
-        self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
+        train_sequences = RaggedArray.from_rows(self.split.train).take(self.train_rows)
+        self.train_set = TrainSequences(train_sequences, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
         self.module, self.collator = self._build_module(model, dataset, log_popularity_from_counts(counts))
         self.notices: list[str] = list(self.module.notices)
@@ -391,6 +396,8 @@ class Trainer:
             "learning_rates": self.learning_rates,
             "split": self.config.split_record(),
             "train_windows": len(self.train_set),
+            "train_users": len(self.train_rows),
+            "train_user_share": self.config.train_user_share,
             "best_epoch": progress["best_epoch"],
             "valid": valid_metrics,
             "test": test_metrics,
