@@ -126,6 +126,13 @@ class TrainConfig(_Strict):
     train_user_seed: int = Field(
         default=0, ge=0, description="Seed of the sample of training users (train_user_share); not the run's seed."
     )
+    passes_per_epoch: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Passes over the training windows per epoch (each in its own order): a run on a small share of "
+        "the users can take as many steps between validations as a run on all of them.",
+    )
     lr: float | None = Field(
         default=None,
         gt=0,
@@ -300,6 +307,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "window": "window",
     "train_user_share": "train_user_share",
     "train_user_seed": "train_user_seed",
+    "passes_per_epoch": "passes_per_epoch",
     "softmax": "objectives.next_item.softmax",
     "fresh_lr": "fresh_lr",
     "pretrained_lr": "pretrained_lr",

@@ -125,7 +125,8 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-        self.steps_per_epoch = math.ceil(len(epoch_order(len(self.train_set), 0, 0, self.context)) / config.batch_size)
+        order = epoch_order(len(self.train_set), 0, 0, self.context, config.passes_per_epoch)
+        self.steps_per_epoch = math.ceil(len(order) / config.batch_size)
         total = config.epoch_limit * self.steps_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         groups = parameter_groups(self.module, config)
@@ -192,7 +193,7 @@ class Trainer:
 
     def _loader(self, epoch: int, skip_batches: int) -> torch.utils.data.DataLoader:
         self.train_set.set_epoch(epoch)
-        order = epoch_order(len(self.train_set), epoch, self.config.seed, self.context)
+        order = epoch_order(len(self.train_set), epoch, self.config.seed, self.context, self.config.passes_per_epoch)
         order = order[skip_batches * self.config.batch_size :]
         return torch.utils.data.DataLoader(
             self.train_set,
@@ -398,6 +399,7 @@ class Trainer:
             "train_windows": len(self.train_set),
             "train_users": len(self.train_rows),
             "train_user_share": self.config.train_user_share,
+            "passes_per_epoch": self.config.passes_per_epoch,
             "best_epoch": progress["best_epoch"],
             "valid": valid_metrics,
             "test": test_metrics,
