@@ -185,16 +185,22 @@ def evaluate(
     `cache_prefixes` reuses frozen-prefix files across evaluations of models with the same frozen bottom. A model
     object given without `device` is evaluated where it is.
     """
-    from pmmrec.data import leave_one_out, load_dataset, read_split_record
+    from pmmrec.arguments import check_arguments
+    from pmmrec.data import leave_one_out, load_dataset
     from pmmrec.distributed import setup_distributed
     from pmmrec.errors import ConfigError
     from pmmrec.fileio import write_json
+    from pmmrec.model import read_model_split_record
 
+    check_arguments(ks=ks, min_length=min_length, max_history=max_history, max_length=max_length)
     if history not in ("exclude", "include"):
         raise ConfigError(f"--history must be exclude or include, got {history!r}")
     if (model is None) == (baseline is None):
         raise ConfigError("give exactly one of --model and --baseline")
-    record = read_split_record(model) if isinstance(model, str | os.PathLike) and Path(model).is_dir() else None
+    record = None
+    needed = min_length is None or max_history is None or max_length is None  # all given: the record is not read
+    if needed and isinstance(model, str | os.PathLike) and Path(model).is_dir():
+        record = read_model_split_record(model)
     record = record or {}
     min_length = min_length if min_length is not None else record.get("min_length") or 3
     max_history = max_history if max_history is not None else record.get("max_history")
@@ -208,6 +214,16 @@ def evaluate(
         loaded.to(context.device)
     dataset = load_dataset(data)
     split_data = leave_one_out(dataset.sequences, min_length, max_history)
+    if split_data.num_users == 0:
+        raise ConfigError(
+            f"{data}: no user has the {min_length} interactions a leave-one-out split needs, so there is nothing to "
+            "evaluate (lower --min-length, or use a dataset with longer sequences)"
+        )
+    if loaded is not None and max_length is not None and max_length > loaded.max_length:
+        raise ConfigError(
+            f"--max-length {max_length} (or data_split.json's max_length) is longer than the {loaded.max_length} items "
+            "the model's user encoder reads"
+        )
     if baseline is not None:
         import torch
 
@@ -256,12 +272,14 @@ def recommend(
 
     A model object given without `device` stays where it is; with `device` it is moved there (in place).
     """
+    from pmmrec.arguments import check_arguments
     from pmmrec.data import load_dataset, read_items_tsv
     from pmmrec.distributed import choose_device
     from pmmrec.errors import ConfigError
     from pmmrec.inference import encode_catalogue, make_collator, top_k
     from pmmrec.model import PMMRec
 
+    check_arguments(k=k)
     if (user is None) == (history is None):
         raise ConfigError("give exactly one of --user and --history")
     target_device = choose_device(_requested_device(model, device))
@@ -349,8 +367,10 @@ def data_movielens(
     new_items: share of items held out as new items (only ever a validation or test target), as the demo does;
     new_items_rule: first-seen (the items that appear last in the domain's time line) or hash (pre-issue-24 rule).
     """
+    from pmmrec.arguments import check_arguments
     from pmmrec.data import build_movielens
 
+    check_arguments(size=size, new_items=new_items)
     return build_movielens(
         out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items,
         new_items_rule=new_items_rule,
@@ -368,8 +388,10 @@ def data_build_lmdb(
     overwrite: bool = False,
 ) -> Any:
     """Resize item images once and store them in an LMDB keyed by item id (no pickle); returns the build report."""
+    from pmmrec.arguments import check_arguments
     from pmmrec.data import build_image_lmdb
 
+    check_arguments(size=size)
     return build_image_lmdb(
         Path(items), Path(images), Path(out), size=size, payload_format=payload, allow_missing=allow_missing,
         overwrite=overwrite,
@@ -390,8 +412,10 @@ def data_import_reference(
     overwrite: bool = False,
 ) -> Path:
     """Convert the reference family's users/items files (and image LMDB) into a dataset folder."""
+    from pmmrec.arguments import check_arguments
     from pmmrec.data import import_reference
 
+    check_arguments(size=size)
     return import_reference(
         users, items, out, lmdb_path=lmdb, trust_pickle=trust_pickle, image_size=size, payload_format=payload,
         allow_missing=allow_missing, overwrite=overwrite, name=name,

@@ -37,12 +37,25 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool | None,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the pmmrec version and exit."),
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an error instead of one line (PMMREC_DEBUG=1).")
+    ] = False,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--max-memory",
+            help="Memory pmmrec may plan to use (e.g. 8G), instead of what the machine has available "
+            "(PMMREC_MAX_MEMORY); configurations estimated above it are refused before anything is allocated.",
+        ),
+    ] = None,
 ) -> None:
     """Transferable, ID-free sequential recommendation (PMMRec) with per-component artefacts."""
+    ctx.call_on_close(opt.apply_global_options(debug=debug, max_memory=max_memory))
 
 
 # ---- shared option types ---------------------------------------------------------------------------------------

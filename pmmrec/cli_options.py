@@ -14,6 +14,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import typer
+from typer.exceptions import TyperException
 
 from pmmrec.errors import PmmrecError
 from pmmrec.slots import INIT_KINDS
@@ -21,10 +22,15 @@ from pmmrec.slots import INIT_KINDS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+DEBUG_ENV = "PMMREC_DEBUG"
+
+
 def reports_errors(command: F) -> F:
     """Turn bad input (PmmrecError) and OS errors (missing file, full disk) into one line and exit status 1.
 
-    Set PMMREC_DEBUG=1 to see the traceback instead.
+    A safety net, not a substitute for checks: any other exception is a case pmmrec does not handle yet; it is
+    reported in one line too, with the path of a file holding its traceback, and exit status 1. Set PMMREC_DEBUG=1
+    (or pass `pmmrec --debug`) to see the traceback instead.
     """
 
     @functools.wraps(command)
@@ -32,13 +38,72 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except (PmmrecError, OSError) as exc:
-            if os.environ.get("PMMREC_DEBUG"):
+            if os.environ.get(DEBUG_ENV):
                 raise
             message = str(exc) if isinstance(exc, PmmrecError) else _describe_os_error(exc)
-            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(code=1) from None
+            _fail(message)
+        except (typer.Exit, typer.Abort, TyperException):  # exit statuses and usage errors are the CLI's own
+            raise
+        except Exception as exc:  # the safety net: one line and a saved traceback, never a traceback on screen
+            if os.environ.get(DEBUG_ENV):
+                raise
+            saved = save_traceback(exc)
+            kind = "out of memory" if isinstance(exc, MemoryError) else f"unexpected {type(exc).__name__}"
+            _fail(f"{kind}: {exc} (pmmrec did not handle this case; traceback saved in {saved}; pmmrec --debug prints it)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> None:
+    """Print `error: message` on one line (a message is never allowed to span lines) and exit with status 1."""
+    typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=1) from None
+
+
+def save_traceback(exc: BaseException) -> Path | str:
+    """Write the traceback of `exc` to a new file under the pmmrec cache (else the temporary folder); its path."""
+    import tempfile
+    import traceback
+
+    from pmmrec.paths import cache_root
+
+    text = "".join(traceback.format_exception(exc))
+    for folder in (cache_root() / "tracebacks", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix="pmmrec-traceback-", suffix=".txt", dir=folder)
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            return Path(name)
+        except OSError:
+            continue
+    return "nowhere (no writable folder)"
+
+
+def apply_global_options(*, debug: bool, max_memory: str | None) -> Callable[[], None]:
+    """`pmmrec --debug` and `pmmrec --max-memory` hold for the command that follows, as their variables would;
+    returns what puts the environment back once the command is done (an in-process caller runs more commands)."""
+    from pmmrec.budget import MAX_MEMORY_ENV, parse_size
+
+    if max_memory is not None:
+        try:
+            parse_size(max_memory, "--max-memory")
+        except PmmrecError as exc:
+            raise typer.BadParameter(str(exc).removeprefix("--max-memory: "), param_hint="--max-memory") from None
+    changes = {DEBUG_ENV: "1" if debug else None, MAX_MEMORY_ENV: max_memory}
+    previous = {name: os.environ.get(name) for name, value in changes.items() if value is not None}
+    for name, value in changes.items():
+        if value is not None:
+            os.environ[name] = value
+
+    def restore() -> None:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    return restore
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -13,7 +13,6 @@ and the split (histories, targets, which split). A folder of another evaluation 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import torch
 from pmmrec.data.ragged import RaggedArray
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import atomic_file, write_json
+from pmmrec.jsonfile import read_json_file
 
 MANIFEST = "manifest.json"
 TABLE_FILE = "item-table.npy"
@@ -76,10 +76,7 @@ class ResultStore:
         self.num_users = num_users
         manifest = self.folder / MANIFEST
         if manifest.is_file():
-            try:
-                recorded = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{manifest}: unreadable ({exc}); use an empty --resume-dir") from None
+            recorded = read_json_file(manifest, error=ConfigError, max_bytes=1 << 16, max_depth=4)
             if not isinstance(recorded, dict) or recorded.get("key") != key or recorded.get("users") != num_users:
                 raise ConfigError(
                     f"{self.folder}: holds results of another evaluation (model, data or split differ); "

@@ -89,7 +89,14 @@ def verify_files(folder: Path, expected: Mapping[str, str], source: str, event: 
     unlisted = sorted(actual - set(expected))
     if unlisted:
         raise ArtefactError(f"{folder / unlisted[0]}: not listed in {source}; the file was added after {event}")
+    verify_files_listed(folder, expected, source, event)
+
+
+def verify_files_listed(folder: Path, expected: Mapping[str, str], source: str, event: str = "it was saved") -> None:
+    """Every file listed in `expected` exists in `folder` as a regular file with that sha256."""
     for name in sorted(expected, key=lambda n: (n == CHECKSUMS_FILE, n)):  # name the edited file, not the list
+        if not os.path.lexists(folder / name):
+            raise ArtefactError(f"{folder / name}: missing (listed in {source})")
         digest = sha256_file(folder / name)
         if digest != expected[name]:
             raise ArtefactError(

@@ -1,8 +1,10 @@
 """Reading JSON files from disk with bounds: size and nesting are checked before parsing.
 
 Every JSON file pmmrec reads (config.json, checksums.json, pmmrec.json, item_ids.json, dataset.json,
-progress.json) goes through `read_json_file`, so a hostile file (100,000 nested brackets, gigabytes, a FIFO)
-is one error line naming the file instead of a RecursionError, an exhausted memory or a hang.
+progress.json, data_split.json, tokenizer files) goes through `read_json_file`, so a hostile file (100,000 nested
+brackets, gigabytes, a FIFO) is one error line naming the file instead of a RecursionError, an exhausted memory
+or a hang. Duplicate keys (which `json.loads` resolves silently, the last one winning) and the non-standard
+constants NaN and Infinity are refused, naming the key.
 """
 
 from __future__ import annotations
@@ -35,16 +37,38 @@ def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (its argument is the key)."""
+
+
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: a JSON object whose keys are all different (json.loads would keep the last silently)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (only finite numbers are)")
+
+
 def parse_json_text(
     text: str, label: str, *, error: type[PmmrecError] = PmmrecError, max_depth: int = MAX_JSON_DEPTH
 ) -> Any:
-    """json.loads with the nesting bounded first; every failure is `error` naming `label` (and the line)."""
+    """json.loads with the nesting bounded first; every failure is `error` naming `label` (and the line or key)."""
     if json_depth(text, max_depth) > max_depth:
         raise error(f"{label}: JSON nested deeper than {max_depth} levels")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_object, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise error(f"{label} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except DuplicateKeyError as exc:
+        raise error(f"{label}: key {exc.args[0]!r} appears twice in one object") from None
+    except ValueError as exc:  # a NaN / Infinity constant, or an integer literal too long to convert
+        raise error(f"{label}: invalid JSON ({exc})") from None
     except RecursionError:  # unreachable after the depth check; kept so no input can ever raise it
         raise error(f"{label}: JSON nested too deeply") from None
 

@@ -8,6 +8,11 @@ The one path from a history to recommendations. `rank_histories` is what `PMMRec
 [N+1, d], whose row 0 is padding (zeros). Left-padded windows point their padding at row 0, and row 0 is never
 returned. Callers holding 0-based rows (`PMMRec.recommend`'s candidates) add 1 on the way in and subtract it on
 the way out, at their own edge and nowhere else.
+
+A table has one row per catalogue item plus the padding row 0. Row 0 and each user's excluded items are masked
+with -inf before `torch.topk`, so they are never returned, even when every real score is negative (the padding
+row's zero score would otherwise beat them). So are scores that are not finite (NaN sorts above every number in
+`torch.topk`): an item whose score is NaN or infinite is never recommended.
 """
 
 from __future__ import annotations
@@ -144,6 +149,7 @@ def top_k(
         raise ValueError("give both exclude_indptr and exclude_items, or neither")
     batch = states.shape[0]
     scores = states.to(table.dtype) @ table.T  # [B, N+1]
+    scores.masked_fill_(~torch.isfinite(scores), float("-inf"))  # a NaN or infinite score is never a recommendation
     scores[:, 0] = float("-inf")
     if exclude_indptr is not None and exclude_items is not None and exclude_items.numel():
         if exclude_indptr.shape != (batch + 1,):

@@ -159,5 +159,29 @@ def _resolve_hub(reference: Reference, cache_dir: str | os.PathLike[str] | None)
     except (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError, ValueError) as exc:
         raise ReferenceResolutionError(f"reference {reference.text!r}: {where}: {type(exc).__name__}: {exc}") from None
     path = Path(folder)
+    _confine_to_cache(reference, path, cache_dir)
     commit = path.name if _COMMIT.match(path.name) else None
     return ResolvedReference(reference=reference, path=path, commit=commit)
+
+
+def _confine_to_cache(reference: Reference, path: Path, cache_dir: str | os.PathLike[str] | None) -> None:
+    """A snapshot folder must be `<cache>/models--ORG--NAME/snapshots/<commit>`, and every file in it must resolve
+    inside that repo's folder: a local ref such as `../../..` or a symlink to elsewhere never leads outside."""
+    from huggingface_hub import constants
+
+    assert reference.repo_id is not None
+    cache = Path(hub_cache_dir(cache_dir) or constants.HF_HUB_CACHE).resolve()
+    repo = cache / ("models--" + reference.repo_id.replace("/", "--"))
+    resolved = path.resolve()
+    if resolved.parent != repo / "snapshots" or not _COMMIT.match(resolved.name):
+        raise ReferenceResolutionError(
+            f"reference {reference.text!r}: resolves to {path}, which is not a snapshot folder of {repo} "
+            "(a ref file of the Hub cache points outside it)"
+        )
+    for root, _dirs, files in os.walk(resolved):
+        for name in files:
+            target = (Path(root) / name).resolve()
+            if not target.is_relative_to(repo):
+                raise ReferenceResolutionError(
+                    f"reference {reference.text!r}: {Path(root) / name} points outside the Hub cache ({target})"
+                )

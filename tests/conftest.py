@@ -285,3 +285,39 @@ def client(service: Any) -> Any:
     from pmmrec.serving import create_app
 
     return TestClient(create_app(service=service))
+
+
+# ---- a stranger's folders: a warm worker that runs pmmrec in capped, forked children (tests/stranger.py) ----------
+
+
+@pytest.fixture(scope="session")
+def stranger_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny text model as a training run leaves it (with data_split.json) and a tiny dataset with images."""
+    root = tmp_path_factory.mktemp("stranger")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PMMREC_CACHE", str(root / "cache"))
+        data = tiny.write_tiny_dataset(root / "data", images=True)
+        record = {"min_length": 3, "max_history": None, "max_length": tiny.MAX_LENGTH, "window": "tiles"}
+        tiny.text_model().save_pretrained(root / "model", split_record=record)
+    return {"root": root, "data": data, "model": root / "model"}
+
+
+@pytest.fixture(scope="session")
+def stranger_worker(stranger_folders: dict[str, Path]) -> Iterator[Any]:
+    """The worker, warmed on the good folders (every lazy import done before the first fork)."""
+    import stranger
+
+    folders = stranger_folders
+    env = {"PMMREC_CACHE": str(folders["root"] / "cache"), "HF_HUB_OFFLINE": "1"}
+    model, data = str(folders["model"]), str(folders["data"])
+    warm = [
+        ["inspect", model],
+        ["recommend", "--model", model, "--data", data, "--user", "u0", "--k", "3"],
+        ["evaluate", "--model", model, "--data", data, "--quiet", "--k", "5"],
+        ["data", "check", data],
+    ]
+    worker = stranger.Stranger(warm, env)
+    try:
+        yield worker
+    finally:
+        worker.close()

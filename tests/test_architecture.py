@@ -22,6 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 # From the bottom up; a module may import only from its own layer or below (and never in a circle).
 LAYERS: list[tuple[str, ...]] = [
     ("pmmrec._version", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
+     "pmmrec.budget", "pmmrec.arguments",
      "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
     ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
     ("pmmrec.components",),
@@ -374,6 +375,8 @@ def test_cli_module_only_calls_the_api() -> None:
         "pmmrec.cli_options",
         "pmmrec.errors",
         "pmmrec.slots",  # the choices of `init`
+        "pmmrec.budget",  # parses --max-memory
+        "pmmrec.paths",  # where the safety net saves a traceback
         "pmmrec.inspection",  # format_inspection
         "pmmrec.evaluation",  # format_metrics_table
         "pmmrec.data",  # format_statistics

@@ -30,7 +30,7 @@ from pmmrec.components import (
     registered_types,
 )
 from pmmrec.components._vision import CLIP_MEAN, CLIP_STD
-from pmmrec.errors import ArtefactError, PmmrecError, ReferenceResolutionError
+from pmmrec.errors import ArtefactError, ConfigError, PmmrecError, ReferenceResolutionError
 from pmmrec.model import SLOT_KINDS
 
 pytestmark = pytest.mark.usefixtures("single_thread", "no_fsync")
@@ -188,7 +188,7 @@ def test_text_encoder_without_tokenizer_loads_but_cannot_tokenize(tmp_path: Path
     folder = encoder.save_pretrained(tmp_path / "text")
     assert not (folder / "tokenizer").exists()
     reloaded = load_component(str(folder))
-    with pytest.raises(ValueError, match="lacks tokenizer/"):
+    with pytest.raises(ConfigError, match="lacks tokenizer/"):
         reloaded.tokenize(["x"])  # type: ignore[attr-defined]
 
 

@@ -51,10 +51,11 @@ def make_dataset(root: Path, with_images: bool = False) -> Path:
 
 
 def rehash(root: Path) -> None:
-    """Record the current sha256 of every listed file, so a test reaches the check after the hash check."""
+    """Record the current sha256 and size of every listed file, so a test reaches the check after the hash check."""
     info = json.loads((root / "dataset.json").read_text())
     for name in info["files"]:
         info["files"][name]["sha256"] = sha256_file(root / name)
+        info["files"][name]["bytes"] = (root / name).stat().st_size
     (root / "dataset.json").write_text(json.dumps(info))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -80,7 +82,18 @@ def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore
     assert read_split_record(tmp_path) == {"min_length": 3, "max_history": None, "max_length": 20, "window": None}
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]; expected min_length, max_history, max_length, window$"):
         write_split_record(tmp_path, {"epochs": 3})
-    for document in ([3], {"min_length": 3, "epochs": 2}):
-        path.write_text(json.dumps(document), encoding="utf-8")
-        with pytest.raises(ConfigError, match=r"expected an object with keys min_length, max_history, max_length, window$"):
+    path.write_text(json.dumps([3]), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"expected an object with keys min_length, max_history, max_length, window$"):
+        read_split_record(tmp_path)
+    refusals = {  # the schema names the key: unknown keys, wrong types, ranges (max_length 0 or 1e9), duplicates
+        '{"min_length": 3, "epochs": 2}': "epochs: Extra inputs are not permitted",
+        '{"max_length": 0}': "max_length: Input should be greater than or equal to 1",
+        '{"max_length": 1000000000}': "max_length: Input should be less than or equal to 4096",
+        '{"max_length": "20"}': "max_length: Input should be a valid integer",
+        '{"max_length": 20, "max_length": 4}': "key 'max_length' appears twice",
+        '{"min_length": 5, "max_history": 4}': "max_history (4) must be at least min_length (5)",
+    }
+    for text, fragment in refusals.items():
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
             read_split_record(tmp_path)

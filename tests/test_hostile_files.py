@@ -66,11 +66,16 @@ def test_deeply_nested_component_files(user_encoder: SASRecUserEncoder, tmp_path
 
 def test_deeply_nested_catalogue(id_tower: Any, tmp_path: Path) -> None:
     folder = id_tower.save_pretrained(tmp_path / "ids")
-    (folder / "item_ids.json").write_text(DEEP)
+    (folder / "item_ids.json").write_text(DEEP[:10_000])  # within the size its 10 ids allow: the depth is refused
     tiny.reseal(folder)
     with pytest.raises(ArtefactError) as info:
         load_component(str(folder))
     _one_line(info.value, "item_ids.json", "nested deeper than 2 levels")
+    (folder / "item_ids.json").write_text(DEEP)  # larger than 10 ids can be: refused before it is read
+    tiny.reseal(folder)
+    with pytest.raises(ArtefactError) as info:
+        load_component(str(folder))
+    _one_line(info.value, "item_ids.json", "larger than 15,372 bytes")
 
 
 def test_deeply_nested_dataset_json(dataset: Path) -> None:

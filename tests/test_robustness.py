@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import threading
@@ -333,6 +334,16 @@ _HOSTILE_VALUES = (
 )  # fmt: skip
 
 
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(child) for child in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(child) for child in value)
+    return True
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_valid_envelopes_with_hostile_contents_are_refused_or_validated_before_building(
@@ -355,6 +366,10 @@ def test_valid_envelopes_with_hostile_contents_are_refused_or_validated_before_b
     document = {"pmmrec_type": type_name, "format_version": 1, "pmmrec_version": "0.1.0", "config": config}
     (folder / CONFIG_FILE).write_text(json.dumps(document))
     tiny.reseal(folder)  # consistent checksums, as a hostile author would ship: the config itself is on trial
+    if not _all_finite(config):  # NaN and Infinity are not JSON: refused by the one reader
+        with pytest.raises(ArtefactError, match=r"config\.json: invalid JSON \((NaN|-?Infinity) is not JSON"):
+            read_config_document(folder)
+        return
     parsed_type, parsed_config = read_config_document(folder)  # the envelope itself is valid
     assert parsed_type == type_name and json.dumps(parsed_config) == json.dumps(config)
     built: list[Any] = []

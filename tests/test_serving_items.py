@@ -266,7 +266,7 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
 @pytest.mark.parametrize(
     ("flag", "value", "rule"),
     [
-        ("--ann", "annoy", "Input should be 'faiss', 'usearch' or 'hnswlib'"),
+        ("--ann", "annoy", "Input should be 'faiss', 'usearch', 'hnswlib' or 'ivf'"),
         ("--port", "0", "Input should be greater than or equal to 1"),
         ("--port", "70000", "Input should be less than or equal to 65535"),
         ("--threads", "0", "Input should be greater than or equal to 1"),

@@ -44,10 +44,16 @@ class Group:
 
 
 PIPELINE = "tests/test_pipeline_reference.py"
+SURVIVORS = "tests/test_mutation_survivors.py"
+FILES = "tests/test_stranger_files.py"
 GROUPS: dict[str, Group] = {
     "evaluation": Group(
         ["pmmrec/evaluation.py"],
-        ["tests/test_evaluation.py", f"{PIPELINE}::test_pmmrec_evaluate_equals_a_naive_per_user_evaluation"],
+        [
+            "tests/test_evaluation.py",
+            f"{PIPELINE}::test_pmmrec_evaluate_equals_a_naive_per_user_evaluation",
+            f"{SURVIVORS}::test_a_chunk_is_recounted_when_the_targets_block_rounds_its_score_differently",
+        ],
     ),
     "objectives": Group(
         [
@@ -84,6 +90,7 @@ GROUPS: dict[str, Group] = {
             "tests/test_training.py",
             "tests/test_speed_paths.py",
             "tests/test_quality_training.py::test_softmax_auto_is_full_for_id_towers_and_in_batch_for_content",
+            f"{SURVIVORS}::test_resume_skips_exactly_the_batches_already_trained",
         ],
         sample="7",
     ),
@@ -111,7 +118,40 @@ GROUPS: dict[str, Group] = {
     ),
     "manifest verification": Group(
         ["pmmrec/model/manifest.py"],
-        ["tests/test_assembly.py", "tests/test_integrity.py::test_a_model_without_file_checksums_loads_only_unverified"],
+        [
+            "tests/test_assembly.py",
+            "tests/test_integrity.py::test_a_model_without_file_checksums_loads_only_unverified",
+            f"{FILES}::test_manifest_claims_are_checked_against_the_components",
+            f"{FILES}::test_data_split_json_is_pinned_and_written_before_the_rename",
+        ],
+    ),
+    # Issue 25: what pmmrec accepts from a stranger's folder, and the guards of the five survivors of the spot-check.
+    "stranger input": Group(
+        [
+            "pmmrec/jsonfile.py",
+            "pmmrec/budget.py",
+            "pmmrec/arguments.py",
+            "pmmrec/imaging.py",
+            "pmmrec/data/lmdb_check.py",
+            "pmmrec/components/backbone_schema.py",
+            "pmmrec/components/tokenizer_files.py",
+            "pmmrec/components/base.py::check_tensor_values",
+        ],
+        [
+            "tests/test_stranger_kinds.py",
+            FILES,
+            "tests/test_stranger_edges.py",
+            "tests/test_hostile_files.py",
+            "tests/test_data_split.py",
+        ],
+    ),
+    "crash recovery, prefix cache and fusion": Group(
+        [
+            "pmmrec/recovery.py::_recover_name",
+            "pmmrec/prefix_cache.py::FrozenPrefixCache.for_model,_input_digest,_state_digest,_config_digest",
+            "pmmrec/components/fusion_merge_attention.py::MergeAttentionFusion.forward",
+        ],
+        [SURVIVORS, "tests/test_recovery.py"],
     ),
 }
 DESELECT: list[str] = [

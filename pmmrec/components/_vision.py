@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 
 from pmmrec.components import _backbones
 from pmmrec.components.base import ComponentConfig
+from pmmrec.errors import ArtefactError
+from pmmrec.jsonfile import read_json_file
 
 PREPROCESSING_FILE = "preprocessing.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -39,9 +43,9 @@ def normalise_pixels(
     return (pixels.to(dtype) - mean_t) / std_t
 
 
-def write_preprocessing(folder: Path, config: VisionPreprocessingFields) -> None:
+def preprocessing_document(config: VisionPreprocessingFields) -> dict[str, Any]:
     """preprocessing.json: resize shorter side, centre crop, scale to 0-1, normalise (open_clip style)."""
-    payload = {
+    return {
         "image_size": config.image_size,
         "resize": "shorter side to image_size (bicubic), then centre crop image_size x image_size",
         "rescale": "divide by 255",
@@ -49,4 +53,25 @@ def write_preprocessing(folder: Path, config: VisionPreprocessingFields) -> None
         "image_std": list(config.image_std),
         "channel_order": "RGB",
     }
+
+
+def write_preprocessing(folder: Path, config: VisionPreprocessingFields) -> None:
+    """Write preprocessing.json (for people and other tools: pmmrec reads the same facts from config.json)."""
+    payload = preprocessing_document(config)
     (folder / PREPROCESSING_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def check_preprocessing(folder: Path, config: VisionPreprocessingFields) -> None:
+    """A folder's preprocessing.json says what its config.json says (a file that lies to other tools is refused)."""
+    path = folder / PREPROCESSING_FILE
+    if not os.path.lexists(path):
+        return
+    document = read_json_file(path, error=ArtefactError, max_bytes=1 << 16, max_depth=4)
+    expected = preprocessing_document(config)
+    if not isinstance(document, dict):
+        raise ArtefactError(f"{path}: expected a JSON object at the top level")
+    for key in sorted(set(document) | set(expected)):
+        if document.get(key) != expected.get(key):
+            raise ArtefactError(
+                f"{path}: {key} is {document.get(key)!r} but config.json says {expected.get(key)!r}"
+            )

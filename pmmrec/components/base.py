@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pmmrec import integrity
+from pmmrec import budget, integrity
 from pmmrec._version import __version__
 from pmmrec.cards import ComponentCardData, TrainingFacts, render_component_card
 from pmmrec.components._registry import component_class, register_component, registered_types
@@ -52,10 +52,36 @@ CARD_FILE = "README.md"
 
 C = TypeVar("C", bound="Component")
 
+# The batch a component's activations are estimated for (items or sequences at a time; the budget's unit).
+NOMINAL_BATCH = 16
+
+
 class ComponentConfig(BaseModel):
     """Base of every component config: validates on construction, refuses unknown fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters (and buffers) the component built from this config holds."""
+        return 0
+
+    def activation_estimate(self) -> int:
+        """About how many floats one forward pass over NOMINAL_BATCH inputs keeps alive at its peak."""
+        return 0
+
+    def memory_estimate(self) -> int:
+        """Bytes the component needs: float32 parameters plus the activations of a nominal batch (an estimate)."""
+        return 4 * (self.parameter_estimate() + self.activation_estimate())
+
+    def summary(self) -> str:
+        """The config's fields on one line (a backbone's own config summarised by its sizes)."""
+        fields = self.model_dump(mode="json")
+        backbone = fields.pop("backbone_config", None)
+        parts = [f"{key}={value}" for key, value in fields.items()]
+        if isinstance(backbone, dict):
+            sizes = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size", "image_size")
+            parts += [f"backbone {key}={backbone[key]}" for key in sizes if key in backbone]
+        return ", ".join(parts)
 
 
 class Component(nn.Module, metaclass=ABCMeta):
@@ -73,6 +99,7 @@ class Component(nn.Module, metaclass=ABCMeta):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        budget.require(config.memory_estimate(), f"a {self.type_name} component ({config.summary()})")
         self.config = config
 
     # ---- hooks for subclasses ---------------------------------------------------------------
@@ -233,6 +260,9 @@ class Component(nn.Module, metaclass=ABCMeta):
             target_cls.config_class, config_payload, f"{folder / CONFIG_FILE}: invalid config for {type_name!r}",
             error=ArtefactError,
         )
+        budget.require(
+            config.memory_estimate(), f"{folder / CONFIG_FILE}: {type_name} ({config.summary()})", error=ArtefactError
+        )
         module = target_cls.build_for_loading(config, folder)
         load_weights_strictly(module, folder / WEIGHTS_FILE, expected_type=type_name)
         module.eval()
@@ -312,8 +342,25 @@ def load_weights_strictly(module: nn.Module, path: Path, *, expected_type: str) 
     if problems:
         raise ArtefactError(f"{path}: does not match the {expected_type!r} architecture: " + "; ".join(problems))
     integrity.verify_weights_header(path, metadata, tensors)
+    check_tensor_values(tensors, expected, f"{path}: {expected_type}")
     with torch.no_grad():
         module.load_state_dict(tensors, strict=True)
+
+
+def check_tensor_values(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str) -> None:
+    """Every tensor has the kind of dtype its slot holds (a float where a float is expected, the exact integer or
+    bool type elsewhere) and floats are finite: broken weights are refused here, not served as NaN scores."""
+    for key in sorted(tensors):
+        tensor, slot = tensors[key], expected[key]
+        if slot.dtype.is_floating_point:
+            if not tensor.dtype.is_floating_point:
+                raise ArtefactError(f"{label}: tensor {key!r} is {tensor.dtype}, expected a floating-point tensor")
+            if not bool(torch.isfinite(tensor.to(slot.dtype)).all()):
+                raise ArtefactError(f"{label}: tensor {key!r} holds NaN or infinite values (in {slot.dtype})")
+            if key.endswith("running_var") and bool((tensor < 0).any()):
+                raise ArtefactError(f"{label}: tensor {key!r} holds negative variances")
+        elif tensor.dtype != slot.dtype:
+            raise ArtefactError(f"{label}: tensor {key!r} is {tensor.dtype}, expected {slot.dtype}")
 
 
 def _sort_header_metadata(path: Path) -> None:

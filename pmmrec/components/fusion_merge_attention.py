@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pmmrec.components import _backbones
-from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
 from pmmrec.components.kinds import Fusion, masked_mean
 from pmmrec.components.options import CreateOptions, default_heads
 from pmmrec.slots import MODALITY_SLOTS
@@ -24,6 +24,14 @@ class MergeAttentionConfig(ComponentConfig):
     heads: int = Field(default=12, ge=1, le=256, description="Attention heads; must divide dim.")
     ffn_multiplier: int = Field(default=4, ge=1, le=16, description="Feed-forward width as a multiple of d.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout in the fusion layer.")
+
+    def parameter_estimate(self) -> int:
+        d, m = self.dim, self.ffn_multiplier
+        return 2 * d + (4 + 2 * m) * d * d + (m + 9) * d
+
+    def activation_estimate(self) -> int:
+        tokens = 128  # text tokens + image tokens of an item, typically
+        return NOMINAL_BATCH * (2 * self.heads * tokens * tokens + tokens * (self.ffn_multiplier + 6) * self.dim)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> MergeAttentionConfig:

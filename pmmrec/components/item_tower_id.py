@@ -10,6 +10,8 @@ chance.
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -27,6 +29,7 @@ from pmmrec.jsonfile import read_json_file
 
 ITEM_IDS_FILE = "item_ids.json"
 UNTRAINED_FILE = "untrained_rows.json"
+MAX_ID_BYTES = 511  # as a dataset's item ids (an LMDB key)
 
 
 class IdItemTowerConfig(ComponentConfig):
@@ -34,6 +37,9 @@ class IdItemTowerConfig(ComponentConfig):
 
     dim: int = Field(ge=1, le=_backbones.MAX_HIDDEN, description="Item embedding width d.")
     num_items: int = Field(ge=1, le=50_000_000, description="Catalogue size (rows = num_items + 1).")
+
+    def parameter_estimate(self) -> int:
+        return (self.num_items + 1) * self.dim
 
 
 @register_component
@@ -68,21 +74,27 @@ class IdItemTower(ItemTower):
 
     @classmethod
     def build_for_loading(cls, config: ComponentConfig, folder: Path) -> IdItemTower:
+        assert isinstance(config, IdItemTowerConfig)
         path = folder / ITEM_IDS_FILE
         item_ids = None
-        if path.is_file():
-            item_ids = read_json_file(path, error=ArtefactError, max_bytes=2 << 30, max_depth=2)
-            if not isinstance(item_ids, list) or not all(isinstance(x, str) for x in item_ids):
-                raise ArtefactError(f"{path}: expected a list of item id strings")
-            if len(item_ids) != config.num_items:  # type: ignore[attr-defined]
-                raise ArtefactError(f"{path}: {len(item_ids)} ids but config.json says num_items={config.num_items}")  # type: ignore[attr-defined]
-        tower = cls(config, item_ids=item_ids)  # type: ignore[arg-type]
+        if os.path.lexists(path):
+            # At most MAX_ID_BYTES per id (quoted, escaped as \uXXXX) plus separators: bounded before reading.
+            limit = config.num_items * (3 * MAX_ID_BYTES + 4) + 2
+            item_ids = read_json_file(path, error=ArtefactError, max_bytes=min(limit, 2 << 30), max_depth=2)
+            if not isinstance(item_ids, list) or not all(isinstance(x, str) and x for x in item_ids):
+                raise ArtefactError(f"{path}: expected a list of non-empty item id strings")
+            if len(item_ids) != config.num_items:
+                raise ArtefactError(f"{path}: {len(item_ids)} ids but config.json says num_items={config.num_items}")
+            if len(set(item_ids)) != len(item_ids):
+                twice = next(item_id for item_id, count in Counter(item_ids).items() if count > 1)
+                raise ArtefactError(f"{path}: item id {twice!r} names two rows")
+        tower = cls(config, item_ids=item_ids)
         untrained = folder / UNTRAINED_FILE
         if untrained.is_file():
-            rows = read_json_file(untrained, error=ArtefactError, max_bytes=2 << 30, max_depth=2)
-            valid = isinstance(rows, list) and all(type(r) is int and 1 <= r <= tower.config.num_items for r in rows)
+            rows = read_json_file(untrained, error=ArtefactError, max_bytes=min(config.num_items * 12 + 2, 2 << 30), max_depth=2)
+            valid = isinstance(rows, list) and all(type(r) is int and 1 <= r <= config.num_items for r in rows)
             if not valid:
-                raise ArtefactError(f"{untrained}: expected a list of row numbers in 1..{tower.config.num_items}")
+                raise ArtefactError(f"{untrained}: expected a list of row numbers in 1..{config.num_items}")
             tower.untrained_rows = sorted(set(rows))
         return tower
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from pmmrec.components import _backbones
+from pmmrec.components._vision import VisionPreprocessingFields, check_preprocessing
 from pmmrec.components.base import Component, ComponentConfig
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.components.options import CreateOptions
 from pmmrec.slots import SLOT, SLOT_TABLE
+
+V = TypeVar("V", bound="VisionEncoder")
 
 
 class EncoderConfig(ComponentConfig):
@@ -130,6 +134,13 @@ class VisionEncoder(ItemEncoder):
         """EfficientNet-Lite for its built-in names (the default), CLIP for any other backbone."""
         backbone = options.backbone or "efficientnet-lite0"
         return "efficientnet" if backbone.startswith("efficientnet-") else "clip"
+
+    @classmethod
+    def build_for_loading(cls: type[V], config: ComponentConfig, folder: Path) -> V:
+        """Check preprocessing.json against the config first (one place for that file: `_vision`)."""
+        assert isinstance(config, VisionPreprocessingFields)
+        check_preprocessing(folder, config)
+        return super().build_for_loading(config, folder)  # type: ignore[return-value]
 
     @property
     @abstractmethod

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from pmmrec.components import _backbones, _packed
-from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec import budget
+from pmmrec.components import _backbones, _packed, backbone_schema
+from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
 from pmmrec.components.inputs import TextPreprocessor
 from pmmrec.components.kinds import EncoderConfig, TextEncoder
 from pmmrec.components.options import CreateOptions
+from pmmrec.components.tokenizer_files import check_loaded_tokenizer, load_tokenizer
+from pmmrec.errors import ConfigError
 
 TOKENIZER_FOLDER = "tokenizer"
 DEFAULT_BACKBONE = "minilm"
@@ -30,7 +34,31 @@ class HFTextEncoderConfig(EncoderConfig):
     @field_validator("backbone_config")
     @classmethod
     def _check_backbone(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _backbones.check_backbone_config(value)
+        return _backbones.check_backbone_config(value, allowed_types=set(backbone_schema.TEXT_MODEL_TYPES))
+
+    def parameter_estimate(self) -> int:
+        b = self.backbone_config
+        hidden, inner = b["hidden_size"], b["intermediate_size"]
+        tables = b["vocab_size"] + b["max_position_embeddings"] + b.get("type_vocab_size", 2)
+        layer = 4 * hidden * hidden + 2 * hidden * inner + inner + 9 * hidden
+        return tables * hidden + b["num_hidden_layers"] * layer + (hidden + 1) * self.dim
+
+    def activation_estimate(self) -> int:
+        b, tokens = self.backbone_config, self.max_tokens
+        per_item = tokens * (b["intermediate_size"] + 6 * b["hidden_size"]) + 2 * b["num_attention_heads"] * tokens**2
+        return NOMINAL_BATCH * per_item
+
+    @model_validator(mode="after")
+    def _positions_cover_max_tokens(self) -> HFTextEncoderConfig:
+        backbone = backbone_schema.parse_backbone(self.backbone_config)
+        assert isinstance(backbone, backbone_schema.TextBackbone)
+        needed = backbone.positions_needed(self.max_tokens)
+        if needed > backbone.max_position_embeddings:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) needs {needed} position embeddings but the backbone has "
+                f"max_position_embeddings {backbone.max_position_embeddings}"
+            )
+        return self
 
 
 @register_component
@@ -77,15 +105,15 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         train_embeddings: bool = False,
     ) -> HFTextEncoder:
         """A fresh encoder on pretrained backbone weights (built-in name, local folder or hub reference/id)."""
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         from pmmrec.references import hub_is_offline
 
         location, label = _backbones.resolve_backbone_location(backbone)
         offline = hub_is_offline()
-        model = AutoModel.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
-        backbone_config = _backbones.sanitise_backbone_config(model.config.to_dict())
+        # The backbone's config is checked (and its memory budgeted) before a single weight is read.
+        found = AutoConfig.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        backbone_config = _backbones.sanitise_backbone_config(found.to_dict())
         config = HFTextEncoderConfig(
             dim=dim or int(backbone_config["hidden_size"]),
             backbone=label,
@@ -94,19 +122,24 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
             trainable_layers=trainable_layers,
             train_embeddings=train_embeddings,
         )
+        budget.require(config.memory_estimate(), f"backbone {backbone!r} ({config.summary()})")
+        model = AutoModel.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        parsed = backbone_schema.parse_backbone(config.backbone_config)
+        assert isinstance(parsed, backbone_schema.TextBackbone)
+        check_loaded_tokenizer(tokenizer, parsed, max_tokens, f"backbone {backbone!r}: its tokenizer")
         return cls(config, backbone=model, tokenizer=tokenizer)
 
     @classmethod
     def build_for_loading(cls, config: ComponentConfig, folder: Path) -> HFTextEncoder:
-        from transformers import AutoTokenizer
-
+        assert isinstance(config, HFTextEncoderConfig)
         tokenizer_path = folder / TOKENIZER_FOLDER
-        tokenizer = (
-            AutoTokenizer.from_pretrained(str(tokenizer_path), local_files_only=True)
-            if tokenizer_path.is_dir()
-            else None
-        )
-        return cls(config, tokenizer=tokenizer)  # type: ignore[arg-type]
+        tokenizer = None
+        if os.path.lexists(tokenizer_path):
+            backbone = backbone_schema.parse_backbone(config.backbone_config)
+            assert isinstance(backbone, backbone_schema.TextBackbone)
+            tokenizer = load_tokenizer(tokenizer_path, backbone, config.max_tokens)
+        return cls(config, tokenizer=tokenizer)
 
     def save_extra_files(self, folder: Path) -> None:
         if self.tokenizer is not None:
@@ -208,5 +241,5 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
     @property
     def preprocessor(self) -> TextPreprocessor:
         if self.tokenizer is None:
-            raise ValueError("this text encoder has no tokenizer (its folder lacks tokenizer/)")
+            raise ConfigError("this text encoder has no tokenizer (its folder lacks tokenizer/)")
         return TextPreprocessor(self.tokenizer, self.config.max_tokens)

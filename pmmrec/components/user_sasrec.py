@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pmmrec.components import _backbones
-from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
 from pmmrec.components.kinds import UserEncoder
 from pmmrec.components.options import CreateOptions, default_heads
 
@@ -23,6 +23,14 @@ class SASRecConfig(ComponentConfig):
     heads: int = Field(default=2, ge=1, le=256, description="Attention heads; must divide dim.")
     ffn_multiplier: int = Field(default=4, ge=1, le=16, description="Feed-forward width as a multiple of d.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the input and inside blocks.")
+
+    def parameter_estimate(self) -> int:
+        d, m = self.dim, self.ffn_multiplier
+        return self.max_length * d + 2 * d + self.layers * ((4 + 2 * m) * d * d + (m + 9) * d)
+
+    def activation_estimate(self) -> int:
+        n, d = self.max_length, self.dim
+        return NOMINAL_BATCH * (2 * self.heads * n * n + n * self.ffn_multiplier * d + 6 * n * d)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> SASRecConfig:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from pmmrec import budget
 from pmmrec.components import _backbones
 from pmmrec.components._vision import (
     CLIP_MEAN,
@@ -17,7 +18,7 @@ from pmmrec.components._vision import (
     normalise_pixels,
     write_preprocessing,
 )
-from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
 from pmmrec.components.kinds import EncoderConfig, VisionEncoder
 from pmmrec.components.options import CreateOptions
 
@@ -33,6 +34,26 @@ class CLIPVisionEncoderConfig(EncoderConfig, VisionPreprocessingFields):
     @classmethod
     def _check_backbone(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _backbones.check_backbone_config(value, allowed_types={"clip_vision_model"})
+
+    def parameter_estimate(self) -> int:
+        b = self.backbone_config
+        hidden, inner, patch = b["hidden_size"], b["intermediate_size"], b["patch_size"]
+        tokens = (b["image_size"] // patch) ** 2 + 1
+        layer = 4 * hidden * hidden + 2 * hidden * inner + inner + 9 * hidden
+        return 3 * patch * patch * hidden + tokens * hidden + b["num_hidden_layers"] * layer + (hidden + 1) * self.dim
+
+    def activation_estimate(self) -> int:
+        b = self.backbone_config
+        tokens = (b["image_size"] // b["patch_size"]) ** 2 + 1
+        per_image = tokens * (b["intermediate_size"] + 6 * b["hidden_size"]) + 2 * b["num_attention_heads"] * tokens**2
+        return NOMINAL_BATCH * (per_image + 3 * b["image_size"] ** 2)
+
+    @model_validator(mode="after")
+    def _same_image_size(self) -> CLIPVisionEncoderConfig:
+        side = self.backbone_config["image_size"]
+        if side != self.image_size:
+            raise ValueError(f"image_size ({self.image_size}) must equal backbone_config.image_size ({side})")
+        return self
 
 
 @register_component
@@ -61,13 +82,14 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
         cls, backbone: str, dim: int | None = None, trainable_layers: int = 2, train_embeddings: bool = False
     ) -> CLIPVisionEncoder:
         """A fresh encoder on pretrained CLIP vision weights (hub id such as openai/clip-vit-base-patch32, or path)."""
-        from transformers import CLIPVisionModel
+        from transformers import CLIPVisionConfig, CLIPVisionModel
 
         from pmmrec.references import hub_is_offline
 
         location, label = _backbones.resolve_backbone_location(backbone)
-        model = CLIPVisionModel.from_pretrained(location, local_files_only=hub_is_offline())
-        backbone_config = _backbones.sanitise_backbone_config(model.config.to_dict())
+        # The backbone's config is checked (and its memory budgeted) before a single weight is read.
+        found = CLIPVisionConfig.from_pretrained(location, local_files_only=hub_is_offline())
+        backbone_config = _backbones.sanitise_backbone_config(found.to_dict())
         config = CLIPVisionEncoderConfig(
             dim=dim or int(backbone_config["hidden_size"]),
             backbone=label,
@@ -78,6 +100,8 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
             image_mean=CLIP_MEAN,
             image_std=CLIP_STD,
         )
+        budget.require(config.memory_estimate(), f"backbone {backbone!r} ({config.summary()})")
+        model = CLIPVisionModel.from_pretrained(location, local_files_only=hub_is_offline())
         return cls(config, backbone=model)
 
     def save_extra_files(self, folder: Path) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from pmmrec.components import _backbones
 from pmmrec.components._vision import VisionPreprocessingFields, normalise_pixels, write_preprocessing
-from pmmrec.components.base import ComponentConfig, register_component
+from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
 from pmmrec.components.kinds import EncoderConfig, VisionEncoder
 from pmmrec.components.options import CreateOptions
 
@@ -38,6 +38,14 @@ class EfficientNetEncoderConfig(EncoderConfig, VisionPreprocessingFields):
         validation_alias=AliasChoices("trainable_layers", "trainable_blocks"),
         description="Top MBConv blocks trained (plus the head conv); the rest is frozen (paper: 2).",
     )
+
+
+    def parameter_estimate(self) -> int:
+        backbone = {"efficientnet-lite0": 3_400_000, "efficientnet-lite1": 4_200_000, "efficientnet-lite2": 4_900_000}
+        return backbone[self.variant] + (FEATURE_CHANNELS + 1) * self.dim
+
+    def activation_estimate(self) -> int:
+        return NOMINAL_BATCH * 48 * self.image_size**2  # the stem's and first blocks' maps at half resolution
 
 
 def _efficientnet_class() -> Any:

@@ -28,8 +28,9 @@ from pmmrec.data.image_store import LMDB_DATA_FILE, ImageStore
 from pmmrec.data.ragged import RaggedArray, total_length
 from pmmrec.errors import ConfigError, DatasetError
 from pmmrec.fileio import open_regular_file, sha256_file
-from pmmrec.jsonfile import read_json_file
+from pmmrec.jsonfile import read_json_file, validate_strictly
 from pmmrec.recovery import recover
+from pmmrec.schemas import DatasetInfoFile
 
 DATASET_FORMAT = "pmmrec-dataset"
 DATASET_FORMAT_VERSION = 1
@@ -231,32 +232,12 @@ def _read_info(root: Path) -> dict[str, Any]:
     info = read_json_file(path, error=DatasetError, label=INFO_FILE, max_bytes=MAX_INFO_BYTES)
     if not isinstance(info, dict):
         raise DatasetError(f"{INFO_FILE}: top level must be a JSON object")
-    if info.get("format") != DATASET_FORMAT:
-        raise DatasetError(f"{INFO_FILE}: 'format' must be {DATASET_FORMAT!r}, found {info.get('format')!r}")
-    if info.get("format_version") != DATASET_FORMAT_VERSION:
+    if info.get("format_version") != DATASET_FORMAT_VERSION and info.get("format") == DATASET_FORMAT:
         raise DatasetError(
             f"{INFO_FILE}: format_version {info.get('format_version')!r} is not supported "
             f"(this pmmrec reads version {DATASET_FORMAT_VERSION})"
         )
-    if not isinstance(info.get("name"), str) or not info["name"]:
-        raise DatasetError(f"{INFO_FILE}: 'name' must be a non-empty string")
-    counts = info.get("counts")
-    if not isinstance(counts, dict):
-        raise DatasetError(f"{INFO_FILE}: 'counts' must be an object")
-    for key in ("users", "items", "interactions"):
-        if not isinstance(counts.get(key), int) or isinstance(counts.get(key), bool):
-            raise DatasetError(f"{INFO_FILE}: 'counts.{key}' must be an integer")
-    if info.get("images") not in IMAGE_KINDS:
-        raise DatasetError(f"{INFO_FILE}: 'images' must be one of {list(IMAGE_KINDS)}, found {info.get('images')!r}")
-    without = info.get("items_without_images", [])
-    if not isinstance(without, list) or not all(isinstance(item, str) for item in without):
-        raise DatasetError(f"{INFO_FILE}: 'items_without_images' must be a list of item ids")
-    files = info.get("files")
-    if not isinstance(files, dict):
-        raise DatasetError(f"{INFO_FILE}: 'files' must be an object")
-    for name, entry in files.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise DatasetError(f"{INFO_FILE}: files[{name!r}] must be an object with a 'sha256' string")
+    validate_strictly(DatasetInfoFile, info, INFO_FILE, error=DatasetError)
     return info
 
 
@@ -273,6 +254,12 @@ def _verify_hashes(root: Path, info: dict[str, Any]) -> None:
             raise DatasetError(f"{INFO_FILE}: files[{name!r}] points outside the dataset folder")
         if not target.is_file():
             raise DatasetError(f"{INFO_FILE}: lists {name}, which is missing from {root}")
+        size = target.stat().st_size
+        if entry.get("bytes") is not None and entry["bytes"] != size:
+            raise DatasetError(
+                f"{INFO_FILE}: files[{name!r}].bytes is {entry['bytes']:,} but the file has {size:,} bytes "
+                "(the file changed after the dataset was written)"
+            )
         actual = sha256_file(target)
         if actual != entry["sha256"]:
             raise DatasetError(

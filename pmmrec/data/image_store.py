@@ -22,15 +22,16 @@ import io
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lmdb
 import numpy as np
 from PIL import Image, ImageOps
 
+from pmmrec.data.lmdb_check import check_lmdb_file
 from pmmrec.errors import DatasetError
-from pmmrec.imaging import resize_and_center_crop
+from pmmrec.imaging import check_image_shape, resize_and_center_crop
 
 __all__ = ["ImageStore", "decode_image_value", "encode_image_value", "resize_and_center_crop", "write_image_lmdb"]
 
@@ -92,6 +93,7 @@ def decode_image_value(value: bytes, where: str = "image value") -> np.ndarray:
         raise DatasetError(f"{where}: unknown payload format code {payload_code}")
     if channels != 3 or height == 0 or width == 0:
         raise DatasetError(f"{where}: header says {height}x{width}x{channels}; expected a non-empty RGB image")
+    check_image_shape(width, height, where=where)
     payload = memoryview(value)[HEADER.size :]
     if PAYLOAD_NAMES[payload_code] == "raw":
         expected = height * width * channels
@@ -100,8 +102,12 @@ def decode_image_value(value: bytes, where: str = "image value") -> np.ndarray:
         return np.frombuffer(payload, dtype=np.uint8).reshape(height, width, channels).copy()
     try:  # the header names the format: no probing of every PIL plugin, no copy when already RGB
         with Image.open(io.BytesIO(payload), formats=[PAYLOAD_NAMES[payload_code].upper()]) as picture:
+            if picture.size != (width, height):  # checked before decoding: the header's shape is the budgeted one
+                raise DatasetError(f"{where}: payload is {picture.size[0]}x{picture.size[1]}, header says {width}x{height}")
             picture.load()
             pixels = np.array(picture if picture.mode == "RGB" else picture.convert("RGB"), dtype=np.uint8)
+    except DatasetError:
+        raise
     except Exception as exc:  # PIL raises many types on corrupt data; all mean "undecodable"
         raise DatasetError(f"{where}: undecodable {PAYLOAD_NAMES[payload_code]} payload ({exc})") from exc
     if pixels.shape != (height, width, channels):
@@ -113,9 +119,10 @@ def load_image_file(path: Path, size: int) -> np.ndarray:
     """Decode an image file, apply its EXIF orientation and resize/crop it to size x size RGB."""
     try:
         with Image.open(path) as picture:
+            check_image_shape(*picture.size, (size,), where=str(path))  # before a pixel is decoded
             picture.load()
             oriented = ImageOps.exif_transpose(picture)
-            return np.array(resize_and_center_crop(oriented, size), dtype=np.uint8)
+            return np.array(resize_and_center_crop(oriented, size, where=str(path)), dtype=np.uint8)
     except DatasetError:
         raise
     except Exception as exc:  # any decoder failure means the file is unusable
@@ -126,8 +133,9 @@ def decode_image_bytes(data: bytes, size: int, where: str) -> np.ndarray:
     """Decode an encoded image (PNG, JPEG, WebP, ...) held in memory and resize/crop it to size x size."""
     try:
         with Image.open(io.BytesIO(data)) as picture:
+            check_image_shape(*picture.size, (size,), where=where)  # before a pixel is decoded
             picture.load()
-            return np.array(resize_and_center_crop(ImageOps.exif_transpose(picture), size), dtype=np.uint8)
+            return np.array(resize_and_center_crop(ImageOps.exif_transpose(picture), size, where=where), dtype=np.uint8)
     except DatasetError:
         raise
     except Exception as exc:
@@ -202,12 +210,26 @@ def shared_environment(path: Path) -> lmdb.Environment:
             if key[0] != pid or cached_path == resolved:
                 environment.close()
                 del _OPEN_ENVIRONMENTS[key]
-        try:
-            environment = lmdb.open(resolved, readonly=True, lock=False, readahead=False, meminit=False, subdir=True)
-        except lmdb.Error as exc:
-            raise DatasetError(f"{path}: cannot open image LMDB ({exc})") from exc
+        environment = open_checked_lmdb(Path(resolved), subdir=True)
         _OPEN_ENVIRONMENTS[(pid, device, inode)] = (resolved, environment)
         return environment
+
+
+def open_checked_lmdb(path: Path, *, subdir: bool) -> lmdb.Environment:
+    """A read-only environment on an LMDB that `check_lmdb_file` has checked first (so no read can end the process)."""
+    check_lmdb_file(path / LMDB_DATA_FILE if subdir else path)
+    with lmdb_errors(path):
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=subdir)
+
+
+@contextlib.contextmanager
+def lmdb_errors(path: Path) -> Iterator[None]:
+    """Any error of the lmdb library (a corrupted page, a bad open) as one DatasetError naming the file."""
+    try:
+        yield
+    except lmdb.Error as exc:
+        detail = " ".join(str(exc).split())
+        raise DatasetError(f"{path}: unreadable LMDB ({type(exc).__name__}: {detail})") from None
 
 
 def close_environment(path: Path) -> None:
@@ -239,7 +261,7 @@ class ImageStore:
 
     def get_value(self, item_id: str) -> bytes | None:
         """The stored bytes for `item_id`, or None."""
-        with shared_environment(self.path).begin(buffers=False) as txn:
+        with lmdb_errors(self.path), shared_environment(self.path).begin(buffers=False) as txn:
             value = txn.get(item_id.encode("utf-8"))
         return None if value is None else bytes(value)
 
@@ -252,7 +274,7 @@ class ImageStore:
 
     def get_many(self, item_ids: list[str]) -> list[np.ndarray | None]:
         """Images of many items read in one transaction (a batch of the collator), None where an item has none."""
-        with shared_environment(self.path).begin(buffers=False) as txn:
+        with lmdb_errors(self.path), shared_environment(self.path).begin(buffers=False) as txn:
             values = [txn.get(item_id.encode("utf-8")) for item_id in item_ids]
         return [
             None if value is None else decode_image_value(value, where=f"{self.path.name}: item {item_id!r}")
@@ -262,7 +284,7 @@ class ImageStore:
     def keys(self) -> list[str]:
         """All item ids with an image, in LMDB key order."""
         keys: list[str] = []
-        with shared_environment(self.path).begin() as txn:
+        with lmdb_errors(self.path), shared_environment(self.path).begin() as txn:
             for raw in txn.cursor().iternext(keys=True, values=False):
                 try:
                     keys.append(bytes(raw).decode("utf-8"))
@@ -274,7 +296,8 @@ class ImageStore:
         return isinstance(item_id, str) and self.get_value(item_id) is not None
 
     def __len__(self) -> int:
-        return int(shared_environment(self.path).stat()["entries"])
+        with lmdb_errors(self.path):
+            return int(shared_environment(self.path).stat()["entries"])
 
     def close(self) -> None:
         """Close this process's handle on the LMDB (it reopens on next use)."""

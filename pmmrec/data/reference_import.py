@@ -15,7 +15,7 @@ import io
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lmdb
 import numpy as np
@@ -29,6 +29,8 @@ from pmmrec.data.image_store import (
     decode_image_bytes,
     decode_image_value,
     is_image_value,
+    lmdb_errors,
+    open_checked_lmdb,
     resize_and_center_crop,
 )
 from pmmrec.errors import DatasetError
@@ -84,31 +86,77 @@ def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
-def _bytes_copy(*args: Any) -> bytes:
-    """builtins.bytes limited to copying bytes (no size argument, so no giant allocation)."""
-    if not args:
-        return b""
-    if len(args) == 1 and isinstance(args[0], bytes | bytearray):
-        return bytes(args[0])
-    raise ForbiddenPickleError("pickle called bytes() with arguments other than a bytes object")
+def _copy_of(kind: type) -> Any:
+    """builtins.bytes / bytearray limited to copying bytes: no size argument (`bytearray(3_400_000_000)` from a
+    33-byte pickle), no iterable of ints."""
+
+    def copy(*args: Any) -> Any:
+        if not args:
+            return kind()
+        if len(args) == 1 and isinstance(args[0], bytes | bytearray):
+            return kind(args[0])
+        raise ForbiddenPickleError(f"pickle called {kind.__name__}() with arguments other than a bytes object")
+
+    return copy
+
+
+class _ArrayClass:
+    """What the pickle's `numpy.ndarray` global becomes: a marker for `_reconstruct`, not a callable class."""
+
+
+_ARRAY_CLASS = _ArrayClass()
+
+
+def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's _reconstruct as pickled arrays use it: an empty array whose __setstate__ then fills it from bytes in the
+    stream (any other shape would allocate memory the stream never paid for)."""
+    if subtype is not _ARRAY_CLASS or tuple(shape) != (0,) or not isinstance(dtype, bytes | str):
+        raise ForbiddenPickleError("pickle called numpy's _reconstruct for something other than an empty array")
+    return _np_multiarray._reconstruct(np.ndarray, (0,), dtype)
 
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy._core.multiarray", "_reconstruct"): _np_multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct_empty,
     ("numpy._core.multiarray", "scalar"): _np_multiarray.scalar,
     ("numpy._core.numeric", "_frombuffer"): _np_numeric._frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _ARRAY_CLASS,
     ("numpy", "dtype"): np.dtype,
     ("copyreg", "_reconstructor"): _reconstructor,
     ("builtins", "object"): object,
-    ("builtins", "bytes"): _bytes_copy,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytes"): _copy_of(bytes),
+    ("builtins", "bytearray"): _copy_of(bytearray),
     ("_codecs", "encode"): _latin1_encode,
 }
+# Caps on what one pickled value may build: its size, and its opcodes (each builds at most one object or container
+# entry, so memory stays within a small multiple of the value's own bytes).
+MAX_PICKLE_BYTES = 64 << 20
+MAX_PICKLE_OPCODES = 1_000_000
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that resolves only allow-listed globals; any class named LMDB_Image becomes an inert record."""
+def _counted(handler: Any) -> Any:
+    def run(self: RestrictedUnpickler) -> None:
+        self.opcodes += 1
+        if self.opcodes > MAX_PICKLE_OPCODES:
+            raise ForbiddenPickleError(f"pickle builds more than {MAX_PICKLE_OPCODES:,} objects (an image record needs a few)")
+        handler(self)
+
+    return run
+
+
+_PurePythonUnpickler: Any = vars(pickle)["_Unpickler"]  # the unpickler whose opcodes can be counted one by one
+
+
+class RestrictedUnpickler(_PurePythonUnpickler):
+    """An Unpickler that resolves only allow-listed globals; any class named LMDB_Image becomes an inert record.
+
+    It is the pure-Python unpickler with every opcode counted, so no container can grow past the caps.
+    """
+
+    dispatch: ClassVar[dict[int, Any]] = {code: _counted(h) for code, h in _PurePythonUnpickler.dispatch.items()}
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.opcodes = 0
 
     def find_class(self, module: str, name: str) -> Any:
         module = _MODULE_ALIASES.get(module, module)
@@ -121,6 +169,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_unpickle(value: bytes, where: str) -> Any:
     """Unpickle `value` with RestrictedUnpickler; every failure becomes a DatasetError naming `where`."""
+    if len(value) > MAX_PICKLE_BYTES:
+        raise ForbiddenPickleError(f"{where}: pickled value of {len(value):,} bytes is over the {MAX_PICKLE_BYTES:,}-byte cap")
     try:
         return RestrictedUnpickler(io.BytesIO(value)).load()
     except ForbiddenPickleError as exc:
@@ -197,10 +247,7 @@ def reference_keys(item_id: str) -> list[bytes]:
 def _open_reference_lmdb(path: Path) -> lmdb.Environment:
     if not path.exists():
         raise DatasetError(f"{path}: LMDB not found")
-    try:
-        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, subdir=path.is_dir())
-    except lmdb.Error as exc:
-        raise DatasetError(f"{path}: cannot open LMDB ({exc})") from exc
+    return open_checked_lmdb(path, subdir=path.is_dir())
 
 
 def _dataset_name(users: Path) -> str:
@@ -253,7 +300,7 @@ def import_reference(
         reader = environment
 
         def fetch(item_id: str) -> np.ndarray | None:
-            with reader.begin(buffers=False) as txn:
+            with lmdb_errors(lmdb_path), reader.begin(buffers=False) as txn:
                 for key in reference_keys(item_id):
                     value = txn.get(key)
                     if value is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,8 @@ import numpy as np
 from pmmrec.data.ragged import RaggedArray
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import write_json
+from pmmrec.jsonfile import read_json_file, validate_strictly
+from pmmrec.schemas import SplitRecordFile
 
 MIN_SPLIT_LENGTH = 3  # one training item, one validation target, one test target
 
@@ -124,20 +126,24 @@ def write_split_record(folder: Path, record: dict[str, Any]) -> Path:
     unknown = sorted(set(record) - set(SPLIT_KEYS))
     if unknown:
         raise ConfigError(f"split record: unknown key(s) {unknown}; expected {', '.join(SPLIT_KEYS)}")
+    document = {key: record.get(key) for key in SPLIT_KEYS}
+    validate_strictly(SplitRecordFile, document, "split record", error=ConfigError)
     path = Path(folder) / SPLIT_RECORD
-    write_json(path, {key: record.get(key) for key in SPLIT_KEYS})
+    write_json(path, document)
     return path
 
 
 def read_split_record(folder: Path | str) -> dict[str, Any] | None:
-    """The split record of a model folder, or None when the folder has none (an assembled, untrained model)."""
+    """The split record of a model folder, or None when the folder has none (an assembled, untrained model).
+
+    Read within size and depth limits and validated strictly (types, ranges: `max_length` 1e9 or 0 is refused, naming
+    the key). Whether the file is the one the model's manifest pins is `pmmrec.model.read_model_split_record`'s check.
+    """
     path = Path(folder) / SPLIT_RECORD
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable split record ({exc})") from None
-    if not isinstance(record, dict) or not set(record) <= set(SPLIT_KEYS):
+    record = read_json_file(path, error=ConfigError, max_bytes=1 << 16, max_depth=4)
+    if not isinstance(record, dict):
         raise ConfigError(f"{path}: expected an object with keys {', '.join(SPLIT_KEYS)}")
-    return record
+    validated = validate_strictly(SplitRecordFile, record, str(path), error=ConfigError)
+    return validated.model_dump()

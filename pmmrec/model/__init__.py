@@ -3,7 +3,7 @@
 from pmmrec.components import SLOT_KINDS
 from pmmrec.model.assembly import check_compatible, common_width, load_slot
 from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
-from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component, read_model_split_record
 from pmmrec.slots import modalities_of
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "load_slot",
     "modalities_of",
     "read_manifest",
+    "read_model_split_record",
 ]

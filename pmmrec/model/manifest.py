@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pmmrec import integrity
 from pmmrec._version import __version__
 from pmmrec.errors import ArtefactError
 from pmmrec.jsonfile import read_json_file, validate_strictly
 from pmmrec.recovery import recover
-from pmmrec.schemas import ManifestFile
-from pmmrec.slots import SLOTS
+from pmmrec.schemas import MODEL_FILES, ManifestFile
+from pmmrec.slots import SLOTS, modalities_of
 
 MANIFEST_FILE = "pmmrec.json"
 MODEL_FORMAT_VERSION = 1
@@ -39,8 +40,10 @@ def manifest_document(
     sources: dict[str, ComponentSource],
     weight_hashes: dict[str, str],
     file_hashes: dict[str, dict[str, str]],
+    model_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The content of pmmrec.json for components given by slot (type, source, weights sha256, every file's sha256)."""
+    """The content of pmmrec.json for components given by slot (type, source, weights sha256, every file's sha256)
+    and the sha256 of the model folder's own files that pmmrec reads (`model_files`: data_split.json)."""
     entries = {}
     for slot, type_name in types.items():
         source = sources.get(slot, ComponentSource(requested=None, resolved_commit=None, created=True))
@@ -58,6 +61,7 @@ def manifest_document(
         "dim": dim,
         "modalities": modalities,
         "components": entries,
+        **({"files": dict(sorted(model_files.items()))} if model_files else {}),
     }
 
 
@@ -105,4 +109,43 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if entry["path"] != slot:
             raise ArtefactError(f"{path}: components.{slot}.path must be {slot!r}")
     validate_strictly(ManifestFile, manifest, str(path), error=ArtefactError)
+    claimed, actual = sorted(manifest["modalities"]), sorted(modalities_of(components))
+    if claimed != actual:
+        raise ArtefactError(
+            f"{path}: modalities says {claimed} but the components ({', '.join(components)}) read {actual}"
+        )
     return manifest
+
+
+def check_component_claims(manifest: dict[str, Any], folder: Path, slot: str, dim: int) -> None:
+    """A loaded component has the width pmmrec.json claims for the model (inspect and the server report it)."""
+    if dim != manifest["dim"]:
+        raise ArtefactError(
+            f"{folder / MANIFEST_FILE}: dim says {manifest['dim']} but the {slot} component has d = {dim}"
+        )
+
+
+def verify_model_files(
+    folder: Path, manifest: dict[str, Any], *, unverified: bool = False, reading: tuple[str, ...] = ()
+) -> None:
+    """The model folder's own top level holds only its components, pmmrec.json, the card and the files the manifest
+    pins (data_split.json), each matching its sha256; nothing unpinned is ever read.
+
+    A model trained before pmmrec pinned data_split.json has it unpinned: that is tolerated while it is not read, and
+    refused (unless the load is unverified) when it is among the files `reading` names.
+    """
+    if integrity.allow_unverified(unverified):
+        return
+    pinned: dict[str, str] = manifest.get("files") or {}
+    allowed = {MANIFEST_FILE, integrity.CARD_FILE, *SLOTS}  # a slot's folder is read only if the manifest lists it
+    for entry in sorted(os.listdir(folder)):
+        if entry.startswith(".") or entry in allowed or entry in pinned:
+            continue
+        if entry in MODEL_FILES and entry not in reading and "files" not in manifest:
+            continue  # a file an older pmmrec wrote without pinning it; not read now
+        raise ArtefactError(
+            f"{folder / entry}: not pinned by {MANIFEST_FILE} (added after the model was saved, or saved by a pmmrec "
+            f"that did not pin it); if you trust it, load it with unverified=True "
+            f"(command line: {integrity.UNVERIFIED_ENV}=1)"
+        )
+    integrity.verify_files_listed(folder, pinned, MANIFEST_FILE, event="the model was saved")

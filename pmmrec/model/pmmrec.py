@@ -19,15 +19,18 @@ from pmmrec.components import Component, Fusion, ItemTower, TextEncoder, UserEnc
 from pmmrec.components._packed import variable_shape_attention
 from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
+from pmmrec.data.split import SPLIT_RECORD, read_split_record, write_split_record
 from pmmrec.errors import ArtefactError, AssemblyError, ConfigError
 from pmmrec.fileio import atomic_directory, sha256_file
 from pmmrec.model.assembly import ComponentLike, assemble_parts, check_compatible
 from pmmrec.model.manifest import (
     MANIFEST_FILE,
     ComponentSource,
+    check_component_claims,
     manifest_document,
     read_manifest,
     source_of,
+    verify_model_files,
     write_manifest,
 )
 from pmmrec.modes import eval_mode
@@ -255,19 +258,33 @@ class PMMRec(nn.Module):
     # ---- persistence --------------------------------------------------------------------------
 
     def save_pretrained(
-        self, directory: str | os.PathLike[str], *, overwrite: bool = False, card: TrainingFacts | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        card: TrainingFacts | None = None,
+        split_record: Mapping[str, Any] | None = None,
     ) -> Path:
-        """One subfolder per component plus pmmrec.json; atomic, never a silent overwrite."""
+        """One subfolder per component plus pmmrec.json; atomic, never a silent overwrite.
+
+        `split_record` (how a training run split the data) is written as data_split.json inside the folder before it
+        is renamed into place, and pinned by pmmrec.json like every other file pmmrec reads.
+        """
         target = Path(directory)
         components = self.components()
         with atomic_directory(target, overwrite=overwrite) as staging:
-            hashes, files = {}, {}
+            hashes, files, model_files = {}, {}, {}
             for slot, component in components.items():
                 component.save_pretrained(staging / slot, card=card)
                 hashes[slot] = sha256_file(staging / slot / WEIGHTS_FILE)
                 files[slot] = integrity.file_checksums(staging / slot)
+            if split_record is not None:
+                written = write_split_record(staging, dict(split_record))
+                model_files[written.name] = sha256_file(written)
             types = {slot: component.type_name for slot, component in components.items()}
-            document = manifest_document(self.dim, sorted(self.modalities), types, self.sources, hashes, files)
+            document = manifest_document(
+                self.dim, sorted(self.modalities), types, self.sources, hashes, files, model_files
+            )
             write_manifest(staging, document)
             (staging / "README.md").write_text(render_model_card(self.card_data(document, card)), encoding="utf-8")
         return target
@@ -307,6 +324,7 @@ class PMMRec(nn.Module):
         """
         resolved = resolve_reference(str(reference), revision=revision)
         manifest = read_manifest(resolved.path)
+        verify_model_files(resolved.path, manifest, unverified=unverified)
         loaded: dict[str, Component] = {}
         sources: dict[str, ComponentSource] = {}
         for slot, entry in manifest["components"].items():
@@ -335,4 +353,14 @@ def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, u
     component = Component.from_folder(path, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE)
     if component.type_name != entry["type"]:
         raise ArtefactError(f"{path}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
+    check_component_claims(manifest, folder, slot, component.dim)
     return component
+
+
+def read_model_split_record(folder: str | os.PathLike[str], *, unverified: bool = False) -> dict[str, Any] | None:
+    """data_split.json of a trained model folder (None for an assembled, untrained one), verified against the
+    sha256 pmmrec.json pins for it before it is read, then validated strictly (types and ranges)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    verify_model_files(folder, manifest, unverified=unverified, reading=(SPLIT_RECORD,))
+    return read_split_record(folder)

@@ -1,10 +1,12 @@
 """Optional approximate nearest-neighbour (maximum inner product) search over the catalogue, for very large ones.
 
-One HNSW graph per catalogue from a well-kept library (`faiss-cpu` by default; `usearch` and `hnswlib` are
-accepted too: docs/serving.md gives the measurements behind the choice). Keys are catalogue indices (1-based), so
-the padding row is never in the graph. History exclusion stays exact: `search` over-fetches by the number of
-excluded items, drops them, and widens the search until k eligible items are found or the catalogue is exhausted.
-Returned scores are recomputed exactly from the table, so they equal the exact path's scores for the same items.
+Either one HNSW graph per catalogue from a well-kept library (`faiss-cpu` by default; `usearch` and `hnswlib` are
+accepted too: docs/serving.md gives the measurements behind the choice), or (`ivf`) a quantised scan whose best
+`rescore` candidates are re-scored exactly (`pmmrec.serving.ivf`: near-exact answers for users between regions of
+the catalogue, where a graph walk misses). Keys are catalogue indices (1-based), so the padding row is never in
+the index. History exclusion stays exact: `search` over-fetches by the number of excluded items, drops them, and
+widens the search until k eligible items are found or the catalogue is exhausted. Returned scores are recomputed
+exactly from the table, so they equal the exact path's scores for the same items.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import atomic_file, write_json
 from pmmrec.ranking import NO_ITEM
-from pmmrec.serving.options import AnnConfig, Backend
+from pmmrec.serving.ivf import ivf_search, probes, train_ivf
+from pmmrec.serving.options import DESCRIPTIONS, AnnConfig, Backend
 
 __all__ = ["AnnConfig", "AnnIndex", "Backend"]
 
@@ -48,6 +51,8 @@ class AnnIndex:
 
     def _empty(self) -> Any:
         c = self.config
+        if c.backend == "ivf":
+            raise ConfigError("an ivf index is trained on the catalogue: create it with AnnIndex.build")
         if c.backend == "faiss":
             faiss = _require("faiss")
             inner = faiss.IndexHNSWFlat(self.dim, c.connectivity, faiss.METRIC_INNER_PRODUCT)
@@ -75,9 +80,18 @@ class AnnIndex:
     @classmethod
     def build(cls, config: AnnConfig, table: torch.Tensor) -> AnnIndex:
         """The graph over rows 1..N of `table` [N+1, d]."""
-        index = cls(config, table.shape[1])
-        index.add(np.arange(1, table.shape[0], dtype=np.int64), table[1:])
+        rows = np.ascontiguousarray(np.asarray(table[1:], dtype=np.float32))
+        trained = None
+        if config.backend == "ivf":
+            trained = train_ivf(_require("faiss"), rows, lists=config.ivf_lists, code_dims=config.ivf_code_dims)
+        index = cls(config, table.shape[1], trained)
+        index.add(np.arange(1, table.shape[0], dtype=np.int64), rows)
         return index
+
+    @property
+    def description(self) -> str:
+        """What answers the queries, for /health: 'faiss HNSW', 'faiss IVF-PQ 4-bit scan, exact re-scoring', ..."""
+        return DESCRIPTIONS[self.config.backend]
 
     def add(self, keys: np.ndarray, vectors: torch.Tensor | np.ndarray) -> None:
         """Insert items (catalogue indices `keys`, their rows `vectors` [n, d])."""
@@ -86,7 +100,7 @@ class AnnIndex:
         data = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(keys), self.dim))
         keys = np.asarray(keys, dtype=np.int64)
         backend = self.config.backend
-        if backend == "faiss":
+        if backend in ("faiss", "ivf"):
             self._index.add_with_ids(data, keys)
         elif backend == "usearch":
             self._index.add(keys.astype(np.uint64), data, threads=os.cpu_count() or 1)
@@ -100,6 +114,9 @@ class AnnIndex:
     def _raw_search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Catalogue indices [B, k] (NO_ITEM where the graph returned fewer)."""
         backend = self.config.backend
+        if backend == "ivf":
+            faiss = _require("faiss")
+            return ivf_search(faiss, self._index, queries, k, probes(self._index, self.config.ivf_probe_share))
         if backend == "faiss":
             _, keys = self._index.search(queries, k)
             return np.where(keys < 0, NO_ITEM, keys)
@@ -132,8 +149,9 @@ class AnnIndex:
         indices = torch.full((batch, max(count, 0)), NO_ITEM, dtype=torch.long)
         if count < 1:
             return scores, indices
+        pool = max(count, self.config.rescore) if self.config.backend == "ivf" else count  # re-scored candidates
         pending = list(range(batch))
-        fetch = {b: min(self.count, count + len(exclude[b])) for b in pending}
+        fetch = {b: min(self.count, pool + len(exclude[b])) for b in pending}
         while pending:
             widest = max(fetch[b] for b in pending)
             keys = self._raw_search(queries[pending], widest)
@@ -145,13 +163,13 @@ class AnnIndex:
                     fetch[b] = min(self.count, 2 * fetch[b])  # not enough eligible neighbours: widen the search
                     still.append(b)
                     continue
-                chosen = chosen[:count]
+                chosen = chosen[:pool]
                 if chosen:
                     picked = torch.tensor(chosen, dtype=torch.long)
                     exact = table[picked].float() @ states[b].float()
-                    order = torch.argsort(exact, descending=True, stable=True)
-                    scores[b, : len(chosen)] = exact[order]
-                    indices[b, : len(chosen)] = picked[order]
+                    order = torch.argsort(exact, descending=True, stable=True)[:count]
+                    scores[b, : len(order)] = exact[order]
+                    indices[b, : len(order)] = picked[order]
             pending = still
         return scores, indices
 
@@ -161,7 +179,7 @@ class AnnIndex:
         """Write the graph atomically (the library's own file format), and what it holds beside it."""
         write_json(_sidecar(path), {"count": self.count, "backend": self.config.backend})
         backend = self.config.backend
-        if backend == "faiss":
+        if backend in ("faiss", "ivf"):
             import faiss
 
             payload = faiss.serialize_index(self._index).tobytes()
@@ -183,7 +201,9 @@ class AnnIndex:
         if facts.get("count") != count or facts.get("backend") != config.backend:
             raise ConfigError(f"{path}: holds {facts.get('count')} {facts.get('backend')} items, expected {count}")
         backend = config.backend
-        if backend == "faiss":
+        if backend == "ivf":
+            index = _require("faiss").deserialize_index(np.fromfile(path, dtype=np.uint8))
+        elif backend == "faiss":
             faiss = _require("faiss")
             index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
             faiss.downcast_index(index.index).hnsw.efSearch = config.ef_search
@@ -204,7 +224,7 @@ class AnnIndex:
 
     def __len__(self) -> int:
         backend = self.config.backend
-        if backend == "faiss":
+        if backend in ("faiss", "ivf"):
             return int(self._index.ntotal)
         if backend == "usearch":
             return len(self._index)

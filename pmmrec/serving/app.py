@@ -27,6 +27,7 @@ from pmmrec.data import Dataset
 from pmmrec.errors import PmmrecError
 from pmmrec.model import PMMRec
 from pmmrec.serving import routes
+from pmmrec.serving.body import JsonBodyCheck
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
 from pmmrec.serving.options import ServeOptions
@@ -149,6 +150,7 @@ def create_app(
     # Adds run on their own threads: one waiting for the catalogue lock (adds are encoded one at a time) or for the
     # item encoders must not hold a thread of the pool that serves reads, or a burst of adds stalls /recommend.
     app.state.add_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pmmrec-add")
+    app.add_middleware(JsonBodyCheck)  # inside the size limit: it reads only bodies the limit let through
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     app.add_middleware(metrics.middleware)  # outermost: counts 413s of the body limit too
     _add_error_handlers(app)

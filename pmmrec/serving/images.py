@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pmmrec.data import resize_and_center_crop
+from pmmrec.imaging import ImageBudget, ImageBudgetError, check_image_shape
 from pmmrec.serving.limits import Limits, ServiceError
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -36,33 +37,17 @@ def decode_base64(value: str, limits: Limits) -> bytes:
         raise ServiceError(422, f"image_base64: not valid base64 ({exc})") from None
 
 
-def resized_pixels(width: int, height: int, side: int) -> int:
-    """Pixels of the image once its short side is resized to `side` (what `resize_and_center_crop` allocates)."""
-    short, long = min(width, height), max(width, height)
-    return side * max(side, round(long * side / short))
+_STATUS = {"empty": 422, "pixels": 413, "aspect": 422, "resized": 413}
 
 
 def check_budget(width: int, height: int, sides: list[int], limits: Limits) -> None:
-    """Refuse an image whose shape makes decoding or resizing it absurdly expensive (before any decoding)."""
-    if width < 1 or height < 1:
-        raise ServiceError(422, "image has no pixels")
-    if width * height > limits.max_image_pixels:
-        raise ServiceError(413, f"image is {width}x{height} pixels; at most {limits.max_image_pixels:,} pixels")
-    ratio = max(width, height) / min(width, height)
-    if ratio > limits.max_aspect_ratio:
-        raise ServiceError(
-            422,
-            f"image is {width}x{height} pixels: its aspect ratio {ratio:,.0f}:1 is over the limit of "
-            f"{limits.max_aspect_ratio}:1 (the centre crop would keep almost nothing of it)",
-        )
-    for side in sides:
-        pixels = resized_pixels(width, height, side)
-        if pixels > limits.max_resized_pixels:
-            raise ServiceError(
-                413,
-                f"image is {width}x{height} pixels: resizing its short side to {side} would make {pixels:,} pixels, "
-                f"over the limit of {limits.max_resized_pixels:,}",
-            )
+    """Refuse an image whose shape makes decoding or resizing it absurdly expensive (before any decoding): the
+    image budget every path shares (`pmmrec.imaging`), with the server's limits."""
+    budget = ImageBudget(limits.max_image_pixels, limits.max_aspect_ratio, limits.max_resized_pixels)
+    try:
+        check_image_shape(width, height, tuple(sides), budget, where="image")
+    except ImageBudgetError as exc:
+        raise ServiceError(_STATUS[exc.kind], str(exc).removeprefix("image: ")) from None
 
 
 def decode_image(data: bytes, limits: Limits, sides: list[int]) -> Image.Image:

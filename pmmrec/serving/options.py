@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pmmrec.errors import ConfigError
 from pmmrec.serving.limits import Limits
 
-Backend = Literal["faiss", "usearch", "hnswlib"]
+Backend = Literal["faiss", "usearch", "hnswlib", "ivf"]
+DESCRIPTIONS = {
+    "faiss": "faiss HNSW",
+    "usearch": "usearch HNSW",
+    "hnswlib": "hnswlib HNSW",
+    "ivf": "faiss IVF-PQ 4-bit scan, exact re-scoring",
+}
 
 
 class AnnConfig(BaseModel):
@@ -24,15 +30,37 @@ class AnnConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Backend = Field(default="faiss", description="Library that builds and searches the HNSW graph.")
+    backend: Backend = Field(
+        default="faiss",
+        description="Library that builds and searches the HNSW graph, or ivf: a quantised scan re-scored exactly.",
+    )
     connectivity: int = Field(default=32, ge=4, le=128, description="HNSW links per node (M).")
     ef_construction: int = Field(default=80, ge=8, le=2048, description="Search depth while building (efConstruction).")
     ef_search: int = Field(default=256, ge=8, le=4096, description="Search depth per query (ef); raises recall and cost.")
+    ivf_lists: int | None = Field(
+        default=None, ge=1, le=65_536, description="ivf: inverted lists (default: a power of two near 2 sqrt(N))."
+    )
+    ivf_probe_share: float = Field(
+        default=0.25, gt=0, le=1, description="ivf: share of the lists scanned per query; raises recall and cost."
+    )
+    ivf_code_dims: int = Field(
+        default=2, ge=1, le=64, description="ivf: dimensions per 4-bit code (2: 96 bytes per item at d = 384)."
+    )
+    rescore: int = Field(
+        default=300, ge=1, le=100_000, description="ivf: best approximate candidates re-scored exactly per query."
+    )
     min_items: int = Field(
         default=200_000,
         ge=0,
         description="Below this catalogue size the exact search is used even when an index is configured.",
     )
+
+    @property
+    def cache_name(self) -> str:
+        """The part of an index file's name that names how it was built (searching options may change freely)."""
+        if self.backend == "ivf":
+            return f"ivf-L{self.ivf_lists or 'auto'}-c{self.ivf_code_dims}"
+        return f"{self.backend}-M{self.connectivity}-efc{self.ef_construction}"
 
 
 class ServeOptions(BaseModel):
@@ -77,13 +105,21 @@ class ServeOptions(BaseModel):
         default=2, ge=1, le=64, description="Threads ranking batches side by side, each taking the requests queued."
     )
     ann: Backend | None = Field(
-        default=None, description="Approximate search for large catalogues: faiss, usearch or hnswlib."
+        default=None,
+        description="Approximate search for large catalogues: faiss, usearch or hnswlib (HNSW graphs), or ivf (a "
+        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items).",
     )
     ann_min_items: int = Field(
         default=AnnConfig().min_items, ge=0, description="Catalogue size from which --ann is used (exact search below)."
     )
-    # Not command-line flags: for benchmarks, tests and Python callers.
     ann_ef_search: int = Field(default=AnnConfig().ef_search, ge=8, description="HNSW search depth (recall vs cost).")
+    ann_probe_share: float = Field(
+        default=AnnConfig().ivf_probe_share, gt=0, le=1, description="ivf: share of the lists scanned per query."
+    )
+    ann_rescore: int = Field(
+        default=AnnConfig().rescore, ge=1, le=100_000, description="ivf: best candidates re-scored exactly per query."
+    )
+    # Not command-line flags: for benchmarks, tests and Python callers.
     poll_interval: float = Field(
         default=1.0, ge=0, description="Seconds between looks for items other replicas added (0: never look)."
     )
@@ -104,7 +140,13 @@ class ServeOptions(BaseModel):
         """The approximate index's options, or None for exact search only."""
         if self.ann is None:
             return None
-        return AnnConfig(backend=self.ann, ef_search=self.ann_ef_search, min_items=self.ann_min_items)
+        return AnnConfig(
+            backend=self.ann,
+            ef_search=self.ann_ef_search,
+            ivf_probe_share=self.ann_probe_share,
+            rescore=self.ann_rescore,
+            min_items=self.ann_min_items,
+        )
 
 
 # `pmmrec serve`'s flags in --help order: option name (--state) -> ServeOptions field (state_dir). Their help texts
@@ -124,6 +166,9 @@ SERVE_FLAGS: dict[str, str] = {
     "batch_workers": "batch_workers",
     "ann": "ann",
     "ann_min_items": "ann_min_items",
+    "ann_ef_search": "ann_ef_search",
+    "ann_probe_share": "ann_probe_share",
+    "ann_rescore": "ann_rescore",
 }
 
 

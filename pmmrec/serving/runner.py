@@ -120,10 +120,10 @@ def build_service(
 
 
 def _ann_index(config: AnnConfig, table: torch.Tensor, state: Path | None, key: str | None) -> AnnIndex:
-    """The HNSW graph over the dataset's items: read from the cache beside the table, or built (and cached)."""
+    """The approximate index over the dataset's items: read from the cache beside the table, or built (and cached)."""
     path = None
     if state is not None and key is not None:
-        path = state / "ann" / f"{key[:40]}-{config.backend}-M{config.connectivity}-efc{config.ef_construction}.index"
+        path = state / "ann" / f"{key[:40]}-{config.cache_name}.index"
         if path.is_file():
             try:
                 index = AnnIndex.load(config, table.shape[1], path, table.shape[0] - 1)

@@ -41,9 +41,10 @@ class RecommendRequest(BaseModel):
         max_length=LIMITS.max_history,
         description="Item ids, oldest first; the last max_length of them feed the user encoder.",
     )
-    k: int = Field(default=10, ge=1, le=LIMITS.max_k, description="How many items to return.")
+    k: int = Field(default=10, ge=1, le=LIMITS.max_k, strict=True, description="How many items to return.")
     exclude_seen: bool = Field(
         default=True,
+        strict=True,
         description="Never return items of the history (or the user's sequence); false keeps them rankable.",
     )
 

@@ -11,6 +11,7 @@ store, one committed write before the item is published; a request in flight kee
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from typing import Any
@@ -139,10 +140,8 @@ class RecommenderService:
             else:
                 with self._compute:
                     ranked = self._rank([query])[0]
-        items = [
-            {"rank": rank, **self.view.summary(index), "score": score}
-            for rank, (index, score) in enumerate(ranked.items, start=1)
-        ]
+        finite = [(index, score) for index, score in ranked.items if math.isfinite(score)]  # never a 500 for a value
+        items = [{"rank": rank, **self.view.summary(index), "score": score} for rank, (index, score) in enumerate(finite, 1)]
         for item in items:
             del item["index"]
         return {

@@ -162,6 +162,6 @@ class CatalogueView:
             "new_items_need_image": served.needs_image,
             "limits": self.limits.model_dump(),
             "store": self.store_location,
-            "search": f"approximate ({ann.config.backend} HNSW)" if ann is not None else "exact",
+            "search": f"approximate ({ann.description})" if ann is not None else "exact",
             "batching": self.options.batching,
         }

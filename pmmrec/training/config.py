@@ -256,7 +256,7 @@ def load_train_config(
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

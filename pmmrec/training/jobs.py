@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
-from pmmrec.data import Dataset, load_dataset, write_split_record
+from pmmrec.data import Dataset, load_dataset
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
@@ -138,6 +138,6 @@ def train(
                 component.save_pretrained(Path(out) / "components" / slot, overwrite=True, card=facts.named(name))
         else:
             name = f"pmmrec model ({dataset.name})"
-            result.model.save_pretrained(Path(out) / "model", overwrite=True, card=facts.named(name))
-            write_split_record(Path(out) / "model", trainer.config.split_record())
+            split = trainer.config.split_record()
+            result.model.save_pretrained(Path(out) / "model", overwrite=True, card=facts.named(name), split_record=split)
     return result

@@ -24,7 +24,6 @@ from pmmrec.data import (
     known_items,
     leave_one_out,
     user_share_rows,
-    write_split_record,
 )
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, PmmrecError
@@ -352,8 +351,7 @@ class Trainer:
         if improved:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
             if self.context.is_main:
-                self.model.save_pretrained(self.folder.best_dir, overwrite=True)
-                write_split_record(self.folder.best_dir, self.config.split_record())
+                self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.config.split_record())
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
