@@ -342,11 +342,16 @@ def demo(
     seed: int = 42,
     device: str | None = None,
     progress: bool = True,
+    curve: bool = False,
 ) -> dict[str, Any]:
-    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain; returns results.json."""
+    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain; returns results.json.
+
+    `curve`: the whole learning curve (5 shares of the target's users, 3 seeds, every trained row searched on
+    validation at every share) instead of the demo's small one.
+    """
     from pmmrec.demo import demo as run_demo
 
-    return run_demo(out, quick=quick, seed=seed, device=device, progress=progress)
+    return run_demo(out, quick=quick, seed=seed, device=device, progress=progress, curve=curve)
 
 
 # ---- datasets ------------------------------------------------------------------------------------------------

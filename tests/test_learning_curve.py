@@ -17,7 +17,7 @@ from PIL import Image
 from pmmrec.baselines import popularity_table
 from pmmrec.data import TrainSequences, leave_one_out, load_dataset, new_target_mask, user_share_rows
 from pmmrec.demo import curve as curve_module
-from pmmrec.demo.curve import CurveInputs, CurvePlan, curve_grid, run_curve, share_label, share_passes
+from pmmrec.demo.curve import CURVE_SHARES, CurveInputs, CurvePlan, curve_grid, run_curve, share_label, share_passes
 from pmmrec.demo.curve_report import CURVE_ORDER, curve_markdown, plot_curve, summarise_curve
 from pmmrec.demo.rows import DEMO_ROWS, DemoSettings, settings_for
 from pmmrec.distributed import DistributedContext
@@ -179,3 +179,27 @@ def test_a_tiny_curve_trains_for_real(tmp_path: Path, isolated: Path) -> None:
     assert not list((tmp_path / "curve" / "runs").rglob("model.safetensors"))  # no model folder is left behind
     again = run_curve(CurveInputs(tmp_path / "curve", source, target, settings, {}), plan, say=lambda _m: None)
     assert again["points"][0]["test_ranks"] == raw["points"][0]["test_ranks"]  # cached runs are reused
+
+
+@pytest.mark.parametrize(("flags", "curve"), [([], False), (["--curve"], True)])
+def test_the_demo_command_asks_for_the_whole_curve_only_with_curve(
+    flags: list[str], curve: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pmmrec demo --curve` reaches the library as curve=True; the plan it gives is the issue's whole curve, the
+    default plan a small one (one seed, no search, 100% included: the demo's main table)."""
+    from typer.testing import CliRunner
+
+    import pmmrec.demo
+    from pmmrec.cli import app
+    from pmmrec.demo.run import demo_plan
+
+    seen: dict = {}
+    monkeypatch.setattr(pmmrec.demo, "demo", lambda out, **options: seen.update(options, out=out) or {})
+    result = CliRunner().invoke(app, ["demo", "--quick", "--quiet", "--out", str(tmp_path / "d"), *flags])
+    assert result.exit_code == 0, result.output
+    assert seen["curve"] is curve and seen["quick"] is True and seen["progress"] is False
+    plan = demo_plan(quick=True, curve=seen["curve"], seed=5)
+    if curve:
+        assert plan.shares == CURVE_SHARES and plan.seeds == (5, 6, 7) and plan.search
+    else:
+        assert plan.shares[-1] == 1.0 and len(plan.shares) > 1 and plan.seeds == (5,) and not plan.search
