@@ -257,8 +257,9 @@ def demo_notes(
         (f"configurations: every trained row searched on validation at every share ({len(curve_grid('sasrec-id', settings))} "
          "learning-rate settings each, pmmrec.demo.curve.curve_grid), the test split evaluated once at the selected one"
          if plan.search else "configurations: fixed, one per row (" + ", ".join(
-             f"{k}: {settings.config_of(k).label()}" for k in DEMO_ROWS) + "), selected on validation by the "
-         "learning curve's search at 100% (docs/benchmarks.md); `pmmrec demo --curve` searches at every share"),
+             f"{k}: {settings.config_of(k).label()}" for k in DEMO_ROWS) + "), selected on validation by "
+         "benchmarks/quality.py on the domains built before issue 24 (hash rule), not searched again on these "
+         "domains; `pmmrec demo --curve` searches at every share"),
         f"seed {settings.seed}; {settings.label} settings; {seconds:.0f} s on this machine ({torch.get_num_threads()} torch threads)",
     ]
 
