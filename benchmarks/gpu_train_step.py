@@ -50,6 +50,7 @@ from pmmrec.components import (
     HFTextEncoder,
     MergeAttentionConfig,
     MergeAttentionFusion,
+    ModalityTokens,
     SASRecConfig,
     SASRecUserEncoder,
     TextOnlyConfig,
@@ -129,7 +130,10 @@ class NaiveModule(TrainingModule):
         if model.vision is not None:
             assert batch.pixel_values is not None
             image_tokens = model.vision(batch.pixel_values[batch.slot_index.reshape(-1)])
-        slot_embeddings = model.fusion(text_tokens=text_tokens, text_mask=text_mask, image_tokens=image_tokens)
+        tokens = {"text": ModalityTokens(text_tokens, text_mask)}
+        if image_tokens is not None:
+            tokens["vision"] = ModalityTokens(image_tokens, None)
+        slot_embeddings = model.fusion(tokens)
         seq_mask = batch.seq_mask
         per_slot = slot_embeddings.view(*seq_mask.shape, -1) * seq_mask.unsqueeze(-1).to(slot_embeddings.dtype)
         first = torch.zeros(len(batch.unique_items), dtype=torch.long, device=flat.device)

@@ -54,6 +54,7 @@ from torch import nn
 from pmmrec.components import (
     HFTextEncoder,
     HFTextEncoderConfig,
+    ModalityTokens,
     SASRecConfig,
     SASRecUserEncoder,
     TextOnlyConfig,
@@ -163,7 +164,7 @@ class NaiveModule(TrainingModule):
         assert model.text is not None and model.fusion is not None
         flat = batch.item_seq.reshape(-1)  # every slot: padding (item 0) and duplicates included
         tokens, mask = model.text(self.text_ids[flat], self.text_mask[flat])  # all layers, all max_tokens columns
-        slot_embeddings = model.fusion(text_tokens=tokens, text_mask=mask, image_tokens=None)
+        slot_embeddings = model.fusion({"text": ModalityTokens(tokens, mask)})
         values, first = np.unique(flat.numpy(), return_index=True)
         first_slot = torch.as_tensor(first[values > 0])  # each distinct item's first slot
         seq_mask = batch.seq_mask

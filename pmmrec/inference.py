@@ -16,48 +16,32 @@ from pmmrec.data import (
     Dataset,
     EvalBatch,
     EvalSequences,
-    ImageStore,
     LeaveOneOutSplit,
     RaggedArray,
-    tokenize_catalogue,
+    reader_class,
 )
 from pmmrec.distributed import DistributedContext, gather_objects
-from pmmrec.errors import ConfigError, DatasetError
+from pmmrec.errors import ConfigError
 from pmmrec.eval_store import PartWriter, ResultStore, evaluation_key
 from pmmrec.evaluation import CELL_BYTES, default_block_columns, metrics_from_ranks, rank_targets_with_unscored
 from pmmrec.model import PMMRec
 from pmmrec.modes import eval_mode
-from pmmrec.paths import cache_root
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
+from pmmrec.progress import bar_disable
 from pmmrec.ranking import RankQuery, rank_histories, user_states
 
 
-def tokenize_texts(model: PMMRec, texts: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Token rows [N+1, T] (row 0 = padding) of `texts` with the model's own text preprocessor, cached on disk."""
-    if model.text is None:
-        return None, None
-    try:
-        preprocessor = model.text.preprocessor
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return tokenize_catalogue(texts, preprocessor, cache_dir=cache_root() / "tokens")
-
-
 def make_collator(model: PMMRec, dataset: Dataset) -> BatchCollator:
-    """Inputs of the model's modalities for this dataset's catalogue (tokens once, images from the LMDB).
+    """Inputs of the model's modalities for this dataset's catalogue: one reader per encoder (tokens once, images
+    from the LMDB; `pmmrec.data.readers`), each preparing items with that encoder's own preprocessor.
 
     Changes nothing in the model: an ID model reads this catalogue once `model.bind_catalogue(dataset.item_ids)`
     has mapped its item ids onto the tower's rows.
     """
-    text_ids, text_mask = tokenize_texts(model, dataset.item_texts)
-    image_store = None
-    image_size = 224
-    if model.vision is not None:
-        if dataset.images_path is None:
-            raise DatasetError(f"{dataset.root}: the model has a vision encoder but the dataset has no images.lmdb")
-        image_store = ImageStore(dataset.images_path)
-        image_size = model.vision.image_size
-    return BatchCollator(dataset.item_ids, text_ids, text_mask, image_store, image_size=image_size)
+    readers = {
+        modality: reader_class(modality).from_dataset(dataset, encoder) for modality, encoder in model.encoders().items()
+    }
+    return BatchCollator(dataset.item_ids, inputs=readers)
 
 
 @torch.inference_mode()
@@ -74,9 +58,9 @@ def encode_catalogue(
     order = catalogue_order(collator, num_items)
     starts = range(0, num_items, batch_size)
     with eval_mode(model):
-        for start in tqdm(starts, desc="encoding items", disable=not progress, leave=False, unit="batch"):
+        for start in tqdm(starts, desc="encoding items", disable=bar_disable(progress), leave=False, unit="batch"):
             batch = collator.collate_items(order[start : start + batch_size]).to(device)
-            encoded = model.embed_items(batch.text_ids, batch.text_mask, batch.pixel_values, item_indices=batch.items)
+            encoded = model.embed_items(inputs=batch.inputs, item_indices=batch.items)
             table[batch.items] = encoded.embeddings.float()
     return table
 
@@ -145,7 +129,7 @@ def evaluate_split(
     store = None
     if resume_dir is not None:
         protocol = f"{which}:{'exclude' if exclude_history else 'include'}-history"
-        key = evaluation_key(model, [collator.text_ids, collator.text_mask], histories, targets, protocol, window)
+        key = evaluation_key(model, collator.input_tables(), histories, targets, protocol, window)
         store = ResultStore(Path(resume_dir), key, len(targets))
         if item_table is None:
             item_table = store.load_table()
@@ -172,7 +156,7 @@ def evaluate_split(
     local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
     with eval_mode(model), tqdm(
         total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
-        disable=not show, leave=False, smoothing=0.1,
+        disable=bar_disable(show), leave=False, smoothing=0.1,
     ) as bar:  # fmt: skip
         for start in range(0, len(samples), batch_size):
             batch = _eval_batch(collator, samples, start, batch_size).to(device)

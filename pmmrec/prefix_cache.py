@@ -3,11 +3,14 @@
 The paper trains only the top 2 layers of 12-layer encoders; their frozen bottom is a fixed function
 (frozen modules stay in eval mode), so its output per item is computed once, stored in memory or in a
 memory-mapped fp16 file for large catalogues, and each training step runs only the trainable top.
-Text prefixes are stored jagged: the real tokens of every item, one after another ([total tokens, hidden], item
-r at rows offsets[r]:offsets[r+1], offsets from the token masks), so no padding is computed or stored.
-The cache key covers the frozen weights, the encoder's config and the exact inputs (token rows and masks; the
-stored bytes of every image), so a stale cache is never used. Only the memory-mapped files outlive a run: they
-are named by that key under $PMMREC_CACHE/prefix (or `cache_dir`) and reused by later runs on the same inputs.
+Generic over the modalities: each encoder with a frozen bottom gets one store. A modality whose reader marks real
+tokens (text) is stored jagged: the real tokens of every item, one after another ([total tokens, hidden], item
+r at rows offsets[r]:offsets[r+1], offsets from the token masks), so no padding is computed or stored; the others
+(images: every item has the same token count) densely, [N+1, ...] by catalogue index.
+The cache key covers the frozen weights, the encoder's config and the exact inputs (the reader's digest: token
+rows and masks; the stored bytes of every image), so a stale cache is never used. Only the memory-mapped files
+outlive a run: they are named by that key under $PMMREC_CACHE/prefix (or `cache_dir`) and reused by later runs on
+the same inputs.
 """
 
 from __future__ import annotations
@@ -15,22 +18,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pmmrec.components import ItemEncoder, TextEncoder
+from pmmrec.components import ItemEncoder
 from pmmrec.data import BatchCollator, ItemBatch, SequenceBatch
+from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.modes import eval_mode
 from pmmrec.paths import cache_root
+from pmmrec.slots import SLOT
 
 # Above this many bytes (fp32 in memory), prefixes go to a memory-mapped fp16 file instead.
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 # Part of every key: bump when the way prefixes are computed or stored changes.
 PREFIX_CACHE_VERSION = b"pmmrec-prefix-cache-3"
+TEXT, VISION = SLOT["text"].name, SLOT["vision"].name  # the named views (text_prefix, image_prefix)
 
 
 def _state_digest(modules: list[torch.nn.Module], extra: bytes) -> str:
@@ -47,32 +53,64 @@ def _state_digest(modules: list[torch.nn.Module], extra: bytes) -> str:
     return digest.hexdigest()
 
 
-class FrozenPrefixCache:
-    """Per-item outputs of the frozen encoder bottoms; rows indexed by catalogue index (row 0 = padding)."""
+@dataclass
+class PrefixStore:
+    """One modality's cached prefixes: dense rows by catalogue index, or jagged real tokens with their offsets."""
 
-    def __init__(
-        self,
-        text_prefix: torch.Tensor | np.ndarray | None,
-        image_prefix: torch.Tensor | np.ndarray | None,
-        device: torch.device,
-        key: str,
-        text_offsets: np.ndarray | None = None,
-    ) -> None:
-        self.text_prefix = text_prefix  # jagged: [total real tokens, hidden]; rows of item r from text_offsets
-        self.text_offsets = text_offsets
-        self.image_prefix = image_prefix
+    data: torch.Tensor | np.ndarray
+    offsets: np.ndarray | None = None  # jagged: item r's tokens at rows offsets[r]:offsets[r + 1]
+    mask_name: str | None = None  # jagged: the input that marks real tokens (`attention_mask`)
+    skips_reading: bool = False  # dense and read from storage: batches leave the modality's inputs out
+
+
+class FrozenPrefixCache:
+    """Per-item outputs of the frozen encoder bottoms, one store per modality; rows by catalogue index (0 = padding)."""
+
+    def __init__(self, stores: dict[str, PrefixStore], device: torch.device, key: str) -> None:
+        self.stores = stores
         self.device = device
         self.key = key
         self._collator: BatchCollator | None = None
         self._num_items = 0
 
     @property
+    def cached_modalities(self) -> frozenset[str]:
+        """The modalities whose prefixes this cache holds."""
+        return frozenset(self.stores)
+
+    @property
+    def skipped_inputs(self) -> frozenset[str]:
+        """Modalities whose inputs batches may leave out: this cache stands in for them (images)."""
+        return frozenset(modality for modality, store in self.stores.items() if store.skips_reading)
+
+    # ---- the named views of the text and image stores ---------------------------------------------------------
+
+    @property
     def caches_text(self) -> bool:
-        return self.text_prefix is not None
+        return TEXT in self.stores
 
     @property
     def caches_image(self) -> bool:
-        return self.image_prefix is not None
+        return VISION in self.stores
+
+    @property
+    def text_prefix(self) -> torch.Tensor | np.ndarray | None:
+        """Jagged: [total real tokens, hidden]; rows of item r from text_offsets."""
+        return self.stores[TEXT].data if TEXT in self.stores else None
+
+    @property
+    def text_offsets(self) -> np.ndarray | None:
+        return self.stores[TEXT].offsets if TEXT in self.stores else None
+
+    @property
+    def image_prefix(self) -> torch.Tensor | np.ndarray | None:
+        return self.stores[VISION].data if VISION in self.stores else None
+
+    def text_rows(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cached text prefixes of `items` laid out as their token mask [U, W] says: [U, W, hidden], zero padding."""
+        return self._jagged_rows(self.stores[TEXT], items, mask)
+
+    # ---- building ---------------------------------------------------------------------------------------------
 
     @classmethod
     def for_model(
@@ -86,49 +124,33 @@ class FrozenPrefixCache:
     ) -> FrozenPrefixCache | None:
         """Build the cache for every catalogue item, or None when no encoder has a frozen bottom."""
         num_items = len(collator.item_ids)
-        text = model.text if model.text is not None and model.text.has_frozen_prefix else None
-        vision = model.vision if model.vision is not None and model.vision.has_frozen_prefix else None
-        if text is None and vision is None:
+        encoders = {modality: e for modality, e in model.encoders().items() if e.has_frozen_prefix}
+        if not encoders:
             return None
-        text_prefix = image_prefix = None
-        key_parts = []
-        text_offsets = None
-        if text is not None:
-            assert collator.text_ids is not None and collator.text_mask is not None
-            text_offsets = jagged_offsets(collator.text_mask)
-            text_prefix = _compute_text(
-                text,
-                collator,
-                text_offsets,
-                device,
-                batch_size=batch_size,
-                memory_budget=memory_budget,
-                cache_dir=cache_dir,
-                key=_state_digest(
-                    text.frozen_modules(),
-                    _config_digest(text)
-                    + _input_digest(collator.text_ids)
-                    + _input_digest(collator.text_mask.to(torch.bool)),
-                ),
-            )
-            key_parts.append("text")
-        if vision is not None:
-            image_prefix = _compute(
-                lambda batch: vision.frozen_prefix(batch.pixel_values),
-                collator,
-                num_items,
-                device,
-                batch_size=batch_size,
-                memory_budget=memory_budget,
-                cache_dir=cache_dir,
-                label="image",
-                key=_state_digest(vision.frozen_modules(), _config_digest(vision) + _images_digest(collator)),
-            )
-            key_parts.append("image")
-        cache = cls(text_prefix, image_prefix, device, "+".join(key_parts), text_offsets=text_offsets)
+        stores: dict[str, PrefixStore] = {}
+        labels = []
+        for modality, encoder in encoders.items():
+            reader = collator.inputs.get(modality)
+            if reader is None:
+                raise ConfigError(f"the collator has no {modality} inputs for the model's {modality} encoder")
+            key = _state_digest(encoder.frozen_modules(), _config_digest(encoder) + reader.digest())
+            where = {"batch_size": batch_size, "memory_budget": memory_budget, "cache_dir": cache_dir}
+            label = reader.cache_label
+            token_mask = reader.token_mask()
+            if reader.mask_name is not None and token_mask is not None:
+                offsets = jagged_offsets(token_mask)
+                data = _compute_jagged(encoder, collator, modality, reader.mask_name, offsets, device, label, key, **where)
+                stores[modality] = PrefixStore(data, offsets, reader.mask_name)
+            else:
+                data = _compute_dense(encoder, collator, modality, num_items, device, label, key, **where)
+                stores[modality] = PrefixStore(data, skips_reading=reader.reads_storage)
+            labels.append(label)
+        cache = cls(stores, device, "+".join(labels))
         cache._collator = collator
         cache._num_items = num_items
         return cache
+
+    # ---- reading ----------------------------------------------------------------------------------------------
 
     def _rows(self, store: torch.Tensor | np.ndarray, items: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if isinstance(store, np.ndarray):
@@ -137,31 +159,38 @@ class FrozenPrefixCache:
             rows = store[items.to(store.device)]
         return rows.to(self.device, dtype=dtype, non_blocking=True)
 
-    def text_rows(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cached text prefixes of `items` laid out as their token mask [U, W] says: [U, W, hidden], zero padding."""
-        assert self.text_prefix is not None and self.text_offsets is not None
+    def _jagged_rows(self, store: PrefixStore, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Jagged prefixes of `items` laid out as their token mask [U, W] says: [U, W, hidden], zero padding."""
+        assert store.offsets is not None
         mask = mask.to(torch.bool)
-        rows = jagged_rows(self.text_offsets, items.cpu().numpy())
-        if isinstance(self.text_prefix, np.ndarray):
-            packed = torch.from_numpy(np.ascontiguousarray(self.text_prefix[rows]))
+        rows = jagged_rows(store.offsets, items.cpu().numpy())
+        if isinstance(store.data, np.ndarray):
+            packed = torch.from_numpy(np.ascontiguousarray(store.data[rows]))
         else:
-            packed = self.text_prefix[torch.from_numpy(rows).to(self.text_prefix.device)]
+            packed = store.data[torch.from_numpy(rows).to(store.data.device)]
         packed = packed.to(self.device, dtype=torch.float32, non_blocking=True)
         flat = mask.to(self.device).reshape(-1).nonzero().squeeze(1)
         if flat.numel() != packed.shape[0]:
-            raise ValueError("text_mask does not match the cached token counts (a cache built for other inputs)")
+            raise ValueError("the token mask does not match the cached token counts (a cache built for other inputs)")
         out = packed.new_zeros(mask.shape[0] * mask.shape[1], packed.shape[1])
         return out.index_copy(0, flat, packed).view(mask.shape[0], mask.shape[1], -1)
 
-    def lookup(self, batch: SequenceBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Cached prefixes of the batch's distinct items (None for an encoder without a cache)."""
-        items = batch.unique_items
-        text = None
-        if self.text_prefix is not None:
-            assert batch.text_mask is not None
-            text = self.text_rows(items, _trim(batch.text_mask.cpu()))
-        image = self._rows(self.image_prefix, items, torch.float32) if self.image_prefix is not None else None
-        return text, image
+    def _prefix(self, modality: str, items: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One modality's cached prefixes of `items` (jagged ones laid out by the inputs' token mask)."""
+        store = self.stores[modality]
+        if store.mask_name is None:
+            return self._rows(store.data, items, torch.float32)
+        return self._jagged_rows(store, items, inputs[store.mask_name])
+
+    def lookup(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
+        """Cached prefixes of the batch's distinct items, by modality (an encoder without a cache has none)."""
+        prefixes = {}
+        for modality, store in self.stores.items():
+            inputs = batch.inputs.get(modality, {})
+            if store.mask_name is not None:
+                inputs = {store.mask_name: _trim(inputs[store.mask_name].cpu())}
+            prefixes[modality] = self._prefix(modality, batch.unique_items, inputs)
+        return prefixes
 
     @torch.inference_mode()
     def item_table(self, model: PMMRec, batch_size: int = 256) -> torch.Tensor:
@@ -181,34 +210,27 @@ class FrozenPrefixCache:
     def _encode_chunk(self, model: PMMRec, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(catalogue indices on the device, their embeddings) of one chunk, from cached prefixes."""
         assert self._collator is not None
-        batch = self._collator.collate_items(indices, include_images=not self.caches_image)
+        batch = self._collator.collate_items(indices, skip=self.skipped_inputs)
         items = batch.items
-        text_prefix = None
-        if self.caches_text:
-            assert batch.text_mask is not None
-            batch.text_mask = _trim(batch.text_mask)
-            batch.text_ids = batch.text_ids[:, : batch.text_mask.shape[1]] if batch.text_ids is not None else None
-            text_prefix = self.text_rows(items, batch.text_mask)
-        image_prefix = self._rows(self.image_prefix, items, torch.float32) if self.caches_image else None
+        prefixes = {}
+        for modality, store in self.stores.items():
+            inputs = batch.inputs.get(modality, {})
+            if store.mask_name is not None:
+                mask = _trim(inputs[store.mask_name])
+                inputs = batch.inputs[modality] = {name: tensor[:, : mask.shape[1]] for name, tensor in inputs.items()}
+            prefixes[modality] = self._prefix(modality, items, inputs)
         batch = batch.to(self.device)
-        encoded = model.embed_items(
-            batch.text_ids,
-            batch.text_mask,
-            batch.pixel_values,
-            item_indices=batch.items,
-            text_prefix=text_prefix,
-            image_prefix=image_prefix,
-        )
+        encoded = model.embed_items(inputs=batch.inputs, prefixes=prefixes, item_indices=batch.items)
         return batch.items, encoded.embeddings
 
 
 def catalogue_order(collator: BatchCollator, num_items: int) -> list[int]:
-    """Catalogue indices 1..N, shortest text first (catalogue order without text): chunks of similar length pad
-    little (in the fusion too; the text encoder itself computes real tokens only)."""
-    if collator.text_mask is None:
+    """Catalogue indices 1..N, fewest real tokens first (catalogue order without token masks): chunks of similar
+    length pad little (in the fusion too; the text encoder itself computes real tokens only)."""
+    lengths = collator.item_lengths()
+    if lengths is None:
         return list(range(1, num_items + 1))
-    lengths = collator.text_mask[1 : num_items + 1].to(torch.int64).sum(dim=1)
-    return (torch.argsort(lengths, stable=True) + 1).tolist()
+    return (torch.argsort(lengths[1 : num_items + 1], stable=True) + 1).tolist()
 
 
 def jagged_offsets(text_mask: torch.Tensor) -> np.ndarray:
@@ -238,48 +260,31 @@ def _trim(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, :width]
 
 
-def _input_digest(tensor: torch.Tensor | None) -> bytes:
-    if tensor is None:
-        return b""
-    digest = hashlib.sha256(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
-    digest.update(memoryview(tensor.contiguous().numpy()).cast("B"))  # hashed in place: no copy as bytes
-    return digest.digest()
-
-
 def _config_digest(encoder: ItemEncoder) -> bytes:
     """The encoder's architecture and preprocessing (backbone config, image size and normalisation, depth)."""
     payload = json.dumps(encoder.config.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(f"{type(encoder).__name__}:{payload}".encode()).digest()
 
 
-def _images_digest(collator: BatchCollator) -> bytes:
-    """Every catalogue item's stored image bytes (or their absence), in catalogue order, and the input size."""
-    digest = hashlib.sha256(f"image_size={collator.image_size}".encode())
-    store = collator.image_store
-    for item_id in collator.item_ids:
-        encoded = item_id.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little") + encoded)
-        value = store.get_value(item_id) if store is not None else None
-        digest.update(b"\x00" if value is None else b"\x01" + len(value).to_bytes(8, "little") + value)
-    return digest.digest()
-
-
 @torch.inference_mode()
-def _compute_text(
-    encoder: TextEncoder,
+def _compute_jagged(
+    encoder: ItemEncoder,
     collator: BatchCollator,
+    modality: str,
+    mask_name: str,
     offsets: np.ndarray,
     device: torch.device,
+    label: str,
+    key: str,
     *,
     batch_size: int,
     memory_budget: int,
     cache_dir: Path | None,
-    key: str,
 ) -> torch.Tensor | np.ndarray:
-    """The jagged text store: the frozen prefix of every item's real tokens, in chunks of similar length."""
+    """The jagged store: the frozen prefix of every item's real tokens, in chunks of similar length."""
     num_items = len(offsets) - 2
     folder = cache_dir or cache_root() / "prefix"
-    path = folder / f"text-{key[:32]}"
+    path = folder / f"{label}-{key[:32]}"
     reused = _reuse(Path(str(path) + ".npy"), int(offsets[-1]))
     if reused is not None:
         return reused
@@ -288,10 +293,11 @@ def _compute_text(
     order = catalogue_order(collator, num_items)
     for start in range(0, num_items, batch_size):
         indices = order[start : start + batch_size]
-        batch = collator.collate_items(indices, include_images=False)
-        assert batch.text_ids is not None and batch.text_mask is not None
-        mask = _trim(batch.text_mask).to(torch.bool)
-        out = encoder.frozen_prefix(batch.text_ids[:, : mask.shape[1]].to(device), mask.to(device))
+        inputs = collator.collate_items(indices, only={modality}).inputs[modality]
+        mask = _trim(inputs[mask_name]).to(torch.bool)
+        trimmed = {name: tensor[:, : mask.shape[1]].to(device) for name, tensor in inputs.items()}
+        trimmed[mask_name] = mask.to(device)
+        out = encoder.frozen_prefix_of(trimmed)
         packed = out[mask.to(device)].float()
         if store is None:  # the width is the encoder's hidden size, known from its first output
             store, tmp = _allocate((int(offsets[-1]), packed.shape[1]), memory_budget, folder, path, device)
@@ -302,6 +308,43 @@ def _compute_text(
             store[torch.from_numpy(rows).to(device)] = packed
     if store is None:  # an empty catalogue
         store = torch.zeros(0, 0, device=device)
+    return _finish(store, tmp, path)
+
+
+@torch.inference_mode()
+def _compute_dense(
+    encoder: ItemEncoder,
+    collator: BatchCollator,
+    modality: str,
+    num_items: int,
+    device: torch.device,
+    label: str,
+    key: str,
+    *,
+    batch_size: int,
+    memory_budget: int,
+    cache_dir: Path | None,
+) -> torch.Tensor | np.ndarray:
+    """A dense store [N+1, ...] of the frozen prefix per item (image prefixes: every item has the same token count)."""
+    folder = cache_dir or cache_root() / "prefix"
+    path = folder / f"{label}-{key[:32]}"
+    reused = _reuse(Path(str(path) + ".npy"), num_items + 1)
+    if reused is not None:
+        return reused
+    store: torch.Tensor | np.ndarray | None = None
+    tmp: str | None = None
+    for start in range(0, num_items, batch_size):
+        indices = list(range(start + 1, min(start + batch_size, num_items) + 1))
+        batch: ItemBatch = collator.collate_items(indices, only={modality}).to(device)
+        out = encoder.frozen_prefix_of(batch.inputs[modality]).float()
+        if store is None:
+            shape = (num_items + 1, *out.shape[1:])
+            store, tmp = _allocate(shape, memory_budget, folder, path, device)
+        if isinstance(store, np.ndarray):
+            store[indices] = out.cpu().numpy().astype(np.float16)
+        else:
+            store[torch.as_tensor(indices, device=device)] = out
+    assert store is not None
     return _finish(store, tmp, path)
 
 
@@ -340,37 +383,3 @@ def _finish(store: torch.Tensor | np.ndarray, tmp: str | None, path: Path) -> to
     return np.load(str(final), mmap_mode="r")
 
 
-@torch.inference_mode()
-def _compute(
-    run: Callable[[ItemBatch], torch.Tensor],
-    collator: BatchCollator,
-    num_items: int,
-    device: torch.device,
-    *,
-    batch_size: int,
-    memory_budget: int,
-    cache_dir: Path | None,
-    label: str,
-    key: str,
-) -> torch.Tensor | np.ndarray:
-    """A dense store [N+1, ...] of `run`'s output per item (image prefixes: every item has the same token count)."""
-    folder = cache_dir or cache_root() / "prefix"
-    path = folder / f"{label}-{key[:32]}"
-    reused = _reuse(Path(str(path) + ".npy"), num_items + 1)
-    if reused is not None:
-        return reused
-    store: torch.Tensor | np.ndarray | None = None
-    tmp: str | None = None
-    for start in range(0, num_items, batch_size):
-        indices = list(range(start + 1, min(start + batch_size, num_items) + 1))
-        batch = collator.collate_items(indices, include_images=label == "image").to(device)
-        out = run(batch).float()
-        if store is None:
-            shape = (num_items + 1, *out.shape[1:])
-            store, tmp = _allocate(shape, memory_budget, folder, path, device)
-        if isinstance(store, np.ndarray):
-            store[indices] = out.cpu().numpy().astype(np.float16)
-        else:
-            store[torch.as_tensor(indices, device=device)] = out
-    assert store is not None
-    return _finish(store, tmp, path)

@@ -26,6 +26,10 @@ class Slot:
     content: bool  # part of the content item tower (what an ID item tower replaces)
     reference: bool  # given by reference to `assemble`, `pretrain` and `finetune` (--text, --vision, ...)
     init: bool  # `pmmrec init` creates one (the ID item tower needs a dataset's catalogue instead)
+    title: str  # how option help texts name it ("Text encoder: hub:ORG/NAME...")
+    backbone: str | None = None  # an encoder: the backbone of a fresh one (`--text-backbone`'s default)
+    layers_word: str = "layers"  # an encoder: what its trainable units are called in help texts
+    paper: bool = False  # an encoder of the paper's model (text and images: NICL, merge-attention, the demo's rows)
 
     @property
     def flag(self) -> str:
@@ -37,21 +41,34 @@ class Slot:
         """Reads an item's raw content (a text or vision encoder): an item modality of a content tower."""
         return self.content and self.modality is not None
 
+    @property
+    def reference_help(self) -> str:
+        """The help text of the option naming this slot's component by reference (`--text`, `--fusion`)."""
+        if self.pretrained:
+            return f"{self.title}: hub:ORG/NAME[@REV], hf://... or a folder."
+        return f"{self.title} reference (created fresh when absent)."
 
+
+# An item modality is a row with `modality` set and `content` true (an encoder): its encoder kind and types live in
+# pmmrec/components/ (the kind declares how raw content becomes batch tensors and token states), its dataset reader
+# in pmmrec/data/readers/ (where a dataset keeps the raw content); everything else is generic over these rows.
 SLOT_TABLE: tuple[Slot, ...] = (
     Slot("text", kind="text", type_prefix="text_encoder", modality="text",
-         item_side=True, pretrained=True, content=True, reference=True, init=True),
+         item_side=True, pretrained=True, content=True, reference=True, init=True,
+         title="Text encoder", backbone="minilm", paper=True),
     Slot("vision", kind="vision", type_prefix="vision_encoder", modality="vision",
-         item_side=True, pretrained=True, content=True, reference=True, init=True),
+         item_side=True, pretrained=True, content=True, reference=True, init=True,
+         title="Vision encoder", backbone="efficientnet-lite0", layers_word="layers (blocks)", paper=True),
     Slot("fusion", kind="fusion", type_prefix="fusion", modality=None,
-         item_side=True, pretrained=False, content=True, reference=True, init=True),
+         item_side=True, pretrained=False, content=True, reference=True, init=True, title="Fusion"),
     Slot("user", kind="user", type_prefix="user_encoder", modality=None,
-         item_side=False, pretrained=False, content=False, reference=True, init=True),
+         item_side=False, pretrained=False, content=False, reference=True, init=True, title="User encoder"),
     Slot("item_tower", kind="id", type_prefix="item_tower", modality="id",
-         item_side=True, pretrained=False, content=False, reference=False, init=False),
+         item_side=True, pretrained=False, content=False, reference=False, init=False, title="ID item tower"),
 )  # fmt: skip
 
 SLOT: dict[str, Slot] = {slot.name: slot for slot in SLOT_TABLE}
+assert all(slot.name == slot.modality for slot in SLOT_TABLE if slot.encoder), "an encoder slot is named by its modality"
 SLOT_OF_KIND: dict[str, Slot] = {slot.kind: slot for slot in SLOT_TABLE}
 
 # ---- derived views (all in table order) ---------------------------------------------------------------------------
@@ -59,6 +76,9 @@ SLOTS: tuple[str, ...] = tuple(SLOT)
 KIND_NAMES: tuple[str, ...] = tuple(SLOT_OF_KIND)  # create_component's kinds
 INIT_KINDS: tuple[str, ...] = tuple(slot.kind for slot in SLOT_TABLE if slot.init)  # `pmmrec init`'s choices
 MODALITY_SLOTS: tuple[str, ...] = tuple(slot.name for slot in SLOT_TABLE if slot.encoder)  # item content encoders
+# The paper's two modalities (text and images): what NICL contrasts, merge-attention merges by default, the demo's
+# multimodal rows read. A modality added to the table is not one of them.
+PAPER_MODALITIES: tuple[str, ...] = tuple(slot.name for slot in SLOT_TABLE if slot.encoder and slot.paper)
 MODALITIES: tuple[str, ...] = tuple(slot.modality for slot in SLOT_TABLE if slot.modality)  # pmmrec.json's modalities
 CONTENT_SLOTS: tuple[str, ...] = tuple(slot.name for slot in SLOT_TABLE if slot.content)  # what an ID tower replaces
 ITEM_SIDE_SLOTS: tuple[str, ...] = tuple(slot.name for slot in SLOT_TABLE if slot.item_side)

@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 LAYERS: list[tuple[str, ...]] = [
     ("pmmrec._version", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
      "pmmrec.budget", "pmmrec.arguments",
-     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
+     "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.progress", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
     ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
     ("pmmrec.components",),
     ("pmmrec.data",),
@@ -205,14 +205,34 @@ def test_everything_keyed_by_slot_follows_the_table() -> None:
 
     for slot in SLOT_TABLE:
         assert SLOT_KINDS[slot.name] is KINDS[slot.kind] and KINDS[slot.kind].kind == slot.type_prefix
-    assert set(SLOTS) <= set(inspect.signature(PMMRec.__init__).parameters)
-    assert set(SLOTS) <= set(inspect.signature(PMMRec.assemble).parameters)
+    for method in (PMMRec.__init__, PMMRec.assemble):  # every slot is accepted: by name, or by keyword (**components)
+        parameters = inspect.signature(method).parameters.values()
+        assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+        assert {"text", "vision", "fusion", "user", "item_tower"} <= {p.name for p in parameters}
     (slot_literal, _entry) = get_args(ManifestFile.model_fields["components"].annotation)
     assert get_args(slot_literal) == SLOTS
     fields = set(ModelConfig.model_fields)
     assert set(REFERENCE_SLOTS) <= fields
     assert {f"{slot}_{option}" for slot in MODALITY_SLOTS for option in ("backbone", "trainable_layers")} <= fields
     assert [choice.value for choice in KindChoice] == list(INIT_KINDS) and "id" in KINDS  # `init id`: Python only
+
+
+def test_every_modality_has_its_encoder_contract_and_its_reader() -> None:
+    """Each encoder slot of the table has a kind that speaks the generic modality contract (how `encode_items`
+    takes its content, how batches become token states) and a dataset reader; nothing else names a modality."""
+    from pmmrec.components import KINDS, ItemEncoder, registered_types
+    from pmmrec.data import registered_readers
+    from pmmrec.slots import MODALITY_SLOTS, PAPER_MODALITIES, SLOT
+
+    readers = registered_readers()
+    assert list(readers) == list(MODALITY_SLOTS)
+    for modality in MODALITY_SLOTS:
+        kind = KINDS[SLOT[modality].kind]
+        assert issubclass(kind, ItemEncoder) and kind.modality == modality and kind.raw_name and kind.missing_raw
+        types = [cls for cls in registered_types().values() if issubclass(cls, kind)]
+        assert types and all(not cls.__abstractmethods__ for cls in types), modality  # prepare, tokens, ...
+        assert readers[modality].modality == modality and readers[modality].cache_label
+    assert set(PAPER_MODALITIES) <= set(MODALITY_SLOTS) and len(PAPER_MODALITIES) == 2
 
 
 def test_the_id_kind_creates_the_item_tower() -> None:
@@ -522,3 +542,14 @@ def test_pytest_finds_the_helpers_through_pyproject_not_sys_path_edits() -> None
     config = tomllib.loads((TESTS.parent / "pyproject.toml").read_text(encoding="utf-8"))
     assert config["tool"]["pytest"]["ini_options"]["pythonpath"] == ["tests"]
     assert "sys.path" not in (TESTS / "conftest.py").read_text(encoding="utf-8")
+
+
+def test_the_licence_is_an_spdx_string_so_installs_are_quiet() -> None:
+    """Issue 26: `project.license` as a TOML table made setuptools print a deprecation warning four times per
+    install; an SPDX string needs setuptools >= 77 (checked by hand: `pip install --no-deps -e .` in a fresh venv
+    printed no license warning)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["license"] == "Apache-2.0"
+    (requirement,) = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert int(re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", requirement).group(1)) >= 77  # type: ignore[union-attr]

@@ -3,7 +3,10 @@ intervals and paired tests, the matplotlib plots."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +32,16 @@ from pmmrec.data import (
 )
 from pmmrec.data.new_items import new_item_count, new_items_record
 from pmmrec.demo import prepare_output
-from pmmrec.demo.report import comparisons, plot_test_ndcg, plot_validation_curves, results_markdown, row_summary
+from pmmrec.demo.report import (
+    comparisons,
+    ndcg_bar_figure,
+    plot_test_ndcg,
+    plot_validation_curves,
+    results_markdown,
+    results_text,
+    row_summary,
+)
+from pmmrec.demo.wording import significance_cell, verdict_sentence
 from pmmrec.errors import PmmrecError
 from pmmrec.stats import holm
 
@@ -211,3 +223,94 @@ def test_the_demo_publishes_exactly_the_catalogued_repos() -> None:
         entry = catalogue[published_repo(slot)]
         assert entry["slot"] == slot and entry["recommended_revision"] == "v1"
         component_class(entry["type"])
+
+
+# ---- the report's words (issue 26) ------------------------------------------------------------------------------
+
+SNAPSHOT = Path(__file__).parent / "golden" / "results_md_structure.txt"
+DEMO_ROW_NAMES = ("popularity", "content-knn", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
+
+
+def _report_inputs() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The demo's six rows over 300 seeded users (40 with a new-item target) and its five comparisons."""
+    rng = np.random.default_rng(7)
+    base = rng.integers(1, 40, size=300)
+    new = np.zeros(300, dtype=bool)
+    new[:40] = True
+    ranks = {
+        "popularity": [np.where(new, 300, base + 3)],
+        "content-knn": [base + 9],
+        "sasrec-id": [np.where(new, 300, np.maximum(base - 2, 1))],
+        "pmmrec-scratch": [base],
+        "pmmrec-transfer": [np.where(np.arange(300) < 3, 1, base)],  # 3 users differ from scratch: cannot be shown
+        "pmmrec-zero-shot": [base + 8],
+    }
+    rows = [row_summary(name, ranks[name], new, "8 on validation") for name in DEMO_ROW_NAMES]
+    return rows, comparisons(ranks, new)
+
+
+def _structure(markdown: str) -> str:
+    """results.md with every number masked: its sections, rows, columns and sentence shapes."""
+    return re.sub(r"\d+(?:[.,]\d+)*(?:e-?\d+)?", "N", markdown)
+
+
+def test_results_md_opens_with_a_title_the_rows_in_words_and_a_verdict_per_comparison() -> None:
+    """A snapshot of results.md's structure (numbers masked). After a deliberate change of the report, rewrite it
+    with PMMREC_UPDATE_SNAPSHOTS=1 and read the diff."""
+    rows, tests = _report_inputs()
+    markdown = results_markdown(rows, tests, ["a note"], title="pmmrec demo: a title", intro="What is compared.")
+    lines = markdown.splitlines()
+    assert lines[0] == "# pmmrec demo: a title" and lines[2] == "What is compared."
+    for name in DEMO_ROW_NAMES:  # one line in words per row, before the table
+        assert sum(line.startswith(f"- {name}: ") for line in lines) == 1
+    sentences = [line for line in lines if " than " in line or "not significantly different" in line]
+    assert len(sentences) == len(tests) == 5
+    assert markdown.index(sentences[-1]) < markdown.index("| model |")
+    if os.environ.get("PMMREC_UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOT.write_text(_structure(markdown), encoding="utf-8")
+    assert _structure(markdown) == SNAPSHOT.read_text(encoding="utf-8")
+    text = results_text(rows, tests, title="pmmrec demo: a title")
+    assert text.startswith("pmmrec demo: a title\n====") and all(sentence[2:] in text for sentence in sentences)
+
+
+def _comparison(**fields: Any) -> dict[str, Any]:
+    base = {"a": "A", "b": "B", "difference": 0.05, "ci_low": 0.01, "ci_high": 0.09, "users": 100, "differing": 40,
+            "p_sign_flip": 0.01, "p_bootstrap": 0.02, "p_holm": 0.02, "significant": True, "subset": "all",
+            "seeds_a": 1, "seeds_b": 1}  # fmt: skip
+    return base | fields
+
+
+def test_each_verdict_sentence_says_why() -> None:
+    """Every branch of the verdict: better, worse, the two tests disagreeing (seeds, too few users), Holm, plain."""
+    better = verdict_sentence(_comparison(subset="new", p_holm=0.012))
+    assert better == ("A is better than B on the 100 new-item users: +0.0500 NDCG@10 [95% CI +0.0100, +0.0900], "
+                      "40 of 100 users differ, Holm p = 0.012.")  # fmt: skip
+    assert verdict_sentence(_comparison(difference=-0.05)).startswith("A is worse than B on all 100 test users")
+    seeds = _comparison(p_sign_flip=0.03, p_bootstrap=0.21, p_holm=0.21, significant=False, seeds_a=3)
+    assert verdict_sentence(seeds).endswith(
+        "; the sign-flip test says p = 0.030 but the seed-aware bootstrap says p = 0.210: so the difference may come "
+        "from the training seeds."
+    )
+    assert significance_cell(seeds) == "no, tests disagree"
+    few = _comparison(differing=3, p_sign_flip=0.25, p_bootstrap=0.01, p_holm=0.25, significant=False)
+    assert "only 3 users differ, and with so few the sign-flip test cannot go below p = 0.250" in verdict_sentence(few)
+    holm_only = _comparison(p_sign_flip=0.03, p_bootstrap=0.04, p_holm=0.08, significant=False)
+    assert "but Holm's correction for the 5 comparisons of this table gives p = 0.080" in verdict_sentence(
+        holm_only, family=5
+    )
+    plain = verdict_sentence(_comparison(p_sign_flip=0.4, p_bootstrap=0.5, p_holm=0.5, significant=False))
+    assert plain.startswith("A and B are not significantly different on all 100 test users") and "p = 0.500" in plain
+    assert "no user's rank differs" in verdict_sentence(_comparison(differing=0, p_holm=1.0, significant=False))
+
+
+def test_zero_and_missing_bars_are_labelled() -> None:
+    """A zero-height bar looked like a missing one: a mean of 0 is labelled "0", a missing value "n/a"."""
+    rows = [
+        {"model": "m", "ndcg@10": 0.2, "ndcg@10_ci": [0.1, 0.3], "new_ndcg@10": 0.0, "new_ndcg@10_ci": [0.0, 0.0]},
+        {"model": "k", "ndcg@10": 0.1, "ndcg@10_ci": [0.05, 0.15], "new_ndcg@10": None},
+    ]
+    figure = ndcg_bar_figure(rows, "t")
+    labels = [text.get_text() for text in figure.axes[0].texts]
+    assert labels == ["0", "n/a"]
+    figure = ndcg_bar_figure([rows[0] | {"new_ndcg@10": 0.05, "new_ndcg@10_ci": [0.0, 0.1]}], "t")
+    assert [text.get_text() for text in figure.axes[0].texts] == []

@@ -5,9 +5,12 @@ from __future__ import annotations
 import ast
 import fnmatch
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +49,28 @@ def test_readme_gives_exactly_the_two_setup_commands() -> None:
     commands = [line.split("#")[0].strip() for line in quick_start.splitlines() if line.startswith("make ")]
     assert commands == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize(("goal", "expected"), [
+    (["demo"], "bin/pmmrec demo --out demo_out"),
+    (["demo-quick"], "bin/pmmrec demo --quick --out demo_out"),
+    (["demo", "ARGS=--quick"], "bin/pmmrec demo --out demo_out --quick"),
+])  # fmt: skip
+def test_makefile_runs_the_demo_and_the_quick_demo(tmp_path: Path, goal: list[str], expected: str) -> None:
+    """Issue 26: the quick demo is one make command. `make -n` prints the recipes without running them."""
+    venv = tmp_path / "venv"  # absent: nothing could run even if a recipe did
+    result = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={venv}", *goal], capture_output=True, text=True, check=True)
+    commands = [line.strip() for line in result.stdout.splitlines() if "bin/pmmrec demo" in line]
+    assert commands == [f"{venv}/{expected}"]
+
+
+def test_readme_states_how_long_each_demo_takes() -> None:
+    """Issue 26: a newcomer knows before starting how long `make demo` and `make demo-quick` take on 2 cores."""
+    quick_start = (ROOT / "README.md").read_text(encoding="utf-8").split("## Quick start", 1)[1].split("## ", 1)[0]
+    for command in ("`make demo`", "`make demo-quick`"):
+        sentence = next(part for part in re.split(r"(?<=\.)\s", quick_start) if command in part and "2-core" in part)
+        assert re.search(r"\d+ (?:min|s)\b", sentence), sentence
 
 
 def test_example_training_config_is_valid() -> None:

@@ -116,13 +116,17 @@ def test_cached_prefix_catalogue_ranks_like_encoding(tmp_path: Path) -> None:
     assert list((tmp_path / "pmmrec-cache" / "prefix").glob("text-*.npy"))  # written, so later runs reuse it
 
 
-def test_cli_resume_dir_and_progress(tmp_path: Path) -> None:
+def test_cli_resume_dir_and_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards the CLI plumbing: a second run with the same --resume-dir ranks nobody and prints the same metrics;
-    the progress bar reports users and an ETA."""
+    the progress bar reports users and an ETA, and is never drawn into output that is not a terminal (issue 26:
+    a log got every refresh) unless PMMREC_PROGRESS=always."""
     model, _, _, _ = _setup(tmp_path)
     model_dir = model.save_pretrained(tmp_path / "model")
     data, folder = tmp_path / "data", tmp_path / "results"
     first, second = tmp_path / "first.json", tmp_path / "second.json"
+    logged = run_cli("evaluate", "--model", model_dir, "--data", data, "--output", tmp_path / "logged.json")
+    assert "ranking test" not in logged and "ndcg" in logged  # CliRunner's output is not a terminal: no bar
+    monkeypatch.setenv("PMMREC_PROGRESS", "always")
     output = run_cli("evaluate", "--model", model_dir, "--data", data, "--resume-dir", folder, "--output", first)
     assert "ranking test" in output and "user/s]" in output and "<" in output  # tqdm: n/N [elapsed<ETA, rate]
     run_cli("evaluate", "--model", model_dir, "--data", data, "--resume-dir", folder, "--output", second, "--quiet")

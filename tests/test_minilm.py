@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import torch.nn.functional as F
 import yaml
@@ -95,7 +96,7 @@ def test_item_tower_path_is_the_projected_sentence_embedding(
     """encoder -> text-only item tower = projection of MiniLM's mean-pooled states (the mean is linear)."""
     tower = TextOnlyFusion(TextOnlyConfig(dim=384))
     with torch.no_grad():
-        items = tower(text_tokens=encoded["tokens"], text_mask=encoded["token_mask"])
+        items = tower(tiny.fusion_tokens(encoded["tokens"], encoded["token_mask"]))
         expected = minilm.projection(masked_mean(encoded["hidden"], encoded["mask"]))
     torch.testing.assert_close(items, expected, rtol=1e-4, atol=1e-5)
 
@@ -124,3 +125,22 @@ def test_round_trip_with_tokenizer_and_card(
     assert torch.equal(ids, encoded["ids"][:2])
     with torch.no_grad():
         assert torch.equal(reloaded(ids, mask)[0], encoded["tokens"][:2])
+
+
+def test_loading_the_backbone_draws_no_transformers_bar(capfd: pytest.CaptureFixture[str]) -> None:
+    """Issue 26: transformers' "Loading weights" bar was in every run's output; it is off while pmmrec loads a
+    backbone, and transformers' own setting is as it was afterwards (on here, off in a second pass)."""
+    from transformers.utils import logging as hf_logging
+
+    for bars_on in (True, False):
+        hf_logging.enable_progress_bar() if bars_on else hf_logging.disable_progress_bar()
+        try:
+            HFTextEncoder.from_backbone("minilm", max_tokens=MAX_TOKENS)
+            assert hf_logging.is_progress_bar_enabled() is bars_on
+        finally:
+            hf_logging.enable_progress_bar()
+        captured = capfd.readouterr()
+        assert "Loading weights" not in captured.err + captured.out
+    with hf_logging.tqdm(range(3), desc="Loading weights") as bar:  # the check above can fail: the bar is drawn
+        list(bar)
+    assert "Loading weights" in capfd.readouterr().err

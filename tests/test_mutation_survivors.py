@@ -123,7 +123,7 @@ def test_image_tokens_get_the_image_type_embedding() -> None:
     text, image = torch.randn(2, 3, 8), torch.randn(2, 4, 8)
     mask = torch.tensor([[True, True, False], [True, False, False]])
     with torch.no_grad():
-        output = fusion(text_tokens=text, text_mask=mask, image_tokens=image)
+        output = fusion(tiny.fusion_tokens(text, mask, image))
         weights = fusion.type_embeddings.weight
         tokens = torch.cat([text + weights[TEXT_TYPE], image + weights[IMAGE_TYPE]], dim=1)
         valid = torch.cat([mask, torch.ones(2, 4, dtype=torch.bool)], dim=1)

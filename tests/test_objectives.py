@@ -23,6 +23,7 @@ from pmmrec.objectives import (
     nicl_masks,
     user_item_membership,
 )
+from pmmrec.objectives.next_item import mask_own_items
 
 DIM = 6
 
@@ -192,6 +193,30 @@ def test_next_item_gradients_and_empty_batch() -> None:
     empty = NextItemLoss()(states, emb, single["slot_index"], single["seq_mask"], single["unique_items"], log_pop)
     assert empty.item() == 0.0
     empty.backward()
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_next_item_mask_scatter_equals_the_dense_mask_with_gradients(seed: int) -> None:
+    """The O(R*S) own-item mask gives the values and gradients of the dense [R,U] membership mask it replaced."""
+    gen = torch.Generator().manual_seed(seed)
+    b = random_batch(gen, batch=6, slots=8, num_items=7)  # a tiny catalogue: repeats, targets in history, padding
+    seq_mask, slot_index = b["seq_mask"], b["slot_index"]
+    row_valid = seq_mask[:, :-1] & seq_mask[:, 1:]
+    targets = slot_index[:, 1:][row_valid]
+    row_user = torch.arange(seq_mask.shape[0]).unsqueeze(1).expand(-1, seq_mask.shape[1] - 1)[row_valid]
+    logits = torch.randn(targets.shape[0], b["unique_items"].numel(), generator=gen, dtype=torch.float64)
+    fast_input, dense_input = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    fast = mask_own_items(fast_input, slot_index, seq_mask, row_user, targets)
+    own = user_item_membership(slot_index, seq_mask, logits.shape[1])[row_user]
+    own[torch.arange(targets.shape[0]), targets] = False
+    dense = dense_input.masked_fill(own, float("-inf"))
+    assert torch.equal(fast, dense)
+    assert bool(torch.isinf(dense).any())  # the case is not trivial: some own items are masked
+    weights = torch.randn(targets.shape[0], generator=gen, dtype=torch.float64)
+    (torch.nn.functional.cross_entropy(fast, targets, reduction="none") * weights).sum().backward()
+    (torch.nn.functional.cross_entropy(dense, targets, reduction="none") * weights).sum().backward()
+    assert fast_input.grad is not None and dense_input.grad is not None
+    assert torch.allclose(fast_input.grad, dense_input.grad, atol=1e-12)
 
 
 def test_next_item_argument_checks() -> None:

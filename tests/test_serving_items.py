@@ -260,7 +260,7 @@ def test_serve_command_runs_uvicorn_on_the_loaded_service(
     health = TestClient(calls["app"]).get("/health").json()  # type: ignore[arg-type]
     assert health["items"] == NUM_ITEMS
     assert health["store"].startswith(str(tmp_path / "state-root" / "serve" / "serving-tiny-"))
-    assert "live items in " + health["store"] + ", item encoders ready" in result.output  # cold: encoded the table
+    assert f"pmmrec serve: {NUM_ITEMS} items + 0 live items (in {health['store']}), item encoders ready" in result.output  # cold
 
 
 @pytest.mark.parametrize(

@@ -37,9 +37,11 @@ def _naive_losses(module: TrainingModule, batch: SequenceBatch, collator: BatchC
         text_tokens, text_mask = model.text(collator.text_ids[flat], collator.text_mask[flat])  # type: ignore[index]
     if model.vision is not None:
         blank = np.zeros((tiny.CLIP_IMAGE_SIZE, tiny.CLIP_IMAGE_SIZE, 3), np.uint8)
-        pixels = np.stack([collator._image(int(i)) if i > 0 else blank for i in flat])
+        store = collator.image_store
+        assert store is not None
+        pixels = np.stack([store.get(collator.item_ids[int(i) - 1]) if i > 0 else blank for i in flat])
         image_tokens = model.vision(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
-    slot_embeddings = model.fusion(text_tokens=text_tokens, text_mask=text_mask, image_tokens=image_tokens)  # type: ignore[misc]
+    slot_embeddings = model.fusion(tiny.fusion_tokens(text_tokens, text_mask, image_tokens))  # type: ignore[misc]
     values, first = np.unique(flat.numpy(), return_index=True)  # each distinct item's first slot
     first = torch.as_tensor(first[values > 0])
     assert torch.equal(torch.as_tensor(values[values > 0]), batch.unique_items)

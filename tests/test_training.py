@@ -196,20 +196,26 @@ def test_freeze_keeps_a_component_fixed_while_the_rest_trains(tmp_path: Path, da
 # ---- objectives ------------------------------------------------------------------------------------------
 
 
-def test_nicl_is_skipped_with_a_notice_for_a_text_only_model(
-    tmp_path: Path, dataset_dir: Path, capsys: pytest.CaptureFixture[str]
+def test_nicl_is_skipped_for_a_text_only_model_with_a_notice_only_where_expected(
+    tmp_path: Path, dataset_dir: Path, image_dataset_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A text-only run on text-only data (the demo's, the README's) skips NICL quietly: summary.json says so.
+    The notice comes where a user could expect NICL: its weight was given, or the dataset has images."""
     trainer = Trainer(text_model(), load_dataset(dataset_dir), config("pretrain", max_steps=2), tmp_path / "run", progress=False)
-    (notice,) = trainer.notices  # says why, and how to switch NICL on
-    assert notice.startswith("NICL skipped: it needs both a text and a vision encoder")
-    assert "--modality text --modality vision" in notice and "images.lmdb" in notice
-    assert trainer.module.active_losses() == ["rec", "nid", "rcl"]
+    assert trainer.notices == [] and trainer.module.active_losses() == ["rec", "nid", "rcl"]
     trainer.run()  # pretrain defaults give NICL a non-zero weight: the run must still train
-    assert "notice: NICL skipped" in capsys.readouterr().out
+    assert "NICL" not in capsys.readouterr().out
     steps = steps_of(tmp_path / "run")
     assert len(steps) == 2 and all("nicl" not in s and {"rec", "nid", "rcl"} <= s.keys() for s in steps)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["objectives"] == ["rec", "nid", "rcl"]
+    assert summary["objectives"] == ["rec", "nid", "rcl"] and summary["skipped_objectives"] == ["nicl"]
+    asked = config("pretrain", max_steps=2, objectives={"weights": {"nicl": 0.4}})
+    with_images = config("pretrain", max_steps=2)
+    for data, settings, run in ((dataset_dir, asked, "asked"), (image_dataset_dir, with_images, "images")):
+        trainer = Trainer(text_model(), load_dataset(data), settings, tmp_path / run, progress=False)
+        (notice,) = trainer.notices  # says why, and how to switch NICL on
+        assert notice.startswith("NICL skipped: it needs both a text and a vision encoder")
+        assert "--modality text --modality vision" in notice and "images.lmdb" in notice
 
 
 def test_all_four_objectives_train_with_text_and_vision(tmp_path: Path, image_dataset_dir: Path) -> None:
@@ -504,3 +510,12 @@ def test_a_frozen_tower_without_the_prefix_cache_is_encoded_once_per_epoch(tmp_p
     trainer.run()
     assert trainer.module.item_table is not None and trainer.module.item_table.shape == (NUM_ITEMS + 1, tiny.DIM)
     assert torch.count_nonzero(trainer.module.item_table[1:].abs().sum(dim=1)) == NUM_ITEMS  # every item encoded
+
+
+def test_time_left_counts_validation_and_the_test() -> None:
+    """Issue 26: "about N s of training left at most" counted training alone and was wrong by 2x; validation
+    (every epoch) and the test evaluation (about one validation) take as long again on a small catalogue."""
+    from pmmrec.training.trainer import time_left
+
+    assert time_left([(10.0, 5.0), (20.0, 5.0)], 2, then_test=True) == 2 * (15.0 + 5.0) + 5.0
+    assert time_left([(10.0, 5.0)], 0, then_test=False) == 0.0 and time_left([], 3, then_test=True) == 0.0

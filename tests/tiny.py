@@ -221,11 +221,30 @@ def golden_inputs(name: str) -> dict[str, torch.Tensor]:
     raise KeyError(name)
 
 
+def fusion_tokens(
+    text_tokens: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    image_tokens: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """A fusion's input (modality -> token states and mask) from text tokens, their mask and image tokens."""
+    from pmmrec.components import ModalityTokens
+
+    tokens = {}
+    if text_tokens is not None:
+        tokens["text"] = ModalityTokens(text_tokens, text_mask)
+    if image_tokens is not None:
+        tokens["vision"] = ModalityTokens(image_tokens, None)
+    return tokens
+
+
 def run_component(component: Component, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The component's main output on `inputs`, in eval mode and without gradients."""
+    """The component's main output on `inputs`, in eval mode and without gradients (a fusion's golden inputs are
+    text tokens, their mask and image tokens, given to it by modality)."""
+    from pmmrec.components import Fusion
+
     component.eval()
     with torch.no_grad():
-        output = component(**inputs)
+        output = component(fusion_tokens(**inputs)) if isinstance(component, Fusion) else component(**inputs)
     return output[0] if isinstance(output, tuple) else output
 
 

@@ -34,10 +34,13 @@ from pmmrec.components.kinds import (
     Fusion,
     ItemEncoder,
     ItemTower,
+    ModalityInputs,
+    ModalityTokens,
     TextEncoder,
     UserEncoder,
     VisionEncoder,
     kind_classes,
+    register_kind,
 )
 from pmmrec.components.options import CreateOptions, default_heads
 from pmmrec.components.text_encoder import HFTextEncoder, HFTextEncoderConfig
@@ -69,6 +72,8 @@ __all__ = [
     "ItemTower",
     "MergeAttentionConfig",
     "MergeAttentionFusion",
+    "ModalityInputs",
+    "ModalityTokens",
     "SASRecConfig",
     "SASRecUserEncoder",
     "SingleModalityConfig",
@@ -86,6 +91,7 @@ __all__ = [
     "default_heads",
     "load_component",
     "register_component",
+    "register_kind",
     "registered_types",
 ]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,24 @@ def sanitise_backbone_config(config: dict[str, Any]) -> dict[str, Any]:
         for key, value in config.items()
         if not key.startswith("_") and key not in dropped and (known is None or key in known)
     }
+
+
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while pmmrec loads a backbone's weights (issue 26: noise in every
+    run's output); transformers' and huggingface_hub's bar settings are restored afterwards."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    bars_on, hub_bars_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
+        if hub_bars_off:
+            disable_progress_bars()
 
 
 def build_hf_backbone(config: dict[str, Any]) -> nn.Module:

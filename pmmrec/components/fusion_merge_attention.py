@@ -1,20 +1,26 @@
-"""`fusion/merge_attention`: one Transformer layer over text and image tokens, then a masked mean."""
+"""`fusion/merge_attention`: one Transformer layer over text and image tokens, then a masked mean.
+
+Generic over the modalities it merges: each one's tokens get that modality's type embedding (row i for the i-th of
+`modalities`, in pmmrec.slots' table order) before all are concatenated. The paper's fusion, and every one written
+before, merges text and images (rows 0 and 1); its config then has no `modalities` key.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from torch import nn
 
 from pmmrec.components import _backbones
 from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
-from pmmrec.components.kinds import Fusion, masked_mean
+from pmmrec.components.kinds import Fusion, ModalityTokens, masked_mean
 from pmmrec.components.options import CreateOptions, default_heads
-from pmmrec.slots import MODALITY_SLOTS
+from pmmrec.slots import MODALITY_SLOTS, PAPER_MODALITIES
 
-TEXT_TYPE, IMAGE_TYPE = 0, 1
+TEXT_TYPE, IMAGE_TYPE = range(len(PAPER_MODALITIES))  # the type-embedding rows of a text + image fusion
 
 
 class MergeAttentionConfig(ComponentConfig):
@@ -24,6 +30,16 @@ class MergeAttentionConfig(ComponentConfig):
     heads: int = Field(default=12, ge=1, le=256, description="Attention heads; must divide dim.")
     ffn_multiplier: int = Field(default=4, ge=1, le=16, description="Feed-forward width as a multiple of d.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout in the fusion layer.")
+    modalities: tuple[str, ...] | None = Field(
+        default=None,
+        description="The modalities merged, one type embedding each, in the slot table's order (default: text and "
+        "images, the paper's; not written then).",
+    )
+
+    @property
+    def merged(self) -> tuple[str, ...]:
+        """The modalities merged, in type-embedding order."""
+        return self.modalities or PAPER_MODALITIES
 
     def parameter_estimate(self) -> int:
         d, m = self.dim, self.ffn_multiplier
@@ -37,7 +53,19 @@ class MergeAttentionConfig(ComponentConfig):
     def _heads_divide_dim(self) -> MergeAttentionConfig:
         if self.dim % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if self.modalities is not None and (
+            len(self.modalities) < 2 or list(self.modalities) != [m for m in MODALITY_SLOTS if m in self.modalities]
+        ):
+            raise ValueError(f"modalities must be two or more of {', '.join(MODALITY_SLOTS)}, in that order")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_modalities(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """config.json of a text + image fusion stays as it always was (no `modalities` key)."""
+        fields = handler(self)
+        if self.modalities is None:
+            fields.pop("modalities", None)
+        return fields
 
 
 @register_component
@@ -46,12 +74,11 @@ class MergeAttentionFusion(Fusion):
 
     type_name: ClassVar[str] = "fusion/merge_attention"
     config_class: ClassVar[type[ComponentConfig]] = MergeAttentionConfig
-    modalities: ClassVar[frozenset[str]] = frozenset(MODALITY_SLOTS)  # text and vision tokens
     config: MergeAttentionConfig
 
     def __init__(self, config: MergeAttentionConfig) -> None:
         super().__init__(config)
-        self.type_embeddings = nn.Embedding(2, config.dim)
+        self.type_embeddings = nn.Embedding(len(config.merged), config.dim)
         self.layer = nn.TransformerEncoderLayer(
             d_model=config.dim,
             nhead=config.heads,
@@ -65,28 +92,38 @@ class MergeAttentionFusion(Fusion):
 
     @classmethod
     def create(cls, options: CreateOptions) -> MergeAttentionFusion:
-        """A fresh fusion layer at width d; heads default to the largest divisor of d up to 12 (paper: 12)."""
+        """A fresh fusion layer at width d; heads default to the largest divisor of d up to 12 (paper: 12); it
+        merges `options.modalities` (default: text and images)."""
         dim = options.width
-        return cls(MergeAttentionConfig(dim=dim, heads=options.heads or default_heads(dim, 12), dropout=options.dropout))
+        merged = tuple(m for m in MODALITY_SLOTS if m in (options.modalities or PAPER_MODALITIES))
+        modalities = None if merged == PAPER_MODALITIES else merged
+        heads = options.heads or default_heads(dim, 12)
+        return cls(MergeAttentionConfig(dim=dim, heads=heads, dropout=options.dropout, modalities=modalities))
+
+    @property
+    def modalities(self) -> frozenset[str]:  # type: ignore[override]
+        """The modalities this fusion merges (its config's)."""
+        return frozenset(self.config.merged)
 
     def card_summary(self) -> str:
+        merged = self.config.merged
+        what = "text and image tokens" if merged == PAPER_MODALITIES else f"the tokens of {' and '.join(merged)}"
         return (
             f"Merge-attention fusion: one post-LN Transformer layer ({self.config.heads} heads, d = {self.config.dim}) "
-            "over text and image tokens with modality-type embeddings, then a masked mean: one embedding per item."
+            f"over {what} with modality-type embeddings, then a masked mean: one embedding per item."
         )
 
-    def forward(
-        self,
-        text_tokens: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-        image_tokens: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if text_tokens is None or text_mask is None or image_tokens is None:
-            raise ValueError("fusion/merge_attention needs text tokens, their mask and image tokens")
-        text = text_tokens + self.type_embeddings.weight[TEXT_TYPE]
-        image = image_tokens + self.type_embeddings.weight[IMAGE_TYPE]
-        tokens = torch.cat([text, image], dim=1)
-        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device)
-        valid = torch.cat([text_mask.to(torch.bool), image_mask], dim=1)
-        fused = self.layer(tokens, src_key_padding_mask=~valid)
+    def forward(self, tokens: Mapping[str, ModalityTokens]) -> torch.Tensor:
+        merged = self.config.merged
+        missing = [modality for modality in merged if modality not in tokens]
+        if missing:
+            raise ValueError(f"fusion/merge_attention needs the tokens of {' and '.join(merged)}")
+        states, masks = [], []
+        for row, modality in enumerate(merged):
+            part = tokens[modality]
+            states.append(part.tokens + self.type_embeddings.weight[row])
+            shape, device = part.tokens.shape[:2], part.tokens.device
+            masks.append(part.mask.to(torch.bool) if part.mask is not None else torch.ones(shape, dtype=torch.bool, device=device))
+        valid = torch.cat(masks, dim=1)
+        fused = self.layer(torch.cat(states, dim=1), src_key_padding_mask=~valid)
         return masked_mean(fused, valid)

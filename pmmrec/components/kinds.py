@@ -1,15 +1,21 @@
-"""The five component kinds and their contracts: everything a caller uses of a component is declared here.
+"""The component kinds and their contracts: everything a caller uses of a component is declared here.
 
 Concrete types live one per file beside this one. Callers (the model, the data collator, the prefix cache, the
 server) use only what the kind declares, never a type's private members.
+
+An item encoder is the encoder of one *modality* (a row of pmmrec.slots' table): besides its own typed methods
+(`TextEncoder.tokenize`, `VisionEncoder.frozen_prefix(pixel_values)`) it speaks one generic contract, through which
+the model, the training step, the prefix cache and the catalogue encoder handle every modality alike: raw content
+-> `prepare` -> named batch tensors (`ModalityInputs`) -> `frozen_prefix_of` / `tokens` -> `ModalityTokens`. A new
+modality's kind declares that contract (and registers itself with `register_kind`) in its own file.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from pydantic import Field
@@ -23,6 +29,26 @@ from pmmrec.components.options import CreateOptions
 from pmmrec.slots import SLOT, SLOT_TABLE
 
 V = TypeVar("V", bound="VisionEncoder")
+K = TypeVar("K", bound=type[Component])
+
+# One modality's batch tensors by name, one row per item (text: input_ids and attention_mask; vision: pixel_values).
+ModalityInputs = dict[str, torch.Tensor]
+
+
+class ModalityTokens(NamedTuple):
+    """One modality's projected token states [N, T, d] and their boolean mask [N, T] (None: every token is real)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor | None
+
+
+_KIND_CLASSES: dict[str, type[Component]] = {}
+
+
+def register_kind(cls: K) -> K:
+    """Class decorator: `cls` declares the contract of the slot whose type prefix is `cls.kind` (kind_classes)."""
+    _KIND_CLASSES[cls.kind] = cls
+    return cls
 
 
 class EncoderConfig(ComponentConfig):
@@ -45,6 +71,33 @@ class ItemEncoder(Component):
     """
 
     config: EncoderConfig
+    modality: ClassVar[str]  # its slot (pmmrec.slots), which is the modality's name
+    raw_name: ClassVar[str]  # the keyword `PMMRec.encode_items` takes its raw content by (texts, images)
+    missing_raw: ClassVar[str]  # what `encode_items` says when that content is not given
+
+    # ---- the generic modality contract --------------------------------------------------------------------------
+
+    @abstractmethod
+    def prepare(self, raw: Sequence[Any]) -> ModalityInputs:
+        """Raw content of N items (texts, images, ...) -> this encoder's batch tensors, through its preprocessor."""
+
+    @abstractmethod
+    def frozen_prefix_of(self, inputs: ModalityInputs) -> torch.Tensor:
+        """The frozen bottom's output on prepared inputs: cacheable per item (see `frozen_prefix`)."""
+
+    @abstractmethod
+    def tokens(self, inputs: ModalityInputs | None, prefix: torch.Tensor | None = None) -> ModalityTokens:
+        """Projected token states and their mask from prepared inputs, or from a cached frozen prefix (when given,
+        only what the trainable top needs of `inputs` is read, e.g. the token mask)."""
+
+    def trim(
+        self, inputs: ModalityInputs | None, prefix: torch.Tensor | None
+    ) -> tuple[ModalityInputs | None, torch.Tensor | None]:
+        """Inputs (and prefix) without positions that are padding for every item of the batch: the same result,
+        less work. Nothing to drop by default."""
+        return inputs, prefix
+
+    # ---- layers -------------------------------------------------------------------------------------------
 
     @property
     def trainable_layers(self) -> int:
@@ -86,10 +139,14 @@ class ItemEncoder(Component):
         return self
 
 
+@register_kind
 class TextEncoder(ItemEncoder):
     """Token ids of an item's text -> projected token states [N, T, d] and their mask."""
 
     kind: ClassVar[str] = SLOT["text"].type_prefix
+    modality: ClassVar[str] = SLOT["text"].name
+    raw_name: ClassVar[str] = "texts"
+    missing_raw: ClassVar[str] = "this model reads item texts: give texts="
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -123,11 +180,46 @@ class TextEncoder(ItemEncoder):
         """Projected token states [N, T, d] and the boolean token mask [N, T]."""
         return self.forward_from_prefix(self.frozen_prefix(input_ids, attention_mask), attention_mask)
 
+    # ---- the generic modality contract: inputs `input_ids` and `attention_mask` -------------------------
 
+    def prepare(self, raw: Sequence[Any]) -> ModalityInputs:
+        input_ids, attention_mask = self.tokenize(list(raw))
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def frozen_prefix_of(self, inputs: ModalityInputs) -> torch.Tensor:
+        return self.frozen_prefix(inputs["input_ids"], inputs["attention_mask"])
+
+    def tokens(self, inputs: ModalityInputs | None, prefix: torch.Tensor | None = None) -> ModalityTokens:
+        mask = (inputs or {}).get("attention_mask")
+        if mask is None:
+            raise ValueError("the text encoder needs text_mask")
+        if prefix is not None:
+            return ModalityTokens(*self.forward_from_prefix(prefix, mask))
+        input_ids = (inputs or {}).get("input_ids")
+        if input_ids is None:
+            raise ValueError("the text encoder needs text_ids (or a cached prefix)")
+        return ModalityTokens(*self(input_ids, mask))
+
+    def trim(
+        self, inputs: ModalityInputs | None, prefix: torch.Tensor | None
+    ) -> tuple[ModalityInputs | None, torch.Tensor | None]:
+        """Token columns that are padding for every item are dropped (texts are short and uneven)."""
+        mask = (inputs or {}).get("attention_mask")
+        if mask is None:
+            raise ValueError("the text encoder needs text_mask")
+        width = max(int(mask.sum(dim=1).max()), 1) if mask.shape[0] else mask.shape[1]
+        trimmed = {name: tensor[:, :width] for name, tensor in (inputs or {}).items()}
+        return trimmed, prefix[:, :width] if prefix is not None else None
+
+
+@register_kind
 class VisionEncoder(ItemEncoder):
     """uint8 images [N, 3, S, S] -> projected image tokens [N, P, d]."""
 
     kind: ClassVar[str] = SLOT["vision"].type_prefix
+    modality: ClassVar[str] = SLOT["vision"].name
+    raw_name: ClassVar[str] = "images"
+    missing_raw: ClassVar[str] = "this model reads item images: give images= (None for an item without one)"
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -164,12 +256,29 @@ class VisionEncoder(ItemEncoder):
         """Projected image tokens [N, P, d]."""
         return self.forward_from_prefix(self.frozen_prefix(pixel_values))
 
+    # ---- the generic modality contract: input `pixel_values` ---------------------------------------------
 
+    def prepare(self, raw: Sequence[Any]) -> ModalityInputs:
+        return {"pixel_values": self.preprocessor(list(raw))}
+
+    def frozen_prefix_of(self, inputs: ModalityInputs) -> torch.Tensor:
+        return self.frozen_prefix(inputs["pixel_values"])
+
+    def tokens(self, inputs: ModalityInputs | None, prefix: torch.Tensor | None = None) -> ModalityTokens:
+        if prefix is not None:
+            return ModalityTokens(self.forward_from_prefix(prefix), None)
+        pixel_values = (inputs or {}).get("pixel_values")
+        if pixel_values is None:
+            raise ValueError("the vision encoder needs pixel_values (the dataset has no images.lmdb?)")
+        return ModalityTokens(self(pixel_values), None)
+
+
+@register_kind
 class Fusion(Component):
     """Modality tokens -> one item embedding [N, d]; declares which modalities it needs."""
 
     kind: ClassVar[str] = SLOT["fusion"].type_prefix
-    modalities: ClassVar[frozenset[str]]
+    modalities: frozenset[str]  # what it reads: a class attribute, or a property when its config says
 
     @classmethod
     def default_variant(cls, options: CreateOptions) -> str:
@@ -177,15 +286,11 @@ class Fusion(Component):
         return "merge_attention"
 
     @abstractmethod
-    def forward(
-        self,
-        text_tokens: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-        image_tokens: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One embedding per item [N, d] from the modalities this fusion reads."""
+    def forward(self, tokens: Mapping[str, ModalityTokens]) -> torch.Tensor:
+        """One embedding per item [N, d] from the token states of the modalities this fusion reads (by name)."""
 
 
+@register_kind
 class UserEncoder(Component):
     """Item embeddings of a left-padded sequence [B, S, d] -> user state at every position [B, S, d]."""
 
@@ -205,6 +310,7 @@ class UserEncoder(Component):
         """User state at every position [B, S, d]; the last column is the state after the whole sequence."""
 
 
+@register_kind
 class ItemTower(Component):
     """Catalogue indices -> item embeddings, for ID-based baselines."""
 
@@ -237,9 +343,11 @@ class ItemTower(Component):
 
 def kind_classes() -> dict[str, type[Component]]:
     """Each `create_component` kind (pmmrec.slots: `text`, ..., `id`) -> the kind class that declares its contract,
-    matched through the slot's type prefix."""
-    by_prefix = {cls.kind: cls for cls in (TextEncoder, VisionEncoder, Fusion, UserEncoder, ItemTower)}
-    return {slot.kind: by_prefix[slot.type_prefix] for slot in SLOT_TABLE}
+    matched through the slot's type prefix (kinds register with `register_kind`, a new modality's in its own file)."""
+    missing = [slot.type_prefix for slot in SLOT_TABLE if slot.type_prefix not in _KIND_CLASSES]
+    if missing:
+        raise RuntimeError(f"no kind class registered for {', '.join(missing)} (pmmrec.slots names them)")
+    return {slot.kind: _KIND_CLASSES[slot.type_prefix] for slot in SLOT_TABLE}
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

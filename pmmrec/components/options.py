@@ -50,6 +50,9 @@ class CreateOptions(BaseModel):
     layers: int = Field(default=2, ge=1, le=48, description="User encoder: Transformer blocks.")
     max_length: int = Field(default=20, ge=1, le=4096, description="User encoder: longest input sequence.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Fusion and user encoder: dropout.")
+    modalities: tuple[str, ...] | None = Field(
+        default=None, description="Merge-attention fusion: the modalities it merges (default: text and images)."
+    )
     item_ids: tuple[str, ...] | None = Field(
         default=None, description="ID item tower: the catalogue's item ids, in embedding-row order."
     )

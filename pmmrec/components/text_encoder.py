@@ -123,7 +123,8 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
             train_embeddings=train_embeddings,
         )
         budget.require(config.memory_estimate(), f"backbone {backbone!r} ({config.summary()})")
-        model = AutoModel.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
+        with _backbones.quiet_weight_loading():
+            model = AutoModel.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline, trust_remote_code=False)
         parsed = backbone_schema.parse_backbone(config.backbone_config)
         assert isinstance(parsed, backbone_schema.TextBackbone)

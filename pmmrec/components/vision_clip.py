@@ -101,7 +101,8 @@ class CLIPVisionEncoder(_backbones.LayerStackFreezing, VisionEncoder):
             image_std=CLIP_STD,
         )
         budget.require(config.memory_estimate(), f"backbone {backbone!r} ({config.summary()})")
-        model = CLIPVisionModel.from_pretrained(location, local_files_only=hub_is_offline())
+        with _backbones.quiet_weight_loading():
+            model = CLIPVisionModel.from_pretrained(location, local_files_only=hub_is_offline())
         return cls(config, backbone=model)
 
     def save_extra_files(self, folder: Path) -> None:

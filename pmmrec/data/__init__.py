@@ -40,6 +40,7 @@ from pmmrec.data.new_items import (
     newest_items,
 )
 from pmmrec.data.ragged import RaggedArray, item_counts, total_length
+from pmmrec.data.readers import ItemInputs, reader_class, register_reader, registered_readers
 from pmmrec.data.reference_import import import_reference
 from pmmrec.data.split import (
     SPLIT_RECORD,
@@ -72,6 +73,7 @@ __all__ = [
     "ImageSource",
     "ImageStore",
     "ItemBatch",
+    "ItemInputs",
     "LeaveOneOutSplit",
     "RaggedArray",
     "SequenceBatch",
@@ -97,6 +99,9 @@ __all__ = [
     "read_movielens",
     "read_split_record",
     "read_users_tsv",
+    "reader_class",
+    "register_reader",
+    "registered_readers",
     "render_synthetic_image",
     "resize_and_center_crop",
     "tile_ends",

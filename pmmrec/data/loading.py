@@ -1,35 +1,33 @@
-"""Training-side loading: a per-tokenizer token cache, sequence datasets and a collator of distinct items.
+"""Training-side loading: sequence datasets and a collator of distinct items.
 
-Text is tokenised once per (catalogue, tokenizer, max_tokens) with the text encoder's own preprocessor and cached as
-int32 safetensors, never per batch; images are prepared by the vision encoder's preprocessor.
 Batches carry user sequences left-padded with 0 (most recent item in the last column), masks, and the sorted list
 of distinct items in the batch with each slot's index into it, so an item encoder runs once per distinct item.
-Datasets and collator hold only picklable state (the image LMDB opens lazily in each worker process), so they work
-with DataLoader workers (fork or spawn) and with DistributedSampler.
+Item inputs come from one reader per modality (`pmmrec.data.readers`: text tokenised once per catalogue and
+tokenizer, images from the LMDB per batch), each prepared by its encoder's own preprocessor; a batch carries them
+as `inputs[modality][name]`. Datasets and collator hold only picklable state (the image LMDB opens lazily in each
+worker process), so they work with DataLoader workers (fork or spawn) and with DistributedSampler.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
-from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
+from pmmrec.components import ModalityInputs
 from pmmrec.data.image_store import ImageStore
-from pmmrec.data.pixel_cache import DEFAULT_PIXEL_CACHE_BYTES, PixelCache
+from pmmrec.data.pixel_cache import DEFAULT_PIXEL_CACHE_BYTES
 from pmmrec.data.ragged import RaggedArray
+from pmmrec.data.readers import ItemInputs, registered_readers
+from pmmrec.data.readers.text import TokenTable, tokenize_catalogue
+from pmmrec.data.readers.vision import ImageInputs
 from pmmrec.data.windows import WINDOW_SCHEMES, TrainSequences, left_pad, tile_ends
-from pmmrec.errors import ConfigError, DatasetError
-from pmmrec.fileio import atomic_file
+from pmmrec.errors import ConfigError
+from pmmrec.slots import SLOT
 
 __all__ = [
     "WINDOW_SCHEMES",
@@ -45,76 +43,7 @@ __all__ = [
     "tokenize_catalogue",
 ]
 
-TOKEN_CACHE_VERSION = "1"
-_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
-
 BatchT = TypeVar("BatchT", bound="_TensorBundle")
-
-
-def _texts_digest(texts: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        encoded = text.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "little"))
-        digest.update(encoded)
-    return digest.hexdigest()
-
-
-def _read_token_cache(path: Path, expected: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Cached tensors when the file exists, is intact and was made for exactly these inputs; else None."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if handle.metadata() != expected:
-                return None
-            input_ids = handle.get_tensor("input_ids")
-            attention_mask = handle.get_tensor("attention_mask")
-    except Exception:  # a truncated or foreign file is simply rebuilt
-        return None
-    rows = int(expected["num_items"]) + 1
-    width = int(expected["max_tokens"])
-    if input_ids.shape != (rows, width) or attention_mask.shape != (rows, width) or input_ids.dtype != torch.int32:
-        return None
-    return input_ids, attention_mask
-
-
-def tokenize_catalogue(
-    texts: list[str], preprocessor: TextPreprocessor, cache_dir: Path | None, cache_key: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (int32 [N+1, T]) and attention mask (int8 [N+1, T]) of every catalogue text, row 0 = padding item.
-
-    Rows come from the text encoder's own preprocessor (its padding row holds CLS with mask 1, so encoders never
-    see an all-masked row). With `cache_dir`, the result is stored as safetensors named by `cache_key` (default:
-    the preprocessor's fingerprint of tokenizer and width) plus a digest of the texts, and reused when both match;
-    writes are atomic.
-    """
-    max_tokens = preprocessor.max_tokens
-    if max_tokens < 1:
-        raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
-    cache_key = cache_key if cache_key is not None else preprocessor.fingerprint()
-    texts_digest = _texts_digest(texts)
-    expected = {
-        "cache_version": TOKEN_CACHE_VERSION,
-        "cache_key": cache_key,
-        "texts_sha256": texts_digest,
-        "num_items": str(len(texts)),
-        "max_tokens": str(max_tokens),
-    }
-    path: Path | None = None
-    if cache_dir is not None:
-        safe_key = _UNSAFE_FILENAME.sub("_", cache_key)[:80] or "tokens"
-        path = Path(cache_dir) / f"tokens-{safe_key}-{texts_digest[:16]}-{max_tokens}.safetensors"
-        cached = _read_token_cache(path, expected) if path.is_file() else None
-        if cached is not None:
-            return cached
-    pad_ids, pad_mask = preprocessor.padding_row()
-    ids, mask = preprocessor(texts)
-    input_ids = torch.cat([pad_ids, ids])
-    attention_mask = torch.cat([pad_mask, mask]).to(torch.int8)
-    if path is not None:
-        payload = safetensors_save({"input_ids": input_ids, "attention_mask": attention_mask}, metadata=expected)
-        with atomic_file(path, mode="wb") as handle:
-            handle.write(payload)
-    return input_ids, attention_mask
 
 
 def _rows(sequences: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
@@ -152,46 +81,74 @@ class EvalSequences(torch.utils.data.Dataset):
         return EvalSample(left_pad(history, self.max_len), int(self.targets[index]), history)
 
 
+TEXT, VISION = SLOT["text"].name, SLOT["vision"].name  # the named views of batches (text_ids, pixel_values)
+BatchInputs = dict[str, ModalityInputs]  # modality -> its batch tensors, one row per item
+
+
+def _map_tensors(value: Any, apply: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`value` with `apply` applied to every tensor in it (nested dicts of tensors, e.g. a batch's inputs)."""
+    if isinstance(value, torch.Tensor):
+        return apply(value)
+    if isinstance(value, dict):
+        return {key: _map_tensors(item, apply) for key, item in value.items()}
+    return value
+
+
 class _TensorBundle:
-    """Device moves and pinning for dataclasses whose fields are tensors or None."""
+    """Device moves and pinning for dataclasses whose fields are tensors, None or dicts of them."""
 
     def to(self: BatchT, device: torch.device | str, non_blocking: bool = False) -> BatchT:
         """A copy with every tensor on `device`."""
-        values = {}
-        for spec in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, spec.name)
-            values[spec.name] = (
-                value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
-            )
-        return type(self)(**values)
+        return self._rebuilt(lambda tensor: tensor.to(device, non_blocking=non_blocking))
 
     def pin_memory(self: BatchT) -> BatchT:
         """A copy with every tensor in pinned memory (DataLoader(pin_memory=True) calls this)."""
-        values = {}
-        for spec in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, spec.name)
-            values[spec.name] = value.pin_memory() if isinstance(value, torch.Tensor) else value
+        return self._rebuilt(lambda tensor: tensor.pin_memory())
+
+    def _rebuilt(self: BatchT, apply: Callable[[torch.Tensor], torch.Tensor]) -> BatchT:
+        values = {spec.name: _map_tensors(getattr(self, spec.name), apply) for spec in fields(self)}  # type: ignore[arg-type]
         return type(self)(**values)
 
 
+class _NamedInputs:
+    """The text and image inputs of a batch under their names of before (views of `inputs`)."""
+
+    inputs: BatchInputs
+
+    def _input(self, modality: str, name: str) -> torch.Tensor | None:
+        return self.inputs.get(modality, {}).get(name)
+
+    @property
+    def text_ids(self) -> torch.Tensor | None:
+        """Token rows [U, T] of the items (None without text)."""
+        return self._input(TEXT, "input_ids")
+
+    @property
+    def text_mask(self) -> torch.Tensor | None:
+        """Their token mask [U, T]."""
+        return self._input(TEXT, "attention_mask")
+
+    @property
+    def pixel_values(self) -> torch.Tensor | None:
+        """uint8 images [U, 3, H, W], un-normalised (zeros for an item without an image; None without images)."""
+        return self._input(VISION, "pixel_values")
+
+
 @dataclass
-class SequenceBatch(_TensorBundle):
-    """A batch of user sequences and the features of its distinct items.
+class SequenceBatch(_NamedInputs, _TensorBundle):
+    """A batch of user sequences and the inputs of its distinct items.
 
     item_seq: catalogue indices [B, S], left-padded with 0; seq_mask: True on real items;
     unique_items: sorted distinct non-padding indices [U] (every known item when the collator lists all known items
-    as candidates); slot_index: position of each slot's item in
-    unique_items [B, S] (0 on padding, use seq_mask); text_ids/text_mask: token rows [U, T] of unique_items;
-    pixel_values: uint8 [U, 3, H, W], un-normalised (zeros for an item without an image).
+    as candidates); slot_index: position of each slot's item in unique_items [B, S] (0 on padding, use seq_mask);
+    inputs: each modality's batch tensors for unique_items (`inputs["text"]["input_ids"]`, also `text_ids`).
     """
 
     item_seq: torch.Tensor
     seq_mask: torch.Tensor
     unique_items: torch.Tensor
     slot_index: torch.Tensor
-    text_ids: torch.Tensor | None
-    text_mask: torch.Tensor | None
-    pixel_values: torch.Tensor | None
+    inputs: BatchInputs
 
 
 @dataclass
@@ -207,13 +164,11 @@ class EvalBatch(SequenceBatch):
 
 
 @dataclass
-class ItemBatch(_TensorBundle):
-    """Features of a list of catalogue items (for encoding the whole catalogue in chunks)."""
+class ItemBatch(_NamedInputs, _TensorBundle):
+    """Inputs of a list of catalogue items (for encoding the whole catalogue in chunks)."""
 
     items: torch.Tensor
-    text_ids: torch.Tensor | None
-    text_mask: torch.Tensor | None
-    pixel_values: torch.Tensor | None
+    inputs: BatchInputs
 
 
 def _stack_left_padded(windows: Sequence[np.ndarray]) -> np.ndarray:
@@ -225,12 +180,14 @@ def _stack_left_padded(windows: Sequence[np.ndarray]) -> np.ndarray:
 class BatchCollator:
     """Builds SequenceBatch (from TrainSequences samples) or EvalBatch (from EvalSequences samples).
 
-    item_ids: catalogue item ids (index i + 1 -> item_ids[i]), used to look images up;
-    text_ids / text_mask: the token cache from tokenize_catalogue, or None without text;
-    image_store: an ImageStore or None without images; image_size: side of the returned square images;
-    pixel_cache_bytes: budget of the per-process cache of decoded images (0: decode every time);
+    item_ids: catalogue item ids (index i + 1 -> item_ids[i]);
+    inputs: one reader per modality of the model (`pmmrec.data.readers`; `inference.make_collator` builds them);
+    text_ids / text_mask / image_store / image_size / pixel_cache_bytes: the text and image readers given by their
+    parts instead (the token cache from tokenize_catalogue, an ImageStore, the side of the returned square images and
+    the byte budget of the per-process cache of decoded images, 0: decode every time);
     all_items_as_candidates: training batches list every catalogue item as a candidate (the full-softmax loss), not
-    only their own; include_images: False when a frozen-prefix cache already holds every image input;
+    only their own; cached: modalities whose frozen prefixes a cache holds for every item: their inputs are left out
+    of batches where reading them costs (images; `include_images=False` says it of the images alone);
     known_items: the sorted catalogue indices known at training time, the full softmax's only candidates (None: the
     whole catalogue 1..N; never-trained items must not be negatives, issue 24, so training sets it).
     """
@@ -238,14 +195,16 @@ class BatchCollator:
     def __init__(
         self,
         item_ids: Sequence[str],
-        text_ids: torch.Tensor | None,
-        text_mask: torch.Tensor | None,
-        image_store: ImageStore | None,
+        text_ids: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        image_store: ImageStore | None = None,
         image_size: int = 224,
         *,
+        inputs: Mapping[str, ItemInputs] | None = None,
         pixel_cache_bytes: int = DEFAULT_PIXEL_CACHE_BYTES,
         all_items_as_candidates: bool = False,
         include_images: bool = True,
+        cached: Collection[str] = (),
         known_items: np.ndarray | None = None,
     ) -> None:
         if (text_ids is None) != (text_mask is None):
@@ -257,70 +216,142 @@ class BatchCollator:
         if image_size < 1:
             raise ConfigError(f"image_size must be positive, got {image_size}")
         self.item_ids = list(item_ids)
-        self.text_ids = text_ids
-        self.text_mask = text_mask
-        self.image_store = image_store
-        self.image_preprocessor = ImagePreprocessor(image_size)
-        self.include_images = include_images
+        readers: dict[str, ItemInputs] = dict(inputs or {})
+        if text_ids is not None and text_mask is not None:
+            readers[TEXT] = TokenTable(text_ids, text_mask)
+        if image_store is not None:
+            readers[VISION] = ImageInputs(self.item_ids, image_store, image_size, pixel_cache_bytes)
+        order = list(registered_readers())
+        self.inputs: dict[str, ItemInputs] = dict(sorted(readers.items(), key=lambda entry: order.index(entry[0])))
         self.all_items_as_candidates = all_items_as_candidates
+        self.cached = frozenset(cached) | (frozenset() if include_images else {VISION})
         self.known_items: np.ndarray | None = known_items
-        self.pixel_cache = PixelCache(pixel_cache_bytes)  # decoded images of popular items, per process
 
     def with_options(
-        self, *, all_items_as_candidates: bool, include_images: bool, known_items: np.ndarray | None = None
+        self,
+        *,
+        all_items_as_candidates: bool,
+        include_images: bool = True,
+        cached: Collection[str] = (),
+        known_items: np.ndarray | None = None,
     ) -> BatchCollator:
-        """A collator over the same catalogue inputs (token rows, image store, decoded-image cache) whose batches
+        """A collator over the same catalogue inputs (the same readers, decoded-image cache included) whose batches
         follow these options; this one is left as it is."""
         changed = copy.copy(self)
         changed.all_items_as_candidates = all_items_as_candidates
-        changed.include_images = include_images
+        changed.cached = frozenset(cached) | (frozenset() if include_images else {VISION})
         changed.known_items = known_items
         return changed
+
+    # ---- named views of the text and image readers ------------------------------------------------------------
+
+    @property
+    def include_images(self) -> bool:
+        """Whether batches carry images (False when a frozen-prefix cache holds every image input)."""
+        return VISION not in self.cached
+
+    @property
+    def text_ids(self) -> torch.Tensor | None:
+        """The token table [N+1, T] (None without text)."""
+        reader = self.inputs.get(TEXT)
+        return reader.tables()[0] if reader is not None else None
+
+    @text_ids.setter
+    def text_ids(self, value: torch.Tensor) -> None:
+        self._replace_tokens(value, None)
+
+    @property
+    def text_mask(self) -> torch.Tensor | None:
+        """The token mask table [N+1, T] (None without text)."""
+        reader = self.inputs.get(TEXT)
+        return reader.tables()[1] if reader is not None else None
+
+    @text_mask.setter
+    def text_mask(self, value: torch.Tensor) -> None:
+        self._replace_tokens(None, value)
+
+    def _replace_tokens(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+        """This collator reads another token table (other collators sharing its readers are left as they are)."""
+        reader = self.inputs[TEXT]
+        assert isinstance(reader, TokenTable)
+        replaced = TokenTable(
+            input_ids if input_ids is not None else reader.input_ids,
+            attention_mask if attention_mask is not None else reader.attention_mask,
+        )
+        self.inputs = {**self.inputs, TEXT: replaced}
+
+    @property
+    def image_store(self) -> ImageStore | None:
+        """The image LMDB reader (None without images)."""
+        reader = self.inputs.get(VISION)
+        return reader.store if isinstance(reader, ImageInputs) else None
 
     @property
     def image_size(self) -> int:
         """Side of the square images batches carry."""
-        return self.image_preprocessor.image_size
+        reader = self.inputs.get(VISION)
+        return reader.image_size if isinstance(reader, ImageInputs) else 224
 
-    def _load_pixels(self, indices: list[int]) -> list[np.ndarray | None]:
-        """Prepared images (S x S x 3) of catalogue indices, read from the LMDB in one transaction."""
-        assert self.image_store is not None
-        images = self.image_store.get_many([self.item_ids[index - 1] for index in indices])
-        return [None if image is None else self.image_preprocessor.pixels(image) for image in images]
+    # ---- generic over the readers ------------------------------------------------------------------------------
 
-    def _image(self, index: int) -> np.ndarray | None:
-        return self.image_store.get(self.item_ids[index - 1]) if self.image_store is not None else None
+    def input_tables(self) -> list[torch.Tensor | None]:
+        """Every registered reader's whole-catalogue tables, in the slot table's order, None for a modality this
+        collator has no reader of (what a resumable evaluation's key covers of the item inputs)."""
+        tables: list[torch.Tensor | None] = []
+        for modality, reader_class in registered_readers().items():
+            reader = self.inputs.get(modality)
+            tables += reader.tables() if reader is not None else [None] * len(reader_class.table_names)
+        return tables
+
+    def item_lengths(self) -> torch.Tensor | None:
+        """Real tokens per catalogue row [N+1], summed over the modalities that have token masks (None: none has)."""
+        lengths = [length for reader in self.inputs.values() if (length := reader.lengths()) is not None]
+        return torch.stack(lengths).sum(dim=0) if lengths else None
+
+    def item_inputs(
+        self, items: torch.Tensor, *, skip: Collection[str] = (), only: Collection[str] | None = None
+    ) -> BatchInputs:
+        """The batch tensors of catalogue indices `items`, by modality: exactly `only`'s when given; else every
+        reader's but those in `skip` and those this collator's `cached` leaves out (readers that read storage)."""
+        out: BatchInputs = {}
+        for modality, reader in self.inputs.items():
+            if only is not None:
+                if modality in only:
+                    out[modality] = reader.rows(items)
+            elif modality not in skip and not (modality in self.cached and reader.reads_storage):
+                out[modality] = reader.rows(items)
+        return out
 
     def item_features(
         self, items: torch.Tensor, include_images: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """(text ids, text mask, pixel values) of the given catalogue indices, each with one row per index.
+        """(text ids, text mask, pixel values) of the given catalogue indices, each with one row per index (the
+        named view of `item_inputs`; include_images=False skips the LMDB reads)."""
+        inputs = self.item_inputs(items, skip=() if include_images else {VISION})
+        text, vision = inputs.get(TEXT, {}), inputs.get(VISION, {})
+        return text.get("input_ids"), text.get("attention_mask"), vision.get("pixel_values")
 
-        include_images=False skips the LMDB reads (for encoders whose image inputs are already cached).
-        """
-        text_ids = self.text_ids[items] if self.text_ids is not None else None
-        text_mask = self.text_mask[items] if self.text_mask is not None else None
-        pixel_values = None
-        if self.image_store is not None and include_images and self.include_images:
-            indices = items.tolist()
-            if any(index < 1 or index > len(self.item_ids) for index in indices):
-                raise DatasetError(f"catalogue index out of range 1..{len(self.item_ids)}")
-            pixel_values = self.image_preprocessor(self.pixel_cache.get_many(indices, self._load_pixels))
-        return text_ids, text_mask, pixel_values
+    def collate_items(
+        self,
+        indices: Sequence[int],
+        include_images: bool = True,
+        *,
+        skip: Collection[str] = (),
+        only: Collection[str] | None = None,
+    ) -> ItemBatch:
+        """Inputs of a chunk of catalogue indices; usable as a DataLoader collate_fn over range(1, N + 1).
 
-    def collate_items(self, indices: Sequence[int], include_images: bool = True) -> ItemBatch:
-        """Features of a chunk of catalogue indices; usable as a DataLoader collate_fn over range(1, N + 1)."""
+        `only` reads just these modalities' inputs, `skip` leaves these out (include_images=False: the images)."""
         items = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        text_ids, text_mask, pixel_values = self.item_features(items, include_images)
-        return ItemBatch(items=items, text_ids=text_ids, text_mask=text_mask, pixel_values=pixel_values)
+        left_out = {*skip, *(() if include_images else (VISION,))}
+        return ItemBatch(items=items, inputs=self.item_inputs(items, skip=left_out, only=only))
 
     def __call__(self, samples: Sequence[np.ndarray | EvalSample]) -> SequenceBatch:
         return self._collate(samples, with_features=True)
 
     def sequences_only(self, samples: Sequence[np.ndarray | EvalSample]) -> SequenceBatch:
-        """A batch without item features (text/pixels None): for scoring against a precomputed item table."""
+        """A batch without item inputs (empty `inputs`): for scoring against a precomputed item table."""
         return self._collate(samples, with_features=False)
-
     def _collate(self, samples: Sequence[np.ndarray | EvalSample], with_features: bool) -> SequenceBatch:
         if not samples:
             raise ConfigError("cannot collate an empty batch")
@@ -343,17 +374,12 @@ class BatchCollator:
             unique_items, inverse = np.unique(item_seq[seq_mask], return_inverse=True)
             slot_index[seq_mask] = inverse.reshape(-1)
         unique_tensor = torch.from_numpy(unique_items.astype(np.int64))
-        text_ids = text_mask = pixel_values = None
-        if with_features:
-            text_ids, text_mask, pixel_values = self.item_features(unique_tensor)
         common = {
             "item_seq": torch.from_numpy(item_seq),
             "seq_mask": torch.from_numpy(seq_mask),
             "unique_items": unique_tensor,
             "slot_index": torch.from_numpy(slot_index),
-            "text_ids": text_ids,
-            "text_mask": text_mask,
-            "pixel_values": pixel_values,
+            "inputs": self.item_inputs(unique_tensor) if with_features else {},
         }
         if not is_eval:
             return SequenceBatch(**common)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from pmmrec.demo import wording
 from pmmrec.fileio import atomic_file
 from pmmrec.stats import compare, per_user_metric, seed_mean, summarise, with_holm
 
@@ -100,10 +101,6 @@ def _cell(row: Mapping[str, Any], key: str) -> str:
     return f"{row[key]:.4f} [{low:.4f}, {high:.4f}]"
 
 
-def _mark(comparison: Mapping[str, Any]) -> str:
-    return "yes" if comparison["significant"] else "no"
-
-
 def _p(value: float) -> str:
     """A p-value: 4 decimals, or 2 significant digits below 0.0001 (an exact p can be tiny)."""
     return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
@@ -115,10 +112,23 @@ def _flip(comparison: Mapping[str, Any]) -> str:
 
 
 def results_markdown(
-    rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]], notes: Sequence[str]
+    rows: Sequence[Mapping[str, Any]],
+    tests: Sequence[Mapping[str, Any]],
+    notes: Sequence[str],
+    *,
+    title: str | None = None,
+    intro: str | None = None,
 ) -> str:
-    """Markdown: the table (means with 95% intervals, search budgets), the paired tests and their rule, the notes."""
-    lines = [
+    """Markdown: a title and what is compared (when given), the rows and columns in words, the verdicts, then the
+    table (means with 95% intervals, search budgets), the paired tests and their rule, the notes."""
+    lines = [f"# {title}", ""] if title else []
+    if intro:
+        lines += [intro, ""]
+    lines += ["**The rows**", "", *(f"- {wording.row_line(row['model'])}" for row in rows), ""]
+    lines += [f"**The columns**: {wording.COLUMNS}", ""]
+    lines += ["**What the table shows**", "", *(f"- {line}" for line in wording.best_rows(rows))]
+    lines += [*(f"- {sentence}" for sentence in wording.verdicts(tests, ALPHA)), ""]
+    lines += [
         "| model | configurations searched | HR@10 | NDCG@10 | MRR@10 | new-item users: NDCG@10 |",
         "|---|---|---|---|---|---|",
     ]
@@ -137,16 +147,22 @@ def results_markdown(
         lines.append(
             f"| {test['a']} vs {test['b']} | {test['subset']} ({test['users']}) | {test['differing']} | "
             f"{test['difference']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}] | {_flip(test)} | "
-            f"{_p(test['p_bootstrap'])} | {_p(test['p_holm'])} | {_mark(test)} ({test['verdict']}) |"
+            f"{_p(test['p_bootstrap'])} | {_p(test['p_holm'])} | "
+            f"{wording.significance_cell(test, ALPHA, len(tests))} ({test['verdict']}) |"
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
 
-def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]]) -> str:
-    """Plain-text table for the terminal; * marks a row significantly better than the row it is tested against."""
+def results_text(
+    rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]], *, title: str | None = None
+) -> str:
+    """Plain text for the terminal: the title, the rows in words, the table and one verdict sentence per
+    comparison; * marks a row significantly better than the row it is tested against."""
     winners = {t["a"] for t in tests if t["significant"] and t["difference"] > 0 and t["subset"] == "all"}
+    lines = [title, "=" * len(title), ""] if title else []
+    lines += [f"  {wording.row_line(row['model'])}" for row in rows] + [""]
     header = f"{'model':<20}{'NDCG@10 [95% CI]':>28}{'HR@10':>9}  {'new-item NDCG@10':>17}  searched"
-    lines = [header, "-" * len(header)]
+    lines += [header, "-" * len(header)]
     for row in rows:
         low, high = row["ndcg@10_ci"]
         new = "-" if row.get("new_ndcg@10") is None else f"{row['new_ndcg@10']:.4f}"
@@ -155,13 +171,9 @@ def results_text(rows: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str,
             f"{row['model']:<20}{row['ndcg@10']:>9.4f} [{low:.4f}, {high:.4f}]{mark}{row['hr@10']:>8.4f}  {new:>17}"
             f"  {row.get('searched') or '-'}"
         )
+    lines += ["", "What the table shows:", *(f"  {line}" for line in wording.best_rows(rows))]
+    lines += [f"  {sentence}" for sentence in wording.verdicts(tests, ALPHA)]
     lines += ["", f"significance: {SIGNIFICANCE_RULE}"]
-    for test in tests:
-        lines.append(
-            f"{test['a']} vs {test['b']} ({test['subset']} users, {test['users']}; {test['differing']} differ): "
-            f"{test['difference']:+.4f}, p = {_flip(test)} sign-flip, {_p(test['p_bootstrap'])} seed x user "
-            f"bootstrap, {_p(test['p_holm'])} Holm -> {test['verdict']}"
-        )
     return "\n".join(lines)
 
 
@@ -200,27 +212,43 @@ def plot_validation_curves(
 def plot_test_ndcg(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     """Test NDCG@10 per model with 95% interval error bars, for all users and for users with a new-item target."""
     plt = _pyplot()
+    figure = ndcg_bar_figure(rows, title)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def ndcg_bar_figure(rows: Sequence[Mapping[str, Any]], title: str) -> Any:
+    """The figure of `plot_test_ndcg`. A mean of exactly 0 is labelled "0" at the bar's foot (a zero-height bar
+    looks like a missing one) and a value the row does not have is labelled "n/a"."""
+    plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
     positions = np.arange(len(rows))
     width = 0.38
-    for offset, (prefix, label) in zip(
-        (-width / 2, width / 2), (("", "all test users"), ("new_", "new-item users")), strict=True
+    for index, (offset, (prefix, label)) in enumerate(
+        zip((-width / 2, width / 2), (("", "all test users"), ("new_", "new-item users")), strict=True)
     ):
-        means = np.array([row.get(f"{prefix}ndcg@10") or 0.0 for row in rows])
+        values = [row.get(f"{prefix}ndcg@10") for row in rows]
+        means = np.array([value or 0.0 for value in values])
         lows = np.array([(row.get(f"{prefix}ndcg@10_ci") or [0.0, 0.0])[0] for row in rows])
         highs = np.array([(row.get(f"{prefix}ndcg@10_ci") or [0.0, 0.0])[1] for row in rows])
         errors = np.vstack([np.maximum(means - lows, 0.0), np.maximum(highs - means, 0.0)])
-        axes.bar(positions + offset, means, width, yerr=errors, capsize=3, label=label)
+        color = f"C{index}"
+        axes.bar(positions + offset, means, width, yerr=errors, capsize=3, label=label, color=color)
+        for position, value in zip(positions + offset, values, strict=True):
+            if value is None or value == 0.0:
+                axes.plot([position - width / 2, position + width / 2], [0.0, 0.0], color=color, linewidth=2.5)
+                axes.annotate("n/a" if value is None else "0", (position, 0.0), xytext=(0, 3),
+                              textcoords="offset points", ha="center", va="bottom", fontsize=8, color=color)  # fmt: skip
     axes.set_xticks(positions)
     axes.set_xticklabels([row["model"] for row in rows], rotation=20, ha="right")
     axes.set_xlabel("model")
     axes.set_ylabel("test NDCG@10 (95% bootstrap CI over users)")
+    axes.set_ylim(bottom=0.0)
     axes.set_title(title)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    _save(figure, path)
-    plt.close(figure)
+    return figure
 
 
 def _save(figure: Any, path: Path) -> None:

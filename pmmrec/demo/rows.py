@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS
+from pmmrec.slots import PAPER_MODALITIES, REFERENCE_SLOTS
 
 # Rows whose user encoder is created fresh for the run (their dropout is a choice); the others load a user encoder.
 FRESH_USER_ROWS = ("sasrec-id", "pmmrec-scratch", "transfer-text-only", "mm-scratch")
@@ -172,7 +172,7 @@ def row_model(row: str, settings: DemoSettings, components: dict[str, dict[str, 
     if row == "pmmrec-scratch":
         return {"modalities": ["text"], "text_trainable_layers": layers, **fresh}
     if row == "mm-scratch":
-        return {"modalities": list(MODALITY_SLOTS), "text_trainable_layers": layers, **fresh}
+        return {"modalities": list(PAPER_MODALITIES), "text_trainable_layers": layers, **fresh}
     parts = components[PRETRAINING_OF[row]]
     if row == "transfer-text-only":
         return {"text": parts["text"], "text_trainable_layers": layers, "dropout": config.dropout}
@@ -196,7 +196,7 @@ def row_overrides(row: str, settings: DemoSettings, components: dict[str, dict[s
 def pretrain_overrides(name: str, settings: DemoSettings) -> dict[str, Any]:
     """Pre-training config of one pre-training run: text (rec + NID + RCL), its NID/RCL ablations, or text + vision
     (mm: + NICL) and its NICL ablation."""
-    modalities = list(MODALITY_SLOTS) if name.startswith("mm") else ["text"]
+    modalities = list(PAPER_MODALITIES) if name.startswith("mm") else ["text"]
     weights = {"text-no-nid": {"nid": 0.0}, "text-no-rcl": {"rcl": 0.0}, "mm-no-nicl": {"nicl": 0.0}}.get(name, {})
     return {
         **settings.common(),

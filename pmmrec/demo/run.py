@@ -56,6 +56,32 @@ QUICK_SHARES: tuple[float, ...] = (0.1, 0.25, 1.0)  # `--quick`'s
 __all__ = ["model_ranks"]  # re-exported: the ranking the demo's rows are measured with
 
 
+# Wall seconds of `pmmrec demo` (default) and `--quick` on an idle 2-core CPU, empty caches (docs/benchmarks.md,
+# "How long the demo takes": 3 min 12 s and 25 s at load 0.4-1.2).
+EXPECTED_SECONDS = {"default": 192, "quick": 25}
+
+
+def duration(seconds: float) -> str:
+    """'25 s', '3 min 12 s'."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60} s"
+
+
+def expected_line(label: str, measured: dict[str, float] = EXPECTED_SECONDS) -> str | None:
+    """What a run of this setting should take, from a measured figure, and how busy this machine is now."""
+    if label not in measured:
+        return None
+    cores = os.cpu_count() or 1
+    try:
+        load = f", load {os.getloadavg()[0]:.1f}"
+    except OSError:  # no load average on this platform
+        load = ""
+    return (
+        f"expected duration: about {duration(measured[label])} on an idle 2-core CPU (measured); this machine has "
+        f"{cores} cores{load}, and a busy machine takes longer"
+    )
+
+
 def published_repo(slot: str) -> str:
     """The Hub repo of one of the demo's components (listed in hub/catalogue.json)."""
     return f"{HUB_ORG}/pmmrec-{slot}"
@@ -138,6 +164,8 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     where = choose_device(device)  # every training run and every evaluation on this device
     on_device = {"device": str(where)}
+    if (expected := expected_line(settings.label)) is not None and where.type == "cpu":
+        _say(expected)
 
     _say("1/5 building the MovieLens-100K source and target domains (disjoint items and users)")
     source_dir = build_movielens(out / "data" / "source", domain="source", overwrite=True)
@@ -209,20 +237,32 @@ def demo(
         "seconds": elapsed,
     }
     write_json(out / "results.json", payload)
-    curve_title = f"Learning curve ({label})"
-    markdown = results_markdown(rows, tests, notes) + "\n" + curve_markdown(report, curve_title)
-    write_markdown(out / "results.md", markdown)
+    title = f"pmmrec demo: transfer to a new MovieLens domain ({label})"
+    intro = demo_intro(stats, len(rows))
+    markdown = results_markdown(rows, tests, notes, title=title, intro=intro)
+    write_markdown(out / "results.md", markdown + "\n" + curve_markdown(report, f"Learning curve ({label})"))
     plot_validation_curves(curves, references_valid, out / "valid_ndcg.png",
                            f"Target-domain validation NDCG@10 per epoch ({label})")  # fmt: skip
     plot_test_ndcg(rows, out / "test_ndcg.png", f"Target-domain test NDCG@10 with 95% CIs ({label})")
     plot_curve(report, out / "curve.png", f"Test NDCG@10 against the share of training users ({label})")
-    tqdm.write(results_text(rows, tests))
+    tqdm.write(results_text(rows, tests, title=title))
     tqdm.write(curve_text(report))
     for note in notes:
         tqdm.write(f"  {note}")
     written = ", ".join(str(out / name) for name in ("results.json", "results.md", "valid_ndcg.png", "test_ndcg.png"))
     tqdm.write(f"wrote {written} and {out / 'curve.png'}")
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def demo_intro(stats: dict[str, Any], count: int) -> str:
+    """The sentence under the title: what is compared, on what, by which measure."""
+    return (
+        f"{count} ways to recommend on the MovieLens-100K target domain are compared: each row ranks all {stats['items']} "
+        f"target items for each of the {stats['users']} test users (items and users disjoint from the source domain "
+        "the pre-trained rows learnt on), and is scored by where each user's held-out next item lands. "
+        f"For {stats['new_item_test_users']} of those users the next item is a new item, one that no training "
+        "sequence holds: the test of recommending by content."
+    )
 
 
 def demo_notes(

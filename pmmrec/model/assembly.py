@@ -58,7 +58,7 @@ def check_compatible(components: Mapping[str, Component | None]) -> None:
     else:
         modalities = {slot for slot in MODALITY_SLOTS if slot in present}
         if not modalities:
-            raise AssemblyError("no item modality: give a text encoder, a vision encoder, or both")
+            raise AssemblyError(f"no item modality: give {_encoder_choices(flags=False)}")
         fusion = present.get("fusion")
         if fusion is None:
             raise AssemblyError("a content item tower needs a fusion component")
@@ -73,6 +73,14 @@ def check_compatible(components: Mapping[str, Component | None]) -> None:
                 "drop that encoder or use a fusion that reads it"
             )
     common_width(present)
+
+
+def _encoder_choices(flags: bool) -> str:
+    """'a text encoder (--text), a vision encoder (--vision), or both': the encoders of the slot table."""
+    named = [f"a {SLOT[slot].title.lower()}" + (f" ({SLOT[slot].flag})" if flags else "") for slot in MODALITY_SLOTS]
+    if len(named) == 1:
+        return named[0]
+    return ", ".join(named) + (", or both" if len(named) == 2 else ", or several")
 
 
 def assemble_parts(
@@ -90,7 +98,7 @@ def assemble_parts(
         if source is not None:
             sources[slot] = source
     if all(loaded[slot] is None for slot in (*MODALITY_SLOTS, ID_TOWER_SLOT)):
-        raise AssemblyError("no item modality: give a text encoder (--text), a vision encoder (--vision), or both")
+        raise AssemblyError(f"no item modality: give {_encoder_choices(flags=True)}")
     dim = common_width(loaded)
     assert dim is not None
     notes: list[str] = []
@@ -98,7 +106,7 @@ def assemble_parts(
     if loaded["fusion"] is None and loaded[ID_TOWER_SLOT] is None:
         present = [slot for slot in MODALITY_SLOTS if loaded[slot] is not None]
         variant = "merge_attention" if len(present) > 1 else f"{present[0]}_only"
-        fusion = create_component("fusion", CreateOptions(dim=dim), variant)
+        fusion = create_component("fusion", CreateOptions(dim=dim, modalities=tuple(present)), variant)
         loaded["fusion"] = fusion
         sources["fusion"] = created
         if variant == "merge_attention":

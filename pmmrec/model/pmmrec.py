@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,17 @@ from torch import nn
 
 from pmmrec import integrity
 from pmmrec.cards import ComponentRow, ModelCardData, TrainingFacts, render_model_card
-from pmmrec.components import Component, Fusion, ItemTower, TextEncoder, UserEncoder, VisionEncoder
+from pmmrec.components import (
+    Component,
+    Fusion,
+    ItemEncoder,
+    ItemTower,
+    ModalityInputs,
+    ModalityTokens,
+    TextEncoder,
+    UserEncoder,
+    VisionEncoder,
+)
 from pmmrec.components._packed import variable_shape_attention
 from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
@@ -36,20 +46,52 @@ from pmmrec.model.manifest import (
 from pmmrec.modes import eval_mode
 from pmmrec.ranking import RankQuery, rank_histories
 from pmmrec.references import resolve_reference
-from pmmrec.slots import SLOTS, modalities_of
+from pmmrec.slots import MODALITY_SLOTS, SLOT, SLOTS, modalities_of
+
+TEXT, VISION = SLOT["text"].name, SLOT["vision"].name  # the named arguments of before (texts=, text_ids=, ...)
 
 
 @dataclass
 class ItemEncoding:
-    """Item embeddings [N, d], plus per-modality pooled states used by the NICL objective."""
+    """Item embeddings [N, d], plus each modality's pooled token states (the NICL objective contrasts them)."""
 
     embeddings: torch.Tensor
-    text_pooled: torch.Tensor | None = None
-    image_pooled: torch.Tensor | None = None
+    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def text_pooled(self) -> torch.Tensor | None:
+        return self.pooled.get(TEXT)
+
+    @property
+    def image_pooled(self) -> torch.Tensor | None:
+        return self.pooled.get(VISION)
+
+
+def named_inputs(
+    text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None
+) -> dict[str, ModalityInputs]:
+    """The text and image inputs given by their names of before, as `embed_items(inputs=...)` takes them."""
+    inputs: dict[str, ModalityInputs] = {}
+    text = {name: value for name, value in (("input_ids", text_ids), ("attention_mask", text_mask)) if value is not None}
+    if text:
+        inputs[TEXT] = text
+    if pixel_values is not None:
+        inputs[VISION] = {"pixel_values": pixel_values}
+    return inputs
 
 
 class PMMRec(nn.Module):
-    """Item tower (text and/or vision encoders + fusion, or ID embeddings) and a user encoder."""
+    """Item tower (one encoder per modality + fusion, or ID embeddings) and a user encoder.
+
+    Every slot of pmmrec.slots' table is an attribute (`model.text`, `model.fusion`; None when empty); components of
+    slots beyond the named parameters (a modality added to the table) are given by slot name as keywords.
+    """
+
+    text: TextEncoder | None
+    vision: VisionEncoder | None
+    fusion: Fusion | None
+    user: UserEncoder
+    item_tower: ItemTower | None
 
     def __init__(
         self,
@@ -59,14 +101,16 @@ class PMMRec(nn.Module):
         fusion: Fusion | None = None,
         item_tower: ItemTower | None = None,
         sources: dict[str, ComponentSource] | None = None,
+        **components: Component | None,
     ) -> None:
         super().__init__()
-        check_compatible({"text": text, "vision": vision, "fusion": fusion, "user": user, "item_tower": item_tower})
-        self.text = text
-        self.vision = vision
-        self.fusion = fusion
-        self.user = user
-        self.item_tower = item_tower
+        unknown = sorted(set(components) - set(SLOTS))
+        if unknown:
+            raise TypeError(f"PMMRec() got unknown slot(s) {unknown}; slots are {', '.join(SLOTS)}")
+        given = {"text": text, "vision": vision, "fusion": fusion, "user": user, "item_tower": item_tower, **components}
+        check_compatible(given)
+        for slot in SLOTS:  # table order: the order of parameters, state dict keys and optimiser groups
+            setattr(self, slot, given.get(slot))
         self.sources: dict[str, ComponentSource] = sources or {}
         self.assembly_notes: list[str] = []
 
@@ -81,6 +125,11 @@ class PMMRec(nn.Module):
     def modalities(self) -> frozenset[str]:
         """Which item modalities the model reads: {'text'}, {'vision'}, both, or {'id'}."""
         return modalities_of(self.components())
+
+    def encoders(self) -> dict[str, ItemEncoder]:
+        """The present item encoders by modality, in the slot table's order."""
+        found = {modality: getattr(self, modality) for modality in MODALITY_SLOTS}
+        return {modality: encoder for modality, encoder in found.items() if encoder is not None}
 
     @property
     def dim(self) -> int:
@@ -114,33 +163,37 @@ class PMMRec(nn.Module):
         images: Sequence[Image.Image | np.ndarray | None] | None = None,
         *,
         batch_size: int = 256,
+        **content: Sequence[Any] | None,
     ) -> torch.Tensor:
         """Item embeddings [N, d] (float32, on the model's device) from raw content, in eval mode.
 
         Texts and images are prepared by the model's own encoders (tokenizer, resize and crop); a None image is an
-        item without a picture. Like `SentenceTransformer.encode`, for items of any catalogue, seen or new.
+        item without a picture. Another modality's content is given under its encoder's `raw_name`. Like
+        `SentenceTransformer.encode`, for items of any catalogue, seen or new.
         """
         if self.item_tower is not None:
             raise ConfigError("an ID-based model has no content encoder: it can only score its own catalogue")
-        count = len(texts) if texts is not None else len(images) if images is not None else 0
-        if self.text is not None and texts is None:
-            raise ConfigError("this model reads item texts: give texts=")
-        if self.vision is not None and images is None:
-            raise ConfigError("this model reads item images: give images= (None for an item without one)")
-        if texts is not None and images is not None and len(texts) != len(images):
-            raise ConfigError(f"{len(texts)} texts but {len(images)} images")
+        given = {name: values for name, values in {"texts": texts, "images": images, **content}.items() if values is not None}
+        for encoder in self.encoders().values():
+            if encoder.raw_name not in given:
+                raise ConfigError(encoder.missing_raw)
+        counts = {name: len(values) for name, values in given.items()}
+        if len(set(counts.values())) > 1:
+            raise ConfigError(" but ".join(f"{count} {name}" for name, count in counts.items()))
+        count = next(iter(counts.values()), 0)
         device = self.device
         out = torch.zeros(count, self.dim, device=device)
         with eval_mode(self):
             for start in range(0, count, batch_size):
                 stop = min(start + batch_size, count)
-                text_ids = text_mask = pixels = None
-                if self.text is not None and texts is not None:
-                    text_ids, text_mask = self.text.tokenize(list(texts[start:stop]))
-                    text_ids, text_mask = text_ids.to(device), text_mask.to(device)
-                if self.vision is not None and images is not None:
-                    pixels = self.vision.preprocessor(list(images[start:stop])).to(device)
-                out[start:stop] = self.embed_items(text_ids, text_mask, pixels).embeddings.float()
+                inputs = {
+                    modality: {
+                        name: tensor.to(device)
+                        for name, tensor in encoder.prepare(list(given[encoder.raw_name][start:stop])).items()
+                    }
+                    for modality, encoder in self.encoders().items()
+                }
+                out[start:stop] = self.embed_items(inputs=inputs).embeddings.float()
         return out
 
     @torch.inference_mode()
@@ -176,58 +229,42 @@ class PMMRec(nn.Module):
         item_indices: torch.Tensor | None = None,
         text_prefix: torch.Tensor | None = None,
         image_prefix: torch.Tensor | None = None,
+        *,
+        inputs: Mapping[str, ModalityInputs] | None = None,
+        prefixes: Mapping[str, torch.Tensor] | None = None,
     ) -> ItemEncoding:
         """Embed N items from prepared inputs (or IDs); a cached frozen prefix may replace raw inputs.
 
-        The training step, the catalogue encoder and the prefix cache call this on prepared batches; `encode_items`
-        prepares raw texts and images first. Attention runs on kernels that need no per-shape setup (item batches
-        change shape every step; see `variable_shape_attention`).
+        `inputs` holds each modality's batch tensors (a collator's `batch.inputs`), `prefixes` the cached frozen
+        prefixes of some modalities; the text and image arguments before them are the same given by name. The
+        training step, the catalogue encoder and the prefix cache call this on prepared batches; `encode_items`
+        prepares raw content first. Attention runs on kernels that need no per-shape setup (item batches change
+        shape every step; see `variable_shape_attention`).
         """
+        inputs = {**named_inputs(text_ids, text_mask, pixel_values), **(inputs or {})}
+        named_prefixes = {TEXT: text_prefix, VISION: image_prefix}
+        prefixes = {**{m: p for m, p in named_prefixes.items() if p is not None}, **(prefixes or {})}
         with variable_shape_attention():
-            return self._embed_items(text_ids, text_mask, pixel_values, item_indices, text_prefix, image_prefix)
+            return self._embed_items(inputs, prefixes, item_indices)
 
     def _embed_items(
         self,
-        text_ids: torch.Tensor | None,
-        text_mask: torch.Tensor | None,
-        pixel_values: torch.Tensor | None,
+        inputs: Mapping[str, ModalityInputs],
+        prefixes: Mapping[str, torch.Tensor],
         item_indices: torch.Tensor | None,
-        text_prefix: torch.Tensor | None,
-        image_prefix: torch.Tensor | None,
     ) -> ItemEncoding:
         if self.item_tower is not None:
             if item_indices is None:
                 raise ValueError("an ID item tower needs item_indices")
             return ItemEncoding(embeddings=self.item_tower(item_indices))
-        text_tokens = image_tokens = None
-        if self.text is not None:
-            if text_mask is None:
-                raise ValueError("the text encoder needs text_mask")
-            # Drop token columns that are padding for every item of the batch: same result, less work.
-            width = max(int(text_mask.sum(dim=1).max()), 1) if text_mask.shape[0] else text_mask.shape[1]
-            text_mask = text_mask[:, :width]
-            text_ids = text_ids[:, :width] if text_ids is not None else None
-            text_prefix = text_prefix[:, :width] if text_prefix is not None else None
-            if text_prefix is not None:
-                text_tokens, text_mask = self.text.forward_from_prefix(text_prefix, text_mask)
-            elif text_ids is not None:
-                text_tokens, text_mask = self.text(text_ids, text_mask)
-            else:
-                raise ValueError("the text encoder needs text_ids (or a cached prefix)")
-        if self.vision is not None:
-            if image_prefix is not None:
-                image_tokens = self.vision.forward_from_prefix(image_prefix)
-            elif pixel_values is not None:
-                image_tokens = self.vision(pixel_values)
-            else:
-                raise ValueError("the vision encoder needs pixel_values (the dataset has no images.lmdb?)")
+        tokens: dict[str, ModalityTokens] = {}
+        for modality, encoder in self.encoders().items():
+            own, prefix = encoder.trim(inputs.get(modality), prefixes.get(modality))
+            tokens[modality] = encoder.tokens(own, prefix)
         assert self.fusion is not None
-        embeddings = self.fusion(text_tokens=text_tokens, text_mask=text_mask, image_tokens=image_tokens)
-        return ItemEncoding(
-            embeddings=embeddings,
-            text_pooled=masked_mean(text_tokens, text_mask) if text_tokens is not None else None,
-            image_pooled=masked_mean(image_tokens, None) if image_tokens is not None else None,
-        )
+        embeddings = self.fusion(tokens)
+        pooled = {modality: masked_mean(*states) for modality, states in tokens.items()}
+        return ItemEncoding(embeddings=embeddings, pooled=pooled)
 
     def encode_users(self, item_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """User states [B, S, d] for left-padded sequences of item embeddings."""
@@ -244,13 +281,17 @@ class PMMRec(nn.Module):
         user: ComponentLike = None,
         item_tower: ComponentLike = None,
         user_config: dict[str, Any] | None = None,
+        **others: ComponentLike,
     ) -> PMMRec:
-        """Combine components given as objects or references; create what must exist and is missing.
+        """Combine components given as objects or references (by slot); create what must exist and is missing.
 
         The notes of what was created are in `model.assembly_notes`.
         """
-        references = {"text": text, "vision": vision, "fusion": fusion, "user": user, "item_tower": item_tower}
-        loaded, sources, notes = assemble_parts(references, user_config)
+        unknown = sorted(set(others) - set(SLOTS))
+        if unknown:
+            raise TypeError(f"PMMRec.assemble() got unknown slot(s) {unknown}; slots are {', '.join(SLOTS)}")
+        named = {"text": text, "vision": vision, "fusion": fusion, "user": user, "item_tower": item_tower}
+        loaded, sources, notes = assemble_parts({**named, **others}, user_config)
         model = cls(sources=sources, **{slot: component for slot, component in loaded.items()})  # type: ignore[arg-type]
         model.assembly_notes = notes
         return model

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from pmmrec.objectives.base import Objective, register_objective
 from pmmrec.objectives.next_item import check_slot_batch, user_item_membership
-from pmmrec.slots import MODALITY_SLOTS
+from pmmrec.slots import PAPER_MODALITIES
 
 if TYPE_CHECKING:
     from pmmrec.model import PMMRec
@@ -118,7 +118,7 @@ class NICLLoss(Objective):
     pretrain_weight: ClassVar[float] = 0.4
     weight_description: ClassVar[str] = "Weight of NICL (cross-modal contrastive loss)."
     options_description: ClassVar[str] = "NICL options."
-    needs_modalities: ClassVar[frozenset[str]] = frozenset(MODALITY_SLOTS)  # contrasts text with image states
+    needs_modalities: ClassVar[frozenset[str]] = frozenset(PAPER_MODALITIES)  # contrasts text with image states
     skip_notice: ClassVar[str] = (
         "NICL skipped: it needs both a text and a vision encoder (train with --modality text --modality vision "
         "on a dataset with images.lmdb, e.g. one built by `pmmrec data movielens --images synthetic`)"

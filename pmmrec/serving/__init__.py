@@ -2,10 +2,10 @@
 
 Modules: `options` (every option of `pmmrec serve`: one pydantic model), `service` (ranking and adding items),
 `catalogue` (the in-memory table and its live items), `view` (read-only look-ups and health), `live` (following
-the item store), `routes` (the HTTP routes), `app` (the application: middleware, errors, /docs), `schemas`
-(request and response bodies), `runner` (building a service), `server` (running it), `store` / `store_postgres`
-(durable live items), `table_cache`, `batching`, `ann`, `images`, `metrics`, `merge` (live items into a new
-dataset folder).
+the item store), `routes` (the HTTP API: request and response bodies and the routes), `app` (the application:
+middleware, errors, /docs), `runner` (building a service), `server` (running it), `store` / `store_postgres`
+(durable live items), `state_dir` (the default state folder), `table_cache`, `batching`, `ann`, `images`,
+`metrics`, `merge` (live items into a new dataset folder).
 
 Needs the optional dependencies of the `serve` extra (`pip install 'pmmrec[serve]'`). The names below load on first
 use, so `pmmrec.serving.options` (what the command line reads) imports neither torch nor FastAPI.
@@ -33,7 +33,7 @@ _HOMES = {  # public name -> the module it lives in
     "ServiceError": "limits",
     "build_service": "runner",
     "create_app": "app",
-    "default_state_dir": "runner",
+    "default_state_dir": "state_dir",
     "encode_item": "encoding",
     "load_service": "runner",
     "merge_live_items": "merge",

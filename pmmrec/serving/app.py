@@ -32,7 +32,6 @@ from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import build_service
-from pmmrec.serving.schemas import error_responses
 from pmmrec.serving.service import RecommenderService
 
 
@@ -155,7 +154,7 @@ def create_app(
     app.add_middleware(metrics.middleware)  # outermost: counts 413s of the body limit too
     _add_error_handlers(app)
     keyed = [Depends(routes.require_key)] if api_key is not None else []
-    unauthorised = error_responses(401) if api_key is not None else {}
+    unauthorised = routes.error_responses(401) if api_key is not None else {}
     protect = service.options.protect_reads
     app.include_router(routes.public)
     app.include_router(routes.reads, dependencies=keyed if protect else [], responses=unauthorised if protect else {})

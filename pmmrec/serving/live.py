@@ -34,6 +34,7 @@ class LiveItemsFollower:
         self.served = served
         self.limits = limits
         self._last_seq = 0
+        self.skipped = 0  # stored items this model cannot embed (an ID tower): not served
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -73,7 +74,11 @@ class LiveItemsFollower:
         for row in rows:
             if row.item_id in own:
                 entries.append(own[row.item_id])
-            elif row.item_id not in self.catalogue.index:
+            elif row.item_id in self.catalogue.index:
+                pass  # already published (a row read twice, or an item of the catalogue itself)
+            elif self.served.add_refusal is not None:
+                self.skipped += 1  # added for a content model; this one cannot embed it (it is kept in the store)
+            else:
                 entries.append(self._restore(row))
             self._last_seq = max(self._last_seq, row.seq)
         self.catalogue.publish(entries)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pmmrec.errors import ConfigError
 from pmmrec.serving.limits import Limits
@@ -88,7 +88,12 @@ class ServeOptions(BaseModel):
     state_dir: Path | None = Field(
         default=None,
         description="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE "
-        "or ~/.local/state/pmmrec, then serve/DATASET-HASH.",
+        "or ~/.local/state/pmmrec, then serve/DATASET-HASH/model-KEY (this model's own live items).",
+    )
+    share_live_items: bool = Field(
+        default=False,
+        description="Without --state: keep live items in serve/DATASET-HASH, shared by every model served with this "
+        "flag on the same data, instead of in this model's own folder.",
     )
     store_url: str | None = Field(default=None, description="postgresql:// URL of a live-item store shared by replicas.")
     api_key_file: Path | None = Field(
@@ -135,6 +140,14 @@ class ServeOptions(BaseModel):
     )
     limits: Limits = Field(default_factory=Limits, description="Request limits (reported by GET /health).")
 
+    @model_validator(mode="after")
+    def _share_only_the_default_folder(self) -> ServeOptions:
+        """--share-live-items picks the default folder: with --state or --store it would silently do nothing."""
+        if self.share_live_items and (self.state_dir is not None or self.store_url):
+            given = "--state" if self.state_dir is not None else "--store"
+            raise ValueError(f"--share-live-items applies without --state and --store; {given} already names the store")
+        return self
+
     @property
     def ann_config(self) -> AnnConfig | None:
         """The approximate index's options, or None for exact search only."""
@@ -158,6 +171,7 @@ SERVE_FLAGS: dict[str, str] = {
     "device": "device",
     "quiet": "quiet",
     "state": "state_dir",
+    "share_live_items": "share_live_items",
     "store": "store_url",
     "api_key_file": "api_key_file",
     "protect_reads": "protect_reads",
@@ -186,6 +200,9 @@ def options_from_flags(flags: dict[str, Any]) -> ServeOptions:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error.get("loc") else ""
+            if not field:  # a rule between options (the message names the flags)
+                problems.append(str(error.get("msg", "invalid")).removeprefix("Value error, "))
+                continue
             given = values.get(field)
             where = flag_of.get(field, field or "serve") + ("" if given is None else f" {given}")
             problems.append(f"{where}: {error.get('msg', 'invalid')}")

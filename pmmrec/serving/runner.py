@@ -3,7 +3,6 @@ folder and the API key."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -15,31 +14,19 @@ import torch
 from pmmrec.data import Dataset
 from pmmrec.distributed import choose_device
 from pmmrec.errors import ConfigError
-from pmmrec.inference import encode_catalogue, make_collator
+from pmmrec.inference import encode_catalogue, make_collator, unscored_items
 from pmmrec.model import PMMRec
 from pmmrec.serving.ann import AnnConfig, AnnIndex
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.served_model import ServedModel
 from pmmrec.serving.service import RecommenderService
+from pmmrec.serving.state_dir import copy_shared_items, dataset_state_dir, default_state_dir
 from pmmrec.serving.stores import open_store
 from pmmrec.serving.table_cache import load_table, save_table, table_key, table_key_parts
 
 log = logging.getLogger("pmmrec.serving")
 
 API_KEY_ENV = "PMMREC_API_KEY"
-STATE_ENV = "PMMREC_STATE"
-
-
-def default_state_dir(dataset: Dataset) -> Path:
-    """$PMMREC_STATE, else $XDG_STATE_HOME/pmmrec (~/.local/state/pmmrec), then serve/NAME-HASH for the dataset.
-
-    HASH is the start of the sha256 of the dataset's items.tsv, so each catalogue keeps its own live items and a
-    dataset rebuilt with them merged in starts with an empty store.
-    """
-    root = os.environ.get(STATE_ENV) or Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "pmmrec"
-    items = dataset.info.get("files", {}).get("items.tsv", {}).get("sha256", "")
-    suffix = items[:12] or hashlib.sha256("\n".join(dataset.item_ids).encode()).hexdigest()[:12]
-    return Path(root) / "serve" / f"{dataset.name}-{suffix}"
 
 
 def read_api_key(path: Path | str | None) -> str | None:
@@ -97,6 +84,11 @@ def build_service(
             save_table(state, key, parts, table)
     config = options.ann_config
     ann = _ann_index(config, table, state, key) if config is not None and dataset.num_items >= config.min_items else None
+    unscored = None
+    if "item_tower" in served.types:  # an ID tower (small: loaded at once): its never-trained rows are never served
+        whole = served.model()
+        whole.bind_catalogue(dataset.item_ids)
+        unscored = unscored_items(whole, dataset.num_items)
     service = RecommenderService(
         served,
         list(dataset.item_ids),
@@ -110,11 +102,16 @@ def build_service(
         reference=reference,
         options=options,
         ann=ann,
+        unscored=unscored.tolist() if unscored is not None else None,
     )
     store = open_store(state, options.store_url)
     if store is not None:
         loaded = service.attach_store(store, model_key, options.poll_interval)
         log.info("%s live items loaded from %s", loaded, store.location)
+        if service.live is not None and service.live.skipped:
+            service.notes.append(
+                f"{service.live.skipped} live items in {store.location} are not served: {served.add_refusal}"
+            )
     served.start_loading()
     return service
 
@@ -144,8 +141,9 @@ def load_service(
     """Load an assembled model (folder or hub reference) and a dataset folder; read or encode the catalogue.
 
     `options.device` None: CUDA when available, else the CPU. With `default_state` and neither a state folder nor
-    a store URL in `options`, the state is kept in `default_state_dir(dataset)` (what `pmmrec serve` does);
-    otherwise nothing is kept without a state folder.
+    a store URL in `options`, the state is kept in `default_state_dir` (what `pmmrec serve` does): the model's
+    own folder, into which the dataset folder's live items are copied once, or with `options.share_live_items` the
+    dataset's folder; otherwise nothing is kept without a state folder.
     """
     from pmmrec.data import load_dataset
     from pmmrec.model import read_manifest
@@ -160,8 +158,17 @@ def load_service(
     served = ServedModel.from_folder(resolved.path, manifest)
     dataset = load_dataset(data_dir)
     update: dict[str, Any] = {"device": str(device)}
+    notes = []
     if default_state and options.state_dir is None and not options.store_url:
-        update["state_dir"] = default_state_dir(dataset)
-    return build_service(
+        update["state_dir"] = state = default_state_dir(dataset, served.key, share=options.share_live_items)
+        shared = dataset_state_dir(dataset)
+        if state != shared and served.add_refusal is None and (copied := copy_shared_items(shared, state)):
+            notes.append(
+                f"copied the {copied} live items of {shared} (kept there for every model before live items were "
+                f"kept per model) into this model's {state}; --share-live-items serves the shared ones instead"
+            )
+    service = build_service(
         served, dataset, options.model_copy(update=update), manifest=manifest, reference=str(model_ref)
     )
+    service.notes[:0] = notes
+    return service

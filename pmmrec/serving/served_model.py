@@ -25,6 +25,10 @@ from pmmrec.errors import ArtefactError
 from pmmrec.model import MANIFEST_FILE, PMMRec, load_model_component, modalities_of
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.table_cache import manifest_fingerprint, model_fingerprint
+from pmmrec.slots import MODALITY_SLOTS, SLOT
+
+# What POST /items carries of a new item, by the modality that reads it (the name `encoded_from` reports).
+ADDABLE_CONTENT: dict[str, str] = {"text": "text", "vision": "image"}
 
 log = logging.getLogger("pmmrec.serving")
 
@@ -129,7 +133,7 @@ class ServedModel:
     @property
     def item_inputs(self) -> list[str]:
         """What the model reads of a new item's content: 'text' and/or 'image' (reported as `encoded_from`)."""
-        return [name for name, slot in (("text", "text"), ("image", "vision")) if slot in self.types]
+        return [name for slot, name in ADDABLE_CONTENT.items() if slot in self.types]
 
     @property
     def add_refusal(self) -> str | None:
@@ -140,6 +144,10 @@ class ServedModel:
                 f"this model has an ID item tower ({tower}): it can only score the items "
                 "it was trained on; adding items by content needs a content model (text and/or vision encoder)"
             )
+        unreadable = [slot for slot in MODALITY_SLOTS if slot in self.types and slot not in ADDABLE_CONTENT]
+        if unreadable:
+            kinds = ", ".join(f"{SLOT[slot].title.lower()} ({self.types[slot]})" for slot in unreadable)
+            return f"this model reads content that POST /items does not carry: {kinds}"
         return None
 
     @property

@@ -11,6 +11,7 @@ from pmmrec.errors import ConfigError
 from pmmrec.serving.app import create_app
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import load_service, read_api_key
+from pmmrec.serving.service import RecommenderService
 
 
 def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = None) -> None:
@@ -30,8 +31,19 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
     service = load_service(model_ref, data_dir, options, default_state=True)
     torch.set_num_threads(options.threads)  # after the catalogue encoding, which uses every core
     app = create_app(service=service, api_key=api_key)
-    encoders = "loading in the background (POST /items waits)" if service.served.state == "loading" else service.served.state
-    print(f"pmmrec serve: {service.num_items} items, live items in {service.store_location}, item encoders {encoders}", flush=True)
+    print(startup_line(service), flush=True)
+    for note in service.notes:
+        print(f"pmmrec serve: {note}", flush=True)
     uvicorn.run(
         app, host=options.host, port=options.port, access_log=True, log_level="info", timeout_graceful_shutdown=30
+    )
+
+
+def startup_line(service: RecommenderService) -> str:
+    """`pmmrec serve: 1682 items + 3 live items (in STATE/items.sqlite3), item encoders ready`."""
+    encoders = "loading in the background (POST /items waits)" if service.served.state == "loading" else service.served.state
+    live = service.live_loaded
+    return (
+        f"pmmrec serve: {service.num_items - live} items + {live} live items (in {service.store_location}), "
+        f"item encoders {encoders}"
     )

@@ -55,7 +55,9 @@ class RecommenderService:
         reference: str | None = None,
         options: ServeOptions | None = None,
         ann: AnnIndex | None = None,
+        unscored: list[int] | None = None,
     ) -> None:
+        """`unscored`: catalogue indices never to recommend (an ID tower's never-trained rows, issue 24)."""
         self.served = ServedModel.of(model)
         if item_table.ndim != 2 or item_table.shape[1] != self.served.dim:
             raise PmmrecError(f"item table has shape {tuple(item_table.shape)}, expected (items + 1, {self.served.dim})")
@@ -77,6 +79,9 @@ class RecommenderService:
             else None
         )
         self.items_added_here = 0
+        self.unscored = frozenset(unscored or ())
+        self.live_loaded = 0  # live items loaded from the store at start-up
+        self.notes: list[str] = []  # what the start-up printed besides its one line (`pmmrec serve`)
 
     # ---- state ---------------------------------------------------------------------------------------
 
@@ -134,7 +139,8 @@ class RecommenderService:
         with batcher.expect() if batcher is not None else contextlib.nullcontext():
             indices = self._history_indices(user_id, history, k)
             exclude = sorted(set(indices)) if exclude_seen else []
-            query = RankQuery(indices, k, exclude=exclude)
+            never = sorted(self.unscored.union(exclude)) if self.unscored else exclude
+            query = RankQuery(indices, k, exclude=never)
             if batcher is not None:
                 ranked = batcher.submit(query)
             else:
@@ -230,7 +236,8 @@ class RecommenderService:
         """Load every stored live item and follow the store (see `LiveItemsFollower`); how many items were loaded."""
         self.live = LiveItemsFollower(store, model_key, self.catalogue, self.served, self.limits)
         self.view.store_location = store.location
-        return self.live.start(poll_interval)
+        self.live_loaded = self.live.start(poll_interval)
+        return self.live_loaded
 
     def close(self) -> None:
         """Stop following the store, finish queued rankings and a model load in progress, release the store

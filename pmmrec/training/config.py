@@ -6,16 +6,19 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
 from pmmrec.objectives import ObjectiveWeights, registered_objectives
-from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOTS
+from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOT, SLOTS
+from pmmrec.training.tower_defaults import DEFAULT_TOWER, TOWER_DEFAULTS, tower_default_text, with_tower_defaults
+from pmmrec.training.tower_defaults import TOWER_DEPENDENT as TOWER_DEPENDENT  # the CLI's help reads it from here
 
 MAX_CONFIG_BYTES = 1 << 20
+PRETRAIN_BATCH_SIZE = 64  # pretrain's own default, whatever the tower
 
 
 class _Strict(BaseModel):
@@ -39,46 +42,77 @@ def _objectives_config() -> type[_Strict]:
 ObjectivesConfig = _objectives_config()
 
 
-class ModelConfig(_Strict):
-    """Which components a run starts from (references), and how the missing ones are created."""
+def _model_config() -> type[_Strict]:
+    """ModelConfig, with a reference field per slot and a backbone and trainable-layers field per modality,
+    generated from pmmrec.slots' table (field order: the order of config.yaml, which resuming compares)."""
+    reference = {slot: (str | None, Field(default=None, description=SLOT[slot].reference_help)) for slot in REFERENCE_SLOTS}
+    backbone = {
+        f"{slot}_backbone": (
+            str if SLOT[slot].backbone is not None else str | None,
+            Field(default=SLOT[slot].backbone, description=f"Backbone of a fresh {SLOT[slot].title.lower()}."),
+        )
+        for slot in MODALITY_SLOTS
+    }
+    layers = {
+        f"{slot}_trainable_layers": (
+            int | None,
+            Field(
+                default=None,
+                ge=0,
+                le=96,
+                description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (fresh encoders: 2).",
+            ),
+        )
+        for slot in MODALITY_SLOTS
+    }
+    fields: dict[str, Any] = {
+        **reference,
+        "modalities": (
+            list[Literal[MODALITY_SLOTS]] | None,
+            Field(
+                default=None,
+                description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset "
+                "with images: text and vision).",
+            ),
+        ),
+        "item_tower": (
+            Literal["content", "id"],
+            Field(default="content", description="content (PMMRec) or id (the SASRec-ID baseline: one embedding per item)."),
+        ),
+        **backbone,
+        "dim": (
+            int | None,
+            Field(
+                default=None,
+                ge=1,
+                le=8192,
+                description="Embedding width d of fresh components (default: the given components' width, else "
+                f"{TOWER_DEFAULTS['id']['model.dim']} for ID towers and the text backbone's width (384 for minilm) for "
+                "content towers; null: the given components' width, else the text backbone's, else 384).",
+            ),
+        ),
+        **layers,
+        "user_layers": (int, Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")),
+        "user_heads": (
+            int | None,
+            Field(default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."),
+        ),
+        "dropout": (
+            float,
+            Field(
+                default=0.3,
+                ge=0.0,
+                lt=1.0,
+                description="Dropout of a fresh user encoder (0.3: chosen on validation, docs/benchmarks.md; paper: 0.1).",
+            ),
+        ),
+    }
+    model = create_model("ModelConfig", __base__=_Strict, __module__=__name__, **fields)
+    model.__doc__ = "Which components a run starts from (references), and how the missing ones are created."
+    return model
 
-    text: str | None = Field(default=None, description="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
-    vision: str | None = Field(default=None, description="Vision encoder: hub:ORG/NAME[@REV], hf://... or a folder.")
-    fusion: str | None = Field(default=None, description="Fusion reference (created fresh when absent).")
-    user: str | None = Field(default=None, description="User encoder reference (created fresh when absent).")
-    modalities: list[Literal[MODALITY_SLOTS]] | None = Field(
-        default=None,
-        description="Item modalities (default: those of the given encoders, else text; pretrain on a dataset with "
-        "images: text and vision).",
-    )
-    item_tower: Literal["content", "id"] = Field(
-        default="content", description="content (PMMRec) or id (the SASRec-ID baseline: one embedding per item)."
-    )
-    text_backbone: str = Field(default="minilm", description="Backbone of a fresh text encoder.")
-    vision_backbone: str = Field(default="efficientnet-lite0", description="Backbone of a fresh vision encoder.")
-    dim: int | None = Field(
-        default=None,
-        ge=1,
-        le=8192,
-        description="Embedding width d of fresh components (default: the given components' width, else the text "
-        "backbone's, else 384).",
-    )
-    text_trainable_layers: int | None = Field(
-        default=None, ge=0, le=96, description="Text encoder: top layers trained (fresh encoders: 2)."
-    )
-    vision_trainable_layers: int | None = Field(
-        default=None, ge=0, le=96, description="Vision encoder: top layers (blocks) trained (fresh encoders: 2)."
-    )
-    user_layers: int = Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")
-    user_heads: int | None = Field(
-        default=None, ge=1, le=256, description="Attention heads of a fresh user encoder (default: up to 2)."
-    )
-    dropout: float = Field(
-        default=0.3,
-        ge=0.0,
-        lt=1.0,
-        description="Dropout of a fresh user encoder (0.3: chosen on validation, docs/benchmarks.md; paper: 0.1).",
-    )
+
+ModelConfig = _model_config()
 
 
 class TrainConfig(_Strict):
@@ -92,8 +126,20 @@ class TrainConfig(_Strict):
         description="Training epochs (paper fine-tuning: 5); default: until validation NDCG@10 has not improved for "
         "--patience epochs, at most max_epochs.",
     )
-    max_epochs: int = Field(default=50, ge=1, le=10_000, description="Cap on epochs when --epochs is not given.")
-    batch_size: int = Field(default=32, ge=1, le=65_536, description="Users per batch per process.")
+    max_epochs: int = Field(
+        default=TOWER_DEFAULTS[DEFAULT_TOWER]["max_epochs"],
+        ge=1,
+        le=10_000,
+        description="Cap on epochs when --epochs is not given; the cosine schedule decays to 0 over it (default: "
+        f"{tower_default_text('max_epochs')}).",
+    )
+    batch_size: int = Field(
+        default=TOWER_DEFAULTS[DEFAULT_TOWER]["batch_size"],
+        ge=1,
+        le=65_536,
+        description=f"Training windows per batch per process (default: {tower_default_text('batch_size')}; "
+        f"pretrain: {PRETRAIN_BATCH_SIZE}).",
+    )
     eval_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Users per evaluation batch.")
     item_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Items per catalogue-encoding batch.")
     max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (paper: 20).")
@@ -141,7 +187,11 @@ class TrainConfig(_Strict):
         "user encoder, fusion or ID table created for this run and for objective heads, pretrained_lr otherwise).",
     )
     fresh_lr: float = Field(
-        default=1e-3, gt=0, le=1.0, description="Default rate of parts created for this run (when lr is not given)."
+        default=TOWER_DEFAULTS[DEFAULT_TOWER]["fresh_lr"],
+        gt=0,
+        le=1.0,
+        description="Default rate of parts created for this run (when lr is not given; default: "
+        f"{tower_default_text('fresh_lr')}).",
     )
     pretrained_lr: float = Field(
         default=1e-4,
@@ -198,6 +248,13 @@ class TrainConfig(_Strict):
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Components the run starts from.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_tower_defaults(cls, data: Any) -> Any:
+        """Keys left out take their item tower's defaults (TOWER_DEFAULTS; a field's own default is the content
+        tower's)."""
+        return with_tower_defaults(data) if isinstance(data, dict) else data
+
     @property
     def epoch_limit(self) -> int:
         """The most epochs this run trains: `epochs` when given, else `max_epochs`."""
@@ -224,7 +281,7 @@ def finetune_defaults() -> dict[str, Any]:
 
 def pretrain_defaults() -> dict[str, Any]:
     """Pre-training trains all four objectives."""
-    return {"mode": "pretrain", "batch_size": 64}
+    return {"mode": "pretrain", "batch_size": PRETRAIN_BATCH_SIZE}
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -238,30 +295,19 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_train_config(
-    defaults: dict[str, Any], path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+    defaults: dict[str, Any],
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    saved: str | os.PathLike[str] | None = None,
 ) -> TrainConfig:
-    """defaults < YAML file < command-line overrides; errors name the file and the key."""
+    """defaults < `saved` (a resumed run's config.yaml) < YAML file < command-line overrides; errors name the file
+    and the key. Keys that no layer gives take their item tower's default (TOWER_DEFAULTS)."""
     payload = dict(defaults)
     source = "command line"
-    if path is not None:
-        source = str(path)
-        if not os.path.lexists(path):
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            with open_regular_file(path, ConfigError) as handle:  # a FIFO is refused, never read forever
-                raw = handle.read(MAX_CONFIG_BYTES + 1)
-            if len(raw) > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes")
-            loaded = yaml.safe_load(raw.decode("utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of options at the top level")
-        payload = _deep_merge(payload, loaded)
+    for layer in (saved, path):
+        if layer is not None:
+            source = str(layer)
+            payload = _deep_merge(payload, read_yaml_mapping(layer))
     payload = _deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         config = TrainConfig.model_validate(payload)
@@ -273,6 +319,27 @@ def load_train_config(
     if unknown_slots:
         raise ConfigError(f"{source}: unknown component(s) {sorted(unknown_slots)}; expected {', '.join(SLOTS)}")
     return config
+
+
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options of a YAML config file (at most MAX_CONFIG_BYTES, a regular file); errors name the file."""
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        with open_regular_file(path, ConfigError) as handle:  # a FIFO is refused, never read forever
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes")
+        loaded = yaml.safe_load(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of options at the top level")
+    return loaded
 
 
 def dump_train_config(config: TrainConfig) -> str:

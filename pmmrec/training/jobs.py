@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
-from pmmrec.data import Dataset, load_dataset
+from pmmrec.data import Dataset, load_dataset, registered_readers
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
@@ -115,16 +115,22 @@ def train(
     """Pre-train or fine-tune: build the model the config names, train it, write the run's artefacts.
 
     pretrain writes RUN/components/<slot> (each component its own artefact); finetune writes RUN/model (the
-    assembled best model). Options: defaults of the mode < the YAML file < `overrides` (nested like the YAML).
+    assembled best model). Options: defaults of the mode < (`resume`) the run's own RUN/config.yaml < the YAML file
+    < `overrides` (nested like the YAML); what none gives takes its item tower's default.
     """
     defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
-    config = load_train_config(defaults, config_path, overrides)
+    # A resumed run starts from the options it saved: what is not given again keeps its value, so a run resumes even
+    # after the defaults changed (issue 28.1); an option given differently is still refused by the run folder.
+    saved = Path(out) / "config.yaml" if resume and os.path.lexists(Path(out) / "config.yaml") else None
+    config = load_train_config(defaults, config_path, overrides, saved=saved)
     if config.mode != mode:
-        raise ConfigError(f"{config_path}: mode is {config.mode!r} but this is `pmmrec {mode}`")
+        raise ConfigError(f"{config_path or saved}: mode is {config.mode!r} but this is `pmmrec {mode}`")
     dataset = load_dataset(data)
     spec = config.model
-    if mode == "pretrain" and spec.modalities is None and dataset.images_path is not None and not (spec.text or spec.vision):
-        spec = spec.model_copy(update={"modalities": list(MODALITY_SLOTS)})
+    if mode == "pretrain" and spec.modalities is None and not any(getattr(spec, slot) for slot in MODALITY_SLOTS):
+        provided = [modality for modality, reader in registered_readers().items() if reader.provided_by(dataset)]
+        if len(provided) > 1:  # pre-training reads every modality the dataset holds (one: the default, text)
+            spec = spec.model_copy(update={"modalities": provided})
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
     with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes

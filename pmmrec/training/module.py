@@ -40,7 +40,8 @@ class TrainingModule(nn.Module):
         self.model = model
         objectives = config.objectives
         weights = objectives.weights
-        self.notices: list[str] = []  # objectives skipped because the model lacks what they need
+        # Objectives skipped because the model lacks what they need: (name, notice, whether its weight was given).
+        self.skipped: list[tuple[str, str, bool]] = []
         self.options: dict[str, Any] = {}  # each objective's options as this model trains with them
         self.active: dict[str, Objective] = {}
         for name, objective in registered_objectives().items():
@@ -48,7 +49,7 @@ class TrainingModule(nn.Module):
             self.options[objective.options_key] = options
             if getattr(weights, name) > 0 and not objective.needs_modalities <= model.modalities:
                 weights = weights.model_copy(update={name: 0.0})  # skipped (the Trainer prints the notice)
-                self.notices.append(objective.skip_notice)
+                self.skipped.append((name, objective.skip_notice, name in objectives.weights.model_fields_set))
             built = objective.build(model, options) if getattr(weights, name) > 0 else None
             setattr(self, objective.options_key, built)  # registered as a submodule: its state dict keys
             if built is not None:
@@ -98,17 +99,8 @@ class TrainingModule(nn.Module):
         (from cached frozen prefixes where there are some)."""
         if self.item_table is not None:
             return ItemEncoding(embeddings=self.item_table[batch.unique_items])
-        text_prefix = image_prefix = None
-        if self.prefix_cache is not None:
-            text_prefix, image_prefix = self.prefix_cache.lookup(batch)
-        return self.model.embed_items(
-            batch.text_ids,
-            batch.text_mask,
-            batch.pixel_values,
-            item_indices=batch.unique_items,
-            text_prefix=text_prefix,
-            image_prefix=image_prefix,
-        )
+        prefixes = self.prefix_cache.lookup(batch) if self.prefix_cache is not None else {}
+        return self.model.embed_items(inputs=batch.inputs, prefixes=prefixes, item_indices=batch.unique_items)
 
 
 def item_tower_frozen(model: PMMRec) -> bool:

@@ -33,6 +33,7 @@ from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split,
 from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
+from pmmrec.progress import bar_disable
 from pmmrec.training.config import TrainConfig, dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
@@ -46,6 +47,17 @@ from pmmrec.training.run_dir import (
     rng_state,
     save_checkpoint,
 )
+
+
+def time_left(epochs: list[tuple[float, float]], epochs_left: int, then_test: bool) -> float:
+    """Seconds left at most: each remaining epoch as long as the mean epoch so far (training and validation, from
+    `epochs`: (training s, validation s) each), then the test evaluation (as long as a validation: the same users
+    and catalogue) when one follows. Early stopping may end the run sooner."""
+    if not epochs:
+        return 0.0
+    train = sum(t for t, _ in epochs) / len(epochs)
+    valid = sum(v for _, v in epochs) / len(epochs)
+    return max(epochs_left, 0) * (train + valid) + (valid if then_test else 0.0)
 
 
 class TrainingInterrupted(PmmrecError):
@@ -113,10 +125,13 @@ class Trainer:
         self.train_set = TrainSequences(train_sequences, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
         self.module, self.collator = self._build_module(model, dataset, log_popularity_from_counts(counts))
-        self.notices: list[str] = list(self.module.notices)
+        # A skipped objective is announced where a user could expect it: its weight was given, or the data has
+        # images. A text-only run on text-only data, where it cannot apply (the demo, the README), stays quiet.
+        self.notices = [notice for _, notice, given in self.module.skipped if given or dataset.images_path is not None]
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
+        self.epoch_times: list[tuple[float, float]] = []  # (training s, validation s) of each epoch of this process
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
             self.wrapped = DistributedDataParallel(
@@ -154,7 +169,7 @@ class Trainer:
         ).to(self.device)
         collator = inputs.with_options(
             all_items_as_candidates=module.full_softmax,
-            include_images=cache is None or not cache.caches_image,
+            cached=cache.skipped_inputs if cache is not None else (),
             known_items=self.known_items,
         )
         return module, collator
@@ -283,7 +298,7 @@ class Trainer:
                     initial=progress["step_in_epoch"],
                     desc=f"{config.mode} epoch {epoch + 1}/{config.epoch_limit}",
                     unit="step",
-                    disable=not (self.progress and self.context.is_main),
+                    disable=bar_disable(self.progress and self.context.is_main),
                     dynamic_ncols=True,
                 )
                 started, items_seen = time.perf_counter(), 0
@@ -342,7 +357,9 @@ class Trainer:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
 
     def _end_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
+        evaluation_started = time.perf_counter()
         result = self._evaluate("valid")
+        self.epoch_times.append((seconds, time.perf_counter() - evaluation_started))
         score = result.metrics[self.config.select_metric]
         improved = progress["best"] is None or score > progress["best"]
         record = {"event": "eval", "split": "valid", "epoch": epoch + 1, "seconds": seconds, **result.metrics}
@@ -355,13 +372,12 @@ class Trainer:
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
-            epoch_times = [entry["seconds"] for entry in progress["history"]]
-            left = (self.config.epoch_limit - epoch - 1) * sum(epoch_times) / len(epoch_times)
+            left = time_left(self.epoch_times, self.config.epoch_limit - epoch - 1, self.config.evaluate_test)
             tqdm.write(
                 f"epoch {epoch + 1}/{self.config.epoch_limit}: valid {self.config.select_metric} = {score:.4f}"
                 + (" (best)" if improved else f" (best {progress['best']:.4f} at epoch {progress['best_epoch']})")
-                + f"; {seconds:.1f} s of training"
-                + (f", about {left:.0f} s of training left at most" if left > 0 else "")
+                + f"; {seconds:.1f} s of training, {self.epoch_times[-1][1]:.1f} s of validation"
+                + (f"; at most about {left:.0f} s left" if left > 0 else "")
             )
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         if self.config.save_checkpoints:
@@ -390,6 +406,7 @@ class Trainer:
             "world_size": self.context.world_size,
             "gather_negatives": self.module.gather_negatives,
             "objectives": self.module.active_losses(),
+            "skipped_objectives": [name for name, _, _ in self.module.skipped],
             "softmax": self.module.options["next_item"].softmax,
             "known_items": len(self.known_items),
             "learning_rates": self.learning_rates,

@@ -1,0 +1,323 @@
+"""Issue 28.1: the per-tower defaults of `pmmrec finetune`, chosen on validation with time as a criterion.
+
+`search` trains every configuration of a tower's grid on the whole MovieLens-100K with the test split switched off
+(`--no-evaluate-test`), each a `pmmrec finetune` child process with every searched option given explicitly (so the
+grid means the same whatever the defaults are), on `--threads` threads (1 for the search: on a shared machine a
+second thread mostly spins), `--workers` children at a time. Each run records validation HR/NDCG@10 at its best
+epoch, the epochs run, steps, its CPU time (user + sys of the child) and wall time, and the machine's load average
+before / during / after. Results go to `--json` after every run; a run already there is not trained again.
+
+Patience 3 is not trained separately: a run's learning-rate schedule does not depend on its patience, so the
+history of a patience-5 run up to its stop is that of the patience-3 run up to the earlier stop; each patience-5 run
+also yields its patience-3 outcome (`derived`, its CPU time scaled by the epochs trained).
+
+The selection rule, fixed before the search ran: among all configurations of a tower (derived ones included), the
+one with the least CPU time whose validation NDCG@10 is at least the best one's minus `TOLERANCE`.
+
+`test` trains the defaults themselves: `pmmrec finetune --data ML --out RUN [--item-tower id] --seed S` with no
+other option, once per seed, on `--threads` threads, with the test split (once, at the best epoch), the test with
+the history included (RecBole's protocol, `pmmrec evaluate --history include`), and the resolved config.yaml.
+
+    python benchmarks/defaults_search.py search --tower id --data ML --workdir W --workers 3 --json J
+    python benchmarks/defaults_search.py test --tower id --data ML --workdir W --seeds 42 0 1 --threads 2 --json J
+    python benchmarks/defaults_search.py report --json J
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from peer_recbole import child_env, timed
+
+TOLERANCE = 0.005  # validation NDCG@10 given up for time (about half a standard error over 943 users)
+
+# Every searched option, given explicitly. ID stage 1: one base and one change at a time.
+ID_BASE = {
+    "dim": 64,
+    "batch-size": 256,
+    "max-length": 20,
+    "fresh-lr": 2e-3,
+    "dropout": 0.3,
+    "softmax": "full",
+    "max-epochs": 30,
+    "patience": 5,
+}
+ID_STAGE1 = {
+    "base": {},
+    "lr1e-3": {"fresh-lr": 1e-3},
+    "lr3e-3": {"fresh-lr": 3e-3},
+    "d128": {"dim": 128},
+    "b128": {"batch-size": 128},
+    "b512": {"batch-size": 512},
+    "L50": {"max-length": 50},
+    "drop0.2": {"dropout": 0.2},
+    "drop0.5": {"dropout": 0.5},
+    "inbatch": {"softmax": "in_batch"},
+    "ep20": {"max-epochs": 20},
+    "ep50": {"max-epochs": 50},
+}
+GRIDS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "id": {"stage1": {name: ID_BASE | change for name, change in ID_STAGE1.items()}},
+    "text": {},
+}
+
+
+def tower_flags(tower: str) -> list[str]:
+    return ["--item-tower", "id"] if tower == "id" else []
+
+
+def option_flags(options: dict[str, Any]) -> list[str]:
+    return [word for key, value in options.items() for word in (f"--{key}", str(value))]
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    scratch = path.with_suffix(path.suffix + ".tmp")
+    scratch.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    os.replace(scratch, path)
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"search": {}, "test": {}}
+
+
+def history_of(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "epoch": h["epoch"],
+            "ndcg@10": round(h["ndcg@10"], 4),
+            "hr@10": round(h["hr@10"], 4),
+            "s": round(h["seconds"], 1),
+        }
+        for h in summary["history"]
+        if h.get("split", "valid") == "valid"
+    ]
+
+
+def with_patience(history: list[dict[str, Any]], patience: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The epochs a run with this patience trains (same schedule), and its best epoch."""
+    best, stale = None, 0
+    for index, entry in enumerate(history):
+        if best is None or entry["ndcg@10"] > best["ndcg@10"]:
+            best, stale = entry, 0
+        else:
+            stale += 1
+        if stale >= patience:
+            return history[: index + 1], best
+    assert best is not None
+    return history, best
+
+
+def train_one(
+    data: Path, workdir: Path, tower: str, name: str, options: dict[str, Any], threads: int
+) -> dict[str, Any]:
+    run = workdir / tower / name
+    command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(data), "--out", str(run), "--quiet",
+               "--no-evaluate-test", *tower_flags(tower), *option_flags(options)]  # fmt: skip
+    if run.exists():
+        subprocess.run(["rm", "-rf", str(run)], check=True)
+    timing = timed(command, child_env(threads, TOKENIZERS_PARALLELISM="false"), workdir / f"{tower}-{name}.log")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    for folder in ("best", "checkpoints", "model"):
+        subprocess.run(["rm", "-rf", str(run / folder)], check=True)
+    history = history_of(summary)
+    best = next(h for h in history if h["epoch"] == summary["best_epoch"])
+    return timing | {
+        "tower": tower,
+        "options": options,
+        "command": shlex.join(command[2:]),
+        "threads": threads,
+        "valid": {"ndcg@10": best["ndcg@10"], "hr@10": best["hr@10"]},
+        "best_epoch": summary["best_epoch"],
+        "epochs": len(history),
+        "steps": summary["steps"],
+        "train_s": round(sum(h["s"] for h in history), 1),
+        "history": history,
+    }
+
+
+def derived_rows(name: str, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The patience-3 outcome of a patience-5 run (see the module docstring)."""
+    if row["options"].get("patience") != 5:
+        return {}
+    kept, best = with_patience(row["history"], 3)
+    share = len(kept) / len(row["history"])
+    return {
+        f"{name}+p3": {
+            "tower": row["tower"],
+            "options": row["options"] | {"patience": 3},
+            "derived_from": name,
+            "valid": {"ndcg@10": best["ndcg@10"], "hr@10": best["hr@10"]},
+            "best_epoch": best["epoch"],
+            "epochs": len(kept),
+            "cpu_s": round(row["cpu_s"] * share, 1),
+            "wall_s": round(row["wall_s"] * share, 1),
+        }
+    }
+
+
+def candidates(results: dict[str, Any], tower: str) -> dict[str, dict[str, Any]]:
+    rows = {name: row for name, row in results["search"].items() if row["tower"] == tower}
+    for name, row in list(rows.items()):
+        rows.update(derived_rows(name, row))
+    return rows
+
+
+def select(results: dict[str, Any], tower: str) -> tuple[str, dict[str, Any]] | None:
+    """The selection rule: least CPU time within TOLERANCE of the best validation NDCG@10."""
+    rows = candidates(results, tower)
+    if not rows:
+        return None
+    top = max(row["valid"]["ndcg@10"] for row in rows.values())
+    near = {name: row for name, row in rows.items() if row["valid"]["ndcg@10"] >= top - TOLERANCE}
+    name = min(near, key=lambda n: (near[n]["cpu_s"], -near[n]["valid"]["ndcg@10"]))
+    return name, near[name]
+
+
+def search(args: argparse.Namespace) -> None:
+    results = load(args.json)
+    lock = threading.Lock()
+    todo = [
+        (f"{stage}/{name}", options)
+        for stage in args.stages or GRIDS[args.tower]
+        for name, options in GRIDS[args.tower][stage].items()
+        if f"{stage}/{name}" not in results["search"]
+    ]
+    print(f"{len(todo)} configuration(s) to train", flush=True)
+
+    def work(item: tuple[str, dict[str, Any]]) -> None:
+        key, options = item
+        row = train_one(args.data, args.workdir, args.tower, key.replace("/", "-"), options, args.threads)
+        with lock:
+            results["search"][key] = row
+            write_json(args.json, results)
+        print(f"{key}: {row_text(row)}", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        list(pool.map(work, todo))
+    report(args)
+
+
+def test(args: argparse.Namespace) -> None:
+    results = load(args.json)
+    for seed in args.seeds:
+        key = f"{args.tower}/seed{seed}"
+        if key in results["test"]:
+            continue
+        run = args.workdir / "test" / f"{args.tower}-seed{seed}"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        if run.exists():  # a run interrupted before its result was recorded: train it again from the start
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+        command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(args.data), "--out", str(run), "--quiet",
+                   *tower_flags(args.tower), "--seed", str(seed)]  # fmt: skip
+        env = child_env(args.threads, TOKENIZERS_PARALLELISM="false")
+        timing = timed(command, env, args.workdir / "test" / f"{args.tower}-seed{seed}.log")
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        included = run / "included.json"
+        subprocess.run([sys.executable, "-m", "pmmrec", "evaluate", "--model", str(run / "model"), "--data",
+                        str(args.data), "--history", "include", "--k", "10", "--quiet", "--output", str(included)],
+                       env=env, check=True, capture_output=True)  # fmt: skip
+        inc = json.loads(included.read_text(encoding="utf-8"))
+        inc = inc.get("metrics", inc)
+        history = history_of(summary)
+        results["test"][key] = timing | {
+            "command": shlex.join(command[2:]),
+            "threads": args.threads,
+            "config": yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")),
+            "best_epoch": summary["best_epoch"],
+            "epochs": len(history),
+            "steps": summary["steps"],
+            "train_s": round(sum(h["s"] for h in history), 1),
+            "valid": {k: round(summary["valid"][k], 4) for k in ("ndcg@10", "hr@10")},
+            "test": {k: round(summary["test"][k], 4) for k in ("ndcg@10", "hr@10")},
+            "test_history_included": {k: round(inc[k], 4) for k in ("ndcg@10", "hr@10")},
+            "history": history,
+        }
+        write_json(args.json, results)
+        print(f"{key}: {row_text(results['test'][key])}", flush=True)
+    report(args)
+
+
+def row_text(row: dict[str, Any]) -> str:
+    load_text = (
+        f"load {row['load']['before']:.1f}/{row['load']['mean']:.1f}/{row['load']['after']:.1f}"
+        if "load" in row
+        else "derived"
+    )
+    text = (
+        f"valid NDCG@10 {row['valid']['ndcg@10']:.4f} HR@10 {row['valid']['hr@10']:.4f}, best epoch "
+        f"{row['best_epoch']}/{row['epochs']}, CPU {row['cpu_s']:.0f} s, wall {row['wall_s']:.0f} s, {load_text}"
+    )
+    if "test" in row:
+        text += f"; test HR@10 {row['test']['hr@10']:.4f} NDCG@10 {row['test']['ndcg@10']:.4f}"
+    return text
+
+
+def spread(values: list[float]) -> str:
+    """Mean, sample standard deviation, min and max of one figure over the seeds."""
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"mean {mean:.4g} (sd {sd:.2g}, min {min(values):.4g}, max {max(values):.4g})"
+
+
+def report(args: argparse.Namespace) -> None:
+    results = load(args.json)
+    for tower in ("id", "text"):
+        rows = candidates(results, tower)
+        if not rows:
+            continue
+        print(f"\n{tower}: {len(results['search'])} trained, {len(rows)} candidates (derived included)")
+        for name in sorted(rows, key=lambda n: -rows[n]["valid"]["ndcg@10"]):
+            print(f"  {name:<28} {row_text(rows[name])}")
+        chosen = select(results, tower)
+        if chosen:
+            print(f"  selected (least CPU within {TOLERANCE} of the best NDCG@10): {chosen[0]} {chosen[1]['options']}")
+    tests = results["test"]
+    for tower in ("id", "text"):
+        rows = [row for key, row in tests.items() if key.startswith(f"{tower}/")]
+        if not rows:
+            continue
+        print(f"\n{tower} defaults, {len(rows)} seed(s), to the early stop:")
+        for label, values in (
+            ("test HR@10", [row["test"]["hr@10"] for row in rows]),
+            ("test NDCG@10", [row["test"]["ndcg@10"] for row in rows]),
+            ("wall s", [row["wall_s"] for row in rows]),
+            ("CPU s", [row["cpu_s"] for row in rows]),
+            ("epochs", [row["epochs"] for row in rows]),
+        ):
+            print(f"  {label:<13} {spread(values)}")
+        for key, row in tests.items():
+            if key.startswith(f"{tower}/"):
+                print(f"  {key}: {row_text(row)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("search", "test", "report"))
+    parser.add_argument("--tower", choices=("id", "text"), default="id")
+    parser.add_argument("--data", type=Path, help="`pmmrec data movielens --out ML` (the whole MovieLens-100K)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/defaults"))
+    parser.add_argument("--stages", nargs="*", help="Stages of the grid to train (default: all).")
+    parser.add_argument("--workers", type=int, default=1, help="Children at a time.")
+    parser.add_argument("--threads", type=int, default=1, help="Threads per child (OMP/MKL, hence torch).")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[42, 0, 1])
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/defaults-search.json"))
+    args = parser.parse_args()
+    if args.action != "report" and args.data is None:
+        parser.error("--data is required")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    {"search": search, "test": test, "report": report}[args.action](args)
+
+
+if __name__ == "__main__":
+    main()
