@@ -41,7 +41,7 @@ def cli_evaluate(
     """Run `pmmrec evaluate` in a child process; SIGKILL it once it has written `kill_parts` result parts."""
     command = [
         sys.executable, "-m", "pmmrec", "evaluate", "--model", str(model), "--data", str(data), "--device", "cpu",
-        "--output", str(out), "--resume-dir", str(resume), "--quiet",
+        "--json", "--resume-dir", str(resume), "--quiet",
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -50,7 +50,8 @@ def cli_evaluate(
         "PMMREC_CACHE": str(resume.parent / "cache"),
     }
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env)
+    with open(out, "w", encoding="utf-8") as document:  # --json: the metrics and per-user ranks on stdout
+        process = subprocess.Popen(command, env=env, stdout=document)
     while kill_parts is not None and process.poll() is None:
         parts = len(list(resume.glob("part-*.npz")))
         if parts >= kill_parts:

@@ -14,15 +14,30 @@ Two catalogues, each served by a separate server process per mode (uvicorn, one 
   depends on the table's shape, not on its values). Rows are random unit directions times 10. Requests are random
   histories of 1-50 items with exclude_seen.
 
+- noop: the HTTP floor. The synthetic scenario's application, with one more route, POST /noop, that parses the
+  request as /recommend does and answers a fixed 10-item body the way this tree's /recommend answers (no ranking).
+
+With --rounds N the modes run N times, their order reversed every other round (old new, new old, old new, ...),
+each time on a fresh server, so that a change in the machine's load during the run weighs on every mode alike; each
+row names its round.
+
+Modes (each its own server process): batched (`pmmrec serve`'s default), unbatched (`--no-batching`), fp32
+(batched, `--scan fp32`: no int8 scan), and old: the batched server of another source tree (--baseline-tree, e.g.
+an export of main) under uvicorn's h11 parser and asyncio loop, i.e. `pmmrec serve` as it ran before httptools and
+uvloop were in the serve extra. --http picks the parser of the other modes (default: uvicorn's choice, httptools
+when installed).
+
 Clients are threads in this process, each with its own keep-alive HTTP/1.1 connection (http.client), sending
 requests back to back for --duration seconds after a warm-up; each request is timed from send to the last byte of
 the response. With --adds-per-second R, one more client adds R new items per second (POST /items, text encoded by
 the model) during the measurement, to show that appends do not stall readers. Clients and server share this
-machine's cores: the figures include the client's cost.
+machine's cores: the figures include the client's cost. Each row also reports the server's CPU time per request
+(from /proc, all its threads), its thread count, and the load average when the row ended.
 
     python benchmarks/serve_load.py --model RUN/model --data DATA [--quick] [--json PATH]
         [--duration S] [--concurrency 1 --concurrency 4] [--items N] [--threads T] [--adds-per-second R]
-        [--mode batched --mode unbatched] [--startup-runs N]
+        [--mode batched --mode unbatched --mode fp32 --mode old] [--rounds N] [--baseline-tree DIR] [--http h11]
+        [--startup-runs N]
 """
 
 from __future__ import annotations
@@ -51,7 +66,7 @@ MAX_HISTORY = 50
 
 
 def build_service(
-    scenario: str, model_ref: str, data_dir: str, items: int, seed: int, parallel: int, batching: bool, workers: int
+    scenario: str, model_ref: str, data_dir: str, items: int, seed: int, parallel: int, mode: str, workers: int
 ) -> Any:
     import numpy as np
     import torch
@@ -59,9 +74,10 @@ def build_service(
     from pmmrec.model import PMMRec, read_manifest
     from pmmrec.serving import RecommenderService, ServeOptions, load_service
 
-    options = ServeOptions(
-        device="cpu", quiet=True, batching=batching, batch_workers=workers, max_parallel=parallel or None
-    )
+    settings: dict[str, Any] = {"batching": mode != "unbatched", "batch_workers": workers}
+    if mode == "fp32":
+        settings["scan"] = "fp32"
+    options = ServeOptions(device="cpu", quiet=True, max_parallel=parallel or None, **settings)
     if scenario == "movielens":
         return load_service(model_ref, data_dir, options)
     model = PMMRec.from_pretrained(model_ref)
@@ -83,6 +99,35 @@ def build_service(
     )
 
 
+def add_noop_route(app: Any, service: Any) -> None:
+    """POST /noop: parse the body as /recommend does, answer a fixed 10-item body as this tree's /recommend answers
+    (bytes of the service's own answer where the tree has `recommend_async`, else a dict FastAPI validates)."""
+    try:
+        from pmmrec.serving.routes import RecommendRequest, RecommendResponse
+    except ImportError:  # a tree from before the bodies moved beside their routes (e.g. main at 238deab)
+        from pmmrec.serving.schemas import RecommendRequest, RecommendResponse  # type: ignore[no-redef]
+
+    items = [
+        {"rank": r, "item_id": f"syn-{r}", "score": 1.25 * r, "text": f"Synthetic item {r}", "has_image": False,
+         "added": False, "image_url": None}
+        for r in range(1, K + 1)
+    ]  # fmt: skip
+    canned = {"items": items, "k": K, "user_id": None, "history_length": 25, "catalogue_size": 100_000, "excluded": 25}
+    if hasattr(service, "recommend_async"):
+        from pmmrec.serving.routes import CompactJSON
+
+        async def noop(request: Any) -> Any:
+            return CompactJSON(canned)
+
+    else:
+
+        def noop(request: Any) -> Any:  # type: ignore[misc]
+            return canned
+
+    noop.__annotations__["request"] = RecommendRequest  # this module's annotations are strings (__future__)
+    app.add_api_route("/noop", noop, methods=["POST"], response_model=RecommendResponse)
+
+
 def run_server(args: argparse.Namespace) -> None:
     import torch
     import uvicorn
@@ -90,10 +135,13 @@ def run_server(args: argparse.Namespace) -> None:
     from pmmrec.serving import create_app
 
     started = time.perf_counter()
+    scenario = "synthetic" if args.serve == "noop" else args.serve
     service = build_service(
-        args.serve, args.model, args.data, args.items, args.seed, args.max_parallel, args.serve_mode == "batched",
-        args.batch_workers,
-    )  # fmt: skip
+        scenario, args.model, args.data, args.items, args.seed, args.max_parallel, args.serve_mode, args.batch_workers
+    )
+    ready = getattr(service.catalogue, "int8_ready", None)
+    if ready is not None:  # the int8 copy is built in the background: measure the server as it runs afterwards
+        ready.wait()
     startup = time.perf_counter() - started
     torch.set_num_threads(args.threads)  # as `pmmrec serve --threads` does after encoding the catalogue
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP; without it a
@@ -108,12 +156,19 @@ def run_server(args: argparse.Namespace) -> None:
         "max_length": service.model.max_length,
         "startup_s": round(startup, 2),
         "torch_threads": torch.get_num_threads(),
+        "scan": "int8" if getattr(service.snapshot(), "int8", None) is not None else "fp32",
+        "pmmrec": str(Path(sys.modules["pmmrec"].__file__ or "").parent),
+        "http": args.http,
         "item_ids_sample": service.item_ids[:: max(1, service.num_items // 5000)],
         "user_ids_sample": list(service.view.users)[:2000],
     }
     sock.listen(128)  # connections queue until uvicorn accepts them
     print("READY " + json.dumps(info), flush=True)
-    config = uvicorn.Config(create_app(service=service), log_level="warning", access_log=False)
+    app = create_app(service=service)
+    if args.serve == "noop":
+        add_noop_route(app, service)
+    loop = {"h11": "asyncio", "httptools": "auto", "auto": "auto"}[args.http]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=args.http, loop=loop)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -130,9 +185,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class Client(threading.Thread):
     """Sends POST /recommend back to back on one keep-alive connection; records latencies after `measure_from`."""
 
-    def __init__(self, port: int, bodies: list[bytes], measure_from: float, stop_at: float, seed: int) -> None:
+    def __init__(
+        self, port: int, bodies: list[bytes], measure_from: float, stop_at: float, seed: int, path: str = "/recommend"
+    ) -> None:
         super().__init__(daemon=True)
-        self.port = port
+        self.port, self.path = port, path
         self.bodies = bodies
         self.measure_from = measure_from
         self.stop_at = stop_at
@@ -149,7 +206,7 @@ class Client(threading.Thread):
                 break
             body = self.random.choice(self.bodies)
             try:
-                connection.request("POST", "/recommend", body=body, headers=headers)
+                connection.request("POST", self.path, body=body, headers=headers)
                 response = connection.getresponse()
                 payload = response.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -209,17 +266,36 @@ def request_bodies(scenario: str, info: dict[str, Any], count: int, seed: int) -
     return bodies
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
 def measure(
-    port: int, bodies: list[bytes], concurrency: int, warmup: float, duration: float, adds: float, label: str
-) -> dict[str, Any]:
+    port: int, bodies: list[bytes], concurrency: int, warmup: float, duration: float, adds: float, label: str,
+    server_pid: int, path: str = "/recommend",
+) -> dict[str, Any]:  # fmt: skip
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
-    clients = [Client(port, bodies, measure_from, stop_at, seed) for seed in range(concurrency)]
+    clients = [Client(port, bodies, measure_from, stop_at, seed, path) for seed in range(concurrency)]
     adder = Adder(port, adds, stop_at, f"load-{label}-{concurrency}") if adds > 0 else None
     for thread in [*clients, *([adder] if adder else [])]:
         thread.start()
+    time.sleep(max(0.0, measure_from - time.perf_counter()))
+    server_cpu, client_cpu, measured_at = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
+    threads = process_threads(server_pid)
     for thread in [*clients, *([adder] if adder else [])]:
         thread.join()
+    elapsed = time.perf_counter() - measured_at
+    server_cpu, client_cpu = process_cpu_s(server_pid) - server_cpu, time.process_time() - client_cpu
     latencies = sorted(value for client in clients for value in client.latencies)
     errors = [error for client in clients for error in client.errors]
     result = {
@@ -232,6 +308,11 @@ def measure(
         "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
         "errors": len(errors),
         "error_sample": errors[:3],
+        "server_cpu_ms_per_request": round(server_cpu / max(1, len(latencies)) * 1000 * duration / elapsed, 3),
+        "server_cpu_share": round(server_cpu / elapsed, 2),
+        "client_cpu_share": round(client_cpu / elapsed, 2),
+        "server_threads": threads,
+        "load_average_after": os.getloadavg(),
     }
     if adder is not None:
         added = sorted(adder.latencies)
@@ -246,19 +327,30 @@ def measure(
 
 
 def start_server(scenario: str, mode: str, args: argparse.Namespace) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    old = mode == "old"
     command = [
-        sys.executable, __file__, "--serve", scenario, "--serve-mode", mode, "--model", args.model, "--data", args.data,
-        "--items", str(args.items), "--seed", str(args.seed),
+        sys.executable, __file__, "--serve", scenario, "--serve-mode", "batched" if old else mode, "--model", args.model,
+        "--data", args.data, "--items", str(args.items), "--seed", str(args.seed),
     ]  # fmt: skip
     command += ["--threads", str(args.threads), "--max-parallel", str(args.max_parallel)]
-    command += ["--batch-workers", str(args.batch_workers)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    command += ["--batch-workers", str(args.batch_workers), "--http", "h11" if old else args.http]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    if old:
+        if args.baseline_tree is None:
+            raise SystemExit("--mode old needs --baseline-tree DIR (a source tree of pmmrec, e.g. an export of main)")
+        env["PYTHONPATH"] = os.pathsep.join([str(args.baseline_tree), env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("READY "):
             return process, json.loads(line[len("READY ") :])
     process.wait()
     raise SystemExit(f"the {scenario} server exited with status {process.returncode} before it was ready")
+
+
+def mode_order(modes: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, mode) in the order they run: the modes as given, reversed every other round (A B, B A, A B, ...)."""
+    return [(n, mode) for n in range(1, rounds + 1) for mode in (modes if n % 2 else modes[::-1])]
 
 
 def main() -> None:
@@ -271,20 +363,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="Unmeasured seconds before each row.")
     parser.add_argument("--concurrency", type=int, action="append", help="Client connections (repeatable).")
     parser.add_argument("--items", type=int, default=100_000, help="Size of the synthetic catalogue.")
-    parser.add_argument("--scenario", action="append", choices=["movielens", "synthetic"], help="Default: both.")
+    parser.add_argument(
+        "--scenario", action="append", choices=["movielens", "synthetic", "noop"], help="Default: movielens, synthetic."
+    )
     parser.add_argument("--adds-per-second", type=float, default=0.0, help="Also add items live at this rate.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per request (pmmrec serve's default).")
     parser.add_argument(
         "--max-parallel", type=int, default=0, help="Rankings computed at once in the server (default: CPU count)."
     )
-    parser.add_argument("--mode", action="append", choices=["batched", "unbatched"], help="Default: both.")
+    parser.add_argument(
+        "--mode", action="append", choices=["batched", "unbatched", "fp32", "old"], help="Default: unbatched, batched."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="Run the modes this many times, alternating their order (fresh servers)."
+    )
+    parser.add_argument("--baseline-tree", type=Path, help="Source tree whose server --mode old runs (h11, asyncio).")
+    parser.add_argument(
+        "--http", choices=["auto", "h11", "httptools"], default="auto", help="uvicorn's HTTP parser (not --mode old)."
+    )
     parser.add_argument("--batch-workers", type=int, default=2, help="Batched mode: ranking threads in the server.")
     parser.add_argument("--startup-runs", type=int, default=0, help="Also time start-up: 1 cold and N warm runs.")
     parser.add_argument("--startup-only", action="store_true", help="Only the start-up times (no load test).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--serve", choices=["movielens", "synthetic"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["movielens", "synthetic", "noop"], help=argparse.SUPPRESS)
     parser.add_argument("--startup-parts", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-mode", choices=["batched", "unbatched"], default="batched", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-mode", choices=["batched", "unbatched", "fp32"], default="batched", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         run_server(args)
@@ -300,30 +403,39 @@ def main() -> None:
     scenarios = args.scenario or ["movielens", "synthetic"]
     load_before = os.getloadavg()
     rows = []
-    for scenario, mode in [] if args.startup_only else [(scenario, mode) for scenario in scenarios for mode in modes]:
+    runs = [(scenario, n, mode) for scenario in scenarios for n, mode in mode_order(modes, max(1, args.rounds))]
+    for scenario, round_number, mode in [] if args.startup_only else runs:
         process, info = start_server(scenario, mode, args)
         try:
             bodies = request_bodies(scenario, info, 2000, args.seed)
             for concurrency in concurrencies:
+                path = "/noop" if scenario == "noop" else "/recommend"
                 result = measure(
-                    info["port"], bodies, concurrency, args.warmup, args.duration, args.adds_per_second, scenario
-                )
+                    info["port"], bodies, concurrency, args.warmup, args.duration, args.adds_per_second, scenario,
+                    process.pid, path,
+                )  # fmt: skip
                 row = {
                     "scenario": scenario,
                     "mode": mode,
+                    "round": round_number,
                     "items": info["items"],
                     "dim": info["dim"],
                     "startup_s": info["startup_s"],
                     "torch_threads": info["torch_threads"],
+                    "batch_workers": args.batch_workers,
+                    "scan": info.get("scan", "fp32"),
+                    "http": info.get("http", "h11"),
+                    "pmmrec": info.get("pmmrec"),
                     "k": K,
                     **result,
                 }
                 rows.append(row)
                 adds = f"  adds: {row['adds']}" if "adds" in row else ""
                 print(
-                    f"{scenario:<10} {mode:<9} {row['items']:>8,} items  c={concurrency:<2} {row['requests_per_s']:>7.1f} req/s  "
-                    f"p50 {row['p50_ms']:>6.2f} ms  p90 {row['p90_ms']:>6.2f} ms  p99 {row['p99_ms']:>6.2f} ms  "
-                    f"max {row['max_ms']} ms  errors {row['errors']}{adds}",
+                    f"{scenario:<9} r{round_number} {mode:<9} {row['items']:>7,} items c={concurrency:<2} {row['requests_per_s']:>6.1f} req/s "
+                    f"p50 {row['p50_ms']:>6.2f} p90 {row['p90_ms']:>6.2f} p99 {row['p99_ms']:>6.2f} max {row['max_ms']} ms "
+                    f"err {row['errors']} | server {row['server_cpu_ms_per_request']:.2f} ms CPU/req, "
+                    f"{row['server_threads']} threads | load {row['load_average_after'][0]:.2f}{adds}",
                     flush=True,
                 )
         finally:

@@ -1,7 +1,9 @@
 """The function behind every command, with the command's name (`data movielens` -> `data_movielens`).
 
-`pmmrec.cli` is a table over these functions; from Python they are the same operations with the same defaults.
-Each one loads what it is given, calls the library, and writes what the command writes.
+Each function is declared a command with `@command` and its parameters carry their command-line help
+(`pmmrec.commands`); `pmmrec.cli` builds the commands from them, so a new command is one function here. From
+Python they are the same operations with the same defaults. Each one loads what it is given, calls the library, and
+writes what the command writes. This module imports nothing heavy at the top: `pmmrec --help` reads it.
 """
 
 from __future__ import annotations
@@ -9,41 +11,64 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pmmrec._version import __version__
+from pmmrec.commands import COMMANDS, Arg, DataDir, Device, ModelRef, Opt, Overwrite, PathLike, command, renamed
+from pmmrec.slots import INIT_KINDS
 
-__all__ = [
-    "assemble",
-    "data_build_lmdb",
-    "data_check",
-    "data_import_reference",
-    "data_movielens",
-    "demo",
-    "evaluate",
-    "finetune",
-    "init",
-    "inspect",
-    "pretrain",
-    "push",
-    "recommend",
-    "serve",
-    "version",
+ImageSize = Annotated[int, Opt("Side of the stored square images (resize + centre crop).", flag="--size")]
+Payload = Annotated[
+    Literal["png", "jpeg", "raw"], Opt("Stored image payload: png (lossless), jpeg or raw pixels.", flag="--format")
 ]
+AllowMissing = Annotated[bool, Opt("Record items without a usable image instead of failing.")]
+OutFolder = Annotated[PathLike, Opt("Folder to create.", cli=Path)]
 
-PathLike = str | os.PathLike[str]
+
+_WHERE = "hub:ORG/NAME[@REV], hf://... or a folder"
+TextRef = Annotated[str | None, Opt(f"Text encoder: {_WHERE} (default: none).")]
+VisionRef = Annotated[str | None, Opt(f"Vision encoder: {_WHERE} (default: none).")]
+FusionRef = Annotated[str | None, Opt(f"Fusion: {_WHERE} (default: created fresh).")]
+UserRef = Annotated[str | None, Opt(f"User encoder: {_WHERE} (default: created fresh).")]
 
 
+# ---- about pmmrec ---------------------------------------------------------------------------------------------
+
+
+@command(show="{result}")
 def version() -> str:
-    """The installed pmmrec version."""
+    """Print the pmmrec version."""
     return __version__
+
+
+@command(show=lambda report, _: _lazy("pmmrec.environment", "format_environment")(report), json=True)
+def env() -> dict[str, Any]:
+    """Versions, devices, threads, platform and Hub settings, to paste into a bug report."""
+    from pmmrec.environment import environment_report
+
+    return environment_report()
 
 
 # ---- components and models -----------------------------------------------------------------------------------
 
 
-def init(kind: str, out: PathLike, *, variant: str | None = None, overwrite: bool = False, **options: Any) -> Path:
-    """Create a fresh component of `kind` (pretrained backbone where named) and save it as an artefact.
+@command(show="wrote {kind} component to {result}", options="create")
+def init(
+    kind: Annotated[str, Arg("Which component to create.", metavar="KIND", cli=Literal[INIT_KINDS])],
+    out: Annotated[PathLike, Opt("Folder to write the component to.", cli=Path)],
+    *,
+    variant: Annotated[
+        str | None,
+        Opt(
+            "Type within the kind: fusion merge_attention|text_only|vision_only; vision clip|efficientnet (default: "
+            "merge_attention for a fusion, by the backbone's name for a vision encoder).",
+            flag="--type",
+        ),
+    ] = None,
+    overwrite: Overwrite = False,
+    **options: Any,
+) -> Path:
+    """Create a fresh component (pretrained backbone where named, the rest initialised).
 
     `options` are the fields of `pmmrec.components.CreateOptions` (dim, backbone, trainable_layers, ...).
     """
@@ -57,16 +82,25 @@ def init(kind: str, out: PathLike, *, variant: str | None = None, overwrite: boo
     return create_component(kind, create_options, variant).save_pretrained(out, overwrite=overwrite)
 
 
+def _show_assemble(result: tuple[Path, list[str]], _: dict[str, Any]) -> str:
+    path, notes = result
+    return "\n".join([*(f"note: {note}" for note in notes), f"wrote assembled model to {path}"])
+
+
+@command(show=_show_assemble)
 def assemble(
-    out: PathLike,
+    out: Annotated[PathLike, Opt("Folder for the assembled model.", cli=Path)],
     *,
-    text: str | None = None,
-    vision: str | None = None,
-    fusion: str | None = None,
-    user: str | None = None,
-    overwrite: bool = False,
+    text: TextRef = None,
+    vision: VisionRef = None,
+    fusion: FusionRef = None,
+    user: UserRef = None,
+    overwrite: Overwrite = False,
 ) -> tuple[Path, list[str]]:
-    """Assemble components given by reference into a model folder; returns it and notes on what was created."""
+    """Combine components into one model; missing parts are created where the method needs them.
+
+    Returns the model folder and notes on what was created.
+    """
     from pmmrec.errors import ArtefactError
     from pmmrec.model import PMMRec
 
@@ -76,23 +110,35 @@ def assemble(
     return model.save_pretrained(out, overwrite=overwrite), model.assembly_notes
 
 
-def inspect(reference: str, revision: str | None = None) -> dict[str, Any]:
-    """Type, key config, parameter counts and provenance of a component or an assembled model."""
+@command(show=lambda report, _: _lazy("pmmrec.inspection", "format_inspection")(report), json=True)
+def inspect(
+    reference: Annotated[str, Arg("Component or model: folder, hub:ORG/NAME[@REV] or hf://...", metavar="REFERENCE")],
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """Print each component's type, key config, parameter counts and provenance."""
     from pmmrec.inspection import inspect_reference
 
     return inspect_reference(reference, revision)
 
 
+@command(
+    show=lambda commit, a: (
+        f"pushed {a['folder']} to {a['repo']} at commit {commit}" + (f" (tag {a['tag']})" if a["tag"] else "")
+    )
+)
 def push(
-    folder: PathLike,
-    repo: str,
+    folder: Annotated[PathLike, Arg("A component or assembled-model folder.", metavar="FOLDER", cli=Path)],
+    repo: Annotated[str, Opt("Hub repo id ORG/NAME.")],
     *,
-    tag: str | None = None,
-    token: str | None = None,
-    private: bool = False,
+    tag: Annotated[str | None, Opt("Tag to create on the uploaded commit, e.g. v1 (default: no tag).")] = None,
+    token: Annotated[str | None, Opt("Hub token (default: HF_TOKEN, else the saved login).")] = None,
+    private: Annotated[bool, Opt("Create the repo as private.")] = False,
     api: Any = None,
 ) -> str:
-    """Publish a component or assembled-model folder to the Hub (refused unless it loads); returns the commit id."""
+    """Publish a component (or an assembled model) to the Hugging Face Hub (refused unless it loads).
+
+    Returns the commit id.
+    """
     from pmmrec.components import Component
     from pmmrec.components.base import CONFIG_FILE
     from pmmrec.hub import push_folder
@@ -108,17 +154,29 @@ def push(
 
 # ---- training --------------------------------------------------------------------------------------------------
 
+RunFolder = Annotated[PathLike, Opt("Run folder (checkpoints, logs, outputs).", cli=Path)]
+TrainConfigFile = Annotated[
+    PathLike | None,
+    Opt(
+        "YAML file of training options, e.g. one of configs/ (the demo's settings); flags override it (default: "
+        "none, the command's defaults).",
+        cli=Path,
+    ),
+]
+Resume = Annotated[bool, Opt("Continue from RUN/checkpoints/last.")]
 
+
+@command(show="components written to {out}/components (publish each with `pmmrec push`)", options="training")
 def pretrain(
-    data: PathLike,
-    out: PathLike,
+    data: DataDir,
+    out: RunFolder,
     *,
-    config: PathLike | None = None,
-    resume: bool = False,
+    config: TrainConfigFile = None,
+    resume: Resume = False,
     progress: bool = True,
     **options: Any,
 ) -> Any:
-    """Pre-train on a source dataset (next-item prediction, NICL, NID, RCL); RUN/components/<slot> holds each part.
+    """Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*.
 
     `options` are the flat training options (`pmmrec.training.config.TRAIN_OPTIONS`: epochs, lr, text, ...); they
     override the YAML file `config`, which overrides the defaults.
@@ -126,16 +184,17 @@ def pretrain(
     return _train("pretrain", data, out, config, resume, progress, options)
 
 
+@command(show="best model written to {out}/model", options="training")
 def finetune(
-    data: PathLike,
-    out: PathLike,
+    data: DataDir,
+    out: RunFolder,
     *,
-    config: PathLike | None = None,
-    resume: bool = False,
+    config: TrainConfigFile = None,
+    resume: Resume = False,
     progress: bool = True,
     **options: Any,
 ) -> Any:
-    """Fine-tune any combination of components (or train from scratch) on a target dataset; RUN/model is the best."""
+    """Fine-tune any combination of components (or train from scratch) on a target dataset; writes RUN/model."""
     return _train("finetune", data, out, config, resume, progress, options)
 
 
@@ -148,6 +207,9 @@ def _train(
     progress: bool,
     options: dict[str, Any],
 ) -> Any:
+    from pmmrec.arguments import check_dataset_folder
+
+    check_dataset_folder(data)
     from pmmrec.training.config import overrides_from_options
     from pmmrec.training.jobs import train
 
@@ -158,176 +220,175 @@ def _train(
 # ---- using a model -------------------------------------------------------------------------------------------
 
 
+def _show_evaluate(metrics: dict[str, float], a: dict[str, Any]) -> str:
+    from pmmrec.evaluation import format_metrics_table
+
+    title = f"{a['split']} split of {a['data']}" + (f" ({a['baseline']})" if a["baseline"] else "") + ":"
+    written = [f"metrics and per-user ranks written to {a['out']}"] if a["out"] is not None else []
+    return "\n".join([title, format_metrics_table(metrics, tuple(a["ks"])), *written])
+
+
+@command(show=_show_evaluate, json="json_path")
 def evaluate(
-    model: PathLike | Any | None,
-    data: PathLike,
+    model: Annotated[
+        Any, Opt("Assembled model: folder or hub reference (default: none; then give --baseline).", cli=str | None)
+    ],
+    data: DataDir,
     *,
-    baseline: str | None = None,
-    split: str = "test",
-    ks: Sequence[int] = (10, 20, 50),
-    min_length: int | None = None,
-    max_history: int | None = None,
-    max_length: int | None = None,
-    history: str = "exclude",
-    out: PathLike | None = None,
-    device: str | None = None,
+    baseline: Annotated[
+        Literal["popularity", "content-knn"] | None,
+        Opt("Evaluate a zero-training baseline instead of a model (default: none; then give --model)."),
+    ] = None,
+    split: Annotated[Literal["valid", "test"], Opt("Which leave-one-out target to rank.")] = "test",
+    ks: Annotated[
+        Sequence[int],
+        Opt("Cut-offs: --k 10 20 50 or --k 10 --k 20.", flag="--k", cli=list[int], metavar="K", takes_following=True),
+    ] = (10, 20, 50),
+    min_length: Annotated[
+        int | None, Opt("Users with fewer interactions are dropped (default: as the model's run, else 3).")
+    ] = None,
+    max_history: Annotated[
+        int | None, Opt("Keep the last N interactions per user (default: as the model's run, else all).")
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        Opt("History items the model reads (default: as the model's run, else its maximum; content-knn: 20)."),
+    ] = None,
+    exclude_seen: Annotated[
+        bool,
+        Opt(
+            "Leave each user's history items out of the ranking (pmmrec's protocol); --keep-seen ranks them too "
+            "(RecBole's).",
+            flag="--exclude-seen/--keep-seen",
+        ),
+    ] = True,
+    device: Device = None,
     progress: bool = True,
-    resume_dir: PathLike | None = None,
-    cache_prefixes: bool = False,
+    resume_dir: Annotated[
+        PathLike | None,
+        Opt("Keep finished users' ranks here; a rerun resumes from them (default: none, nothing kept).", cli=Path),
+    ] = None,
+    cache_prefixes: Annotated[bool, Opt("Reuse frozen-prefix files (fp16) across evaluations.")] = False,
+    json_path: PathLike | None = None,
+    history: Annotated[
+        Literal["exclude", "include"] | None, Opt("Old spelling of --exclude-seen/--keep-seen.", hidden=True)
+    ] = None,
+    out: Annotated[
+        PathLike | None,
+        Opt("Old spelling: writes the --json document to PATH.", flag="--output", cli=Path, hidden=True),
+    ] = None,
 ) -> dict[str, float]:
-    """Full-ranking HR/NDCG/MRR@K of a model (or of a zero-training `baseline`) on a dataset's valid or test targets.
+    """Full-ranking HR, NDCG and MRR at each K of a model or a baseline (ties count in the user's favour).
 
     The data is split as the model's training run recorded (RUN/model/data_split.json: min_length, max_history,
     max_length); given arguments override it, and without a record the defaults are min_length 3, every
-    interaction, and the model's own maximum length. history: exclude (pmmrec's protocol: a user's history items
-    are not ranked) or include (RecBole's sequential protocol). `out` receives the metrics and per-user ranks.
-    `resume_dir` keeps finished users' ranks as they are computed, so an interrupted evaluation resumes there;
-    `cache_prefixes` reuses frozen-prefix files across evaluations of models with the same frozen bottom. A model
-    object given without `device` is evaluated where it is.
+    interaction, and the model's own maximum length. exclude_seen: a user's history items are not ranked (pmmrec's
+    protocol) or, False, they are (RecBole's sequential protocol). `json_path` receives the metrics and per-user
+    ranks as JSON ("-": standard output). `resume_dir` keeps finished users' ranks as they are computed, so an
+    interrupted evaluation resumes there; `cache_prefixes` reuses frozen-prefix files across evaluations of models
+    with the same frozen bottom. A model object given without `device` is evaluated where it is. Old spellings:
+    history="exclude"/"include" (exclude_seen), out (json_path).
     """
-    from pmmrec.arguments import check_arguments
-    from pmmrec.data import leave_one_out, load_dataset
-    from pmmrec.distributed import setup_distributed
-    from pmmrec.errors import ConfigError
-    from pmmrec.fileio import write_json
-    from pmmrec.model import read_model_split_record
+    from pmmrec.arguments import check_arguments, check_dataset_folder, check_model_folder
+    from pmmrec.errors import ConfigError, UsageError
 
     check_arguments(ks=ks, min_length=min_length, max_history=max_history, max_length=max_length)
-    if history not in ("exclude", "include"):
-        raise ConfigError(f"--history must be exclude or include, got {history!r}")
+    if history is not None:
+        if history not in ("exclude", "include"):
+            raise ConfigError(f"--history must be exclude or include, got {history!r}")
+        new = "--exclude-seen (exclude_seen=True)" if history == "exclude" else "--keep-seen (exclude_seen=False)"
+        renamed(f"--history {history} (history={history!r})", new)
+        exclude_seen = history == "exclude"
+    if out is not None:
+        renamed("--output PATH (out=)", "--json (json_path=)")
+        json_path = json_path or out
     if (model is None) == (baseline is None):
-        raise ConfigError("give exactly one of --model and --baseline")
-    record = None
-    needed = min_length is None or max_history is None or max_length is None  # all given: the record is not read
-    if needed and isinstance(model, str | os.PathLike) and Path(model).is_dir():
-        record = read_model_split_record(model)
-    record = record or {}
-    min_length = min_length if min_length is not None else record.get("min_length") or 3
-    max_history = max_history if max_history is not None else record.get("max_history")
-    max_length = max_length if max_length is not None else record.get("max_length")
-    context = setup_distributed(_requested_device(model, device))
-    loaded = None
-    if model is not None:
-        from pmmrec.model import PMMRec
+        raise UsageError("give exactly one of --model and --baseline")
+    check_dataset_folder(data)
+    if isinstance(model, str | os.PathLike):
+        check_model_folder(model)
+    from pmmrec.tasks import evaluate_model_or_baseline
 
-        loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
-        loaded.to(context.device)
-    dataset = load_dataset(data)
-    split_data = leave_one_out(dataset.sequences, min_length, max_history)
-    if split_data.num_users == 0:
-        raise ConfigError(
-            f"{data}: no user has the {min_length} interactions a leave-one-out split needs, so there is nothing to "
-            "evaluate (lower --min-length, or use a dataset with longer sequences)"
-        )
-    if loaded is not None and max_length is not None and max_length > loaded.max_length:
-        raise ConfigError(
-            f"--max-length {max_length} (or data_split.json's max_length) is longer than the {loaded.max_length} items "
-            "the model's user encoder reads"
-        )
-    if baseline is not None:
-        import torch
-
-        from pmmrec.baselines import KNN_HISTORY, baseline_ranks
-        from pmmrec.evaluation import metrics_from_ranks
-
-        window = max_length if max_length is not None else KNN_HISTORY
-        ranks = baseline_ranks(baseline, dataset, split_data, split, exclude_history=history == "exclude", max_length=window)
-        metrics = metrics_from_ranks(torch.as_tensor(ranks), tuple(ks))
-        timing = None
-    else:
-        from pmmrec.inference import evaluate_split, make_collator
-
-        assert loaded is not None
-        loaded.bind_catalogue(dataset.item_ids)
-        result = evaluate_split(
-            loaded, split_data, split, make_collator(loaded, dataset), dataset.num_items, context.device, context,
-            ks=tuple(ks), progress=progress, max_length=max_length, exclude_history=history == "exclude",
-            resume_dir=Path(resume_dir) if resume_dir is not None else None, cache_prefixes=cache_prefixes,
-        )  # fmt: skip
-        ranks, metrics, timing = result.ranks, result.metrics, result.timings
-    if out is not None and context.is_main:
-        source = baseline if baseline is not None else None if not isinstance(model, str | os.PathLike) else str(model)
-        settings = {"min_length": min_length, "max_history": max_history, "max_length": max_length, "history": history}
-        users = [dataset.user_ids[row] for row in split_data.user_rows]
-        write_json(
-            out,
-            {"model": source, "data": str(data), "split": split, **settings, **metrics, "users": users,
-             "ranks": [int(rank) for rank in ranks], **({"timing": timing} if timing else {})},
-        )  # fmt: skip
-    return metrics
+    return evaluate_model_or_baseline(
+        model, data, baseline=baseline, split=split, ks=tuple(ks), min_length=min_length, max_history=max_history,
+        max_length=max_length, exclude_seen=exclude_seen, json_path=json_path, device=device, progress=progress,
+        resume_dir=resume_dir, cache_prefixes=cache_prefixes,
+    )  # fmt: skip
 
 
+def _show_recommend(ranked: list[Any], _: dict[str, Any]) -> str:
+    width = max([len("item id"), *(len(entry.item_id) for entry in ranked)])
+    lines = [f"{'rank':>4}  {'score':>8}  {'item id':<{width}}  text"]
+    lines += [f"{e.rank:>4}  {e.score:8.3f}  {e.item_id:<{width}}  {e.text}" for e in ranked]
+    return "\n".join(lines)
+
+
+@command(show=_show_recommend, json=True)
 def recommend(
-    model: PathLike | Any,
-    data: PathLike,
+    model: ModelRef,
+    data: DataDir,
     *,
-    user: str | None = None,
-    history: list[str] | None = None,
-    k: int = 10,
-    exclude_seen: bool = True,
-    extra_items: PathLike | None = None,
-    device: str | None = None,
+    user: Annotated[str | None, Opt("A user id of users.tsv (default: none; then give --history).")] = None,
+    history: Annotated[
+        Sequence[str] | None,
+        Opt('Item ids, oldest first: "ID ID ..." (default: none; then give --user).', cli=str, convert=str.split),
+    ] = None,
+    k: Annotated[int, Opt("How many items to return.")] = 10,
+    exclude_seen: Annotated[
+        bool,
+        Opt(
+            "Leave the history's items out of the ranking (--keep-seen: rank them too).",
+            flag="--exclude-seen/--keep-seen",
+        ),
+    ] = True,
+    extra_items: Annotated[
+        PathLike | None,
+        Opt(
+            "Extra candidate items (item_id<TAB>text), never seen in training (default: none).",
+            flag="--items",
+            cli=Path,
+        ),
+    ] = None,
+    device: Device = None,
+    progress: bool = True,
 ) -> list[Any]:
-    """Top-k items for a known user or an explicit history; `extra_items` adds candidates by content alone.
+    """Top-k items for a user or a history; new items are recommendable from their content alone.
 
-    A model object given without `device` stays where it is; with `device` it is moved there (in place).
+    `extra_items` adds candidates by content alone. A model object given without `device` stays where it is; with
+    `device` it is moved there (in place).
     """
-    from pmmrec.arguments import check_arguments
-    from pmmrec.data import load_dataset, read_items_tsv
-    from pmmrec.distributed import choose_device
-    from pmmrec.errors import ConfigError
-    from pmmrec.inference import encode_catalogue, make_collator, top_k
-    from pmmrec.model import PMMRec
+    from pmmrec.arguments import check_arguments, check_dataset_folder, check_model_folder
+    from pmmrec.errors import UsageError
 
     check_arguments(k=k)
     if (user is None) == (history is None):
-        raise ConfigError("give exactly one of --user and --history")
-    target_device = choose_device(_requested_device(model, device))
-    loaded = model if isinstance(model, PMMRec) else PMMRec.from_pretrained(str(model))
-    loaded.to(target_device)
-    dataset = load_dataset(data)
-    if extra_items is not None:
-        if loaded.item_tower is not None:
-            raise ConfigError("--items: an ID-based model cannot score items it was not trained on")
-        if loaded.vision is not None:
-            raise ConfigError("--items: this model reads images; extra items need images (add them to the dataset instead)")
-        extra_ids, extra_texts = read_items_tsv(extra_items)
-        dataset = dataset.with_extra_items(extra_ids, extra_texts, source=str(extra_items))
-    loaded.bind_catalogue(dataset.item_ids)
-    index = dataset.item_index()
-    if user is not None:
-        try:
-            row = dataset.user_ids.index(user)
-        except ValueError:
-            raise ConfigError(f"--user {user!r}: not in {dataset.root / 'users.tsv'}") from None
-        sequence = [int(i) for i in dataset.sequences[row]]
-    else:
-        unknown = [item for item in history or [] if item not in index]
-        if unknown:
-            raise ConfigError(f"--history: unknown item ids {unknown[:5]} (not in items.tsv or --items)")
-        sequence = [index[item] for item in history or []]
-    table = encode_catalogue(loaded, make_collator(loaded, dataset), len(dataset.item_ids), target_device)
-    exclude = sequence if exclude_seen else ()
-    return top_k(loaded, table, dataset.item_ids, dataset.item_texts, sequence, k=k, exclude=exclude)
+        raise UsageError("give exactly one of --user and --history")
+    check_dataset_folder(data)
+    if isinstance(model, str | os.PathLike):
+        check_model_folder(model)
+    from pmmrec.tasks import recommend_for
+
+    return recommend_for(
+        model, data, user=user, history=history, k=k, exclude_seen=exclude_seen, extra_items=extra_items,
+        device=device, progress=progress,
+    )  # fmt: skip
 
 
-def _requested_device(model: Any, device: str | None) -> str | None:
-    """`device`, or for a model object given without one, where that model is (it is not moved)."""
-    from pmmrec.model import PMMRec
-
-    return str(model.device) if device is None and isinstance(model, PMMRec) else device
-
-
-def serve(model: str, data: PathLike, **options: Any) -> None:
-    """Serve recommendations over HTTP until SIGTERM (needs the `serve` extra); live items are stored in `state`.
+@command(options="serve")
+def serve(model: ModelRef, data: DataDir, **options: Any) -> None:
+    """Serve recommendations over HTTP (OpenAPI at /docs, a page at /); items added live are stored and rankable at once.
 
     `options` are `pmmrec serve`'s flags by name (`pmmrec.serving.options.SERVE_FLAGS`: host, port, state, store,
-    batching, ...), validated by `ServeOptions`; a bad value is one error naming its flag.
+    batching, ...), validated by `ServeOptions`; a bad value is one error naming its flag. Runs until SIGTERM (needs
+    the `serve` extra).
     """
+    from pmmrec.arguments import check_dataset_folder, check_model_folder
     from pmmrec.errors import ConfigError
     from pmmrec.serving.options import options_from_flags
 
     serve_options = options_from_flags(options)
+    check_dataset_folder(data)
+    check_model_folder(model)
     try:
         from pmmrec.serving import serve as run_server
     except ImportError as exc:
@@ -335,86 +396,161 @@ def serve(model: str, data: PathLike, **options: Any) -> None:
     run_server(str(model), data, serve_options)
 
 
+@command()
 def demo(
-    out: PathLike = "demo_out",
+    out: Annotated[PathLike, Opt("Folder for data, runs, the local Hub cache and results.", cli=Path)] = "demo_out",
     *,
-    quick: bool = False,
-    seed: int = 42,
-    device: str | None = None,
+    quick: Annotated[bool, Opt("Smaller settings: a few minutes on a laptop CPU.")] = False,
+    seed: Annotated[int, Opt("Random seed.")] = 42,
+    device: Device = None,
     progress: bool = True,
-    curve: bool = False,
+    curve: Annotated[
+        bool,
+        Opt(
+            "The whole learning curve: 5 shares of the target's users (5% to 100%), 3 seeds, every trained row "
+            "searched on validation at every share (many times longer than the default small curve)."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
-    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain; returns results.json.
+    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison and a
+    small learning curve (test NDCG@10 when 10%, 25% and 100% of the target's users train).
 
-    `curve`: the whole learning curve (5 shares of the target's users, 3 seeds, every trained row searched on
-    validation at every share) instead of the demo's small one.
+    Returns what results.json holds.
     """
     from pmmrec.demo import demo as run_demo
 
     return run_demo(out, quick=quick, seed=seed, device=device, progress=progress, curve=curve)
 
 
+@command(show=lambda report, _: _lazy("pmmrec.comparison", "format_comparison")(report), json=True)
+def compare(
+    runs: Annotated[
+        Sequence[str],
+        Arg(
+            "Evaluations to compare: `evaluate --json` files, training run folders (RUN/test_ranks.json), demo "
+            "folders or results.json; NAME=PATH names one, and a name given twice is one model's seeds.",
+            metavar="RUN_OR_JSON",
+            cli=list[str],
+            variadic=True,
+        ),
+    ],
+    *,
+    metric: Annotated[Literal["ndcg", "hr", "mrr"], Opt("Metric of the paired tests.")] = "ndcg",
+    k: Annotated[int, Opt("Cut-off of the metrics.")] = 10,
+    alpha: Annotated[float, Opt("Significance level of the Holm-adjusted paired tests.")] = 0.05,
+) -> dict[str, Any]:
+    """Metrics of several runs side by side, with a paired test for every pair (users as clusters, Holm).
+
+    Every run must rank the same users on the same split. Each pair gets the sign-flip test with users as clusters
+    and the seed x user bootstrap (`pmmrec.stats`), Holm-adjusted over the pairs, and a verdict.
+    """
+    from pmmrec.arguments import check_arguments
+    from pmmrec.comparison import compare_runs
+
+    check_arguments(k=k)
+    return compare_runs(runs, metric=metric, k=k, alpha=alpha)
+
+
 # ---- datasets ------------------------------------------------------------------------------------------------
 
 
-def data_movielens(
-    out: PathLike,
-    *,
-    domain: str = "all",
-    images: str = "none",
-    size: int = 224,
-    new_items: float = 0.0,
-    new_items_rule: str = "first-seen",
-    overwrite: bool = False,
-) -> Path:
-    """Build MovieLens-100K (or its source/target domain) from the installed recbole==1.2.1 wheel.
+def _show_dataset(path: Path, _: dict[str, Any], *more: str) -> str:
+    from pmmrec.data import format_statistics
 
-    new_items: share of items held out as new items (only ever a validation or test target), as the demo does;
-    new_items_rule: first-seen (the items that appear last in the domain's time line) or hash (pre-issue-24 rule).
-    """
+    return "\n".join([f"wrote {path}", format_statistics(data_check(path)), *more])
+
+
+@command(show=lambda path, a: _show_dataset(path, a, f"licence: {_lazy('pmmrec.data.movielens', 'LICENCE_NOTE')}"))
+def data_movielens(
+    out: OutFolder,
+    *,
+    domain: Annotated[
+        Literal["all", "source", "target"],
+        Opt("all = whole MovieLens-100K; source/target = the two transfer domains."),
+    ] = "all",
+    images: Annotated[
+        Literal["none", "synthetic"], Opt("none, or synthetic pictures drawn from title and genres.")
+    ] = "none",
+    size: ImageSize = 224,
+    new_items: Annotated[
+        float,
+        Opt("Share of items held out as new items: they occur only as validation and test targets (the demo: 0.2)."),
+    ] = 0.0,
+    new_items_rule: Annotated[
+        Literal["first-seen", "hash"],
+        Opt(
+            "first-seen = the items whose first interaction is latest (cold start in time); hash = the rule used "
+            "before issue 24, unrelated to time (kept to reproduce older tables)."
+        ),
+    ] = "first-seen",
+    overwrite: Overwrite = False,
+    progress: bool = True,
+) -> Path:
+    """Build MovieLens-100K from the installed recbole==1.2.1 wheel (never redistribute the result)."""
     from pmmrec.arguments import check_arguments
     from pmmrec.data import build_movielens
 
     check_arguments(size=size, new_items=new_items)
     return build_movielens(
         out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items,
-        new_items_rule=new_items_rule,
+        new_items_rule=new_items_rule, progress=progress,
     )  # fmt: skip
 
 
+def _show_build_lmdb(report: Any, a: dict[str, Any]) -> str:
+    out = Path(a["out"])
+    lines = [f"stored {len(report.stored):,} images ({a['size']}x{a['size']}, {a['payload']}) in {out}"]
+    if report.failed:
+        lines.append(f"warning: without image: {report.describe_failures()}")
+    if (out.parent / "dataset.json").is_file() and out.name == "images.lmdb":
+        lines.append(f"recorded the images in {out.parent / 'dataset.json'}")
+    return "\n".join(lines)
+
+
+@command(show=_show_build_lmdb)
 def data_build_lmdb(
-    items: PathLike,
-    images: PathLike,
-    out: PathLike,
+    items: Annotated[PathLike, Opt("items.tsv whose item ids name the images.", cli=Path)],
+    images: Annotated[PathLike, Opt("Folder of <item id>.jpg|jpeg|png|webp files.", cli=Path)],
+    out: Annotated[PathLike, Opt("LMDB folder to create (e.g. DATASET/images.lmdb).", cli=Path)],
     *,
-    size: int = 224,
-    payload: str = "png",
-    allow_missing: bool = False,
-    overwrite: bool = False,
+    size: ImageSize = 224,
+    payload: Payload = "png",
+    allow_missing: AllowMissing = False,
+    overwrite: Overwrite = False,
+    progress: bool = True,
 ) -> Any:
-    """Resize item images once and store them in an LMDB keyed by item id (no pickle); returns the build report."""
+    """Resize item images once and store them in an LMDB keyed by item id (no pickle).
+
+    Returns the build report (images stored, missing, undecodable).
+    """
     from pmmrec.arguments import check_arguments
     from pmmrec.data import build_image_lmdb
 
     check_arguments(size=size)
     return build_image_lmdb(
         Path(items), Path(images), Path(out), size=size, payload_format=payload, allow_missing=allow_missing,
-        overwrite=overwrite,
+        overwrite=overwrite, progress=progress,
     )  # fmt: skip
 
 
+@command(show=_show_dataset)
 def data_import_reference(
-    users: PathLike,
-    items: PathLike,
-    out: PathLike,
+    users: Annotated[PathLike, Opt("Reference-family X_users.tsv.", cli=Path)],
+    items: Annotated[PathLike, Opt("Reference-family X_items_texts.tsv.", cli=Path)],
+    out: OutFolder,
     *,
-    lmdb: PathLike | None = None,
-    trust_pickle: bool = False,
-    name: str | None = None,
-    size: int = 224,
-    payload: str = "png",
-    allow_missing: bool = False,
-    overwrite: bool = False,
+    lmdb: Annotated[
+        PathLike | None, Opt("Reference-family image LMDB, file or folder (default: none).", cli=Path)
+    ] = None,
+    trust_pickle: Annotated[
+        bool, Opt("Read pickled LMDB values. Unpickling can run code chosen by the file's author: trusted files only.")
+    ] = False,
+    name: Annotated[str | None, Opt("Dataset name (default: from the users file name).")] = None,
+    size: ImageSize = 224,
+    payload: Payload = "png",
+    allow_missing: AllowMissing = False,
+    overwrite: Overwrite = False,
+    progress: bool = True,
 ) -> Path:
     """Convert the reference family's users/items files (and image LMDB) into a dataset folder."""
     from pmmrec.arguments import check_arguments
@@ -423,12 +559,25 @@ def data_import_reference(
     check_arguments(size=size)
     return import_reference(
         users, items, out, lmdb_path=lmdb, trust_pickle=trust_pickle, image_size=size, payload_format=payload,
-        allow_missing=allow_missing, overwrite=overwrite, name=name,
+        allow_missing=allow_missing, overwrite=overwrite, name=name, progress=progress,
     )  # fmt: skip
 
 
-def data_check(folder: PathLike) -> dict[str, Any]:
-    """Validate a dataset folder (hashes, lines, ids, texts, images); returns its statistics."""
+@command(show=lambda stats, _: _lazy("pmmrec.data", "format_statistics")(stats), json=True)
+def data_check(folder: Annotated[PathLike, Arg("Dataset folder.", metavar="FOLDER", cli=Path)]) -> dict[str, Any]:
+    """Validate a dataset folder (hashes, lines, ids, texts, images) and print its statistics."""
+    from pmmrec.arguments import check_dataset_folder
     from pmmrec.data import check_dataset
 
+    check_dataset_folder(folder, flag="FOLDER")
     return check_dataset(folder)
+
+
+def _lazy(module: str, name: str) -> Any:
+    """`module.name`, imported when a result is shown (so that this module stays light to import)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = list(COMMANDS)

@@ -122,7 +122,7 @@ def baseline_ranks(
     split: LeaveOneOutSplit,
     which: str = "test",
     *,
-    exclude_history: bool = True,
+    exclude_seen: bool = True,
     max_length: int | None = KNN_HISTORY,
     backbone: str = "minilm",
     text_table: torch.Tensor | None = None,
@@ -150,7 +150,7 @@ def baseline_ranks(
         table, users = content_knn_states(raw, histories, max_length, normalise)
     else:
         raise ConfigError(f"unknown baseline {name!r}; use one of {', '.join(BASELINES)}")
-    unique = [np.unique(h) if exclude_history else np.zeros(0, dtype=np.int64) for h in histories]
+    unique = [np.unique(h) if exclude_seen else np.zeros(0, dtype=np.int64) for h in histories]
     indptr = torch.as_tensor(np.concatenate([[0], np.cumsum([len(h) for h in unique])]), dtype=torch.long)
     items = torch.as_tensor(np.concatenate(unique) if unique else np.zeros(0), dtype=torch.long)
     return rank_targets(users, table, targets.long(), indptr, items).numpy()

@@ -1,6 +1,6 @@
-"""The pieces of the command line that commands share: one-line error reporting, option types and choices, and
-the option groups generated from configs (help texts from their fields): `pretrain` / `finetune` from the training
-config, `serve` from `ServeOptions`."""
+"""The pieces of the command line that commands share: one-line error reporting, the global options, and the option
+groups generated from configs (help texts and defaults from their fields): `pretrain` / `finetune` from the training
+config, `serve` from `ServeOptions`, `init` from `CreateOptions`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import typer
 from typer.exceptions import TyperException
 
-from pmmrec.errors import PmmrecError
-from pmmrec.slots import INIT_KINDS
+from pmmrec.errors import Interrupted, PmmrecError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,20 +27,24 @@ DEBUG_ENV = "PMMREC_DEBUG"
 def reports_errors(command: F) -> F:
     """Turn bad input (PmmrecError) and OS errors (missing file, full disk) into one line and exit status 1.
 
-    A safety net, not a substitute for checks: any other exception is a case pmmrec does not handle yet; it is
-    reported in one line too, with the path of a file holding its traceback, and exit status 1. Set PMMREC_DEBUG=1
-    (or pass `pmmrec --debug`) to see the traceback instead.
+    Arguments that contradict each other (UsageError) exit with 2, like any usage error; a run stopped by a signal
+    (Interrupted) with 130. A safety net, not a substitute for checks: any other exception is a case pmmrec does not
+    handle yet; it is reported in one line too, with the path of a file holding its traceback, and exit status 1.
+    Set PMMREC_DEBUG=1 (or pass `pmmrec --debug`) to see the traceback instead.
     """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except Interrupted as exc:
+            typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(code=130) from None
         except (PmmrecError, OSError) as exc:
             if os.environ.get(DEBUG_ENV):
                 raise
             message = str(exc) if isinstance(exc, PmmrecError) else _describe_os_error(exc)
-            _fail(message)
+            _fail(message, 2 if isinstance(exc, UsageError) else 1)
         except (typer.Exit, typer.Abort, TyperException):  # exit statuses and usage errors are the CLI's own
             raise
         except Exception as exc:  # the safety net: one line and a saved traceback, never a traceback on screen
@@ -54,10 +57,10 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(message: str) -> None:
-    """Print `error: message` on one line (a message is never allowed to span lines) and exit with status 1."""
+def _fail(message: str, code: int = 1) -> None:
+    """Print `error: message` on one line (a message is never allowed to span lines) and exit with `code`."""
     typer.secho(f"error: {' '.join(message.split())}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=1) from None
+    raise typer.Exit(code=code) from None
 
 
 def save_traceback(exc: BaseException) -> Path | str:
@@ -121,98 +124,39 @@ def _choices(name: str, values: list[str]) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
 
 
-TextRef = Annotated[str | None, typer.Option("--text", help="Text encoder: hub:ORG/NAME[@REV], hf://... or a folder.")]
+def shown_default(value: Any) -> str:
+    """A default as help shows it (`[default: 64]`); None, empty lists and mappings read `none`."""
+    if value is None or value == [] or value == {}:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={item}" for key, item in value.items())
+    return str(value)
 
 
-VisionRef = Annotated[str | None, typer.Option("--vision", help="Vision encoder reference.")]
+def _keyword(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-FusionRef = Annotated[str | None, typer.Option("--fusion", help="Fusion reference (created fresh when absent).")]
+# ---- generated option groups -----------------------------------------------------------------------------------
 
 
-UserRef = Annotated[str | None, typer.Option("--user", help="User encoder reference (created fresh when absent).")]
+def option_group(kind: str, command: str) -> list[inspect.Parameter]:
+    """The generated options of a command whose api function takes `**options` (commands.py: `options=`)."""
+    groups = {"training": training_parameters, "serve": lambda _: serve_parameters(), "create": create_parameters}
+    return groups[kind](command)
 
 
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+def training_parameters(mode: str = "finetune") -> list[inspect.Parameter]:
+    """One CLI option per entry of TRAIN_OPTIONS, typed and described by its config field; the help ends with the
+    value this command trains with when the option is not given (`mode`'s defaults), since the option itself
+    defaults to None (not given: a YAML file's value stays)."""
+    from pmmrec.training.config import TOWER_DEPENDENT, TRAIN_OPTIONS, config_field, mode_default_values
 
-
-DataDir = Annotated[Path, typer.Option("--data", help="Dataset folder (users.tsv, items.tsv, dataset.json).")]
-
-
-ModelRef = Annotated[str, typer.Option("--model", help="Assembled model: folder or hub reference.")]
-
-
-Device = Annotated[
-    str | None, typer.Option(help="cpu, cuda or cuda:N (when omitted: cuda:LOCAL_RANK if CUDA is available, else cpu).")
-]
-
-
-Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-
-
-KindChoice = _choices("KindChoice", list(INIT_KINDS))  # the kinds `pmmrec init` creates
-
-
-class SplitChoice(str, Enum):
-    valid = "valid"
-    test = "test"
-
-
-class BaselineChoice(str, Enum):
-    popularity = "popularity"
-    content_knn = "content-knn"
-
-
-class HistoryChoice(str, Enum):
-    exclude = "exclude"
-    include = "include"
-
-
-class DomainChoice(str, Enum):
-    all = "all"
-    source = "source"
-    target = "target"
-
-
-class NewItemRuleChoice(str, Enum):
-    first_seen = "first-seen"
-    hash = "hash"
-
-
-class ImagesChoice(str, Enum):
-    none = "none"
-    synthetic = "synthetic"
-
-
-class PayloadChoice(str, Enum):
-    png = "png"
-    jpeg = "jpeg"
-    raw = "raw"
-
-
-ImageSize = Annotated[int, typer.Option("--size", help="Side of the stored square images (resize + centre crop).")]
-
-
-ImagePayload = Annotated[
-    PayloadChoice, typer.Option("--format", help="Stored image payload: png (lossless), jpeg or raw pixels.")
-]
-
-
-AllowMissing = Annotated[
-    bool, typer.Option("--allow-missing", help="Record items without a usable image instead of failing.")
-]
-
-
-def create_option(name: str, **extra: Any) -> Any:
-    from pmmrec.components.options import CreateOptions
-
-    return typer.Option(help=CreateOptions.model_fields[name].description, **extra)
-
-
-def training_parameters() -> list[inspect.Parameter]:
-    """One CLI option per entry of TRAIN_OPTIONS, typed and described by its config field."""
-    from pmmrec.training.config import TRAIN_OPTIONS, config_field
-
+    defaults = mode_default_values(mode)
     parameters = []
     for name, path in TRAIN_OPTIONS.items():
         field = config_field(path)
@@ -221,13 +165,20 @@ def training_parameters() -> list[inspect.Parameter]:
         if annotation is bool:
             decls = [f"{flag}/--no-{name.replace('_', '-')}"]
         extra: dict[str, Any] = {"metavar": "SLOT=LR", "callback": _check_component_lr} if name == "lr_component" else {}
-        option = typer.Option(*decls, help=field.description, **extra)
-        parameters.append(
-            inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[annotation | None, option]
-            )
-        )
+        # a default that depends on the item tower is stated per tower by the description itself
+        text = field.description if path in TOWER_DEPENDENT else _with_default(field.description, defaults[name], flag)
+        option = typer.Option(*decls, help=text, show_default=False, **extra)
+        parameters.append(_keyword(name, Annotated[annotation | None, option]))
     return parameters
+
+
+def _with_default(description: str, default: Any, flag: str) -> str:
+    """A help text ending with the value used when the option is not given; a None default is explained by the
+    description itself ("default: ..."), else it reads `none`."""
+    if default is None and "default" in description:
+        return description
+    shown = flag[2:] if default is True else f"no-{flag[2:]}" if default is False else shown_default(default)
+    return f"{description}  [default: {shown}]"
 
 
 def _check_component_lr(value: list[str] | None) -> list[str] | None:
@@ -268,61 +219,6 @@ def plain(value: Any) -> Any:
     return value
 
 
-def training_command(mode: Literal["pretrain", "finetune"], summary: str, done: Callable[[Path], str]) -> Any:
-    """The `pmmrec pretrain` / `pmmrec finetune` command: fixed options plus the shared training option group."""
-
-    from pmmrec import api
-
-    @reports_errors
-    def command(
-        data: Path, out: Path, config: Path | None = None, resume: bool = False, quiet: bool = False, **options: Any
-    ) -> None:
-        from pmmrec.training.trainer import TrainingInterrupted
-
-        values = {key: plain(value) for key, value in options.items()}
-        try:
-            getattr(api, mode)(data, out, config=config, resume=resume, progress=not quiet, **values)
-        except TrainingInterrupted as exc:
-            typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(code=130) from None
-        if is_main_process():
-            typer.echo(done(out))
-
-    fixed = [
-        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=DataDir),
-        inspect.Parameter(
-            "out",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, logs, outputs).")],
-        ),
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=None,
-            annotation=Annotated[
-                Path | None, typer.Option("--config", help="YAML file of training options; flags override it.")
-            ],
-        ),
-        inspect.Parameter(
-            "resume",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=False,
-            annotation=Annotated[bool, typer.Option("--resume", help="Continue from RUN/checkpoints/last.")],
-        ),
-        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Quiet),
-    ]
-    return _with_parameters(command, [*fixed, *training_parameters()], summary, mode)
-
-
-def _with_parameters(command: Any, parameters: list[inspect.Parameter], summary: str, name: str) -> Any:
-    """`command` with the options Typer reads from its signature, its help summary and its name."""
-    command.__dict__["__signature__"] = inspect.Signature(parameters)  # what Typer reads the options from
-    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    command.__doc__ = summary
-    command.__name__ = name
-    return command
-
-
 def serve_parameters() -> list[inspect.Parameter]:
     """One CLI option per entry of SERVE_FLAGS, typed, defaulted and described by its ServeOptions field.
 
@@ -334,13 +230,13 @@ def serve_parameters() -> list[inspect.Parameter]:
     for name, field_name in SERVE_FLAGS.items():
         field = ServeOptions.model_fields[field_name]
         annotation = _flag_type(field.annotation)
-        if name == "quiet":  # the --quiet flag every command has
-            annotation = Quiet
-        elif annotation is bool:
-            annotation = Annotated[bool, typer.Option(help=field.description)]
+        if annotation is bool:
+            flag = "--" + name.replace("_", "-")
+            decls = [flag] if field.default is False else [f"{flag}/--no-{flag[2:]}"]
+            annotation = Annotated[bool, typer.Option(*decls, help=field.description)]
         else:
             annotation = Annotated[annotation, typer.Option(help=field.description)]
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=annotation))
+        parameters.append(_keyword(name, annotation, field.default))
     return parameters
 
 
@@ -354,17 +250,16 @@ def _flag_type(annotation: Any) -> Any:
     return base | None if optional else base
 
 
-def serve_command(summary: str) -> Any:
-    """The `pmmrec serve` command: --model, --data and the options generated from ServeOptions."""
+CREATE_FIELDS = ("backbone", "dim", "trainable_layers", "max_tokens", "heads", "layers", "max_length", "dropout")
 
-    from pmmrec import api
 
-    @reports_errors
-    def command(model: str, data: Path, **options: Any) -> None:
-        api.serve(model, data, **options)
+def create_parameters(_: str = "init") -> list[inspect.Parameter]:
+    """`pmmrec init`'s options: the fields of CreateOptions a user sets, with their defaults and descriptions."""
+    from pmmrec.components.options import CreateOptions
 
-    fixed = [
-        inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, annotation=ModelRef),
-        inspect.Parameter("data", inspect.Parameter.KEYWORD_ONLY, annotation=DataDir),
-    ]
-    return _with_parameters(command, [*fixed, *serve_parameters()], summary, "serve")
+    parameters = []
+    for name in CREATE_FIELDS:
+        field = CreateOptions.model_fields[name]
+        annotation = _flag_type(field.annotation)
+        parameters.append(_keyword(name, Annotated[annotation, typer.Option(help=field.description)], field.default))
+    return parameters

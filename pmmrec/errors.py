@@ -29,6 +29,18 @@ class ConfigError(PmmrecError):
     """A configuration value or file is invalid."""
 
 
+class UsageError(ConfigError):
+    """Arguments that contradict each other (e.g. both --model and --baseline); the command line exits with 2."""
+
+
+class Interrupted(PmmrecError):
+    """A run stopped by a signal after saving what it needs to continue; the command line exits with 130."""
+
+
+class PmmrecWarning(UserWarning):
+    """Something the user should know that does not stop the work; the command line prints it as one line."""
+
+
 def describe_validation_error(exc: Any) -> str:
     """A pydantic ValidationError on one line: `field: problem; field: problem` (the CLI prints one line)."""
     problems = []

@@ -102,7 +102,7 @@ def evaluate_split(
     item_table: torch.Tensor | None = None,
     progress: bool = False,
     max_length: int | None = None,
-    exclude_history: bool = True,
+    exclude_seen: bool = True,
     resume_dir: Path | None = None,
     cache_prefixes: bool = False,
     score_budget: int = DEFAULT_SCORE_BUDGET,
@@ -111,7 +111,7 @@ def evaluate_split(
     """Full ranking for the valid or test targets; users are sharded over processes and their ranks gathered.
 
     max_length: items of history the user encoder reads (default: the model's maximum; a run evaluates with the
-    window length it trained with); exclude_history=False ranks the history items too (RecBole's protocol).
+    window length it trained with); exclude_seen=False ranks the history items too (RecBole's protocol).
     Streams: users go `batch_size` at a time and scores at most `score_budget` bytes at a time. With
     `resume_dir`, finished users' ranks (and the catalogue table) are written there as they are computed, and a
     later call with the same folder ranks only the users still missing. `cache_prefixes` encodes the catalogue
@@ -128,7 +128,8 @@ def evaluate_split(
     window = max_length or model.max_length
     store = None
     if resume_dir is not None:
-        protocol = f"{which}:{'exclude' if exclude_history else 'include'}-history"
+        # the key's old wording is kept, so that resume folders written before still match
+        protocol = f"{which}:{'exclude' if exclude_seen else 'include'}-history"
         key = evaluation_key(model, collator.input_tables(), histories, targets, protocol, window)
         store = ResultStore(Path(resume_dir), key, len(targets))
         if item_table is None:
@@ -162,7 +163,7 @@ def evaluate_split(
             batch = _eval_batch(collator, samples, start, batch_size).to(device)
             states = user_states(model.user, item_table, batch.item_seq, batch.seq_mask)
             indptr, history = batch.history_indptr, batch.history_items
-            if not exclude_history:
+            if not exclude_seen:
                 indptr, history = torch.zeros_like(indptr), history[:0]
             ranks = rank_targets_with_unscored(
                 states, item_table, batch.targets, indptr, history, unscored, chunk, block

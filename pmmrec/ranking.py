@@ -78,9 +78,15 @@ def user_states(user: nn.Module, table: torch.Tensor, windows: torch.Tensor, mas
     and a GPU model).
     """
     windows, mask = windows.to(table.device), mask.to(table.device)
-    embeddings = table[windows] * mask.unsqueeze(-1).to(table.dtype)
+    # index_select, not table[windows]: several times faster for a row-major table, and far faster (one strided
+    # read per element instead of a row) for a transposed column-major one.
+    embeddings = table.index_select(0, windows.reshape(-1)).view(*windows.shape, table.shape[1])
+    embeddings = embeddings * mask.unsqueeze(-1).to(table.dtype)
     device = next(user.parameters()).device
-    return user(embeddings.to(device), mask.to(device))[:, -1].float().to(table.device)
+    embeddings, mask = embeddings.to(device), mask.to(device)
+    final = getattr(user, "final_states", None)  # `UserEncoder.final_states`: forward's last column, maybe cheaper
+    states = final(embeddings, mask) if final is not None else user(embeddings, mask)[:, -1]
+    return states.float().to(table.device)
 
 
 @torch.inference_mode()

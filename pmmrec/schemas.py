@@ -124,13 +124,26 @@ class DatasetInfoFile(_Closed):
         return self
 
 
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class DatasetFingerprintEntry(_Closed):
+    """Which dataset a model was trained on: its name and the sha256 of its items.tsv and users.tsv."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    items_sha256: Sha256
+    users_sha256: Sha256
+
+
 class SplitRecordFile(_Closed):
-    """data_split.json of a trained model: how its run split and windowed the data (`pmmrec evaluate` reads it)."""
+    """data_split.json of a trained model: how its run split and windowed the data (`pmmrec evaluate` reads it),
+    and which dataset it was trained on (absent in models trained before it was recorded)."""
 
     min_length: int | None = Field(default=None, ge=3, le=1_000_000)
     max_history: int | None = Field(default=None, ge=3, le=1_000_000_000)
     max_length: int | None = Field(default=None, ge=1, le=4096)
     window: Literal["tiles", "crop", "last"] | None = None
+    dataset: DatasetFingerprintEntry | None = None
 
     @model_validator(mode="after")
     def _history_holds_a_split(self) -> SplitRecordFile:

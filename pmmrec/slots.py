@@ -45,8 +45,11 @@ class Slot:
     def reference_help(self) -> str:
         """The help text of the option naming this slot's component by reference (`--text`, `--fusion`)."""
         if self.pretrained:
-            return f"{self.title}: hub:ORG/NAME[@REV], hf://... or a folder."
-        return f"{self.title} reference (created fresh when absent)."
+            return (
+                f"{self.title}: hub:ORG/NAME[@REV], hf://... or a folder (default: none; a fresh one on "
+                f"{self.flag}-backbone when the run reads {self.modality}: see --modality)."
+            )
+        return f"{self.title} reference (default: none, created fresh)."
 
 
 # An item modality is a row with `modality` set and `content` true (an encoder): its encoder kind and types live in

@@ -5,31 +5,33 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import typer
 
 from pmmrec import api
 from pmmrec.cli import app
+from pmmrec.commands import Arg, Opt, command
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
 
 # From the bottom up; a module may import only from its own layer or below (and never in a circle).
 LAYERS: list[tuple[str, ...]] = [
-    ("pmmrec._version", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
+    ("pmmrec._version", "pmmrec.commands", "pmmrec.slots", "pmmrec.modes", "pmmrec.errors", "pmmrec.fileio", "pmmrec.paths", "pmmrec.distributed", "pmmrec.imaging",
      "pmmrec.budget", "pmmrec.arguments",
      "pmmrec.recovery", "pmmrec.jsonfile", "pmmrec.progress", "pmmrec.schemas", "pmmrec.integrity", "pmmrec.evaluation", "pmmrec.ranking"),
-    ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets"),
+    ("pmmrec.references", "pmmrec.cards", "pmmrec.hub", "pmmrec.assets", "pmmrec.environment"),
     ("pmmrec.components",),
     ("pmmrec.data",),
     ("pmmrec.model",),
     ("pmmrec.objectives", "pmmrec.inference", "pmmrec.prefix_cache", "pmmrec.eval_store",
-     "pmmrec.inspection", "pmmrec.baselines", "pmmrec.stats"),
+     "pmmrec.inspection", "pmmrec.baselines", "pmmrec.stats", "pmmrec.tasks", "pmmrec.comparison"),
     ("pmmrec.training",),
     ("pmmrec.serving", "pmmrec.demo"),
     ("pmmrec.api",),
@@ -196,7 +198,6 @@ def test_everything_keyed_by_slot_follows_the_table() -> None:
     table's slots, each found by name (a slot added to the table and missing in one of them fails here)."""
     from typing import get_args
 
-    from pmmrec.cli_options import KindChoice
     from pmmrec.components import KINDS, SLOT_KINDS
     from pmmrec.model import PMMRec
     from pmmrec.schemas import ManifestFile
@@ -214,7 +215,8 @@ def test_everything_keyed_by_slot_follows_the_table() -> None:
     fields = set(ModelConfig.model_fields)
     assert set(REFERENCE_SLOTS) <= fields
     assert {f"{slot}_{option}" for slot in MODALITY_SLOTS for option in ("backbone", "trainable_layers")} <= fields
-    assert [choice.value for choice in KindChoice] == list(INIT_KINDS) and "id" in KINDS  # `init id`: Python only
+    kind = next(param for param in cli_commands()["init"].params if param.name == "kind")
+    assert list(get_args(kind.type_descriptor.annotation)) == list(INIT_KINDS) and "id" in KINDS  # `init id`: Python only
 
 
 def test_every_modality_has_its_encoder_contract_and_its_reader() -> None:
@@ -330,38 +332,85 @@ def test_a_registered_objective_gets_its_weight() -> None:
         _REGISTRY.pop("toy")
 
 
-# ---- the CLI is a table over pmmrec.api -------------------------------------------------------------------------
+# ---- the CLI is built from pmmrec.api ---------------------------------------------------------------------------
 
 
-def cli_commands() -> dict[str, Any]:
-    """Every leaf command by its api name: `data movielens` -> data_movielens."""
-    root = typer.main.get_command(app)
+def leaf_commands(group: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf command of a (lazy) group by its api name: `data movielens` -> data_movielens."""
+    ctx = typer.Context(group)
     found: dict[str, Any] = {}
-    for name, command in root.commands.items():  # type: ignore[attr-defined]
-        if hasattr(command, "commands"):  # a group of sub-commands
-            for sub_name, sub in command.commands.items():
-                found[f"{name}_{sub_name}".replace("-", "_")] = sub
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if hasattr(command, "list_commands"):  # a group of sub-commands
+            found.update(leaf_commands(command, f"{prefix}{name}_"))
         else:
-            found[name.replace("-", "_")] = command
+            found[f"{prefix}{name}".replace("-", "_")] = command
     return found
 
 
+def cli_commands() -> dict[str, Any]:
+    return leaf_commands(typer.main.get_command(app))
+
+
 def test_every_command_has_its_api_function_and_every_api_function_its_command() -> None:
+    from pmmrec.commands import COMMANDS
+
     commands = set(cli_commands())
     functions = {name for name, value in vars(api).items() if inspect.isfunction(value) and not name.startswith("_")}
     functions = {name for name in functions if getattr(api, name).__module__ == "pmmrec.api"}
-    assert commands == functions == set(api.__all__)
+    assert commands == functions == set(COMMANDS) == set(api.__all__)
+    assert all(spec.function is getattr(api, name) for name, spec in COMMANDS.items())
+
+
+def test_a_new_command_is_one_function_in_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: an api function declared with @command is a command, its options built from its parameters (help,
+    defaults, --quiet for `progress`, --json), with no edit anywhere else."""
+    from typer.testing import CliRunner
+
+    from pmmrec import commands
+
+    monkeypatch.setattr(commands, "COMMANDS", dict(commands.COMMANDS))
+    monkeypatch.setattr("pmmrec.cli.COMMANDS", commands.COMMANDS)
+
+    @command(show="{greeting}, {name}: {result}", json=True)
+    def data_greet(
+        name: Annotated[str, Arg("Who to greet.", metavar="NAME")],
+        *,
+        greeting: Annotated[str, Opt("How to greet.")] = "hello",
+        times: Annotated[int, Opt("How often.")] = 2,
+        progress: bool = True,
+    ) -> dict[str, int]:
+        """Greet someone (a test command)."""
+        return {"times": times, "progress": progress}
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["data", "--help"])
+    assert "greet" in listed.output and "Greet someone (a test command)." in listed.output
+    shown = runner.invoke(app, ["data", "greet", "--help"])
+    assert "Usage: pmmrec data greet [OPTIONS] NAME" in shown.output and "[default: hello]" in shown.output
+    assert "--quiet" in shown.output and "--json" in shown.output
+    result = runner.invoke(app, ["data", "greet", "Ada", "--greeting", "hi", "--times", "3", "--quiet"])
+    assert result.exit_code == 0 and result.output == "hi, Ada: {'times': 3, 'progress': False}\n", result.output
+    as_json = runner.invoke(app, ["data", "greet", "Ada", "--json"])
+    assert json.loads(as_json.output) == {"times": 2, "progress": True}
 
 
 def test_pretrain_and_finetune_share_one_option_group_described_by_the_config() -> None:
-    from pmmrec.training.config import TRAIN_OPTIONS, config_field
+    """Their options are TRAIN_OPTIONS, each helped by its config field's description and ending with the value the
+    command uses when it is not given (pretrain's batch size is not finetune's)."""
+    from pmmrec.training.config import TRAIN_OPTIONS, config_field, mode_default_values
 
     commands = cli_commands()
     for mode in ("pretrain", "finetune"):
         options = {param.name: param for param in commands[mode].params}
+        defaults = mode_default_values(mode)
         for name, path in TRAIN_OPTIONS.items():
             assert name in options, f"{mode} lacks --{name.replace('_', '-')}"
-            assert options[name].help == config_field(path).description
+            assert options[name].help.startswith(config_field(path).description)
+            assert options[name].default is None  # not given: a --config file's value stays
+        assert options["rec_weight"].help.endswith(f"[default: {defaults['rec_weight']}]")
+        assert "[default:" not in options["batch_size"].help  # stated per item tower by the description
+    assert mode_default_values("pretrain")["batch_size"] != mode_default_values("finetune")["batch_size"]
 
 
 def test_serve_flags_are_generated_from_serve_options() -> None:
@@ -387,24 +436,18 @@ def test_serve_options_and_their_flags_load_neither_torch_nor_fastapi() -> None:
 
 
 def test_cli_module_only_calls_the_api() -> None:
-    """cli.py and its option helpers import no layer below the api for work (presentation and option tables
-    excepted)."""
+    """cli.py and its option helpers import no layer below the api for work (option tables excepted); what a
+    command prints is declared with its api function."""
     allowed = {
         "pmmrec",
         "pmmrec.api",
+        "pmmrec.commands",  # the api functions' command declarations
         "pmmrec.cli_options",
         "pmmrec.errors",
-        "pmmrec.slots",  # the choices of `init`
         "pmmrec.budget",  # parses --max-memory
         "pmmrec.paths",  # where the safety net saves a traceback
-        "pmmrec.inspection",  # format_inspection
-        "pmmrec.evaluation",  # format_metrics_table
-        "pmmrec.data",  # format_statistics
-        "pmmrec.data.movielens",  # LICENCE_NOTE
-        "pmmrec.data.reference_import",  # PICKLE_RISK
         "pmmrec.components.options",  # help texts of `init`
         "pmmrec.training.config",  # the training option table and its help texts
-        "pmmrec.training.trainer",  # TrainingInterrupted -> exit status 130
         "pmmrec.serving.options",  # the serve option model and its help texts
     }
     used = GRAPH["pmmrec.cli"] | GRAPH["pmmrec.cli_options"]

@@ -80,10 +80,13 @@ def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore
     assert read_split_record(tmp_path) is None  # an assembled, untrained model has none
     path = write_split_record(tmp_path, {"min_length": 3, "max_length": 20})
     assert read_split_record(tmp_path) == {"min_length": 3, "max_history": None, "max_length": 20, "window": None}
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]; expected min_length, max_history, max_length, window$"):
+    fingerprint = {"name": "d", "items_sha256": "a" * 64, "users_sha256": "b" * 64}
+    write_split_record(tmp_path, {"min_length": 3, "dataset": fingerprint})
+    assert read_split_record(tmp_path)["dataset"] == fingerprint
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]; expected min_length, max_history, max_length, window, dataset$"):
         write_split_record(tmp_path, {"epochs": 3})
     path.write_text(json.dumps([3]), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"expected an object with keys min_length, max_history, max_length, window$"):
+    with pytest.raises(ConfigError, match=r"expected an object with keys min_length, max_history, max_length, window, dataset$"):
         read_split_record(tmp_path)
     refusals = {  # the schema names the key: unknown keys, wrong types, ranges (max_length 0 or 1e9), duplicates
         '{"min_length": 3, "epochs": 2}': "epochs: Extra inputs are not permitted",
@@ -92,6 +95,7 @@ def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore
         '{"max_length": "20"}': "max_length: Input should be a valid integer",
         '{"max_length": 20, "max_length": 4}': "key 'max_length' appears twice",
         '{"min_length": 5, "max_history": 4}': "max_history (4) must be at least min_length (5)",
+        '{"dataset": {"name": "d", "items_sha256": "x", "users_sha256": "y"}}': "dataset.items_sha256: String should match",
     }
     for text, fragment in refusals.items():
         path.write_text(text, encoding="utf-8")

@@ -120,7 +120,7 @@ def test_popularity_ranks_match_a_direct_count(tmp_path: Path) -> None:
             if item != target and item not in history and (counts[item], -item) > key
         )
         assert ranks[user] == 1 + better
-    included = baseline_ranks("popularity", dataset, split, "test", exclude_history=False)
+    included = baseline_ranks("popularity", dataset, split, "test", exclude_seen=False)
     assert (included >= ranks).all() and (included > ranks).any()
 
 

@@ -131,3 +131,26 @@ def test_the_docs_check_catches_a_missing_test() -> None:
     tests = {"test_a.py": {"test_one", "test_two_things"}}
     text = "`test_a.py::test_one`, `test_a.py::test_two...`, `test_three`, `test_b.py`, `test_a.py::test_*`, `test_a*`"
     assert missing_tests(text, tests) == ["*::test_three", "test_b.py"]
+
+
+def test_configs_are_the_demo_runs_settings() -> None:
+    """configs/*.yaml (tools/demo_configs.py) give exactly the settings `pmmrec demo` trains its runs with
+    (pmmrec/demo/rows.py): a change of the demo's settings fails here until the files are generated again."""
+    import importlib.util
+
+    from pmmrec.training.config import load_train_config, mode_defaults
+
+    spec = importlib.util.spec_from_file_location("demo_configs", ROOT / "tools" / "demo_configs.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    expected = tool.demo_configs("demo")
+    files = sorted(path.name for path in (ROOT / "configs").glob("*.yaml"))
+    assert files == sorted(expected), "regenerate with `python tools/demo_configs.py`"
+    for name, (_usage, overrides) in expected.items():
+        mode = overrides["mode"]
+        from_file = load_train_config(mode_defaults(mode), ROOT / "configs" / name)
+        from_rows = load_train_config(mode_defaults(mode), None, overrides)
+        assert from_file == from_rows, f"configs/{name} differs from pmmrec/demo/rows.py: regenerate it"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "configs/" in readme

@@ -1,9 +1,9 @@
 """A new modality is a slot-table row, its encoder file, its dataset reader and its `pmmrec assemble` option (issue 23;
 docs/architecture.md, *Where to add things*).
 
-The test copies the package, adds a throw-away `toy` modality in exactly five files (a row of pmmrec/slots.py, a
-kind + type file in pmmrec/components/, a reader file in pmmrec/data/readers/, a `toy` parameter of api.assemble
-and its `--toy` option in cli.py's `assemble`) and runs the copy in a subprocess: `pmmrec init toy`,
+The test copies the package, adds a throw-away `toy` modality in exactly four files (a row of pmmrec/slots.py, a
+kind + type file in pmmrec/components/, a reader file in pmmrec/data/readers/, a `toy` parameter of api.assemble,
+which is `pmmrec assemble --toy`) and runs the copy in a subprocess: `pmmrec init toy`,
 `pmmrec assemble --toy`, `pmmrec finetune --toy ... --toy-trainable-layers 1` (the training flags are generated),
 the frozen-prefix cache, `encode_items(toys=...)`, reloading, and the server's ranking. Every step goes through the
 generic path; if any other file of pmmrec had to know the new modality, one of them fails.
@@ -227,7 +227,7 @@ print("FACTS " + json.dumps(facts))
 
 
 def toy_tree(root: Path) -> Path:
-    """A copy of the package with the toy modality added in five files; returns the folder to put on the path."""
+    """A copy of the package with the toy modality added in four files; returns the folder to put on the path."""
     tree = root / "tree"
     shutil.copytree(PACKAGE, tree / "pmmrec", ignore=shutil.ignore_patterns("__pycache__"))
     slots = tree / "pmmrec" / "slots.py"
@@ -241,19 +241,15 @@ def toy_tree(root: Path) -> Path:
     return tree
 
 
-# `pmmrec assemble` names each encoder by an explicit option, like --text and --vision: the api parameter and the
-# CLI option (the training commands' --toy, --toy-backbone, --toy-trainable-layers are generated from the table).
-API_USER = "    user: str | None = None,\n    overwrite: bool = False,\n"
-CLI_USER = "    user: opt.UserRef = None,\n"
-CLI_TOY = '    toy: Annotated[str | None, typer.Option("--toy", help="Toy encoder reference.")] = None,\n'
+# `pmmrec assemble` names each encoder by an explicit option, like --text and --vision: the api parameter, whose
+# `Opt` makes it the CLI option (the training commands' --toy, --toy-backbone, --toy-trainable-layers are generated
+# from the table).
+API_USER = "    user: UserRef = None,\n    overwrite: Overwrite = False,\n"
+API_TOY = '    toy: Annotated[str | None, Opt("Toy encoder reference (default: none).")] = None,\n'
 ASSEMBLE_EDITS: dict[str, list[tuple[str, str]]] = {  # file -> (text, its replacement)
     "api.py": [
-        (API_USER, "    toy: str | None = None,\n" + API_USER),
+        (API_USER, API_TOY + API_USER),
         ("fusion=fusion, user=user)", "fusion=fusion, user=user, toy=toy)"),
-    ],
-    "cli.py": [
-        (CLI_USER, CLI_TOY + CLI_USER),
-        ("user=user, overwrite=overwrite)", "user=user, toy=toy, overwrite=overwrite)"),
     ],
 }
 
@@ -284,7 +280,6 @@ def test_a_new_modality_is_a_row_an_encoder_a_reader_and_an_assemble_option(tmp_
     tree = toy_tree(tmp_path)
     assert changed_files(tree) == [
         "pmmrec/api.py",
-        "pmmrec/cli.py",
         "pmmrec/components/toy_encoder.py",
         "pmmrec/data/readers/toy.py",
         "pmmrec/slots.py",

@@ -211,7 +211,9 @@ def test_evaluate_splits_the_data_as_the_run_did(tmp_path: Path, dataset_dir: Pa
     overrides["model"] = {"text": str(paths["text"]), "user": str(paths["user"])}
     train("finetune", dataset_dir, tmp_path / "run", overrides=overrides, progress=False)
     record = json.loads((tmp_path / "run" / "model" / "data_split.json").read_text())
+    fingerprint = record.pop("dataset")
     assert record == {"min_length": 7, "max_history": 9, "max_length": 6, "window": "tiles"}
+    assert fingerprint["name"] == load_dataset(dataset_dir).name and len(fingerprint["users_sha256"]) == 64
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     metrics = api.evaluate(tmp_path / "run" / "model", dataset_dir, ks=(10,), progress=False)
     assert metrics["num_users"] == summary["users"] < load_dataset(dataset_dir).num_users
@@ -224,8 +226,8 @@ def test_history_include_ranks_history_items_too(tmp_path: Path, dataset_dir: Pa
     """RecBole's protocol: the same model, history items left in the ranking, so no rank improves."""
     model = text_model()
     out = tmp_path / "include.json"
-    api.evaluate(model, dataset_dir, ks=(10,), history="include", out=out, progress=False)
-    api.evaluate(model, dataset_dir, ks=(10,), history="exclude", out=tmp_path / "exclude.json", progress=False)
+    api.evaluate(model, dataset_dir, ks=(10,), exclude_seen=False, json_path=out, progress=False)
+    api.evaluate(model, dataset_dir, ks=(10,), exclude_seen=True, json_path=tmp_path / "exclude.json", progress=False)
     include = np.array(json.loads(out.read_text())["ranks"])
     exclude = np.array(json.loads((tmp_path / "exclude.json").read_text())["ranks"])
     assert (include >= exclude).all() and (include > exclude).any()
@@ -238,8 +240,8 @@ def test_baselines_are_evaluable_from_the_cli_like_models(tmp_path: Path, datase
     from pmmrec.baselines import baseline_ranks
 
     out = tmp_path / "pop.json"
-    text = run_cli("evaluate", "--data", dataset_dir, "--baseline", "popularity", "--k", "10", "--output", out)
-    assert "(popularity)" in text and "ndcg" in text
+    text = run_cli("evaluate", "--data", dataset_dir, "--baseline", "popularity", "--k", "10", "--json")
+    out.write_text(text)
     dataset = load_dataset(dataset_dir)
     expected = baseline_ranks("popularity", dataset, leave_one_out(dataset.sequences), "test")
     assert json.loads(out.read_text())["ranks"] == expected.tolist()

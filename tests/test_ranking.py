@@ -178,3 +178,51 @@ def test_rank_histories_asks_an_approximate_index_with_the_exclusions() -> None:
     assert asked == [(3, [[1], []])]
     assert [r.indices.tolist() for r in rankings] == [[4, 2], [1]]
     assert rankings[0].scores.tolist() == [3.0, 2.0]
+
+
+# ---- the user encoder's final state: what ranking reads ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("layers", "heads", "dim"), [(1, 1, 16), (2, 2, 32), (3, 4, 32)])
+def test_final_states_equal_the_last_column_of_forward(layers: int, heads: int, dim: int) -> None:
+    """SASRec's `final_states` computes its last block for the last position only; it must give `forward`'s last
+    column (to float32 rounding) for left-padded windows of every length, and be what `user_states` returns."""
+    from pmmrec.components.user_sasrec import SASRecConfig, SASRecUserEncoder
+
+    torch.manual_seed(layers)
+    user = SASRecUserEncoder(SASRecConfig(dim=dim, heads=heads, layers=layers, max_length=7)).eval()
+    lengths = torch.tensor([7, 1, 3, 6, 2])
+    mask = torch.arange(7)[None, :] >= (7 - lengths)[:, None]
+    embeddings = torch.randn(5, 7, dim) * mask[:, :, None]
+    with torch.inference_mode():
+        expected = user(embeddings, mask)[:, -1]
+        final = user.final_states(embeddings, mask)
+        short = user.final_states(embeddings[:, 4:], mask[:, 4:])  # a window shorter than max_length
+    torch.testing.assert_close(final, expected, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(short, user(embeddings[:, 4:], mask[:, 4:])[:, -1], rtol=1e-5, atol=1e-5)
+    table = torch.randn(9, dim)
+    table[0] = 0.0
+    windows = torch.tensor([[0, 0, 3, 4], [5, 6, 7, 8]])
+    from pmmrec.ranking import user_states
+
+    with torch.inference_mode():
+        full = user(table[windows], windows > 0)[:, -1]
+    torch.testing.assert_close(user_states(user, table, windows, windows > 0), full, rtol=1e-5, atol=1e-5)
+
+
+def test_final_states_outside_eval_or_for_other_blocks_is_forward() -> None:
+    """In training mode (dropout) or for a block it does not know (pre-LN here), `final_states` is `forward`'s."""
+    from pmmrec.components.user_sasrec import SASRecConfig, SASRecUserEncoder
+
+    user = SASRecUserEncoder(SASRecConfig(dim=16, heads=2, layers=2, max_length=5, dropout=0.5)).train()
+    embeddings, mask = torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool)
+    torch.manual_seed(0)
+    trained = user.final_states(embeddings, mask)
+    torch.manual_seed(0)
+    assert torch.equal(trained, user(embeddings, mask)[:, -1])  # same dropout draws: the same path
+    user.eval()
+    for block in user.blocks:
+        block.norm_first = True
+    with torch.inference_mode():
+        assert torch.equal(user.final_states(embeddings, mask), user(embeddings, mask)[:, -1])

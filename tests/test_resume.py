@@ -152,7 +152,7 @@ def _environment(isolated: Path) -> None:
 
 
 def without_timings(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in {"seconds", "items_per_s", "data_wait_s", "step_s"}}
+    return {k: v for k, v in record.items() if k not in {"seconds", "eval_seconds", "items_per_s", "data_wait_s", "step_s"}}
 
 
 def log_records(run: Path) -> list[dict[str, Any]]:

@@ -204,3 +204,36 @@ def test_unbatched_serving_ranks_like_batched(encoded: object) -> None:
     finally:
         batched.close()
         unbatched.close()
+
+
+def test_the_int8_scan_answers_as_the_float32_product(encoded: object) -> None:
+    """`--scan int8` (here on the tiny catalogue: `int8_min_items=0`) must answer every request as `--scan fp32`
+    does: the same items in the same order, the same scores to float32 precision; bodies in RecommendResponse's
+    shape and field order (the route sends them without FastAPI's validation)."""
+    from pmmrec.serving import RecommenderService, ServeOptions
+    from pmmrec.serving.routes import RankedItem, RecommendResponse
+
+    def fresh(scan: str) -> RecommenderService:
+        return RecommenderService(
+            encoded.model, encoded.item_ids, encoded.item_texts, encoded.snapshot().table.clone(),  # type: ignore[attr-defined]
+            users=encoded.view.users, options=ServeOptions(scan=scan, int8_min_items=0),  # type: ignore[attr-defined, arg-type]
+        )  # fmt: skip
+
+    fast, plain = fresh("int8"), fresh("fp32")
+    assert fast.catalogue.int8_ready.wait(60)  # built in the background
+    assert fast.snapshot().int8 is not None and plain.snapshot().int8 is None
+    requests = [{"user_id": user, "k": k, "exclude_seen": seen} for user in list(fast.view.users)[:6] for k in (1, 7, 1000) for seen in (True, False)]
+    requests += [{"history": [str(i), str(i + 3)], "k": 1000} for i in range(1, 20, 3)]
+    try:
+        with TestClient(create_app(service=fast)) as client:
+            for request in requests:
+                body = client.post("/recommend", json=request).json()
+                expected = plain.recommend(**request)  # type: ignore[arg-type]
+                assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in expected["items"]], request
+                np.testing.assert_allclose([i["score"] for i in body["items"]], [i["score"] for i in expected["items"]], rtol=1e-5, atol=1e-5)
+                assert list(body) == list(RecommendResponse.model_fields)
+                assert all(list(item) == list(RankedItem.model_fields) for item in body["items"])
+                assert RecommendResponse.model_validate(body).model_dump() == body
+    finally:
+        fast.close()
+        plain.close()

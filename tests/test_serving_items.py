@@ -197,10 +197,10 @@ def test_requests_during_appends_see_a_consistent_catalogue(encoded: Recommender
 def test_an_unexpected_failure_is_a_500_and_the_server_keeps_answering(
     client: TestClient, service: RecommenderService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(**_: object) -> None:
+    async def broken(**_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(service, "recommend", broken)
+    monkeypatch.setattr(service, "recommend_async", broken)  # what the route awaits
     failing = TestClient(client.app, raise_server_exceptions=False)
     assert failing.post("/recommend", json={"history": ["1"]}).status_code == 500
     assert failing.get("/health").status_code == 200

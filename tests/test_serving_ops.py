@@ -292,6 +292,31 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
         batcher.submit(RankQuery([1], 3))
 
 
+def test_a_request_whose_waiter_went_away_is_dropped_and_the_batcher_goes_on() -> None:
+    """The route awaits `submit_future`; a cancelled await cancels the future. The worker must skip it, not die
+    setting its result (concurrent.futures raises InvalidStateError for a cancelled future)."""
+    entered, gate = threading.Event(), threading.Event()
+    seen: list[list[int]] = []
+
+    def run(queries: list[RankQuery]) -> list[Any]:
+        seen.append([q.k for q in queries])
+        if len(seen) == 1:
+            entered.set()
+            gate.wait(30)
+        return [f"ok-{q.k}" for q in queries]
+
+    batcher = MicroBatcher(run, max_wait_s=0.0)
+    first = batcher.submit_future(RankQuery([1], 1))
+    assert entered.wait(30)  # the worker holds the first batch
+    gone, kept = batcher.submit_future(RankQuery([1], 2)), batcher.submit_future(RankQuery([1], 3))
+    assert gone.cancel()  # queued, not yet taken: cancellable
+    gate.set()
+    assert first.result(30) == "ok-1" and kept.result(30) == "ok-3"
+    assert seen == [[1], [3]]  # the cancelled request was never ranked
+    assert batcher.submit(RankQuery([1], 4)) == "ok-4"  # the worker is alive
+    batcher.close()
+
+
 # ---- approximate search ---------------------------------------------------------------------------------
 
 

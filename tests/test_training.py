@@ -510,12 +510,3 @@ def test_a_frozen_tower_without_the_prefix_cache_is_encoded_once_per_epoch(tmp_p
     trainer.run()
     assert trainer.module.item_table is not None and trainer.module.item_table.shape == (NUM_ITEMS + 1, tiny.DIM)
     assert torch.count_nonzero(trainer.module.item_table[1:].abs().sum(dim=1)) == NUM_ITEMS  # every item encoded
-
-
-def test_time_left_counts_validation_and_the_test() -> None:
-    """Issue 26: "about N s of training left at most" counted training alone and was wrong by 2x; validation
-    (every epoch) and the test evaluation (about one validation) take as long again on a small catalogue."""
-    from pmmrec.training.trainer import time_left
-
-    assert time_left([(10.0, 5.0), (20.0, 5.0)], 2, then_test=True) == 2 * (15.0 + 5.0) + 5.0
-    assert time_left([(10.0, 5.0)], 0, then_test=False) == 0.0 and time_left([], 3, then_test=True) == 0.0

@@ -97,13 +97,17 @@ GROUPS: dict[str, Group] = {
     "server ranking": Group(
         [
             "pmmrec/ranking.py",
-            "pmmrec/serving/service.py::RecommenderService.recommend,RecommenderService._rank,RecommenderService._history_indices",
+            "pmmrec/serving/int8_scan.py",
+            "pmmrec/serving/service.py::RecommenderService.recommend,RecommenderService.recommend_async,"
+            "RecommenderService._query,RecommenderService._answer,RecommenderService._rank,"
+            "RecommenderService._history_indices",
         ],
         [
             f"{PIPELINE}::test_the_server_and_pmmrec_recommend_rank_like_the_naive_loop",
             f"{PIPELINE}::test_the_server_refuses_bad_requests_with_status_and_reason",
             "tests/test_serving.py",
             "tests/test_ranking.py",
+            "tests/test_int8_scan.py",
             "tests/test_serving_ops.py::test_the_ann_index_is_cached_and_follows_added_items",
         ],
     ),

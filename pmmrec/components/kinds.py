@@ -309,6 +309,11 @@ class UserEncoder(Component):
     def forward(self, item_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """User state at every position [B, S, d]; the last column is the state after the whole sequence."""
 
+    def final_states(self, item_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The state after each whole sequence [B, d]: `forward`'s last column (ranking needs only that; an
+        encoder may compute it with less work)."""
+        return self.forward(item_embeddings, mask)[:, -1]
+
 
 @register_kind
 class ItemTower(Component):

@@ -31,7 +31,8 @@ class CreateOptions(BaseModel):
     )
     backbone: str | None = Field(
         default=None,
-        description="Encoders: built-in name (minilm, efficientnet-lite0), a local folder or hub:ORG/NAME[@REV].",
+        description="Encoders: built-in name (minilm, efficientnet-lite0), a local folder or hub:ORG/NAME[@REV] "
+        "(default: minilm for a text encoder, efficientnet-lite0 for a vision encoder).",
     )
     trainable_layers: int = Field(
         default=2,

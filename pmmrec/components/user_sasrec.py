@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -115,3 +116,56 @@ class SASRecUserEncoder(UserEncoder):
         for block in self.blocks:
             hidden = block(hidden, src_mask=blocked)
         return hidden
+
+    def final_states(self, item_embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The state after each whole sequence [B, d], as `forward(...)[:, -1]` computes it, with less work in eval
+        mode: the last block reads every position's keys and values but computes its query, attention output and
+        feed-forward for the last position only (40% of the blocks' multiply-adds at 2 blocks of 20 positions).
+        Equal to `forward`'s last column up to float32 rounding (tests/test_ranking.py)."""
+        last = self.blocks[-1]
+        if self.training or not _prunable(last):
+            return self.forward(item_embeddings, mask)[:, -1]
+        length = item_embeddings.shape[1]
+        if length > self.config.max_length:
+            raise ValueError(f"sequence length {length} exceeds max_length {self.config.max_length}")
+        position_ids = torch.arange(
+            self.config.max_length - length, self.config.max_length, device=item_embeddings.device
+        )
+        hidden = self.input_norm(item_embeddings + self.positions(position_ids).unsqueeze(0))
+        blocked = self.attention_mask(mask)
+        for block in self.blocks[:-1]:
+            hidden = block(hidden, src_mask=blocked)
+        heads = self.config.heads
+        last_row = blocked.view(-1, heads, length, length)[:, :, -1:, :]  # [B, heads, 1, S], True = blocked
+        return _last_position(last, hidden, last_row)
+
+
+def _prunable(block: nn.Module) -> bool:
+    """Whether `block` is the post-LN, ReLU, batch-first `nn.TransformerEncoderLayer` `_last_position` computes."""
+    if not isinstance(block, nn.TransformerEncoderLayer):
+        return False
+    attention = block.self_attn
+    return (
+        not block.norm_first
+        and block.activation_relu_or_gelu == 1
+        and attention.batch_first
+        and attention._qkv_same_embed_dim
+        and attention.in_proj_bias is not None
+        and attention.bias_k is None
+        and not attention.add_zero_attn
+    )
+
+
+def _last_position(block: nn.TransformerEncoderLayer, hidden: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """`block(hidden, src_mask)[:, -1]` in eval mode: keys and values of every position, the rest for the last one.
+
+    hidden [B, S, d]; blocked [B, heads, 1, S] (True = the last position may not attend there)."""
+    attention = block.self_attn
+    batch, length, dim = hidden.shape
+    heads = attention.num_heads
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    query = F.linear(hidden[:, -1:], weight[:dim], bias[:dim]).view(batch, 1, heads, dim // heads).transpose(1, 2)
+    keys, values = F.linear(hidden, weight[dim:], bias[dim:]).view(batch, length, 2, heads, dim // heads).unbind(2)
+    attended = F.scaled_dot_product_attention(query, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=~blocked)
+    state = block.norm1(hidden[:, -1] + attention.out_proj(attended.transpose(1, 2).reshape(batch, dim)))
+    return block.norm2(state + block.linear2(F.relu(block.linear1(state))))

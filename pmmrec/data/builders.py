@@ -55,6 +55,7 @@ class ImageSource:
     payload_format: str = "png"
     allow_missing: bool = False
     note: str | None = None
+    progress: bool = True  # a progress bar while images are encoded (on a terminal)
 
 
 def _write_bytes(path: Path, payload: bytes) -> None:
@@ -119,6 +120,7 @@ def write_dataset(
                     images.payload_format,
                     images.allow_missing,
                     f"{name} images",
+                    progress=images.progress,
                 )
                 files[IMAGES_DATA_FILE] = _file_entry(staging / IMAGES_DATA_FILE)
                 info.update(
@@ -229,9 +231,10 @@ def _encode_items(
     payload_format: str,
     report: ImageBuildReport,
     description: str,
+    progress: bool = True,
 ) -> Iterator[tuple[str, bytes]]:
     """Yield encoded values for items whose image `fetch` returns; record missing and undecodable ones."""
-    for item_id in tqdm(item_ids, desc=description, unit="img", disable=None):
+    for item_id in tqdm(item_ids, desc=description, unit="img", disable=None if progress else True):
         try:
             pixels = fetch(item_id)
         except FatalImageError:
@@ -254,6 +257,8 @@ def build_image_lmdb_into(
     payload_format: str = "png",
     allow_missing: bool = False,
     description: str = "images",
+    *,
+    progress: bool = True,
 ) -> ImageBuildReport:
     """Fill a fresh LMDB at `path` with the images `fetch` returns; fail on gaps unless `allow_missing`.
 
@@ -261,7 +266,7 @@ def build_image_lmdb_into(
     its image cannot be decoded. The caller owns atomicity (this writes inside a staging folder).
     """
     report = ImageBuildReport()
-    write_image_lmdb(path, _encode_items(item_ids, fetch, payload_format, report, description))
+    write_image_lmdb(path, _encode_items(item_ids, fetch, payload_format, report, description, progress))
     if report.failed and not allow_missing:
         raise DatasetError(
             f"{len(report.failed)} of {len(item_ids)} items have no usable image: {report.describe_failures()}; "
@@ -278,6 +283,7 @@ def build_image_lmdb(
     payload_format: str = "png",
     allow_missing: bool = False,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> ImageBuildReport:
     """Build `out` (an LMDB folder) from `<item id>.<ext>` files in `images_dir` for the items of `items_tsv`.
 
@@ -297,12 +303,16 @@ def build_image_lmdb(
     if out.name == IMAGES_DIR and (out.parent / INFO_FILE).is_file():
 
         def build(path: Path) -> ImageBuildReport:
-            return build_image_lmdb_into(path, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
+            return build_image_lmdb_into(
+                path, item_ids, fetch, payload_format, allow_missing, "build-lmdb", progress=progress
+            )
 
         return attach_images(out.parent, build, kind="real", image_size=size, overwrite=overwrite)
     try:
         with atomic_directory(out, overwrite=overwrite) as staging:
-            report = build_image_lmdb_into(staging, item_ids, fetch, payload_format, allow_missing, "build-lmdb")
+            report = build_image_lmdb_into(
+                staging, item_ids, fetch, payload_format, allow_missing, "build-lmdb", progress=progress
+            )
     except DatasetError:
         raise
     except PmmrecError as exc:  # atomic_directory refusing an existing folder

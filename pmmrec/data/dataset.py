@@ -306,6 +306,34 @@ def _check_image_coverage(root: Path, info: dict[str, Any], item_ids: list[str])
     return images_dir
 
 
+def dataset_fingerprint(dataset: Dataset) -> dict[str, str]:
+    """What identifies a dataset's contents: its name and the sha256 of items.tsv and users.tsv (from dataset.json,
+    verified when the dataset was loaded). A model folder records it (data_split.json) so that evaluating the model
+    on another dataset can say so."""
+    files = dataset.info.get("files", {})
+    return {
+        "name": dataset.name,
+        "items_sha256": files.get(ITEMS_FILE, {}).get("sha256", ""),
+        "users_sha256": files.get(USERS_FILE, {}).get("sha256", ""),
+    }
+
+
+def describe_other_dataset(trained: dict[str, Any] | None, evaluated: dict[str, str]) -> str | None:
+    """One line when a model is used on a dataset other than the one it was trained on (None when the same, or
+    when the model does not record its dataset)."""
+    if not trained or (
+        trained.get("items_sha256") == evaluated["items_sha256"] and trained.get("users_sha256") == evaluated["users_sha256"]
+    ):
+        return None
+    differ = " and ".join(f"{name}.tsv" for name in ("items", "users") if trained.get(f"{name}_sha256") != evaluated[f"{name}_sha256"])
+    if trained.get("name") == evaluated["name"]:
+        return f"the model was trained on another dataset named {evaluated['name']!r} (its {differ} differ from these)"
+    return (
+        f"the model was trained on dataset {trained.get('name')!r}, not on {evaluated['name']!r} ({differ} differ): "
+        "a transfer evaluation"
+    )
+
+
 def load_dataset(root: Path | str, verify_hashes: bool = True) -> Dataset:
     """Read and validate a dataset folder; raise DatasetError naming the file (and line) at fault."""
     root = Path(root)

@@ -298,6 +298,7 @@ def build_movielens(
     new_items: float = 0.0,
     new_items_rule: str = "first-seen",
     rule: str = DEFAULT_DOMAIN_RULE,
+    progress: bool = True,
 ) -> Path:
     """Write MovieLens-100K (or one transfer domain) as a dataset folder at `out`, optionally with synthetic images.
 
@@ -347,7 +348,9 @@ def build_movielens(
             item = by_id[item_id]
             return render_synthetic_image(item_id, item.display_title(), item.genres, image_size)
 
-        image_source = ImageSource(kind="synthetic", fetch=fetch, size=image_size, payload_format="png")
+        image_source = ImageSource(
+            kind="synthetic", fetch=fetch, size=image_size, payload_format="png", progress=progress
+        )
     return write_dataset(
         out,
         name=name,

@@ -33,7 +33,7 @@ from pmmrec.data.image_store import (
     open_checked_lmdb,
     resize_and_center_crop,
 )
-from pmmrec.errors import DatasetError
+from pmmrec.errors import DatasetError, PmmrecWarning
 from pmmrec.fileio import sha256_file
 
 try:  # numpy >= 2
@@ -270,6 +270,7 @@ def import_reference(
     allow_missing: bool = False,
     overwrite: bool = False,
     name: str | None = None,
+    progress: bool = True,
 ) -> Path:
     """Convert reference-family files into a dataset folder at `out` (users and items as given, no filtering)."""
     users, items = Path(users), Path(items)
@@ -294,7 +295,7 @@ def import_reference(
             warnings.warn(
                 f"--trust-pickle: reading pickled values from {lmdb_path.name}; {PICKLE_RISK}. A restricted "
                 "unpickler is used, but only trust files from authors you trust.",
-                UserWarning,
+                PmmrecWarning,
                 stacklevel=2,
             )
         reader = environment
@@ -311,7 +312,8 @@ def import_reference(
             return None
 
         image_source = ImageSource(
-            kind="real", fetch=fetch, size=image_size, payload_format=payload_format, allow_missing=allow_missing
+            kind="real", fetch=fetch, size=image_size, payload_format=payload_format, allow_missing=allow_missing,
+            progress=progress,
         )
     try:
         return write_dataset(

@@ -116,17 +116,21 @@ def user_share_rows(num_users: int, share: float, seed: int = 0) -> np.ndarray:
 
 SPLIT_RECORD = "data_split.json"
 SPLIT_KEYS = ("min_length", "max_history", "max_length", "window")
+RECORD_KEYS = (*SPLIT_KEYS, "dataset")  # + the training dataset's fingerprint (`dataset_fingerprint`)
 
 
 def write_split_record(folder: Path, record: dict[str, Any]) -> Path:
     """Record in a model folder how its training run split and windowed the data (`pmmrec evaluate` reads it).
 
-    Keys: min_length, max_history (null = every interaction), max_length (the window's input length), window.
+    Keys: min_length, max_history (null = every interaction), max_length (the window's input length), window, and
+    dataset (name, items_sha256, users_sha256: what the run trained on; written only when given).
     """
-    unknown = sorted(set(record) - set(SPLIT_KEYS))
+    unknown = sorted(set(record) - set(RECORD_KEYS))
     if unknown:
-        raise ConfigError(f"split record: unknown key(s) {unknown}; expected {', '.join(SPLIT_KEYS)}")
+        raise ConfigError(f"split record: unknown key(s) {unknown}; expected {', '.join(RECORD_KEYS)}")
     document = {key: record.get(key) for key in SPLIT_KEYS}
+    if record.get("dataset") is not None:
+        document["dataset"] = record["dataset"]
     validate_strictly(SplitRecordFile, document, "split record", error=ConfigError)
     path = Path(folder) / SPLIT_RECORD
     write_json(path, document)
@@ -144,6 +148,8 @@ def read_split_record(folder: Path | str) -> dict[str, Any] | None:
         return None
     record = read_json_file(path, error=ConfigError, max_bytes=1 << 16, max_depth=4)
     if not isinstance(record, dict):
-        raise ConfigError(f"{path}: expected an object with keys {', '.join(SPLIT_KEYS)}")
-    validated = validate_strictly(SplitRecordFile, record, str(path), error=ConfigError)
-    return validated.model_dump()
+        raise ConfigError(f"{path}: expected an object with keys {', '.join(RECORD_KEYS)}")
+    validated = validate_strictly(SplitRecordFile, record, str(path), error=ConfigError).model_dump()
+    if validated["dataset"] is None:  # a model trained before the dataset was recorded
+        del validated["dataset"]
+    return validated

@@ -9,7 +9,6 @@ the requests in flight.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ from pmmrec.serving.body import JsonBodyCheck
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
 from pmmrec.serving.options import ServeOptions
+from pmmrec.serving.routes import CompactJSON as _JSON
 from pmmrec.serving.runner import build_service
 from pmmrec.serving.service import RecommenderService
 
@@ -40,15 +40,6 @@ def _docs_assets() -> Path:
     import fastapi_offline
 
     return Path(fastapi_offline.__file__).parent / "static"
-
-
-class _JSON(JSONResponse):
-    """JSON that survives any string (lone surrogates are written as escapes instead of failing)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-            "utf-8", "backslashreplace"
-        )
 
 
 class BodySizeLimit:

@@ -69,13 +69,18 @@ class MicroBatcher:
 
     def submit(self, query: RankQuery) -> Ranked:
         """Queue a request and wait for its ranking (exceptions of the batch are raised here)."""
+        return self.submit_future(query).result()
+
+    def submit_future(self, query: RankQuery) -> Future[Ranked]:
+        """Queue a request; its ranking (or the batch's exception) comes in the future (`asyncio.wrap_future` awaits
+        it on an event loop)."""
         future: Future[Ranked] = Future()
         with self._ready:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
             self._queue.append((query, future))
             self._ready.notify_all()
-        return future.result()
+        return future
 
     def _take(self) -> list[tuple[RankQuery, Future[Ranked]]] | None:
         with self._ready:
@@ -94,6 +99,11 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while (taken := self._take()) is not None:
+            # A request whose waiter went away (an awaiting coroutine cancelled) is dropped; the others can no
+            # longer be cancelled, so setting their results below cannot fail.
+            taken = [(query, future) for query, future in taken if future.set_running_or_notify_cancel()]
+            if not taken:
+                continue
             try:
                 results = self._run([query for query, _ in taken])
             except BaseException as exc:  # the requests of this batch fail; the worker goes on

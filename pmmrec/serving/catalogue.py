@@ -1,9 +1,14 @@
 """The in-memory catalogue: an append-only embedding table that readers use without ever waiting for writers.
 
-The table is kept column-major ([d, capacity], one column per item) because a vector times a [d, N] matrix runs
-about three times faster on CPU than a [N, d] matrix times a vector. An append writes the column past the
-published count (doubling the buffer when full) and then publishes a new `CatalogueSnapshot` with one attribute
-assignment; a request takes the snapshot at its start and ranks exactly that catalogue.
+With the int8 scan (`ServeOptions.scan`, CPU only) the float32 table is kept row-major ([capacity, d]) beside its
+int8 copy (`int8_scan.Int8Table`): the scan reads the int8 copy, and the float32 rows are read only to re-score a
+few hundred candidates and to look up a history's items, row gathers that a row-major table makes cheap. Without
+it (`scan="fp32"`, on a GPU, or when an approximate index ranks every request from the start) the table is kept
+column-major ([d, capacity], one column per item), because a vector times a [d, N] matrix runs about three times
+faster on CPU than a [N, d] matrix times a vector. An append
+writes the row or column past the published count (doubling the buffer when full), extends the int8 copy, and then
+publishes a new `CatalogueSnapshot` with one attribute assignment; a request takes the snapshot at its start and
+ranks exactly that catalogue.
 
 Items added while the server runs (here, or by another replica through a shared store) are published with
 `publish`, the one place that appends them: to the table, to the record of live items, and to the approximate
@@ -12,27 +17,30 @@ index when there is one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
 from pmmrec.errors import PmmrecError
+from pmmrec.ranking import ApproximateIndex
+from pmmrec.serving import int8_scan
 from pmmrec.serving.ann import AnnIndex
+
+log = logging.getLogger("pmmrec.serving")
 
 
 @dataclass(frozen=True)
 class CatalogueSnapshot:
-    """What one request ranks: item embeddings 0..count as columns [d, count + 1] (column 0 = padding), the count."""
+    """What one request ranks: the item table [count + 1, d] (a view of the buffer, row-major or a transposed
+    column-major one; row 0 = padding), the count, and the int8 copy of its first rows when the int8 scan is on."""
 
-    columns: torch.Tensor
+    table: torch.Tensor
     count: int
-
-    @property
-    def table(self) -> torch.Tensor:
-        """The item table [count + 1, d] (a view; row 0 = padding)."""
-        return self.columns.T
+    int8: int8_scan.Int8Table | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class Catalogue:
         table: torch.Tensor,
         spare: int = 1024,
         ann: AnnIndex | None = None,
+        scan: Literal["int8", "fp32"] = "fp32",
+        int8_min_items: int = 20_000,
+        int8_block: int = 4096,
+        int8_in_background: bool = False,
     ) -> None:
         if len(item_ids) != len(item_texts):
             raise PmmrecError(f"{len(item_ids)} item ids but {len(item_texts)} texts")
@@ -78,10 +90,18 @@ class Catalogue:
                 "(one row per item plus the padding row 0)"
             )
         count = len(item_ids)
-        buffer = torch.empty(table.shape[1], count + 1 + spare, dtype=torch.float32, device=table.device)
-        buffer[:, : count + 1] = table.T.float()
-        buffer[:, 0] = 0.0
-        self._buffer = buffer  # columns past the published count are free space for appends
+        # The layout is chosen once: row-major with an int8 copy when the scan applies, else column-major. An
+        # approximate index that applies from the start ranks every request (the catalogue only grows): no copy.
+        wanted = scan == "int8" and count >= int8_min_items and (ann is None or count < ann.config.min_items)
+        self.rows = wanted and table.device.type == "cpu" and int8_scan.available()
+        if wanted and not self.rows:
+            log.info("no int8 scan (%s): float32 scoring", "not on CPU" if table.device.type != "cpu" else "no kernel")
+        self.int8_block = int8_block
+        shape = (count + 1 + spare, table.shape[1]) if self.rows else (table.shape[1], count + 1 + spare)
+        buffer = torch.empty(shape, dtype=torch.float32, device=table.device)
+        self._buffer = buffer  # rows (or columns) past the published count are free space for appends
+        self._view(count)[:] = table.float()
+        self._view(count)[0] = 0.0
         self.ids: list[str] = list(item_ids)  # append-only; entries 0..count-1 never change
         self.texts: list[str] = list(item_texts)
         self.lower: list[str] = [text.lower() for text in item_texts]
@@ -92,11 +112,35 @@ class Catalogue:
         self.added: dict[str, AddedItem] = {}  # items added live, by id
         self.added_images: dict[str, bytes] = {}  # their display PNGs
         self.ann = ann
-        self._snapshot = CatalogueSnapshot(columns=buffer[:, : count + 1], count=count)
+        self._snapshot = CatalogueSnapshot(self._view(count), count)
+        self.int8_ready = threading.Event()  # set once the int8 copy is published (or will never be)
+        if not self.rows or count < 1:
+            self.int8_ready.set()
+        elif int8_in_background:  # seconds at 100,000 items: requests are ranked in float32 meanwhile
+            threading.Thread(target=self._build_int8, name="pmmrec-int8", daemon=True).start()
+        else:
+            self._build_int8()
+
+    def _view(self, count: int) -> torch.Tensor:
+        """The table of items 0..count, [count + 1, d], a view of the buffer."""
+        return self._buffer[: count + 1] if self.rows else self._buffer[:, : count + 1].T
+
+    def _build_int8(self) -> None:
+        """Build the int8 copy of the current table and publish it, extended by the items appended meanwhile."""
+        try:
+            built: int8_scan.Int8Table | None = int8_scan.Int8Table.build(self._snapshot.table)
+        except ValueError as exc:  # a table with non-finite values: float32 scoring
+            log.warning("no int8 scan: %s", exc)
+            built = None
+        if built is not None:
+            with self.lock:
+                current = self._snapshot
+                self._snapshot = CatalogueSnapshot(current.table, current.count, built.extended(current.table, self.int8_block))
+        self.int8_ready.set()
 
     @property
     def dim(self) -> int:
-        return int(self._buffer.shape[0])
+        return int(self._buffer.shape[1 if self.rows else 0])
 
     @property
     def device(self) -> torch.device:
@@ -116,6 +160,12 @@ class Catalogue:
         """The approximate index when there is one and `snapshot` is large enough for it, else None (exact)."""
         ann = self.ann
         return ann if ann is not None and snapshot.count >= ann.config.min_items else None
+
+    def index_for(self, snapshot: CatalogueSnapshot) -> ApproximateIndex | None:
+        """What ranks `snapshot` instead of a float32 product over every item: the approximate index when it
+        applies, else the int8 scan (exact) when there is a copy, else None (the float32 product)."""
+        ann = self.ann_for(snapshot)
+        return ann if ann is not None else snapshot.int8  # not `or`: an index may be falsy (len 0)
 
     def publish(self, entries: list[LiveEntry]) -> None:
         """Append live items and publish them at once (table, live record, approximate index); the caller holds
@@ -139,18 +189,24 @@ class Catalogue:
 
     def extend(self, item_ids: list[str], texts: list[str], vectors: torch.Tensor) -> int:
         """Add items (rows of `vectors` [n, d]) and publish them at once; the caller holds `lock`."""
-        count = self._snapshot.count
+        snapshot = self._snapshot
+        count = snapshot.count
         needed = count + 1 + len(item_ids)
-        buffer = self._buffer
-        if needed > buffer.shape[1]:
-            grown = torch.empty(buffer.shape[0], max(2 * buffer.shape[1], needed), dtype=buffer.dtype, device=buffer.device)
-            grown[:, : count + 1] = buffer[:, : count + 1]
-            buffer = self._buffer = grown
-        buffer[:, count + 1 : needed] = vectors.T.to(buffer.dtype)
+        axis = 0 if self.rows else 1
+        if needed > self._buffer.shape[axis]:
+            shape = list(self._buffer.shape)
+            shape[axis] = max(2 * shape[axis], needed)
+            grown = torch.empty(shape, dtype=self._buffer.dtype, device=self._buffer.device)
+            old = self._view(count)
+            self._buffer = grown
+            self._view(count)[:] = old
+        self._view(needed - 1)[count + 1 :] = vectors.to(self._buffer.dtype)
         for offset, (item_id, text) in enumerate(zip(item_ids, texts, strict=True)):
             self.ids.append(item_id)
             self.texts.append(text)
             self.lower.append(text.lower())
             self.index[item_id] = count + 1 + offset
-        self._snapshot = CatalogueSnapshot(columns=buffer[:, :needed], count=needed - 1)
+        table = self._view(needed - 1)
+        int8 = snapshot.int8.extended(table, self.int8_block) if snapshot.int8 is not None else None
+        self._snapshot = CatalogueSnapshot(table, needed - 1, int8)
         return needed - 1

@@ -13,10 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pmmrec.commands import DEVICE_HELP, QUIET_HELP
 from pmmrec.errors import ConfigError
 from pmmrec.serving.limits import Limits
 
 Backend = Literal["faiss", "usearch", "hnswlib", "ivf"]
+Scan = Literal["int8", "fp32"]
 DESCRIPTIONS = {
     "faiss": "faiss HNSW",
     "usearch": "usearch HNSW",
@@ -81,23 +83,26 @@ class ServeOptions(BaseModel):
     )
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     threads: int = Field(default=1, ge=1, description="torch threads for ranking (1: the other core serves HTTP).")
-    device: str | None = Field(
-        default=None, description="cpu, cuda or cuda:N (when omitted: cuda:LOCAL_RANK if CUDA is available, else cpu)."
-    )
-    quiet: bool = Field(default=False, description="No progress bars.")
+    device: str | None = Field(default=None, description=DEVICE_HELP)
+    quiet: bool = Field(default=False, description=QUIET_HELP)
     state_dir: Path | None = Field(
         default=None,
-        description="State folder: live items (SQLite) and the table and index caches; when omitted: $PMMREC_STATE "
-        "or ~/.local/state/pmmrec, then serve/DATASET-HASH/model-KEY (this model's own live items).",
+        description="State folder: live items (SQLite) and the table and index caches (default: $PMMREC_STATE "
+        "or ~/.local/state/pmmrec, then serve/DATASET-HASH/model-KEY: this model's own live items).",
     )
     share_live_items: bool = Field(
         default=False,
         description="Without --state: keep live items in serve/DATASET-HASH, shared by every model served with this "
         "flag on the same data, instead of in this model's own folder.",
     )
-    store_url: str | None = Field(default=None, description="postgresql:// URL of a live-item store shared by replicas.")
+    store_url: str | None = Field(
+        default=None,
+        description="postgresql:// URL of a live-item store shared by replicas (default: none, the state folder's "
+        "SQLite).",
+    )
     api_key_file: Path | None = Field(
-        default=None, description="File holding the API key POST /items needs (else $PMMREC_API_KEY; none: no auth)."
+        default=None,
+        description="File holding the API key POST /items needs (default: $PMMREC_API_KEY; neither: no auth).",
     )
     protect_reads: bool = Field(
         default=False, description="Require the API key on every route but /health and /metrics."
@@ -109,10 +114,16 @@ class ServeOptions(BaseModel):
     batch_workers: int = Field(
         default=2, ge=1, le=64, description="Threads ranking batches side by side, each taking the requests queued."
     )
+    scan: Scan = Field(
+        default="int8",
+        description="Exact scoring on CPU: int8 (an int8 pass over every item, then the items that may be in the top "
+        "k re-scored in float32: the float32 ranking, faster) or fp32 (one float32 product over every item).",
+    )
     ann: Backend | None = Field(
         default=None,
         description="Approximate search for large catalogues: faiss, usearch or hnswlib (HNSW graphs), or ivf (a "
-        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items).",
+        "quantised scan whose best candidates are re-scored exactly: recall@10 >= 0.95 at 10^6 items); default: "
+        "none, exact search.",
     )
     ann_min_items: int = Field(
         default=AnnConfig().min_items, ge=0, description="Catalogue size from which --ann is used (exact search below)."
@@ -131,6 +142,11 @@ class ServeOptions(BaseModel):
     max_batch: int = Field(default=64, ge=1, le=4096, description="Most requests ranked in one batch.")
     max_parallel: int | None = Field(
         default=None, ge=1, description="Without batching: most rankings computed at once (default: one per core)."
+    )
+    int8_min_items: int = Field(
+        default=20_000,
+        ge=0,
+        description="Catalogue size at start-up from which --scan int8 is used (float32 below, as fast there).",
     )
     spare_items: int = Field(
         default=1024, ge=0, description="Free columns of the item table for items added live (it doubles when full)."
@@ -178,6 +194,7 @@ SERVE_FLAGS: dict[str, str] = {
     "batching": "batching",
     "batch_wait_ms": "batch_wait_ms",
     "batch_workers": "batch_workers",
+    "scan": "scan",
     "ann": "ann",
     "ann_min_items": "ann_min_items",
     "ann_ef_search": "ann_ef_search",

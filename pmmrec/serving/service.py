@@ -10,6 +10,7 @@ store, one committed write before the item is published; a request in flight kee
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -65,7 +66,10 @@ class RecommenderService:
         self.limits = options.limits
         if manifest is None:
             manifest = self.served.manifest if self.served.manifest is not None else model_manifest(self.served.model())
-        self.catalogue = Catalogue(item_ids, item_texts, item_table, spare=options.spare_items, ann=ann)
+        self.catalogue = Catalogue(
+            item_ids, item_texts, item_table, spare=options.spare_items, ann=ann, scan=options.scan,
+            int8_min_items=options.int8_min_items, int8_in_background=True,
+        )  # fmt: skip
         self.view = CatalogueView(
             self.catalogue, self.served, options, users=users, image_store=image_store,
             items_without_images=items_without_images, dataset_name=dataset_name, manifest=manifest, reference=reference,
@@ -124,39 +128,70 @@ class RecommenderService:
         snapshot = self.catalogue.snapshot()
         rankings = rank_histories(
             self.served.user, snapshot.table, queries, max_length=self.served.max_length,
-            index=self.catalogue.ann_for(snapshot),
+            index=self.catalogue.index_for(snapshot),
         )  # fmt: skip
         return [Ranked(list(zip(r.indices.tolist(), r.scores.tolist(), strict=True)), snapshot.count) for r in rankings]
 
     def recommend(
         self, *, user_id: str | None = None, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True
     ) -> dict[str, Any]:
-        """Top-k items for a known user (their whole sequence) or a history of item ids (oldest first).
+        """Top-k items for a known user (their whole sequence) or a history of item ids (oldest first), as
+        `POST /recommend` answers (RecommendResponse's fields, in its order).
 
         Seen items (the history, or the user's whole sequence) are excluded unless `exclude_seen` is False.
         """
         batcher = self.batcher
         with batcher.expect() if batcher is not None else contextlib.nullcontext():
-            indices = self._history_indices(user_id, history, k)
-            exclude = sorted(set(indices)) if exclude_seen else []
-            never = sorted(self.unscored.union(exclude)) if self.unscored else exclude
-            query = RankQuery(indices, k, exclude=never)
+            query, excluded = self._query(user_id, history, k, exclude_seen)
             if batcher is not None:
                 ranked = batcher.submit(query)
             else:
                 with self._compute:
                     ranked = self._rank([query])[0]
+        return self._answer(query, ranked, user_id, excluded)
+
+    async def recommend_async(
+        self, *, user_id: str | None = None, history: list[str] | None = None, k: int = 10, exclude_seen: bool = True
+    ) -> dict[str, Any]:
+        """`recommend` on an event loop: the request waits for its batch without holding a thread."""
+        batcher = self.batcher
+        if batcher is None:
+            return await asyncio.to_thread(
+                self.recommend, user_id=user_id, history=history, k=k, exclude_seen=exclude_seen
+            )
+        with batcher.expect():
+            query, excluded = self._query(user_id, history, k, exclude_seen)
+            ranked = await asyncio.wrap_future(batcher.submit_future(query))
+        return self._answer(query, ranked, user_id, excluded)
+
+    def _query(
+        self, user_id: str | None, history: list[str] | None, k: int, exclude_seen: bool
+    ) -> tuple[RankQuery, int]:
+        """The ranking a request asks for, its history and k checked (ServiceError naming what is wrong), and how
+        many seen items it excludes; the never-trained rows (`unscored`) are excluded too, uncounted."""
+        indices = self._history_indices(user_id, history, k)
+        exclude = sorted(set(indices)) if exclude_seen else []
+        never = sorted(self.unscored.union(exclude)) if self.unscored else exclude
+        return RankQuery(indices, k, exclude=never), len(exclude)
+
+    def _answer(self, query: RankQuery, ranked: Ranked, user_id: str | None, excluded: int) -> dict[str, Any]:
+        """The response body, its fields in RecommendResponse's order (the route sends it without re-validating)."""
+        view = self.view
+        items = []
         finite = [(index, score) for index, score in ranked.items if math.isfinite(score)]  # never a 500 for a value
-        items = [{"rank": rank, **self.view.summary(index), "score": score} for rank, (index, score) in enumerate(finite, 1)]
-        for item in items:
-            del item["index"]
+        for rank, (index, score) in enumerate(finite, start=1):
+            summary = view.summary(index)
+            items.append({
+                "rank": rank, "item_id": summary["item_id"], "score": score, "text": summary["text"],
+                "has_image": summary["has_image"], "added": summary["added"], "image_url": summary["image_url"],
+            })  # fmt: skip
         return {
             "items": items,
-            "k": k,
+            "k": query.k,
             "user_id": user_id,
-            "history_length": len(indices),
+            "history_length": len(query.history),
             "catalogue_size": ranked.catalogue_size,
-            "excluded": len(exclude),
+            "excluded": excluded,
         }
 
     def _history_indices(self, user_id: str | None, history: list[str] | None, k: int) -> list[int]:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
+from pmmrec.commands import DEVICE_HELP
 from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
 from pmmrec.fileio import open_regular_file
@@ -60,7 +61,8 @@ def _model_config() -> type[_Strict]:
                 default=None,
                 ge=0,
                 le=96,
-                description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (fresh encoders: 2).",
+                description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (default: 2 for a fresh encoder, "
+                "a given encoder's own).",
             ),
         )
         for slot in MODALITY_SLOTS
@@ -215,7 +217,10 @@ class TrainConfig(_Strict):
     freeze: list[str] = Field(default_factory=list, description="Slots whose parameters are not trained.")
     seed: int = Field(default=42, ge=0, description="Seed of initialisation, data order, dropout and corruption.")
     patience: int | None = Field(
-        default=5, ge=1, description="Stop after this many epochs without a better validation metric (null: never)."
+        default=5,
+        ge=1,
+        description="Stop after this many epochs without a better validation metric (never: a value of at least the "
+        "epochs, or `patience: null` in a YAML file).",
     )
     save_checkpoints: bool = Field(
         default=True,
@@ -235,8 +240,10 @@ class TrainConfig(_Strict):
     cache_frozen: bool = Field(
         default=True, description="Reuse frozen-prefix outputs of encoders per item instead of recomputing them."
     )
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (tests, smoke runs).")
-    device: str | None = Field(default=None, description="cpu, cuda or cuda:N; default: CUDA when available.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps, for tests and smoke runs (default: no limit)."
+    )
+    device: str | None = Field(default=None, description=DEVICE_HELP)
     deterministic: bool = Field(
         default=False, description="Bitwise-reproducible: deterministic kernels, one intra-op CPU thread (slower)."
     )
@@ -282,6 +289,46 @@ def finetune_defaults() -> dict[str, Any]:
 def pretrain_defaults() -> dict[str, Any]:
     """Pre-training trains all four objectives."""
     return {"mode": "pretrain", "batch_size": PRETRAIN_BATCH_SIZE}
+
+
+def mode_defaults(mode: str) -> dict[str, Any]:
+    """The defaults a command starts from (before a YAML file and flags): pretrain's or finetune's."""
+    return pretrain_defaults() if mode == "pretrain" else finetune_defaults()
+
+
+def config_value(config: TrainConfig, path: str) -> Any:
+    """The value at a dotted TrainConfig path (e.g. `objectives.weights.rec`)."""
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def mode_default_values(mode: str) -> dict[str, Any]:
+    """Each flat training option (TRAIN_OPTIONS) as `mode` trains it when neither a YAML file nor a flag sets it."""
+    config = load_train_config(mode_defaults(mode))
+    return {name: config_value(config, path) for name, path in TRAIN_OPTIONS.items()}
+
+
+def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
+    in the config's field order (what a run prints first, as RecBole prints its configuration). The defaults are
+    those of the run's item tower (TOWER_DEFAULTS): an ID run lists its tower, not the ID tower's own defaults."""
+    tower = config.model.item_tower
+    base = _deep_merge(mode_defaults(config.mode), {"model": {"item_tower": tower}})
+    default = load_train_config(base).model_dump(mode="json")
+    default["model"]["item_tower"] = DEFAULT_TOWER
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def walk(value: Any, base: Any, prefix: str) -> None:
+        if isinstance(value, dict) and isinstance(base, dict):
+            for key in value:
+                walk(value[key], base.get(key), f"{prefix}{key}.")
+        elif value != base:
+            changes[prefix.rstrip(".")] = (value, base)
+
+    walk(config.model_dump(mode="json"), default, "")
+    return changes
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -9,16 +9,27 @@ from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
+from tqdm.auto import tqdm
 
 from pmmrec.cards import TrainingFacts
 from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset, registered_readers
+from pmmrec.distributed import choose_device
 from pmmrec.errors import ConfigError, describe_validation_error
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
-from pmmrec.training.config import ModelConfig, TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.config import (
+    ModelConfig,
+    TrainConfig,
+    dump_train_config,
+    finetune_defaults,
+    load_train_config,
+    pretrain_defaults,
+)
 from pmmrec.training.determinism import deterministic_mode
+from pmmrec.training.progress import start_lines
+from pmmrec.training.run_dir import check_run_folder
 from pmmrec.training.trainer import Trainer, TrainResult
 
 Mode = Literal["pretrain", "finetune"]
@@ -102,6 +113,16 @@ def training_facts(
     )
 
 
+def announce_run(config: TrainConfig, out: Path, resume: bool, config_file: str | None) -> None:
+    """Before anything is loaded: refuse a run folder or device the run cannot use, then print the run's first
+    lines (its folder and the settings that differ from the command's defaults; rank 0 only)."""
+    resuming = check_run_folder(out, resume, dump_train_config(config))
+    choose_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if os.environ.get("RANK", "0") == "0":
+        for line in start_lines(config, out, resuming, config_file):
+            tqdm.write(line)
+
+
 def train(
     mode: Mode,
     data: str | os.PathLike[str],
@@ -125,6 +146,8 @@ def train(
     config = load_train_config(defaults, config_path, overrides, saved=saved)
     if config.mode != mode:
         raise ConfigError(f"{config_path or saved}: mode is {config.mode!r} but this is `pmmrec {mode}`")
+    config_file = str(config_path) if config_path is not None else None
+    announce_run(config, Path(out), resume, config_file)
     dataset = load_dataset(data)
     spec = config.model
     if mode == "pretrain" and spec.modalities is None and not any(getattr(spec, slot) for slot in MODALITY_SLOTS):
@@ -134,7 +157,10 @@ def train(
     model = build_model(spec, dataset, config.max_length, config.seed)
     _record_sources(model, spec)
     with deterministic_mode(config.deterministic):  # before the Trainer: it already computes cached prefixes
-        trainer = Trainer(model, dataset, config, Path(out), resume=resume, progress=progress)
+        trainer = Trainer(
+            model, dataset, config, Path(out), resume=resume, progress=progress, config_file=config_file,
+            announced=True,
+        )  # fmt: skip
         result = trainer.run()
     if trainer.context.is_main and result.model is not None:
         facts = training_facts(result, dataset, config, trainer.module.active_losses(), trainer.learning_rates)
@@ -144,6 +170,6 @@ def train(
                 component.save_pretrained(Path(out) / "components" / slot, overwrite=True, card=facts.named(name))
         else:
             name = f"pmmrec model ({dataset.name})"
-            split = trainer.config.split_record()
+            split = trainer.split_record
             result.model.save_pretrained(Path(out) / "model", overwrite=True, card=facts.named(name), split_record=split)
     return result

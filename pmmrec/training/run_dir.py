@@ -133,6 +133,37 @@ def fresh_progress() -> dict[str, Any]:
     }
 
 
+def check_run_folder(run_dir: Path, resume: bool, config_text: str | None = None) -> bool:
+    """Refuse a run folder this run cannot use, before anything is loaded; True when the run will resume.
+
+    A new run needs a missing or empty folder; `resume` needs a pmmrec run there and, given the run's options
+    (`config_text`), the same options as its saved config.yaml.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: is a file, not a run folder")
+    leftovers = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
+    config_path = run_dir / "config.yaml"
+    if leftovers and not resume:
+        raise ConfigError(f"{run_dir} is not empty ({', '.join(leftovers[:4])}); use --resume or another --out")
+    if leftovers and resume and not config_path.is_file():
+        raise ConfigError(f"--resume: {run_dir} holds {', '.join(leftovers[:4])} but no pmmrec run")
+    if resume and config_text is not None:
+        check_same_options(config_path, config_text)
+    return resume and (run_dir / "checkpoints" / "last").is_dir()
+
+
+def check_same_options(config_path: Path, config_text: str) -> None:
+    """A resumed run must have the options its saved config.yaml records (when there is one)."""
+    if config_path.is_file():
+        saved = config_path.read_text(encoding="utf-8")
+        if saved != config_text:
+            changed = ", ".join(differing_keys(saved, config_text)) or "its text"
+            raise ConfigError(
+                f"--resume: {config_path} differs from this run's options in {changed}; resume with the same options"
+            )
+
+
 class RunFolder:
     """One run's folder, shared by every process of the run; only rank 0 writes."""
 
@@ -164,25 +195,13 @@ class RunFolder:
         before its first complete checkpoint starts over in the same folder.
         """
         if self.context.is_main:
+            check_run_folder(self.run_dir, resume)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            leftovers = [p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")]
-            if leftovers and not resume:
-                raise ConfigError(
-                    f"{self.run_dir} is not empty ({', '.join(sorted(leftovers)[:4])}); use --resume or another --out"
-                )
-            if leftovers and resume and not self.config_path.is_file():
-                raise ConfigError(f"--resume: {self.run_dir} holds {', '.join(sorted(leftovers)[:4])} but no pmmrec run")
             self._lock = lock_run_dir(self.run_dir)
             remove_stale_staging(self.run_dir)
         barrier(self.context)
-        if resume and self.config_path.is_file():
-            saved = self.config_path.read_text(encoding="utf-8")
-            if saved != config_text:
-                changed = ", ".join(differing_keys(saved, config_text)) or "its text"
-                raise ConfigError(
-                    f"--resume: {self.config_path} differs from this run's options in {changed}; "
-                    "resume with the same options"
-                )
+        if resume:
+            check_same_options(self.config_path, config_text)
         if resume and self.last_checkpoint.is_dir():
             return True
         if self.context.is_main:

@@ -21,12 +21,13 @@ from pmmrec.data import (
     RaggedArray,
     SequenceBatch,
     TrainSequences,
+    dataset_fingerprint,
     known_items,
     leave_one_out,
     user_share_rows,
 )
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
-from pmmrec.errors import ConfigError, PmmrecError
+from pmmrec.errors import ConfigError, Interrupted
 from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import write_json
 from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split, make_collator
@@ -34,10 +35,12 @@ from pmmrec.model import PMMRec
 from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.progress import bar_disable
+from pmmrec.tasks import evaluation_document
 from pmmrec.training.config import TrainConfig, dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
+from pmmrec.training.progress import RunClock, duration, plan_line, start_lines
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
@@ -48,19 +51,11 @@ from pmmrec.training.run_dir import (
     save_checkpoint,
 )
 
-
-def time_left(epochs: list[tuple[float, float]], epochs_left: int, then_test: bool) -> float:
-    """Seconds left at most: each remaining epoch as long as the mean epoch so far (training and validation, from
-    `epochs`: (training s, validation s) each), then the test evaluation (as long as a validation: the same users
-    and catalogue) when one follows. Early stopping may end the run sooner."""
-    if not epochs:
-        return 0.0
-    train = sum(t for t, _ in epochs) / len(epochs)
-    valid = sum(v for _, v in epochs) / len(epochs)
-    return max(epochs_left, 0) * (train + valid) + (valid if then_test else 0.0)
+TEST_RANKS_FILE = "test_ranks.json"
+ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
 
 
-class TrainingInterrupted(PmmrecError):
+class TrainingInterrupted(Interrupted):
     """SIGTERM/SIGINT arrived; a checkpoint was written and `--resume` continues from it."""
 
 
@@ -89,8 +84,12 @@ class Trainer:
         *,
         resume: bool = False,
         progress: bool = True,
+        config_file: str | None = None,
+        announced: bool = False,
     ) -> None:
         self.config = config
+        self.config_file = config_file
+        self.announced = announced  # the run's first lines were printed already (`jobs.announce_run`)
         self.dataset = dataset
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -98,6 +97,8 @@ class Trainer:
         self.context = setup_distributed(config.device)
         self.folder = RunFolder(self.run_dir, self.context)
         self.device = self.context.device
+        # What a model folder of this run records: how the data was split and which dataset it was.
+        self.split_record = {**config.split_record(), "dataset": dataset_fingerprint(dataset)}
         torch.manual_seed(config.seed)
         self.split: LeaveOneOutSplit = leave_one_out(dataset.sequences, config.min_length, config.max_history)
         if self.split.num_users == 0:
@@ -131,7 +132,6 @@ class Trainer:
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
-        self.epoch_times: list[tuple[float, float]] = []  # (training s, validation s) of each epoch of this process
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
             self.wrapped = DistributedDataParallel(
@@ -143,6 +143,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(order) / config.batch_size)
         total = config.epoch_limit * self.steps_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        may_stop_early = config.epochs is None and config.patience is not None
+        self.clock = RunClock(self.steps_per_epoch, self.total_steps, may_stop_early, test=config.evaluate_test)
         groups = parameter_groups(self.module, config)
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
@@ -282,6 +284,10 @@ class Trainer:
             self.config.report_to, self.run_dir, self.config.model_dump(mode="json"), enabled=self.context.is_main
         )
         if self.context.is_main:
+            if not self.announced:
+                for line in start_lines(self.config, self.run_dir, resuming, self.config_file):
+                    tqdm.write(line)
+            tqdm.write(plan_line(self.config, self.steps_per_epoch, len(self.train_set), self.total_steps))
             for notice in self.notices:
                 tqdm.write(f"notice: {notice}")
         stop = StopFlag()
@@ -321,8 +327,12 @@ class Trainer:
                     self.data_wait_s += data_wait
                     self.step_time_s += step_seconds
                     rate = items_seen * self.context.world_size / max(now - started, 1e-9)
+                    self.clock.step(step_seconds)
+                    left = self.clock.describe(progress["global_step"])
                     # Throughput counts the sequence positions trained (items of users' histories), all processes.
-                    bar.set_postfix_str(f"loss {values['loss']:.4f}, {rate:,.0f} history items/s")
+                    bar.set_postfix_str(f"loss {values['loss']:.4f}, {rate:,.0f} history items/s" + (f", {left}" if left else ""))
+                    if self.clock.steps_seen == ANNOUNCE_AFTER_STEPS and self.context.is_main:
+                        self._announce_time(progress["global_step"])
                     bar.update(1)
                     self._log(
                         {
@@ -348,6 +358,18 @@ class Trainer:
                     break
         return self._finish(progress)
 
+    def _write_test_ranks(self, ranks: np.ndarray, metrics: dict[str, float]) -> None:
+        """RUN/test_ranks.json: the best model's test ranks per user, as `pmmrec evaluate --json` writes them (what
+        `pmmrec compare RUN...` reads)."""
+        document = evaluation_document(
+            model=str(self.run_dir / "model"), data=str(self.dataset.root), split="test",
+            settings={"min_length": self.config.min_length, "max_history": self.config.max_history,
+                      "max_length": self.config.max_length, "exclude_seen": True},
+            metrics=metrics, users=[self.dataset.user_ids[row] for row in self.split.user_rows], ranks=ranks,
+            dataset=self.split_record["dataset"],
+        )  # fmt: skip
+        write_json(self.run_dir / TEST_RANKS_FILE, document)
+
     def _log(self, record: dict[str, Any], step: int) -> None:
         """One record to log.jsonl (the source of truth) and to the configured trackers."""
         self.folder.log(record)
@@ -356,28 +378,41 @@ class Trainer:
     def _done(self, progress: dict[str, Any]) -> bool:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
 
+    def _announce_time(self, global_step: int) -> None:
+        """Once, after the first steps: how long the run's training will take, measured."""
+        step = self.clock.step_seconds or 0.0
+        left = self.clock.describe(global_step)
+        tqdm.write(
+            f"time: {step:.2f} s per step measured; {self.total_steps - global_step:,} steps left, "
+            f"{duration(step * (self.total_steps - global_step))} of training; {left} (shown in the progress bar)"
+        )
+
     def _end_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
         evaluation_started = time.perf_counter()
         result = self._evaluate("valid")
-        self.epoch_times.append((seconds, time.perf_counter() - evaluation_started))
+        eval_seconds = time.perf_counter() - evaluation_started
+        self.clock.validation(eval_seconds)
         score = result.metrics[self.config.select_metric]
         improved = progress["best"] is None or score > progress["best"]
-        record = {"event": "eval", "split": "valid", "epoch": epoch + 1, "seconds": seconds, **result.metrics}
+        record = {
+            "event": "eval", "split": "valid", "epoch": epoch + 1, "seconds": seconds, "eval_seconds": eval_seconds,
+            **result.metrics,
+        }  # fmt: skip
         self._log(record, progress["global_step"])
         progress["history"].append(record)
         if improved:
             progress["best"], progress["best_epoch"], progress["stale_epochs"] = score, epoch + 1, 0
             if self.context.is_main:
-                self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.config.split_record())
+                self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.split_record)
         else:
             progress["stale_epochs"] += 1
         if self.context.is_main:
-            left = time_left(self.epoch_times, self.config.epoch_limit - epoch - 1, self.config.evaluate_test)
+            left = self.clock.describe(progress["global_step"])
             tqdm.write(
                 f"epoch {epoch + 1}/{self.config.epoch_limit}: valid {self.config.select_metric} = {score:.4f}"
                 + (" (best)" if improved else f" (best {progress['best']:.4f} at epoch {progress['best_epoch']})")
-                + f"; {seconds:.1f} s of training, {self.epoch_times[-1][1]:.1f} s of validation"
-                + (f"; at most about {left:.0f} s left" if left > 0 else "")
+                + f"; {duration(seconds)} of training + {duration(eval_seconds)} of validation"
+                + (f"; {left}" if left and epoch + 1 < self.config.epoch_limit else "")
             )
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         if self.config.save_checkpoints:
@@ -431,6 +466,7 @@ class Trainer:
         if self.context.is_main:
             write_json(self.run_dir / "summary.json", summary)
             if test is not None:
+                self._write_test_ranks(test.ranks, test_metrics)
                 tqdm.write(
                     f"test at the best epoch ({progress['best_epoch']}):\n"
                     + format_metrics_table(test_metrics, self.config.ks)

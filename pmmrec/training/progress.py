@@ -1,0 +1,116 @@
+"""What a training run tells its user: where it writes and how it is configured (its first lines, as RecBole prints its
+configuration), its plan, and how long it has left.
+
+The time left is measured, not guessed: the steps left x the recent time per step, plus the validations left x the
+last validation's time, plus the final test. (The earlier estimate multiplied epochs by the *training* seconds of an
+epoch only; validation, about as long as an epoch's training on a CPU, was left out, so it was short by half.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pmmrec.training.config import TrainConfig, config_changes
+
+
+def start_lines(config: TrainConfig, run_dir: Path, resuming: bool, config_file: str | None = None) -> list[str]:
+    """The first lines of a run: its folder, then every setting that differs from the command's defaults."""
+    changes = config_changes(config)
+    lines = [f"run folder: {run_dir}" + (" (resuming from its last checkpoint)" if resuming else "")]
+    source = f", from {config_file} and flags" if config_file else ""
+    if not changes:
+        lines.append(f"configuration: {config.mode}'s defaults (all of it in {run_dir / 'config.yaml'})")
+        return lines
+    lines.append(
+        f"configuration that differs from {config.mode}'s defaults{source} (all of it in {run_dir / 'config.yaml'}):"
+    )
+    width = max(len(path) for path in changes)
+    values = {path: _value(value) for path, (value, _) in changes.items()}
+    value_width = max(len(text) for text in values.values())
+    lines += [
+        f"  {path:<{width}}  {values[path]:<{value_width}}  (default {_value(default)})"
+        for path, (_, default) in changes.items()
+    ]
+    return lines
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "none" if value is None else str(value)
+
+
+def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_steps: int) -> str:
+    """How much the run trains: epochs x steps (windows / batch size), and when it may stop earlier."""
+    epochs = config.epoch_limit
+    stop = (
+        f"at most {epochs} epochs, stopping after {config.patience} without a better valid {config.select_metric}"
+        if config.epochs is None and config.patience is not None
+        else f"{epochs} epochs"
+    )
+    capped = f", capped at {total_steps:,} steps" if total_steps < epochs * steps_per_epoch else ""
+    return (
+        f"plan: {stop}; each epoch {steps_per_epoch:,} steps ({windows:,} training windows / batch {config.batch_size})"
+        f"{capped}, then validation; the time left shows in the progress bar after the first steps"
+    )
+
+
+def duration(seconds: float) -> str:
+    """45s, 14m, 1h05m."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+@dataclass
+class RunClock:
+    """Measures a run's steps and validations and says how long it has left.
+
+    steps_per_epoch, total_steps: the run's plan (total_steps at most epoch_limit x steps_per_epoch); may_stop_early:
+    early stopping can end it before total_steps (the estimate is then an upper bound); test: a test evaluation
+    follows the last epoch (about one validation's time).
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    may_stop_early: bool
+    test: bool
+    smoothing: float = 0.1
+    step_seconds: float | None = None
+    validation_seconds: float | None = None
+    steps_seen: int = field(default=0, init=False)
+
+    def step(self, seconds: float) -> None:
+        """Record one training step; the run's very first one (set-up, caches being filled) is not counted."""
+        self.steps_seen += 1
+        if self.steps_seen == 1:
+            return
+        previous = self.step_seconds
+        self.step_seconds = seconds if previous is None else previous + self.smoothing * (seconds - previous)
+
+    def validation(self, seconds: float) -> None:
+        self.validation_seconds = seconds
+
+    def seconds_left(self, global_step: int) -> float | None:
+        """The measured estimate of the time left after `global_step` steps (None until a step was measured);
+        without a measured validation yet, validations are not counted."""
+        if self.step_seconds is None:
+            return None
+        steps_left = max(0, self.total_steps - global_step)
+        validations_left = math.ceil(self.total_steps / self.steps_per_epoch) - global_step // self.steps_per_epoch
+        validations_left = max(0, validations_left) + (1 if self.test else 0)
+        return steps_left * self.step_seconds + validations_left * (self.validation_seconds or 0.0)
+
+    def describe(self, global_step: int) -> str | None:
+        """`run ~14m left`, `run <=14m left` (early stopping may end it sooner), `+ validation` until one is measured."""
+        left = self.seconds_left(global_step)
+        if left is None:
+            return None
+        bound = "<=" if self.may_stop_early else "~"
+        extra = " + validation" if self.validation_seconds is None else ""
+        return f"run {bound}{duration(left)}{extra} left"
