@@ -592,13 +592,17 @@ def test_training_config_values_fuzzed(tmp_path_factory: pytest.TempPathFactory,
 
 
 def _commands() -> list[list[str]]:
+    import click
     import typer
 
     group = typer.main.get_command(app)
+    context = click.Context(group)
     paths = []
-    for name, command in group.commands.items():  # type: ignore[attr-defined]
-        sub = getattr(command, "commands", None)
+    for name in group.list_commands(context):  # type: ignore[attr-defined]
+        command = group.get_command(context, name)  # type: ignore[attr-defined]
+        sub = command.list_commands(context) if isinstance(command, click.Group) else []
         paths += [[name, child] for child in sub] if sub else [[name]]
+    assert len(paths) > 10, paths  # every command of the table, subcommands of `data` included
     return paths
 
 
@@ -615,7 +619,6 @@ def test_every_command_rejects_an_unknown_option_with_usage(command: list[str]) 
     [
         ["finetune"],
         ["pretrain", "--data", "x"],
-        ["evaluate", "--data", "x"],
         ["recommend", "--model", "m"],
         ["assemble"],
         ["push", "folder"],
@@ -631,10 +634,17 @@ def test_missing_or_malformed_options_print_usage(args: list[str]) -> None:
     assert "Usage:" in result.output and "Traceback" not in result.output
 
 
+def test_contradicting_or_missing_choices_are_one_line_with_status_2() -> None:
+    # `evaluate` needs exactly one of --model and --baseline: a UsageError, reported in one line with click's status
+    result = CliRunner().invoke(app, ["evaluate", "--data", "x"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: give exactly one of --model and --baseline"]
+
+
 def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     cases = [
-        (["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)], "no such folder"),
+        (["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)], "no such model folder"),
         (["finetune", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run"), "--epochs", "0"], "epochs"),
         (["inspect", "hub:../etc"], "not a valid repo id"),
     ]
