@@ -645,7 +645,7 @@ def test_bad_values_are_one_line_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     cases = [
         (["evaluate", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)], "no such model folder"),
-        (["finetune", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run"), "--epochs", "0"], "epochs"),
+        (["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "0"], "epochs"),
         (["inspect", "hub:../etc"], "not a valid repo id"),
     ]
     for args, fragment in cases:
