@@ -404,14 +404,22 @@ def demo(
     seed: Annotated[int, Opt("Random seed.")] = 42,
     device: Device = None,
     progress: bool = True,
+    curve: Annotated[
+        bool,
+        Opt(
+            "The whole learning curve: 5 shares of the target's users (5% to 100%), 3 seeds, every trained row "
+            "searched on validation at every share (many times longer than the default small curve)."
+        ),
+    ] = False,
 ) -> dict[str, Any]:
-    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison.
+    """Pre-train on MovieLens source, publish, assemble, transfer to the target domain, print the comparison and a
+    small learning curve (test NDCG@10 when 10%, 25% and 100% of the target's users train).
 
     Returns what results.json holds.
     """
     from pmmrec.demo import demo as run_demo
 
-    return run_demo(out, quick=quick, seed=seed, device=device, progress=progress)
+    return run_demo(out, quick=quick, seed=seed, device=device, progress=progress, curve=curve)
 
 
 @command(show=lambda report, _: _lazy("pmmrec.comparison", "format_comparison")(report), json=True)

@@ -60,11 +60,15 @@ def baseline_grid(name: str) -> list[BaselineConfig]:
     raise ConfigError(f"unknown baseline {name!r}; use one of {', '.join(BASELINES)}")
 
 
-def popularity_table(split: LeaveOneOutSplit, num_items: int, window: int | None = None) -> torch.Tensor:
+def popularity_table(
+    split: LeaveOneOutSplit, num_items: int, window: int | None = None, train_rows: np.ndarray | None = None
+) -> torch.Tensor:
     """A one-column score table [N+1, 1]: training counts (of each user's last `window` training interactions when
-    given), ties broken by catalogue order (earlier first)."""
+    given; of the users of `train_rows` only, when given: a learning curve's share), ties broken by catalogue order
+    (earlier first)."""
     counts = np.zeros(num_items + 1, dtype=np.float64)
-    for sequence in split.train:
+    train = split.train if train_rows is None else RaggedArray.from_rows(split.train).take(train_rows)
+    for sequence in train:
         np.add.at(counts, sequence[-window:] if window else sequence, 1.0)
     scores = counts - np.arange(num_items + 1) / (num_items + 1)  # < 1 apart: only breaks ties
     return torch.tensor(scores, dtype=torch.float64).unsqueeze(1)
@@ -124,19 +128,22 @@ def baseline_ranks(
     text_table: torch.Tensor | None = None,
     normalise: bool = False,
     popularity_window: int | None = None,
+    train_rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-user ranks of a baseline's targets on the valid or test split (full ranking, same tie rule as models).
 
     max_length: content-knn averages the last max_length history items (None: the whole history); normalise:
     content-knn averages normalised vectors; popularity_window: popularity counts each user's last N training
-    interactions (None: all); text_table: precomputed `raw_text_embeddings` (content-knn), to reuse across splits.
+    interactions (None: all); text_table: precomputed `raw_text_embeddings` (content-knn), to reuse across splits;
+    train_rows: popularity counts only these users' training sequences (a learning curve's share; content-knn
+    trains nothing, so it ignores them).
     """
     if which not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {which!r}")
     histories = split.valid_history if which == "valid" else split.test_history
     targets = torch.as_tensor(split.valid_target if which == "valid" else split.test_target)
     if name == "popularity":
-        table = popularity_table(split, dataset.num_items, popularity_window)
+        table = popularity_table(split, dataset.num_items, popularity_window, train_rows)
         users = torch.ones(len(histories), 1, dtype=torch.float64)
     elif name == "content-knn":
         raw = text_table if text_table is not None else raw_text_embeddings(dataset.item_texts, backbone)
@@ -156,10 +163,11 @@ def config_ranks(
     split: LeaveOneOutSplit,
     which: str,
     text_table: torch.Tensor | None = None,
+    train_rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """`baseline_ranks` at one searched configuration (history excluded)."""
     if name == "popularity":
-        return baseline_ranks(name, dataset, split, which, popularity_window=config.window)
+        return baseline_ranks(name, dataset, split, which, popularity_window=config.window, train_rows=train_rows)
     return baseline_ranks(name, dataset, split, which, max_length=config.window, normalise=config.normalise,
                           text_table=text_table)  # fmt: skip
 
@@ -191,15 +199,20 @@ class BaselineSearch:
 
 
 def tune_baseline(
-    name: str, dataset: Dataset, split: LeaveOneOutSplit, text_table: torch.Tensor | None = None
+    name: str,
+    dataset: Dataset,
+    split: LeaveOneOutSplit,
+    text_table: torch.Tensor | None = None,
+    train_rows: np.ndarray | None = None,
 ) -> BaselineSearch:
     """Search `baseline_grid(name)` on the validation split by NDCG@10 (first configuration on ties), then rank the
-    test split once, at the selected configuration. text_table: `raw_text_embeddings` (content-knn) to reuse."""
+    test split once, at the selected configuration. text_table: `raw_text_embeddings` (content-knn) to reuse;
+    train_rows: the users whose training sequences popularity counts (a learning curve's share; default all)."""
     if name == "content-knn" and text_table is None:
         text_table = raw_text_embeddings(dataset.item_texts)
     grid = baseline_grid(name)
-    valid = [config_ranks(name, config, dataset, split, "valid", text_table) for config in grid]
+    valid = [config_ranks(name, config, dataset, split, "valid", text_table, train_rows) for config in grid]
     scores = [float((1.0 / np.log2(ranks + 1.0) * (ranks <= 10)).mean()) for ranks in valid]
     best = max(range(len(grid)), key=lambda i: (scores[i], -i))
-    test = config_ranks(name, grid[best], dataset, split, "test", text_table)
+    test = config_ranks(name, grid[best], dataset, split, "test", text_table, train_rows)
     return BaselineSearch(name, grid, scores, best, valid[best], test)

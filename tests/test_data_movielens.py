@@ -67,8 +67,8 @@ def test_unusual_titles_give_clean_texts(built: dict[str, Path]) -> None:
 @needs_recbole
 def test_domains_are_disjoint_and_measured(built: dict[str, Path]) -> None:
     source, target = load_dataset(built["source"]), load_dataset(built["target"])
-    assert (source.num_users, source.num_items, source.num_interactions) == (310, 1182, 22_986)
-    assert (target.num_users, target.num_items, target.num_interactions) == (611, 388, 22_571)
+    assert (source.num_users, source.num_items, source.num_interactions) == (405, 1355, 34_310)
+    assert (target.num_users, target.num_items, target.num_interactions) == (494, 236, 12_227)
     assert not set(source.item_ids) & set(target.item_ids)
     assert not set(source.user_ids) & set(target.user_ids)
     assert min(len(sequence) for sequence in source.sequences + target.sequences) >= 5
@@ -105,7 +105,7 @@ def test_cli_synthetic_images_are_labelled(tmp_path: Path) -> None:
     check = CliRunner().invoke(app, ["data", "check", str(out)])
     assert check.exit_code == 0 and "images are SYNTHETIC" in check.output
     store = ImageStore(out / "images.lmdb")
-    assert len(store) == 388 and store.get("1006").shape == (64, 64, 3)
+    assert len(store) == 236 and store.get("751").shape == (64, 64, 3)
     again = CliRunner().invoke(app, ["data", "movielens", "--out", str(out), "--domain", "target"])
     assert again.exit_code == 1 and "already exists" in again.output
 
@@ -138,14 +138,14 @@ def test_cli_builds_the_demo_target_with_new_items_in_time(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     dataset = load_dataset(out)
     record = json.loads((out / "dataset.json").read_text())["preprocessing"]["new_items"]
-    assert dataset.name == "ml-100k-target-new-items" and dataset.num_users == 611
-    # 78 newest of 388 items; 31 of them occurred only before their users' last two items and left the catalogue.
-    assert (record["rule"], record["held_out"], record["items"], len(record["left_catalogue"])) == ("first-seen", 78, 47, 31)
-    assert dataset.num_items == 388 - 31 and record["cut"] == "1997-11-05T14:09:57Z"
-    assert (record["dropped_interactions"], record["valid_target_users"], record["test_target_users"]) == (1140, 66, 76)
+    assert dataset.name == "ml-100k-target-new-items" and dataset.num_users == 494
+    # 47 newest of 236 items; 13 of them occurred only before their users' last two items and left the catalogue.
+    assert (record["rule"], record["held_out"], record["items"], len(record["left_catalogue"])) == ("first-seen", 47, 34, 13)
+    assert dataset.num_items == 236 - 13 and record["cut"] == "1997-10-28T15:26:15Z"
+    assert (record["dropped_interactions"], record["valid_target_users"], record["test_target_users"]) == (716, 54, 57)
     popularity = record["test_target_popularity"]
-    assert popularity["interactions_before_hold_out"] == {"min": 1, "median": 28.0, "max": 147}
-    assert popularity["most_popular"][0] == {"item_id": "271", "interactions": 147, "popularity_rank": 41, "users": 4}
+    assert popularity["interactions_before_hold_out"] == {"min": 2, "median": 20.0, "max": 106}
+    assert popularity["most_popular"][0] == {"item_id": "751", "interactions": 106, "popularity_rank": 35, "users": 3}
     # Every new item is first seen after every old item; none occurs in a training sequence.
     data = read_movielens()
     first = first_interactions(data, select_domain(data, "target")[1])
@@ -154,16 +154,26 @@ def test_cli_builds_the_demo_target_with_new_items_in_time(tmp_path: Path) -> No
     for sequence in dataset.sequences:
         assert not {dataset.item_ids[index - 1] for index in sequence[:-2]} & new
     split = leave_one_out(dataset.sequences)
-    assert new_target_mask(split, "test").sum() == 76 and new_target_mask(split, "valid").sum() == 66
+    assert new_target_mask(split, "test").sum() == 57 and new_target_mask(split, "valid").sum() == 54
+    # Issue 24: the source has at least 3x the target's training interactions (10,523 with the new items held out).
+    source = load_dataset(build_movielens(tmp_path / "source", domain="source"))
+    training = sum(len(sequence) for sequence in split.train)
+    assert training == 10_523 and source.num_interactions >= 3 * training
 
 
 @needs_recbole
 def test_the_hash_rule_is_kept_under_its_own_name(tmp_path: Path) -> None:
-    """The pre-issue-24 rule reproduces the old target (145 test users; Star Wars, 384 interactions, held out)."""
-    out = build_movielens(tmp_path / "hash", domain="target", new_items=0.2, new_items_rule="hash")
+    """The pre-issue-24 rules reproduce the old target: its domains (`rule="issue-12"`: 611 users, 388 items) and,
+    with the hash rule, its new items (145 test users; Star Wars, 384 interactions, held out)."""
+    out = build_movielens(tmp_path / "hash", domain="target", new_items=0.2, new_items_rule="hash", rule="issue-12")
     record = json.loads((out / "dataset.json").read_text())["preprocessing"]["new_items"]
     assert load_dataset(out).name == "ml-100k-target-new-items-hash" and record["test_target_users"] == 145
     assert record["test_target_popularity"]["most_popular"][0]["interactions"] == 384
+    old = load_dataset(build_movielens(tmp_path / "old", domain="target", rule="issue-12"))
+    assert (old.num_users, old.num_items, old.num_interactions) == (611, 388, 22_571)
+    assert json.loads((old.root / "dataset.json").read_text())["preprocessing"]["domain_rule"] == "issue-12"
+    with pytest.raises(DatasetError, match="unknown domain rule"):
+        build_movielens(tmp_path / "bad-rule", domain="target", rule="comedy")
     with pytest.raises(DatasetError, match="unknown new-item rule"):
         build_movielens(tmp_path / "bad", domain="target", new_items=0.2, new_items_rule="random")
 

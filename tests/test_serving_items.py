@@ -216,12 +216,13 @@ def test_serve_command_reports_a_bad_model_in_one_line(tmp_path: Path, data_dir:
 
 
 def test_serve_without_the_serve_extra_names_the_install_command(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    text_model().save_pretrained(tmp_path / "model")  # paths are checked first
     for name in [name for name in sys.modules if name.startswith("pmmrec.serving")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
-    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir)])
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path / "model"), "--data", str(data_dir)])
     assert result.exit_code == 1
     assert "fastapi is missing" in result.output and "pip install 'pmmrec[serve]'" in result.output
 
@@ -229,10 +230,11 @@ def test_serve_without_the_serve_extra_names_the_install_command(
 def test_serve_command_refuses_a_busy_port_before_encoding(tmp_path: Path, data_dir: Path) -> None:
     import socket
 
+    text_model().save_pretrained(tmp_path / "model")  # paths are checked first, then the port, then the encoding
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         result = CliRunner().invoke(
-            cli_app, ["serve", "--model", str(tmp_path / "absent"), "--data", str(data_dir), "--port", str(port)]
+            cli_app, ["serve", "--model", str(tmp_path / "model"), "--data", str(data_dir), "--port", str(port)]
         )
     assert result.exit_code == 1
     assert f"--port {port}: cannot listen" in result.output and "Traceback" not in result.output
@@ -287,5 +289,7 @@ def test_serve_command_refuses_bad_options_in_one_line_naming_the_flag(
 def test_serve_command_refuses_a_short_api_key_in_one_line(tmp_path: Path, data_dir: Path) -> None:
     key = tmp_path / "key"
     key.write_text("short", encoding="utf-8")
-    result = CliRunner().invoke(cli_app, ["serve", "--model", "m", "--data", str(data_dir), "--api-key-file", str(key)])
+    text_model().save_pretrained(tmp_path / "model")  # paths are checked first
+    model = str(tmp_path / "model")
+    result = CliRunner().invoke(cli_app, ["serve", "--model", model, "--data", str(data_dir), "--api-key-file", str(key)])
     assert result.exit_code == 1 and "the key must be at least 16 characters" in result.output

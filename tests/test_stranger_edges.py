@@ -112,12 +112,17 @@ def test_an_unexpected_exception_is_one_line_and_a_saved_traceback(
 ) -> None:
     """A safety net, not a substitute: a case pmmrec does not handle yet prints one line naming the saved
     traceback (exit status 1); --debug shows the traceback."""
-    from pmmrec import api
+    import dataclasses
+    import functools
 
+    from pmmrec.commands import COMMANDS
+
+    @functools.wraps(COMMANDS["inspect"].function)  # same options as the real command
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("a bug\nspanning lines")
 
-    monkeypatch.setattr(api, "inspect", broken)
+    # the command is built from its api function as registered in the command table
+    monkeypatch.setitem(COMMANDS, "inspect", dataclasses.replace(COMMANDS["inspect"], function=broken))
     result = CliRunner().invoke(app, ["inspect", "anything"])
     lines = result.output.splitlines()
     assert result.exit_code == 1 and len(lines) == 1, result.output

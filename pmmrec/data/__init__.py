@@ -51,6 +51,7 @@ from pmmrec.data.split import (
     leave_one_out,
     read_split_record,
     training_items,
+    user_share_rows,
     write_split_record,
 )
 from pmmrec.data.statistics import check_dataset, dataset_statistics, format_statistics
@@ -111,6 +112,7 @@ __all__ = [
     "tokenize_catalogue",
     "total_length",
     "training_items",
+    "user_share_rows",
     "write_dataset",
     "write_split_record",
 ]

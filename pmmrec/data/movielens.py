@@ -4,17 +4,20 @@ The wheel is located with `importlib.util.find_spec`, which finds a top-level pa
 recbole itself is never imported (its imports pull heavy packages). GroupLens' terms forbid redistributing the
 data, so pmmrec ships none of it and the built folders must not be committed or published.
 
-Domain split (deterministic, documented in docs/datasets.md):
+Domain split (deterministic, documented in docs/datasets.md; `DOMAIN_RULES`, default `thriller`):
 
-- an item belongs to the *target* domain when its genres include any of TARGET_GENRES (Fantasy, Horror, Sci-Fi,
-  Thriller), otherwise to the *source* domain;
+- an item belongs to the *target* domain when its genres include any of the rule's target genres (Thriller),
+  otherwise to the *source* domain;
 - a user belongs to the *target* domain when sha256(user id as UTF-8), read as a big-endian integer, modulo
-  USER_BUCKETS is below TARGET_USER_BUCKETS (7 of 10 buckets), otherwise to the *source* domain;
+  USER_BUCKETS is below the rule's target buckets (6 of 10), otherwise to the *source* domain;
 - each user keeps only the interactions with items of their own domain, and users left with fewer than
   MIN_DOMAIN_INTERACTIONS interactions are dropped; each domain's catalogue is the items its users interacted with.
 
-Item sets and user sets of the two domains are therefore disjoint. The target domain (about 390 items, 610 users)
-is large enough for test metrics with a standard error near 0.008; docs/datasets.md has the statistics.
+Item sets and user sets of the two domains are therefore disjoint. The default rule (issue 24) makes the source
+domain more than 3x the target's training interactions (405 users, 34,310 interactions against the target's 494
+users and about 10,500 training interactions with new items held out), the regime where transfer is meant to pay;
+`issue-12` is the earlier rule (Fantasy, Horror, Sci-Fi, Thriller; 7 of 10 buckets: a source barely larger than
+the target), kept to reproduce older tables.
 Optionally a share of the items is held out as *new items*: by default those whose first interaction in the domain
 is latest (cold start in time; `new_items`, see pmmrec.data.new_items).
 """
@@ -50,9 +53,24 @@ INSTALL_HINT = (
     f"pip install --no-deps {RECBOLE_REQUIREMENT}"
 )
 EXPECTED_COUNTS = {"users": 943, "items": 1682, "interactions": 100_000}
-TARGET_GENRES: tuple[str, ...] = ("Fantasy", "Horror", "Sci-Fi", "Thriller")
 USER_BUCKETS = 10
-TARGET_USER_BUCKETS = 7  # users whose sha256 bucket is below this belong to the target domain
+
+
+@dataclass(frozen=True)
+class DomainRule:
+    """How MovieLens-100K splits into a source and a target domain: the target's genres and user buckets."""
+
+    target_genres: tuple[str, ...]
+    target_user_buckets: int  # users whose sha256 bucket (of USER_BUCKETS) is below this belong to the target
+
+
+DOMAIN_RULES: dict[str, DomainRule] = {
+    "thriller": DomainRule(("Thriller",), 6),  # issue 24: source > 3x the target's training interactions
+    "issue-12": DomainRule(("Fantasy", "Horror", "Sci-Fi", "Thriller"), 7),  # before issue 24
+}
+DEFAULT_DOMAIN_RULE = "thriller"
+TARGET_GENRES: tuple[str, ...] = DOMAIN_RULES[DEFAULT_DOMAIN_RULE].target_genres
+TARGET_USER_BUCKETS = DOMAIN_RULES[DEFAULT_DOMAIN_RULE].target_user_buckets
 MIN_DOMAIN_INTERACTIONS = 5
 DOMAINS: tuple[str, ...] = ("all", "source", "target")
 IMAGE_MODES: tuple[str, ...] = ("none", "synthetic")
@@ -210,28 +228,37 @@ def _id_sort_key(value: str) -> tuple[int, int, str]:
     return (0, int(value), "") if value.isdigit() else (1, 0, value)
 
 
-def item_domain(genres: tuple[str, ...]) -> str:
-    """'target' when the genres include any of TARGET_GENRES, else 'source'."""
-    return "target" if set(genres) & set(TARGET_GENRES) else "source"
+def domain_rule(name: str) -> DomainRule:
+    """A named domain rule, or one clear error."""
+    if name not in DOMAIN_RULES:
+        raise DatasetError(f"unknown domain rule {name!r}; use one of {list(DOMAIN_RULES)}")
+    return DOMAIN_RULES[name]
 
 
-def user_domain(user_id: str) -> str:
-    """'target' when sha256(user id) read as a big-endian integer, modulo USER_BUCKETS, is below
-    TARGET_USER_BUCKETS, else 'source'."""
+def item_domain(genres: tuple[str, ...], rule: str = DEFAULT_DOMAIN_RULE) -> str:
+    """'target' when the genres include any of the rule's target genres, else 'source'."""
+    return "target" if set(genres) & set(domain_rule(rule).target_genres) else "source"
+
+
+def user_domain(user_id: str, rule: str = DEFAULT_DOMAIN_RULE) -> str:
+    """'target' when sha256(user id) read as a big-endian integer, modulo USER_BUCKETS, is below the rule's
+    target buckets, else 'source'."""
     value = int.from_bytes(hashlib.sha256(user_id.encode("utf-8")).digest(), "big")
-    return "target" if value % USER_BUCKETS < TARGET_USER_BUCKETS else "source"
+    return "target" if value % USER_BUCKETS < domain_rule(rule).target_user_buckets else "source"
 
 
-def select_domain(data: MovieLensData, domain: str) -> tuple[list[MovieLensItem], dict[str, list[str]]]:
+def select_domain(
+    data: MovieLensData, domain: str, rule: str = DEFAULT_DOMAIN_RULE
+) -> tuple[list[MovieLensItem], dict[str, list[str]]]:
     """The items (file order) and user sequences of one domain, or everything for domain 'all'."""
     if domain not in DOMAINS:
         raise DatasetError(f"unknown domain {domain!r}; use one of {list(DOMAINS)}")
     if domain == "all":
         return list(data.items), dict(data.user_items)
-    domain_items = {item.item_id for item in data.items if item_domain(item.genres) == domain}
+    domain_items = {item.item_id for item in data.items if item_domain(item.genres, rule) == domain}
     user_items: dict[str, list[str]] = {}
     for user_id, sequence in data.user_items.items():
-        if user_domain(user_id) != domain:
+        if user_domain(user_id, rule) != domain:
             continue
         kept = [item_id for item_id in sequence if item_id in domain_items]
         if len(kept) >= MIN_DOMAIN_INTERACTIONS:
@@ -281,6 +308,7 @@ def build_movielens(
     new_items: float = 0.0,
     new_items_rule: str = "first-seen",
     item_text: str = DEFAULT_ITEM_TEXT,
+    rule: str = DEFAULT_DOMAIN_RULE,
     progress: bool = True,
 ) -> Path:
     """Write MovieLens-100K (or one transfer domain) as a dataset folder at `out`, optionally with synthetic images.
@@ -289,7 +317,7 @@ def build_movielens(
     never in a training sequence; see pmmrec.data.new_items); 0 keeps every interaction. new_items_rule:
     `first-seen` (the items that appear last in the domain's time line) or `hash` (the pre-issue-24 rule, unrelated
     to time). dataset.json's preprocessing.new_items records the items, the users with a new target and the
-    popularity of those targets.
+    popularity of those targets. rule: the domain rule (`DOMAIN_RULES`: `thriller`, the default, or `issue-12`).
     item_text: what each item's text holds (ITEM_TEXTS): title, year and genres (the default) or title and year
     only; synthetic pictures are drawn from title and genres either way.
     """
@@ -298,7 +326,7 @@ def build_movielens(
     if item_text not in ITEM_TEXTS:
         raise DatasetError(f"unknown item text {item_text!r}; use one of {list(ITEM_TEXTS)}")
     data = read_movielens(source_folder)
-    items, user_items = select_domain(data, domain)
+    items, user_items = select_domain(data, domain, rule)
     name = DATASET_NAMES[domain]
     record: dict[str, Any] | None = None
     if new_items:
@@ -315,11 +343,13 @@ def build_movielens(
         "item_order": "ml-100k.item file order",
     }
     if domain != "all":
+        chosen = domain_rule(rule)
         preprocessing.update(
-            target_genres=list(TARGET_GENRES),
+            domain_rule=rule,
+            target_genres=list(chosen.target_genres),
             item_rule="target if the item's genres include any target genre, else source",
             user_rule=f"target if sha256(user id) read as a big-endian integer, modulo {USER_BUCKETS}, is below "
-            f"{TARGET_USER_BUCKETS}, else source",
+            f"{chosen.target_user_buckets}, else source",
             min_domain_interactions=MIN_DOMAIN_INTERACTIONS,
             catalogue="items interacted with by the domain's kept users",
         )

@@ -73,16 +73,21 @@ def leave_one_out(
     )
 
 
-def training_items(split: LeaveOneOutSplit) -> np.ndarray:
-    """Sorted distinct catalogue indices that occur in some training sequence (what training can know)."""
-    return np.unique(RaggedArray.from_rows(split.train).flat()).astype(np.int64)
+def training_items(split: LeaveOneOutSplit, rows: np.ndarray | None = None) -> np.ndarray:
+    """Sorted distinct catalogue indices that occur in some training sequence (what training can know); `rows`:
+    only the training sequences of these split rows (see `user_share_rows`)."""
+    train = split.train if rows is None else RaggedArray.from_rows(split.train).take(rows)
+    return np.unique(RaggedArray.from_rows(train).flat()).astype(np.int64)
 
 
-def known_items(split: LeaveOneOutSplit, item_ids: Sequence[str], extra: Sequence[str] = ()) -> np.ndarray:
-    """The catalogue indices known at training time: items of the training sequences plus `extra` ids (items that
-    exist at training time without a training interaction), sorted. Never-trained items are not in it: they are
-    never a negative of the next-item softmax, and an ID tower has no trained row for them (issue 24)."""
-    known = training_items(split)
+def known_items(
+    split: LeaveOneOutSplit, item_ids: Sequence[str], extra: Sequence[str] = (), rows: np.ndarray | None = None
+) -> np.ndarray:
+    """The catalogue indices known at training time: items of the training sequences (of `rows` only, when given)
+    plus `extra` ids (items that exist at training time without a training interaction), sorted. Never-trained items
+    are not in it: they are never a negative of the next-item softmax, and an ID tower has no trained row for them
+    (issue 24)."""
+    known = training_items(split, rows)
     if extra:
         index = {item_id: position for position, item_id in enumerate(item_ids, start=1)}
         missing = [item_id for item_id in extra if item_id not in index]
@@ -90,6 +95,23 @@ def known_items(split: LeaveOneOutSplit, item_ids: Sequence[str], extra: Sequenc
             raise ConfigError(f"known_items: item id(s) not in the catalogue: {missing[:5]}")
         known = np.union1d(known, np.asarray([index[item_id] for item_id in extra], dtype=np.int64))
     return known.astype(np.int64)
+
+
+def user_share_rows(num_users: int, share: float, seed: int = 0) -> np.ndarray:
+    """Sorted split rows of the users whose training sequences train when only `share` of them do (a learning curve).
+
+    The users are put in one order by a permutation seeded by `seed` alone, and the first max(1, round(share x
+    num_users)) of that order are taken (halves round up), so the samples of one seed are nested: the 5% sample is
+    inside the 10% one, and so on. Only training changes: every user keeps their validation and test target and
+    their history as the model's input at evaluation, so every share is evaluated on the same users.
+    """
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"the share of training users must be in (0, 1], got {share}")
+    if num_users <= 0:
+        return np.zeros(0, dtype=np.int64)
+    count = min(num_users, max(1, int(np.floor(share * num_users + 0.5))))
+    order = np.random.default_rng(seed).permutation(num_users)
+    return np.sort(order[:count]).astype(np.int64)
 
 
 SPLIT_RECORD = "data_split.json"

@@ -4,8 +4,10 @@ confidence intervals and paired tests.
 The target domain has disjoint items and users. A share of its items are *new items*: those that appear last in the
 domain's time line; they occur only as users' validation and test targets, never in a training sequence
 (`pmmrec data movielens --new-items`), so the new-item columns show what ID-based models cannot do, and the
-validation split that picks epochs sees them too. The baselines are searched on validation here (their search is
-cheap); the trained rows use the configuration benchmarks/quality.py selected on validation.
+validation split that picks epochs sees them too. Every row is also trained on shares of the target's users (a
+learning curve, pmmrec.demo.curve): a small one by default, the whole one (five shares, three seeds, every trained
+row searched on validation at every share) with `curve=True` (`pmmrec demo --curve`). The baselines are searched on
+validation at every share (their search is cheap).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pmmrec.baselines import BaselineSearch, raw_text_embeddings, tune_baseline
 from pmmrec.data import Dataset, build_movielens, leave_one_out, load_dataset, new_target_mask, training_items
+from pmmrec.demo.curve import CURVE_SHARES, CurveInputs, CurvePlan, curve_grid, model_ranks, run_curve
+from pmmrec.demo.curve_report import curve_markdown, curve_text, plot_curve, summarise_curve
 from pmmrec.demo.report import (
     comparisons,
     plot_test_ndcg,
@@ -33,13 +36,11 @@ from pmmrec.demo.report import (
     row_summary,
     write_markdown,
 )
-from pmmrec.demo.rows import DEMO_ROWS, DemoSettings, pretrain_overrides, row_overrides, search_grid, settings_for
+from pmmrec.demo.rows import DEMO_ROWS, DemoSettings, pretrain_overrides, settings_for
 from pmmrec.distributed import choose_device
 from pmmrec.errors import PmmrecError
-from pmmrec.evaluation import metrics_from_ranks
 from pmmrec.fileio import write_json
 from pmmrec.hub import publish_to_local_cache
-from pmmrec.inference import evaluate_split, make_collator
 from pmmrec.model import PMMRec
 from pmmrec.references import format_hub_reference
 from pmmrec.slots import content_model_slots
@@ -49,7 +50,10 @@ HUB_ORG = "pmmrec-demo"
 PUBLISHED_SLOTS = content_model_slots(["text"])  # what the text pre-training run writes: text, fusion and user
 ROW_ORDER = ("popularity", "content-knn", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
 MARKER = ".pmmrec-demo"
-DEMO_FOLDERS = ("data", "runs", "models", "hub-cache")
+DEMO_FOLDERS = ("data", "runs", "models", "hub-cache", "curve")
+DEMO_SHARES: tuple[float, ...] = (0.1, 0.25, 1.0)  # the default demo's small learning curve
+QUICK_SHARES: tuple[float, ...] = (0.1, 0.25, 1.0)  # `--quick`'s
+__all__ = ["model_ranks"]  # re-exported: the ranking the demo's rows are measured with
 
 
 # Wall seconds of `pmmrec demo` (default) and `--quick` on an idle 2-core CPU, empty caches (docs/benchmarks.md,
@@ -118,40 +122,24 @@ def target_statistics(dataset: Dataset, min_length: int = 3) -> dict[str, Any]:
     }
 
 
-def model_ranks(model: PMMRec, dataset: Dataset, which: str, max_length: int) -> np.ndarray:
-    """Per-user ranks of a model on the valid or test split (full ranking, history excluded), where the model is."""
-    split = leave_one_out(dataset.sequences)
-    model.bind_catalogue(dataset.item_ids)
-    collator = make_collator(model, dataset)
-    return evaluate_split(model, split, which, collator, dataset.num_items, model.device, max_length=max_length).ranks
+def demo_plan(quick: bool, curve: bool, seed: int) -> CurvePlan:
+    """What the demo's learning curve runs: `--curve` the whole curve (5 shares, 3 seeds, every trained row searched
+    on validation at every share); otherwise a small one (DEMO_SHARES, one seed, the setting's configurations)."""
+    if curve:
+        return CurvePlan(CURVE_SHARES, (seed, seed + 1, seed + 2), search=True)
+    return CurvePlan(QUICK_SHARES if quick else DEMO_SHARES, (seed,), search=False)
 
 
-def ndcg_at_10(ranks: np.ndarray) -> float:
-    return metrics_from_ranks(torch.as_tensor(ranks), (10,))["ndcg@10"]
-
-
-def untrained_rows(
-    target: Dataset, zero_shot: PMMRec, settings: DemoSettings
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, BaselineSearch]]:
-    """Valid and test ranks of popularity and content-knn (each searched on validation, test at the selected
-    configuration) and of the zero-shot model (nothing trained on the target)."""
-    split = leave_one_out(target.sequences)
-    text_table = raw_text_embeddings(target.item_texts)
-    ranks: dict[str, dict[str, np.ndarray]] = {}
-    searches = {name: tune_baseline(name, target, split, text_table) for name in ("popularity", "content-knn")}
-    for name, search in searches.items():
-        ranks[name] = {"valid": search.valid_ranks, "test": search.test_ranks}
-    ranks["pmmrec-zero-shot"] = {which: model_ranks(zero_shot, target, which, settings.max_length)
-                                 for which in ("valid", "test")}  # fmt: skip
-    return ranks, searches
-
-
-def search_budgets(searches: dict[str, BaselineSearch]) -> dict[str, str]:
-    """What each row's table cell says about its search budget."""
-    budgets = {name: f"{len(s.configs)} on validation (here): {s.config.label()}" for name, s in searches.items()}
+def search_budgets(point: dict[str, Any], searched: bool) -> dict[str, str]:
+    """What each row's table cell says about its search budget (the curve's 100% point)."""
+    budgets = {name: f"{s['budget']} on validation (here): {s['selected_label']}"
+               for name, s in point["searches"].items() if name in ("popularity", "content-knn")}  # fmt: skip
     budgets["pmmrec-zero-shot"] = "none (nothing trained on the target)"
     for row in DEMO_ROWS:
-        budgets[row] = f"{len(search_grid(row))} on validation (benchmarks/quality.py)"
+        search = point["searches"][row]
+        label = search["configs"][search["selected"]]["label"]
+        budgets[row] = (f"{len(search['configs'])} on validation (here): {label}" if searched
+                        else f"1, fixed ({label}; see the notes)")  # fmt: skip
     return budgets
 
 
@@ -163,10 +151,12 @@ def demo(
     progress: bool = True,
     device: str | None = None,
     settings: DemoSettings | None = None,
+    curve: bool = False,
 ) -> dict[str, Any]:
     """Run the whole transfer story on MovieLens-100K; returns what results.json holds.
 
-    `settings` replaces the quick/default sizes (benchmarks/quality.py uses it for other settings).
+    `settings` replaces the quick/default sizes; `curve` runs the whole learning curve (CURVE_SHARES, three seeds,
+    every trained row searched on validation at every share) instead of the small one.
     """
     started = time.perf_counter()
     settings = settings or settings_for("quick" if quick else "demo", seed)
@@ -183,8 +173,10 @@ def demo(
     source, target = load_dataset(source_dir), load_dataset(target_dir)
     stats = target_statistics(target)
     _say(
-        f"   source: {source.num_users} users, {source.num_items} items; target: {stats['users']} users, "
-        f"{stats['items']} items, {stats['new_items']} of them new (only ever a validation or test target)"
+        f"   source: {source.num_users} users, {source.num_items} items, {source.num_interactions:,} interactions "
+        f"({source.num_interactions / stats['training_interactions']:.1f}x the target's training interactions); "
+        f"target: {stats['users']} users, {stats['items']} items, {stats['new_items']} of them new (only ever a "
+        "validation or test target)"
     )
 
     _say("2/5 pre-training text + user encoders on the source domain (next-item prediction, NID, RCL)")
@@ -203,59 +195,62 @@ def demo(
         references[slot] = format_hub_reference(repo, "v1")
         _say(f"   {references[slot]} -> commit {commit[:12]}")
 
-    _say("4/5 zero-training rows (popularity, content-knn, zero-shot transfer) and fine-tuning on the target domain")
-    assembled_dir = out / "models" / "pmmrec-text-user"
+    plan = demo_plan(quick, curve, settings.seed)
+    shares = ", ".join(f"{share:.0%}" for share in plan.shares)
+    _say(f"4/5 the learning curve: every row trained on {shares} of the target's users (seeds "
+         f"{', '.join(map(str, plan.seeds))}); popularity, content-knn, zero-shot transfer, SASRec-ID, "
+         "pmmrec from scratch and pmmrec transferred")  # fmt: skip
+    assembled_dir = out / "models" / "pmmrec-text-user"  # zero-shot: the published components assembled
     PMMRec.assemble(text=references["text"], user=references["user"]).save_pretrained(assembled_dir, overwrite=True)
-    ranks, searches = untrained_rows(target, PMMRec.from_pretrained(assembled_dir).to(where), settings)
-    curves: dict[str, list[float]] = {}
-    chosen: dict[str, Any] = {}
-    for name in DEMO_ROWS:
-        _say(f"   fine-tuning {name} ({settings.config_of(name).label()})")
-        result = train("finetune", target_dir, out / "runs" / name,
-                       overrides=row_overrides(name, settings, {"text": references}) | on_device, progress=progress)  # fmt: skip
-        assert result.test_ranks is not None
-        ranks[name] = {"test": result.test_ranks}
-        curves[name] = [entry["ndcg@10"] for entry in result.history]
-        chosen[name] = {**asdict(settings.config_of(name)), "best_epoch": result.best_epoch}
+    inputs = CurveInputs(out / "curve", source_dir, target_dir, settings, {settings.seed: references}, str(where))
+    raw = run_curve(inputs, plan, say=_say)
 
     _say("5/5 results on the target domain's test split (full ranking over all items, 95% intervals over users)")
     new_users = new_target_mask(leave_one_out(target.sequences), "test")
-    budgets = search_budgets(searches)
-    rows = [row_summary(name, [ranks[name]["test"]], new_users, budgets[name]) for name in ROW_ORDER]
-    tests = comparisons({name: [ranks[name]["test"]] for name in ROW_ORDER}, new_users)
+    report = summarise_curve(raw, new_users)
+    full = report["points"][-1]  # 100% of the training users: the main table
+    budgets = search_budgets(full, plan.search)
+    ranks = {name: [np.asarray(r) for r in full["test_ranks"][name]] for name in ROW_ORDER}
+    rows = [row_summary(name, ranks[name], new_users, budgets[name]) for name in ROW_ORDER]
+    tests = comparisons(ranks, new_users)
+    curves = {row: full["searches"][row]["curves"][full["searches"][row]["selected"]] for row in DEMO_ROWS}
     references_valid = {
-        name: ndcg_at_10(ranks[name]["valid"]) for name in ("popularity", "content-knn", "pmmrec-zero-shot")
-    }
+        name: full["searches"][name]["configs"][full["searches"][name]["selected"]]["valid_ndcg@10"]
+        for name in ("popularity", "content-knn")
+    } | {"pmmrec-zero-shot": raw["zero_shot_valid_ndcg@10"][0]}
     elapsed = time.perf_counter() - started
-    notes = demo_notes(settings, stats, pre.best_epoch, references, elapsed)
+    notes = demo_notes(settings, stats, pre.best_epoch, references, elapsed, plan)
+    label = f"{settings.label} setting, seed {settings.seed}" if len(plan.seeds) == 1 else (
+        f"{settings.label} setting, seeds {', '.join(map(str, plan.seeds))}")  # fmt: skip
     payload = {
         "rows": rows,
         "comparisons": tests,
         "notes": notes,
         "target": stats,
+        "source": {"users": source.num_users, "items": source.num_items, "interactions": source.num_interactions},
         "validation_curves": curves,
         "validation_ndcg@10_untrained": references_valid,
-        "configurations": chosen,
-        "baseline_searches": {name: search.as_dict() for name, search in searches.items()},
         "settings": {**asdict(settings), "configs": {k: asdict(v) for k, v in settings.configs.items()}},
         "references": references,
-        "test_ranks": {name: [int(r) for r in ranks[name]["test"]] for name in ROW_ORDER},
+        "test_ranks": {name: [r.tolist() for r in ranks[name]] for name in ROW_ORDER},
+        "curve": report,
         "seconds": elapsed,
     }
     write_json(out / "results.json", payload)
-    label = f"{settings.label} setting, seed {settings.seed}"
     title = f"pmmrec demo: transfer to a new MovieLens domain ({label})"
     intro = demo_intro(stats, len(rows))
-    write_markdown(out / "results.md", results_markdown(rows, tests, notes, title=title, intro=intro))
+    markdown = results_markdown(rows, tests, notes, title=title, intro=intro)
+    write_markdown(out / "results.md", markdown + "\n" + curve_markdown(report, f"Learning curve ({label})"))
     plot_validation_curves(curves, references_valid, out / "valid_ndcg.png",
                            f"Target-domain validation NDCG@10 per epoch ({label})")  # fmt: skip
     plot_test_ndcg(rows, out / "test_ndcg.png", f"Target-domain test NDCG@10 with 95% CIs ({label})")
+    plot_curve(report, out / "curve.png", f"Test NDCG@10 against the share of training users ({label})")
     tqdm.write(results_text(rows, tests, title=title))
+    tqdm.write(curve_text(report))
     for note in notes:
         tqdm.write(f"  {note}")
-    tqdm.write(
-        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'valid_ndcg.png'} and {out / 'test_ndcg.png'}"
-    )
+    written = ", ".join(str(out / name) for name in ("results.json", "results.md", "valid_ndcg.png", "test_ndcg.png"))
+    tqdm.write(f"wrote {written} and {out / 'curve.png'}")
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
@@ -276,6 +271,7 @@ def demo_notes(
     pretrain_epoch: int | None,
     references: dict[str, str],
     seconds: float,
+    plan: CurvePlan,
 ) -> list[str]:
     """The notes printed under the table and written to results.md."""
     return [
@@ -286,16 +282,24 @@ def demo_notes(
         f"({stats['new_item_valid_users']} validation users) have one as target; those test targets had "
         f"{_interactions(stats['new_test_target_interactions'])} interactions in the domain before the hold-out. "
         "Training knows only the items of its training sequences: new items are never negatives",
-        "intervals: 95% bootstrap over users (one seed here: the seed x user bootstrap of benchmarks/quality.py "
-        "needs several); tests: see the rule above the comparisons",
+        "intervals: 95% bootstrap over users and seeds (seed x user; with one seed, over users only); tests: see "
+        "the rule above the comparisons",
+        f"learning curve: at each share only a seeded sample of the target's users trains (sample seed "
+        f"{plan.sample_seed}, nested: each share's users include the smaller shares'); every user keeps their "
+        "validation and test target and their history as input, so every share is evaluated on the same users; "
+        "a share's runs may take as many steps as a 100% run (epoch cap and patience scaled)",
         f"pre-training kept epoch {pretrain_epoch} (cap {settings.pretrain_epochs}); fine-tuning stops after "
         f"{settings.patience} epochs without a better validation NDCG@10 (cap {settings.finetune_epochs}); d = {settings.dim}",
         f"text encoder: all-MiniLM-L6-v2 (packaged weights), top {settings.text_trainable_layers} layer(s) trained; "
         "content-knn uses the same raw weights with nothing trained; no images are used",
         f"zero-shot = {references['text']} + {references['user']} assembled, no fine-tuning; pmmrec-transfer = "
         f"{references['text']}, {references['fusion']}, {references['user']}, fine-tuned",
-        f"configurations: selected on validation by benchmarks/quality.py on the target built before issue 24 (hash "
-        f"rule, never-trained items as full-softmax negatives), not searched again since ({', '.join(f'{k}: {v.label()}' for k, v in settings.configs.items())})",
+        (f"configurations: every trained row searched on validation at every share ({len(curve_grid('sasrec-id', settings))} "
+         "learning-rate settings each, pmmrec.demo.curve.curve_grid), the test split evaluated once at the selected one"
+         if plan.search else "configurations: fixed, one per row (" + ", ".join(
+             f"{k}: {settings.config_of(k).label()}" for k in DEMO_ROWS) + "), selected on validation by "
+         "benchmarks/quality.py on the domains built before issue 24 (hash rule), not searched again on these "
+         "domains; `pmmrec demo --curve` searches at every share"),
         f"seed {settings.seed}; {settings.label} settings; {seconds:.0f} s on this machine ({torch.get_num_threads()} torch threads)",
     ]
 

@@ -164,6 +164,23 @@ class TrainConfig(_Strict):
         "nobody interacted with yet): the full softmax scores them as negatives and an ID tower trains their rows. "
         "Items of the training sequences are always known; no other item is ever a negative (issue 24).",
     )
+    train_user_share: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Share of the users whose training sequences train (a learning curve); every user is still "
+        "evaluated, with their history as input. The users are a seeded sample, nested across shares.",
+    )
+    train_user_seed: int = Field(
+        default=0, ge=0, description="Seed of the sample of training users (train_user_share); not the run's seed."
+    )
+    passes_per_epoch: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Passes over the training windows per epoch (each in its own order): a run on a small share of "
+        "the users can take as many steps between validations as a run on all of them.",
+    )
     lr: float | None = Field(
         default=None,
         gt=0,
@@ -402,6 +419,9 @@ TRAIN_OPTIONS: dict[str, str] = {
     "min_length": "min_length",
     "max_history": "max_history",
     "window": "window",
+    "train_user_share": "train_user_share",
+    "train_user_seed": "train_user_seed",
+    "passes_per_epoch": "passes_per_epoch",
     "softmax": "objectives.next_item.softmax",
     "fresh_lr": "fresh_lr",
     "pretrained_lr": "pretrained_lr",

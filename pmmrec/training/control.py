@@ -13,10 +13,16 @@ import torch
 from pmmrec.distributed import DistributedContext
 
 
-def epoch_order(num_windows: int, epoch: int, seed: int, context: DistributedContext) -> list[int]:
-    """This process's windows for `epoch`: a seeded permutation, padded to equal shards as DistributedSampler does."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_windows, generator=generator).tolist()
+def epoch_order(num_windows: int, epoch: int, seed: int, context: DistributedContext, passes: int = 1) -> list[int]:
+    """This process's windows for `epoch`: a seeded permutation, padded to equal shards as DistributedSampler does.
+
+    passes > 1: the epoch goes over the windows that many times, each pass in its own seeded order (pass 0 is the
+    order of a one-pass epoch).
+    """
+    order: list[int] = []
+    for index in range(passes):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + index * 7_919_111)
+        order += torch.randperm(num_windows, generator=generator).tolist()
     world = context.world_size
     padded = order + order[: (-len(order)) % world]
     return padded[context.rank :: world]

@@ -18,11 +18,13 @@ from pmmrec.data import (
     BatchCollator,
     Dataset,
     LeaveOneOutSplit,
+    RaggedArray,
     SequenceBatch,
     TrainSequences,
     dataset_fingerprint,
     known_items,
     leave_one_out,
+    user_share_rows,
 )
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, Interrupted
@@ -114,11 +116,14 @@ class Trainer:
         model.bind_catalogue(dataset.item_ids)
         # Training knows only the items of its time (issue 24): those of the training sequences and config.known_items.
         # They are the full softmax's only candidates, and an ID tower trains only their rows (the others are zeroed).
-        self.known_items = known_items(self.split, dataset.item_ids, config.known_items)
+        # A learning curve trains on a share of the users (nested samples); every user is still evaluated.
+        self.train_rows = user_share_rows(self.split.num_users, config.train_user_share, config.train_user_seed)
+        self.known_items = known_items(self.split, dataset.item_ids, config.known_items, rows=self.train_rows)
         if model.item_tower is not None:
             model.item_tower.train_only(torch.from_numpy(self.known_items))
         # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
-        self.train_set = TrainSequences(self.split.train, config.max_length, config.window, config.seed)
+        train_sequences = RaggedArray.from_rows(self.split.train).take(self.train_rows)
+        self.train_set = TrainSequences(train_sequences, config.max_length, config.window, config.seed)
         counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
         self.module, self.collator = self._build_module(model, dataset, log_popularity_from_counts(counts))
         # A skipped objective is announced where a user could expect it: its weight was given, or the data has
@@ -134,7 +139,8 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
-        self.steps_per_epoch = math.ceil(len(epoch_order(len(self.train_set), 0, 0, self.context)) / config.batch_size)
+        order = epoch_order(len(self.train_set), 0, 0, self.context, config.passes_per_epoch)
+        self.steps_per_epoch = math.ceil(len(order) / config.batch_size)
         total = config.epoch_limit * self.steps_per_epoch
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         may_stop_early = config.epochs is None and config.patience is not None
@@ -203,7 +209,7 @@ class Trainer:
 
     def _loader(self, epoch: int, skip_batches: int) -> torch.utils.data.DataLoader:
         self.train_set.set_epoch(epoch)
-        order = epoch_order(len(self.train_set), epoch, self.config.seed, self.context)
+        order = epoch_order(len(self.train_set), epoch, self.config.seed, self.context, self.config.passes_per_epoch)
         order = order[skip_batches * self.config.batch_size :]
         return torch.utils.data.DataLoader(
             self.train_set,
@@ -441,6 +447,9 @@ class Trainer:
             "learning_rates": self.learning_rates,
             "split": self.config.split_record(),
             "train_windows": len(self.train_set),
+            "train_users": len(self.train_rows),
+            "train_user_share": self.config.train_user_share,
+            "passes_per_epoch": self.config.passes_per_epoch,
             "best_epoch": progress["best_epoch"],
             "valid": valid_metrics,
             "test": test_metrics,
