@@ -483,6 +483,13 @@ def data_movielens(
             "before issue 24, unrelated to time (kept to reproduce older tables)."
         ),
     ] = "first-seen",
+    item_text: Annotated[
+        Literal["title-year-genres", "title-year"],
+        Opt(
+            "What each item's text holds: title-year-genres, or title-year (no genres: synthetic pictures still show "
+            "them as colours, the one case where pictures carry what the text lacks)."
+        ),
+    ] = "title-year-genres",
     overwrite: Overwrite = False,
     progress: bool = True,
 ) -> Path:
@@ -493,7 +500,7 @@ def data_movielens(
     check_arguments(size=size, new_items=new_items)
     return build_movielens(
         out, domain=domain, images=images, image_size=size, overwrite=overwrite, new_items=new_items,
-        new_items_rule=new_items_rule, progress=progress,
+        new_items_rule=new_items_rule, item_text=item_text, progress=progress,
     )  # fmt: skip
 
 

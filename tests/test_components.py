@@ -43,6 +43,7 @@ EXPECTED_TYPES = {
     "vision_clip": "vision_encoder/clip",
     "vision_efficientnet": "vision_encoder/efficientnet",
     "fusion_merge_attention": "fusion/merge_attention",
+    "fusion_merge_attention_gated": "fusion/merge_attention",
     "fusion_text_only": "fusion/text_only",
     "fusion_vision_only": "fusion/vision_only",
     "user_sasrec": "user_encoder/sasrec",
@@ -148,7 +149,7 @@ def test_config_document_envelope(fusion: MergeAttentionFusion, tmp_path: Path) 
     assert set(document) == {"pmmrec_type", "format_version", "pmmrec_version", "config"}
     assert document["pmmrec_type"] == "fusion/merge_attention"
     assert document["format_version"] == FORMAT_VERSION
-    assert document["config"] == {"dim": 32, "heads": 4, "ffn_multiplier": 4, "dropout": 0.1}
+    assert document["config"] == {"dim": 32, "heads": 4, "ffn_multiplier": 4, "dropout": 0.1, "gated": False}
     assert "pmmrec.components" not in (folder / "config.json").read_text()
     with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()

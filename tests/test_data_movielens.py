@@ -176,3 +176,27 @@ def test_the_hash_rule_is_kept_under_its_own_name(tmp_path: Path) -> None:
         build_movielens(tmp_path / "bad-rule", domain="target", rule="comedy")
     with pytest.raises(DatasetError, match="unknown new-item rule"):
         build_movielens(tmp_path / "bad", domain="target", new_items=0.2, new_items_rule="random")
+
+
+@needs_recbole
+def test_item_text_without_genres_keeps_the_genre_pictures(tmp_path: Path) -> None:
+    """Issue 24.6: `--item-text title-year` drops the genres from the text only; the synthetic pictures are the same
+    pixels as with the default text (still drawn from title and genres), and dataset.json says which text it is."""
+    out = tmp_path / "no-genres"
+    result = CliRunner().invoke(app, ["data", "movielens", "--out", str(out), "--domain", "target", "--images",
+                                      "synthetic", "--size", "32", "--item-text", "title-year"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC" in result.output
+    plain = build_movielens(tmp_path / "default", domain="target", images="synthetic", image_size=32)
+    no_genres, default = load_dataset(out), load_dataset(plain)
+    assert no_genres.item_ids == default.item_ids
+    assert all(np.array_equal(a, b) for a, b in zip(no_genres.sequences, default.sequences, strict=True))
+    assert not any("Genres" in text for text in no_genres.item_texts)
+    assert all(text.startswith(short[:-1]) for text, short in zip(default.item_texts, no_genres.item_texts, strict=True))
+    assert sum("Genres: " in text for text in default.item_texts) > 0.9 * default.num_items
+    first = no_genres.item_ids[0]
+    assert np.array_equal(ImageStore(out / "images.lmdb").get(first), ImageStore(plain / "images.lmdb").get(first))
+    info = json.loads((out / "dataset.json").read_text())
+    assert no_genres.name == "ml-100k-target-title-year" and "no genres" in info["preprocessing"]["item_text"]
+    with pytest.raises(DatasetError, match="unknown item text"):
+        build_movielens(tmp_path / "bad", domain="target", item_text="genres-only")

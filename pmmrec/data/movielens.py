@@ -74,6 +74,13 @@ TARGET_USER_BUCKETS = DOMAIN_RULES[DEFAULT_DOMAIN_RULE].target_user_buckets
 MIN_DOMAIN_INTERACTIONS = 5
 DOMAINS: tuple[str, ...] = ("all", "source", "target")
 IMAGE_MODES: tuple[str, ...] = ("none", "synthetic")
+# What an item's text holds (`--item-text`). `title-year` leaves the genres out of the text while synthetic pictures
+# keep their genre colours: the one place where the pictures carry something the text lacks (issue 24.6).
+ITEM_TEXTS: dict[str, str] = {
+    "title-year-genres": "'<title> (<year>). Genres: <genre>, <genre>.' (unknown title/year/genre parts left out)",
+    "title-year": "'<title> (<year>).' (no genres; unknown title/year parts left out)",
+}
+DEFAULT_ITEM_TEXT = "title-year-genres"
 DATASET_NAMES = {"all": "ml-100k", "source": "ml-100k-source", "target": "ml-100k-target"}
 LICENCE_NOTE = (
     "MovieLens-100K, GroupLens Research (https://grouplens.org/datasets/movielens/100k/): its terms forbid "
@@ -97,9 +104,12 @@ class MovieLensItem:
         year = f" ({self.year})" if self.year.isdigit() and len(self.year) == 4 else ""
         return f"{title}{year}"
 
-    def text(self) -> str:
-        """Item text: 'Title (year). Genres: A, B.'; unknown title, year or genre parts are left out."""
-        genres = [genre for genre in self.genres if genre != "unknown"]
+    def text(self, fields: str = DEFAULT_ITEM_TEXT) -> str:
+        """Item text: 'Title (year). Genres: A, B.'; unknown title, year or genre parts are left out.
+        fields `title-year` (ITEM_TEXTS) leaves the genres out: 'Title (year).'."""
+        if fields not in ITEM_TEXTS:
+            raise DatasetError(f"unknown item text {fields!r}; use one of {list(ITEM_TEXTS)}")
+        genres = [genre for genre in self.genres if genre != "unknown"] if fields == "title-year-genres" else []
         genre_part = f" Genres: {', '.join(genres)}." if genres else ""
         return f"{self.display_title()}.{genre_part}"
 
@@ -297,6 +307,7 @@ def build_movielens(
     source_folder: Path | None = None,
     new_items: float = 0.0,
     new_items_rule: str = "first-seen",
+    item_text: str = DEFAULT_ITEM_TEXT,
     rule: str = DEFAULT_DOMAIN_RULE,
     progress: bool = True,
 ) -> Path:
@@ -307,9 +318,13 @@ def build_movielens(
     `first-seen` (the items that appear last in the domain's time line) or `hash` (the pre-issue-24 rule, unrelated
     to time). dataset.json's preprocessing.new_items records the items, the users with a new target and the
     popularity of those targets. rule: the domain rule (`DOMAIN_RULES`: `thriller`, the default, or `issue-12`).
+    item_text: what each item's text holds (ITEM_TEXTS): title, year and genres (the default) or title and year
+    only; synthetic pictures are drawn from title and genres either way.
     """
     if images not in IMAGE_MODES:
         raise DatasetError(f"unknown image mode {images!r}; use one of {list(IMAGE_MODES)}")
+    if item_text not in ITEM_TEXTS:
+        raise DatasetError(f"unknown item text {item_text!r}; use one of {list(ITEM_TEXTS)}")
     data = read_movielens(source_folder)
     items, user_items = select_domain(data, domain, rule)
     name = DATASET_NAMES[domain]
@@ -323,7 +338,7 @@ def build_movielens(
     preprocessing: dict[str, Any] = {
         "domain": domain,
         "sequence_order": "timestamp ascending, ties in ml-100k.inter file order",
-        "item_text": "'<title> (<year>). Genres: <genre>, <genre>.' (unknown title/year/genre parts left out)",
+        "item_text": ITEM_TEXTS[item_text],
         "user_order": "numeric user id",
         "item_order": "ml-100k.item file order",
     }
@@ -338,6 +353,8 @@ def build_movielens(
             min_domain_interactions=MIN_DOMAIN_INTERACTIONS,
             catalogue="items interacted with by the domain's kept users",
         )
+    if item_text != DEFAULT_ITEM_TEXT:
+        name = f"{name}-{item_text}"
     if record is not None:
         preprocessing["new_items"] = record
     image_source = None
@@ -355,7 +372,7 @@ def build_movielens(
         out,
         name=name,
         item_ids=[item.item_id for item in items],
-        item_texts=[item.text() for item in items],
+        item_texts=[item.text(item_text) for item in items],
         user_ids=list(user_items),
         user_items=list(user_items.values()),
         provenance=data.provenance,
