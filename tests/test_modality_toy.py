@@ -11,18 +11,10 @@ generic path; if any other file of pmmrec had to know the new modality, one of t
 
 from __future__ import annotations
 
-import filecmp
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
-TESTS = Path(__file__).resolve().parent
+from package_copy import changed_files, copy_package, insert_before, run_in_copy
 
 TOY_ROW = '''    Slot("toy", kind="toy", type_prefix="toy_encoder", modality="toy",
          item_side=True, pretrained=True, content=True, reference=True, init=True, title="Toy encoder"),
@@ -228,13 +220,8 @@ print("FACTS " + json.dumps(facts))
 
 def toy_tree(root: Path) -> Path:
     """A copy of the package with the toy modality added in four files; returns the folder to put on the path."""
-    tree = root / "tree"
-    shutil.copytree(PACKAGE, tree / "pmmrec", ignore=shutil.ignore_patterns("__pycache__"))
-    slots = tree / "pmmrec" / "slots.py"
-    text = slots.read_text(encoding="utf-8")
-    anchor = '    Slot("fusion", kind="fusion"'
-    assert text.count(anchor) == 1
-    slots.write_text(text.replace(anchor, TOY_ROW + anchor), encoding="utf-8")
+    tree = copy_package(root)
+    insert_before(tree / "pmmrec" / "slots.py", '    Slot("fusion", kind="fusion"', TOY_ROW)
     (tree / "pmmrec" / "components" / "toy_encoder.py").write_text(TOY_ENCODER, encoding="utf-8")
     (tree / "pmmrec" / "data" / "readers" / "toy.py").write_text(TOY_READER, encoding="utf-8")
     add_assemble_option(tree / "pmmrec")
@@ -265,16 +252,6 @@ def add_assemble_option(package: Path) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def changed_files(tree: Path) -> list[str]:
-    """Files of the copy that differ from the package or are new (relative paths)."""
-    found = []
-    for path in sorted((tree / "pmmrec").rglob("*.py")):
-        original = PACKAGE / path.relative_to(tree / "pmmrec")
-        if not original.is_file() or not filecmp.cmp(path, original, shallow=False):
-            found.append(str(path.relative_to(tree)))
-    return found
-
-
 @pytest.mark.slow
 def test_a_new_modality_is_a_row_an_encoder_a_reader_and_an_assemble_option(tmp_path: Path) -> None:
     tree = toy_tree(tmp_path)
@@ -284,25 +261,7 @@ def test_a_new_modality_is_a_row_an_encoder_a_reader_and_an_assemble_option(tmp_
         "pmmrec/data/readers/toy.py",
         "pmmrec/slots.py",
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tree), str(TESTS)]),
-        "PMMREC_CACHE": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,  # not the repository: its pmmrec/ would come first on the path
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FACTS ")]
-    facts = json.loads(line.removeprefix("FACTS "))
-    assert Path(facts["package"]).is_relative_to(tree)  # the copy ran, not the package
+    facts = run_in_copy(tree, SCRIPT, tmp_path, timeout=900)
     assert facts["provided"] is True
     shown = " ".join(facts["finetune_help"].split())
     for flag in ("--toy ", "--toy-backbone ", "--toy-trainable-layers ", "Toy encoder: top layers trained"):

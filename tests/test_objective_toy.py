@@ -9,18 +9,10 @@ the run's config.yaml), and a run without the flag keeps its fine-tuning weight 
 
 from __future__ import annotations
 
-import filecmp
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
-TESTS = Path(__file__).resolve().parent
+from package_copy import changed_files, copy_package, run_in_copy
 
 TOY_OBJECTIVE = '''"""A throw-away objective: scale x the mean squared norm of the valid user states."""
 
@@ -101,50 +93,21 @@ print("FACTS " + json.dumps(facts))
 
 def objective_tree(root: Path) -> Path:
     """A copy of the package with the toy objective added; returns the folder to put on the path."""
-    tree = root / "tree"
-    shutil.copytree(PACKAGE, tree / "pmmrec", ignore=shutil.ignore_patterns("__pycache__"))
+    tree = copy_package(root)
     (tree / "pmmrec" / "objectives" / "toy.py").write_text(TOY_OBJECTIVE, encoding="utf-8")
     init = tree / "pmmrec" / "objectives" / "__init__.py"
-    anchor = "from pmmrec.objectives.step import TrainingStep\n"
     text = init.read_text(encoding="utf-8")
+    anchor = "from pmmrec.objectives.step import TrainingStep\n"
     assert text.count(anchor) == 1, "objectives/__init__.py changed shape: update where the toy's import goes"
     init.write_text(text.replace(anchor, anchor + REGISTRATION), encoding="utf-8")
     return tree
-
-
-def changed_files(tree: Path) -> list[str]:
-    """Files of the copy that differ from the package or are new (relative paths)."""
-    found = []
-    for path in sorted((tree / "pmmrec").rglob("*.py")):
-        original = PACKAGE / path.relative_to(tree / "pmmrec")
-        if not original.is_file() or not filecmp.cmp(path, original, shallow=False):
-            found.append(str(path.relative_to(tree)))
-    return found
 
 
 @pytest.mark.slow
 def test_a_new_objective_is_a_file_and_its_import(tmp_path: Path) -> None:
     tree = objective_tree(tmp_path)
     assert changed_files(tree) == ["pmmrec/objectives/__init__.py", "pmmrec/objectives/toy.py"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tree), str(TESTS)]),
-        "PMMREC_CACHE": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,  # not the repository: its pmmrec/ would come first on the path
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FACTS ")]
-    facts = json.loads(line.removeprefix("FACTS "))
-    assert Path(facts["package"]).is_relative_to(tree)  # the copy ran, not the package
+    facts = run_in_copy(tree, SCRIPT, tmp_path, timeout=900)
     shown = " ".join(facts["help"].split())
     assert "--toy-weight" in shown and "Weight of the toy state-norm penalty." in shown
     trained, skipped = facts["with"], facts["without"]

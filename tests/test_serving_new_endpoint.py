@@ -9,16 +9,9 @@ reads) from its router, checks its query parameter, and the OpenAPI spec lists i
 
 from __future__ import annotations
 
-import filecmp
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pmmrec"
-TESTS = Path(__file__).resolve().parent
+from package_copy import changed_files, copy_package, insert_before, run_in_copy
 
 ROUTE = '''
 
@@ -72,53 +65,16 @@ print("FACTS " + json.dumps(facts))
 
 def endpoint_tree(root: Path) -> Path:
     """A copy of the package with GET /added-items added; returns the folder to put on the path."""
-    tree = root / "tree"
-    shutil.copytree(PACKAGE, tree / "pmmrec", ignore=shutil.ignore_patterns("__pycache__"))
-    routes = tree / "pmmrec" / "serving" / "routes.py"
-    anchor = "\n\n# ---- public, continued"
-    text = routes.read_text(encoding="utf-8")
-    assert text.count(anchor) == 1, "routes.py changed shape: update where the test's route goes"
-    routes.write_text(text.replace(anchor, ROUTE + anchor), encoding="utf-8")
-    view = tree / "pmmrec" / "serving" / "view.py"
-    anchor = "    def image_png("
-    text = view.read_text(encoding="utf-8")
-    assert text.count(anchor) == 1, "view.py changed shape: update where the test's look-up goes"
-    view.write_text(text.replace(anchor, VIEW_METHOD.lstrip("\n") + anchor), encoding="utf-8")
+    tree = copy_package(root)
+    insert_before(tree / "pmmrec" / "serving" / "routes.py", "\n\n# ---- public, continued", ROUTE)
+    insert_before(tree / "pmmrec" / "serving" / "view.py", "    def image_png(", VIEW_METHOD.lstrip("\n"))
     return tree
-
-
-def changed_files(tree: Path) -> list[str]:
-    """Files of the copy that differ from the package or are new (relative paths)."""
-    found = []
-    for path in sorted((tree / "pmmrec").rglob("*.py")):
-        original = PACKAGE / path.relative_to(tree / "pmmrec")
-        if not original.is_file() or not filecmp.cmp(path, original, shallow=False):
-            found.append(str(path.relative_to(tree)))
-    return found
 
 
 def test_a_new_endpoint_is_a_route_and_its_look_up(tmp_path: Path) -> None:
     tree = endpoint_tree(tmp_path)
     assert changed_files(tree) == ["pmmrec/serving/routes.py", "pmmrec/serving/view.py"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tree), str(TESTS)]),
-        "PMMREC_CACHE": str(tmp_path / "cache"),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,  # not the repository: its pmmrec/ would come first on the path
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FACTS ")]
-    facts = json.loads(line.removeprefix("FACTS "))
-    assert Path(facts["package"]).is_relative_to(tree)  # the copy ran, not the package
+    facts = run_in_copy(tree, SCRIPT, tmp_path, timeout=600)
     assert facts["before"] == {"items": []}
     assert [item["item_id"] for item in facts["after"]["items"]] == ["new-b", "new-a"]
     assert all(item["added"] for item in facts["after"]["items"])
