@@ -135,44 +135,47 @@ def _tidy(run: Path, keep_model: bool) -> None:
 
 def pretrain_job(folder: str, source: str, overrides: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """One pre-training run on the source domain; returns the folders of its components."""
-    _prepare(threads)
-    from pmmrec.training.jobs import train
-
     where = Path(folder)
     cached = _cached(where, overrides)
     if cached is not None:
         return cached
-    started, cpu = time.perf_counter(), time.process_time()
-    result = train("pretrain", source, where / "run", overrides=overrides | {"save_checkpoints": False}, progress=False)
-    _tidy(where / "run", keep_model=True)
+    result, cost = _train(threads, "pretrain", source, where, overrides, keep_model=True)
     components = where / "run" / "components"
     return _store(where, {
         "components": {slot.name: str(slot) for slot in sorted(components.iterdir())},
-        "best_epoch": result.best_epoch, "epochs": len(result.history), "overrides": overrides,
-        "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+        "best_epoch": result.best_epoch, "epochs": len(result.history), "overrides": overrides, **cost,
     })  # fmt: skip
+
+
+def _train(
+    threads: int | None, mode: str, data: str, where: Path, overrides: dict[str, Any], keep_model: bool
+) -> tuple[Any, dict[str, float]]:
+    """Train `mode` into `where/run` without checkpoints, tidy the run folder; the result and its wall and CPU time."""
+    _prepare(threads)
+    from pmmrec.training.jobs import train
+
+    started, cpu = time.perf_counter(), time.process_time()
+    result = train(mode, data, where / "run", overrides=overrides | {"save_checkpoints": False}, progress=False)
+    _tidy(where / "run", keep_model=keep_model)
+    return result, {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
 
 
 def finetune_job(folder: str, target: str, overrides: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """One fine-tuning run; its validation score, epochs, and test ranks when its test split is evaluated (the
     model folder is kept only for a search run, whose test a later `test_job` may evaluate)."""
-    _prepare(threads)
-    from pmmrec.training.jobs import train
-
     where = Path(folder)
     cached = _cached(where, overrides)
     if cached is not None:
         return cached
-    started, cpu = time.perf_counter(), time.process_time()
-    result = train("finetune", target, where / "run", overrides=overrides | {"save_checkpoints": False}, progress=False)
-    _tidy(where / "run", keep_model=not overrides.get("evaluate_test", True))
+    keep_model = not overrides.get("evaluate_test", True)
+    result, cost = _train(threads, "finetune", target, where, overrides, keep_model=keep_model)
     summary = json.loads((where / "run" / "summary.json").read_text(encoding="utf-8"))
     return _store(where, {
         "valid_ndcg@10": result.best_valid.get("ndcg@10"), "best_epoch": result.best_epoch,
         "epochs": len(result.history), "steps": summary["steps"], "train_users": summary["train_users"],
         "curve": [entry["ndcg@10"] for entry in result.history],
         "test_ranks": result.test_ranks.tolist() if result.test_ranks is not None else None,
-        "overrides": overrides, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+        "overrides": overrides, **cost,
     })  # fmt: skip
 
 
