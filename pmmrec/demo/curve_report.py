@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pmmrec.demo.report import SIGNIFICANCE_RULE, _pyplot, _save, comparisons, row_summary
+from pmmrec.demo.report import SIGNIFICANCE_RULE, _cell, _p, _pyplot, _save, comparisons, row_summary
 
 CURVE_ORDER = ("popularity", "content-knn", "sasrec-id", "pmmrec-scratch", "pmmrec-transfer", "pmmrec-zero-shot")
 TRAINED = ("sasrec-id", "pmmrec-scratch", "pmmrec-transfer")
@@ -100,16 +100,6 @@ def curve_targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{share * 100:g}%"
 
-
-def _cell(row: Mapping[str, Any], key: str) -> str:
-    if row.get(key) is None:
-        return "-"
-    low, high = row[f"{key}_ci"]
-    return f"{row[key]:.4f} [{low:.4f}, {high:.4f}]"
-
-
-def _p(value: float) -> str:
-    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
 
 
 def _test_line(test: Mapping[str, Any], share: str) -> str:
