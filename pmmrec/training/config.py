@@ -219,8 +219,8 @@ class TrainConfig(_Strict):
     patience: int | None = Field(
         default=5,
         ge=1,
-        description="Stop after this many epochs without a better validation metric (never: a value of at least the "
-        "epochs, or `patience: null` in a YAML file).",
+        description="Stop after this many epochs without a better validation metric (default: "
+        f"{tower_default_text('patience')}; never: a value of at least the epochs, or `patience: null` in a YAML file).",
     )
     save_checkpoints: bool = Field(
         default=True,
