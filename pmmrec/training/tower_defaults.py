@@ -1,7 +1,8 @@
 """Training defaults that depend on the item tower (issue 28.1).
 
 An ID table and its user encoder need neither a text backbone's width (d = 384 for MiniLM) nor 32-window batches:
-the ID tower gets its own width, batch size, learning rate and epoch cap. A key that a run's options leave out
+the ID tower gets its own width, batch size, learning rate, epoch cap and patience (chosen on validation with time
+as a criterion: docs/benchmarks.md, "The defaults check"). A key that a run's options leave out
 (defaults of the mode < a resumed run's config.yaml < YAML file < flags) takes its tower's value here; a value
 given, null included, always wins. `model.dim` is filled only when no user encoder is given:
 a given component decides the width. RUN/config.yaml records the resolved values, so a run resumes with them even
