@@ -14,18 +14,19 @@ from __future__ import annotations
 import argparse
 import random
 
+import numpy as np
 import torch
 
 from pmmrec.components.vision_efficientnet import EfficientNetEncoder
-from pmmrec.data.synthetic_images import render_synthetic_image
-
-GENRES = ("Action", "Adventure", "Comedy", "Crime", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "War")
+from pmmrec.data.synthetic_images import GENRE_COLOURS, render_synthetic_image
 
 
-def pictures(batch: int, seed: int) -> list:
+def pictures(batch: int, seed: int) -> list[np.ndarray]:
+    """`batch` synthetic pictures of 1 to 3 genres each, drawn from the genres the picture renderer colours."""
     rng = random.Random(seed)
+    genres = sorted(GENRE_COLOURS)
     return [
-        render_synthetic_image(f"item{index}", f"Film {index}", rng.sample(GENRES, rng.randint(1, 3)))
+        render_synthetic_image(f"item{index}", f"Film {index}", rng.sample(genres, rng.randint(1, 3)))
         for index in range(batch)
     ]
 
