@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from pmmrec.objectives.base import Objective, register_objective
+from pmmrec.objectives.chunked_softmax import chunked_cross_entropy
 
 if TYPE_CHECKING:
     from pmmrec.model import PMMRec
@@ -176,6 +177,14 @@ class NextItemLoss(Objective):
         targets = slot_index[:, 1:][row_valid]  # [R]
         row_user = torch.arange(batch, device=slot_index.device).unsqueeze(1).expand(batch, slots - 1)[row_valid]
 
+        if _chunked(states, item_embeddings):
+            columns = torch.where(seq_mask[row_user], slot_index[row_user], targets.unsqueeze(1))
+            correction = (
+                log_popularity.to(device=states.device, dtype=states.dtype)[unique_items]
+                if correct and log_popularity is not None
+                else None
+            )
+            return chunked_cross_entropy(states, item_embeddings, targets, columns, self.config.temperature, correction)
         # Scores in float32 from here: under bf16 autocast the popularity correction would otherwise be rounded to
         # bf16's steps (about 1/32 near log p = -7) before the cross-entropy.
         scores = states @ item_embeddings.t()  # [R,U]
@@ -186,6 +195,19 @@ class NextItemLoss(Objective):
             assert log_popularity is not None
             logits = logits - log_popularity.to(device=logits.device, dtype=logits.dtype)[unique_items].unsqueeze(0)
         return F.cross_entropy(mask_own_items(logits, slot_index, seq_mask, row_user, targets), targets)
+
+
+def _chunked(states: Tensor, items: Tensor) -> bool:
+    """Whether the loss takes the cache-sized row chunks of `chunked_cross_entropy`: float32 training on a CPU,
+    where the [R, U] logits' memory traffic costs more than their multiply-adds. Elsewhere (a GPU, autocast,
+    no gradient wanted) the plain product and `F.cross_entropy`."""
+    return (
+        states.device.type == "cpu"
+        and states.dtype == items.dtype == torch.float32
+        and torch.is_grad_enabled()
+        and (states.requires_grad or items.requires_grad)
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def mask_own_items(logits: Tensor, slot_index: Tensor, seq_mask: Tensor, row_user: Tensor, targets: Tensor) -> Tensor:

@@ -1,0 +1,127 @@
+"""The default ID training step, before and after its two CPU changes, side by side in one process (issue 28.1).
+
+The two changes: the user encoder's dropouts draw their masks from uniform numbers (`UniformDropout`, instead of
+`nn.Dropout`'s `bernoulli_`), and the full softmax's cross-entropy runs in cache-sized row chunks
+(`chunked_cross_entropy`, instead of one [R, U] logits matrix through `F.cross_entropy`). Four variants (before,
+each change alone, both) are four Trainers of `pmmrec finetune --data ML --item-tower id` with the defaults, built
+from the same seed (same initial weights), stepping through the same batches of the first epoch in turn, one step
+each per batch (forward, backward, AdamW), so load from other processes falls on all of them alike. Reported: median
+ms per step per variant and its ratio to `before`, and the loss of each variant's first step (the same up to float32
+summation order and the dropout masks).
+
+    python benchmarks/id_step.py --data ML --steps 40 --threads 2 [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+from _measure import write_figures
+from torch import nn
+
+from pmmrec.components._dropout import UniformDropout
+from pmmrec.data import load_dataset
+from pmmrec.objectives import next_item
+from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.jobs import build_model
+from pmmrec.training.trainer import Trainer
+
+VARIANTS = {  # name: (uniform dropout, chunked cross-entropy)
+    "before": (False, False),
+    "uniform dropout": (True, False),
+    "chunked softmax": (False, True),
+    "both (now)": (True, True),
+}
+
+
+def bernoulli_dropout(module: nn.Module) -> None:
+    """Back to `nn.Dropout` everywhere in `module` (the code before the change)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, UniformDropout):
+            setattr(module, name, nn.Dropout(child.p, inplace=child.inplace))
+        else:
+            bernoulli_dropout(child)
+
+
+@contextlib.contextmanager
+def chunked(enabled: bool) -> Iterator[None]:
+    original = next_item._chunked
+    if not enabled:
+        next_item._chunked = lambda states, items: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        next_item._chunked = original
+
+
+def trainer_for(data: Path, uniform: bool, folder: Path) -> Trainer:
+    config = load_train_config(finetune_defaults(), None, {"model": {"item_tower": "id"}})
+    dataset = load_dataset(data)
+    model = build_model(config.model, dataset, config.max_length, config.seed)
+    if not uniform:
+        bernoulli_dropout(model)
+    return Trainer(model, dataset, config, folder, progress=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="`pmmrec data movielens --domain all` output")
+    parser.add_argument("--steps", type=int, default=40, help="batches (each variant steps once per batch)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as scratch:
+        trainers = {name: trainer_for(args.data, uniform, Path(scratch) / str(i))
+                    for i, (name, (uniform, _)) in enumerate(VARIANTS.items())}  # fmt: skip
+        for trainer in trainers.values():
+            trainer.model.train()
+        loader = next(iter(trainers.values()))._loader(0, 0)
+        times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        first_loss: dict[str, float] = {}
+        for index, batch in enumerate(loader):
+            if index >= args.steps:
+                break
+            order = list(VARIANTS) if index % 2 == 0 else list(reversed(VARIANTS))
+            for name in order:
+                with chunked(VARIANTS[name][1]):
+                    started = time.perf_counter()
+                    values = trainers[name]._step(batch, index)
+                    times[name].append(time.perf_counter() - started)
+                first_loss.setdefault(name, values["loss"])
+    base = statistics.median(times["before"][1:])
+    rows: dict[str, Any] = {}
+    print(f"{'variant':<18} {'ms/step':>8} {'speed-up':>9} {'first loss':>11}")
+    for name in VARIANTS:
+        median = statistics.median(times[name][1:])  # the first step of each is a warm-up
+        rows[name] = {"ms_per_step": round(median * 1e3, 1), "speedup": round(base / median, 2),
+                      "first_loss": round(first_loss[name], 5)}  # fmt: skip
+        print(f"{name:<18} {median * 1e3:8.1f} {base / median:8.2f}x {first_loss[name]:11.5f}")
+    load_after = os.getloadavg()
+    print(f"threads {args.threads}, steps {args.steps}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    if args.json:
+        write_figures(args.json, {
+            "variants": rows, "threads": args.threads, "steps": args.steps,
+            "load_before": load_before, "load_after": load_after,
+            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
