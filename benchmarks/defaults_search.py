@@ -20,6 +20,8 @@ the history included (RecBole's protocol, `pmmrec evaluate --history include`), 
 
     python benchmarks/defaults_search.py search --tower id --data ML --workdir W --workers 3 --json J
     python benchmarks/defaults_search.py test --tower id --data ML --workdir W --seeds 42 0 1 --threads 2 --json J
+    python benchmarks/defaults_search.py test --tower text --extra "--text-trainable-layers 0 --dim 128" --label fast ...
+    python benchmarks/defaults_search.py steps --data ML --workdir W --threads 2 --json J
     python benchmarks/defaults_search.py report --json J
 """
 
@@ -240,17 +242,18 @@ def search(args: argparse.Namespace) -> None:
 def test(args: argparse.Namespace) -> None:
     results = load(args.json)
     for seed in args.seeds:
-        key = f"{args.tower}/seed{seed}"
+        label = f"/{args.label}" if args.extra else ""
+        key = f"{args.tower}/seed{seed}{label}"
         if key in results["test"]:
             continue
-        run = args.workdir / "test" / f"{args.tower}-seed{seed}"
+        run = args.workdir / "test" / f"{args.tower}-seed{seed}{label.replace('/', '-')}"
         run.parent.mkdir(parents=True, exist_ok=True)
         if run.exists():  # a run interrupted before its result was recorded: train it again from the start
             subprocess.run(["rm", "-rf", str(run)], check=True)
         command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(args.data), "--out", str(run), "--quiet",
-                   *tower_flags(args.tower), "--seed", str(seed)]  # fmt: skip
+                   *tower_flags(args.tower), "--seed", str(seed), *shlex.split(args.extra)]  # fmt: skip
         env = child_env(args.threads, TOKENIZERS_PARALLELISM="false")
-        timing = timed(command, env, args.workdir / "test" / f"{args.tower}-seed{seed}.log")
+        timing = timed(command, env, run.with_suffix(".log"))
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         included = run / "included.json"
         subprocess.run([sys.executable, "-m", "pmmrec", "evaluate", "--model", str(run / "model"), "--data",
@@ -277,12 +280,49 @@ def test(args: argparse.Namespace) -> None:
     report(args)
 
 
+# `steps`: seconds per training step of content-tower settings (what a text configuration costs before training it).
+STEP_CONFIGS: dict[str, dict[str, Any]] = {
+    "default (2 MiniLM layers trained, d 384, batch 32)": {},
+    "1 layer trained, d 128": {"text-trainable-layers": 1, "dim": 128},
+    "1 layer trained, d 128, batch 128": {"text-trainable-layers": 1, "dim": 128, "batch-size": 128},
+    "frozen, d 384": {"text-trainable-layers": 0},
+    "frozen, d 128": {"text-trainable-layers": 0, "dim": 128},
+    "frozen, d 128, full softmax": {"text-trainable-layers": 0, "dim": 128, "softmax": "full"},
+    "frozen, d 128, batch 128": {"text-trainable-layers": 0, "dim": 128, "batch-size": 128},
+}
+
+
+def steps(args: argparse.Namespace) -> None:
+    """Median seconds per step (steps 4 to `--steps`) of each STEP_CONFIGS setting, one child at a time."""
+    results = load(args.json)
+    table = results.setdefault("steps", {})
+    for name, options in STEP_CONFIGS.items():
+        run = args.workdir / "steps" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+        if run.exists():
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+        run.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(args.data), "--out", str(run), "--quiet",
+                   "--no-evaluate-test", "--max-steps", str(args.steps), *option_flags(options)]  # fmt: skip
+        timing = timed(command, child_env(args.threads, TOKENIZERS_PARALLELISM="false"), run.with_suffix(".log"))
+        records = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines()]
+        seconds = [r["step_s"] for r in records if r.get("event") == "step"][3:]
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        windows = summary.get("train_windows")
+        batch = options.get("batch-size", 32)
+        per_step = statistics.median(seconds)
+        table[name] = timing | {"options": options, "threads": args.threads, "s_per_step": round(per_step, 3),
+                                "steps_per_epoch": -(-windows // batch) if windows else None}  # fmt: skip
+        write_json(args.json, results)
+        epoch = f", {per_step * table[name]['steps_per_epoch']:.0f} s per epoch of training" if windows else ""
+        print(f"{name}: {per_step:.3f} s per step{epoch} ({args.threads} threads, {row_load(table[name])})", flush=True)
+
+
+def row_load(row: dict[str, Any]) -> str:
+    return f"load {row['load']['before']:.1f}/{row['load']['mean']:.1f}/{row['load']['after']:.1f}"
+
+
 def row_text(row: dict[str, Any]) -> str:
-    load_text = (
-        f"load {row['load']['before']:.1f}/{row['load']['mean']:.1f}/{row['load']['after']:.1f}"
-        if "load" in row
-        else "derived"
-    )
+    load_text = row_load(row) if "load" in row else "derived"
     text = (
         f"valid NDCG@10 {row['valid']['ndcg@10']:.4f} HR@10 {row['valid']['hr@10']:.4f}, best epoch "
         f"{row['best_epoch']}/{row['epochs']}, CPU {row['cpu_s']:.0f} s, wall {row['wall_s']:.0f} s, {load_text}"
@@ -312,11 +352,13 @@ def report(args: argparse.Namespace) -> None:
         if chosen:
             print(f"  selected (least CPU within {TOLERANCE} of the best NDCG@10): {chosen[0]} {chosen[1]['options']}")
     tests = results["test"]
-    for tower in ("id", "text"):
-        rows = [row for key, row in tests.items() if key.startswith(f"{tower}/")]
-        if not rows:
-            continue
-        print(f"\n{tower} defaults, {len(rows)} seed(s), to the early stop:")
+    groups = sorted({key.split("/", 1)[0] + "".join(f"/{part}" for part in key.split("/")[2:]) for key in tests})
+    for group in groups:  # "id", "text", "text/fast": a tower's defaults, or a recipe's rows (test --extra)
+        tower, _, label = group.partition("/")
+        keys = [key for key in tests if key.split("/")[0] == tower and "/".join(key.split("/")[2:]) == label]
+        rows = [tests[key] for key in keys]
+        what = f"recipe {label} ({rows[0]['command']})" if label else "defaults"
+        print(f"\n{tower} {what}, {len(rows)} seed(s), to the early stop:")
         for label, values in (
             ("test HR@10", [row["test"]["hr@10"] for row in rows]),
             ("test NDCG@10", [row["test"]["ndcg@10"] for row in rows]),
@@ -325,14 +367,13 @@ def report(args: argparse.Namespace) -> None:
             ("epochs", [row["epochs"] for row in rows]),
         ):
             print(f"  {label:<13} {spread(values)}")
-        for key, row in tests.items():
-            if key.startswith(f"{tower}/"):
-                print(f"  {key}: {row_text(row)}")
+        for key in keys:
+            print(f"  {key}: {row_text(tests[key])}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("search", "test", "report"))
+    parser.add_argument("action", choices=("search", "test", "steps", "report"))
     parser.add_argument("--tower", choices=("id", "text"), default="id")
     parser.add_argument("--data", type=Path, help="`pmmrec data movielens --out ML` (the whole MovieLens-100K)")
     parser.add_argument("--workdir", type=Path, default=Path("runs/defaults"))
@@ -341,11 +382,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="Threads per child (OMP/MKL, hence torch).")
     parser.add_argument("--seeds", type=int, nargs="*", default=[42, 0, 1])
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/defaults-search.json"))
+    parser.add_argument("--extra", default="", help="test: flags added to the default command (a recipe).")
+    parser.add_argument("--label", default="recipe", help="test: the name its rows take with --extra.")
+    parser.add_argument("--steps", type=int, default=15, help="steps: steps per setting.")
     args = parser.parse_args()
     if args.action != "report" and args.data is None:
         parser.error("--data is required")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    {"search": search, "test": test, "report": report}[args.action](args)
+    {"search": search, "test": test, "steps": steps, "report": report}[args.action](args)
 
 
 if __name__ == "__main__":
