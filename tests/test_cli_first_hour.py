@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from pmmrec.cli import app
 from pmmrec.commands import DEVICE_HELP
+from pmmrec.training import progress
+from pmmrec.training.progress import SLOW_RUN_SECONDS, slow_text_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,6 +270,26 @@ def test_a_run_first_prints_its_folder_and_what_differs_from_the_defaults(traine
     assert any(line.startswith("plan: 2 epochs; each epoch") for line in lines)
     assert any(line.startswith("time: ") and "s per step measured" in line for line in lines)
     assert re.search(r"epoch 1/2: valid ndcg@10 = [0-9.]+ .*of validation; run ~\S+ left", trained["output"])
+
+
+def test_a_long_cpu_text_run_is_told_how_to_train_in_minutes(
+    model_and_data: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert slow_text_hint(2, "cpu", SLOW_RUN_SECONDS) is not None
+    assert slow_text_hint(2, "cpu", SLOW_RUN_SECONDS - 1) is None  # a short run is left alone
+    assert slow_text_hint(0, "cpu", 1e6) is None  # already frozen
+    assert slow_text_hint(None, "cpu", 1e6) is None  # no text encoder
+    assert slow_text_hint(2, "cuda", 1e6) is None
+    monkeypatch.setattr(progress, "SLOW_RUN_SECONDS", 0.0)  # what a run says once it measured its steps
+    run = model_and_data["root"] / "hinted"
+    result = invoke(
+        "finetune", "--data", model_and_data["data"], "--out", run, "--text", model_and_data["text"], "--user",
+        model_and_data["user"], "--epochs", "1", "--batch-size", "2", "--max-length", str(tiny.MAX_LENGTH),
+        "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    hints = [line for line in result.output.splitlines() if line.startswith("hint: ")]
+    assert len(hints) == 1 and "--text-trainable-layers 0 --dim 128" in hints[0]
 
 
 def test_a_run_writes_its_test_ranks_as_evaluate_does(trained: dict[str, Any], model_and_data: dict[str, Path]) -> None:

@@ -58,6 +58,26 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
     )
 
 
+# A CPU run expected to train longer than this gets `slow_text_hint`'s line.
+SLOW_RUN_SECONDS = 3600.0
+
+
+def slow_text_hint(text_trainable_layers: int | None, device_type: str, training_seconds: float) -> str | None:
+    """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
+
+    On 2 CPU cores the default text run trains for hours; a frozen backbone (its output computed once per item by the
+    frozen-prefix cache) makes a step tens of times cheaper, at lower quality (docs/training.md, "A text run on a
+    CPU"). The default stays the better model: the user chooses.
+    """
+    if device_type != "cpu" or not text_trainable_layers or training_seconds < SLOW_RUN_SECONDS:
+        return None
+    return (
+        f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
+        "`--text-trainable-layers 0 --dim 128` freezes the text backbone (its output is computed once per item) and "
+        'trains in minutes, at lower quality (docs/training.md, "A text run on a CPU")'
+    )
+
+
 def duration(seconds: float) -> str:
     """45s, 14m, 1h05m."""
     seconds = max(0.0, seconds)

@@ -40,7 +40,7 @@ from pmmrec.training.config import TrainConfig, dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
-from pmmrec.training.progress import RunClock, duration, plan_line, start_lines
+from pmmrec.training.progress import RunClock, duration, plan_line, slow_text_hint, start_lines
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
@@ -382,10 +382,16 @@ class Trainer:
         """Once, after the first steps: how long the run's training will take, measured."""
         step = self.clock.step_seconds or 0.0
         left = self.clock.describe(global_step)
+        training = step * (self.total_steps - global_step)
         tqdm.write(
             f"time: {step:.2f} s per step measured; {self.total_steps - global_step:,} steps left, "
-            f"{duration(step * (self.total_steps - global_step))} of training; {left} (shown in the progress bar)"
+            f"{duration(training)} of training; {left} (shown in the progress bar)"
         )
+        text = getattr(self.model, "text", None)
+        layers = text.config.trainable_layers if text is not None else None
+        hint = slow_text_hint(layers, self.device.type, training)
+        if hint:
+            tqdm.write(hint)
 
     def _end_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
         evaluation_started = time.perf_counter()
