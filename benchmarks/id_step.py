@@ -7,7 +7,7 @@ each change alone, both) are four Trainers of `pmmrec finetune --data ML --item-
 from the same seed (same initial weights), stepping through the same batches of the first epoch in turn, one step
 each per batch (forward, backward, AdamW), so load from other processes falls on all of them alike. Reported: median
 ms per step per variant and its ratio to `before`, and the loss of each variant's first step (the same up to float32
-summation order and the dropout masks).
+summation order and the dropout masks). Then the two dropouts alone on the feed-forward activations' shape.
 
     python benchmarks/id_step.py --data ML --steps 40 --threads 2 [--json PATH]
 """
@@ -77,6 +77,20 @@ def trainer_for(data: Path, uniform: bool, folder: Path) -> Trainer:
     return Trainer(model, dataset, config, folder, progress=False)
 
 
+def dropout_alone(threads: int, repeats: int = 30) -> dict[str, float]:
+    """ms per forward of `nn.Dropout` and `UniformDropout` (p 0.3) on a [256, 20, 256] tensor (the default ID
+    batch's feed-forward activations), alternating, median of `repeats` each."""
+    x = torch.randn(256, 20, 256)
+    modules = {"nn.Dropout": nn.Dropout(0.3), "UniformDropout": UniformDropout(0.3)}
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    for _ in range(repeats):
+        for name, module in modules.items():
+            started = time.perf_counter()
+            module(x)
+            times[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(values) * 1e3, 2) for name, values in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="`pmmrec data movielens --domain all` output")
@@ -112,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {"ms_per_step": round(median * 1e3, 1), "speedup": round(base / median, 2),
                       "first_loss": round(first_loss[name], 5)}  # fmt: skip
         print(f"{name:<18} {median * 1e3:8.1f} {base / median:8.2f}x {first_loss[name]:11.5f}")
+    alone = dropout_alone(args.threads)
+    print(f"dropout alone, [256, 20, 256]: nn.Dropout {alone['nn.Dropout']} ms, UniformDropout "
+          f"{alone['UniformDropout']} ms ({alone['nn.Dropout'] / alone['UniformDropout']:.2f}x)")
+    rows["dropout alone (ms)"] = alone
     load_after = os.getloadavg()
     print(f"threads {args.threads}, steps {args.steps}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     if args.json:
