@@ -95,11 +95,15 @@ TEXT_STAGE1B = {
     "b128": {"batch-size": 128},
     "lr3e-3": {"fresh-lr": 3e-3},
 }
+# Stage 2: the projection's rate, which helped most in stage 1a, a step further (the full softmax cost 2.7x per
+# epoch and was stopped after 10 epochs: docs/benchmarks.md).
+TEXT_STAGE2 = {"ptlr3e-3": {"pretrained-lr": 3e-3}, "ptlr1e-3+fresh3e-3": {"pretrained-lr": 1e-3, "fresh-lr": 3e-3}}
 GRIDS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "id": {"stage1": {name: ID_BASE | change for name, change in ID_STAGE1.items()}},
     "text": {
         "stage1a": {name: TEXT_BASE | change for name, change in TEXT_STAGE1A.items()},
         "stage1b": {name: TEXT_BASE | change for name, change in TEXT_STAGE1B.items()},
+        "stage2": {name: TEXT_BASE | change for name, change in TEXT_STAGE2.items()},
     },
 }
 
