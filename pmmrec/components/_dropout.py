@@ -1,10 +1,10 @@
-"""Dropout drawn from uniform numbers: the same distribution as `nn.Dropout`, at a third of its CPU cost.
+"""Dropout drawn from uniform numbers: the same distribution as `nn.Dropout`, at less than half its CPU cost.
 
-Why: on a CPU, `nn.Dropout` draws its mask with `bernoulli_`, about 25 ns per element on one core of the 2-core
-machine, 3.5x the cost of `torch.rand_like` (docs/benchmarks.md, "The default ID step"); in the default ID run's
-user encoder the four dropouts per block drew more time than the feed-forward layers. Each element is kept with
-probability 1 - p and scaled by 1 / (1 - p), as `nn.Dropout` does; the random stream differs, so a run's numbers at a
-given seed differ from those with `nn.Dropout` (not their distribution). On a GPU the fused kernel is used.
+Why: on a CPU, `nn.Dropout` draws its mask with `bernoulli_`, which is slow: on the feed-forward activations of a
+default ID batch it took 2.6 times as long as this module (docs/benchmarks.md, "The default ID step"). Each
+element is kept with probability 1 - p and scaled by 1 / (1 - p), as `nn.Dropout` does; the random stream differs,
+so a run's numbers at a given seed differ from those with `nn.Dropout` (not their distribution). On a GPU the fused
+kernel is used.
 """
 
 from __future__ import annotations
