@@ -289,7 +289,7 @@ def test_a_long_cpu_text_run_is_told_how_to_train_in_minutes(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     hints = [line for line in result.output.splitlines() if line.startswith("hint: ")]
-    assert len(hints) == 1 and "--text-trainable-layers 0 --dim 128" in hints[0]
+    assert len(hints) == 1 and progress.FAST_TEXT_FLAGS in hints[0]
 
 
 def test_a_run_writes_its_test_ranks_as_evaluate_does(trained: dict[str, Any], model_and_data: dict[str, Path]) -> None:

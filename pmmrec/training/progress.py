@@ -60,6 +60,9 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
 
 # A CPU run expected to train longer than this gets `slow_text_hint`'s line.
 SLOW_RUN_SECONDS = 3600.0
+# The fast text recipe: the backbone frozen, chosen on validation among frozen settings with time as a criterion
+# (`benchmarks/defaults_search.py search --tower text`; docs/training.md, "A text run on a CPU").
+FAST_TEXT_FLAGS = "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fresh-lr 3e-3 --max-epochs 30 --patience 3"
 
 
 def slow_text_hint(text_trainable_layers: int | None, device_type: str, training_seconds: float) -> str | None:
@@ -73,8 +76,8 @@ def slow_text_hint(text_trainable_layers: int | None, device_type: str, training
         return None
     return (
         f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
-        "`--text-trainable-layers 0 --dim 128` freezes the text backbone (its output is computed once per item) and "
-        'trains in minutes, at lower quality (docs/training.md, "A text run on a CPU")'
+        f"`{FAST_TEXT_FLAGS}` freezes the text backbone (its output is computed once per item) and trains in "
+        'minutes, at lower quality (docs/training.md, "A text run on a CPU")'
     )
 
 
