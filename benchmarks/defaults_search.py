@@ -98,8 +98,14 @@ TEXT_STAGE1B = {
 # Stage 2: the projection's rate, which helped most in stage 1a, a step further (the full softmax cost 2.7x per
 # epoch and was stopped after 10 epochs: docs/benchmarks.md).
 TEXT_STAGE2 = {"ptlr3e-3": {"pretrained-lr": 3e-3}, "ptlr1e-3+fresh3e-3": {"pretrained-lr": 1e-3, "fresh-lr": 3e-3}}
+# ID stage 2, after the step changes (chunked softmax, uniform dropout), on their code only: the selected rate with
+# the schedule's cap at 30 (the default) and at 20 epochs, the cap being what bounds a run's time.
+ID_STAGE2 = {"lr3e-3": {"fresh-lr": 3e-3}, "lr3e-3-ep20": {"fresh-lr": 3e-3, "max-epochs": 20}}
 GRIDS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    "id": {"stage1": {name: ID_BASE | change for name, change in ID_STAGE1.items()}},
+    "id": {
+        "stage1": {name: ID_BASE | change for name, change in ID_STAGE1.items()},
+        "stage2": {name: ID_BASE | change for name, change in ID_STAGE2.items()},
+    },
     "text": {
         "stage1a": {name: TEXT_BASE | change for name, change in TEXT_STAGE1A.items()},
         "stage1b": {name: TEXT_BASE | change for name, change in TEXT_STAGE1B.items()},
