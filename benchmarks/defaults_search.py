@@ -70,8 +70,8 @@ ID_STAGE1 = {
     "ep50": {"max-epochs": 50},
 }
 # Text: the backbone frozen (`text-trainable-layers 0`, its output cached once per item by the prefix cache), since
-# a trained MiniLM layer costs 16x (d 128) to 36x (d 384, two layers) the frozen step on 2 CPU cores (`steps` below)
-# and no such run fits the 20-minute budget. Then the projection is the only trained part of the text encoder, at
+# a trained MiniLM layer costs 12.5x (d 128) to 28x (d 384, two layers) the frozen d 128 step on 2 CPU cores (`steps`
+# below) and no such run fits the 20-minute budget. Then the projection is the only trained part of the text encoder, at
 # pretrained-lr.
 TEXT_BASE = {
     "text-trainable-layers": 0,
@@ -251,8 +251,8 @@ def search(args: argparse.Namespace) -> None:
 
 def test(args: argparse.Namespace) -> None:
     results = load(args.json)
+    label = f"/{args.label}" if args.extra else ""
     for seed in args.seeds:
-        label = f"/{args.label}" if args.extra else ""
         key = f"{args.tower}/seed{seed}{label}"
         if key in results["test"]:
             continue
@@ -316,15 +316,15 @@ def steps(args: argparse.Namespace) -> None:
         timing = timed(command, child_env(args.threads, TOKENIZERS_PARALLELISM="false"), run.with_suffix(".log"))
         records = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines()]
         seconds = [r["step_s"] for r in records if r.get("event") == "step"][3:]
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        windows = summary.get("train_windows")
-        batch = options.get("batch-size", 32)
+        windows = json.loads((run / "summary.json").read_text(encoding="utf-8"))["train_windows"]
+        batch = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["batch_size"]  # as resolved
         per_step = statistics.median(seconds)
+        per_epoch = -(-windows // batch)
         table[name] = timing | {"options": options, "threads": args.threads, "s_per_step": round(per_step, 3),
-                                "steps_per_epoch": -(-windows // batch) if windows else None}  # fmt: skip
+                                "steps_per_epoch": per_epoch}  # fmt: skip
         write_json(args.json, results)
-        epoch = f", {per_step * table[name]['steps_per_epoch']:.0f} s per epoch of training" if windows else ""
-        print(f"{name}: {per_step:.3f} s per step{epoch} ({args.threads} threads, {row_load(table[name])})", flush=True)
+        print(f"{name}: {per_step:.3f} s per step, {per_step * per_epoch:.0f} s per epoch of training "
+              f"({args.threads} threads, {row_load(table[name])})", flush=True)  # fmt: skip
 
 
 def row_load(row: dict[str, Any]) -> str:
@@ -362,12 +362,13 @@ def report(args: argparse.Namespace) -> None:
         if chosen:
             print(f"  selected (least CPU within {TOLERANCE} of the best NDCG@10): {chosen[0]} {chosen[1]['options']}")
     tests = results["test"]
-    groups = sorted({key.split("/", 1)[0] + "".join(f"/{part}" for part in key.split("/")[2:]) for key in tests})
-    for group in groups:  # "id", "text", "text/fast": a tower's defaults, or a recipe's rows (test --extra)
-        tower, _, label = group.partition("/")
-        keys = [key for key in tests if key.split("/")[0] == tower and "/".join(key.split("/")[2:]) == label]
+    groups: dict[tuple[str, str], list[str]] = {}  # (tower, recipe label or ""): keys TOWER/seedS[/LABEL]
+    for key in tests:
+        tower, _seed, *recipe = key.split("/")
+        groups.setdefault((tower, "/".join(recipe)), []).append(key)
+    for (tower, recipe_label), keys in sorted(groups.items()):
         rows = [tests[key] for key in keys]
-        what = f"recipe {label} ({rows[0]['command']})" if label else "defaults"
+        what = f"recipe {recipe_label} ({rows[0]['command']})" if recipe_label else "defaults"
         print(f"\n{tower} {what}, {len(rows)} seed(s), to the early stop:")
         for label, values in (
             ("test HR@10", [row["test"]["hr@10"] for row in rows]),

@@ -178,7 +178,7 @@ class NextItemLoss(Objective):
         row_user = torch.arange(batch, device=slot_index.device).unsqueeze(1).expand(batch, slots - 1)[row_valid]
 
         if _chunked(states, item_embeddings):
-            columns = torch.where(seq_mask[row_user], slot_index[row_user], targets.unsqueeze(1))
+            columns = own_item_columns(slot_index, seq_mask, row_user, targets)
             correction = (
                 log_popularity.to(device=states.device, dtype=states.dtype)[unique_items]
                 if correct and log_popularity is not None
@@ -210,6 +210,11 @@ def _chunked(states: Tensor, items: Tensor) -> bool:
     )
 
 
+def own_item_columns(slot_index: Tensor, seq_mask: Tensor, row_user: Tensor, targets: Tensor) -> Tensor:
+    """[R,S]: the columns of row r's user's own items, padding slots pointing at the row's target column."""
+    return torch.where(seq_mask[row_user], slot_index[row_user], targets.unsqueeze(1))
+
+
 def mask_own_items(logits: Tensor, slot_index: Tensor, seq_mask: Tensor, row_user: Tensor, targets: Tensor) -> Tensor:
     """A copy of `logits` [R,U] with -inf at every column of row r's user's own items except the row's target.
 
@@ -218,7 +223,7 @@ def mask_own_items(logits: Tensor, slot_index: Tensor, seq_mask: Tensor, row_use
     Padding slots point at the target column, whose logit is put back afterwards.
     """
     rows = torch.arange(targets.shape[0], device=targets.device).unsqueeze(1)
-    columns = torch.where(seq_mask[row_user], slot_index[row_user], targets.unsqueeze(1))  # [R,S]
+    columns = own_item_columns(slot_index, seq_mask, row_user, targets)
     masked = logits.index_put((rows, columns), logits.new_full((), float("-inf")))
     target_column = targets.unsqueeze(1)
     return masked.scatter_(1, target_column, logits.gather(1, target_column))
