@@ -101,10 +101,23 @@ TEXT_STAGE2 = {"ptlr3e-3": {"pretrained-lr": 3e-3}, "ptlr1e-3+fresh3e-3": {"pret
 # ID stage 2, after the step changes (chunked softmax, uniform dropout), on their code only: the selected rate with
 # the schedule's cap at 30 (the default) and at 20 epochs, the cap being what bounds a run's time.
 ID_STAGE2 = {"lr3e-3": {"fresh-lr": 3e-3}, "lr3e-3-ep20": {"fresh-lr": 3e-3, "max-epochs": 20}}
+# ID stage 3, after the 64-bit-word dropout masks, on that code only: the default rate (3e-3) as the anchor, higher
+# rates, and schedules capped at 15 and 20 epochs, since the epochs a run takes to its stop, not the step, now
+# decide whether it ends within 2 minutes (the stop moved from 18 to 26 epochs across three seeds).
+ID_STAGE3 = {
+    "lr3e-3": {"fresh-lr": 3e-3},
+    "lr5e-3": {"fresh-lr": 5e-3},
+    "lr1e-2": {"fresh-lr": 1e-2},
+    "lr3e-3-ep15": {"fresh-lr": 3e-3, "max-epochs": 15},
+    "lr5e-3-ep15": {"fresh-lr": 5e-3, "max-epochs": 15},
+    "lr5e-3-ep20": {"fresh-lr": 5e-3, "max-epochs": 20},
+    "lr1e-2-ep15": {"fresh-lr": 1e-2, "max-epochs": 15},
+}
 GRIDS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "id": {
         "stage1": {name: ID_BASE | change for name, change in ID_STAGE1.items()},
         "stage2": {name: ID_BASE | change for name, change in ID_STAGE2.items()},
+        "stage3": {name: ID_BASE | change for name, change in ID_STAGE3.items()},
     },
     "text": {
         "stage1a": {name: TEXT_BASE | change for name, change in TEXT_STAGE1A.items()},

@@ -75,7 +75,12 @@ def test_uniform_dropout_keeps_one_minus_p_and_scales() -> None:
     y = dropout(x)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.7) < 0.003
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    keep_probability = 1 - round(0.3 * 32768) / 32768  # p rounded to 1/32768: within 1.5e-5 of 0.7
+    assert abs(keep_probability - 0.7) < 1.6e-5
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / keep_probability))
+    lanes = kept[: 4 * 250_000].view(-1, 4).float()  # the four elements drawn from one 64-bit word
+    assert (lanes.mean(0) - 0.7).abs().max().item() < 0.005  # the top lane too (its word's sign bit is unused)
+    assert torch.corrcoef(lanes.T).triu(1).abs().max().item() < 0.01  # and independent of each other
     y.sum().backward()
     assert x.grad is not None and torch.equal(x.grad, y.detach())  # gradient = the same scaled mask
     dropout.eval()
