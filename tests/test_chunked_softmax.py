@@ -68,6 +68,26 @@ def test_chunked_path_only_for_float32_cpu_training() -> None:
         assert not next_item._chunked(states, items)
 
 
+@pytest.mark.parametrize("chunked", [True, False])
+def test_own_items_as_negatives_is_the_unmasked_cross_entropy(monkeypatch: pytest.MonkeyPatch, chunked: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    b = _batch(gen)
+    states = torch.randn(9, 7, 8, generator=gen)
+    items = torch.randn(23, 8, generator=gen)
+    log_pop = log_popularity_from_counts(torch.ones(23, dtype=torch.long))
+    if not chunked:
+        monkeypatch.setattr(next_item, "_chunked", lambda s, e: False)
+    negatives = _loss_and_grads(b, states, items, NextItemConfig(softmax="full", own_items="negatives"), log_pop)
+    valid = b["seq_mask"][:, :-1] & b["seq_mask"][:, 1:]
+    s, e = states.clone().requires_grad_(), items.clone().requires_grad_()
+    want = nn.functional.cross_entropy(s[:, :-1][valid] @ e.t(), b["slot_index"][:, 1:][valid])
+    (3.0 * want).backward()
+    for got, expected in zip(negatives, (want.detach(), s.grad, e.grad), strict=True):
+        assert expected is not None and torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    masked = _loss_and_grads(b, states, items, NextItemConfig(softmax="full"), log_pop)
+    assert masked[0] < negatives[0]  # the batch repeats items within users: the mask removes competitors
+
+
 def test_uniform_dropout_keeps_one_minus_p_and_scales() -> None:
     torch.manual_seed(0)
     dropout = UniformDropout(0.3)

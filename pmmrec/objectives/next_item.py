@@ -38,6 +38,12 @@ class NextItemConfig(BaseModel):
         "training sequences and known_items, never future items; each step encodes all of them, affordable for ID "
         "towers, frozen towers and small catalogues); auto = full for an ID item tower, in_batch for content towers.",
     )
+    own_items: Literal["mask", "negatives"] = Field(
+        "mask",
+        description="The other items of a row's own training sequence: mask = never negatives (the paper's; they "
+        "are no false negatives then); negatives = scored like any other item (standard SASRec cross-entropy, "
+        "which teaches the model to rank items the user already has below new ones).",
+    )
 
 
 def check_slot_batch(slot_index: Tensor, seq_mask: Tensor) -> None:
@@ -112,6 +118,7 @@ class NextItemLoss(Objective):
     Because the columns are the batch's DISTINCT non-padding items, there is no padding column and no
     duplicate column of the target to mask. A column is masked to -inf when its item occurs anywhere in
     user b's own sequence and is not the row's target (a user's own items are never negatives).
+    (`own_items: negatives` lifts that mask: only the target is positive.)
     The loss is the cross-entropy averaged over all valid rows; with no valid row it is 0 (still
     attached to the graph).
     """
@@ -177,8 +184,9 @@ class NextItemLoss(Objective):
         targets = slot_index[:, 1:][row_valid]  # [R]
         row_user = torch.arange(batch, device=slot_index.device).unsqueeze(1).expand(batch, slots - 1)[row_valid]
 
+        masked = self.config.own_items == "mask"
         if _chunked(states, item_embeddings):
-            columns = own_item_columns(slot_index, seq_mask, row_user, targets)
+            columns = own_item_columns(slot_index, seq_mask, row_user, targets) if masked else targets.unsqueeze(1)
             correction = (
                 log_popularity.to(device=states.device, dtype=states.dtype)[unique_items]
                 if correct and log_popularity is not None
@@ -194,7 +202,9 @@ class NextItemLoss(Objective):
         if correct:
             assert log_popularity is not None
             logits = logits - log_popularity.to(device=logits.device, dtype=logits.dtype)[unique_items].unsqueeze(0)
-        return F.cross_entropy(mask_own_items(logits, slot_index, seq_mask, row_user, targets), targets)
+        if masked:
+            logits = mask_own_items(logits, slot_index, seq_mask, row_user, targets)
+        return F.cross_entropy(logits, targets)
 
 
 def _chunked(states: Tensor, items: Tensor) -> bool:

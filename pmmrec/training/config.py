@@ -423,6 +423,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "train_user_seed": "train_user_seed",
     "passes_per_epoch": "passes_per_epoch",
     "softmax": "objectives.next_item.softmax",
+    "own_items": "objectives.next_item.own_items",
     "fresh_lr": "fresh_lr",
     "pretrained_lr": "pretrained_lr",
     "dropout": "model.dropout",
