@@ -112,6 +112,9 @@ ID_STAGE3 = {
     "lr5e-3-ep15": {"fresh-lr": 5e-3, "max-epochs": 15},
     "lr5e-3-ep20": {"fresh-lr": 5e-3, "max-epochs": 20},
     "lr1e-2-ep15": {"fresh-lr": 1e-2, "max-epochs": 15},
+    # A user's own items as negatives (standard SASRec cross-entropy) instead of masked: RecBole trains this way.
+    "lr3e-3-neg": {"fresh-lr": 3e-3, "own-items": "negatives"},
+    "lr5e-3-ep15-neg": {"fresh-lr": 5e-3, "max-epochs": 15, "own-items": "negatives"},
 }
 GRIDS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "id": {

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import subprocess
@@ -110,21 +109,25 @@ class LoadSampler:
 
 
 def timed(command: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
-    """Run `command` (output to `log`); wall and CPU seconds, load average before, during and after."""
-    before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run `command` (output to `log`); wall and CPU seconds, load average before, during and after.
+
+    The CPU time is this child's own (and its reaped descendants'), from `os.wait4`: the process-wide
+    RUSAGE_CHILDREN would also count any other child that ends meanwhile (defaults_search runs several at once).
+    """
     load_before = os.getloadavg()[0]
     begin = time.perf_counter()
     with LoadSampler() as sampler, log.open("w", encoding="utf-8") as handle:
-        done = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        child = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - begin
-    after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
+    if child.returncode != 0:
         tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-30:])
-        raise SystemExit(f"{shlex.join(command[:4])} ... failed ({done.returncode}); end of {log}:\n{tail}")
+        raise SystemExit(f"{shlex.join(command[:4])} ... failed ({child.returncode}); end of {log}:\n{tail}")
     during = sampler.samples or [load_before]
     return {
         "wall_s": round(wall, 1),
-        "cpu_s": round(after_cpu.ru_utime + after_cpu.ru_stime - before_cpu.ru_utime - before_cpu.ru_stime, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "load": {
             "before": load_before,
             "mean": round(sum(during) / len(during), 2),
