@@ -245,9 +245,35 @@ def candidates(results: dict[str, Any], tower: str) -> dict[str, dict[str, Any]]
     return rows
 
 
+def seed_means(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows trained at several seeds (`seed` in their options, names ending `-sSEED`) as one row per configuration:
+    the means of validation NDCG@10 / HR@10, CPU and wall time, and the largest epoch count. Other rows as they are."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for name, row in rows.items():
+        if "seed" not in row["options"]:
+            continue
+        stem, _, tail = name.rpartition("-s")
+        stem += tail[tail.index("+"):] if "+" in tail else ""  # a derived row: `NAME-sSEED+p3`
+        groups.setdefault(stem, []).append(row)
+    means = {name: row for name, row in rows.items() if "seed" not in row["options"]}
+    for stem, members in groups.items():
+        means[stem] = {
+            "tower": members[0]["tower"],
+            "options": {k: v for k, v in members[0]["options"].items() if k != "seed"},
+            "seeds": sorted(row["options"]["seed"] for row in members),
+            "valid": {m: round(statistics.fmean(row["valid"][m] for row in members), 4) for m in ("ndcg@10", "hr@10")},
+            "best_epoch": max(row["best_epoch"] for row in members),
+            "epochs": max(row["epochs"] for row in members),
+            "cpu_s": round(statistics.fmean(row["cpu_s"] for row in members), 1),
+            "wall_s": round(statistics.fmean(row["wall_s"] for row in members), 1),
+        }
+    return means
+
+
 def select(results: dict[str, Any], tower: str) -> tuple[str, dict[str, Any]] | None:
-    """The selection rule: least CPU time within TOLERANCE of the best validation NDCG@10."""
-    rows = candidates(results, tower)
+    """The selection rule: least CPU time within TOLERANCE of the best validation NDCG@10 (seed means where a
+    configuration ran at several seeds)."""
+    rows = seed_means(candidates(results, tower))
     if not rows:
         return None
     top = max(row["valid"]["ndcg@10"] for row in rows.values())
@@ -363,7 +389,7 @@ def row_load(row: dict[str, Any]) -> str:
 
 
 def row_text(row: dict[str, Any]) -> str:
-    load_text = row_load(row) if "load" in row else "derived"
+    load_text = row_load(row) if "load" in row else "mean" if "seeds" in row else "derived"
     text = (
         f"valid NDCG@10 {row['valid']['ndcg@10']:.4f} HR@10 {row['valid']['hr@10']:.4f}, best epoch "
         f"{row['best_epoch']}/{row['epochs']}, CPU {row['cpu_s']:.0f} s, wall {row['wall_s']:.0f} s, {load_text}"
@@ -389,6 +415,11 @@ def report(args: argparse.Namespace) -> None:
         print(f"\n{tower}: {len(results['search'])} trained, {len(rows)} candidates (derived included)")
         for name in sorted(rows, key=lambda n: -rows[n]["valid"]["ndcg@10"]):
             print(f"  {name:<28} {row_text(rows[name])}")
+        means = {name: row for name, row in seed_means(rows).items() if "seeds" in row}
+        if means:
+            print("  seed means (epochs: the most of any seed):")
+        for name in sorted(means, key=lambda n: -means[n]["valid"]["ndcg@10"]):
+            print(f"  {name:<28} {row_text(means[name])}, seeds {means[name]['seeds']}")
         chosen = select(results, tower)
         if chosen:
             print(f"  selected (least CPU within {TOLERANCE} of the best NDCG@10): {chosen[0]} {chosen[1]['options']}")

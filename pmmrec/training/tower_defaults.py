@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 TOWER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "id": {"batch_size": 256, "fresh_lr": 5e-3, "max_epochs": 30, "patience": 3, "model.dim": 64},
+    "id": {"batch_size": 256, "fresh_lr": 3e-3, "max_epochs": 30, "patience": 3, "model.dim": 64},
     "content": {"batch_size": 32, "fresh_lr": 1e-3, "max_epochs": 50, "patience": 5},
 }
 DEFAULT_TOWER = "content"  # the tower of a run that does not name one; its values are the fields' own defaults
