@@ -43,11 +43,13 @@ machine's cores: the figures include the client's cost. Each row also reports th
 from __future__ import annotations
 
 import argparse
+import ctypes
 import http.client
 import json
 import os
 import platform
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -135,6 +137,22 @@ def run_server(args: argparse.Namespace) -> None:
     from pmmrec.serving import create_app
 
     started = time.perf_counter()
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP; without it a
+    # keep-alive response (headers and body written separately) waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    # --server-processes N: N-1 forked copies (before any torch work, so no thread pool is forked) each build the
+    # same service and accept on the same listening socket (the kernel hands each connection to one of them).
+    children, ready_read, ready_write = [], *os.pipe()
+    for _ in range(args.server_processes - 1):
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
+            break
+        children.append(pid)
+    is_parent = bool(children) or args.server_processes == 1
     scenario = "synthetic" if args.serve == "noop" else args.serve
     service = build_service(
         scenario, args.model, args.data, args.items, args.seed, args.max_parallel, args.serve_mode, args.batch_workers
@@ -142,13 +160,13 @@ def run_server(args: argparse.Namespace) -> None:
     ready = getattr(service.catalogue, "int8_ready", None)
     if ready is not None:  # the int8 copy is built in the background: measure the server as it runs afterwards
         ready.wait()
+    if is_parent:
+        for _ in children:
+            os.read(ready_read, 1)
+    else:
+        os.write(ready_write, b"1")
     startup = time.perf_counter() - started
     torch.set_num_threads(args.threads)  # as `pmmrec serve --threads` does after encoding the catalogue
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP; without it a
-    # keep-alive response (headers and body written separately) waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
     info = {
         "port": sock.getsockname()[1],
         "items": service.num_items,
@@ -162,14 +180,19 @@ def run_server(args: argparse.Namespace) -> None:
         "item_ids_sample": service.item_ids[:: max(1, service.num_items // 5000)],
         "user_ids_sample": list(service.view.users)[:2000],
     }
-    sock.listen(128)  # connections queue until uvicorn accepts them
-    print("READY " + json.dumps(info), flush=True)
+    info["server_processes"] = args.server_processes
+    if is_parent:
+        sock.listen(128)  # connections queue until uvicorn accepts them
+        print("READY " + json.dumps(info), flush=True)
     app = create_app(service=service)
     if args.serve == "noop":
         add_noop_route(app, service)
     loop = {"h11": "asyncio", "httptools": "auto", "auto": "auto"}[args.http]
     config = uvicorn.Config(app, log_level="warning", access_log=False, http=args.http, loop=loop)
     uvicorn.Server(config).run(sockets=[sock])
+    for pid in children:  # the parent was told to stop: so are its copies
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 # ---- client side ------------------------------------------------------------------------------------------
@@ -266,17 +289,29 @@ def request_bodies(scenario: str, info: dict[str, Any], count: int, seed: int) -
     return bodies
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its child processes (the copies of --server-processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(child) for child in (children.read_text().split() if children.exists() else []))]
+
+
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its children, all their threads (Linux /proc)."""
+    total = 0
+    for member in process_tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def process_threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    return 0
+    """Threads of a process and its children."""
+    count = 0
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                count += int(line.split()[1])
+    return count
 
 
 def measure(
@@ -334,6 +369,7 @@ def start_server(scenario: str, mode: str, args: argparse.Namespace) -> tuple[su
     ]  # fmt: skip
     command += ["--threads", str(args.threads), "--max-parallel", str(args.max_parallel)]
     command += ["--batch-workers", str(args.batch_workers), "--http", "h11" if old else args.http]
+    command += ["--server-processes", str(args.server_processes)]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     if old:
         if args.baseline_tree is None:
@@ -382,6 +418,10 @@ def main() -> None:
         "--http", choices=["auto", "h11", "httptools"], default="auto", help="uvicorn's HTTP parser (not --mode old)."
     )
     parser.add_argument("--batch-workers", type=int, default=2, help="Batched mode: ranking threads in the server.")
+    parser.add_argument(
+        "--server-processes", type=int, default=1,
+        help="Server processes sharing the listening socket (pre-forked; each builds its own service).",
+    )  # fmt: skip
     parser.add_argument("--startup-runs", type=int, default=0, help="Also time start-up: 1 cold and N warm runs.")
     parser.add_argument("--startup-only", action="store_true", help="Only the start-up times (no load test).")
     parser.add_argument("--seed", type=int, default=0)
@@ -423,6 +463,7 @@ def main() -> None:
                     "startup_s": info["startup_s"],
                     "torch_threads": info["torch_threads"],
                     "batch_workers": args.batch_workers,
+                    "server_processes": info.get("server_processes", 1),
                     "scan": info.get("scan", "fp32"),
                     "http": info.get("http", "h11"),
                     "pmmrec": info.get("pmmrec"),
