@@ -119,3 +119,10 @@ ModelRef = Annotated[
 ]
 Overwrite = Annotated[bool, Opt("Replace an existing output folder.")]
 Device = Annotated[str | None, Opt(DEVICE_HELP)]
+
+
+def lazy(module: str, name: str) -> Any:
+    """`module.name`, imported when a command's result is shown (so that the api modules stay light to import)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
