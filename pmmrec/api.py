@@ -170,7 +170,7 @@ def pretrain(
 ) -> Any:
     """Pre-train on a source dataset with next-item prediction, NICL, NID and RCL; writes RUN/components/*.
 
-    `options` are the flat training options (`pmmrec.training.config.TRAIN_OPTIONS`: epochs, lr, text, ...); they
+    `options` are the flat training options (`pmmrec.training.flat_options.TRAIN_OPTIONS`: epochs, lr, text, ...); they
     override the YAML file `config`, which overrides the defaults.
     """
     return _train("pretrain", data, out, config, resume, progress, options)
@@ -202,7 +202,7 @@ def _train(
     from pmmrec.arguments import check_dataset_folder
 
     check_dataset_folder(data)
-    from pmmrec.training.config import overrides_from_options
+    from pmmrec.training.flat_options import overrides_from_options
     from pmmrec.training.jobs import train
 
     overrides = overrides_from_options(options)

@@ -154,7 +154,8 @@ def training_parameters(mode: str = "finetune") -> list[inspect.Parameter]:
     """One CLI option per entry of TRAIN_OPTIONS, typed and described by its config field; the help ends with the
     value this command trains with when the option is not given (`mode`'s defaults), since the option itself
     defaults to None (not given: a YAML file's value stays)."""
-    from pmmrec.training.config import TOWER_DEPENDENT, TRAIN_OPTIONS, config_field, mode_default_values
+    from pmmrec.training.config import TOWER_DEPENDENT
+    from pmmrec.training.flat_options import TRAIN_OPTIONS, config_field, mode_default_values
 
     defaults = mode_default_values(mode)
     parameters = []
@@ -183,7 +184,7 @@ def _with_default(description: str, default: Any, flag: str) -> str:
 
 def _check_component_lr(value: list[str] | None) -> list[str] | None:
     """A malformed `--lr-component` is a usage error (exit 2), like any malformed option."""
-    from pmmrec.training.config import parse_component_lr
+    from pmmrec.training.flat_options import parse_component_lr
 
     try:
         parse_component_lr(value or [])

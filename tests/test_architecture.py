@@ -282,7 +282,8 @@ def test_eval_mode_restores_the_mode_after_the_block_and_after_an_error() -> Non
 def test_every_registered_objective_is_wired_through_the_registry() -> None:
     """Weights, options, flags, fine-tuning defaults and the training module all list the registered objectives."""
     from pmmrec.objectives import ObjectiveWeights, registered_objectives
-    from pmmrec.training.config import TRAIN_OPTIONS, ObjectivesConfig, config_field, finetune_defaults
+    from pmmrec.training.config import ObjectivesConfig, finetune_defaults
+    from pmmrec.training.flat_options import TRAIN_OPTIONS, config_field
 
     objectives = registered_objectives()
     # Registration order is the order of weights, flags and logs (and of saved config.yaml files, which resuming
@@ -399,7 +400,7 @@ def test_a_new_command_is_one_function_in_the_api(monkeypatch: pytest.MonkeyPatc
 def test_pretrain_and_finetune_share_one_option_group_described_by_the_config() -> None:
     """Their options are TRAIN_OPTIONS, each helped by its config field's description and ending with the value the
     command uses when it is not given (pretrain's batch size is not finetune's)."""
-    from pmmrec.training.config import TRAIN_OPTIONS, config_field, mode_default_values
+    from pmmrec.training.flat_options import TRAIN_OPTIONS, config_field, mode_default_values
 
     commands = cli_commands()
     for mode in ("pretrain", "finetune"):
@@ -448,7 +449,8 @@ def test_cli_module_only_calls_the_api() -> None:
         "pmmrec.budget",  # parses --max-memory
         "pmmrec.paths",  # where the safety net saves a traceback
         "pmmrec.components.options",  # help texts of `init`
-        "pmmrec.training.config",  # the training option table and its help texts
+        "pmmrec.training.config",  # the tower-dependent defaults named in the help
+        "pmmrec.training.flat_options",  # the training option table and its help texts
         "pmmrec.serving.options",  # the serve option model and its help texts
     }
     used = GRAPH["pmmrec.cli"] | GRAPH["pmmrec.cli_options"]

@@ -17,12 +17,12 @@ from pmmrec.training.config import (
     TOWER_DEPENDENT,
     ModelConfig,
     TrainConfig,
-    config_field,
     dump_train_config,
     finetune_defaults,
     load_train_config,
     pretrain_defaults,
 )
+from pmmrec.training.flat_options import config_field
 from pmmrec.training.jobs import build_model
 
 ID = {"model": {"item_tower": "id"}}

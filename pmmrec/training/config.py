@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-from pydantic.fields import FieldInfo
 
 from pmmrec.commands import DEVICE_HELP
 from pmmrec.data.split import SPLIT_KEYS
@@ -304,12 +303,6 @@ def config_value(config: TrainConfig, path: str) -> Any:
     return value
 
 
-def mode_default_values(mode: str) -> dict[str, Any]:
-    """Each flat training option (TRAIN_OPTIONS) as `mode` trains it when neither a YAML file nor a flag sets it."""
-    config = load_train_config(mode_defaults(mode))
-    return {name: config_value(config, path) for name, path in TRAIN_OPTIONS.items()}
-
-
 def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
     in the config's field order (what a run prints first, as RecBole prints its configuration). The defaults are
@@ -398,88 +391,3 @@ def dump_train_config(config: TrainConfig) -> str:
     return yaml.safe_dump(
         config.model_dump(mode="json", exclude=None if config.deterministic else {"deterministic"}), sort_keys=False
     )
-
-
-# The flat options of `pmmrec pretrain` / `pmmrec finetune` and of `pmmrec.api.pretrain` / `finetune`, each mapped to
-# its place in TrainConfig. Their help texts are the config fields' own descriptions.
-TRAIN_OPTIONS: dict[str, str] = {
-    **{slot: f"model.{slot}" for slot in REFERENCE_SLOTS},
-    "modality": "model.modalities",
-    "item_tower": "model.item_tower",
-    **{f"{slot}_backbone": f"model.{slot}_backbone" for slot in MODALITY_SLOTS},
-    "dim": "model.dim",
-    **{f"{slot}_trainable_layers": f"model.{slot}_trainable_layers" for slot in MODALITY_SLOTS},
-    "epochs": "epochs",
-    "max_epochs": "max_epochs",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "lr_component": "component_lr",
-    "freeze": "freeze",
-    "max_length": "max_length",
-    "min_length": "min_length",
-    "max_history": "max_history",
-    "window": "window",
-    "train_user_share": "train_user_share",
-    "train_user_seed": "train_user_seed",
-    "passes_per_epoch": "passes_per_epoch",
-    "softmax": "objectives.next_item.softmax",
-    "own_items": "objectives.next_item.own_items",
-    "fresh_lr": "fresh_lr",
-    "pretrained_lr": "pretrained_lr",
-    "dropout": "model.dropout",
-    **{f"{name}_weight": f"objectives.weights.{name}" for name in registered_objectives()},
-    "seed": "seed",
-    "device": "device",
-    "precision": "precision",
-    "patience": "patience",
-    "evaluate_test": "evaluate_test",
-    "max_steps": "max_steps",
-    "num_workers": "num_workers",
-    "gather_negatives": "gather_negatives",
-    "report_to": "report_to",
-    "deterministic": "deterministic",
-}
-
-
-def config_field(path: str) -> FieldInfo:
-    """The pydantic field at a dotted TrainConfig path (e.g. `objectives.weights.rec`)."""
-    model: type[BaseModel] = TrainConfig
-    *parents, name = path.split(".")
-    for part in parents:
-        annotation = model.model_fields[part].annotation
-        assert isinstance(annotation, type) and issubclass(annotation, BaseModel), path
-        model = annotation
-    return model.model_fields[name]
-
-
-def parse_component_lr(entries: list[str]) -> dict[str, float]:
-    """`SLOT=LR` strings (the `--lr-component` option) as a per-slot learning-rate mapping."""
-    rates = {}
-    for entry in entries:
-        slot, sep, value = entry.partition("=")
-        try:
-            rates[slot] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ConfigError(f"--lr-component {entry!r}: expected SLOT=LR, e.g. text=5e-5")
-    return rates
-
-
-def overrides_from_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Flat options (names of TRAIN_OPTIONS; None = not given) as nested config overrides."""
-    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown training option(s) {unknown}; known: {', '.join(TRAIN_OPTIONS)}")
-    nested: dict[str, Any] = {}
-    for name, value in options.items():
-        if value is None or (isinstance(value, list | tuple) and not value):
-            continue
-        if name == "lr_component" and not isinstance(value, dict):
-            value = parse_component_lr(list(value))
-        *parents, leaf = TRAIN_OPTIONS[name].split(".")
-        target = nested
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = list(value) if isinstance(value, tuple) else value
-    return nested
