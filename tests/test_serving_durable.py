@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -178,17 +179,17 @@ def _call(port: int, method: str, path: str, body: dict[str, Any] | None = None)
 class Server:
     """`pmmrec serve` in a child process; ready once it prints its start-up line and /health answers."""
 
-    def __init__(self, env: dict[str, Path], state: Path) -> None:
+    def __init__(self, env: dict[str, Path], state: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         command = [sys.executable, "-m", "pmmrec", "serve", "--model", str(env["model"]), "--data", str(env["data"])]
-        command += ["--state", str(state), "--port", str(self.port), "--quiet"]
+        command += ["--state", str(state), "--port", str(self.port), "--quiet", *extra]
         environment = os.environ | {"PMMREC_CACHE": str(env["cache"]), "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
         self.output: list[str] = []
         assert self.process.stdout is not None
         for line in self.process.stdout:  # blocks until the server says it is up (or exits)
             self.output.append(line)
-            if "Uvicorn running on" in line:
+            if "Uvicorn running on" in line or "processes listening on" in line:
                 break
         else:
             raise AssertionError("the server exited before listening:\n" + "".join(self.output))
@@ -247,4 +248,51 @@ def test_items_survive_sigkill_right_after_201_single_and_concurrent_burst(servi
         assert not (state / "items.sqlite3-wal").exists()  # closed cleanly: the log was checkpointed into the file
     finally:
         if server.process.poll() is None:
+            server.kill()
+
+
+def _copies_of(pid: int) -> list[int]:
+    """The `pmmrec serve --processes` copies among `pid`'s children (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children if b"pmmrec.serving.copies" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from Linux /proc")
+def test_processes_share_the_port_and_the_live_items(serving_env: dict[str, Path], tmp_path: Path) -> None:
+    """`--processes 2`: a copy accepts on the same port; an item added through the copy is answered by the parent
+    after the store's poll; stopping the parent stops the copy. Which process takes a connection is forced by
+    pausing the other (SIGSTOP: it stops accepting, the one listening socket's queue goes to the other)."""
+    server = Server(serving_env, tmp_path / "state", ("--processes", "2"))
+    parent = server.process.pid
+    try:
+        deadline = time.monotonic() + 120
+        while "".join(server.output).count("Application startup complete") < 2:  # the copy is up too (same output)
+            assert time.monotonic() < deadline and server.process.poll() is None, "".join(server.output)
+            time.sleep(0.1)
+        copies = _copies_of(parent)
+        assert len(copies) == 1
+        os.kill(parent, signal.SIGSTOP)  # only the copy accepts
+        try:
+            status, added = _call(server.port, "POST", "/items", {"item_id": "shared", "text": "Seen by both (2026)"})
+            assert status == 201, added
+            assert _call(server.port, "GET", "/items/shared")[0] == 200
+        finally:
+            os.kill(parent, signal.SIGCONT)
+        os.kill(copies[0], signal.SIGSTOP)  # only the parent accepts
+        try:
+            time.sleep(2.5)  # the parent polls the store every second
+            status, item = _call(server.port, "GET", "/items/shared")
+            assert status == 200 and item["added"] is True, item
+        finally:
+            os.kill(copies[0], signal.SIGCONT)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=90) in (0, -signal.SIGTERM), "".join(server.output)
+        copy = Path(f"/proc/{copies[0]}")
+        deadline = time.monotonic() + 45  # the copy got SIGTERM with its parent's death and shuts down gracefully
+        while copy.exists() and "Z" not in (copy / "stat").read_text().rsplit(")", 1)[1].split()[:1]:
+            assert time.monotonic() < deadline, "the copy outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if server.process.poll() is None:
+            os.kill(parent, signal.SIGCONT)
             server.kill()

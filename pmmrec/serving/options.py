@@ -83,6 +83,14 @@ class ServeOptions(BaseModel):
     )
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port.")
     threads: int = Field(default=1, ge=1, description="torch threads for ranking (1: the other core serves HTTP).")
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Server processes accepting on the one port, each with its own model and table (the copies "
+        "read the table from the state folder's cache); an item added live reaches the others through the store "
+        "within a second. Small models gain most (docs/serving.md).",
+    )
     device: str | None = Field(default=None, description=DEVICE_HELP)
     quiet: bool = Field(default=False, description=QUIET_HELP)
     state_dir: Path | None = Field(
@@ -164,6 +172,13 @@ class ServeOptions(BaseModel):
             raise ValueError(f"--share-live-items applies without --state and --store; {given} already names the store")
         return self
 
+    @model_validator(mode="after")
+    def _copies_need_the_store(self) -> ServeOptions:
+        """Several processes learn each other's live items only by polling the store."""
+        if self.processes > 1 and self.poll_interval <= 0:
+            raise ValueError("--processes above 1 needs the store polled (poll_interval above 0)")
+        return self
+
     @property
     def ann_config(self) -> AnnConfig | None:
         """The approximate index's options, or None for exact search only."""
@@ -184,6 +199,7 @@ SERVE_FLAGS: dict[str, str] = {
     "host": "host",
     "port": "port",
     "threads": "threads",
+    "processes": "processes",
     "device": "device",
     "quiet": "quiet",
     "state": "state_dir",

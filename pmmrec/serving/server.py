@@ -9,6 +9,7 @@ import torch
 
 from pmmrec.errors import ConfigError
 from pmmrec.serving.app import create_app
+from pmmrec.serving.copies import STOP_SECONDS, start_copies, stop_copies
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import load_service, read_api_key
 from pmmrec.serving.service import RecommenderService
@@ -24,19 +25,30 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
 
     options = options or ServeOptions()
     api_key = read_api_key(options.api_key_file)
-    try:  # before the (long) catalogue encoding: is the address free?
-        socket.create_server((options.host, options.port)).close()
+    try:  # before the (long) catalogue encoding: is the address free? (--processes: the socket all will share)
+        listener = socket.create_server((options.host, options.port))
     except OSError as exc:
         raise ConfigError(f"--host {options.host} --port {options.port}: cannot listen ({exc.strerror or exc})") from None
+    if options.processes == 1:
+        listener.close()
     service = load_service(model_ref, data_dir, options, default_state=True)
     torch.set_num_threads(options.threads)  # after the catalogue encoding, which uses every core
     app = create_app(service=service, api_key=api_key)
     print(startup_line(service), flush=True)
     for note in service.notes:
         print(f"pmmrec serve: {note}", flush=True)
-    uvicorn.run(
-        app, host=options.host, port=options.port, access_log=True, log_level="info", timeout_graceful_shutdown=30
-    )
+    if options.processes == 1:
+        uvicorn.run(
+            app, host=options.host, port=options.port, access_log=True, log_level="info", timeout_graceful_shutdown=30
+        )
+        return
+    copies = start_copies(model_ref, data_dir, service.options, listener)  # the state folder as resolved here
+    print(f"pmmrec serve: {options.processes} processes listening on http://{options.host}:{options.port}", flush=True)
+    try:
+        config = uvicorn.Config(app, access_log=True, log_level="info", timeout_graceful_shutdown=STOP_SECONDS)
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        stop_copies(copies)
 
 
 def startup_line(service: RecommenderService) -> str:
