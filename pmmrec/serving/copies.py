@@ -19,10 +19,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pmmrec.serving.options import ServeOptions
 
-STOP_SECONDS = 30  # as the parent's own graceful shutdown
+STOP_SECONDS = 30  # graceful shutdown: requests in flight get this long
+# uvicorn's settings for every serving process (`pmmrec serve` and its copies alike).
+SERVER_SETTINGS: dict[str, Any] = {"access_log": True, "log_level": "info", "timeout_graceful_shutdown": STOP_SECONDS}
 
 
 def start_copies(
@@ -73,8 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     service = load_service(args.model, args.data, options)
     torch.set_num_threads(options.threads)
     app = create_app(service=service, api_key=read_api_key(options.api_key_file))
-    config = uvicorn.Config(app, access_log=True, log_level="info", timeout_graceful_shutdown=STOP_SECONDS)
-    uvicorn.Server(config).run(sockets=[listener])
+    uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])
 
 
 if __name__ == "__main__":

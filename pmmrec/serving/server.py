@@ -9,7 +9,7 @@ import torch
 
 from pmmrec.errors import ConfigError
 from pmmrec.serving.app import create_app
-from pmmrec.serving.copies import STOP_SECONDS, start_copies, stop_copies
+from pmmrec.serving.copies import SERVER_SETTINGS, start_copies, stop_copies
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import load_service, read_api_key
 from pmmrec.serving.service import RecommenderService
@@ -38,15 +38,12 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
     for note in service.notes:
         print(f"pmmrec serve: {note}", flush=True)
     if options.processes == 1:
-        uvicorn.run(
-            app, host=options.host, port=options.port, access_log=True, log_level="info", timeout_graceful_shutdown=30
-        )
+        uvicorn.run(app, host=options.host, port=options.port, **SERVER_SETTINGS)
         return
     copies = start_copies(model_ref, data_dir, service.options, listener)  # the state folder as resolved here
     print(f"pmmrec serve: {options.processes} processes listening on http://{options.host}:{options.port}", flush=True)
     try:
-        config = uvicorn.Config(app, access_log=True, log_level="info", timeout_graceful_shutdown=STOP_SECONDS)
-        uvicorn.Server(config).run(sockets=[listener])
+        uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])
     finally:
         stop_copies(copies)
 
