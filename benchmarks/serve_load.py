@@ -49,15 +49,18 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from _serve_command import start_command, write_catalogue
 from serve_startup import startup_parts, startup_times, stop_server
 
 K = 10
@@ -400,7 +403,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, action="append", help="Client connections (repeatable).")
     parser.add_argument("--items", type=int, default=100_000, help="Size of the synthetic catalogue.")
     parser.add_argument(
-        "--scenario", action="append", choices=["movielens", "synthetic", "noop"], help="Default: movielens, synthetic."
+        "--scenario", action="append", choices=["movielens", "synthetic", "noop", "command"],
+        help="Default: movielens, synthetic. command: the real `pmmrec serve` over a synthetic catalogue (ID models).",
     )
     parser.add_argument("--adds-per-second", type=float, default=0.0, help="Also add items live at this rate.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per request (pmmrec serve's default).")
@@ -444,8 +448,17 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     runs = [(scenario, n, mode) for scenario in scenarios for n, mode in mode_order(modes, max(1, args.rounds))]
+    command_files, command_dim = Path(tempfile.mkdtemp(prefix="pmmrec-serve-load-")), None
+    if "command" in scenarios and not args.startup_only:
+        command_dim = write_catalogue(args.model, args.items, args.seed, command_files)
     for scenario, round_number, mode in [] if args.startup_only else runs:
-        process, info = start_server(scenario, mode, args)
+        if scenario == "command":
+            command_options = {"processes": args.server_processes, "threads": args.threads, "items": args.items,
+                               "batch_workers": args.batch_workers, "dim": command_dim}  # fmt: skip
+            state = Path(tempfile.mkdtemp(prefix="state-", dir=command_files))
+            process, info = start_command(command_files / "model", command_files / "data", state, mode, command_options)
+        else:
+            process, info = start_server(scenario, mode, args)
         try:
             bodies = request_bodies(scenario, info, 2000, args.seed)
             for concurrency in concurrencies:
@@ -480,7 +493,12 @@ def main() -> None:
                     flush=True,
                 )
         finally:
+            copies = process_tree(process.pid)[1:]
             stop_server(process)
+            deadline = time.monotonic() + 40  # `pmmrec serve --processes`: its copies stop after their parent
+            while any(Path(f"/proc/{pid}").exists() for pid in copies) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    shutil.rmtree(command_files, ignore_errors=True)
     startup = startup_times(args, args.startup_runs) if args.startup_runs > 0 else []
     report = {
         "machine": {
