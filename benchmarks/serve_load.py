@@ -307,6 +307,29 @@ def process_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def process_connections(pid: int) -> list[int]:
+    """Established TCP connections held by each process of `pid`'s tree (how the kernel split the clients)."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if Path(table).exists():
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01":  # TCP_ESTABLISHED
+                    established.add(fields[9])
+    counts = []
+    for member in process_tree(pid):
+        inodes = set()
+        for fd in Path(f"/proc/{member}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        counts.append(len(inodes & established))
+    return counts
+
+
 def process_threads(pid: int) -> int:
     """Threads of a process and its children."""
     count = 0
@@ -329,7 +352,7 @@ def measure(
         thread.start()
     time.sleep(max(0.0, measure_from - time.perf_counter()))
     server_cpu, client_cpu, measured_at = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
-    threads = process_threads(server_pid)
+    threads, connections = process_threads(server_pid), process_connections(server_pid)
     for thread in [*clients, *([adder] if adder else [])]:
         thread.join()
     elapsed = time.perf_counter() - measured_at
@@ -350,6 +373,7 @@ def measure(
         "server_cpu_share": round(server_cpu / elapsed, 2),
         "client_cpu_share": round(client_cpu / elapsed, 2),
         "server_threads": threads,
+        "connections_per_process": connections,
         "load_average_after": os.getloadavg(),
     }
     if adder is not None:
@@ -489,7 +513,7 @@ def main() -> None:
                     f"{scenario:<9} r{round_number} {mode:<9} {row['items']:>7,} items c={concurrency:<2} {row['requests_per_s']:>6.1f} req/s "
                     f"p50 {row['p50_ms']:>6.2f} p90 {row['p90_ms']:>6.2f} p99 {row['p99_ms']:>6.2f} max {row['max_ms']} ms "
                     f"err {row['errors']} | server {row['server_cpu_ms_per_request']:.2f} ms CPU/req, "
-                    f"{row['server_threads']} threads | load {row['load_average_after'][0]:.2f}{adds}",
+                    f"{row['server_threads']} threads, connections {row['connections_per_process']} | load {row['load_average_after'][0]:.2f}{adds}",
                     flush=True,
                 )
         finally:

@@ -67,9 +67,9 @@ class MergeAttentionConfig(ComponentConfig):
         if self.dim % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
         if self.modalities is not None and (
-            len(self.modalities) < 2 or list(self.modalities) != [m for m in MODALITY_SLOTS if m in self.modalities]
+            not self.modalities or list(self.modalities) != [m for m in MODALITY_SLOTS if m in self.modalities]
         ):
-            raise ValueError(f"modalities must be two or more of {', '.join(MODALITY_SLOTS)}, in that order")
+            raise ValueError(f"modalities must be one or more of {', '.join(MODALITY_SLOTS)}, in that order")
         return self
 
     @model_serializer(mode="wrap")
