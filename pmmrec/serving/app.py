@@ -27,6 +27,7 @@ from pmmrec.errors import PmmrecError
 from pmmrec.model import PMMRec
 from pmmrec.serving import routes
 from pmmrec.serving.body import JsonBodyCheck
+from pmmrec.serving.connections import RecycleConnections
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
 from pmmrec.serving.options import ServeOptions
@@ -142,7 +143,9 @@ def create_app(
     app.state.add_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pmmrec-add")
     app.add_middleware(JsonBodyCheck)  # inside the size limit: it reads only bodies the limit let through
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
-    app.add_middleware(metrics.middleware)  # outermost: counts 413s of the body limit too
+    app.add_middleware(metrics.middleware)  # counts 413s of the body limit too
+    if service.options.processes > 1 and service.options.connection_requests > 0:
+        app.add_middleware(RecycleConnections, requests=service.options.connection_requests)
     _add_error_handlers(app)
     keyed = [Depends(routes.require_key)] if api_key is not None else []
     unauthorised = routes.error_responses(401) if api_key is not None else {}
