@@ -1,12 +1,16 @@
-"""`pmmrec serve --processes N`: N-1 copies of the server accepting on the parent's listening socket.
+"""`pmmrec serve --processes N`: N-1 copies of the server on the parent's port.
 
 Why: on a small model most of a request's CPU is Python (routing, batching, the ranking's glue) held under one
 GIL; processes each have their own (docs/benchmarks.md, "The served width decides the cost"). Each copy is a fresh
 interpreter (`python -m pmmrec.serving.copies`, never a fork of a process whose thread pools have run) that loads
-the model and reads the table from the state folder's cache the parent wrote, then serves the inherited socket; the
-kernel hands each connection to one process. Live items are shared through the store (each process polls it).
-A copy gets SIGTERM when its parent dies (Linux: PR_SET_PDEATHSIG; uvicorn ends the parent by re-raising the
-SIGTERM it was stopped with) and then finishes its requests in flight; `stop_copies` is for parents that return.
+the model and reads the table from the state folder's cache the parent wrote, then listens on the parent's port.
+Every process has its own listening socket in one SO_REUSEPORT group, so the kernel spreads new connections over
+them by a hash of the client's address and port. (One shared listening socket, as uvicorn's and gunicorn's workers
+use, hands a burst of connections to whichever process accepts first: on a busy machine the busiest one, whose event
+loop is already running; 14 of 16 keep-alive connections then sit on one of two processes: docs/benchmarks.md.)
+Live items are shared through the store (each process polls it). A copy gets SIGTERM when its parent dies (Linux:
+PR_SET_PDEATHSIG; uvicorn ends the parent by re-raising the SIGTERM it was stopped with) and then finishes its
+requests in flight; `stop_copies` is for parents that return.
 """
 
 from __future__ import annotations
@@ -28,13 +32,22 @@ STOP_SECONDS = 30  # graceful shutdown: requests in flight get this long
 SERVER_SETTINGS: dict[str, Any] = {"access_log": True, "log_level": "info", "timeout_graceful_shutdown": STOP_SECONDS}
 
 
-def start_copies(
-    model_ref: str, data_dir: str | Path, options: ServeOptions, listener: socket.socket
-) -> list[subprocess.Popen[bytes]]:
-    """`options.processes - 1` copies serving `listener` with `options` (its state folder resolved)."""
-    command = [sys.executable, "-m", "pmmrec.serving.copies", "--fd", str(listener.fileno()), "--model", str(model_ref),
-               "--data", str(data_dir), "--options", options.model_dump_json()]  # fmt: skip
-    return [subprocess.Popen(command, pass_fds=(listener.fileno(),)) for _ in range(options.processes - 1)]
+def listen(host: str, port: int, processes: int) -> socket.socket:
+    """The parent's listening socket: plain for one process; for several, first checked free with a plain bind (a
+    port in an SO_REUSEPORT group of another server would otherwise be joined silently), then in a new group."""
+    if processes == 1:
+        return socket.create_server((host, port))
+    with socket.create_server((host, port)) as probe:
+        port = probe.getsockname()[1]  # port 0: the free port the kernel chose
+    return socket.create_server((host, port), reuse_port=True)
+
+
+def start_copies(model_ref: str, data_dir: str | Path, options: ServeOptions) -> list[subprocess.Popen[bytes]]:
+    """`options.processes - 1` copies serving `options.port` (the parent's, in its SO_REUSEPORT group) with
+    `options` (its state folder resolved)."""
+    command = [sys.executable, "-m", "pmmrec.serving.copies", "--model", str(model_ref), "--data", str(data_dir),
+               "--options", options.model_dump_json()]  # fmt: skip
+    return [subprocess.Popen(command) for _ in range(options.processes - 1)]
 
 
 def stop_copies(copies: list[subprocess.Popen[bytes]]) -> None:
@@ -65,17 +78,16 @@ def main(argv: list[str] | None = None) -> None:
     from pmmrec.serving.runner import load_service, read_api_key
 
     parser = argparse.ArgumentParser(description="A copy of `pmmrec serve` (started by --processes).")
-    parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--options", required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
     options = ServeOptions.model_validate_json(args.options)
-    listener = socket.socket(fileno=args.fd)
     service = load_service(args.model, args.data, options)
     torch.set_num_threads(options.threads)
     app = create_app(service=service, api_key=read_api_key(options.api_key_file))
+    listener = socket.create_server((options.host, options.port), reuse_port=True)  # once ready: the parent's group
     uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])
 
 

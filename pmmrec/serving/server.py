@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
 
 from pmmrec.errors import ConfigError
 from pmmrec.serving.app import create_app
-from pmmrec.serving.copies import SERVER_SETTINGS, start_copies, stop_copies
+from pmmrec.serving.copies import SERVER_SETTINGS, listen, start_copies, stop_copies
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import load_service, read_api_key
 from pmmrec.serving.service import RecommenderService
@@ -25,12 +24,14 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
 
     options = options or ServeOptions()
     api_key = read_api_key(options.api_key_file)
-    try:  # before the (long) catalogue encoding: is the address free? (--processes: the socket all will share)
-        listener = socket.create_server((options.host, options.port))
+    try:  # before the (long) catalogue encoding: is the address free? (--processes: the group the copies join)
+        listener = listen(options.host, options.port, options.processes)
     except OSError as exc:
         raise ConfigError(f"--host {options.host} --port {options.port}: cannot listen ({exc.strerror or exc})") from None
     if options.processes == 1:
         listener.close()
+    else:
+        options = options.model_copy(update={"port": listener.getsockname()[1]})
     service = load_service(model_ref, data_dir, options, default_state=True)
     torch.set_num_threads(options.threads)  # after the catalogue encoding, which uses every core
     app = create_app(service=service, api_key=api_key)
@@ -40,7 +41,7 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
     if options.processes == 1:
         uvicorn.run(app, host=options.host, port=options.port, **SERVER_SETTINGS)
         return
-    copies = start_copies(model_ref, data_dir, service.options, listener)  # the state folder as resolved here
+    copies = start_copies(model_ref, data_dir, service.options.model_copy(update={"port": options.port}))
     print(f"pmmrec serve: {options.processes} processes listening on http://{options.host}:{options.port}", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])
