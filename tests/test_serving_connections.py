@@ -1,16 +1,21 @@
-"""`pmmrec serve --processes N` closes a keep-alive connection after `connection_requests` responses, so that its
-client reconnects to the least busy process (pmmrec/serving/connections.py)."""
+"""`pmmrec serve --processes N` keeps its processes' busy connections even: each counts its own on a shared board,
+and one with two or more above the least busy closes a connection after its response (serving/connections.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from pmmrec.serving import RecommenderService, ServeOptions, create_app
-from pmmrec.serving.connections import RecycleConnections
+from pmmrec.serving import RecommenderService, ServeOptions, connections, create_app
+from pmmrec.serving.connections import BalanceConnections, ConnectionBoard
+
+CLOSE = (b"connection", b"close")
 
 
 async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -18,25 +23,55 @@ async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _headers(app: RecycleConnections, client: tuple[str, int]) -> list[tuple[bytes, bytes]]:
+def _closes(app: BalanceConnections, port: int) -> bool:
+    """One request from 127.0.0.1:port; whether its response closes the connection."""
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "client": client}, None, send))
-    return list(sent[0]["headers"])
+    asyncio.run(app({"type": "http", "client": ("127.0.0.1", port)}, None, send))
+    return CLOSE in sent[0]["headers"]
 
 
-def test_every_nth_response_on_a_connection_says_close() -> None:
-    app = RecycleConnections(_ok, requests=3)
-    one, other = ("127.0.0.1", 40001), ("127.0.0.1", 40002)
-    closes = [(b"connection", b"close") in _headers(app, one) for _ in range(7)]
-    assert closes == [False, False, True, False, False, True, False]  # the count starts again on the new connection
-    assert (b"connection", b"close") not in _headers(app, other)  # counted per connection
-    assert app.served == {one: 1, other: 1}
-    with pytest.raises(ValueError, match="at least 1"):
-        RecycleConnections(_ok, requests=0)
+def test_a_process_two_connections_above_the_least_busy_closes_until_even() -> None:
+    board = ConnectionBoard.create(2)
+    other = ConnectionBoard(board.fd, 2, 1)
+    app = BalanceConnections(_ok, board)
+    assert board.others() == []  # the other process has never written: not compared
+    assert [_closes(app, port) for port in (1, 2, 3)] == [False] * 3  # nobody else: never closed
+    other.publish(0)
+    assert board.others() == [0]
+    assert _closes(app, 4) is True  # 4 busy here, 0 there: this connection goes
+    assert other.others() == [3]  # what this process published: the 3 left
+    assert _closes(app, 1) is True  # 3 against 0
+    assert _closes(app, 2) is True  # 2 against 0: one more moves (1 and 1, or 2 and 0 again if it lands here)
+    assert _closes(app, 3) is False  # 1 against 0: even enough
+    assert other.others() == [1]
+    other.publish(1)
+    assert _closes(app, 5) is False  # 2 against 1
+
+
+def test_a_lone_connection_is_never_closed_and_stale_slots_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    board = ConnectionBoard.create(3)
+    app = BalanceConnections(_ok, board)
+    ConnectionBoard(board.fd, 3, 1).publish(0)
+    assert [_closes(app, 7) for _ in range(5)] == [False] * 5  # one connection: 1 < 0 + 2
+    now = time.monotonic()
+    monkeypatch.setattr(connections.time, "monotonic", lambda: now + connections.STALE_SECONDS + 1)
+    assert board.others() == []  # process 1 has not written for longer than STALE_SECONDS
+    with pytest.raises(ValueError, match="outside"):
+        ConnectionBoard(board.fd, 3, 3)
+
+
+def test_the_board_is_shared_with_a_process_given_its_descriptor() -> None:
+    board = ConnectionBoard.create(2)
+    code = (
+        "import sys; from pmmrec.serving.connections import ConnectionBoard as B; "
+        "B(int(sys.argv[1]), 2, 1).publish(5)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(board.fd)], check=True, pass_fds=(board.fd,))
+    assert board.others() == [5]
 
 
 def _service(encoded: RecommenderService, options: ServeOptions) -> RecommenderService:
@@ -44,12 +79,16 @@ def _service(encoded: RecommenderService, options: ServeOptions) -> RecommenderS
     return RecommenderService(encoded.model, encoded.item_ids, encoded.item_texts, table, users=encoded.view.users, options=options)
 
 
-@pytest.mark.parametrize(("processes", "requests", "expected"), [(2, 2, [False, True, False, True]), (1, 2, [False] * 4), (2, 0, [False] * 4)])
-def test_the_app_recycles_connections_only_for_several_processes(
-    encoded: RecommenderService, processes: int, requests: int, expected: list[bool]
-) -> None:
-    options = ServeOptions(processes=processes, connection_requests=requests)
-    client = TestClient(create_app(service=_service(encoded, options)))
-    answers = [client.get("/health") for _ in range(4)]
-    assert [a.status_code for a in answers] == [200] * 4
-    assert [a.headers.get("connection") == "close" for a in answers] == expected
+@pytest.mark.parametrize("balance", [True, False])
+def test_the_app_balances_only_with_a_board_and_the_option_on(encoded: RecommenderService, balance: bool) -> None:
+    board = ConnectionBoard.create(2)
+    ConnectionBoard(board.fd, 2, 1).publish(0)
+    options = ServeOptions(processes=2, balance_connections=balance)
+    with_board = TestClient(create_app(service=_service(encoded, options), connection_board=board))
+    without = TestClient(create_app(service=_service(encoded, options)))
+    for client in (with_board, without):
+        answers = [client.get("/health", headers={}) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200] * 3
+        # TestClient is one connection (one client address): a lone connection is never closed
+        assert all(a.headers.get("connection") != "close" for a in answers)
+    assert (board.others() == [0]) and (ConnectionBoard(board.fd, 2, 1).others() == ([1] if balance else []))

@@ -177,21 +177,22 @@ def _call(port: int, method: str, path: str, body: dict[str, Any] | None = None)
 
 
 def _call_whoever_answers(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """`_call` on new connections until one is answered within 2 s: with `--processes`, each connection goes to one
-    process's socket by a hash of its address, so one that lands on a stopped process is given up for the next."""
+    """`_call` on new connections until one is answered within 10 s (a first add loads the item encoders): with
+    `--processes`, each connection goes to one process's socket by a hash of its address, so one that lands on a
+    stopped process is given up for the next."""
     data = json.dumps(body).encode() if body is not None else None
-    for _ in range(40):
+    for _ in range(20):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
         except (TimeoutError, urllib.error.URLError):
             continue
-    raise AssertionError(f"{method} {path}: no process answered 40 connections")
+    raise AssertionError(f"{method} {path}: no process answered 20 connections")
 
 
 class Server:

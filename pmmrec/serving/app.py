@@ -27,7 +27,7 @@ from pmmrec.errors import PmmrecError
 from pmmrec.model import PMMRec
 from pmmrec.serving import routes
 from pmmrec.serving.body import JsonBodyCheck
-from pmmrec.serving.connections import RecycleConnections
+from pmmrec.serving.connections import BalanceConnections, ConnectionBoard
 from pmmrec.serving.limits import ServiceError
 from pmmrec.serving.metrics import ServerMetrics
 from pmmrec.serving.options import ServeOptions
@@ -102,11 +102,13 @@ def create_app(
     reference: str | None = None,
     manifest: dict[str, Any] | None = None,
     api_key: str | None = None,
+    connection_board: ConnectionBoard | None = None,
 ) -> FastAPI:
     """The FastAPI application over a model and a dataset (items encoded now, with `options`), or over a service.
 
     With `api_key`, POST /items needs it in the `X-API-Key` header (or `Authorization: Bearer KEY`); with the
-    service's `options.protect_reads` too, every other route but /health and /metrics does as well.
+    service's `options.protect_reads` too, every other route but /health and /metrics does as well. With
+    `connection_board` (`pmmrec serve --processes`), connections are kept balanced over the processes on it.
     """
     if service is None:
         if model is None or dataset is None:
@@ -144,8 +146,8 @@ def create_app(
     app.add_middleware(JsonBodyCheck)  # inside the size limit: it reads only bodies the limit let through
     app.add_middleware(BodySizeLimit, max_bytes=service.limits.max_body_bytes)
     app.add_middleware(metrics.middleware)  # counts 413s of the body limit too
-    if service.options.processes > 1 and service.options.connection_requests > 0:
-        app.add_middleware(RecycleConnections, requests=service.options.connection_requests)
+    if connection_board is not None and service.options.balance_connections:
+        app.add_middleware(BalanceConnections, board=connection_board)
     _add_error_handlers(app)
     keyed = [Depends(routes.require_key)] if api_key is not None else []
     unauthorised = routes.error_responses(401) if api_key is not None else {}

@@ -7,7 +7,8 @@ the model and reads the table from the state folder's cache the parent wrote, th
 Every process has its own listening socket in one SO_REUSEPORT group, so the kernel spreads new connections over
 them by a hash of the client's address and port. (One shared listening socket, as uvicorn's and gunicorn's workers
 use, hands a burst of connections to whichever process accepts first: on a busy machine the busiest one, whose event
-loop is already running; 14 of 16 keep-alive connections then sit on one of two processes: docs/benchmarks.md.)
+loop is already running; 14 of 16 keep-alive connections then sit on one of two processes: docs/benchmarks.md.) The
+hash is blind to load, so the processes also keep their busy connections even (pmmrec/serving/connections.py).
 Live items are shared through the store (each process polls it). A copy gets SIGTERM when its parent dies (Linux:
 PR_SET_PDEATHSIG; uvicorn ends the parent by re-raising the SIGTERM it was stopped with) and then finishes its
 requests in flight; `stop_copies` is for parents that return.
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pmmrec.serving.connections import ConnectionBoard
 from pmmrec.serving.options import ServeOptions
 
 STOP_SECONDS = 30  # graceful shutdown: requests in flight get this long
@@ -42,12 +44,17 @@ def listen(host: str, port: int, processes: int) -> socket.socket:
     return socket.create_server((host, port), reuse_port=True)
 
 
-def start_copies(model_ref: str, data_dir: str | Path, options: ServeOptions) -> list[subprocess.Popen[bytes]]:
+def start_copies(
+    model_ref: str, data_dir: str | Path, options: ServeOptions, board: ConnectionBoard
+) -> list[subprocess.Popen[bytes]]:
     """`options.processes - 1` copies serving `options.port` (the parent's, in its SO_REUSEPORT group) with
-    `options` (its state folder resolved)."""
+    `options` (its state folder resolved), each with its slot on `board` (the parent's is 0)."""
     command = [sys.executable, "-m", "pmmrec.serving.copies", "--model", str(model_ref), "--data", str(data_dir),
-               "--options", options.model_dump_json()]  # fmt: skip
-    return [subprocess.Popen(command) for _ in range(options.processes - 1)]
+               "--options", options.model_dump_json(), "--board-fd", str(board.fd)]  # fmt: skip
+    return [
+        subprocess.Popen([*command, "--index", str(index)], pass_fds=(board.fd,))
+        for index in range(1, options.processes)
+    ]
 
 
 def stop_copies(copies: list[subprocess.Popen[bytes]]) -> None:
@@ -81,12 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--options", required=True)
+    parser.add_argument("--board-fd", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
     options = ServeOptions.model_validate_json(args.options)
     service = load_service(args.model, args.data, options)
     torch.set_num_threads(options.threads)
-    app = create_app(service=service, api_key=read_api_key(options.api_key_file))
+    board = ConnectionBoard(args.board_fd, options.processes, args.index)
+    app = create_app(service=service, api_key=read_api_key(options.api_key_file), connection_board=board)
     listener = socket.create_server((options.host, options.port), reuse_port=True)  # once ready: the parent's group
     uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])
 

@@ -91,12 +91,10 @@ class ServeOptions(BaseModel):
         "read the table from the state folder's cache); an item added live reaches the others through the store "
         "within a second. Small models gain most (docs/serving.md).",
     )
-    connection_requests: int = Field(
-        default=100,
-        ge=0,
-        le=1_000_000,
-        description="With --processes above 1: requests a keep-alive connection serves before the server closes it, "
-        "so that its client reconnects to the least busy process (0: never close).",
+    balance_connections: bool = Field(
+        default=True,
+        description="With --processes above 1: a process with two or more busy connections above the least busy "
+        "one closes them after their response, so their clients reconnect (the kernel picks a process again).",
     )
     device: str | None = Field(default=None, description=DEVICE_HELP)
     quiet: bool = Field(default=False, description=QUIET_HELP)
@@ -207,7 +205,7 @@ SERVE_FLAGS: dict[str, str] = {
     "port": "port",
     "threads": "threads",
     "processes": "processes",
-    "connection_requests": "connection_requests",
+    "balance_connections": "balance_connections",
     "device": "device",
     "quiet": "quiet",
     "state": "state_dir",

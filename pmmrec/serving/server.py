@@ -8,6 +8,7 @@ import torch
 
 from pmmrec.errors import ConfigError
 from pmmrec.serving.app import create_app
+from pmmrec.serving.connections import ConnectionBoard
 from pmmrec.serving.copies import SERVER_SETTINGS, listen, start_copies, stop_copies
 from pmmrec.serving.options import ServeOptions
 from pmmrec.serving.runner import load_service, read_api_key
@@ -34,14 +35,16 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
         options = options.model_copy(update={"port": listener.getsockname()[1]})
     service = load_service(model_ref, data_dir, options, default_state=True)
     torch.set_num_threads(options.threads)  # after the catalogue encoding, which uses every core
-    app = create_app(service=service, api_key=api_key)
+    board = ConnectionBoard.create(options.processes) if options.processes > 1 else None
+    app = create_app(service=service, api_key=api_key, connection_board=board)
     print(startup_line(service), flush=True)
     for note in service.notes:
         print(f"pmmrec serve: {note}", flush=True)
     if options.processes == 1:
         uvicorn.run(app, host=options.host, port=options.port, **SERVER_SETTINGS)
         return
-    copies = start_copies(model_ref, data_dir, service.options.model_copy(update={"port": options.port}))
+    assert board is not None
+    copies = start_copies(model_ref, data_dir, service.options.model_copy(update={"port": options.port}), board)
     print(f"pmmrec serve: {options.processes} processes listening on http://{options.host}:{options.port}", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])
