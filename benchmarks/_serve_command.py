@@ -73,13 +73,15 @@ def start_command(
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Start `pmmrec serve` and return once every one of its processes has started serving.
 
-    `options`: processes, threads, batch_workers (as serve_load's flags), items and dim (of write_catalogue's model).
+    `options`: processes, threads, batch_workers (as serve_load's flags), items and dim (of write_catalogue's model),
+    extra (more arguments of `pmmrec serve`).
     """
     port = free_port()
     processes = int(options["processes"])
     command = [str(Path(sys.executable).parent / "pmmrec"), "serve", "--model", str(model_dir), "--data", str(data_dir),
                "--state", str(state), "--port", str(port), "--quiet", "--processes", str(processes),
                "--threads", str(options["threads"]), "--batch-workers", str(options["batch_workers"])]  # fmt: skip
+    command += options.get("extra", [])
     if mode == "unbatched":
         command.append("--no-batching")
     elif mode == "fp32":

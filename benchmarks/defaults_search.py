@@ -257,6 +257,8 @@ STEP_CONFIGS: dict[str, dict[str, Any]] = {
     "frozen, d 128": {"text-trainable-layers": 0, "dim": 128},
     "frozen, d 128, full softmax": {"text-trainable-layers": 0, "dim": 128, "softmax": "full"},
     "frozen, d 128, batch 128": {"text-trainable-layers": 0, "dim": 128, "batch-size": 128},
+    # A gated merge-attention layer over the frozen text tokens (--single-modality-fusion attention), d 128.
+    "frozen, d 128, attention tower": {"text-trainable-layers": 0, "dim": 128, "single-modality-fusion": "attention"},
 }
 
 
@@ -265,6 +267,8 @@ def steps(args: argparse.Namespace) -> None:
     results = load(args.json)
     table = results.setdefault("steps", {})
     for name, options in STEP_CONFIGS.items():
+        if args.only and name not in args.only:
+            continue
         run = args.workdir / "steps" / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
         if run.exists():
             subprocess.run(["rm", "-rf", str(run)], check=True)
@@ -359,6 +363,7 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="test: flags added to the default command (a recipe).")
     parser.add_argument("--label", default="recipe", help="test: the name its rows take with --extra.")
     parser.add_argument("--steps", type=int, default=15, help="steps: steps per setting.")
+    parser.add_argument("--only", action="append", help="steps: only this setting (repeatable; default: all).")
     args = parser.parse_args()
     if args.action != "report" and args.data is None:
         parser.error("--data is required")

@@ -447,6 +447,10 @@ def main() -> None:
     )
     parser.add_argument("--batch-workers", type=int, default=2, help="Batched mode: ranking threads in the server.")
     parser.add_argument(
+        "--serve-arg", action="append", default=[],
+        help="--scenario command: one more argument of `pmmrec serve` (repeatable; e.g. --serve-arg=--batch-wait-ms=4).",
+    )  # fmt: skip
+    parser.add_argument(
         "--server-processes", type=int, default=1,
         help="Server processes sharing the listening socket (pre-forked; each builds its own service).",
     )  # fmt: skip
@@ -478,7 +482,7 @@ def main() -> None:
     for scenario, round_number, mode in [] if args.startup_only else runs:
         if scenario == "command":
             command_options = {"processes": args.server_processes, "threads": args.threads, "items": args.items,
-                               "batch_workers": args.batch_workers, "dim": command_dim}  # fmt: skip
+                               "batch_workers": args.batch_workers, "dim": command_dim, "extra": args.serve_arg}  # fmt: skip
             state = Path(tempfile.mkdtemp(prefix="state-", dir=command_files))
             process, info = start_command(command_files / "model", command_files / "data", state, mode, command_options)
         else:
