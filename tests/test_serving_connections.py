@@ -92,3 +92,9 @@ def test_the_app_balances_only_with_a_board_and_the_option_on(encoded: Recommend
         # TestClient is one connection (one client address): a lone connection is never closed
         assert all(a.headers.get("connection") != "close" for a in answers)
     assert (board.others() == [0]) and (ConnectionBoard(board.fd, 2, 1).others() == ([1] if balance else []))
+
+
+def test_ranking_threads_default_to_two_for_one_process_and_one_per_process_for_several() -> None:
+    assert ServeOptions().ranking_threads == 2
+    assert ServeOptions(processes=3).ranking_threads == 1
+    assert ServeOptions(processes=3, batch_workers=2).ranking_threads == 2

@@ -124,8 +124,12 @@ class ServeOptions(BaseModel):
     batch_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="Longest wait for requests already in flight to join a batch."
     )
-    batch_workers: int = Field(
-        default=2, ge=1, le=64, description="Threads ranking batches side by side, each taking the requests queued."
+    batch_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Threads ranking batches side by side, each taking the requests queued (default: 2 for one "
+        "process, 1 per process with --processes above 1: the processes use the cores).",
     )
     scan: Scan = Field(
         default="int8",
@@ -168,6 +172,11 @@ class ServeOptions(BaseModel):
         default=256, ge=1, description="Items encoded at once when the catalogue table is built (part of its cache key)."
     )
     limits: Limits = Field(default_factory=Limits, description="Request limits (reported by GET /health).")
+
+    @property
+    def ranking_threads(self) -> int:
+        """`batch_workers`, or its default for this number of processes."""
+        return self.batch_workers or (2 if self.processes == 1 else 1)
 
     @model_validator(mode="after")
     def _share_only_the_default_folder(self) -> ServeOptions:
