@@ -94,12 +94,12 @@ def _model_config() -> type[_Strict]:
         ),
         **layers,
         "single_modality_fusion": (
-            Literal["mean", "attention"],
+            Literal["mean", "attention", "mlp"],
             Field(
                 default="mean",
                 description="Fresh item tower over one modality: mean (the mean of its projected tokens, no weights: "
-                "the method's) or attention (one gated merge-attention layer over them first, the gate starting at 0: "
-                "token interactions a frozen encoder's mean lacks).",
+                "the method's), attention (one gated merge-attention layer over them first, the gate starting at 0) "
+                "or mlp (the mean plus a residual MLP of it, starting at 0: once per item, not per token).",
             ),
         ),
         "user_layers": (int, Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")),

@@ -70,9 +70,10 @@ def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int)
                 raise ConfigError(f"--{modality}-trainable-layers: {describe_validation_error(exc)}") from None
     if loaded["user"] is None:
         loaded["user"] = _fresh_user(spec, dim or DEFAULT_DIM, max_length)
-    if loaded["fusion"] is None and len(modalities) == 1 and spec.single_modality_fusion == "attention":
+    if loaded["fusion"] is None and len(modalities) == 1 and spec.single_modality_fusion != "mean":
+        variant = {"attention": "merge_attention", "mlp": "pooled_mlp"}[spec.single_modality_fusion]
         fusion_options = CreateOptions(dim=dim or DEFAULT_DIM, modalities=tuple(modalities))
-        loaded["fusion"] = create_component("fusion", fusion_options, "merge_attention")
+        loaded["fusion"] = create_component("fusion", fusion_options, variant)
     return PMMRec.assemble(**{slot: loaded[slot] for slot in REFERENCE_SLOTS})
 
 
