@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _load_clients import percentile
 from _measure import write_figures
-from serve_load import percentile
 from serve_startup import server_health, stop_server
 
 

@@ -45,6 +45,7 @@ EXPECTED_TYPES = {
     "fusion_merge_attention": "fusion/merge_attention",
     "fusion_merge_attention_gated": "fusion/merge_attention",
     "fusion_text_only": "fusion/text_only",
+    "fusion_pooled_mlp": "fusion/pooled_mlp",
     "fusion_vision_only": "fusion/vision_only",
     "user_sasrec": "user_encoder/sasrec",
     "item_tower_id": "item_tower/id",

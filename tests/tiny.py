@@ -46,6 +46,7 @@ from pmmrec.components import (
     VisionOnlyFusion,
 )
 from pmmrec.components._backbones import sanitise_backbone_config
+from pmmrec.components.fusion_pooled_mlp import PooledMlpConfig, PooledMlpFusion
 from pmmrec.model import PMMRec
 
 DIM = 32
@@ -152,6 +153,17 @@ def tiny_gated_fusion(seed: int = 0, dim: int = DIM, heads: int = 4, gate: float
     return fusion
 
 
+def tiny_pooled_mlp(seed: int = 0, dim: int = DIM) -> PooledMlpFusion:
+    """A seeded pooled-MLP text tower whose last layer (zero when created) is drawn too, so that the golden output
+    covers the MLP path."""
+    torch.manual_seed(seed)
+    fusion = PooledMlpFusion(PooledMlpConfig(dim=dim, modality="text")).eval()
+    with torch.no_grad():
+        fusion.mlp[-1].weight.normal_(std=0.1)
+        fusion.mlp[-1].bias.normal_(std=0.1)
+    return fusion
+
+
 def tiny_text_only(dim: int = DIM) -> TextOnlyFusion:
     """The weightless text-only item tower."""
     return TextOnlyFusion(TextOnlyConfig(dim=dim)).eval()
@@ -183,6 +195,7 @@ BUILDERS: dict[str, Any] = {
     "fusion_merge_attention": tiny_fusion,
     "fusion_merge_attention_gated": tiny_gated_fusion,
     "fusion_text_only": tiny_text_only,
+    "fusion_pooled_mlp": tiny_pooled_mlp,
     "fusion_vision_only": tiny_vision_only,
     "user_sasrec": tiny_user_encoder,
     "item_tower_id": tiny_id_tower,
