@@ -80,7 +80,9 @@ def start_command(
     processes = int(options["processes"])
     command = [str(Path(sys.executable).parent / "pmmrec"), "serve", "--model", str(model_dir), "--data", str(data_dir),
                "--state", str(state), "--port", str(port), "--quiet", "--processes", str(processes),
-               "--threads", str(options["threads"]), "--batch-workers", str(options["batch_workers"])]  # fmt: skip
+               "--threads", str(options["threads"])]  # fmt: skip
+    if options["batch_workers"] is not None:
+        command += ["--batch-workers", str(options["batch_workers"])]
     command += options.get("extra", [])
     if mode == "unbatched":
         command.append("--no-batching")

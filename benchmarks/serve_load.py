@@ -221,7 +221,7 @@ def start_server(scenario: str, mode: str, args: argparse.Namespace) -> tuple[su
         "--data", args.data, "--items", str(args.items), "--seed", str(args.seed),
     ]  # fmt: skip
     command += ["--threads", str(args.threads), "--max-parallel", str(args.max_parallel)]
-    command += ["--batch-workers", str(args.batch_workers), "--http", "h11" if old else args.http]
+    command += ["--batch-workers", str(args.batch_workers or 2), "--http", "h11" if old else args.http]
     command += ["--server-processes", str(args.server_processes)]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     if old:
@@ -271,7 +271,9 @@ def main() -> None:
     parser.add_argument(
         "--http", choices=["auto", "h11", "httptools"], default="auto", help="uvicorn's HTTP parser (not --mode old)."
     )
-    parser.add_argument("--batch-workers", type=int, default=2, help="Batched mode: ranking threads in the server.")
+    parser.add_argument(
+        "--batch-workers", type=int, help="Batched mode: ranking threads in the server (default: pmmrec serve's)."
+    )
     parser.add_argument(
         "--serve-arg", action="append", default=[],
         help="--scenario command: one more argument of `pmmrec serve` (repeatable; e.g. --serve-arg=--batch-wait-ms=4).",

@@ -94,7 +94,9 @@ def test_the_app_balances_only_with_a_board_and_the_option_on(encoded: Recommend
     assert (board.others() == [0]) and (ConnectionBoard(board.fd, 2, 1).others() == ([1] if balance else []))
 
 
-def test_ranking_threads_default_to_two_for_one_process_and_one_per_process_for_several() -> None:
-    assert ServeOptions().ranking_threads == 2
-    assert ServeOptions(processes=3).ranking_threads == 1
-    assert ServeOptions(processes=3, batch_workers=2).ranking_threads == 2
+def test_batching_defaults_depend_on_the_number_of_processes() -> None:
+    """One process: 2 ranking threads, 2 ms of batch wait; several: 1 thread each and 5 ms (docs/benchmarks.md)."""
+    assert (ServeOptions().ranking_threads, ServeOptions().batch_wait_s) == (2, 0.002)
+    assert (ServeOptions(processes=3).ranking_threads, ServeOptions(processes=3).batch_wait_s) == (1, 0.005)
+    given = ServeOptions(processes=3, batch_workers=2, batch_wait_ms=1.0)
+    assert (given.ranking_threads, given.batch_wait_s) == (2, 0.001)

@@ -13,6 +13,7 @@ from pmmrec.components.fusion_merge_attention import MergeAttentionConfig, Merge
 from pmmrec.components.fusion_pooled_mlp import PooledMlpConfig
 from pmmrec.components.kinds import ModalityTokens, masked_mean
 from pmmrec.data import load_dataset
+from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.training.config import ModelConfig
 from pmmrec.training.jobs import build_model
@@ -62,7 +63,7 @@ def test_a_fresh_mlp_tower_starts_as_the_mean_and_reads_one_modality() -> None:
     assert fusion.modalities == frozenset({"text"})
     with pytest.raises(ValueError, match="needs text tokens"):
         fusion({"vision": ModalityTokens(tokens, mask)})
-    with pytest.raises(ValueError, match="one modality"):
+    with pytest.raises(ConfigError, match="reads one modality, not 2"):
         create_component("fusion", CreateOptions(dim=8, modalities=("text", "vision")), "pooled_mlp")
     with pytest.raises(ValueError, match="modality must be one of"):
         PooledMlpConfig(dim=8, modality="smell")

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pmmrec.errors import ConfigError
 from pmmrec.serving.connections import ConnectionBoard
 from pmmrec.serving.options import ServeOptions
 
@@ -39,6 +40,8 @@ def listen(host: str, port: int, processes: int) -> socket.socket:
     port in an SO_REUSEPORT group of another server would otherwise be joined silently), then in a new group."""
     if processes == 1:
         return socket.create_server((host, port))
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ConfigError("--processes above 1 needs SO_REUSEPORT sockets (Linux); run one process per port instead")
     with socket.create_server((host, port)) as probe:
         port = probe.getsockname()[1]  # port 0: the free port the kernel chose
     return socket.create_server((host, port), reuse_port=True)

@@ -121,8 +121,12 @@ class ServeOptions(BaseModel):
         default=False, description="Require the API key on every route but /health and /metrics."
     )
     batching: bool = Field(default=True, description="Rank concurrent /recommend requests together.")
-    batch_wait_ms: float = Field(
-        default=2.0, ge=0, le=1000, description="Longest wait for requests already in flight to join a batch."
+    batch_wait_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Longest wait for requests already in flight to join a batch (default: 2 for one process, 5 with "
+        "--processes above 1, where larger batches measured faster: docs/benchmarks.md).",
     )
     batch_workers: int | None = Field(
         default=None,
@@ -177,6 +181,12 @@ class ServeOptions(BaseModel):
     def ranking_threads(self) -> int:
         """`batch_workers`, or its default for this number of processes."""
         return self.batch_workers or (2 if self.processes == 1 else 1)
+
+    @property
+    def batch_wait_s(self) -> float:
+        """`batch_wait_ms` in seconds, or its default for this number of processes."""
+        wait_ms = self.batch_wait_ms if self.batch_wait_ms is not None else (2.0 if self.processes == 1 else 5.0)
+        return wait_ms / 1000
 
     @model_validator(mode="after")
     def _share_only_the_default_folder(self) -> ServeOptions:

@@ -44,7 +44,7 @@ def serve(model_ref: str, data_dir: str | Path, options: ServeOptions | None = N
         uvicorn.run(app, host=options.host, port=options.port, **SERVER_SETTINGS)
         return
     assert board is not None
-    copies = start_copies(model_ref, data_dir, service.options.model_copy(update={"port": options.port}), board)
+    copies = start_copies(model_ref, data_dir, service.options, board)  # the port and state folder as resolved here
     print(f"pmmrec serve: {options.processes} processes listening on http://{options.host}:{options.port}", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, **SERVER_SETTINGS)).run(sockets=[listener])

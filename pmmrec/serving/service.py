@@ -78,7 +78,7 @@ class RecommenderService:
         # Unbatched: rankings computed at once, at most one per core (more would only time-slice the cores).
         self._compute = threading.BoundedSemaphore(options.max_parallel or os.cpu_count() or 1)
         self.batcher = (
-            MicroBatcher(self._rank, options.max_batch, options.batch_wait_ms / 1000, options.ranking_threads)
+            MicroBatcher(self._rank, options.max_batch, options.batch_wait_s, options.ranking_threads)
             if options.batching
             else None
         )
