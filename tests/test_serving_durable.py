@@ -164,13 +164,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _call(
+    port: int, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 60
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -180,17 +182,10 @@ def _call_whoever_answers(port: int, method: str, path: str, body: dict[str, Any
     """`_call` on new connections until one is answered within 10 s (a first add loads the item encoders): with
     `--processes`, each connection goes to one process's socket by a hash of its address, so one that lands on a
     stopped process is given up for the next."""
-    data = json.dumps(body).encode() if body is not None else None
     for _ in range(20):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-        except (TimeoutError, urllib.error.URLError):
+            return _call(port, method, path, body, timeout=10)
+        except (TimeoutError, urllib.error.URLError):  # HTTP errors are answers: `_call` returns them
             continue
     raise AssertionError(f"{method} {path}: no process answered 20 connections")
 

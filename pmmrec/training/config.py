@@ -95,12 +95,9 @@ def _model_config() -> type[_Strict]:
         **layers,
         "single_modality_fusion": (
             Literal["mean", "attention", "mlp"],
-            Field(
-                default="mean",
-                description="Fresh item tower over one modality: mean (the mean of its projected tokens, no weights: "
-                "the method's), attention (one gated merge-attention layer over them first, the gate starting at 0) "
-                "or mlp (the mean plus a residual MLP of it, starting at 0: once per item, not per token).",
-            ),
+            Field(default="mean", description="Fresh item tower over one modality: mean (of its projected tokens, no "
+                  "weights: the method's), attention (a gated merge-attention layer over them first) or mlp (the mean "
+                  "plus a residual MLP of it, once per item); both start as the mean."),
         ),
         "user_layers": (int, Field(default=2, ge=1, le=48, description="Transformer blocks of a fresh user encoder.")),
         "user_heads": (
