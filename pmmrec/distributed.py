@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -109,3 +112,25 @@ def all_reduce_flag(context: DistributedContext, flag: bool) -> bool:
 def _destroy_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def joined_a_process_group() -> bool:
+    """True in a torchrun worker whose command set up the process group (`setup_distributed`)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a torchrun worker whose command has finished, without tearing the process group down.
+
+    Tearing gloo down at exit (in `destroy_process_group` or in C++ static destructors) now and then aborts a worker
+    after its work is done ("terminate called without an active exception", SIGABRT), and torchrun then reports the
+    whole run as failed. A worker that succeeded waits for the others (so no collective is in flight), flushes its
+    logs and streams and leaves with `os._exit`, which runs no destructor; a failed one leaves at once.
+    """
+    if code == 0:
+        dist.barrier()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing more to keep
+            stream.flush()
+    os._exit(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,45 @@ def test_ddp_finetune_with_two_processes_completes(tmp_path: Path) -> None:
     single = api.evaluate(run / "model", data, ks=(10, 20, 50), device="cpu", progress=False)
     for key, value in summary["test"].items():
         assert single[key] == pytest.approx(value, abs=1e-12), key
+
+
+
+_WORKER = """
+import atexit, logging, logging.handlers, sys
+import torch.distributed as dist
+from pmmrec.cli import main
+from pmmrec.distributed import exit_worker
+
+atexit.register(lambda: print("teardown ran"))  # os._exit skips it: no destructor, no atexit handler runs
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+buffered = logging.handlers.MemoryHandler(100, target=logging.FileHandler(sys.argv[1]))  # written when closed
+logging.basicConfig(handlers=[buffered], level=logging.INFO)
+logging.getLogger("worker").info("logged before the exit")
+sys.stdout.write("written, not flushed;")
+if sys.argv[2] == "exit_worker":
+    exit_worker(3)
+sys.argv = ["pmmrec", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status"), [(["exit_worker"], 3), (["--version"], 0), (["no-such-command"], 2)]
+)
+def test_a_worker_in_a_process_group_exits_with_its_status_and_keeps_its_output(
+    tmp_path: Path, arguments: list[str], status: int
+) -> None:
+    """Guards against a finished torchrun worker aborting in the process group's teardown (SIGABRT after its work,
+    which fails the run) and against the way round it losing unflushed output, logs or the exit status."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "worker.log"
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER, str(log), *arguments], capture_output=True, text=True, timeout=120,
+        env=environment,
+    )  # fmt: skip
+    assert done.returncode == status, done.stderr
+    assert done.stdout.startswith("written, not flushed;") and "teardown ran" not in done.stdout
+    assert "logged before the exit" in log.read_text()
