@@ -318,24 +318,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def main() -> None:
-    """Entry point of the `pmmrec` console script (and of `python -m pmmrec`, which torchrun runs)."""
-    try:
-        app()
-    except SystemExit as stop:
-        if "pmmrec.distributed" in sys.modules:  # a command that may have joined a torchrun process group
-            from pmmrec.distributed import exit_worker, joined_a_process_group
-
-            if joined_a_process_group():
-                exit_worker(_exit_code(stop.code))
-        raise
-
-
-def _exit_code(code: object) -> int:
-    """SystemExit's code as the process's exit status (None: 0; a message: printed, 1)."""
-    if code is None or isinstance(code, int):
-        return int(code or 0)
-    typer.echo(str(code), err=True)
-    return 1
+    """Entry point of the `pmmrec` console script."""
+    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

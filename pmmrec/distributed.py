@@ -119,14 +119,19 @@ def joined_a_process_group() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def exit_worker(code: int) -> NoReturn:
+def exit_worker(code: object) -> NoReturn:
     """End a torchrun worker whose command has finished, without tearing the process group down.
 
     Tearing gloo down at exit (in `destroy_process_group` or in C++ static destructors) now and then aborts a worker
     after its work is done ("terminate called without an active exception", SIGABRT), and torchrun then reports the
     whole run as failed. A worker that succeeded waits for the others (so no collective is in flight), flushes its
-    logs and streams and leaves with `os._exit`, which runs no destructor; a failed one leaves at once.
+    logs and streams and leaves with `os._exit`, which runs no destructor; a failed one leaves at once. `code` is
+    SystemExit's: None or a number, or a message (printed; status 1).
     """
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    code = code or 0
     if code == 0:
         dist.barrier()
     logging.shutdown()

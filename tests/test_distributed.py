@@ -70,7 +70,7 @@ def test_ddp_finetune_with_two_processes_completes(tmp_path: Path) -> None:
 _WORKER = """
 import atexit, logging, logging.handlers, sys
 import torch.distributed as dist
-from pmmrec.cli import main
+from pmmrec.__main__ import run
 from pmmrec.distributed import exit_worker
 
 atexit.register(lambda: print("teardown ran"))  # os._exit skips it: no destructor, no atexit handler runs
@@ -82,7 +82,7 @@ sys.stdout.write("written, not flushed;")
 if sys.argv[2] == "exit_worker":
     exit_worker(3)
 sys.argv = ["pmmrec", *sys.argv[2:]]
-main()
+run()
 """
 
 
