@@ -203,11 +203,11 @@ class FrozenPrefixCache:
         order = catalogue_order(self._collator, self._num_items)
         with eval_mode(model):
             for start in range(0, self._num_items, batch_size):
-                items, embeddings = self._encode_chunk(model, order[start : start + batch_size])
+                items, embeddings = self.encode_chunk(model, order[start : start + batch_size])
                 table[items] = embeddings.float()
         return table
 
-    def _encode_chunk(self, model: PMMRec, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_chunk(self, model: PMMRec, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(catalogue indices on the device, their embeddings) of one chunk, from cached prefixes."""
         assert self._collator is not None
         batch = self._collator.collate_items(indices, skip=self.skipped_inputs)

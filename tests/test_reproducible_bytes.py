@@ -87,8 +87,16 @@ def test_runs_without_the_option_keep_their_config_text() -> None:
     # it, or a run started before the option existed could not be resumed.
     import yaml
 
-    from pmmrec.training.config import dump_train_config, finetune_defaults, load_train_config
+    from pmmrec.training.config import finetune_defaults, load_train_config
+    from pmmrec.training.config_yaml import dump_train_config
 
-    assert "deterministic" not in yaml.safe_load(dump_train_config(load_train_config(finetune_defaults())))
-    on = load_train_config(finetune_defaults(), overrides={"deterministic": True})
-    assert yaml.safe_load(dump_train_config(on))["deterministic"] is True
+    default = yaml.safe_load(dump_train_config(load_train_config(finetune_defaults())))
+    assert not {"deterministic", "tower_update_every"} & set(default) and "single_modality_fusion" not in default["model"]
+    on = load_train_config(
+        finetune_defaults(),
+        overrides={"deterministic": True, "tower_update_every": 8, "model": {"single_modality_fusion": "mlp"}},
+    )
+    written = yaml.safe_load(dump_train_config(on))
+    assert written["deterministic"] is True and written["tower_update_every"] == 8
+    assert written["model"]["single_modality_fusion"] == "mlp"
+    assert load_train_config(finetune_defaults(), saved=None, overrides=written) == on  # read back: the same

@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pmmrec.commands import DEVICE_HELP
 from pmmrec.data.split import SPLIT_KEYS
 from pmmrec.errors import ConfigError
-from pmmrec.fileio import open_regular_file
 from pmmrec.objectives import ObjectiveWeights, registered_objectives
 from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOT, SLOTS
+from pmmrec.training.config_yaml import read_yaml_mapping
 from pmmrec.training.tower_defaults import DEFAULT_TOWER, TOWER_DEFAULTS, tower_default_text, with_tower_defaults
 from pmmrec.training.tower_defaults import TOWER_DEPENDENT as TOWER_DEPENDENT  # the CLI's help reads it from here
 
-MAX_CONFIG_BYTES = 1 << 20
 PRETRAIN_BATCH_SIZE = 64  # pretrain's own default, whatever the tower
 
 
@@ -245,6 +243,11 @@ class TrainConfig(_Strict):
     cache_frozen: bool = Field(
         default=True, description="Reuse frozen-prefix outputs of encoders per item instead of recomputing them."
     )
+    tower_update_every: int = Field(
+        default=1, ge=1, le=100_000,
+        description="Train the text layers every N steps on the item gradients gathered meanwhile on a table of their "
+        "mean states (text-only tower; the table is re-encoded after each update). 1: every step, exact.",
+    )  # fmt: skip
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many steps, for tests and smoke runs (default: no limit)."
     )
@@ -365,35 +368,3 @@ def load_train_config(
     if unknown_slots:
         raise ConfigError(f"{source}: unknown component(s) {sorted(unknown_slots)}; expected {', '.join(SLOTS)}")
     return config
-
-
-def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The options of a YAML config file (at most MAX_CONFIG_BYTES, a regular file); errors name the file."""
-    if not os.path.lexists(path):
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        with open_regular_file(path, ConfigError) as handle:  # a FIFO is refused, never read forever
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes")
-        loaded = yaml.safe_load(raw.decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of options at the top level")
-    return loaded
-
-
-def dump_train_config(config: TrainConfig) -> str:
-    """YAML text of a resolved config.
-
-    `deterministic` is written only when set, so a run started before the option existed still resumes (resuming
-    compares this text with the saved RUN/config.yaml).
-    """
-    return yaml.safe_dump(
-        config.model_dump(mode="json", exclude=None if config.deterministic else {"deterministic"}), sort_keys=False
-    )

@@ -48,6 +48,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "max_steps": "max_steps",
     "num_workers": "num_workers",
     "gather_negatives": "gather_negatives",
+    "tower_update_every": "tower_update_every",
     "report_to": "report_to",
     "deterministic": "deterministic",
 }

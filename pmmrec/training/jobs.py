@@ -22,11 +22,11 @@ from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
 from pmmrec.training.config import (
     ModelConfig,
     TrainConfig,
-    dump_train_config,
     finetune_defaults,
     load_train_config,
     pretrain_defaults,
 )
+from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.determinism import deterministic_mode
 from pmmrec.training.progress import start_lines
 from pmmrec.training.run_dir import check_run_folder

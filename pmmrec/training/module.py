@@ -17,6 +17,7 @@ from pmmrec.objectives import Objective, TrainingStep, registered_objectives
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.slots import ITEM_SIDE_SLOTS
 from pmmrec.training.config import TrainConfig
+from pmmrec.training.stale_items import StaleTextLayers
 
 
 class TrainingModule(nn.Module):
@@ -68,6 +69,8 @@ class TrainingModule(nn.Module):
         self.prefix_cache = prefix_cache
         # Catalogue embedding table [N+1, d] used instead of encoding, when the whole item tower is frozen.
         self.item_table: torch.Tensor | None = None
+        # Trained text layers read from a table between their updates (`tower_update_every`; set by the Trainer).
+        self.stale: StaleTextLayers | None = None
 
     def active_losses(self) -> list[str]:
         """Names of the objectives this module trains, in registration order."""
@@ -99,6 +102,8 @@ class TrainingModule(nn.Module):
         (from cached frozen prefixes where there are some)."""
         if self.item_table is not None:
             return ItemEncoding(embeddings=self.item_table[batch.unique_items])
+        if self.stale is not None:
+            return ItemEncoding(embeddings=self.stale.embed(batch.unique_items))
         prefixes = self.prefix_cache.lookup(batch) if self.prefix_cache is not None else {}
         return self.model.embed_items(inputs=batch.inputs, prefixes=prefixes, item_indices=batch.unique_items)
 

@@ -107,6 +107,8 @@ class RunClock:
     step_seconds: float | None = None
     validation_seconds: float | None = None
     steps_seen: int = field(default=0, init=False)
+    update_every: int = field(default=1, init=False)  # steps between updates of stale text layers (1: none)
+    update_seconds: float = field(default=0.0, init=False)  # one such update (`periodic`)
 
     def step(self, seconds: float) -> None:
         """Record one training step; the run's very first one (set-up, caches being filled) is not counted."""
@@ -119,15 +121,26 @@ class RunClock:
     def validation(self, seconds: float) -> None:
         self.validation_seconds = seconds
 
+    def periodic(self, every: int, seconds: float) -> None:
+        """Record the time of an update run every `every` steps (stale text layers), spread over those steps."""
+        self.update_every, self.update_seconds = every, seconds
+
+    def seconds_per_step(self) -> float | None:
+        """A step's measured time, with its share of the periodic updates (None until a step was measured)."""
+        if self.step_seconds is None:
+            return None
+        return self.step_seconds + (self.update_seconds / self.update_every if self.update_every > 1 else 0.0)
+
     def seconds_left(self, global_step: int) -> float | None:
         """The measured estimate of the time left after `global_step` steps (None until a step was measured);
         without a measured validation yet, validations are not counted."""
-        if self.step_seconds is None:
+        per_step = self.seconds_per_step()
+        if per_step is None:
             return None
         steps_left = max(0, self.total_steps - global_step)
         validations_left = math.ceil(self.total_steps / self.steps_per_epoch) - global_step // self.steps_per_epoch
         validations_left = max(0, validations_left) + (1 if self.test else 0)
-        return steps_left * self.step_seconds + validations_left * (self.validation_seconds or 0.0)
+        return steps_left * per_step + validations_left * (self.validation_seconds or 0.0)
 
     def describe(self, global_step: int) -> str | None:
         """`run ~14m left`, `run <=14m left` (early stopping may end it sooner), `+ validation` until one is measured."""

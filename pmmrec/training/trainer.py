@@ -36,7 +36,8 @@ from pmmrec.objectives import log_popularity_from_counts
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.progress import bar_disable
 from pmmrec.tasks import evaluation_document
-from pmmrec.training.config import TrainConfig, dump_train_config
+from pmmrec.training.config import TrainConfig
+from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import TrainingModule, item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
@@ -50,6 +51,7 @@ from pmmrec.training.run_dir import (
     rng_state,
     save_checkpoint,
 )
+from pmmrec.training.stale_items import check_stale_layers, stale_text_layers
 
 TEST_RANKS_FILE = "test_ranks.json"
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
@@ -153,6 +155,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        check_stale_layers(config.tower_update_every, model, processes=self.context.world_size, scaled=use_scaler)
 
     def _build_module(
         self, model: PMMRec, dataset: Dataset, log_popularity: torch.Tensor
@@ -233,10 +236,20 @@ class Trainer:
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
+        stale = self.module.stale
+        tower_due = stale is not None and stale.gather()
+        if tower_due:
+            stale.backpropagate()  # the tower's gradient of the last N steps (clipped on its own)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if tower_due:
+            stale.refresh()
         return {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in losses.items()}}
+
+    def _flush_stale_layers(self) -> None:
+        if self.module.stale is not None:
+            self.module.stale.flush(self.optimizer)
 
     def _item_table(self) -> torch.Tensor:
         """The catalogue embedding table [N+1, d] of the current model (eval mode, cached prefixes if any)."""
@@ -298,6 +311,13 @@ class Trainer:
                 self.model.train()
                 if self.table_per_epoch:
                     self.module.item_table = self._item_table()
+                if config.tower_update_every > 1 and self.module.stale is None:
+                    self.module.stale = stale_text_layers(
+                        config.tower_update_every, self.model, self.collator, self.module.prefix_cache,
+                        self.dataset.num_items, self.device, chunk_size=config.item_batch_size,
+                        grad_clip=config.grad_clip,
+                    )  # fmt: skip
+                    self.clock.periodic(config.tower_update_every, self.module.stale.update_seconds)
                 loader = self._loader(epoch, progress["step_in_epoch"])
                 bar = tqdm(
                     total=self.steps_per_epoch,
@@ -312,6 +332,7 @@ class Trainer:
                 for batch in loader:
                     data_wait = time.perf_counter() - mark
                     if all_reduce_flag(self.context, stop.raised is not None):
+                        self._flush_stale_layers()
                         self._save_last(progress)
                         bar.close()
                         raise TrainingInterrupted(
@@ -327,10 +348,16 @@ class Trainer:
                     self.data_wait_s += data_wait
                     self.step_time_s += step_seconds
                     rate = items_seen * self.context.world_size / max(now - started, 1e-9)
-                    self.clock.step(step_seconds)
+                    if self.module.stale is not None:  # an update's time goes to the clock on its own
+                        self.clock.step(step_seconds - self.module.stale.take_update_seconds())
+                        self.clock.periodic(config.tower_update_every, self.module.stale.update_seconds)
+                    else:
+                        self.clock.step(step_seconds)
                     left = self.clock.describe(progress["global_step"])
                     # Throughput counts the sequence positions trained (items of users' histories), all processes.
-                    bar.set_postfix_str(f"loss {values['loss']:.4f}, {rate:,.0f} history items/s" + (f", {left}" if left else ""))
+                    bar.set_postfix_str(
+                        f"loss {values['loss']:.4f}, {rate:,.0f} history items/s" + (f", {left}" if left else "")
+                    )
                     if self.clock.steps_seen == ANNOUNCE_AFTER_STEPS and self.context.is_main:
                         self._announce_time(progress["global_step"])
                     bar.update(1)
@@ -351,6 +378,7 @@ class Trainer:
                     if self._done(progress):
                         break
                 bar.close()
+                self._flush_stale_layers()
                 self._end_epoch(progress, epoch, time.perf_counter() - started)
                 if config.patience is not None and progress["stale_epochs"] >= config.patience:
                     if self.context.is_main:
@@ -380,7 +408,7 @@ class Trainer:
 
     def _announce_time(self, global_step: int) -> None:
         """Once, after the first steps: how long the run's training will take, measured."""
-        step = self.clock.step_seconds or 0.0
+        step = self.clock.seconds_per_step() or 0.0
         left = self.clock.describe(global_step)
         training = step * (self.total_steps - global_step)
         tqdm.write(
@@ -467,7 +495,8 @@ class Trainer:
         }
         if test is not None:
             self._log(
-                {"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test_metrics}, progress["global_step"]
+                {"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test_metrics},
+                progress["global_step"],
             )
         if self.context.is_main:
             write_json(self.run_dir / "summary.json", summary)
@@ -487,5 +516,3 @@ class Trainer:
             model=best_model,
             test_ranks=test.ranks if test is not None else None,
         )
-
-

@@ -1,0 +1,132 @@
+"""Text layers updated every N steps from gradients gathered on a table (`tower_update_every`, issue 28.1).
+
+The projection of the table's mean states is the text-only tower's embedding; the gathered gradient is the sum of the
+steps' exact gradients while the layers stand still; a run trains the top layer only at its updates and never the
+frozen bottom; settings where it cannot apply are refused by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tiny
+import torch
+
+from pmmrec.data import load_dataset
+from pmmrec.errors import ConfigError
+from pmmrec.inference import encode_catalogue, make_collator
+from pmmrec.model import PMMRec
+from pmmrec.training.stale_items import StaleTextLayers, encoder_with_gradients
+from pmmrec.training.trainer import Trainer
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _environment(isolated: Path) -> None:
+    """The isolated environment (private cache, offline, one thread)."""
+
+
+def _stale(tiny_dataset: Path, every: int = 2) -> tuple[StaleTextLayers, object, object]:
+    dataset = load_dataset(tiny_dataset)
+    narrow = 16  # d below the backbone's width (32): the table must hold backbone states, not embeddings
+    model = PMMRec.assemble(
+        text=tiny.tiny_text_encoder(seed=1, dim=narrow), user=tiny.tiny_user_encoder(seed=2, dim=narrow)
+    ).eval()
+    model.bind_catalogue(dataset.item_ids)
+    collator = make_collator(model, dataset)
+    order = list(range(1, dataset.num_items + 1))
+    stale = StaleTextLayers(every, model, encoder_with_gradients(model, collator, CPU), order, chunk_size=7)
+    return stale, model, collator
+
+
+def test_the_projected_table_is_the_towers_embedding(tiny_dataset: Path) -> None:
+    """Guards against the deferred projection not commuting with the tower's mean (a wrong item for every step)."""
+    stale, model, collator = _stale(tiny_dataset)
+    exact = encode_catalogue(model, collator, stale.table.shape[0] - 1, CPU)
+    items = torch.arange(1, stale.table.shape[0])
+    with torch.no_grad():
+        assert torch.allclose(stale.embed(items), exact[1:], atol=1e-5)
+    assert stale.table.shape[1] == model.text.projection.in_features != model.dim  # the backbone's width, not d
+
+
+def test_the_gathered_gradient_is_the_sum_of_the_steps_gradients(tiny_dataset: Path) -> None:
+    """Guards against a lost, doubled or misplaced item gradient: with the layers unchanged between the steps, the
+    update's gradient equals that of the steps' losses computed through the whole tower."""
+    stale, model, collator = _stale(tiny_dataset)
+    generator = torch.Generator().manual_seed(0)
+    steps = [torch.tensor([1, 4, 5, 9]), torch.tensor([2, 4, 9, 11, 12])]  # item 4 and 9 read twice
+    targets = [torch.randn(len(items), model.dim, generator=generator) for items in steps]
+    for items, target in zip(steps, targets, strict=True):
+        (stale.embed(items) * target).sum().backward()
+        due = stale.gather()
+    assert due and stale.backpropagate() == 7  # distinct items read
+    layers = [p for p in model.text.backbone.parameters() if p.requires_grad]
+    gathered = [p.grad.clone() for p in layers]
+    projection = model.text.projection.weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+    encode = encoder_with_gradients(model, collator, CPU)
+    for items, target in zip(steps, targets, strict=True):
+        _, embeddings = encode(items.tolist())
+        (embeddings * target).sum().backward()
+    for mine, exact in zip(gathered, (p.grad for p in layers), strict=True):
+        assert torch.allclose(mine, exact, atol=1e-5)
+    assert torch.allclose(projection, model.text.projection.weight.grad, atol=1e-5)
+    assert stale.steps_gathered == 0 and not stale.sums.any()
+
+
+def test_a_run_updates_the_trained_layer_at_its_updates_only(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Guards against layers that never train (no update) or train on other steps, and a frozen bottom that moves."""
+    model = tiny.text_model()
+    before = {name: p.detach().clone() for name, p in model.text.backbone.named_parameters()}
+    trained = {name for name, p in model.text.backbone.named_parameters() if p.requires_grad}
+    config = tiny.train_config(tower_update_every=3, epochs=1)  # 4 steps
+    trainer = Trainer(model, load_dataset(tiny_dataset), config, tmp_path / "run", progress=False)
+    updates = []
+    original = StaleTextLayers.backpropagate
+
+    def counted(self: StaleTextLayers) -> int:
+        updates.append(self.steps_gathered)
+        return original(self)
+
+    StaleTextLayers.backpropagate = counted  # type: ignore[method-assign]
+    try:
+        trainer.run()
+    finally:
+        StaleTextLayers.backpropagate = original  # type: ignore[method-assign]
+    assert updates == [3, 1]  # after step 3, and step 4 at the epoch's end
+    after = dict(trainer.model.text.backbone.named_parameters())
+    moved = {name for name in before if not torch.equal(before[name], after[name].detach())}
+    assert trained and moved and moved <= trained
+
+
+def _pooled_mlp_model() -> PMMRec:
+    return PMMRec.assemble(text=tiny.tiny_text_encoder(seed=1), user=tiny.tiny_user_encoder(seed=2), fusion=tiny.tiny_pooled_mlp())
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "message"),
+    [
+        (lambda: tiny.text_model(), {"freeze": ["text"]}, "no text layer is trained"),
+        (_pooled_mlp_model, {}, "needs the text-only mean tower"),
+    ],
+)
+def test_settings_it_cannot_apply_to_are_refused_by_name(
+    tiny_dataset: Path, tmp_path: Path, model: object, options: dict, message: str
+) -> None:
+    """Guards against a silent exact run (or a crash mid-run) where the option was asked for and cannot apply."""
+    config = tiny.train_config(tower_update_every=4, **options)
+    with pytest.raises(ConfigError, match=f"--tower-update-every 4: {message}"):
+        Trainer(model(), load_dataset(tiny_dataset), config, tmp_path / "run", progress=False)  # type: ignore[operator]
+
+
+def test_the_time_left_spreads_each_update_over_its_steps() -> None:
+    """Guards against an estimate from the cheap steps alone (an update every N steps can be most of the time)."""
+    from pmmrec.training.progress import RunClock
+
+    clock = RunClock(steps_per_epoch=40, total_steps=80, may_stop_early=False, test=False, step_seconds=0.1)
+    assert clock.seconds_left(40) == pytest.approx(4.0)
+    clock.periodic(every=20, seconds=6.0)
+    assert clock.seconds_per_step() == pytest.approx(0.1 + 0.3)
+    assert clock.seconds_left(40) == pytest.approx(40 * 0.4)
