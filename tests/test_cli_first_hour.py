@@ -289,7 +289,9 @@ def test_a_long_cpu_text_run_is_told_how_to_train_in_minutes(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     hints = [line for line in result.output.splitlines() if line.startswith("hint: ")]
-    assert len(hints) == 1 and progress.FAST_TEXT_FLAGS in hints[0]
+    assert len(hints) == 1 and progress.STALE_TEXT_FLAGS in hints[0]  # a text-only tower: the stale-layers recipe
+    other = slow_text_hint(2, "cpu", SLOW_RUN_SECONDS, text_only=False)
+    assert other is not None and progress.FAST_TEXT_FLAGS in other  # any other tower: the frozen backbone
 
 
 def test_a_run_writes_its_test_ranks_as_evaluate_does(trained: dict[str, Any], model_and_data: dict[str, Path]) -> None:

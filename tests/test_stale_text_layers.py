@@ -17,7 +17,7 @@ from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.inference import encode_catalogue, make_collator
 from pmmrec.model import PMMRec
-from pmmrec.training.stale_items import StaleTextLayers, encoder_with_gradients
+from pmmrec.training.stale_items import StaleTextLayers, encoder_with_gradients, update_steps
 from pmmrec.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -37,7 +37,8 @@ def _stale(tiny_dataset: Path, every: int = 2) -> tuple[StaleTextLayers, object,
     model.bind_catalogue(dataset.item_ids)
     collator = make_collator(model, dataset)
     order = list(range(1, dataset.num_items + 1))
-    stale = StaleTextLayers(every, model, encoder_with_gradients(model, collator, CPU), order, chunk_size=7)
+    encode = encoder_with_gradients(model, collator, CPU)
+    stale = StaleTextLayers(every, model, encode, order, steps_per_epoch=every, chunk_size=7)
     return stale, model, collator
 
 
@@ -58,9 +59,9 @@ def test_the_gathered_gradient_is_the_sum_of_the_steps_gradients(tiny_dataset: P
     generator = torch.Generator().manual_seed(0)
     steps = [torch.tensor([1, 4, 5, 9]), torch.tensor([2, 4, 9, 11, 12])]  # item 4 and 9 read twice
     targets = [torch.randn(len(items), model.dim, generator=generator) for items in steps]
-    for items, target in zip(steps, targets, strict=True):
+    for step, (items, target) in enumerate(zip(steps, targets, strict=True), start=1):
         (stale.embed(items) * target).sum().backward()
-        due = stale.gather()
+        due = stale.gather(step)
     assert due and stale.backpropagate() == 7  # distinct items read
     layers = [p for p in model.text.backbone.parameters() if p.requires_grad]
     gathered = [p.grad.clone() for p in layers]
@@ -81,7 +82,7 @@ def test_a_run_updates_the_trained_layer_at_its_updates_only(tiny_dataset: Path,
     model = tiny.text_model()
     before = {name: p.detach().clone() for name, p in model.text.backbone.named_parameters()}
     trained = {name for name, p in model.text.backbone.named_parameters() if p.requires_grad}
-    config = tiny.train_config(tower_update_every=3, epochs=1)  # 4 steps
+    config = tiny.train_config(tower_update_every=2, epochs=1)  # 4 steps
     trainer = Trainer(model, load_dataset(tiny_dataset), config, tmp_path / "run", progress=False)
     updates = []
     original = StaleTextLayers.backpropagate
@@ -95,7 +96,7 @@ def test_a_run_updates_the_trained_layer_at_its_updates_only(tiny_dataset: Path,
         trainer.run()
     finally:
         StaleTextLayers.backpropagate = original  # type: ignore[method-assign]
-    assert updates == [3, 1]  # after step 3, and step 4 at the epoch's end
+    assert updates == [2, 2]  # after steps 2 and 4 (the epoch's end: nothing left for a flush)
     after = dict(trainer.model.text.backbone.named_parameters())
     moved = {name for name in before if not torch.equal(before[name], after[name].detach())}
     assert trained and moved and moved <= trained
@@ -130,3 +131,9 @@ def test_the_time_left_spreads_each_update_over_its_steps() -> None:
     clock.periodic(every=20, seconds=6.0)
     assert clock.seconds_per_step() == pytest.approx(0.1 + 0.3)
     assert clock.seconds_left(40) == pytest.approx(40 * 0.4)
+
+
+def test_an_epoch_is_cut_into_equal_parts_ending_with_it() -> None:
+    """Guards against an update spent on an epoch's few leftover steps (166 steps by 40: 4 parts, not 4 and 6)."""
+    assert update_steps(166, 40) == {42, 83, 124, 166}
+    assert update_steps(4, 3) == {4} and update_steps(5, 100) == {5} and update_steps(6, 1) == set(range(1, 7))

@@ -60,20 +60,34 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
 
 # A CPU run expected to train longer than this gets `slow_text_hint`'s line.
 SLOW_RUN_SECONDS = 3600.0
-# The fast text recipe: the backbone frozen, chosen on validation among frozen settings with time as a criterion
-# (`benchmarks/defaults_search.py search --tower text`; docs/training.md, "A text run on a CPU").
+# The CPU text recipes (docs/training.md, "A text run on a CPU"), best on validation among settings that fit about
+# 20 minutes on 2 cores: for the text-only tower, one MiniLM layer trained every 40 steps from a table of item states
+# (`--tower-update-every`); for a tower that cannot (several modalities, a trained fusion), the frozen backbone.
+STALE_TEXT_FLAGS = (
+    "--text-trainable-layers 1 --dim 128 --pretrained-lr 3e-4 --fresh-lr 3e-3 --tower-update-every 40 --max-epochs 30 "
+    "--patience 3"
+)
 FAST_TEXT_FLAGS = "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fresh-lr 3e-3 --max-epochs 30 --patience 3"
 
 
-def slow_text_hint(text_trainable_layers: int | None, device_type: str, training_seconds: float) -> str | None:
+def slow_text_hint(
+    text_trainable_layers: int | None, device_type: str, training_seconds: float, text_only: bool = False
+) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the default text run trains for hours; a frozen backbone (its output computed once per item by the
-    frozen-prefix cache) makes a step tens of times cheaper, at lower quality (docs/training.md, "A text run on a
-    CPU"). The default stays the better model: the user chooses.
+    On 2 CPU cores the default text run trains for hours. The text-only tower can train one layer every 40 steps
+    from a table of item states, in about 20 minutes on MovieLens-100K; any tower can freeze the backbone (its output
+    computed once per item), in minutes, at lower quality (docs/training.md, "A text run on a CPU"). The default
+    stays the better model: the user chooses.
     """
     if device_type != "cpu" or not text_trainable_layers or training_seconds < SLOW_RUN_SECONDS:
         return None
+    if text_only:
+        return (
+            f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
+            f"`{STALE_TEXT_FLAGS}` trains one layer every 40 steps from a table of item states, several times "
+            'faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
+        )
     return (
         f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
         f"`{FAST_TEXT_FLAGS}` freezes the text backbone (its output is computed once per item) and trains in "
@@ -107,7 +121,7 @@ class RunClock:
     step_seconds: float | None = None
     validation_seconds: float | None = None
     steps_seen: int = field(default=0, init=False)
-    update_every: int = field(default=1, init=False)  # steps between updates of stale text layers (1: none)
+    update_every: float = field(default=1.0, init=False)  # steps per update of stale text layers (1: none)
     update_seconds: float = field(default=0.0, init=False)  # one such update (`periodic`)
 
     def step(self, seconds: float) -> None:
@@ -121,7 +135,7 @@ class RunClock:
     def validation(self, seconds: float) -> None:
         self.validation_seconds = seconds
 
-    def periodic(self, every: int, seconds: float) -> None:
+    def periodic(self, every: float, seconds: float) -> None:
         """Record the time of an update run every `every` steps (stale text layers), spread over those steps."""
         self.update_every, self.update_seconds = every, seconds
 

@@ -45,10 +45,13 @@ class StaleTextLayers:
         encode: ItemEncoder,
         order: Sequence[int],
         *,
+        steps_per_epoch: int,
         chunk_size: int = 256,
         grad_clip: float | None = None,
     ) -> None:
         self.every = every
+        self.update_steps = update_steps(steps_per_epoch, every)
+        self.steps_per_update = steps_per_epoch / len(self.update_steps)
         self.model = model
         self.encode = encode
         self.order = list(order)
@@ -76,14 +79,15 @@ class StaleTextLayers:
         self._read.append((items, leaf))
         return self.projection(leaf)
 
-    def gather(self) -> bool:
-        """Add this step's row gradients to the sums; True when the layers are due for an update."""
+    def gather(self, step_in_epoch: int) -> bool:
+        """Add this step's row gradients to the sums; True when the layers are due for an update: `step_in_epoch`
+        (1-based) is one of `update_steps`."""
         for items, leaf in self._read:
             if leaf.grad is not None:
                 self.sums.index_add_(0, items.to(self.sums.device), leaf.grad.to(self.sums.dtype))
         self._read.clear()
         self.steps_gathered += 1
-        return self.steps_gathered >= self.every
+        return step_in_epoch in self.update_steps
 
     def backpropagate(self) -> int:
         """Back-propagate the sums through the trained layers (their .grad, clipped on their own); returns the items
@@ -175,6 +179,13 @@ def encoder_with_gradients(model: PMMRec, collator: BatchCollator, device: torch
     return encode
 
 
+def update_steps(steps_per_epoch: int, every: int) -> frozenset[int]:
+    """The steps of an epoch (1-based) after which the layers update: the epoch in round(steps / every) equal parts
+    (at least one), the last ending with the epoch, so no update is spent on an epoch's few leftover steps."""
+    parts = max(1, round(steps_per_epoch / every))
+    return frozenset(round(part * steps_per_epoch / parts) for part in range(1, parts + 1))
+
+
 def stale_text_layers(
     every: int,
     model: PMMRec,
@@ -183,6 +194,7 @@ def stale_text_layers(
     num_items: int,
     device: torch.device,
     *,
+    steps_per_epoch: int,
     chunk_size: int,
     grad_clip: float | None,
 ) -> StaleTextLayers:
@@ -193,4 +205,6 @@ def stale_text_layers(
     else:
         encode = encoder_with_gradients(model, collator, device)
     order = catalogue_order(collator, num_items)
-    return StaleTextLayers(every, model, encode, order, chunk_size=chunk_size, grad_clip=grad_clip)
+    return StaleTextLayers(
+        every, model, encode, order, steps_per_epoch=steps_per_epoch, chunk_size=chunk_size, grad_clip=grad_clip
+    )

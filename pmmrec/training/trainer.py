@@ -51,7 +51,7 @@ from pmmrec.training.run_dir import (
     rng_state,
     save_checkpoint,
 )
-from pmmrec.training.stale_items import check_stale_layers, stale_text_layers
+from pmmrec.training.stale_items import TEXT_ONLY, check_stale_layers, stale_text_layers
 
 TEST_RANKS_FILE = "test_ranks.json"
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
@@ -237,7 +237,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip)
         stale = self.module.stale
-        tower_due = stale is not None and stale.gather()
+        tower_due = stale is not None and stale.gather(global_step % self.steps_per_epoch + 1)
         if tower_due:
             stale.backpropagate()  # the tower's gradient of the last N steps (clipped on its own)
         self.scaler.step(self.optimizer)
@@ -314,10 +314,10 @@ class Trainer:
                 if config.tower_update_every > 1 and self.module.stale is None:
                     self.module.stale = stale_text_layers(
                         config.tower_update_every, self.model, self.collator, self.module.prefix_cache,
-                        self.dataset.num_items, self.device, chunk_size=config.item_batch_size,
-                        grad_clip=config.grad_clip,
+                        self.dataset.num_items, self.device, steps_per_epoch=self.steps_per_epoch,
+                        chunk_size=config.item_batch_size, grad_clip=config.grad_clip,
                     )  # fmt: skip
-                    self.clock.periodic(config.tower_update_every, self.module.stale.update_seconds)
+                    self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds)
                 loader = self._loader(epoch, progress["step_in_epoch"])
                 bar = tqdm(
                     total=self.steps_per_epoch,
@@ -350,7 +350,7 @@ class Trainer:
                     rate = items_seen * self.context.world_size / max(now - started, 1e-9)
                     if self.module.stale is not None:  # an update's time goes to the clock on its own
                         self.clock.step(step_seconds - self.module.stale.take_update_seconds())
-                        self.clock.periodic(config.tower_update_every, self.module.stale.update_seconds)
+                        self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds)
                     else:
                         self.clock.step(step_seconds)
                     left = self.clock.describe(progress["global_step"])
@@ -417,7 +417,8 @@ class Trainer:
         )
         text = getattr(self.model, "text", None)
         layers = text.config.trainable_layers if text is not None else None
-        hint = slow_text_hint(layers, self.device.type, training)
+        text_only = self.model.fusion is not None and self.model.fusion.type_name == TEXT_ONLY
+        hint = slow_text_hint(layers, self.device.type, training, text_only)
         if hint:
             tqdm.write(hint)
 
