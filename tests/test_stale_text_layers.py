@@ -110,7 +110,7 @@ def _pooled_mlp_model() -> PMMRec:
     ("model", "options", "message"),
     [
         (lambda: tiny.text_model(), {"freeze": ["text"]}, "no text layer is trained"),
-        (_pooled_mlp_model, {}, "needs the text-only mean tower"),
+        (_pooled_mlp_model, {}, r"needs the text-only mean tower \(fusion/text_only\); this model has fusion/pooled_mlp"),
     ],
 )
 def test_settings_it_cannot_apply_to_are_refused_by_name(

@@ -160,7 +160,8 @@ def check_stale_layers(every: int, model: PMMRec, *, processes: int, scaled: boo
     option = f"--tower-update-every {every}"
     fusion = model.fusion.type_name if model.fusion is not None else None
     if fusion != TEXT_ONLY or model.text is None or not isinstance(model.text.projection, nn.Linear):
-        raise ConfigError(f"{option}: needs the text-only mean tower ({TEXT_ONLY}); this model's is {fusion} (use 1)")
+        tower = "an ID tower" if model.item_tower is not None else fusion
+        raise ConfigError(f"{option}: needs the text-only mean tower ({TEXT_ONLY}); this model has {tower} (use 1)")
     if not any(parameter.requires_grad for parameter in model.text.backbone.parameters()):
         raise ConfigError(f"{option}: no text layer is trained (--text-trainable-layers 0); use 1")
     if processes > 1:
