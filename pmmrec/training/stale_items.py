@@ -49,7 +49,6 @@ class StaleTextLayers:
         chunk_size: int = 256,
         grad_clip: float | None = None,
     ) -> None:
-        self.every = every
         self.update_steps = update_steps(steps_per_epoch, every)
         self.steps_per_update = steps_per_epoch / len(self.update_steps)
         self.model = model
@@ -62,9 +61,9 @@ class StaleTextLayers:
         self.layers = [parameter for parameter in model.text.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
         self.table = self._encode_table()
-        # One update's seconds: estimated as 3 table encodings (a forward and a backward of about two forwards over
-        # the items, then the refresh) until the first is measured; `take_update_seconds` hands out measured time.
-        self.update_seconds = 3 * (time.perf_counter() - started)
+        # One update's seconds, estimated as 3 table encodings (a forward and a backward of about two forwards over
+        # the items, then the refresh), for the time left until one is measured (`take_update_seconds`).
+        self.update_seconds_estimate = 3 * (time.perf_counter() - started)
         self._unreported_s = 0.0
         # Position of each catalogue index in `order` (items of similar length together, so chunks pad little).
         self.position = torch.empty(self.table.shape[0], dtype=torch.long)
@@ -111,7 +110,6 @@ class StaleTextLayers:
         started = time.perf_counter()
         self.table = self._encode_table()
         self._unreported_s += time.perf_counter() - started
-        self.update_seconds = self._unreported_s
 
     def take_update_seconds(self) -> float:
         """Seconds spent updating since the last call (0.0 when no update ran): what a step's time included."""

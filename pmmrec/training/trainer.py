@@ -116,6 +116,9 @@ class Trainer:
             component.requires_grad_(False)
         self.model = model.to(self.device)
         model.bind_catalogue(dataset.item_ids)
+        self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
+        # Before the frozen-prefix cache is built (minutes for a real backbone): a refused option fails at once.
+        check_stale_layers(config.tower_update_every, model, processes=self.context.world_size, scaled=use_scaler)
         # Training knows only the items of its time (issue 24): those of the training sequences and config.known_items.
         # They are the full softmax's only candidates, and an ID tower trains only their rows (the others are zeroed).
         # A learning curve trains on a share of the users (nested samples); every user is still evaluated.
@@ -153,9 +156,7 @@ class Trainer:
         self.learning_rates = slot_learning_rates(self.module, config)
         self.optimizer = adamw(groups, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
-        self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        check_stale_layers(config.tower_update_every, model, processes=self.context.world_size, scaled=use_scaler)
 
     def _build_module(
         self, model: PMMRec, dataset: Dataset, log_popularity: torch.Tensor
@@ -317,7 +318,7 @@ class Trainer:
                         self.dataset.num_items, self.device, steps_per_epoch=self.steps_per_epoch,
                         chunk_size=config.item_batch_size, grad_clip=config.grad_clip,
                     )  # fmt: skip
-                    self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds)
+                    self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
                 loader = self._loader(epoch, progress["step_in_epoch"])
                 bar = tqdm(
                     total=self.steps_per_epoch,
@@ -348,11 +349,11 @@ class Trainer:
                     self.data_wait_s += data_wait
                     self.step_time_s += step_seconds
                     rate = items_seen * self.context.world_size / max(now - started, 1e-9)
-                    if self.module.stale is not None:  # an update's time goes to the clock on its own
-                        self.clock.step(step_seconds - self.module.stale.take_update_seconds())
-                        self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds)
-                    else:
-                        self.clock.step(step_seconds)
+                    stale = self.module.stale
+                    update = stale.take_update_seconds() if stale is not None else 0.0
+                    self.clock.step(step_seconds - update)  # an update's time goes to the clock on its own
+                    if stale is not None and update:
+                        self.clock.periodic(stale.steps_per_update, update)
                     left = self.clock.describe(progress["global_step"])
                     # Throughput counts the sequence positions trained (items of users' histories), all processes.
                     bar.set_postfix_str(
