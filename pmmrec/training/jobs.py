@@ -28,9 +28,10 @@ from pmmrec.training.config import (
 )
 from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.determinism import deterministic_mode
+from pmmrec.training.outcome import TrainResult
 from pmmrec.training.progress import start_lines
 from pmmrec.training.run_dir import check_run_folder
-from pmmrec.training.trainer import Trainer, TrainResult
+from pmmrec.training.trainer import Trainer
 
 Mode = Literal["pretrain", "finetune"]
 DEFAULT_MODALITY = "text"  # what a run reads when neither --modality nor an encoder says

@@ -164,3 +164,34 @@ class RunClock:
         bound = "<=" if self.may_stop_early else "~"
         extra = " + validation" if self.validation_seconds is None else ""
         return f"run {bound}{duration(left)}{extra} left"
+
+
+def time_lines(
+    clock: RunClock, global_step: int, text_trainable_layers: int | None, device_type: str, text_only: bool
+) -> list[str]:
+    """Printed once, after the first steps: how long the run's training will take, measured (and the CPU hint when
+    trained text layers make it long)."""
+    step = clock.seconds_per_step() or 0.0
+    steps_left = clock.total_steps - global_step
+    training = step * steps_left
+    lines = [
+        f"time: {step:.2f} s per step measured; {steps_left:,} steps left, {duration(training)} of training; "
+        f"{clock.describe(global_step)} (shown in the progress bar)"
+    ]
+    hint = slow_text_hint(text_trainable_layers, device_type, training, text_only)
+    return lines + ([hint] if hint else [])
+
+
+def epoch_line(
+    config: TrainConfig, epoch: int, score: float, best: tuple[float, int], seconds: tuple[float, float], left: str | None
+) -> str:
+    """`epoch 3/30: valid ndcg@10 = 0.1210 (best); 35s of training + 2s of validation; run <=14m left`. `epoch`:
+    1-based; `best`: the best score and its epoch (this one when it is the best); `seconds`: training, validation."""
+    best_score, best_epoch = best
+    training, validation = seconds
+    return (
+        f"epoch {epoch}/{config.epoch_limit}: valid {config.select_metric} = {score:.4f}"
+        + (" (best)" if best_epoch == epoch else f" (best {best_score:.4f} at epoch {best_epoch})")
+        + f"; {duration(training)} of training + {duration(validation)} of validation"
+        + (f"; {left}" if left and epoch < config.epoch_limit else "")
+    )

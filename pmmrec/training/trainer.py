@@ -4,44 +4,29 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pmmrec.data import (
-    BatchCollator,
-    Dataset,
-    LeaveOneOutSplit,
-    RaggedArray,
-    SequenceBatch,
-    TrainSequences,
-    dataset_fingerprint,
-    known_items,
-    leave_one_out,
-    user_share_rows,
-)
+from pmmrec.data import Dataset, LeaveOneOutSplit, SequenceBatch, dataset_fingerprint
 from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
 from pmmrec.errors import ConfigError, Interrupted
 from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import write_json
-from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split, make_collator
+from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split
 from pmmrec.model import PMMRec
-from pmmrec.objectives import log_popularity_from_counts
-from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.progress import bar_disable
-from pmmrec.tasks import evaluation_document
 from pmmrec.training.config import TrainConfig
 from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
-from pmmrec.training.module import TrainingModule, item_tower_frozen
+from pmmrec.training.module import item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
-from pmmrec.training.progress import RunClock, duration, plan_line, slow_text_hint, start_lines
+from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_test_ranks
+from pmmrec.training.progress import RunClock, epoch_line, plan_line, start_lines, time_lines
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import (
     RunFolder,
@@ -51,27 +36,16 @@ from pmmrec.training.run_dir import (
     rng_state,
     save_checkpoint,
 )
+from pmmrec.training.setup import freeze_and_check, run_data, training_module
 from pmmrec.training.stale_items import TEXT_ONLY, check_stale_layers, stale_text_layers
 
-TEST_RANKS_FILE = "test_ranks.json"
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
+
+__all__ = ["TrainResult", "Trainer", "TrainingInterrupted"]
 
 
 class TrainingInterrupted(Interrupted):
     """SIGTERM/SIGINT arrived; a checkpoint was written and `--resume` continues from it."""
-
-
-@dataclass
-class TrainResult:
-    """What a run produced."""
-
-    run_dir: Path
-    best_epoch: int | None
-    best_valid: dict[str, float]
-    test: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    model: PMMRec | None = None
-    test_ranks: np.ndarray | None = None  # per-user test ranks (split order), None when the test was not evaluated
 
 
 class Trainer:
@@ -102,35 +76,20 @@ class Trainer:
         # What a model folder of this run records: how the data was split and which dataset it was.
         self.split_record = {**config.split_record(), "dataset": dataset_fingerprint(dataset)}
         torch.manual_seed(config.seed)
-        self.split: LeaveOneOutSplit = leave_one_out(dataset.sequences, config.min_length, config.max_history)
-        if self.split.num_users == 0:
-            raise ConfigError(f"{dataset.root}: no user has at least {config.min_length} interactions")
-        if model.max_length < config.max_length:
-            raise ConfigError(
-                f"--max-length {config.max_length} exceeds the user encoder's max_length {model.max_length}"
-            )
-        for slot in config.freeze:
-            component = getattr(model, slot, None)
-            if component is None:
-                raise ConfigError(f"--freeze {slot}: the model has no {slot} component")
-            component.requires_grad_(False)
+        data = run_data(dataset, config)
+        self.split: LeaveOneOutSplit = data.split
+        self.train_rows, self.known_items, self.train_set = data.train_rows, data.known_items, data.train_set
+        freeze_and_check(model, config)
         self.model = model.to(self.device)
         model.bind_catalogue(dataset.item_ids)
         self.autocast_dtype, use_scaler = autocast_settings(config, self.device)
         # Before the frozen-prefix cache is built (minutes for a real backbone): a refused option fails at once.
         check_stale_layers(config.tower_update_every, model, processes=self.context.world_size, scaled=use_scaler)
-        # Training knows only the items of its time (issue 24): those of the training sequences and config.known_items.
-        # They are the full softmax's only candidates, and an ID tower trains only their rows (the others are zeroed).
-        # A learning curve trains on a share of the users (nested samples); every user is still evaluated.
-        self.train_rows = user_share_rows(self.split.num_users, config.train_user_share, config.train_user_seed)
-        self.known_items = known_items(self.split, dataset.item_ids, config.known_items, rows=self.train_rows)
         if model.item_tower is not None:
             model.item_tower.train_only(torch.from_numpy(self.known_items))
-        # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
-        train_sequences = RaggedArray.from_rows(self.split.train).take(self.train_rows)
-        self.train_set = TrainSequences(train_sequences, config.max_length, config.window, config.seed)
-        counts = torch.from_numpy(self.train_set.item_counts(dataset.num_items))
-        self.module, self.collator = self._build_module(model, dataset, log_popularity_from_counts(counts))
+        self.module, self.collator = training_module(
+            model, dataset, config, data, self.device, distributed=self.context.enabled
+        )
         # A skipped objective is announced where a user could expect it: its weight was given, or the data has
         # images. A text-only run on text-only data, where it cannot apply (the demo, the README), stays quiet.
         self.notices = [notice for _, notice, given in self.module.skipped if given or dataset.images_path is not None]
@@ -154,31 +113,20 @@ class Trainer:
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
         self.learning_rates = slot_learning_rates(self.module, config)
+        self.facts = RunFacts(
+            world_size=self.context.world_size,
+            gather_negatives=self.module.gather_negatives,
+            objectives=self.module.active_losses(),
+            skipped_objectives=[name for name, _, _ in self.module.skipped],
+            softmax=self.module.options["next_item"].softmax,
+            known_items=len(self.known_items),
+            learning_rates=self.learning_rates,
+            train_windows=len(self.train_set),
+            train_users=len(self.train_rows),
+        )
         self.optimizer = adamw(groups, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-
-    def _build_module(
-        self, model: PMMRec, dataset: Dataset, log_popularity: torch.Tensor
-    ) -> tuple[TrainingModule, BatchCollator]:
-        """The training module (frozen-prefix cache, gathered negatives) and the batch collator it trains on, each
-        built with its settings: batches list every item under the full softmax, and carry no images when the
-        cache holds every image's frozen prefix."""
-        inputs = make_collator(model, dataset)
-        cache = FrozenPrefixCache.for_model(model, inputs, self.device) if self.config.cache_frozen else None
-        module = TrainingModule(
-            model,
-            self.config,
-            log_popularity,
-            prefix_cache=cache,
-            gather_negatives=self.config.gather_negatives and self.context.enabled,
-        ).to(self.device)
-        collator = inputs.with_options(
-            all_items_as_candidates=module.full_softmax,
-            cached=cache.skipped_inputs if cache is not None else (),
-            known_items=self.known_items,
-        )
-        return module, collator
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -313,91 +261,91 @@ class Trainer:
                 if self.table_per_epoch:
                     self.module.item_table = self._item_table()
                 if config.tower_update_every > 1 and self.module.stale is None:
-                    self.module.stale = stale_text_layers(
-                        config.tower_update_every, self.model, self.collator, self.module.prefix_cache,
-                        self.dataset.num_items, self.device, steps_per_epoch=self.steps_per_epoch,
-                        chunk_size=config.item_batch_size, grad_clip=config.grad_clip,
-                    )  # fmt: skip
-                    self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
-                loader = self._loader(epoch, progress["step_in_epoch"])
-                bar = tqdm(
-                    total=self.steps_per_epoch,
-                    initial=progress["step_in_epoch"],
-                    desc=f"{config.mode} epoch {epoch + 1}/{config.epoch_limit}",
-                    unit="step",
-                    disable=bar_disable(self.progress and self.context.is_main),
-                    dynamic_ncols=True,
-                )
-                started, items_seen = time.perf_counter(), 0
-                mark = started  # end of the previous step: from here to a batch's arrival is data wait
-                for batch in loader:
-                    data_wait = time.perf_counter() - mark
-                    if all_reduce_flag(self.context, stop.raised is not None):
-                        self._flush_stale_layers()
-                        self._save_last(progress)
-                        bar.close()
-                        raise TrainingInterrupted(
-                            f"stopped by a signal at epoch {epoch + 1}, step {progress['step_in_epoch']}; "
-                            f"checkpoint in {self.folder.last_checkpoint}; continue with --resume"
-                        )
-                    values = self._step(batch, progress["global_step"])
-                    items_seen += int(batch.seq_mask.sum())
-                    progress["step_in_epoch"] += 1
-                    progress["global_step"] += 1
-                    now = time.perf_counter()
-                    step_seconds = now - mark
-                    self.data_wait_s += data_wait
-                    self.step_time_s += step_seconds
-                    rate = items_seen * self.context.world_size / max(now - started, 1e-9)
-                    stale = self.module.stale
-                    update = stale.take_update_seconds() if stale is not None else 0.0
-                    self.clock.step(step_seconds - update)  # an update's time goes to the clock on its own
-                    if stale is not None and update:
-                        self.clock.periodic(stale.steps_per_update, update)
-                    left = self.clock.describe(progress["global_step"])
-                    # Throughput counts the sequence positions trained (items of users' histories), all processes.
-                    bar.set_postfix_str(
-                        f"loss {values['loss']:.4f}, {rate:,.0f} history items/s" + (f", {left}" if left else "")
-                    )
-                    if self.clock.steps_seen == ANNOUNCE_AFTER_STEPS and self.context.is_main:
-                        self._announce_time(progress["global_step"])
-                    bar.update(1)
-                    self._log(
-                        {
-                            "event": "step",
-                            "epoch": epoch + 1,
-                            "step": progress["global_step"],
-                            **values,
-                            **{f"lr_{group['slot']}": group["lr"] for group in self.optimizer.param_groups},
-                            "items_per_s": rate,
-                            "data_wait_s": data_wait,
-                            "step_s": step_seconds,
-                        },
-                        progress["global_step"],
-                    )
-                    mark = time.perf_counter()
-                    if self._done(progress):
-                        break
-                bar.close()
+                    self._start_stale_layers()
+                seconds = self._train_epoch(progress, epoch, stop)
                 self._flush_stale_layers()
-                self._end_epoch(progress, epoch, time.perf_counter() - started)
+                self._end_epoch(progress, epoch, seconds)
                 if config.patience is not None and progress["stale_epochs"] >= config.patience:
                     if self.context.is_main:
                         tqdm.write(f"early stopping: no better {config.select_metric} for {config.patience} epochs")
                     break
         return self._finish(progress)
 
-    def _write_test_ranks(self, ranks: np.ndarray, metrics: dict[str, float]) -> None:
-        """RUN/test_ranks.json: the best model's test ranks per user, as `pmmrec evaluate --json` writes them (what
-        `pmmrec compare RUN...` reads)."""
-        document = evaluation_document(
-            model=str(self.run_dir / "model"), data=str(self.dataset.root), split="test",
-            settings={"min_length": self.config.min_length, "max_history": self.config.max_history,
-                      "max_length": self.config.max_length, "exclude_seen": True},
-            metrics=metrics, users=[self.dataset.user_ids[row] for row in self.split.user_rows], ranks=ranks,
-            dataset=self.split_record["dataset"],
+    def _start_stale_layers(self) -> None:
+        """The table and gradient sums of `tower_update_every` (built once the model is in training mode)."""
+        config = self.config
+        self.module.stale = stale_text_layers(
+            config.tower_update_every, self.model, self.collator, self.module.prefix_cache,
+            self.dataset.num_items, self.device, steps_per_epoch=self.steps_per_epoch,
+            chunk_size=config.item_batch_size, grad_clip=config.grad_clip,
         )  # fmt: skip
-        write_json(self.run_dir / TEST_RANKS_FILE, document)
+        self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
+
+    def _train_epoch(self, progress: dict[str, Any], epoch: int, stop: StopFlag) -> float:
+        """The steps of one epoch from `progress["step_in_epoch"]` (a signal stops it with a checkpoint); returns
+        its seconds."""
+        config = self.config
+        loader = self._loader(epoch, progress["step_in_epoch"])
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=progress["step_in_epoch"],
+            desc=f"{config.mode} epoch {epoch + 1}/{config.epoch_limit}",
+            unit="step",
+            disable=bar_disable(self.progress and self.context.is_main),
+            dynamic_ncols=True,
+        )
+        started, items_seen = time.perf_counter(), 0
+        mark = started  # end of the previous step: from here to a batch's arrival is data wait
+        for batch in loader:
+            data_wait = time.perf_counter() - mark
+            if all_reduce_flag(self.context, stop.raised is not None):
+                self._flush_stale_layers()
+                self._save_last(progress)
+                bar.close()
+                raise TrainingInterrupted(
+                    f"stopped by a signal at epoch {epoch + 1}, step {progress['step_in_epoch']}; "
+                    f"checkpoint in {self.folder.last_checkpoint}; continue with --resume"
+                )
+            values = self._step(batch, progress["global_step"])
+            items_seen += int(batch.seq_mask.sum())
+            progress["step_in_epoch"] += 1
+            progress["global_step"] += 1
+            now = time.perf_counter()
+            step_seconds = now - mark
+            self.data_wait_s += data_wait
+            self.step_time_s += step_seconds
+            rate = items_seen * self.context.world_size / max(now - started, 1e-9)
+            stale = self.module.stale
+            update = stale.take_update_seconds() if stale is not None else 0.0
+            self.clock.step(step_seconds - update)  # an update's time goes to the clock on its own
+            if stale is not None and update:
+                self.clock.periodic(stale.steps_per_update, update)
+            left = self.clock.describe(progress["global_step"])
+            # Throughput counts the sequence positions trained (items of users' histories), all processes.
+            bar.set_postfix_str(
+                f"loss {values['loss']:.4f}, {rate:,.0f} history items/s" + (f", {left}" if left else "")
+            )
+            if self.clock.steps_seen == ANNOUNCE_AFTER_STEPS and self.context.is_main:
+                self._announce_time(progress["global_step"])
+            bar.update(1)
+            self._log(
+                {
+                    "event": "step",
+                    "epoch": epoch + 1,
+                    "step": progress["global_step"],
+                    **values,
+                    **{f"lr_{group['slot']}": group["lr"] for group in self.optimizer.param_groups},
+                    "items_per_s": rate,
+                    "data_wait_s": data_wait,
+                    "step_s": step_seconds,
+                },
+                progress["global_step"],
+            )
+            mark = time.perf_counter()
+            if self._done(progress):
+                break
+        bar.close()
+        return time.perf_counter() - started
 
     def _log(self, record: dict[str, Any], step: int) -> None:
         """One record to log.jsonl (the source of truth) and to the configured trackers."""
@@ -408,20 +356,11 @@ class Trainer:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
 
     def _announce_time(self, global_step: int) -> None:
-        """Once, after the first steps: how long the run's training will take, measured."""
-        step = self.clock.seconds_per_step() or 0.0
-        left = self.clock.describe(global_step)
-        training = step * (self.total_steps - global_step)
-        tqdm.write(
-            f"time: {step:.2f} s per step measured; {self.total_steps - global_step:,} steps left, "
-            f"{duration(training)} of training; {left} (shown in the progress bar)"
-        )
         text = getattr(self.model, "text", None)
         layers = text.config.trainable_layers if text is not None else None
         text_only = self.model.fusion is not None and self.model.fusion.type_name == TEXT_ONLY
-        hint = slow_text_hint(layers, self.device.type, training, text_only)
-        if hint:
-            tqdm.write(hint)
+        for line in time_lines(self.clock, global_step, layers, self.device.type, text_only):
+            tqdm.write(line)
 
     def _end_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
         evaluation_started = time.perf_counter()
@@ -444,12 +383,8 @@ class Trainer:
             progress["stale_epochs"] += 1
         if self.context.is_main:
             left = self.clock.describe(progress["global_step"])
-            tqdm.write(
-                f"epoch {epoch + 1}/{self.config.epoch_limit}: valid {self.config.select_metric} = {score:.4f}"
-                + (" (best)" if improved else f" (best {progress['best']:.4f} at epoch {progress['best_epoch']})")
-                + f"; {duration(seconds)} of training + {duration(eval_seconds)} of validation"
-                + (f"; {left}" if left and epoch + 1 < self.config.epoch_limit else "")
-            )
+            best = (progress["best"], progress["best_epoch"])
+            tqdm.write(epoch_line(self.config, epoch + 1, score, best, (seconds, eval_seconds), left))
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         if self.config.save_checkpoints:
             self._save_last(progress)
@@ -467,34 +402,10 @@ class Trainer:
         self.model = best_model
         test = self._evaluate("test") if self.config.evaluate_test else None
         test_metrics = test.metrics if test is not None else {}
-        valid_best = next((h for h in progress["history"] if h["epoch"] == progress["best_epoch"]), {})
-        valid_metrics = {k: v for k, v in valid_best.items() if "@" in k}
-        summary = {
-            "mode": self.config.mode,
-            "dataset": self.dataset.name,
-            "users": self.split.num_users,
-            "items": self.dataset.num_items,
-            "world_size": self.context.world_size,
-            "gather_negatives": self.module.gather_negatives,
-            "objectives": self.module.active_losses(),
-            "skipped_objectives": [name for name, _, _ in self.module.skipped],
-            "softmax": self.module.options["next_item"].softmax,
-            "known_items": len(self.known_items),
-            "learning_rates": self.learning_rates,
-            "split": self.config.split_record(),
-            "train_windows": len(self.train_set),
-            "train_users": len(self.train_rows),
-            "train_user_share": self.config.train_user_share,
-            "passes_per_epoch": self.config.passes_per_epoch,
-            "best_epoch": progress["best_epoch"],
-            "valid": valid_metrics,
-            "test": test_metrics,
-            "history": progress["history"],
-            "steps": progress["global_step"],
-            # Share of training-step wall time (this process, this invocation) spent waiting for the DataLoader.
-            "data_wait_share": self.data_wait_s / self.step_time_s if self.step_time_s > 0 else None,
-            "data_wait_s": self.data_wait_s,
-        }
+        summary = run_summary(
+            self.config, self.dataset, self.split, self.facts, progress, test_metrics,
+            (self.data_wait_s, self.step_time_s),
+        )  # fmt: skip
         if test is not None:
             self._log(
                 {"event": "eval", "split": "test", "epoch": progress["best_epoch"], **test_metrics},
@@ -503,7 +414,10 @@ class Trainer:
         if self.context.is_main:
             write_json(self.run_dir / "summary.json", summary)
             if test is not None:
-                self._write_test_ranks(test.ranks, test_metrics)
+                write_test_ranks(
+                    self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], test.ranks,
+                    test_metrics,
+                )  # fmt: skip
                 tqdm.write(
                     f"test at the best epoch ({progress['best_epoch']}):\n"
                     + format_metrics_table(test_metrics, self.config.ks)
@@ -512,7 +426,7 @@ class Trainer:
         return TrainResult(
             run_dir=self.run_dir,
             best_epoch=progress["best_epoch"],
-            best_valid=valid_metrics,
+            best_valid=best_validation(progress),
             test=test_metrics,
             history=progress["history"],
             model=best_model,
