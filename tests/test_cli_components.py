@@ -430,3 +430,24 @@ def test_push_offline_is_a_clean_error(runner: CliRunner, parts: dict[str, Path]
     """With the real transport and HF_HUB_OFFLINE=1, push fails with one error line, not a traceback."""
     result = invoke(runner, "push", parts["user"], "--repo", "acme/user")
     assert_one_line_error(result, "push of", "acme/user failed", "OfflineModeIsEnabled")
+
+
+@pytest.mark.parametrize("flags", ["STALE_TEXT_FLAGS", "FAST_TEXT_FLAGS"])
+def test_the_cpu_hint_recipes_run_as_printed(
+    runner: CliRunner, bert_backbone: Path, tiny_dataset: Path, tmp_path: Path, flags: str
+) -> None:
+    """The flags a slow CPU text run is told to use are accepted as printed, over a fresh encoder of a local backbone,
+    and train what they say."""
+    from pmmrec.training import progress
+
+    recipe = getattr(progress, flags).split()
+    out = tmp_path / "run"
+    common = ["--data", tiny_dataset, "--out", out, "--text-backbone", bert_backbone, "--max-length", "4"]
+    result = invoke(runner, "finetune", *common, *recipe, "--max-steps", "2", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    written = (out / "config.yaml").read_text()
+    given = dict(zip(recipe[::2], recipe[1::2], strict=True))
+    assert f"dim: {given['--dim']}" in written and f"text_trainable_layers: {given['--text-trainable-layers']}" in written
+    every = given.get("--tower-update-every")  # the frozen recipe leaves it at 1, which the file does not write
+    assert ("tower_update_every:" in written) == (every is not None)
+    assert every is None or f"tower_update_every: {every}" in written
