@@ -132,15 +132,11 @@ def evaluate_split(
         protocol = f"{which}:{'exclude' if exclude_seen else 'include'}-history"
         key = evaluation_key(model, collator.input_tables(), histories, targets, protocol, window)
         store = ResultStore(Path(resume_dir), key, len(targets))
-        if item_table is None:
-            item_table = store.load_table()
     if item_table is None:
-        if cache_prefixes and (cache := FrozenPrefixCache.for_model(model, collator, device, memory_budget=0)):
-            item_table = cache.item_table(model, batch_size=item_batch_size)
-        else:
-            item_table = encode_catalogue(model, collator, num_items, device, item_batch_size, show)
-        if store is not None and rank_id == 0:
-            store.save_table(item_table)
+        item_table = _catalogue_table(
+            model, collator, num_items, device, item_batch_size, store, cache_prefixes=cache_prefixes, show=show,
+            writes=rank_id == 0,
+        )  # fmt: skip
     item_table = item_table.to(device)
     encoded = time.perf_counter()
     done_users, done_ranks = store.finished() if store is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -173,9 +169,9 @@ def evaluate_split(
             writer.add(pending[start:stop], local_ranks[start:stop])
             bar.update(stop - start)
     writer.flush()
-    mine = (pending, local_ranks)
     ranks_all = np.zeros(len(targets), dtype=np.int64)
     ranks_all[done_users] = done_ranks
+    mine = (pending, local_ranks)
     for indices, values in gather_objects(context, mine) if context is not None else [mine]:
         ranks_all[indices] = values
     ranked = time.perf_counter()
@@ -189,6 +185,33 @@ def evaluate_split(
     return EvaluationResult(
         ranks=ranks_all, metrics=metrics_from_ranks(torch.from_numpy(ranks_all), ks), timings=timings
     )
+
+
+def _catalogue_table(
+    model: PMMRec,
+    collator: BatchCollator,
+    num_items: int,
+    device: torch.device,
+    item_batch_size: int,
+    store: ResultStore | None,
+    *,
+    cache_prefixes: bool,
+    show: bool,
+    writes: bool,
+) -> torch.Tensor:
+    """The catalogue embedding table an evaluation ranks against: a resumed evaluation's saved one, else encoded
+    (through the frozen-prefix cache's files with `cache_prefixes`) and saved for a resume when this process
+    `writes`."""
+    table = store.load_table() if store is not None else None
+    if table is not None:
+        return table
+    if cache_prefixes and (cache := FrozenPrefixCache.for_model(model, collator, device, memory_budget=0)):
+        table = cache.item_table(model, batch_size=item_batch_size)
+    else:
+        table = encode_catalogue(model, collator, num_items, device, item_batch_size, show)
+    if store is not None and writes:
+        store.save_table(table)
+    return table
 
 
 def _eval_batch(collator: BatchCollator, samples: EvalSequences, start: int, batch_size: int) -> EvalBatch:
