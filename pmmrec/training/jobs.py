@@ -168,7 +168,7 @@ def train(
         )  # fmt: skip
         result = trainer.run()
     if trainer.context.is_main and result.model is not None:
-        facts = training_facts(result, dataset, config, trainer.module.active_losses(), trainer.learning_rates)
+        facts = training_facts(result, dataset, config, trainer.facts.objectives, trainer.facts.learning_rates)
         if mode == "pretrain":
             for slot, component in result.model.components().items():
                 name = f"pmmrec {slot} ({dataset.name})"

@@ -8,13 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from pmmrec.comparison import RUN_RANKS
 from pmmrec.data import Dataset, LeaveOneOutSplit
 from pmmrec.fileio import write_json
 from pmmrec.model import PMMRec
 from pmmrec.tasks import evaluation_document
 from pmmrec.training.config import TrainConfig
-
-TEST_RANKS_FILE = "test_ranks.json"
 
 
 @dataclass
@@ -109,4 +108,4 @@ def write_test_ranks(
         metrics=metrics, users=[dataset.user_ids[row] for row in split.user_rows], ranks=ranks,
         dataset=dataset_fingerprint,
     )  # fmt: skip
-    write_json(run_dir / TEST_RANKS_FILE, document)
+    write_json(run_dir / RUN_RANKS, document)

@@ -41,8 +41,6 @@ from pmmrec.training.stale_items import TEXT_ONLY, check_stale_layers, stale_tex
 
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
 
-__all__ = ["TrainResult", "Trainer", "TrainingInterrupted"]
-
 
 class TrainingInterrupted(Interrupted):
     """SIGTERM/SIGINT arrived; a checkpoint was written and `--resume` continues from it."""
@@ -112,7 +110,6 @@ class Trainer:
         groups = parameter_groups(self.module, config)
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
-        self.learning_rates = slot_learning_rates(self.module, config)
         self.facts = RunFacts(
             world_size=self.context.world_size,
             gather_negatives=self.module.gather_negatives,
@@ -120,7 +117,7 @@ class Trainer:
             skipped_objectives=[name for name, _, _ in self.module.skipped],
             softmax=self.module.options["next_item"].softmax,
             known_items=len(self.known_items),
-            learning_rates=self.learning_rates,
+            learning_rates=slot_learning_rates(self.module, config),
             train_windows=len(self.train_set),
             train_users=len(self.train_rows),
         )
