@@ -220,6 +220,24 @@ def _show_evaluate(metrics: dict[str, float], a: dict[str, Any]) -> str:
     return "\n".join([title, format_metrics_table(metrics, tuple(a["ks"])), *written])
 
 
+def _evaluate_old_spellings(
+    history: str | None, out: PathLike | None, exclude_seen: bool, json_path: PathLike | None
+) -> tuple[bool, PathLike | None]:
+    """`evaluate`'s protocol and JSON path from its old spellings (--history, --output), with a renamed notice."""
+    from pmmrec.errors import ConfigError
+
+    if history is not None:
+        if history not in ("exclude", "include"):
+            raise ConfigError(f"--history must be exclude or include, got {history!r}")
+        new = "--exclude-seen (exclude_seen=True)" if history == "exclude" else "--keep-seen (exclude_seen=False)"
+        renamed(f"--history {history} (history={history!r})", new)
+        exclude_seen = history == "exclude"
+    if out is not None:
+        renamed("--output PATH (out=)", "--json (json_path=)")
+        json_path = json_path or out
+    return exclude_seen, json_path
+
+
 @command(show=_show_evaluate, json="json_path")
 def evaluate(
     model: Annotated[
@@ -282,18 +300,10 @@ def evaluate(
     history="exclude"/"include" (exclude_seen), out (json_path).
     """
     from pmmrec.arguments import check_arguments, check_dataset_folder, check_model_folder
-    from pmmrec.errors import ConfigError, UsageError
+    from pmmrec.errors import UsageError
 
     check_arguments(ks=ks, min_length=min_length, max_history=max_history, max_length=max_length)
-    if history is not None:
-        if history not in ("exclude", "include"):
-            raise ConfigError(f"--history must be exclude or include, got {history!r}")
-        new = "--exclude-seen (exclude_seen=True)" if history == "exclude" else "--keep-seen (exclude_seen=False)"
-        renamed(f"--history {history} (history={history!r})", new)
-        exclude_seen = history == "exclude"
-    if out is not None:
-        renamed("--output PATH (out=)", "--json (json_path=)")
-        json_path = json_path or out
+    exclude_seen, json_path = _evaluate_old_spellings(history, out, exclude_seen, json_path)
     if (model is None) == (baseline is None):
         raise UsageError("give exactly one of --model and --baseline")
     check_dataset_folder(data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,10 +128,7 @@ def evaluate_split(
     window = max_length or model.max_length
     store = None
     if resume_dir is not None:
-        # the key's old wording is kept, so that resume folders written before still match
-        protocol = f"{which}:{'exclude' if exclude_seen else 'include'}-history"
-        key = evaluation_key(model, collator.input_tables(), histories, targets, protocol, window)
-        store = ResultStore(Path(resume_dir), key, len(targets))
+        store = _result_store(Path(resume_dir), model, collator, split, which, exclude_seen, window)
     if item_table is None:
         item_table = _catalogue_table(
             model, collator, num_items, device, item_batch_size, store, cache_prefixes=cache_prefixes, show=show,
@@ -146,28 +143,20 @@ def evaluate_split(
     pending = shard[~finished[shard]]
     rows = histories.take(pending) if isinstance(histories, RaggedArray) else [histories[i] for i in pending]
     samples = EvalSequences(rows, targets[pending], window)
-    block = default_block_columns(device, batch_size, num_items + 1)
-    chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
     writer = PartWriter(store, flush_seconds)
-    unscored = unscored_items(model, num_items)
-    local_ranks = np.zeros(len(pending), dtype=np.int64)  # filled in place: no small object kept per batch
-    with eval_mode(model), tqdm(
+    with tqdm(
         total=len(shard), initial=len(shard) - len(pending), desc=f"ranking {which}", unit="user",
         disable=bar_disable(show), leave=False, smoothing=0.1,
     ) as bar:  # fmt: skip
-        for start in range(0, len(samples), batch_size):
-            batch = _eval_batch(collator, samples, start, batch_size).to(device)
-            states = user_states(model.user, item_table, batch.item_seq, batch.seq_mask)
-            indptr, history = batch.history_indptr, batch.history_items
-            if not exclude_seen:
-                indptr, history = torch.zeros_like(indptr), history[:0]
-            ranks = rank_targets_with_unscored(
-                states, item_table, batch.targets, indptr, history, unscored, chunk, block
-            )
-            stop = start + ranks.shape[0]
-            local_ranks[start:stop] = ranks.cpu().numpy()
-            writer.add(pending[start:stop], local_ranks[start:stop])
-            bar.update(stop - start)
+
+        def ranked_batch(start: int, ranks: np.ndarray) -> None:
+            writer.add(pending[start : start + len(ranks)], ranks)
+            bar.update(len(ranks))
+
+        local_ranks = _rank_samples(
+            model, collator, samples, item_table, num_items, device, batch_size=batch_size,
+            score_budget=score_budget, exclude_seen=exclude_seen, on_ranked=ranked_batch,
+        )  # fmt: skip
     writer.flush()
     ranks_all = np.zeros(len(targets), dtype=np.int64)
     ranks_all[done_users] = done_ranks
@@ -185,6 +174,60 @@ def evaluate_split(
     return EvaluationResult(
         ranks=ranks_all, metrics=metrics_from_ranks(torch.from_numpy(ranks_all), ks), timings=timings
     )
+
+
+def _result_store(
+    folder: Path,
+    model: PMMRec,
+    collator: BatchCollator,
+    split: LeaveOneOutSplit,
+    which: str,
+    exclude_seen: bool,
+    window: int,
+) -> ResultStore:
+    """Where a resumable evaluation keeps finished users' ranks, keyed by everything that decides them."""
+    histories = split.valid_history if which == "valid" else split.test_history
+    targets = split.valid_target if which == "valid" else split.test_target
+    # the key's old wording is kept, so that resume folders written before still match
+    protocol = f"{which}:{'exclude' if exclude_seen else 'include'}-history"
+    return ResultStore(
+        folder, evaluation_key(model, collator.input_tables(), histories, targets, protocol, window), len(targets)
+    )
+
+
+def _rank_samples(
+    model: PMMRec,
+    collator: BatchCollator,
+    samples: EvalSequences,
+    item_table: torch.Tensor,
+    num_items: int,
+    device: torch.device,
+    *,
+    batch_size: int,
+    score_budget: int,
+    exclude_seen: bool,
+    on_ranked: Callable[[int, np.ndarray], None],
+) -> np.ndarray:
+    """Each sample's target rank against the table, `batch_size` users at a time and at most `score_budget` bytes
+    of scores at once; `on_ranked(start, ranks)` hears of each batch as it is ranked (a resume store, a bar)."""
+    block = default_block_columns(device, batch_size, num_items + 1)
+    chunk = max(1, min(batch_size, score_budget // (CELL_BYTES * block)))
+    unscored = unscored_items(model, num_items)
+    ranks_out = np.zeros(len(samples), dtype=np.int64)  # filled in place: no small object kept per batch
+    with eval_mode(model):
+        for start in range(0, len(samples), batch_size):
+            batch = _eval_batch(collator, samples, start, batch_size).to(device)
+            states = user_states(model.user, item_table, batch.item_seq, batch.seq_mask)
+            indptr, history = batch.history_indptr, batch.history_items
+            if not exclude_seen:
+                indptr, history = torch.zeros_like(indptr), history[:0]
+            ranks = rank_targets_with_unscored(
+                states, item_table, batch.targets, indptr, history, unscored, chunk, block
+            )
+            stop = start + ranks.shape[0]
+            ranks_out[start:stop] = ranks.cpu().numpy()
+            on_ranked(start, ranks_out[start:stop])
+    return ranks_out
 
 
 def _catalogue_table(

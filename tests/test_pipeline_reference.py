@@ -328,7 +328,8 @@ def test_training_module_losses_equal_loops_over_users_and_positions(tiny_datase
     ("scores", "patience", "best_epoch", "epochs_run", "stopped"),
     [
         ([0.2, 0.5, 0.5, 0.3, 0.9, 0.1], 2, 2, 4, True),  # a tie is not an improvement; two stale epochs stop the run
-        ([0.4, 0.1, 0.6, 0.2, 0.3], 2, 3, 5, True),  # a better epoch resets the count; the last two are stale
+        ([0.4, 0.1, 0.6, 0.2, 0.3, 0.5], 2, 3, 5, True),  # a better epoch resets the count; then two stale ones
+        ([0.4, 0.1, 0.6, 0.2, 0.3], 2, 3, 5, False),  # patience reached at the last epoch: no early stop to report
         ([0.4, 0.1, 0.6, 0.2], 2, 3, 4, False),  # one stale epoch at the end is not enough
         ([0.3, 0.2, 0.1], None, 1, 3, False),  # no patience: every epoch runs, the first stays best
         ([0.1, 0.2, 0.3], 1, 3, 3, False),  # always better: never stale

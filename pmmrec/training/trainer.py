@@ -262,7 +262,8 @@ class Trainer:
                 seconds = self._train_epoch(progress, epoch, stop)
                 self._flush_stale_layers()
                 self._end_epoch(progress, epoch, seconds)
-                if config.patience is not None and progress["stale_epochs"] >= config.patience:
+                last = progress["epoch"] >= config.epoch_limit  # every epoch ran: nothing was stopped early
+                if config.patience is not None and progress["stale_epochs"] >= config.patience and not last:
                     if self.context.is_main:
                         tqdm.write(f"early stopping: no better {config.select_metric} for {config.patience} epochs")
                     break
