@@ -128,8 +128,9 @@ class TrainConfig(_Strict):
         default=None,
         ge=1,
         le=10_000,
-        description="Training epochs (paper fine-tuning: 5); default: until validation NDCG@10 has not improved for "
-        "--patience epochs, at most max_epochs.",
+        description="Training epochs, over which the cosine schedule decays (paper fine-tuning: 5; --patience can "
+        "still stop sooner); default: until validation NDCG@10 has not improved for --patience epochs, at most "
+        "max_epochs.",
     )
     max_epochs: int = Field(
         default=TOWER_DEFAULTS[DEFAULT_TOWER]["max_epochs"],

@@ -61,10 +61,10 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
 # A CPU run expected to train longer than this gets `slow_text_hint`'s line.
 SLOW_RUN_SECONDS = 3600.0
 # The CPU text recipes (docs/training.md, "A text run on a CPU"), best on validation among settings that fit about
-# 20 minutes on 2 cores: for the text-only tower, one MiniLM layer trained every 40 steps from a table of item states
+# 20 minutes on 2 cores: for the text-only tower, one MiniLM layer trained every 20 steps from a table of item states
 # (`--tower-update-every`); for a tower that cannot (several modalities, a trained fusion), the frozen backbone.
 STALE_TEXT_FLAGS = (
-    "--text-trainable-layers 1 --dim 128 --pretrained-lr 3e-4 --fresh-lr 3e-3 --tower-update-every 40 --epochs 20"
+    "--text-trainable-layers 1 --dim 128 --pretrained-lr 3e-4 --fresh-lr 3e-3 --tower-update-every 20 --epochs 16"
 )
 FAST_TEXT_FLAGS = "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fresh-lr 3e-3 --max-epochs 30 --patience 3"
 
@@ -74,8 +74,8 @@ def slow_text_hint(
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the default text run trains for hours. The text-only tower can train one layer every 40 steps
-    from a table of item states, in about 13 minutes on MovieLens-100K; any tower can freeze the backbone (its output
+    On 2 CPU cores the default text run trains for hours. The text-only tower can train one layer every 20 steps
+    from a table of item states, in about 10 minutes on MovieLens-100K; any tower can freeze the backbone (its output
     computed once per item), in minutes, at lower quality (docs/training.md, "A text run on a CPU"). The default
     stays the better model: the user chooses.
     """
@@ -84,7 +84,7 @@ def slow_text_hint(
     if text_only:
         return (
             f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
-            f"`{STALE_TEXT_FLAGS}` trains one layer every 40 steps from a table of item states, several times "
+            f"`{STALE_TEXT_FLAGS}` trains one layer every 20 steps from a table of item states, several times "
             'faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
         )
     return (
