@@ -128,7 +128,7 @@ def evaluate_split(
     window = max_length or model.max_length
     store = None
     if resume_dir is not None:
-        store = _result_store(Path(resume_dir), model, collator, split, which, exclude_seen, window)
+        store = _result_store(Path(resume_dir), model, collator, (histories, targets), which, exclude_seen, window)
     if item_table is None:
         item_table = _catalogue_table(
             model, collator, num_items, device, item_batch_size, store, cache_prefixes=cache_prefixes, show=show,
@@ -180,14 +180,14 @@ def _result_store(
     folder: Path,
     model: PMMRec,
     collator: BatchCollator,
-    split: LeaveOneOutSplit,
+    users: tuple[Sequence[np.ndarray], np.ndarray],
     which: str,
     exclude_seen: bool,
     window: int,
 ) -> ResultStore:
-    """Where a resumable evaluation keeps finished users' ranks, keyed by everything that decides them."""
-    histories = split.valid_history if which == "valid" else split.test_history
-    targets = split.valid_target if which == "valid" else split.test_target
+    """Where a resumable evaluation keeps finished users' ranks, keyed by everything that decides them (`users`:
+    the split's histories and targets)."""
+    histories, targets = users
     # the key's old wording is kept, so that resume folders written before still match
     protocol = f"{which}:{'exclude' if exclude_seen else 'include'}-history"
     return ResultStore(
