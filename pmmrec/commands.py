@@ -3,8 +3,8 @@
 `@command` registers an api function as the command of its name (`data_movielens` -> `pmmrec data movielens`) and
 says how its result is shown; `Annotated[type, Opt(...)]` / `Arg(...)` on a parameter make it an option or an
 argument with its help text. `pmmrec.cli` builds every command from this table, so a new command is one function in
-`pmmrec/api.py` and nothing else. Plain data and no heavy import (no torch, typer or pydantic): `pmmrec --help` reads
-the table in a few milliseconds.
+`pmmrec/api.py` (or `api_use.py`, `api_data.py`) and nothing else. Plain data and no heavy import (no torch, typer or
+pydantic): `pmmrec --help` reads the table in a few milliseconds.
 
 Conventions the builder applies to every command:
 - a parameter without `Opt` or `Arg` is Python-only (not on the command line);

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
      "pmmrec.inspection", "pmmrec.baselines", "pmmrec.stats", "pmmrec.tasks", "pmmrec.comparison"),
     ("pmmrec.training",),
     ("pmmrec.serving", "pmmrec.demo"),
-    ("pmmrec.api_data",),
+    ("pmmrec.api_data", "pmmrec.api_use"),
     ("pmmrec.api",),
     ("pmmrec.cli", "pmmrec.cli_options", "pmmrec.__main__", "pmmrec"),
 ]  # fmt: skip
@@ -359,7 +359,8 @@ def test_every_command_has_its_api_function_and_every_api_function_its_command()
 
     commands = set(cli_commands())
     functions = {name for name, value in vars(api).items() if inspect.isfunction(value) and not name.startswith("_")}
-    functions = {name for name in functions if getattr(api, name).__module__ in ("pmmrec.api", "pmmrec.api_data")}
+    modules = ("pmmrec.api", "pmmrec.api_data", "pmmrec.api_use")
+    functions = {name for name in functions if getattr(api, name).__module__ in modules}
     assert commands == functions == set(COMMANDS) == set(api.__all__)
     assert all(spec.function is getattr(api, name) for name, spec in COMMANDS.items())
 
