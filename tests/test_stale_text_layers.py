@@ -137,3 +137,25 @@ def test_an_epoch_is_cut_into_equal_parts_ending_with_it() -> None:
     """Guards against an update spent on an epoch's few leftover steps (166 steps by 40: 4 parts, not 4 and 6)."""
     assert update_steps(166, 40) == {42, 83, 124, 166}
     assert update_steps(4, 3) == {4} and update_steps(5, 100) == {5} and update_steps(6, 1) == set(range(1, 7))
+
+
+def test_the_run_time_is_announced_once_the_first_update_is_timed() -> None:
+    """Guards against the time line printed from the update's rough estimate (3 table encodings: about 30% high on
+    a 9-minute run) when a measured update is a few steps away, and against printing it twice."""
+    from types import SimpleNamespace
+
+    from pmmrec.training.trainer import ANNOUNCE_AFTER_STEPS
+
+    def trainer(steps: int, measured: bool) -> SimpleNamespace:
+        clock = SimpleNamespace(steps_seen=steps)
+        return SimpleNamespace(clock=clock, time_announced=False, update_measured=measured)
+
+    plain = trainer(ANNOUNCE_AFTER_STEPS, measured=False)
+    assert Trainer._announce_due(plain, periodic=False)  # type: ignore[arg-type]
+    assert not Trainer._announce_due(plain, periodic=False)  # type: ignore[arg-type]  # once
+    stale = trainer(ANNOUNCE_AFTER_STEPS + 10, measured=False)
+    assert not Trainer._announce_due(stale, periodic=True)  # type: ignore[arg-type]
+    stale.update_measured = True
+    assert Trainer._announce_due(stale, periodic=True)  # type: ignore[arg-type]
+    assert not Trainer._announce_due(stale, periodic=True)  # type: ignore[arg-type]
+    assert not Trainer._announce_due(trainer(ANNOUNCE_AFTER_STEPS - 1, measured=True), periodic=True)  # type: ignore[arg-type]
