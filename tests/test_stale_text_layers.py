@@ -142,20 +142,19 @@ def test_an_epoch_is_cut_into_equal_parts_ending_with_it() -> None:
 def test_the_run_time_is_announced_once_the_first_update_is_timed() -> None:
     """Guards against the time line printed from the update's rough estimate (3 table encodings: about 30% high on
     a 9-minute run) when a measured update is a few steps away, and against printing it twice."""
-    from types import SimpleNamespace
+    from pmmrec.training.progress import RunClock
 
-    from pmmrec.training.trainer import ANNOUNCE_AFTER_STEPS
-
-    def trainer(steps: int, measured: bool) -> SimpleNamespace:
-        clock = SimpleNamespace(steps_seen=steps)
-        return SimpleNamespace(clock=clock, time_announced=False, update_measured=measured)
-
-    plain = trainer(ANNOUNCE_AFTER_STEPS, measured=False)
-    assert Trainer._announce_due(plain, periodic=False)  # type: ignore[arg-type]
-    assert not Trainer._announce_due(plain, periodic=False)  # type: ignore[arg-type]  # once
-    stale = trainer(ANNOUNCE_AFTER_STEPS + 10, measured=False)
-    assert not Trainer._announce_due(stale, periodic=True)  # type: ignore[arg-type]
-    stale.update_measured = True
-    assert Trainer._announce_due(stale, periodic=True)  # type: ignore[arg-type]
-    assert not Trainer._announce_due(stale, periodic=True)  # type: ignore[arg-type]
-    assert not Trainer._announce_due(trainer(ANNOUNCE_AFTER_STEPS - 1, measured=True), periodic=True)  # type: ignore[arg-type]
+    plain = RunClock(steps_per_epoch=40, total_steps=80, may_stop_early=False, test=False)
+    for _ in range(3):
+        plain.step(0.1)
+    assert not plain.announce_due(4)
+    plain.step(0.1)
+    assert plain.announce_due(4) and not plain.announce_due(4)  # once
+    stale = RunClock(steps_per_epoch=40, total_steps=80, may_stop_early=False, test=False)
+    stale.periodic(every=20, seconds=9.0)  # the estimate, before any update ran
+    for _ in range(10):
+        stale.step(0.1)
+    assert not stale.announce_due(4)
+    stale.periodic(every=20, seconds=6.0, measured=True)
+    assert stale.announce_due(4) and not stale.announce_due(4)
+    assert stale.seconds_per_step() == pytest.approx(0.1 + 6.0 / 20)

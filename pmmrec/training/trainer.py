@@ -39,7 +39,7 @@ from pmmrec.training.run_dir import (
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
 from pmmrec.training.stale_items import TEXT_ONLY, check_stale_layers, stale_text_layers
 
-ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured (`_announce_due`)
+ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
 
 
 class TrainingInterrupted(Interrupted):
@@ -94,7 +94,6 @@ class Trainer:
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
-        self.time_announced = self.update_measured = False  # the run's time printed; a stale-layer update timed
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
             self.wrapped = DistributedDataParallel(
@@ -318,14 +317,13 @@ class Trainer:
             update = stale.take_update_seconds() if stale is not None else 0.0
             self.clock.step(step_seconds - update)  # an update's time goes to the clock on its own
             if stale is not None and update:
-                self.clock.periodic(stale.steps_per_update, update)
-                self.update_measured = True
+                self.clock.periodic(stale.steps_per_update, update, measured=True)
             left = self.clock.describe(progress["global_step"])
             # Throughput counts the sequence positions trained (items of users' histories), all processes.
             bar.set_postfix_str(
                 f"loss {values['loss']:.4f}, {rate:,.0f} history items/s" + (f", {left}" if left else "")
             )
-            if self._announce_due(stale is not None) and self.context.is_main:
+            if self.clock.announce_due(ANNOUNCE_AFTER_STEPS) and self.context.is_main:
                 self._announce_time(progress["global_step"])
             bar.update(1)
             self._log(
@@ -354,14 +352,6 @@ class Trainer:
 
     def _done(self, progress: dict[str, Any]) -> bool:
         return self.config.max_steps is not None and progress["global_step"] >= self.config.max_steps
-
-    def _announce_due(self, periodic: bool) -> bool:
-        """Once per run: after ANNOUNCE_AFTER_STEPS steps, and with stale text layers after their first update too
-        (until one is measured its time is a rough estimate, which overstated a 9-minute run by about 30%)."""
-        due = not self.time_announced and self.clock.steps_seen >= ANNOUNCE_AFTER_STEPS
-        due = due and (not periodic or self.update_measured)
-        self.time_announced = self.time_announced or due
-        return due
 
     def _announce_time(self, global_step: int) -> None:
         text = getattr(self.model, "text", None)
