@@ -4,8 +4,8 @@ Each function is declared a command with `@command` and its parameters carry the
 (`pmmrec.commands`); `pmmrec.cli` builds the commands from them, so a new command is one function here. The
 commands that use a model (`pmmrec.api_use`) and the dataset commands (`pmmrec.api_data`) live in their own modules
 and are re-exported here, so every command is `pmmrec.api.NAME`. From Python they are the same operations with the
-same defaults. Each one loads what it is given, calls the library, and
-writes what the command writes. This module imports nothing heavy at the top: `pmmrec --help` reads it.
+same defaults. Each one loads what it is given, calls the library, and writes what the command writes. This module
+imports nothing heavy at the top: `pmmrec --help` reads it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The commands that use a model: evaluate, recommend, serve, demo and compare (see `pmmrec.api`, which lists them).
 
 Declared like every command (`@command`, parameters with their help); imported by `pmmrec.api` after its own
-commands, so the command line lists them in the same place as before. Nothing heavy is imported at the top.
+commands, so the command line lists them after the training commands. Nothing heavy is imported at the top.
 """
 
 from __future__ import annotations
