@@ -70,17 +70,28 @@ FAST_TEXT_FLAGS = "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fr
 
 
 def slow_text_hint(
-    text_trainable_layers: int | None, device_type: str, training_seconds: float, text_only: bool = False
+    text_trainable_layers: int | None,
+    device_type: str,
+    training_seconds: float,
+    text_only: bool = False,
+    from_table: bool = False,
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
     On 2 CPU cores the default text run trains for hours. The text-only tower can train one layer every 20 steps
     from a table of item states, in about 10 minutes on MovieLens-100K; any tower can freeze the backbone (its output
     computed once per item), in minutes, at lower quality (docs/training.md, "A text run on a CPU"). The default
-    stays the better model: the user chooses.
+    stays the better model: the user chooses. `from_table`: the run already trains its layers from the table (then
+    the recipe's gain is its one narrow layer and fewer epochs).
     """
     if device_type != "cpu" or not text_trainable_layers or training_seconds < SLOW_RUN_SECONDS:
         return None
+    if text_only and from_table:
+        return (
+            f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s), "
+            f"even updated from a table; `{STALE_TEXT_FLAGS}` trains one layer at d = 128 for 16 epochs, several "
+            'times faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
+        )
     if text_only:
         return (
             f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
@@ -190,7 +201,7 @@ def time_lines(
         f"time: {step:.2f} s per step measured; {steps_left:,} steps left, {duration(training)} of training; "
         f"{clock.describe(global_step)} (shown in the progress bar)"
     ]
-    hint = slow_text_hint(text_trainable_layers, device_type, training, text_only)
+    hint = slow_text_hint(text_trainable_layers, device_type, training, text_only, from_table=clock.update_every > 1)
     return lines + ([hint] if hint else [])
 
 
