@@ -86,17 +86,12 @@ def slow_text_hint(
     """
     if device_type != "cpu" or not text_trainable_layers or training_seconds < SLOW_RUN_SECONDS:
         return None
-    if text_only and from_table:
-        return (
-            f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s), "
-            f"even updated from a table; `{STALE_TEXT_FLAGS}` trains one layer at d = 128 for 16 epochs, several "
-            'times faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
-        )
     if text_only:
+        even = ", even updated from a table" if from_table else ""
         return (
-            f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
-            f"`{STALE_TEXT_FLAGS}` trains one layer every 20 steps from a table of item states, several times "
-            'faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
+            f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s)"
+            f"{even}; `{STALE_TEXT_FLAGS}` trains one layer at d = 128 every 20 steps from a table of item states for "
+            '16 epochs, several times faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
         )
     return (
         f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
