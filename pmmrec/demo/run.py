@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pmmrec.data import Dataset, build_movielens, leave_one_out, load_dataset, new_target_mask, training_items
-from pmmrec.demo.curve import CURVE_SHARES, CurveInputs, CurvePlan, curve_grid, model_ranks, run_curve
+from pmmrec.demo.curve import CURVE_SHARES, CurveInputs, CurvePlan, curve_grid, run_curve
+from pmmrec.demo.curve_jobs import model_ranks
 from pmmrec.demo.curve_report import curve_markdown, curve_text, plot_curve, summarise_curve
 from pmmrec.demo.report import (
     comparisons,
