@@ -2,8 +2,9 @@
 
 from pmmrec.components import SLOT_KINDS
 from pmmrec.model.assembly import check_compatible, common_width, load_slot
+from pmmrec.model.folder import load_model_component, read_model_split_record
 from pmmrec.model.manifest import MANIFEST_FILE, ComponentSource, read_manifest
-from pmmrec.model.pmmrec import ItemEncoding, PMMRec, load_model_component, read_model_split_record
+from pmmrec.model.pmmrec import ItemEncoding, PMMRec
 from pmmrec.slots import modalities_of
 
 __all__ = [

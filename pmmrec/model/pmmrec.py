@@ -29,14 +29,14 @@ from pmmrec.components import (
 from pmmrec.components._packed import variable_shape_attention
 from pmmrec.components.base import WEIGHTS_FILE
 from pmmrec.components.kinds import masked_mean
-from pmmrec.data.split import SPLIT_RECORD, read_split_record, write_split_record
+from pmmrec.data.split import write_split_record
 from pmmrec.errors import ArtefactError, AssemblyError, ConfigError
 from pmmrec.fileio import atomic_directory, sha256_file
 from pmmrec.model.assembly import ComponentLike, assemble_parts, check_compatible
+from pmmrec.model.folder import load_model_component
 from pmmrec.model.manifest import (
     MANIFEST_FILE,
     ComponentSource,
-    check_component_claims,
     manifest_document,
     read_manifest,
     source_of,
@@ -384,24 +384,3 @@ class PMMRec(nn.Module):
             raise ArtefactError(f"{resolved.path / MANIFEST_FILE}: {exc}") from None
         model.eval()
         return model
-
-
-def load_model_component(folder: Path, manifest: dict[str, Any], slot: str, *, unverified: bool = False) -> Component:
-    """One component of an assembled model folder, its files verified against the manifest's pins."""
-    entry = manifest["components"][slot]
-    checksums = integrity.manifest_checksums(entry, slot, str(folder / MANIFEST_FILE), unverified)
-    path = folder / entry["path"]
-    component = Component.from_folder(path, unverified=unverified, checksums=checksums, checksums_source=MANIFEST_FILE)
-    if component.type_name != entry["type"]:
-        raise ArtefactError(f"{path}: is {component.type_name!r} but {MANIFEST_FILE} says {entry['type']!r}")
-    check_component_claims(manifest, folder, slot, component.dim)
-    return component
-
-
-def read_model_split_record(folder: str | os.PathLike[str], *, unverified: bool = False) -> dict[str, Any] | None:
-    """data_split.json of a trained model folder (None for an assembled, untrained one), verified against the
-    sha256 pmmrec.json pins for it before it is read, then validated strictly (types and ranges)."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    verify_model_files(folder, manifest, unverified=unverified, reading=(SPLIT_RECORD,))
-    return read_split_record(folder)
