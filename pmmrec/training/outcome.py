@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pmmrec.comparison import RUN_RANKS
-from pmmrec.data import Dataset, LeaveOneOutSplit
+from pmmrec.data import Dataset, LeaveOneOutSplit, dataset_fingerprint
+from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import write_json
+from pmmrec.inference import EvaluationResult
 from pmmrec.model import PMMRec
 from pmmrec.tasks import evaluation_document
 from pmmrec.training.config import TrainConfig
@@ -109,3 +112,19 @@ def write_test_ranks(
         dataset=dataset_fingerprint,
     )  # fmt: skip
     write_json(run_dir / RUN_RANKS, document)
+
+
+def write_outcome(
+    run_dir: Path,
+    config: TrainConfig,
+    dataset: Dataset,
+    split: LeaveOneOutSplit,
+    summary: dict[str, Any],
+    test: EvaluationResult | None,
+) -> None:
+    """RUN/summary.json; after a test, RUN/test_ranks.json and the test metrics printed (the best epoch's)."""
+    write_json(run_dir / "summary.json", summary)
+    if test is None:
+        return
+    write_test_ranks(run_dir, config, dataset, split, dataset_fingerprint(dataset), test.ranks, test.metrics)
+    tqdm.write(f"test at the best epoch ({summary['best_epoch']}):\n" + format_metrics_table(test.metrics, config.ks))

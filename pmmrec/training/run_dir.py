@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pmmrec.distributed import DistributedContext, barrier
+from pmmrec.distributed import DistributedContext, barrier, gather_objects
 from pmmrec.errors import ArtefactError, ConfigError
 from pmmrec.fileio import WriteError, atomic_directory, atomic_file, follow_umask
 from pmmrec.jsonfile import read_json_file, validate_strictly
@@ -89,6 +89,31 @@ def load_checkpoint(
     progress = read_json_file(folder / META, error=ArtefactError)
     validate_strictly(ProgressFile, progress, str(folder / META), error=ArtefactError)
     return state, progress
+
+
+def save_last(
+    folder: Path, context: DistributedContext, module: nn.Module, stateful: dict[str, Any], progress: dict[str, Any]
+) -> None:
+    """checkpoints/last in `folder`: the module's weights, each `stateful` object's state_dict (optimizer, scheduler,
+    scaler), the RNG of every rank and `progress`. Rank 0 writes; every rank waits for it."""
+    # Every rank's RNG: ranks draw different amounts (dropout over their own items), so each resumes its own.
+    rng_per_rank = gather_objects(context, rng_state())
+    if context.is_main:
+        state = {name: value.state_dict() for name, value in stateful.items()}
+        save_checkpoint(folder, module, state | {"rng": rng_state(), "rng_per_rank": rng_per_rank}, progress)
+    barrier(context)
+
+
+def restore_last(folder: Path, context: DistributedContext, module: nn.Module, stateful: dict[str, Any]) -> dict[str, Any]:
+    """Load what `save_last` wrote into the module and the `stateful` objects, restore this rank's RNG (rank 0's
+    when the number of processes changed); returns the progress."""
+    state, progress = load_checkpoint(folder, module, map_location="cpu")
+    for name, value in stateful.items():
+        value.load_state_dict(state[name])
+    per_rank = state.get("rng_per_rank")
+    same_world = isinstance(per_rank, list) and len(per_rank) == context.world_size
+    restore_rng_state(per_rank[context.rank] if same_world else state["rng"])
+    return progress
 
 
 def remove_stale_staging(run_dir: Path) -> None:

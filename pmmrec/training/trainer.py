@@ -13,10 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pmmrec.data import Dataset, LeaveOneOutSplit, SequenceBatch, dataset_fingerprint
-from pmmrec.distributed import all_reduce_flag, barrier, gather_objects, setup_distributed
+from pmmrec.distributed import all_reduce_flag, barrier, setup_distributed
 from pmmrec.errors import ConfigError, Interrupted
-from pmmrec.evaluation import format_metrics_table
-from pmmrec.fileio import write_json
 from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split
 from pmmrec.model import PMMRec
 from pmmrec.progress import bar_disable
@@ -25,17 +23,10 @@ from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
-from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_test_ranks
+from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_outcome
 from pmmrec.training.progress import RunClock, epoch_line, plan_line, start_lines, time_lines
 from pmmrec.training.reporting import Reporters
-from pmmrec.training.run_dir import (
-    RunFolder,
-    fresh_progress,
-    load_checkpoint,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-)
+from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
 from pmmrec.training.stale_items import TEXT_ONLY, check_stale_layers, stale_text_layers
 
@@ -127,30 +118,14 @@ class Trainer:
 
     # ---- state ----------------------------------------------------------------------------------
 
-    def _trainer_state(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-        }
+    def _stateful(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
 
     def _save_last(self, progress: dict[str, Any]) -> None:
-        # Every rank's RNG: ranks draw different amounts (dropout over their own items), so each resumes its own.
-        rng_per_rank = gather_objects(self.context, rng_state())
-        if self.context.is_main:
-            state = self._trainer_state() | {"rng_per_rank": rng_per_rank}
-            save_checkpoint(self.folder.last_checkpoint, self.module, state, progress)
-        barrier(self.context)
+        save_last(self.folder.last_checkpoint, self.context, self.module, self._stateful(), progress)
 
     def _restore(self) -> dict[str, Any]:
-        state, progress = load_checkpoint(self.folder.last_checkpoint, self.module, map_location="cpu")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        per_rank = state.get("rng_per_rank")
-        same_world = isinstance(per_rank, list) and len(per_rank) == self.context.world_size
-        restore_rng_state(per_rank[self.context.rank] if same_world else state["rng"])
+        progress = restore_last(self.folder.last_checkpoint, self.context, self.module, self._stateful())
         self.folder.truncate_log(progress)
         return progress
 
@@ -410,16 +385,7 @@ class Trainer:
                 progress["global_step"],
             )
         if self.context.is_main:
-            write_json(self.run_dir / "summary.json", summary)
-            if test is not None:
-                write_test_ranks(
-                    self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], test.ranks,
-                    test_metrics,
-                )  # fmt: skip
-                tqdm.write(
-                    f"test at the best epoch ({progress['best_epoch']}):\n"
-                    + format_metrics_table(test_metrics, self.config.ks)
-                )
+            write_outcome(self.run_dir, self.config, self.dataset, self.split, summary, test)
         barrier(self.context)
         return TrainResult(
             run_dir=self.run_dir,
