@@ -335,28 +335,9 @@ def build_movielens(
         if new_items_rule == "first-seen":  # the catalogue holds the items that still occur (the hash rule kept all)
             used = {item_id for sequence in user_items.values() for item_id in sequence}
             items = [item for item in items if item.item_id in used]
-    preprocessing: dict[str, Any] = {
-        "domain": domain,
-        "sequence_order": "timestamp ascending, ties in ml-100k.inter file order",
-        "item_text": ITEM_TEXTS[item_text],
-        "user_order": "numeric user id",
-        "item_order": "ml-100k.item file order",
-    }
-    if domain != "all":
-        chosen = domain_rule(rule)
-        preprocessing.update(
-            domain_rule=rule,
-            target_genres=list(chosen.target_genres),
-            item_rule="target if the item's genres include any target genre, else source",
-            user_rule=f"target if sha256(user id) read as a big-endian integer, modulo {USER_BUCKETS}, is below "
-            f"{chosen.target_user_buckets}, else source",
-            min_domain_interactions=MIN_DOMAIN_INTERACTIONS,
-            catalogue="items interacted with by the domain's kept users",
-        )
+    preprocessing = _preprocessing(domain, rule, item_text, record)
     if item_text != DEFAULT_ITEM_TEXT:
         name = f"{name}-{item_text}"
-    if record is not None:
-        preprocessing["new_items"] = record
     image_source = None
     if images == "synthetic":
         by_id = {item.item_id: item for item in items}
@@ -380,3 +361,29 @@ def build_movielens(
         images=image_source,
         overwrite=overwrite,
     )
+
+
+def _preprocessing(domain: str, rule: str, item_text: str, new_items: dict[str, Any] | None) -> dict[str, Any]:
+    """dataset.json's preprocessing record: the order of sequences, users and items, the item text, and for a
+    domain its rule; `new_items`: the record of the items held out (None when none were)."""
+    preprocessing: dict[str, Any] = {
+        "domain": domain,
+        "sequence_order": "timestamp ascending, ties in ml-100k.inter file order",
+        "item_text": ITEM_TEXTS[item_text],
+        "user_order": "numeric user id",
+        "item_order": "ml-100k.item file order",
+    }
+    if domain != "all":
+        chosen = domain_rule(rule)
+        preprocessing.update(
+            domain_rule=rule,
+            target_genres=list(chosen.target_genres),
+            item_rule="target if the item's genres include any target genre, else source",
+            user_rule=f"target if sha256(user id) read as a big-endian integer, modulo {USER_BUCKETS}, is below "
+            f"{chosen.target_user_buckets}, else source",
+            min_domain_interactions=MIN_DOMAIN_INTERACTIONS,
+            catalogue="items interacted with by the domain's kept users",
+        )
+    if new_items is not None:
+        preprocessing["new_items"] = new_items
+    return preprocessing
