@@ -168,9 +168,7 @@ def demo(
     if (expected := expected_line(settings.label)) is not None and where.type == "cpu":
         _say(expected)
 
-    _say("1/5 building the MovieLens-100K source and target domains (disjoint items and users)")
-    source_dir = build_movielens(out / "data" / "source", domain="source", overwrite=True)
-    target_dir = build_movielens(out / "data" / "target", domain="target", new_items=settings.new_items, overwrite=True)
+    source_dir, target_dir = _build_domains(out, settings)
     source, target = load_dataset(source_dir), load_dataset(target_dir)
     stats = target_statistics(target)
     _say(
@@ -183,18 +181,7 @@ def demo(
     _say("2/5 pre-training text + user encoders on the source domain (next-item prediction, NID, RCL)")
     pre = train("pretrain", source_dir, out / "runs" / "pretrain", overrides=pretrain_overrides("text", settings) | on_device,
                 progress=progress)  # fmt: skip
-
-    _say("3/5 publishing each component into a local Hub cache (tag v1) and using hub: references from here on")
-    cache = out / "hub-cache"
-    os.environ["HF_HUB_CACHE"] = str(cache)
-    references: dict[str, str] = {}
-    for slot in PUBLISHED_SLOTS:
-        repo = published_repo(slot)
-        commit = publish_to_local_cache(
-            out / "runs" / "pretrain" / "components" / slot, repo, cache_dir=cache, tag="v1"
-        )
-        references[slot] = format_hub_reference(repo, "v1")
-        _say(f"   {references[slot]} -> commit {commit[:12]}")
+    references = _publish(out)
 
     plan = demo_plan(quick, curve, settings.seed)
     shares = ", ".join(f"{share:.0%}" for share in plan.shares)
@@ -213,24 +200,20 @@ def demo(
     budgets = search_budgets(full, plan.search)
     ranks = {name: [np.asarray(r) for r in full["test_ranks"][name]] for name in ROW_ORDER}
     rows = [row_summary(name, ranks[name], new_users, budgets[name]) for name in ROW_ORDER]
-    tests = comparisons(ranks, new_users)
-    curves = {row: full["searches"][row]["curves"][full["searches"][row]["selected"]] for row in DEMO_ROWS}
-    references_valid = {
-        name: full["searches"][name]["configs"][full["searches"][name]["selected"]]["valid_ndcg@10"]
-        for name in ("popularity", "content-knn")
-    } | {"pmmrec-zero-shot": raw["zero_shot_valid_ndcg@10"][0]}
     elapsed = time.perf_counter() - started
-    notes = demo_notes(settings, stats, pre.best_epoch, references, elapsed, plan)
-    label = f"{settings.label} setting, seed {settings.seed}" if len(plan.seeds) == 1 else (
-        f"{settings.label} setting, seeds {', '.join(map(str, plan.seeds))}")  # fmt: skip
     payload = {
         "rows": rows,
-        "comparisons": tests,
-        "notes": notes,
+        "comparisons": comparisons(ranks, new_users),
+        "notes": demo_notes(settings, stats, pre.best_epoch, references, elapsed, plan),
         "target": stats,
         "source": {"users": source.num_users, "items": source.num_items, "interactions": source.num_interactions},
-        "validation_curves": curves,
-        "validation_ndcg@10_untrained": references_valid,
+        "validation_curves": {
+            row: full["searches"][row]["curves"][full["searches"][row]["selected"]] for row in DEMO_ROWS
+        },
+        "validation_ndcg@10_untrained": {
+            name: full["searches"][name]["configs"][full["searches"][name]["selected"]]["valid_ndcg@10"]
+            for name in ("popularity", "content-knn")
+        } | {"pmmrec-zero-shot": raw["zero_shot_valid_ndcg@10"][0]},
         "settings": {**asdict(settings), "configs": {k: asdict(v) for k, v in settings.configs.items()}},
         "references": references,
         "test_ranks": {name: [r.tolist() for r in ranks[name]] for name in ROW_ORDER},
@@ -238,12 +221,45 @@ def demo(
         "seconds": elapsed,
     }
     write_json(out / "results.json", payload)
+    label = f"{settings.label} setting, seed {settings.seed}" if len(plan.seeds) == 1 else (
+        f"{settings.label} setting, seeds {', '.join(map(str, plan.seeds))}")  # fmt: skip
+    _write_reports(out, payload, label)
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))
+
+
+def _build_domains(out: Path, settings: DemoSettings) -> tuple[Path, Path]:
+    """Step 1: the source and target domains' dataset folders under OUT/data."""
+    _say("1/5 building the MovieLens-100K source and target domains (disjoint items and users)")
+    source_dir = build_movielens(out / "data" / "source", domain="source", overwrite=True)
+    target_dir = build_movielens(out / "data" / "target", domain="target", new_items=settings.new_items, overwrite=True)
+    return source_dir, target_dir
+
+
+def _publish(out: Path) -> dict[str, str]:
+    """Step 3: each pre-trained component into a local Hub cache (tag v1); returns slot -> hub: reference."""
+    _say("3/5 publishing each component into a local Hub cache (tag v1) and using hub: references from here on")
+    cache = out / "hub-cache"
+    os.environ["HF_HUB_CACHE"] = str(cache)
+    references: dict[str, str] = {}
+    for slot in PUBLISHED_SLOTS:
+        repo = published_repo(slot)
+        commit = publish_to_local_cache(
+            out / "runs" / "pretrain" / "components" / slot, repo, cache_dir=cache, tag="v1"
+        )
+        references[slot] = format_hub_reference(repo, "v1")
+        _say(f"   {references[slot]} -> commit {commit[:12]}")
+    return references
+
+
+def _write_reports(out: Path, payload: dict[str, Any], label: str) -> None:
+    """results.md, the three plots, and the tables printed (results.json is written before)."""
+    rows, tests, notes, report = payload["rows"], payload["comparisons"], payload["notes"], payload["curve"]
     title = f"pmmrec demo: transfer to a new MovieLens domain ({label})"
-    intro = demo_intro(stats, len(rows))
+    intro = demo_intro(payload["target"], len(rows))
     markdown = results_markdown(rows, tests, notes, title=title, intro=intro)
     write_markdown(out / "results.md", markdown + "\n" + curve_markdown(report, f"Learning curve ({label})"))
-    plot_validation_curves(curves, references_valid, out / "valid_ndcg.png",
-                           f"Target-domain validation NDCG@10 per epoch ({label})")  # fmt: skip
+    plot_validation_curves(payload["validation_curves"], payload["validation_ndcg@10_untrained"],
+                           out / "valid_ndcg.png", f"Target-domain validation NDCG@10 per epoch ({label})")  # fmt: skip
     plot_test_ndcg(rows, out / "test_ndcg.png", f"Target-domain test NDCG@10 with 95% CIs ({label})")
     plot_curve(report, out / "curve.png", f"Test NDCG@10 against the share of training users ({label})")
     tqdm.write(results_text(rows, tests, title=title))
@@ -252,7 +268,6 @@ def demo(
         tqdm.write(f"  {note}")
     written = ", ".join(str(out / name) for name in ("results.json", "results.md", "valid_ndcg.png", "test_ndcg.png"))
     tqdm.write(f"wrote {written} and {out / 'curve.png'}")
-    return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
 def demo_intro(stats: dict[str, Any], count: int) -> str:
