@@ -133,6 +133,23 @@ def test_the_time_left_spreads_each_update_over_its_steps() -> None:
     assert clock.seconds_left(40) == pytest.approx(40 * 0.4)
 
 
+def test_the_time_left_counts_an_update_as_the_mean_of_those_timed() -> None:
+    """Guards against the time left swinging with the last update alone (an update's time varies with the items it
+    runs: the last one alone missed by about twice as much, benchmarks/eta_accuracy.py), and against the first
+    estimate outliving the measurements."""
+    from pmmrec.training.progress import RunClock
+
+    clock = RunClock(steps_per_epoch=40, total_steps=80, may_stop_early=False, test=False, step_seconds=0.1)
+    clock.periodic(every=20, seconds=9.0)  # the estimate
+    clock.periodic(every=20, seconds=6.0, measured=True)
+    assert clock.update_seconds == pytest.approx(6.0)  # the estimate is not averaged in
+    clock.periodic(every=20, seconds=8.0, measured=True)
+    clock.periodic(every=20, seconds=10.0, measured=True)
+    assert clock.update_seconds == pytest.approx(8.0)
+    clock.periodic(every=20, seconds=30.0)  # a later estimate does not replace measurements
+    assert clock.seconds_per_step() == pytest.approx(0.1 + 8.0 / 20)
+
+
 def test_an_epoch_is_cut_into_equal_parts_ending_with_it() -> None:
     """Guards against an update spent on an epoch's few leftover steps (166 steps by 40: 4 parts, not 4 and 6)."""
     assert update_steps(166, 40) == {42, 83, 124, 166}

@@ -311,6 +311,7 @@ class Trainer:
                     "items_per_s": rate,
                     "data_wait_s": data_wait,
                     "step_s": step_seconds,
+                    **({"update_s": update} if update else {}),
                 },
                 progress["global_step"],
             )
