@@ -123,7 +123,7 @@ class RunClock:
     may_stop_early: bool
     test: bool
     # Weight of the newest step in the step time's moving average: 0.03 (about the last 30 steps) predicted the time
-    # left of six logged runs better than 0.1 (docs/benchmarks.md, "How close the time left is").
+    # left of the logged runs as well as 0.1 or better (docs/benchmarks.md, "How close the time left is").
     smoothing: float = 0.03
     step_seconds: float | None = None
     validation_seconds: float | None = None
@@ -147,7 +147,7 @@ class RunClock:
     def periodic(self, every: float, seconds: float, *, measured: bool = False) -> None:
         """Record the time of an update run every `every` steps (stale text layers), spread over those steps;
         `measured`: timed, not estimated. The updates timed so far are averaged: one update's time varies with the
-        items it runs (the last one alone missed the time left by twice as much)."""
+        items it runs (the last one alone missed the time left by about twice as much on most logged runs)."""
         self.update_every = every
         if not measured:
             if not self.updates_measured:
