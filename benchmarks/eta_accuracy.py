@@ -82,9 +82,8 @@ def main() -> None:
         steps = read_steps(log)
         rules = {}
         for name, kind in (("before", RuleBefore), ("now", RunClock)):
-            clock = kind(steps_per_epoch=len(steps), total_steps=len(steps), may_stop_early=False, test=False)
-            if kind is RuleBefore:
-                clock.smoothing = 0.1
+            smoothing = {"smoothing": 0.1} if kind is RuleBefore else {}  # "now": the clock's own default
+            clock = kind(len(steps), len(steps), may_stop_early=False, test=False, **smoothing)
             rules[name] = summary(errors(steps, clock))
         updates = sum(1 for step in steps if step.update)
         print(f"| {log.parent.name} | {len(steps):,} | {updates} | {rules['before']} | {rules['now']} |")

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pmmrec.comparison import RUN_RANKS
-from pmmrec.data import Dataset, LeaveOneOutSplit, dataset_fingerprint
+from pmmrec.data import Dataset, LeaveOneOutSplit
 from pmmrec.evaluation import format_metrics_table
 from pmmrec.fileio import write_json
 from pmmrec.inference import EvaluationResult
@@ -119,6 +119,7 @@ def write_outcome(
     config: TrainConfig,
     dataset: Dataset,
     split: LeaveOneOutSplit,
+    dataset_fingerprint: dict[str, Any],
     summary: dict[str, Any],
     test: EvaluationResult | None,
 ) -> None:
@@ -126,5 +127,5 @@ def write_outcome(
     write_json(run_dir / "summary.json", summary)
     if test is None:
         return
-    write_test_ranks(run_dir, config, dataset, split, dataset_fingerprint(dataset), test.ranks, test.metrics)
+    write_test_ranks(run_dir, config, dataset, split, dataset_fingerprint, test.ranks, test.metrics)
     tqdm.write(f"test at the best epoch ({summary['best_epoch']}):\n" + format_metrics_table(test.metrics, config.ks))

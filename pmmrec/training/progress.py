@@ -154,8 +154,10 @@ class RunClock:
                 self.update_seconds = seconds
             return
         self.updates_measured += 1
-        previous = self.update_seconds if self.updates_measured > 1 else seconds
-        self.update_seconds = previous + (seconds - previous) / self.updates_measured
+        if self.updates_measured == 1:
+            self.update_seconds = seconds  # the estimate is not averaged in
+        else:
+            self.update_seconds += (seconds - self.update_seconds) / self.updates_measured
 
     def announce_due(self, after_steps: int) -> bool:
         """True once per run, when the run's time is worth printing: `after_steps` steps were measured and, with

@@ -386,7 +386,7 @@ class Trainer:
                 progress["global_step"],
             )
         if self.context.is_main:
-            write_outcome(self.run_dir, self.config, self.dataset, self.split, summary, test)
+            write_outcome(self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], summary, test)
         barrier(self.context)
         return TrainResult(
             run_dir=self.run_dir,
