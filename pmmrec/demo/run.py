@@ -221,9 +221,7 @@ def demo(
         "seconds": elapsed,
     }
     write_json(out / "results.json", payload)
-    label = f"{settings.label} setting, seed {settings.seed}" if len(plan.seeds) == 1 else (
-        f"{settings.label} setting, seeds {', '.join(map(str, plan.seeds))}")  # fmt: skip
-    _write_reports(out, payload, label)
+    _write_reports(out, payload, run_label(settings, plan))
     return json.loads((out / "results.json").read_text(encoding="utf-8"))
 
 
@@ -249,6 +247,12 @@ def _publish(out: Path) -> dict[str, str]:
         references[slot] = format_hub_reference(repo, "v1")
         _say(f"   {references[slot]} -> commit {commit[:12]}")
     return references
+
+
+def run_label(settings: DemoSettings, plan: CurvePlan) -> str:
+    """The setting and seeds, as the report titles name them."""
+    seeds = f"seed {settings.seed}" if len(plan.seeds) == 1 else f"seeds {', '.join(map(str, plan.seeds))}"
+    return f"{settings.label} setting, {seeds}"
 
 
 def _write_reports(out: Path, payload: dict[str, Any], label: str) -> None:
