@@ -251,7 +251,7 @@ def _flag_type(annotation: Any) -> Any:
     return base | None if optional else base
 
 
-CREATE_FIELDS = ("backbone", "dim", "trainable_layers", "max_tokens", "heads", "layers", "max_length", "dropout")
+CREATE_FIELDS = ("backbone", "dim", "trainable_layers", "max_tokens", "word_embeddings", "heads", "layers", "max_length", "dropout")
 
 
 def create_parameters(_: str = "init") -> list[inspect.Parameter]:

@@ -289,15 +289,13 @@ def test_a_long_cpu_text_run_is_told_how_to_train_in_minutes(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     hints = [line for line in result.output.splitlines() if line.startswith("hint: ")]
-    assert len(hints) == 1 and progress.STALE_TEXT_FLAGS in hints[0]  # a text-only tower: the stale-layers recipe
-    other = slow_text_hint(2, "cpu", SLOW_RUN_SECONDS, text_only=False)
-    assert other is not None and progress.FAST_TEXT_FLAGS in other  # any other tower: the frozen backbone
-    table = slow_text_hint(2, "cpu", SLOW_RUN_SECONDS, text_only=True, from_table=True)
-    assert table is not None and progress.STALE_TEXT_FLAGS in table and "even updated from a table" in table
+    assert len(hints) == 1 and progress.CPU_TEXT_FLAGS in hints[0]
+    table = slow_text_hint(2, "cpu", SLOW_RUN_SECONDS, from_table=True)
+    assert table is not None and progress.CPU_TEXT_FLAGS in table and "even updated from a table" in table
     assert "even updated from a table" not in hints[0]  # a run stepping its layers is not told it uses a table
     clock = progress.RunClock(steps_per_epoch=10, total_steps=100, may_stop_early=False, test=False, step_seconds=1.0)
     clock.periodic(every=5, seconds=2.0, measured=True)  # a run whose layers train from the table
-    assert "even updated from a table" in progress.time_lines(clock, 0, 2, "cpu", text_only=True)[-1]
+    assert "even updated from a table" in progress.time_lines(clock, 0, 2, "cpu")[-1]
 
 
 def test_a_run_writes_its_test_ranks_as_evaluate_does(trained: dict[str, Any], model_and_data: dict[str, Path]) -> None:

@@ -17,7 +17,12 @@ from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.inference import encode_catalogue, make_collator
 from pmmrec.model import PMMRec
-from pmmrec.training.stale_items import StaleTextLayers, encoder_with_gradients, update_steps
+from pmmrec.training.stale_items import (
+    StaleTextLayers,
+    catalogue_word_pieces,
+    encoder_with_gradients,
+    update_steps,
+)
 from pmmrec.training.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -28,23 +33,29 @@ def _environment(isolated: Path) -> None:
     """The isolated environment (private cache, offline, one thread)."""
 
 
-def _stale(tiny_dataset: Path, every: int = 2) -> tuple[StaleTextLayers, object, object]:
+def _stale(tiny_dataset: Path, every: int = 2, words: bool = False) -> tuple[StaleTextLayers, object, object]:
     dataset = load_dataset(tiny_dataset)
     narrow = 16  # d below the backbone's width (32): the table must hold backbone states, not embeddings
-    model = PMMRec.assemble(
-        text=tiny.tiny_text_encoder(seed=1, dim=narrow), user=tiny.tiny_user_encoder(seed=2, dim=narrow)
-    ).eval()
+    text = tiny.tiny_text_encoder(seed=1, dim=narrow)
+    if words:  # word-piece embeddings, made non-zero so that a missing or doubled mean shows
+        text.add_word_embeddings_table()
+        with torch.no_grad():
+            text.word_embeddings.weight.normal_(generator=torch.Generator().manual_seed(3))
+    model = PMMRec.assemble(text=text, user=tiny.tiny_user_encoder(seed=2, dim=narrow)).eval()
     model.bind_catalogue(dataset.item_ids)
     collator = make_collator(model, dataset)
     order = list(range(1, dataset.num_items + 1))
     encode = encoder_with_gradients(model, collator, CPU)
-    stale = StaleTextLayers(every, model, encode, order, steps_per_epoch=every, chunk_size=7)
+    pieces = catalogue_word_pieces(collator, dataset.num_items, CPU) if words else None
+    stale = StaleTextLayers(every, model, encode, order, steps_per_epoch=every, chunk_size=7, word_pieces=pieces)
     return stale, model, collator
 
 
-def test_the_projected_table_is_the_towers_embedding(tiny_dataset: Path) -> None:
-    """Guards against the deferred projection not commuting with the tower's mean (a wrong item for every step)."""
-    stale, model, collator = _stale(tiny_dataset)
+@pytest.mark.parametrize("words", [False, True], ids=["tokens", "word-embeddings"])
+def test_the_projected_table_is_the_towers_embedding(tiny_dataset: Path, words: bool) -> None:
+    """Guards against the deferred projection not commuting with the tower's mean (a wrong item for every step), and
+    against the word-piece embeddings' mean being lost or counted twice on the table's path."""
+    stale, model, collator = _stale(tiny_dataset, words=words)
     exact = encode_catalogue(model, collator, stale.table.shape[0] - 1, CPU)
     items = torch.arange(1, stale.table.shape[0])
     with torch.no_grad():
@@ -52,10 +63,12 @@ def test_the_projected_table_is_the_towers_embedding(tiny_dataset: Path) -> None
     assert stale.table.shape[1] == model.text.projection.in_features != model.dim  # the backbone's width, not d
 
 
-def test_the_gathered_gradient_is_the_sum_of_the_steps_gradients(tiny_dataset: Path) -> None:
+@pytest.mark.parametrize("words", [False, True], ids=["tokens", "word-embeddings"])
+def test_the_gathered_gradient_is_the_sum_of_the_steps_gradients(tiny_dataset: Path, words: bool) -> None:
     """Guards against a lost, doubled or misplaced item gradient: with the layers unchanged between the steps, the
-    update's gradient equals that of the steps' losses computed through the whole tower."""
-    stale, model, collator = _stale(tiny_dataset)
+    update's gradient equals that of the steps' losses computed through the whole tower (the word-piece embeddings,
+    trained every step, included)."""
+    stale, model, collator = _stale(tiny_dataset, words=words)
     generator = torch.Generator().manual_seed(0)
     steps = [torch.tensor([1, 4, 5, 9]), torch.tensor([2, 4, 9, 11, 12])]  # item 4 and 9 read twice
     targets = [torch.randn(len(items), model.dim, generator=generator) for items in steps]
@@ -64,6 +77,8 @@ def test_the_gathered_gradient_is_the_sum_of_the_steps_gradients(tiny_dataset: P
         due = stale.gather(step)
     assert due and stale.backpropagate() == 7  # distinct items read
     layers = [p for p in model.text.backbone.parameters() if p.requires_grad]
+    if words:
+        layers.append(model.text.word_embeddings.weight)
     gathered = [p.grad.clone() for p in layers]
     projection = model.text.projection.weight.grad.clone()
     model.zero_grad(set_to_none=True)

@@ -136,6 +136,11 @@ class Component(nn.Module, metaclass=ABCMeta):
         """The Hub id of the pretrained weights this component starts from, for the card's `base_model`."""
         return None
 
+    def fresh_parameter_prefixes(self) -> tuple[str, ...]:
+        """Prefixes of the names of parameters that start from scratch in a component with pretrained weights:
+        training gives them the fresh parts' learning rate. Default: none."""
+        return ()
+
     def card_summary(self) -> str:
         """A one-paragraph description of this component for its model card."""
         return f"A `{self.type_name}` component of pmmrec."

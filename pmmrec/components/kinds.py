@@ -26,6 +26,7 @@ from pmmrec.components._vision import VisionPreprocessingFields, check_preproces
 from pmmrec.components.base import Component, ComponentConfig
 from pmmrec.components.inputs import ImagePreprocessor, TextPreprocessor
 from pmmrec.components.options import CreateOptions
+from pmmrec.errors import ConfigError
 from pmmrec.slots import SLOT, SLOT_TABLE
 
 V = TypeVar("V", bound="VisionEncoder")
@@ -161,6 +162,16 @@ class TextEncoder(ItemEncoder):
     def max_tokens(self) -> int:
         """Input width: tokens kept per item text."""
         return self.preprocessor.max_tokens
+
+    # A trained embedding per word piece, added to each projected token; every text encoder sets it (None: none;
+    # `add_word_embeddings_table`). Not a class attribute: nn.Module finds a registered submodule only when normal
+    # attribute lookup fails.
+    word_embeddings: nn.Module | None
+
+    def add_word_embeddings_table(self) -> None:
+        """Give this encoder a trained embedding per word piece, zero at first (its function unchanged until it
+        trains); nothing when it has one."""
+        raise ConfigError(f"{self.type_name} has no word-piece embeddings to add")
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (int32) and boolean mask [N, max_tokens] for raw texts."""

@@ -41,6 +41,10 @@ class CreateOptions(BaseModel):
         description="Encoders: top backbone layers (blocks) trained; the rest is frozen (paper: 2).",
     )
     max_tokens: int = Field(default=50, ge=1, le=4096, description="Text encoder: tokens kept per item text.")
+    word_embeddings: bool = Field(
+        default=False,
+        description="Text encoder: a trained embedding per word piece added to each projected token (zero at first).",
+    )
     heads: int | None = Field(
         default=None,
         ge=1,

@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 from torch import nn
 
 from pmmrec import budget
 from pmmrec.components import _backbones, _packed, backbone_schema
 from pmmrec.components.base import NOMINAL_BATCH, ComponentConfig, register_component
 from pmmrec.components.inputs import TextPreprocessor
-from pmmrec.components.kinds import EncoderConfig, TextEncoder
+from pmmrec.components.kinds import EncoderConfig, ModalityInputs, ModalityTokens, TextEncoder
 from pmmrec.components.options import CreateOptions
 from pmmrec.components.tokenizer_files import check_loaded_tokenizer, load_tokenizer
 from pmmrec.errors import ConfigError
@@ -30,6 +30,20 @@ class HFTextEncoderConfig(EncoderConfig):
     backbone_config: dict[str, Any] = Field(description="The backbone's Hugging Face config (architecture only).")
     max_tokens: int = Field(default=50, ge=1, le=4096, description="Tokens kept per item text.")
     train_embeddings: bool = Field(default=False, description="Also train the token embeddings (paper: frozen).")
+    word_embeddings: bool = Field(
+        default=False,
+        description="A trained d-wide embedding per word piece, zero at first, added to each projected token state: "
+        "an item also gets the mean of its words' embeddings, which tells items apart by their words without "
+        "running a backbone layer (vocabulary x d more weights; not in the paper).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _written_when_on(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """config.json names `word_embeddings` only when on: an encoder without them writes what older pmmrec reads."""
+        data = handler(self)
+        if not self.word_embeddings:
+            data.pop("word_embeddings", None)
+        return data
 
     @field_validator("backbone_config")
     @classmethod
@@ -41,7 +55,8 @@ class HFTextEncoderConfig(EncoderConfig):
         hidden, inner = b["hidden_size"], b["intermediate_size"]
         tables = b["vocab_size"] + b["max_position_embeddings"] + b.get("type_vocab_size", 2)
         layer = 4 * hidden * hidden + 2 * hidden * inner + inner + 9 * hidden
-        return tables * hidden + b["num_hidden_layers"] * layer + (hidden + 1) * self.dim
+        words = b["vocab_size"] * self.dim if self.word_embeddings else 0
+        return tables * hidden + b["num_hidden_layers"] * layer + (hidden + 1) * self.dim + words
 
     def activation_estimate(self) -> int:
         b, tokens = self.backbone_config, self.max_tokens
@@ -80,6 +95,9 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
             self.backbone.pooler = None  # unused: token states are what the fusion needs
         hidden = int(config.backbone_config["hidden_size"])
         self.projection = nn.Linear(hidden, config.dim)
+        self.word_embeddings = None
+        if config.word_embeddings:
+            self.word_embeddings = _zero_table(int(config.backbone_config["vocab_size"]), config.dim)
         self.tokenizer = tokenizer
         self.apply_freezing()
 
@@ -93,6 +111,7 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
             dim=options.dim,
             max_tokens=options.max_tokens,
             trainable_layers=options.trainable_layers,
+            word_embeddings=options.word_embeddings,
         )
 
     @classmethod
@@ -103,6 +122,7 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         max_tokens: int = 50,
         trainable_layers: int = 2,
         train_embeddings: bool = False,
+        word_embeddings: bool = False,
     ) -> HFTextEncoder:
         """A fresh encoder on pretrained backbone weights (built-in name, local folder or hub reference/id)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -121,6 +141,7 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
             max_tokens=max_tokens,
             trainable_layers=trainable_layers,
             train_embeddings=train_embeddings,
+            word_embeddings=word_embeddings,
         )
         budget.require(config.memory_estimate(), f"backbone {backbone!r} ({config.summary()})")
         with _backbones.quiet_weight_loading():
@@ -157,10 +178,11 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
 
     def card_summary(self) -> str:
         layers = self.num_layers
+        words = " A trained embedding per word piece is added to each projected token." if self.word_embeddings else ""
         return (
             f"Text encoder on a `{self.config.backbone_config['model_type']}` backbone ({layers} layers, "
             f"from `{self.config.backbone}`), top {min(self.config.trainable_layers, layers)} layers trainable, "
-            f"projected to d = {self.config.dim}; up to {self.config.max_tokens} tokens per item text. "
+            f"projected to d = {self.config.dim}; up to {self.config.max_tokens} tokens per item text.{words} "
             f"The tokenizer is in `{TOKENIZER_FOLDER}/`."
         )
 
@@ -237,6 +259,35 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         layers = list(self.layers)[self.frozen_depth :]
         return self._run(prefix, attention_mask, layers, self.projection), attention_mask.to(torch.bool)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = super().forward(input_ids, attention_mask)
+        return self.add_word_embeddings(states, input_ids), mask
+
+    def tokens(self, inputs: ModalityInputs | None, prefix: torch.Tensor | None = None) -> ModalityTokens:
+        tokens = super().tokens(inputs, prefix)
+        if prefix is None or self.word_embeddings is None:
+            return tokens  # `forward` added them
+        input_ids = (inputs or {}).get("input_ids")
+        if input_ids is None:
+            raise ValueError("this text encoder's word embeddings need text_ids beside a cached prefix")
+        return ModalityTokens(self.add_word_embeddings(tokens.tokens, input_ids), tokens.mask)
+
+    def fresh_parameter_prefixes(self) -> tuple[str, ...]:
+        return ("word_embeddings.",) if self.word_embeddings is not None else ()
+
+    def add_word_embeddings_table(self) -> None:
+        if self.word_embeddings is not None:
+            return
+        self.config = HFTextEncoderConfig.model_validate({**self.config.model_dump(), "word_embeddings": True})
+        table = _zero_table(int(self.config.backbone_config["vocab_size"]), self.config.dim)
+        self.word_embeddings = table.to(self.projection.weight.device)
+
+    def add_word_embeddings(self, states: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Projected token states [N, T, d] plus each token's word-piece embedding (unchanged without them)."""
+        if self.word_embeddings is None:
+            return states
+        return states + self.word_embeddings(input_ids[:, : states.shape[1]].long()).to(states.dtype)
+
     # ---- inputs --------------------------------------------------------------------------------
 
     @property
@@ -244,3 +295,10 @@ class HFTextEncoder(_backbones.LayerStackFreezing, TextEncoder):
         if self.tokenizer is None:
             raise ConfigError("this text encoder has no tokenizer (its folder lacks tokenizer/)")
         return TextPreprocessor(self.tokenizer, self.config.max_tokens)
+
+
+def _zero_table(vocabulary: int, dim: int) -> nn.Embedding:
+    """Word-piece embeddings that start at zero: the encoder's function is unchanged until they train."""
+    table = nn.Embedding(vocabulary, dim)
+    nn.init.zeros_(table.weight)
+    return table

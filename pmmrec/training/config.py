@@ -91,6 +91,13 @@ def _model_config() -> type[_Strict]:
             ),
         ),
         **layers,
+        "text_word_embeddings": (
+            bool,
+            Field(default=False, description="Text encoder: a trained embedding per word piece, zero at first, added to "
+                  "each projected token and trained at the fresh parts' rate; no backbone layer runs for it, so it is "
+                  "cheap on a CPU (a given encoder without one gets one; false leaves a given encoder as it is; "
+                  "docs/training.md)."),
+        ),
         "single_modality_fusion": (
             Literal["mean", "attention", "mlp"],
             Field(default="mean", description="Fresh item tower over one modality: mean (of its projected tokens, no "

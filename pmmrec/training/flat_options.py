@@ -20,6 +20,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     **{f"{slot}_backbone": f"model.{slot}_backbone" for slot in MODALITY_SLOTS},
     "dim": "model.dim",
     **{f"{slot}_trainable_layers": f"model.{slot}_trainable_layers" for slot in MODALITY_SLOTS},
+    "text_word_embeddings": "model.text_word_embeddings",
     "single_modality_fusion": "model.single_modality_fusion",
     "epochs": "epochs",
     "max_epochs": "max_epochs",

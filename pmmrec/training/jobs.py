@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pmmrec.cards import TrainingFacts
-from pmmrec.components import Component, CreateOptions, ItemEncoder, create_component, default_heads
+from pmmrec.components import Component, CreateOptions, ItemEncoder, TextEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset, registered_readers
 from pmmrec.distributed import choose_device
@@ -49,6 +49,8 @@ def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int)
         if any(getattr(spec, slot) for slot in CONTENT_SLOTS):
             flags = "/".join(SLOT[slot].flag for slot in CONTENT_SLOTS)
             raise ConfigError(f"--item-tower id replaces the content tower: drop {flags}")
+        if spec.text_word_embeddings:
+            raise ConfigError("--text-word-embeddings: an ID tower has no text encoder")
         dim = dim or DEFAULT_DIM
         item_tower = create_component("id", CreateOptions(dim=dim, item_ids=tuple(dataset.item_ids)))
         return PMMRec.assemble(user=loaded["user"] or _fresh_user(spec, dim, max_length), item_tower=item_tower)
@@ -61,14 +63,22 @@ def build_model(spec: ModelConfig, dataset: Dataset, max_length: int, seed: int)
             raise ConfigError(f"--{modality} was given but --modalities excludes {modality}")
         if encoder is None and modality in modalities:
             backbone = getattr(spec, f"{modality}_backbone")
-            options = CreateOptions(dim=dim, backbone=backbone, trainable_layers=2 if layers is None else layers)
+            words = spec.text_word_embeddings and modality == "text"
+            options = CreateOptions(
+                dim=dim, backbone=backbone, trainable_layers=2 if layers is None else layers, word_embeddings=words
+            )
             encoder = loaded[modality] = create_component(SLOT[modality].kind, options)
             dim = dim or encoder.dim
-        elif isinstance(encoder, ItemEncoder) and layers is not None:
+            continue
+        if isinstance(encoder, TextEncoder) and spec.text_word_embeddings:
+            encoder.add_word_embeddings_table()
+        if isinstance(encoder, ItemEncoder) and layers is not None:
             try:
                 encoder.set_trainable_layers(layers)
             except ValidationError as exc:
                 raise ConfigError(f"--{modality}-trainable-layers: {describe_validation_error(exc)}") from None
+    if spec.text_word_embeddings and loaded["text"] is None:
+        raise ConfigError("--text-word-embeddings: this model has no text encoder (see --modality)")
     if loaded["user"] is None:
         loaded["user"] = _fresh_user(spec, dim or DEFAULT_DIM, max_length)
     if loaded["fusion"] is None and len(modalities) == 1 and spec.single_modality_fusion != "mean":

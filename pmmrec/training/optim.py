@@ -15,6 +15,7 @@ from pmmrec.training.config import TrainConfig
 from pmmrec.training.module import TrainingModule
 
 NO_DECAY_MARKERS = ("bias", "norm", "embedding", "positions", "type_embeddings")
+FRESH_PARTS = "_fresh"  # the group (and `lr_` log key) suffix of a slot's parameters trained at the fresh rate
 
 
 def fresh_slots(module: TrainingModule) -> set[str]:
@@ -48,15 +49,21 @@ def parameter_groups(module: TrainingModule, config: TrainConfig) -> list[dict[s
         if slot in config.freeze:
             continue
         decay = parameter.ndim >= 2 and not any(marker in name.lower() for marker in NO_DECAY_MARKERS)
-        groups.setdefault((slot, decay), []).append(parameter)
+        prefixes = slots[slot].fresh_parameter_prefixes() if slot in slots else ()
+        if prefixes and ".".join(parts[2:]).startswith(prefixes):
+            group = f"{slot}{FRESH_PARTS}"  # fresh parameters of a pretrained component (word-piece embeddings)
+            rates.setdefault(group, config.lr_for(slot, fresh=True))
+        else:
+            group = slot
+        groups.setdefault((group, decay), []).append(parameter)
     return [
         {
             "params": params,
-            "lr": rates[slot],
+            "lr": rates[group],
             "weight_decay": config.weight_decay if decay else 0.0,
-            "slot": slot,
+            "slot": group,
         }
-        for (slot, decay), params in sorted(groups.items())
+        for (group, decay), params in sorted(groups.items())
     ]
 
 

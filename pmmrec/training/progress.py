@@ -60,43 +60,31 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
 
 # A CPU run expected to train longer than this gets `slow_text_hint`'s line.
 SLOW_RUN_SECONDS = 3600.0
-# The CPU text recipes (docs/training.md, "A text run on a CPU"), best on validation among settings that fit about
-# 20 minutes on 2 cores: for the text-only tower, one MiniLM layer trained every 20 steps from a table of item states
-# (`--tower-update-every`); for a tower that cannot (several modalities, a trained fusion), the frozen backbone.
-STALE_TEXT_FLAGS = (
-    "--text-trainable-layers 1 --dim 128 --pretrained-lr 3e-4 --fresh-lr 3e-3 --tower-update-every 20 --epochs 16"
+# The CPU text recipe (docs/training.md, "A text run on a CPU"): the best on validation among the settings that fit
+# about 20 minutes on 2 cores, for any tower with a text encoder: the backbone frozen (its output computed once per
+# item) and word-piece embeddings trained in place of its layers, for all 30 epochs (the best one kept).
+CPU_TEXT_FLAGS = (
+    "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fresh-lr 3e-3 --text-word-embeddings --epochs 30 "
+    "--patience 30"
 )
-FAST_TEXT_FLAGS = "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fresh-lr 3e-3 --max-epochs 30 --patience 3"
 
 
 def slow_text_hint(
-    text_trainable_layers: int | None,
-    device_type: str,
-    training_seconds: float,
-    text_only: bool = False,
-    from_table: bool = False,
+    text_trainable_layers: int | None, device_type: str, training_seconds: float, from_table: bool = False
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the default text run trains for hours. The text-only tower can train one layer every 20 steps
-    from a table of item states, in about 10 minutes on MovieLens-100K; any tower can freeze the backbone (its output
-    computed once per item), in minutes, at lower quality (docs/training.md, "A text run on a CPU"). The default
-    stays the better model: the user chooses. `from_table`: the run already trains its layers from the table (then
-    the recipe's gain is its one narrow layer and fewer epochs).
+    On 2 CPU cores the default text run trains for hours; the recipe trains in about 10 minutes on MovieLens-100K,
+    at lower quality than the default trained on a GPU (docs/training.md, "A text run on a CPU"). The default stays
+    the better model: the user chooses. `from_table`: the run already trains its layers from the table.
     """
     if device_type != "cpu" or not text_trainable_layers or training_seconds < SLOW_RUN_SECONDS:
         return None
-    if text_only:
-        even = ", even updated from a table" if from_table else ""
-        return (
-            f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s)"
-            f"{even}; `{STALE_TEXT_FLAGS}` trains one layer at d = 128 every 20 steps from a table of item states for "
-            '16 epochs, several times faster, at somewhat lower quality (docs/training.md, "A text run on a CPU")'
-        )
+    even = ", even updated from a table" if from_table else ""
     return (
-        f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s); "
-        f"`{FAST_TEXT_FLAGS}` freezes the text backbone (its output is computed once per item) and trains in "
-        'minutes, at lower quality (docs/training.md, "A text run on a CPU")'
+        f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s){even}; "
+        f"`{CPU_TEXT_FLAGS}` freezes the text backbone (its output is computed once per item) and trains word-piece "
+        'embeddings in its place, in minutes, at lower quality (docs/training.md, "A text run on a CPU")'
     )
 
 
@@ -195,9 +183,7 @@ class RunClock:
         return f"run {bound}{duration(left)}{extra} left"
 
 
-def time_lines(
-    clock: RunClock, global_step: int, text_trainable_layers: int | None, device_type: str, text_only: bool
-) -> list[str]:
+def time_lines(clock: RunClock, global_step: int, text_trainable_layers: int | None, device_type: str) -> list[str]:
     """Printed once, after the first steps: how long the run's training will take, measured (and the CPU hint when
     trained text layers make it long)."""
     step = clock.seconds_per_step() or 0.0
@@ -207,7 +193,7 @@ def time_lines(
         f"time: {step:.2f} s per step measured; {steps_left:,} steps left, {duration(training)} of training; "
         f"{clock.describe(global_step)} (shown in the progress bar)"
     ]
-    hint = slow_text_hint(text_trainable_layers, device_type, training, text_only, from_table=clock.update_every > 1)
+    hint = slow_text_hint(text_trainable_layers, device_type, training, from_table=clock.update_every > 1)
     return lines + ([hint] if hint else [])
 
 

@@ -26,9 +26,11 @@ from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.modes import eval_mode
 from pmmrec.prefix_cache import FrozenPrefixCache, catalogue_order
+from pmmrec.slots import SLOT
 
 ItemEncoder = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]  # indices -> (their indices, embeddings)
 TEXT_ONLY = "fusion/text_only"
+TEXT = SLOT["text"].name  # the text modality's inputs in a batch
 
 
 class StaleTextLayers:
@@ -48,6 +50,7 @@ class StaleTextLayers:
         steps_per_epoch: int,
         chunk_size: int = 256,
         grad_clip: float | None = None,
+        word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         self.update_steps = update_steps(steps_per_epoch, every)
         self.steps_per_update = steps_per_epoch / len(self.update_steps)
@@ -58,6 +61,10 @@ class StaleTextLayers:
         self.grad_clip = grad_clip
         assert model.text is not None
         self.projection: nn.Module = model.text.projection
+        self.word_embeddings = model.text.word_embeddings
+        # Every catalogue item's word-piece ids and their mask [N + 1, T], for the word embeddings' mean (trained
+        # every step, exactly: it reads no backbone state).
+        self.word_pieces = word_pieces
         self.layers = [parameter for parameter in model.text.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
         self.table = self._encode_table()
@@ -76,7 +83,12 @@ class StaleTextLayers:
         """The items' embeddings: the projection (trained now) of their table rows (gradient gathered by `gather`)."""
         leaf = self.table[items].detach().requires_grad_(True)
         self._read.append((items, leaf))
-        return self.projection(leaf)
+        embeddings = self.projection(leaf)
+        if self.word_embeddings is None or self.word_pieces is None:
+            return embeddings
+        ids, mask = (tensor[items] for tensor in self.word_pieces)
+        words = (self.word_embeddings(ids) * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+        return embeddings + words.to(embeddings.dtype)
 
     def gather(self, step_in_epoch: int) -> bool:
         """Add this step's row gradients to the sums; True when the layers are due for an update: `step_in_epoch`
@@ -141,14 +153,20 @@ class StaleTextLayers:
 
 @contextmanager
 def deferred_projection(model: PMMRec) -> Iterator[None]:
-    """The text-only tower yields mean backbone states (the projection is applied later: it commutes with the mean)."""
-    assert model.text is not None
-    projection = model.text.projection
-    model.text.projection = nn.Identity()
+    """The text-only tower yields mean backbone states (the projection is applied later: it commutes with the mean;
+    the word-piece embeddings, which read no backbone state, are left out and added by `StaleTextLayers.embed`)."""
+    text = model.text
+    assert text is not None
+    projection, words = text.projection, text.word_embeddings
+    text.projection = nn.Identity()
+    if words is not None:
+        text.word_embeddings = None
     try:
         yield
     finally:
-        model.text.projection = projection
+        text.projection = projection
+        if words is not None:
+            text.word_embeddings = words
 
 
 def check_stale_layers(every: int, model: PMMRec, *, processes: int, scaled: bool) -> None:
@@ -205,5 +223,26 @@ def stale_text_layers(
         encode = encoder_with_gradients(model, collator, device)
     order = catalogue_order(collator, num_items)
     return StaleTextLayers(
-        every, model, encode, order, steps_per_epoch=steps_per_epoch, chunk_size=chunk_size, grad_clip=grad_clip
+        every,
+        model,
+        encode,
+        order,
+        steps_per_epoch=steps_per_epoch,
+        chunk_size=chunk_size,
+        grad_clip=grad_clip,
+        word_pieces=catalogue_word_pieces(collator, num_items, device) if _has_word_embeddings(model) else None,
     )
+
+
+def _has_word_embeddings(model: PMMRec) -> bool:
+    return model.text is not None and model.text.word_embeddings is not None
+
+
+def catalogue_word_pieces(
+    collator: BatchCollator, num_items: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word-piece ids (int64) and float mask [N + 1, T] of every catalogue index (row 0, the padding item: none)."""
+    text = collator.item_inputs(torch.arange(num_items + 1), only={TEXT})[TEXT]
+    mask = text["attention_mask"].to(device=device, dtype=torch.float32)
+    mask[0] = 0.0
+    return text["input_ids"].to(device=device, dtype=torch.long), mask

@@ -28,7 +28,7 @@ from pmmrec.training.progress import RunClock, epoch_line, plan_line, start_line
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
-from pmmrec.training.stale_items import TEXT_ONLY, check_stale_layers, stale_text_layers
+from pmmrec.training.stale_items import check_stale_layers, stale_text_layers
 
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
 
@@ -108,7 +108,7 @@ class Trainer:
             skipped_objectives=[name for name, _, _ in self.module.skipped],
             softmax=self.module.options["next_item"].softmax,
             known_items=len(self.known_items),
-            learning_rates=slot_learning_rates(self.module, config),
+            learning_rates=slot_learning_rates(self.module, config) | {group["slot"]: group["lr"] for group in groups},
             train_windows=len(self.train_set),
             train_users=len(self.train_rows),
         )
@@ -332,8 +332,7 @@ class Trainer:
     def _announce_time(self, global_step: int) -> None:
         text = getattr(self.model, "text", None)
         layers = text.config.trainable_layers if text is not None else None
-        text_only = self.model.fusion is not None and self.model.fusion.type_name == TEXT_ONLY
-        for line in time_lines(self.clock, global_step, layers, self.device.type, text_only):
+        for line in time_lines(self.clock, global_step, layers, self.device.type):
             tqdm.write(line)
 
     def _end_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
