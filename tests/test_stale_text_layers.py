@@ -33,7 +33,9 @@ def _environment(isolated: Path) -> None:
     """The isolated environment (private cache, offline, one thread)."""
 
 
-def _stale(tiny_dataset: Path, every: int = 2, words: bool = False) -> tuple[StaleTextLayers, object, object]:
+def _stale(
+    tiny_dataset: Path, every: int = 2, words: bool = False, pieces: bool = True
+) -> tuple[StaleTextLayers, object, object]:
     dataset = load_dataset(tiny_dataset)
     narrow = 16  # d below the backbone's width (32): the table must hold backbone states, not embeddings
     text = tiny.tiny_text_encoder(seed=1, dim=narrow)
@@ -46,8 +48,8 @@ def _stale(tiny_dataset: Path, every: int = 2, words: bool = False) -> tuple[Sta
     collator = make_collator(model, dataset)
     order = list(range(1, dataset.num_items + 1))
     encode = encoder_with_gradients(model, collator, CPU)
-    pieces = catalogue_word_pieces(collator, dataset.num_items, CPU) if words else None
-    stale = StaleTextLayers(every, model, encode, order, steps_per_epoch=every, chunk_size=7, word_pieces=pieces)
+    word_pieces = catalogue_word_pieces(collator, dataset.num_items, CPU) if words and pieces else None
+    stale = StaleTextLayers(every, model, encode, order, steps_per_epoch=every, chunk_size=7, word_pieces=word_pieces)
     return stale, model, collator
 
 
@@ -61,6 +63,12 @@ def test_the_projected_table_is_the_towers_embedding(tiny_dataset: Path, words: 
     with torch.no_grad():
         assert torch.allclose(stale.embed(items), exact[1:], atol=1e-5)
     assert stale.table.shape[1] == model.text.projection.in_features != model.dim  # the backbone's width, not d
+
+
+def test_word_embeddings_without_their_pieces_are_refused(tiny_dataset: Path) -> None:
+    """Guards against a table path that silently leaves out the word-piece embeddings the evaluation adds."""
+    with pytest.raises(ValueError, match="give word_pieces"):
+        _stale(tiny_dataset, words=True, pieces=False)
 
 
 @pytest.mark.parametrize("words", [False, True], ids=["tokens", "word-embeddings"])

@@ -65,6 +65,8 @@ class StaleTextLayers:
         # Every catalogue item's word-piece ids and their mask [N + 1, T], for the word embeddings' mean (trained
         # every step, exactly: it reads no backbone state).
         self.word_pieces = word_pieces
+        if self.word_embeddings is not None and word_pieces is None:
+            raise ValueError("the text encoder has word-piece embeddings: give word_pieces (catalogue_word_pieces)")
         self.layers = [parameter for parameter in model.text.backbone.parameters() if parameter.requires_grad]
         started = time.perf_counter()
         self.table = self._encode_table()
@@ -84,7 +86,7 @@ class StaleTextLayers:
         leaf = self.table[items].detach().requires_grad_(True)
         self._read.append((items, leaf))
         embeddings = self.projection(leaf)
-        if self.word_embeddings is None or self.word_pieces is None:
+        if self.word_embeddings is None or self.word_pieces is None:  # both or neither (checked at construction)
             return embeddings
         ids, mask = (tensor[items] for tensor in self.word_pieces)
         words = (self.word_embeddings(ids) * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
