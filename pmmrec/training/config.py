@@ -91,6 +91,16 @@ def _model_config() -> type[_Strict]:
             ),
         ),
         **layers,
+        **_fresh_part_fields(),
+    }
+    model = create_model("ModelConfig", __base__=_Strict, __module__=__name__, **fields)
+    model.__doc__ = "Which components a run starts from (references), and how the missing ones are created."
+    return model
+
+
+def _fresh_part_fields() -> dict[str, Any]:
+    """ModelConfig's fields after the per-modality layers: how fresh parts are built (in config.yaml's order)."""
+    return {
         "text_word_embeddings": (
             bool,
             Field(default=False, description="Text encoder: a trained embedding per word piece, zero at first, added to "
@@ -119,9 +129,6 @@ def _model_config() -> type[_Strict]:
             ),
         ),
     }
-    model = create_model("ModelConfig", __base__=_Strict, __module__=__name__, **fields)
-    model.__doc__ = "Which components a run starts from (references), and how the missing ones are created."
-    return model
 
 
 ModelConfig = _model_config()

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from pmmrec.components.kinds import masked_mean
 from pmmrec.data import BatchCollator
 from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
@@ -89,8 +90,7 @@ class StaleTextLayers:
         if self.word_embeddings is None or self.word_pieces is None:  # both or neither (checked at construction)
             return embeddings
         ids, mask = (tensor[items] for tensor in self.word_pieces)
-        words = (self.word_embeddings(ids) * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
-        return embeddings + words.to(embeddings.dtype)
+        return embeddings + masked_mean(self.word_embeddings(ids), mask).to(embeddings.dtype)
 
     def gather(self, step_in_epoch: int) -> bool:
         """Add this step's row gradients to the sums; True when the layers are due for an update: `step_in_epoch`
@@ -243,8 +243,10 @@ def _has_word_embeddings(model: PMMRec) -> bool:
 def catalogue_word_pieces(
     collator: BatchCollator, num_items: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Word-piece ids (int64) and float mask [N + 1, T] of every catalogue index (row 0, the padding item: none)."""
+    """Word-piece ids (int64) and boolean mask [N + 1, T] of every catalogue index (row 0, the padding item: none),
+    T the longest text's token count (columns that are padding for every item dropped: less work per step)."""
     text = collator.item_inputs(torch.arange(num_items + 1), only={TEXT})[TEXT]
-    mask = text["attention_mask"].to(device=device, dtype=torch.float32)
-    mask[0] = 0.0
-    return text["input_ids"].to(device=device, dtype=torch.long), mask
+    mask = text["attention_mask"].to(torch.bool)
+    mask[0] = False
+    width = max(int(mask.sum(dim=1).max()), 1)
+    return text["input_ids"][:, :width].to(device=device, dtype=torch.long), mask[:, :width].to(device)
