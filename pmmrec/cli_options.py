@@ -154,7 +154,7 @@ def training_parameters(mode: str = "finetune") -> list[inspect.Parameter]:
     """One CLI option per entry of TRAIN_OPTIONS, typed and described by its config field; the help ends with the
     value this command trains with when the option is not given (`mode`'s defaults), since the option itself
     defaults to None (not given: a YAML file's value stays)."""
-    from pmmrec.training.config import TOWER_DEPENDENT
+    from pmmrec.training.config import RECIPE_DEPENDENT, TOWER_DEPENDENT
     from pmmrec.training.flat_options import TRAIN_OPTIONS, config_field, mode_default_values
 
     defaults = mode_default_values(mode)
@@ -166,8 +166,9 @@ def training_parameters(mode: str = "finetune") -> list[inspect.Parameter]:
         if annotation is bool:
             decls = [f"{flag}/--no-{name.replace('_', '-')}"]
         extra: dict[str, Any] = {"metavar": "SLOT=LR", "callback": _check_component_lr} if name == "lr_component" else {}
-        # a default that depends on the item tower is stated per tower by the description itself
-        text = field.description if path in TOWER_DEPENDENT else _with_default(field.description, defaults[name], flag)
+        # a default that depends on the item tower or the recipe is stated by the description itself
+        stated = path in TOWER_DEPENDENT or path in RECIPE_DEPENDENT
+        text = field.description if stated else _with_default(field.description, defaults[name], flag)
         option = typer.Option(*decls, help=text, show_default=False, **extra)
         parameters.append(_keyword(name, Annotated[annotation | None, option]))
     return parameters

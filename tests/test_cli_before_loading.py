@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import tiny
+import torch
 from typer.testing import CliRunner
 
 from pmmrec.cli import app
@@ -45,7 +46,9 @@ def test_a_run_prints_its_folder_and_changed_settings_before_loading_anything(
     lines = result.stdout.splitlines()
     assert lines[0] == f"run folder: {run}"
     assert lines[1] == f"configuration that differs from {mode}'s defaults (all of it in {run / 'config.yaml'}):"
-    assert [line.split() for line in lines[2:]] == [
+    cpu_recipe = mode == "finetune" and not torch.cuda.is_available()  # a text run on a CPU: the CPU recipe
+    assert lines[-1].startswith("recipe: cpu (") == cpu_recipe
+    assert [line.split() for line in lines[2 : len(lines) - cpu_recipe]] == [
         ["lr", "0.002", "(default", "none)"],
         ["seed", "7", "(default", "42)"],
     ]
@@ -55,7 +58,9 @@ def test_a_run_prints_its_folder_and_changed_settings_before_loading_anything(
 def test_a_run_with_its_defaults_says_so(data: Path, tmp_path: Path) -> None:
     result = invoke("finetune", "--data", data, "--out", tmp_path / "run", "--quiet")
     lines = result.stdout.splitlines()
-    assert lines[0] == f"run folder: {tmp_path / 'run'}" and len(lines) == 2
+    cpu_recipe = not torch.cuda.is_available()
+    assert lines[0] == f"run folder: {tmp_path / 'run'}" and len(lines) == 2 + cpu_recipe
+    assert lines[-1].startswith("recipe: cpu (") == cpu_recipe
     assert lines[1] == f"configuration: finetune's defaults (all of it in {tmp_path / 'run' / 'config.yaml'})"
 
 

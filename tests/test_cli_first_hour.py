@@ -285,7 +285,7 @@ def test_a_long_cpu_text_run_is_told_how_to_train_in_minutes(
     result = invoke(
         "finetune", "--data", model_and_data["data"], "--out", run, "--text", model_and_data["text"], "--user",
         model_and_data["user"], "--epochs", "1", "--batch-size", "2", "--max-length", str(tiny.MAX_LENGTH),
-        "--device", "cpu", "--quiet",
+        "--device", "cpu", "--recipe", "full", "--quiet",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     hints = [line for line in result.output.splitlines() if line.startswith("hint: ")]

@@ -58,12 +58,12 @@ def test_an_id_run_without_options_resolves_to_the_id_defaults(tiny_dataset: Pat
 
 def test_content_runs_keep_the_defaults_they_had() -> None:
     """The content tower's defaults are those of before issue 28.1 (batch 32, 20 items, 1e-3, 50 epochs, patience 5,
-    the text backbone's width)."""
-    config = load_train_config(finetune_defaults())
+    the text backbone's width), under the full recipe (a GPU's; tests/test_cpu_recipe.py: a CPU's)."""
+    config = load_train_config(finetune_defaults(), overrides={"recipe": "full"})
     before = (32, 20, 1e-3, 50, 5, None)
     assert (config.batch_size, config.max_length, config.fresh_lr, config.max_epochs, config.patience) == before[:5]
     assert config.model.dim is before[5]
-    assert TrainConfig().batch_size == before[0]  # built in Python: the same rule
+    assert TrainConfig(recipe="full").batch_size == before[0]  # built in Python: the same rule
 
 
 def test_pretrain_keeps_its_own_batch_size() -> None:

@@ -182,9 +182,11 @@ def row_model(row: str, settings: DemoSettings, components: dict[str, dict[str, 
 
 
 def row_overrides(row: str, settings: DemoSettings, components: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """The whole fine-tuning config of a row at its selected configuration (nested overrides)."""
+    """The whole fine-tuning config of a row at its selected configuration (nested overrides). The full recipe: the
+    settings name the demo's own sizes (chosen for its CPU run), and the CPU recipe would fill what they leave out."""
     return {
         **settings.common(),
+        "recipe": "full",
         "epochs": None,
         "max_epochs": settings.finetune_epochs,
         "patience": settings.patience,

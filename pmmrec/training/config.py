@@ -13,8 +13,18 @@ from pmmrec.errors import ConfigError
 from pmmrec.objectives import ObjectiveWeights, registered_objectives
 from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS, SLOT, SLOTS
 from pmmrec.training.config_yaml import read_yaml_mapping
-from pmmrec.training.tower_defaults import DEFAULT_TOWER, TOWER_DEFAULTS, tower_default_text, with_tower_defaults
-from pmmrec.training.tower_defaults import TOWER_DEPENDENT as TOWER_DEPENDENT  # the CLI's help reads it from here
+from pmmrec.training.tower_defaults import (
+    CPU_RECIPE,
+    DEFAULT_TOWER,
+    TOWER_DEFAULTS,
+    Recipe,
+    cpu_recipe_text,
+    tower_default_text,
+    with_recipe_defaults,
+    with_tower_defaults,
+)
+from pmmrec.training.tower_defaults import RECIPE_DEPENDENT as RECIPE_DEPENDENT  # the CLI's help reads both from here
+from pmmrec.training.tower_defaults import TOWER_DEPENDENT as TOWER_DEPENDENT
 
 PRETRAIN_BATCH_SIZE = 64  # pretrain's own default, whatever the tower
 
@@ -59,7 +69,8 @@ def _model_config() -> type[_Strict]:
                 ge=0,
                 le=96,
                 description=f"{SLOT[slot].title}: top {SLOT[slot].layers_word} trained (default: 2 for a fresh encoder, "
-                "a given encoder's own).",
+                "a given encoder's own"
+                + (f"; {cpu_recipe_text(f'model.{slot}_trainable_layers')})." if f"model.{slot}_trainable_layers" in CPU_RECIPE else ")."),
             ),
         )
         for slot in MODALITY_SLOTS
@@ -87,7 +98,8 @@ def _model_config() -> type[_Strict]:
                 le=8192,
                 description="Embedding width d of fresh components (default: the given components' width, else "
                 f"{TOWER_DEFAULTS['id']['model.dim']} for ID towers and the text backbone's width (384 for minilm) for "
-                "content towers; null: the given components' width, else the text backbone's, else 384).",
+                f"content towers, {cpu_recipe_text('model.dim')}; null: the given components' width, else the text "
+                "backbone's, else 384).",
             ),
         ),
         **layers,
@@ -106,7 +118,7 @@ def _fresh_part_fields() -> dict[str, Any]:
             Field(default=False, description="Text encoder: a trained embedding per word piece, zero at first, added to "
                   "each projected token and trained at the fresh parts' rate; no backbone layer runs for it, so it is "
                   "cheap on a CPU (a given encoder without one gets one; false leaves a given encoder as it is; "
-                  "docs/training.md)."),
+                  f"default: false, {cpu_recipe_text('model.text_word_embeddings')}; docs/training.md)."),
         ),
         "single_modality_fusion": (
             Literal["mean", "attention", "mlp"],
@@ -144,7 +156,7 @@ class TrainConfig(_Strict):
         le=10_000,
         description="Training epochs, over which the cosine schedule decays (paper fine-tuning: 5; --patience can "
         "still stop sooner); default: until validation NDCG@10 has not improved for --patience epochs, at most "
-        "max_epochs.",
+        f"max_epochs; {cpu_recipe_text('epochs')}.",
     )
     max_epochs: int = Field(
         default=TOWER_DEFAULTS[DEFAULT_TOWER]["max_epochs"],
@@ -211,13 +223,14 @@ class TrainConfig(_Strict):
         gt=0,
         le=1.0,
         description="Default rate of parts created for this run (when lr is not given; default: "
-        f"{tower_default_text('fresh_lr')}).",
+        f"{tower_default_text('fresh_lr')}; {cpu_recipe_text('fresh_lr')}).",
     )
     pretrained_lr: float = Field(
         default=1e-4,
         gt=0,
         le=1.0,
-        description="Default rate of pretrained parts: text and vision encoders, transferred components.",
+        description="Default rate of pretrained parts: text and vision encoders, transferred components (default: "
+        f"1e-4; {cpu_recipe_text('pretrained_lr')}).",
     )
     component_lr: dict[str, float] = Field(
         default_factory=dict,
@@ -238,7 +251,8 @@ class TrainConfig(_Strict):
         default=5,
         ge=1,
         description="Stop after this many epochs without a better validation metric (default: "
-        f"{tower_default_text('patience')}; never: a value of at least the epochs, or `patience: null` in a YAML file).",
+        f"{tower_default_text('patience')}; {cpu_recipe_text('patience')}; never: a value of at least the epochs, "
+        "or `patience: null` in a YAML file).",
     )
     save_checkpoints: bool = Field(
         default=True,
@@ -267,6 +281,13 @@ class TrainConfig(_Strict):
         default=None, ge=1, description="Stop after this many steps, for tests and smoke runs (default: no limit)."
     )
     device: str | None = Field(default=None, description=DEVICE_HELP)
+    recipe: Recipe = Field(
+        default="auto",
+        description="Defaults of a run with a text encoder: full (the best model: trained text layers at the "
+        "backbone's width; hours on a CPU), cpu (the backbone frozen, word-piece embeddings trained, d = 128, 30 "
+        "epochs: minutes on a CPU, lower quality) or auto (cpu when fine-tuning on a CPU, else full); options given "
+        "win over either (docs/training.md, \"A text run on a CPU\").",
+    )
     deterministic: bool = Field(
         default=False, description="Bitwise-reproducible: deterministic kernels, one intra-op CPU thread (slower)."
     )
@@ -281,9 +302,9 @@ class TrainConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _fill_tower_defaults(cls, data: Any) -> Any:
-        """Keys left out take their item tower's defaults (TOWER_DEFAULTS; a field's own default is the content
-        tower's)."""
-        return with_tower_defaults(data) if isinstance(data, dict) else data
+        """Keys left out take the CPU recipe's values when it applies, then their item tower's defaults
+        (TOWER_DEFAULTS; a field's own default is the content tower's)."""
+        return with_tower_defaults(with_recipe_defaults(data)) if isinstance(data, dict) else data
 
     @property
     def epoch_limit(self) -> int:
@@ -330,9 +351,10 @@ def config_value(config: TrainConfig, path: str) -> Any:
 def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
     in the config's field order (what a run prints first, as RecBole prints its configuration). The defaults are
-    those of the run's item tower (TOWER_DEFAULTS): an ID run lists its tower, not the ID tower's own defaults."""
+    those of the run's item tower (TOWER_DEFAULTS) and recipe: an ID run lists its tower, not the ID tower's own
+    defaults, and a run under the CPU recipe the options that differ from the recipe's."""
     tower = config.model.item_tower
-    base = _deep_merge(mode_defaults(config.mode), {"model": {"item_tower": tower}})
+    base = _deep_merge(mode_defaults(config.mode), {"model": {"item_tower": tower}, "recipe": config.recipe})
     default = load_train_config(base).model_dump(mode="json")
     default["model"]["item_tower"] = DEFAULT_TOWER
     changes: dict[str, tuple[Any, Any]] = {}
@@ -346,6 +368,13 @@ def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
 
     walk(config.model_dump(mode="json"), default, "")
     return changes
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error as `key: message` (a check of the whole config names no key)."""
+    key = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}" if key else message
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -371,12 +400,16 @@ def load_train_config(
     for layer in (saved, path):
         if layer is not None:
             source = str(layer)
-            payload = _deep_merge(payload, read_yaml_mapping(layer))
+            mapping = read_yaml_mapping(layer)
+            if layer is saved:
+                # a run saved before `recipe` existed trained with the full recipe's defaults: it resumes with them
+                mapping.setdefault("recipe", "full")
+            payload = _deep_merge(payload, mapping)
     payload = _deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         config = TrainConfig.model_validate(payload)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{source}: invalid training config: {problems}") from None
     unknown_slots = set(config.component_lr) | set(config.freeze)
     unknown_slots -= set(SLOTS)

@@ -43,6 +43,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     **{f"{name}_weight": f"objectives.weights.{name}" for name in registered_objectives()},
     "seed": "seed",
     "device": "device",
+    "recipe": "recipe",
     "precision": "precision",
     "patience": "patience",
     "evaluate_test": "evaluate_test",
@@ -56,9 +57,11 @@ TRAIN_OPTIONS: dict[str, str] = {
 
 
 def mode_default_values(mode: str) -> dict[str, Any]:
-    """Each flat training option (TRAIN_OPTIONS) as `mode` trains it when neither a YAML file nor a flag sets it."""
-    config = load_train_config(mode_defaults(mode))
-    return {name: config_value(config, path) for name, path in TRAIN_OPTIONS.items()}
+    """Each flat training option (TRAIN_OPTIONS) as `mode` trains it when neither a YAML file nor a flag sets it,
+    the same on every machine: under the full recipe (the CPU recipe's values are stated by the help of the options
+    it sets, RECIPE_DEPENDENT), with `recipe` itself at auto."""
+    config = load_train_config({**mode_defaults(mode), "recipe": "full"})
+    return {name: "auto" if path == "recipe" else config_value(config, path) for name, path in TRAIN_OPTIONS.items()}
 
 
 def config_field(path: str) -> FieldInfo:

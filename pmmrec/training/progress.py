@@ -18,8 +18,24 @@ from pmmrec.training.config import TrainConfig, config_changes
 
 def start_lines(config: TrainConfig, run_dir: Path, resuming: bool, config_file: str | None = None) -> list[str]:
     """The first lines of a run: its folder, then every setting that differs from the command's defaults."""
-    changes = config_changes(config)
     lines = [f"run folder: {run_dir}" + (" (resuming from its last checkpoint)" if resuming else "")]
+    return lines + _configuration_lines(config, run_dir, config_file) + _recipe_lines(config)
+
+
+def _recipe_lines(config: TrainConfig) -> list[str]:
+    """The CPU recipe, when the run trains under it (its defaults are the ones the configuration lines compare to)."""
+    if config.recipe != "cpu":
+        return []
+    return [
+        "recipe: cpu (a text run on a CPU: the text backbone frozen, word-piece embeddings trained; minutes, not the "
+        "full recipe's hours, at lower quality; --recipe full trains the text layers; docs/training.md)"
+    ]
+
+
+def _configuration_lines(config: TrainConfig, run_dir: Path, config_file: str | None) -> list[str]:
+    """Every setting that differs from the command's defaults (of the run's tower and recipe)."""
+    changes = config_changes(config)
+    lines: list[str] = []
     source = f", from {config_file} and flags" if config_file else ""
     if not changes:
         lines.append(f"configuration: {config.mode}'s defaults (all of it in {run_dir / 'config.yaml'})")
@@ -60,13 +76,9 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
 
 # A CPU run expected to train longer than this gets `slow_text_hint`'s line.
 SLOW_RUN_SECONDS = 3600.0
-# The CPU text recipe (docs/training.md, "A text run on a CPU"): the best on validation among the settings that fit
-# about 20 minutes on 2 cores, for any tower with a text encoder: the backbone frozen (its output computed once per
-# item) and word-piece embeddings trained in place of its layers, for all 30 epochs (the best one kept).
-CPU_TEXT_FLAGS = (
-    "--text-trainable-layers 0 --dim 128 --pretrained-lr 1e-3 --fresh-lr 3e-3 --text-word-embeddings --epochs 30 "
-    "--patience 30"
-)
+# What the hint tells a user to run instead: the CPU recipe (tower_defaults.CPU_RECIPE), which `--recipe auto` already
+# chooses for a fine-tuning run on a CPU unless the options name trained text layers or the full recipe.
+CPU_TEXT_FLAGS = "--recipe cpu"
 
 
 def slow_text_hint(
@@ -74,16 +86,19 @@ def slow_text_hint(
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the default text run trains for hours; the recipe trains in about 10 minutes on MovieLens-100K,
-    at lower quality than the default trained on a GPU (docs/training.md, "A text run on a CPU"). The default stays
-    the better model: the user chooses. `from_table`: the run already trains its layers from the table.
+    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in about 8 minutes on
+    MovieLens-100K, at lower quality than the full recipe trained on a GPU (docs/training.md, "A text run on a CPU").
+    A run gets here only with the full recipe (asked for, or pre-training) or trained text layers asked for: the
+    user chooses.
+    `from_table`: the run already trains its layers from the table.
     """
     if device_type != "cpu" or not text_trainable_layers or training_seconds < SLOW_RUN_SECONDS:
         return None
     even = ", even updated from a table" if from_table else ""
     return (
         f"hint: on this CPU most of the time goes to the {text_trainable_layers} trained text encoder layer(s){even}; "
-        f"`{CPU_TEXT_FLAGS}` freezes the text backbone (its output is computed once per item) and trains word-piece "
+        f"`{CPU_TEXT_FLAGS}` without --text-trainable-layers freezes the text backbone (its output is computed once "
+        "per item) and trains word-piece "
         'embeddings in its place, in minutes, at lower quality (docs/training.md, "A text run on a CPU")'
     )
 

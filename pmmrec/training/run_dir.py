@@ -8,6 +8,7 @@ JSON), best/ (the best model so far) and, at the end, summary.json.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +26,7 @@ from pmmrec.fileio import WriteError, atomic_directory, atomic_file, follow_umas
 from pmmrec.jsonfile import read_json_file, validate_strictly
 from pmmrec.recovery import recover, recover_children
 from pmmrec.schemas import ProgressFile
+from pmmrec.training.config import load_train_config, mode_defaults
 
 WEIGHTS = "training_module.safetensors"
 STATE = "trainer_state.pt"
@@ -174,19 +176,57 @@ def check_run_folder(run_dir: Path, resume: bool, config_text: str | None = None
     if leftovers and resume and not config_path.is_file():
         raise ConfigError(f"--resume: {run_dir} holds {', '.join(leftovers[:4])} but no pmmrec run")
     if resume and config_text is not None:
-        check_same_options(config_path, config_text)
+        added = check_same_options(config_path, config_text)
+        if added and os.environ.get("RANK", "0") == "0":
+            tqdm.write(
+                f"notice: {config_path} was written before {len(added)} option(s) existed "
+                f"({', '.join(added[:4])}{', ...' if len(added) > 4 else ''}); the run resumes with their defaults"
+            )
     return resume and (run_dir / "checkpoints" / "last").is_dir()
 
 
-def check_same_options(config_path: Path, config_text: str) -> None:
-    """A resumed run must have the options its saved config.yaml records (when there is one)."""
-    if config_path.is_file():
-        saved = config_path.read_text(encoding="utf-8")
-        if saved != config_text:
-            changed = ", ".join(differing_keys(saved, config_text)) or "its text"
-            raise ConfigError(
-                f"--resume: {config_path} differs from this run's options in {changed}; resume with the same options"
-            )
+def check_same_options(config_path: Path, config_text: str) -> list[str]:
+    """A resumed run must have the options its saved config.yaml records (when there is one).
+
+    Options added to pmmrec after the file was written are absent from it: at their defaults they change nothing the
+    run did, so they are let through (and returned, for a notice); given another value, they are refused like any
+    changed option.
+    """
+    if not config_path.is_file():
+        return []
+    saved_text = config_path.read_text(encoding="utf-8")
+    if saved_text == config_text:
+        return []
+    saved, current = _flat_config(saved_text), _flat_config(config_text)
+    added = _added_at_default(saved, current)
+    keys = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key) and key not in added)
+    changed = [f"{key} ({saved.get(key)!r} -> {current.get(key)!r})" for key in keys] if saved else ["its text"]
+    if changed:
+        more = [f"... ({len(changed)} in all)"] if len(changed) > 8 else []
+        raise ConfigError(
+            f"--resume: {config_path} differs from this run's options in {', '.join(changed[:8] + more)}; resume with "
+            "the same options"
+        )
+    return added
+
+
+def _flat_config(text: str) -> dict[str, Any]:
+    """A saved config as dotted keys; empty when the text is not a YAML mapping (nothing then counts as the same)."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return flatten(loaded) if isinstance(loaded, dict) else {}
+
+
+def _added_at_default(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys of `current` that `saved` lacks and whose value is their default (under the saved run's mode and the full
+    recipe: the defaults of every run written before an option existed)."""
+    if not saved:
+        return []
+    mode = saved.get("mode") if saved.get("mode") in ("pretrain", "finetune") else "finetune"
+    defaults = flatten(load_train_config({**mode_defaults(mode), "recipe": "full"}).model_dump(mode="json"))
+    return [key for key, value in current.items() if key not in saved and key in defaults and value == defaults[key]]
 
 
 class RunFolder:
@@ -273,20 +313,6 @@ class RunFolder:
             kept.append(line)
         with atomic_file(self.log_path) as handle:
             handle.write("".join(f"{line}\n" for line in kept))
-
-
-def differing_keys(saved_yaml: str, current_yaml: str, limit: int = 8) -> list[str]:
-    """Dotted config keys whose values differ between two saved configs, e.g. `lr (0.001 -> 0.0005)`."""
-    try:
-        saved, current = yaml.safe_load(saved_yaml), yaml.safe_load(current_yaml)
-    except yaml.YAMLError:
-        return []
-    if not isinstance(saved, dict) or not isinstance(current, dict):
-        return []
-    flat_saved, flat_current = flatten(saved), flatten(current)
-    keys = sorted(key for key in flat_saved.keys() | flat_current.keys() if flat_saved.get(key) != flat_current.get(key))
-    shown = [f"{key} ({flat_saved.get(key)!r} -> {flat_current.get(key)!r})" for key in keys[:limit]]
-    return shown + ([f"... ({len(keys)} in all)"] if len(keys) > limit else [])
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

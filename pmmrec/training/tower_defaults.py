@@ -1,4 +1,4 @@
-"""Training defaults that depend on the item tower (issue 28.1).
+"""Training defaults that depend on the item tower and, for a text run, on the device (issue 28.1).
 
 An ID table and its user encoder need neither a text backbone's width (d = 384 for MiniLM) nor 32-window batches:
 the ID tower gets its own width, batch size, learning rate, epoch cap and patience (chosen on validation with time
@@ -7,11 +7,17 @@ as a criterion: docs/benchmarks.md, "The defaults check"). A key that a run's op
 given, null included, always wins. `model.dim` is filled only when no user encoder is given:
 a given component decides the width. RUN/config.yaml records the resolved values, so a run resumes with them even
 after these defaults change.
+
+A fine-tuning run with a text encoder on a CPU takes the CPU recipe (`--recipe auto`, the default): the text backbone
+frozen and word-piece embeddings trained in its place, minutes where the full recipe's trained text layers take
+hours there (docs/training.md, "A text run on a CPU"). Its keys fill what the options leave out, before the tower's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS
 
 TOWER_DEFAULTS: dict[str, dict[str, Any]] = {
     "id": {"batch_size": 256, "fresh_lr": 3e-3, "max_epochs": 30, "patience": 3, "model.dim": 64},
@@ -23,13 +29,90 @@ DEFAULT_TOWER = "content"  # the tower of a run that does not name one; its valu
 TOWER_DEPENDENT = tuple(dict.fromkeys(path for defaults in TOWER_DEFAULTS.values() for path in defaults))
 
 
+Recipe = Literal["auto", "full", "cpu"]
+# The CPU recipe: the best on validation among the settings that fit about 20 minutes on 2 cores (docs/benchmarks.md,
+# "Word-piece embeddings, and four other changes of the table recipe"): 30 epochs run in full (the best one kept),
+# since its validation dips for several epochs mid-run, which patience 5 would take for the end.
+CPU_RECIPE: dict[str, Any] = {
+    "model.text_trainable_layers": 0,
+    "model.dim": 128,
+    "model.text_word_embeddings": True,
+    "pretrained_lr": 1e-3,
+    "fresh_lr": 3e-3,
+    "epochs": 30,
+    "patience": 30,
+}
+RECIPE_DEPENDENT = tuple(CPU_RECIPE)  # dotted paths whose help states the CPU recipe's value beside the default
+
+
+def cpu_recipe_text(path: str) -> str:
+    """`path`'s value under the CPU recipe, as its help text states it."""
+    return f"under --recipe cpu: {_shown(CPU_RECIPE[path])}"
+
+
 def tower_default_text(path: str) -> str:
     """`path`'s default per tower, as its help text states it."""
     return f"{_shown(TOWER_DEFAULTS['id'][path])} for ID towers, {_shown(TOWER_DEFAULTS['content'][path])} for content towers"
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (TrainConfig input) with `recipe` resolved and, under the CPU recipe, each recipe key it leaves out set.
+
+    auto is cpu for a fine-tuning run of a content tower with a text encoder on a CPU (`device`, else CUDA's
+    absence), else full. An explicit cpu on a run without a text encoder, or with an ID tower, is refused. The
+    recipe's width is filled only when no component is given (a given one decides the width).
+    """
+    recipe = data.get("recipe", "auto")
+    if recipe not in ("auto", "cpu"):
+        return data  # full, or a value validation refuses
+    model = data.get("model")
+    fields = model if isinstance(model, dict) else {} if model is None else _given_fields(model)
+    applies = fields.get("item_tower", DEFAULT_TOWER) == "content" and _has_text(fields)
+    if recipe == "cpu" and not applies:
+        raise ValueError("recipe cpu trains a text encoder's word pieces: it needs a content tower with a text encoder")
+    if recipe == "auto":
+        on_cpu = applies and data.get("mode", "finetune") == "finetune" and _on_cpu(data.get("device"))
+        recipe = "cpu" if on_cpu else "full"
+    filled = {**data, "recipe": recipe}
+    if recipe == "full":
+        return filled
+    model_update = {}
+    for path, value in CPU_RECIPE.items():
+        top, _, key = path.partition(".")
+        if not key and top not in filled:
+            filled[top] = value
+        elif key and key not in fields and (key != "dim" or not any(fields.get(slot) for slot in REFERENCE_SLOTS)):
+            model_update[key] = value
+    if model is None or isinstance(model, dict):
+        filled["model"] = {**(model or {}), **model_update}
+    else:
+        filled["model"] = model.model_copy(update=model_update)
+    return filled
+
+
+def _has_text(fields: dict[str, Any]) -> bool:
+    """Whether a model with these ModelConfig fields has a text encoder: its modalities', else its given encoders'
+    (else text, the default)."""
+    modalities = fields.get("modalities")
+    if modalities is not None:
+        return "text" in modalities
+    given = [slot for slot in MODALITY_SLOTS if fields.get(slot)]
+    return not given or "text" in given
+
+
+def _on_cpu(device: Any) -> bool:
+    """Whether a run with this `device` option trains on the CPU (no device: CUDA's absence, as choose_device)."""
+    if device:
+        return str(device) == "cpu"
+    import torch  # here, not at import: `--help` never needs torch
+
+    return not torch.cuda.is_available()
 
 
 def with_tower_defaults(data: dict[str, Any]) -> dict[str, Any]:
