@@ -1,8 +1,9 @@
 """Issue 28.1: the per-tower defaults of `pmmrec finetune`, chosen on validation with time as a criterion.
 
 `search` trains every configuration of a tower's grid on the whole MovieLens-100K with the test split switched off
-(`--no-evaluate-test`), each a `pmmrec finetune` child process with every searched option given explicitly (so the
-grid means the same whatever the defaults are), on `--threads` threads (1 for the search: on a shared machine a
+(`--no-evaluate-test`), each a `pmmrec finetune` child process with every searched option given explicitly and
+`--recipe full` (so the grid means the same whatever the defaults are, on a CPU too: the CPU recipe would fill the
+options a grid leaves out), on `--threads` threads (1 for the search: on a shared machine a
 second thread mostly spins), `--workers` children at a time. Each run records validation HR/NDCG@10 at its best
 epoch, the epochs run, steps, its CPU time (user + sys of the child) and wall time, and the machine's load average
 before / during / after. Results go to `--json` after every run; a run already there is not trained again.
@@ -15,7 +16,7 @@ The selection rule, fixed before the search ran: among all configurations of a t
 one with the least CPU time whose validation NDCG@10 is at least the best one's minus `TOLERANCE`.
 
 `test` trains the defaults themselves: `pmmrec finetune --data ML --out RUN [--item-tower id] --seed S` with no
-other option, once per seed, on `--threads` threads, with the test split (once, at the best epoch), the test with
+other option (on a CPU, a text run takes the CPU recipe: `--recipe auto`), once per seed, on `--threads` threads, with the test split (once, at the best epoch), the test with
 the history included (RecBole's protocol, `pmmrec evaluate --history include`), and the resolved config.yaml.
 
     python benchmarks/defaults_search.py search --tower id --data ML --workdir W --workers 3 --json J
@@ -96,7 +97,7 @@ def train_one(
 ) -> dict[str, Any]:
     run = workdir / tower / name
     command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(data), "--out", str(run), "--quiet",
-               "--no-evaluate-test", *tower_flags(tower), *option_flags(options)]  # fmt: skip
+               "--no-evaluate-test", "--recipe", "full", *tower_flags(tower), *option_flags(options)]  # fmt: skip
     if run.exists():
         subprocess.run(["rm", "-rf", str(run)], check=True)
     timing = timed(command, child_env(threads, TOKENIZERS_PARALLELISM="false"), workdir / f"{tower}-{name}.log")
@@ -274,7 +275,8 @@ def steps(args: argparse.Namespace) -> None:
             subprocess.run(["rm", "-rf", str(run)], check=True)
         run.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pmmrec", "finetune", "--data", str(args.data), "--out", str(run), "--quiet",
-                   "--no-evaluate-test", "--max-steps", str(args.steps), *option_flags(options)]  # fmt: skip
+                   "--no-evaluate-test", "--recipe", "full", "--max-steps", str(args.steps),
+                   *option_flags(options)]  # fmt: skip
         timing = timed(command, child_env(args.threads, TOKENIZERS_PARALLELISM="false"), run.with_suffix(".log"))
         records = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines()]
         seconds = [r["step_s"] for r in records if r.get("event") == "step"][3:]

@@ -99,6 +99,7 @@ def format_environment(report: dict[str, Any]) -> str:
         ("memory available", f"{format_size(memory)} ({report['memory_source']})" if memory else "unknown"),
         ("cuda", f"yes, CUDA {report.get('cuda_version')}" if report["cuda_available"] else "no"),
         *((f"  device {n}", device) for n, device in enumerate(report["cuda_devices"])),
+        ("text runs", "full recipe (--recipe auto, CUDA)" if report["cuda_available"] else "CPU recipe (--recipe auto, no CUDA)"),
         ("hub cache", report["hub_cache"]),
         ("hub offline", "yes (HF_HUB_OFFLINE)" if report["hub_offline"] else "no"),
         ("pmmrec cache", report["pmmrec_cache"]),

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pmmrec.cli import app
 from pmmrec.commands import DEVICE_HELP
 from pmmrec.training import progress
+from pmmrec.training.config import finetune_defaults, load_train_config
 from pmmrec.training.progress import SLOW_RUN_SECONDS, slow_text_hint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -381,6 +382,8 @@ def test_env_reports_versions_devices_and_the_hub(monkeypatch: pytest.MonkeyPatc
     assert text.exit_code == 0, text.output
     assert re.search(rf"^torch\s+{re.escape(torch.__version__)}$", text.output, re.MULTILINE)
     assert re.search(r"^hub offline\s+yes", text.output, re.MULTILINE)
+    recipe = load_train_config(finetune_defaults()).recipe  # what `--recipe auto` takes here
+    assert re.search(rf"^text runs\s+{'CPU' if recipe == 'cpu' else 'full'} recipe \(--recipe auto", text.output, re.MULTILINE)
     report = json.loads(invoke("env", "--json").stdout)
     assert report["packages"]["torch"] == torch.__version__ and report["cuda_available"] == torch.cuda.is_available()
     assert report["torch_threads"] == torch.get_num_threads() and report["variables"]["HF_HUB_OFFLINE"] == "1"

@@ -198,3 +198,56 @@ def test_the_run_time_is_announced_once_the_first_update_is_timed() -> None:
     stale.periodic(every=20, seconds=6.0, measured=True)
     assert stale.announce_due(4) and not stale.announce_due(4)
     assert stale.seconds_per_step() == pytest.approx(0.1 + 6.0 / 20)
+
+
+def _frozen_words_model() -> PMMRec:
+    """A text-only model whose backbone is frozen (the CPU recipe's), its projection and word pieces trained."""
+    text = tiny.tiny_text_encoder(seed=1)
+    text.set_trainable_layers(0)
+    text.add_word_embeddings_table()
+    return PMMRec.assemble(text=text, user=tiny.tiny_user_encoder(seed=2))
+
+
+def test_a_frozen_backbone_trains_from_its_table_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Guards the CPU recipe's fast path: the steps read the mean states of a frozen backbone from a table (one
+    projection per item, not per token) and compute what the per-token path computes: the same losses and gradients
+    of the projection, the word pieces and the user encoder."""
+    dataset = load_dataset(tiny_dataset)
+    trainer = Trainer(_frozen_words_model(), dataset, tiny.train_config(epochs=1), tmp_path / "run", progress=False)
+    assert trainer.frozen_text_table and not trainer.table_per_epoch
+    with torch.no_grad():  # non-zero word pieces, so that a missing or doubled mean shows
+        trainer.model.text.word_embeddings.weight.normal_(generator=torch.Generator().manual_seed(3))
+    trainer.model.train()
+    trainer._start_stale_layers()
+    stale = trainer.module.stale
+    assert stale is not None and stale.frozen and trainer.clock.update_every == 1  # no update ever runs
+    batch = trainer.collator([trainer.train_set[i] for i in range(6)]).to(CPU)
+
+    def losses_and_gradients() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        trainer.module.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout masks on both paths
+        loss = sum(trainer.module(batch, corruption_seed=0).values())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainer.module.named_parameters() if p.grad is not None}
+
+    table_loss, table_grads = losses_and_gradients()
+    trainer.module.stale = None  # the per-token path
+    token_loss, token_grads = losses_and_gradients()
+    assert torch.allclose(table_loss, token_loss, atol=1e-6)
+    assert table_grads.keys() == token_grads.keys() and any("word_embeddings" in name for name in table_grads)
+    assert not any("backbone" in name for name in table_grads)  # the frozen backbone gets none
+    for name, grad in table_grads.items():
+        assert torch.allclose(grad, token_grads[name], atol=1e-6), name
+
+
+def test_a_frozen_backbones_run_reads_the_table_and_trains(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The run uses the table (batches without token rows) and trains the word pieces and the projection."""
+    model = _frozen_words_model()
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    trainer = Trainer(model, load_dataset(tiny_dataset), tiny.train_config(epochs=1), tmp_path / "run", progress=False)
+    assert trainer._loader(0, 0).collate_fn == trainer.collator.sequences_only
+    trainer.run()
+    assert trainer.module.stale is not None and trainer.module.stale.frozen
+    after = dict(trainer.model.named_parameters())
+    assert not torch.equal(before["text.word_embeddings.weight"], after["text.word_embeddings.weight"].detach())
+    assert not torch.equal(before["text.projection.weight"], after["text.projection.weight"].detach())

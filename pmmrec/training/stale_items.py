@@ -9,6 +9,10 @@ item. Every N steps the backbone's top runs once, in training mode, over the ite
 product of its mean states with those sums is back-propagated, which gives the trained layers the sum of the N steps'
 gradients (each taken at the table's states, up to N steps old), and the optimiser steps them with everything else.
 The table is then re-encoded. The user encoder, the projection and the objective heads train every step.
+
+With no trained text layer (a frozen backbone: the CPU recipe) the table is never stale: the steps read it and
+project it, which is the per-token path's function exactly (`frozen_text_table`), at the cost of one projection per
+item instead of one per token, and no layer update ever runs.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class StaleTextLayers:
         if self.word_embeddings is not None and word_pieces is None:
             raise ValueError("the text encoder has word-piece embeddings: give word_pieces (catalogue_word_pieces)")
         self.layers = [parameter for parameter in model.text.backbone.parameters() if parameter.requires_grad]
+        self.frozen = not self.layers  # a frozen backbone: the table is exact and never updated
         started = time.perf_counter()
         self.table = self._encode_table()
         # One update's seconds, estimated as 3 table encodings (a forward and a backward of about two forwards over
@@ -83,10 +88,13 @@ class StaleTextLayers:
         self._read: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def embed(self, items: torch.Tensor) -> torch.Tensor:
-        """The items' embeddings: the projection (trained now) of their table rows (gradient gathered by `gather`)."""
-        leaf = self.table[items].detach().requires_grad_(True)
-        self._read.append((items, leaf))
-        embeddings = self.projection(leaf)
+        """The items' embeddings: the projection (trained now) of their table rows (gradient gathered by `gather`,
+        when layers train)."""
+        rows = self.table[items].detach()
+        if not self.frozen:
+            rows.requires_grad_(True)
+            self._read.append((items, rows))
+        embeddings = self.projection(rows)
         if self.word_embeddings is None or self.word_pieces is None:  # both or neither (checked at construction)
             return embeddings
         ids, mask = (tensor[items] for tensor in self.word_pieces)
@@ -94,7 +102,9 @@ class StaleTextLayers:
 
     def gather(self, step_in_epoch: int) -> bool:
         """Add this step's row gradients to the sums; True when the layers are due for an update: `step_in_epoch`
-        (1-based) is one of `update_steps`."""
+        (1-based) is one of `update_steps`. Never with a frozen backbone."""
+        if self.frozen:
+            return False
         for items, leaf in self._read:
             if leaf.grad is not None:
                 self.sums.index_add_(0, items.to(self.sums.device), leaf.grad.to(self.sums.dtype))
@@ -169,6 +179,17 @@ def deferred_projection(model: PMMRec) -> Iterator[None]:
         text.projection = projection
         if words is not None:
             text.word_embeddings = words
+
+
+def frozen_text_table(model: PMMRec, *, processes: int, scaled: bool, reads_item_states: bool) -> bool:
+    """Whether the steps read a frozen text-only mean tower's items from a table of mean backbone states (exact):
+    no trained text layer, a linear projection, one process, no loss scaler, no objective reading per-modality
+    states (the conditions of `tower_update_every`, whose table this is)."""
+    text, fusion = model.text, model.fusion.type_name if model.fusion is not None else None
+    if fusion != TEXT_ONLY or text is None or not isinstance(text.projection, nn.Linear):
+        return False
+    frozen = not any(parameter.requires_grad for parameter in text.backbone.parameters())
+    return frozen and processes == 1 and not scaled and not reads_item_states
 
 
 def check_stale_layers(every: int, model: PMMRec, *, processes: int, scaled: bool) -> None:

@@ -28,7 +28,7 @@ from pmmrec.training.progress import RunClock, epoch_line, plan_line, start_line
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
-from pmmrec.training.stale_items import check_stale_layers, stale_text_layers
+from pmmrec.training.stale_items import check_stale_layers, frozen_text_table, stale_text_layers
 
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
 
@@ -84,6 +84,10 @@ class Trainer:
         self.notices = [notice for _, notice, given in self.module.skipped if given or dataset.images_path is not None]
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
+        # A frozen text backbone under a trained projection (the CPU recipe): the steps read mean states from a table.
+        self.frozen_text_table = not self.table_per_epoch and frozen_text_table(
+            model, processes=self.context.world_size, scaled=use_scaler, reads_item_states=self.module.reads_item_states
+        )
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
@@ -139,7 +143,7 @@ class Trainer:
             self.train_set,
             batch_size=self.config.batch_size,
             sampler=order,
-            collate_fn=self.collator.sequences_only if self.table_per_epoch else self.collator,
+            collate_fn=self.collator.sequences_only if self.table_per_epoch or self.frozen_text_table else self.collator,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -232,7 +236,7 @@ class Trainer:
                 self.model.train()
                 if self.table_per_epoch:
                     self.module.item_table = self._item_table()
-                if config.tower_update_every > 1 and self.module.stale is None:
+                if (config.tower_update_every > 1 or self.frozen_text_table) and self.module.stale is None:
                     self._start_stale_layers()
                 seconds = self._train_epoch(progress, epoch, stop)
                 self._flush_stale_layers()
@@ -252,7 +256,8 @@ class Trainer:
             self.dataset.num_items, self.device, steps_per_epoch=self.steps_per_epoch,
             chunk_size=config.item_batch_size, grad_clip=config.grad_clip,
         )  # fmt: skip
-        self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
+        if not self.module.stale.frozen:  # a frozen backbone's table never updates
+            self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
 
     def _train_epoch(self, progress: dict[str, Any], epoch: int, stop: StopFlag) -> float:
         """The steps of one epoch from `progress["step_in_epoch"]` (a signal stops it with a checkpoint); returns
