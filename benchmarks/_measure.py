@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import platform
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -141,3 +144,41 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def step_arguments(description: str, argv: list[str] | None, stepper: str) -> argparse.Namespace:
+    """The options of a side-by-side training-step benchmark (`--data`, `--steps`, `--threads`, `--json`); sets
+    torch's thread count. `stepper`: what steps once per batch (a variant, a path)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, required=True, help="`pmmrec data movielens --domain all` output")
+    parser.add_argument("--steps", type=int, default=40, help=f"batches (each {stepper} steps once per batch)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def step_rows(times: dict[str, list[float]], first_loss: dict[str, float], base: str, label: str) -> dict[str, Any]:
+    """Median ms per step of each (its first step a warm-up), the ratio of `base`'s to it, and its first step's loss;
+    printed as a table whose first column is headed `label`."""
+    medians = {name: statistics.median(values[1:]) for name, values in times.items()}
+    width = max(len(label), *(len(name) for name in times))
+    print(f"{label:<{width}} {'ms/step':>8} {'speed-up':>9} {'first loss':>11}")
+    rows: dict[str, Any] = {}
+    for name, median in medians.items():
+        speedup = medians[base] / median
+        rows[name] = {"ms_per_step": round(median * 1e3, 1), "speedup": round(speedup, 2),
+                      "first_loss": round(first_loss[name], 5)}  # fmt: skip
+        print(f"{name:<{width}} {median * 1e3:8.1f} {speedup:8.2f}x {first_loss[name]:11.5f}")
+    return rows
+
+
+def finish_step_benchmark(args: argparse.Namespace, load_before: tuple[float, float, float], figures: dict[str, Any]) -> None:
+    """Print the thread count and load around a step benchmark; write its figures, with them, to `--json`."""
+    load_after = os.getloadavg()
+    print(f"threads {args.threads}, steps {args.steps}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    write_figures(args.json, {
+        **figures, "threads": args.threads, "steps": args.steps, "load_before": load_before, "load_after": load_after,
+        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    })  # fmt: skip

@@ -16,21 +16,18 @@ items' token rows (what the per-token path needs) and without (what the table pa
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from _measure import write_figures
+from _measure import finish_step_benchmark, step_arguments, step_rows
 
 from pmmrec.data import load_dataset
 from pmmrec.training.config import finetune_defaults, load_train_config
@@ -55,13 +52,7 @@ def trainer_for(data: Path, table: bool, folder: Path) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="`pmmrec data movielens --domain all` output")
-    parser.add_argument("--steps", type=int, default=40, help="batches (each path steps once per batch)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = step_arguments(__doc__.split("\n\n")[0], argv, "path")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         trainers = {name: trainer_for(args.data, name == "table", Path(scratch) / name) for name in PATHS}
@@ -86,24 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                 values = trainers[name]._step(batch, index)
                 times[name].append(time.perf_counter() - started)
                 first_loss.setdefault(name, values["loss"])
-    medians = {name: statistics.median(values[1:]) for name, values in times.items()}  # the first is a warm-up
     collate_ms = {name: round(statistics.median(values) * 1e3, 2) for name, values in collate.items()}
-    rows: dict[str, Any] = {}
-    print(f"{'path':<8} {'ms/step':>8} {'speed-up':>9} {'first loss':>11}")
-    for name in PATHS:
-        speedup = medians["tokens"] / medians[name]
-        rows[name] = {"ms_per_step": round(medians[name] * 1e3, 1), "speedup": round(speedup, 2),
-                      "first_loss": round(first_loss[name], 5)}  # fmt: skip
-        print(f"{name:<8} {medians[name] * 1e3:8.1f} {speedup:8.2f}x {first_loss[name]:11.5f}")
+    rows = step_rows(times, first_loss, base="tokens", label="path")
     print(f"collate a batch: with token rows {collate_ms['with token rows']} ms, without {collate_ms['without']} ms")
-    load_after = os.getloadavg()
-    print(f"threads {args.threads}, steps {args.steps}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    if args.json:
-        write_figures(args.json, {
-            "paths": rows, "collate_ms": collate_ms, "threads": args.threads, "steps": args.steps,
-            "load_before": load_before, "load_after": load_after,
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        })  # fmt: skip
+    finish_step_benchmark(args, load_before, {"paths": rows, "collate_ms": collate_ms, })
     return 0
 
 

@@ -14,10 +14,8 @@ summation order and the dropout masks). Then the two dropouts alone on the feed-
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from _measure import write_figures
+from _measure import finish_step_benchmark, step_arguments, step_rows
 from torch import nn
 
 from pmmrec.components._dropout import UniformDropout
@@ -97,13 +95,7 @@ def dropout_alone(threads: int, repeats: int = 30) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="`pmmrec data movielens --domain all` output")
-    parser.add_argument("--steps", type=int, default=40, help="batches (each variant steps once per batch)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = step_arguments(__doc__.split("\n\n")[0], argv, "variant")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         trainers = {name: trainer_for(args.data, uniform, Path(scratch) / str(i))
@@ -123,28 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                     values = trainers[name]._step(batch, index)
                     times[name].append(time.perf_counter() - started)
                 first_loss.setdefault(name, values["loss"])
-    base = statistics.median(times["before"][1:])
-    rows: dict[str, Any] = {}
-    print(f"{'variant':<18} {'ms/step':>8} {'speed-up':>9} {'first loss':>11}")
-    for name in VARIANTS:
-        median = statistics.median(times[name][1:])  # the first step of each is a warm-up
-        rows[name] = {"ms_per_step": round(median * 1e3, 1), "speedup": round(base / median, 2),
-                      "first_loss": round(first_loss[name], 5)}  # fmt: skip
-        print(f"{name:<18} {median * 1e3:8.1f} {base / median:8.2f}x {first_loss[name]:11.5f}")
+    rows: dict[str, Any] = step_rows(times, first_loss, base="before", label="variant")
     alone = dropout_alone(args.threads)
     print(f"dropout alone, [256, 20, 256]: nn.Dropout {alone['nn.Dropout']} ms, uniform floats "
           f"{alone['uniform floats']} ms, UniformDropout {alone['UniformDropout']} ms "
           f"({alone['nn.Dropout'] / alone['UniformDropout']:.2f}x and "
           f"{alone['uniform floats'] / alone['UniformDropout']:.2f}x faster)")
     rows["dropout alone (ms)"] = alone
-    load_after = os.getloadavg()
-    print(f"threads {args.threads}, steps {args.steps}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    if args.json:
-        write_figures(args.json, {
-            "variants": rows, "threads": args.threads, "steps": args.steps,
-            "load_before": load_before, "load_after": load_after,
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        })  # fmt: skip
+    finish_step_benchmark(args, load_before, {"variants": rows, })
     return 0
 
 

@@ -86,7 +86,7 @@ def slow_text_hint(
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in under 9 minutes on
+    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in under 6 minutes on
     MovieLens-100K, at lower quality than the full recipe trained on a GPU (docs/training.md, "A text run on a CPU").
     A run gets here only with the full recipe (asked for, or pre-training) or trained text layers asked for: the
     user chooses.
