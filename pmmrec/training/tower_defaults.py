@@ -110,7 +110,7 @@ def _on_cpu(device: Any) -> bool:
     """Whether a run with this `device` option trains on the CPU (no device: CUDA's absence, as choose_device)."""
     if device:
         return str(device) == "cpu"
-    import torch  # here, not at import: `--help` never needs torch
+    import torch  # here, not at import: only resolving `auto` without a device needs it
 
     return not torch.cuda.is_available()
 
