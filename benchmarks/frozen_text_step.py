@@ -44,7 +44,7 @@ def trainer_for(data: Path, table: bool, folder: Path) -> Trainer:
     dataset = load_dataset(data)
     trainer = Trainer(build_model(config.model, dataset, config.max_length, config.seed), dataset, config, folder,
                       progress=False)  # fmt: skip
-    assert trainer.frozen_text_table, "the default CPU text run no longer reads a table"
+    assert trainer.reads_text_table, "the default CPU text run no longer reads a table"
     trainer.model.train()
     if table:
         trainer._start_stale_layers()

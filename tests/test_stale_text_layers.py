@@ -214,7 +214,7 @@ def test_a_frozen_backbone_trains_from_its_table_exactly(tiny_dataset: Path, tmp
     of the projection, the word pieces and the user encoder."""
     dataset = load_dataset(tiny_dataset)
     trainer = Trainer(_frozen_words_model(), dataset, tiny.train_config(epochs=1), tmp_path / "run", progress=False)
-    assert trainer.frozen_text_table and not trainer.table_per_epoch
+    assert trainer.reads_text_table and not trainer.table_per_epoch
     with torch.no_grad():  # non-zero word pieces, so that a missing or doubled mean shows
         trainer.model.text.word_embeddings.weight.normal_(generator=torch.Generator().manual_seed(3))
     trainer.model.train()

@@ -348,28 +348,6 @@ def config_value(config: TrainConfig, path: str) -> Any:
     return value
 
 
-def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
-    in the config's field order (what a run prints first, as RecBole prints its configuration). The defaults are
-    those of the run's item tower (TOWER_DEFAULTS) and recipe: an ID run lists its tower, not the ID tower's own
-    defaults, and a run under the CPU recipe the options that differ from the recipe's."""
-    tower = config.model.item_tower
-    base = _deep_merge(mode_defaults(config.mode), {"model": {"item_tower": tower}, "recipe": config.recipe})
-    default = load_train_config(base).model_dump(mode="json")
-    default["model"]["item_tower"] = DEFAULT_TOWER
-    changes: dict[str, tuple[Any, Any]] = {}
-
-    def walk(value: Any, base: Any, prefix: str) -> None:
-        if isinstance(value, dict) and isinstance(base, dict):
-            for key in value:
-                walk(value[key], base.get(key), f"{prefix}{key}.")
-        elif value != base:
-            changes[prefix.rstrip(".")] = (value, base)
-
-    walk(config.model_dump(mode="json"), default, "")
-    return changes
-
-
 def _problem(error: Any) -> str:
     """One pydantic error as `key: message` (a check of the whole config names no key)."""
     key = ".".join(str(part) for part in error["loc"])
@@ -377,11 +355,12 @@ def _problem(error: Any) -> str:
     return f"{key}: {message}" if key else message
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update`'s keys set, mappings merged key by key."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -404,8 +383,8 @@ def load_train_config(
             if layer is saved:
                 # a run saved before `recipe` existed trained with the full recipe's defaults: it resumes with them
                 mapping.setdefault("recipe", "full")
-            payload = _deep_merge(payload, mapping)
-    payload = _deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
+            payload = deep_merge(payload, mapping)
+    payload = deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         config = TrainConfig.model_validate(payload)
     except ValidationError as exc:

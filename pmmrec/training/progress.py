@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pmmrec.training.config import TrainConfig, config_changes
+from pmmrec.training.config import DEFAULT_TOWER, TrainConfig, deep_merge, load_train_config, mode_defaults
 
 
 def start_lines(config: TrainConfig, run_dir: Path, resuming: bool, config_file: str | None = None) -> list[str]:
@@ -51,6 +51,28 @@ def _configuration_lines(config: TrainConfig, run_dir: Path, config_file: str | 
         for path, (_, default) in changes.items()
     ]
     return lines
+
+
+def config_changes(config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every setting of a resolved config that differs from its mode's defaults: dotted path -> (value, default),
+    in the config's field order (what a run prints first, as RecBole prints its configuration). The defaults are
+    those of the run's item tower (TOWER_DEFAULTS) and recipe: an ID run lists its tower, not the ID tower's own
+    defaults, and a run under the CPU recipe the options that differ from the recipe's."""
+    tower = config.model.item_tower
+    base = deep_merge(mode_defaults(config.mode), {"model": {"item_tower": tower}, "recipe": config.recipe})
+    default = load_train_config(base).model_dump(mode="json")
+    default["model"]["item_tower"] = DEFAULT_TOWER
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def walk(value: Any, base: Any, prefix: str) -> None:
+        if isinstance(value, dict) and isinstance(base, dict):
+            for key in value:
+                walk(value[key], base.get(key), f"{prefix}{key}.")
+        elif value != base:
+            changes[prefix.rstrip(".")] = (value, base)
+
+    walk(config.model_dump(mode="json"), default, "")
+    return changes
 
 
 def _value(value: Any) -> str:

@@ -57,8 +57,6 @@ class StaleTextLayers:
         grad_clip: float | None = None,
         word_pieces: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        self.update_steps = update_steps(steps_per_epoch, every)
-        self.steps_per_update = steps_per_epoch / len(self.update_steps)
         self.model = model
         self.encode = encode
         self.order = list(order)
@@ -74,11 +72,14 @@ class StaleTextLayers:
             raise ValueError("the text encoder has word-piece embeddings: give word_pieces (catalogue_word_pieces)")
         self.layers = [parameter for parameter in model.text.backbone.parameters() if parameter.requires_grad]
         self.frozen = not self.layers  # a frozen backbone: the table is exact and never updated
+        self.update_steps = frozenset() if self.frozen else update_steps(steps_per_epoch, every)
+        # Steps per update, for the time left (RunClock.periodic; 1.0 and 0 seconds: none, the step alone counts).
+        self.steps_per_update = steps_per_epoch / len(self.update_steps) if self.update_steps else 1.0
         started = time.perf_counter()
         self.table = self._encode_table()
         # One update's seconds, estimated as 3 table encodings (a forward and a backward of about two forwards over
         # the items, then the refresh), for the time left until one is measured (`take_update_seconds`).
-        self.update_seconds_estimate = 3 * (time.perf_counter() - started)
+        self.update_seconds_estimate = 0.0 if self.frozen else 3 * (time.perf_counter() - started)
         self._unreported_s = 0.0
         # Position of each catalogue index in `order` (items of similar length together, so chunks pad little).
         self.position = torch.empty(self.table.shape[0], dtype=torch.long)
@@ -183,13 +184,15 @@ def deferred_projection(model: PMMRec) -> Iterator[None]:
 
 def frozen_text_table(model: PMMRec, *, processes: int, scaled: bool, reads_item_states: bool) -> bool:
     """Whether the steps read a frozen text-only mean tower's items from a table of mean backbone states (exact):
-    no trained text layer, a linear projection, one process, no loss scaler, no objective reading per-modality
-    states (the conditions of `tower_update_every`, whose table this is)."""
+    no trained text layer but a trained projection or word pieces (with none trained, the whole item tower is
+    encoded once per epoch instead), a linear projection, one process, no loss scaler, no objective reading
+    per-modality states (the conditions of `tower_update_every`, whose table this is)."""
     text, fusion = model.text, model.fusion.type_name if model.fusion is not None else None
     if fusion != TEXT_ONLY or text is None or not isinstance(text.projection, nn.Linear):
         return False
     frozen = not any(parameter.requires_grad for parameter in text.backbone.parameters())
-    return frozen and processes == 1 and not scaled and not reads_item_states
+    trained = any(parameter.requires_grad for parameter in text.parameters())
+    return frozen and trained and processes == 1 and not scaled and not reads_item_states
 
 
 def check_stale_layers(every: int, model: PMMRec, *, processes: int, scaled: bool) -> None:

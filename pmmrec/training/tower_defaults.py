@@ -72,7 +72,7 @@ def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
     if recipe not in ("auto", "cpu"):
         return data  # full, or a value validation refuses
     model = data.get("model")
-    fields = model if isinstance(model, dict) else {} if model is None else _given_fields(model)
+    fields = _given_fields(model)
     applies = fields.get("item_tower", DEFAULT_TOWER) == "content" and _has_text(fields)
     if recipe == "cpu" and not applies:
         raise ValueError("recipe cpu trains a text encoder's word pieces: it needs a content tower with a text encoder")
@@ -89,10 +89,7 @@ def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
             filled[top] = value
         elif key and key not in fields and (key != "dim" or not any(fields.get(slot) for slot in REFERENCE_SLOTS)):
             model_update[key] = value
-    if model is None or isinstance(model, dict):
-        filled["model"] = {**(model or {}), **model_update}
-    else:
-        filled["model"] = model.model_copy(update=model_update)
+    filled["model"] = _updated(model, model_update)
     return filled
 
 
@@ -122,7 +119,7 @@ def with_tower_defaults(data: dict[str, Any]) -> dict[str, Any]:
     is left unchanged for validation to refuse.
     """
     model = data.get("model")
-    fields = model if isinstance(model, dict) else {} if model is None else _given_fields(model)
+    fields = _given_fields(model)
     tower = fields.get("item_tower", DEFAULT_TOWER)
     defaults = TOWER_DEFAULTS.get(tower) if isinstance(tower, str) else None
     if defaults is None:
@@ -133,13 +130,20 @@ def with_tower_defaults(data: dict[str, Any]) -> dict[str, Any]:
             filled[path] = value
     dim = defaults.get("model.dim")
     if dim is not None and "dim" not in fields and fields.get("user") is None:
-        if model is None or isinstance(model, dict):
-            filled["model"] = {**(model or {}), "dim": dim}
-        else:
-            filled["model"] = model.model_copy(update={"dim": dim})
+        filled["model"] = _updated(model, {"dim": dim})
     return filled
 
 
 def _given_fields(model: Any) -> dict[str, Any]:
-    """The fields a pydantic model was constructed with (its other fields hold their defaults)."""
+    """The model fields given: a mapping's keys, or those a ModelConfig was constructed with (its other fields hold
+    their defaults); none for no model."""
+    if model is None or isinstance(model, dict):
+        return model or {}
     return {name: getattr(model, name) for name in getattr(model, "model_fields_set", ())}
+
+
+def _updated(model: Any, update: dict[str, Any]) -> Any:
+    """`model` (a mapping, a ModelConfig or None) with `update`'s fields set."""
+    if model is None or isinstance(model, dict):
+        return {**(model or {}), **update}
+    return model.model_copy(update=update)

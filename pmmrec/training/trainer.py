@@ -84,8 +84,8 @@ class Trainer:
         self.notices = [notice for _, notice, given in self.module.skipped if given or dataset.images_path is not None]
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
-        # A frozen text backbone under a trained projection (the CPU recipe): the steps read mean states from a table.
-        self.frozen_text_table = not self.table_per_epoch and frozen_text_table(
+        # Steps read the text-only tower from a table of mean states: layers updated every N steps, or frozen (exact).
+        self.reads_text_table = config.tower_update_every > 1 or frozen_text_table(
             model, processes=self.context.world_size, scaled=use_scaler, reads_item_states=self.module.reads_item_states
         )
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
@@ -143,7 +143,7 @@ class Trainer:
             self.train_set,
             batch_size=self.config.batch_size,
             sampler=order,
-            collate_fn=self.collator.sequences_only if self.table_per_epoch or self.frozen_text_table else self.collator,
+            collate_fn=self.collator.sequences_only if self.table_per_epoch or self.reads_text_table else self.collator,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
@@ -236,7 +236,7 @@ class Trainer:
                 self.model.train()
                 if self.table_per_epoch:
                     self.module.item_table = self._item_table()
-                if (config.tower_update_every > 1 or self.frozen_text_table) and self.module.stale is None:
+                if self.reads_text_table and self.module.stale is None:
                     self._start_stale_layers()
                 seconds = self._train_epoch(progress, epoch, stop)
                 self._flush_stale_layers()
@@ -256,8 +256,7 @@ class Trainer:
             self.dataset.num_items, self.device, steps_per_epoch=self.steps_per_epoch,
             chunk_size=config.item_batch_size, grad_clip=config.grad_clip,
         )  # fmt: skip
-        if not self.module.stale.frozen:  # a frozen backbone's table never updates
-            self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
+        self.clock.periodic(self.module.stale.steps_per_update, self.module.stale.update_seconds_estimate)
 
     def _train_epoch(self, progress: dict[str, Any], epoch: int, stop: StopFlag) -> float:
         """The steps of one epoch from `progress["step_in_epoch"]` (a signal stops it with a checkpoint); returns
