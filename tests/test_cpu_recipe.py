@@ -81,6 +81,8 @@ def test_text_with_vision_and_a_given_text_encoder_take_it() -> None:
         given = load_train_config(finetune_defaults(), overrides=CPU | {"model": parts})
         assert given.recipe == "cpu" and given.model.text_trainable_layers == 0, parts
         assert given.model.dim is None, parts  # a given component decides the width
+        # a given user encoder's learned positions decide the sequence length; a fresh one takes the recipe's
+        assert given.max_length == (20 if "user" in parts else CPU_RECIPE["max_length"]), parts
 
 
 def test_explicit_values_win_over_the_recipe(tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ def test_config_precedence_defaults_then_yaml_then_flags(tmp_path: Path) -> None
     resolved = load_train_config(finetune_defaults(), path, {"epochs": 7, "batch_size": None, "seed": 5})
     assert resolved.epochs == 7  # flag beats YAML
     assert resolved.lr == 0.001 and resolved.batch_size == 16  # YAML beats defaults; an absent flag (None) changes nothing
-    assert resolved.seed == 5 and resolved.max_length == 20  # flag; class default
+    assert resolved.seed == 5  # flag
+    assert resolved.max_length == (50 if resolved.recipe == "cpu" else 20)  # the recipe's (a text run on a CPU), else the class default
     weights = resolved.objectives.weights
     assert (weights.rec, weights.nicl, weights.nid, weights.rcl) == (1.0, 0.0, 0.5, 0.0)  # deep merge over finetune defaults
     assert resolved.objectives.nid.corruption_rate == 0.3

@@ -174,7 +174,8 @@ class TrainConfig(_Strict):
     )
     eval_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Users per evaluation batch.")
     item_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Items per catalogue-encoding batch.")
-    max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (paper: 20).")
+    max_length: int = Field(default=20, ge=1, le=4096, description="Items per input sequence (default: 20, the "
+                            f"paper's; {cpu_recipe_text('max_length')} unless a user encoder is given).")  # fmt: skip
     min_length: int = Field(default=3, ge=3, le=1_000_000, description="Users with fewer interactions are dropped.")
     max_history: int | None = Field(
         default=None,
@@ -284,8 +285,8 @@ class TrainConfig(_Strict):
     recipe: Recipe = Field(
         default="auto",
         description="Defaults of a run with a text encoder: full (the best model: trained text layers at the "
-        "backbone's width; hours on a CPU), cpu (the backbone frozen, word-piece embeddings trained, d = 128, 30 "
-        "epochs: minutes on a CPU, lower quality) or auto (cpu when fine-tuning on a CPU, else full); options given "
+        "backbone's width; hours on a CPU), cpu (the backbone frozen, word-piece embeddings trained, d = 128, 50 "
+        "items per sequence, 30 epochs: minutes on a CPU, lower quality) or auto (cpu when fine-tuning on a CPU, else full); options given "
         "win over either (docs/training.md, \"A text run on a CPU\").",
     )
     deterministic: bool = Field(

@@ -31,11 +31,13 @@ TOWER_DEPENDENT = tuple(dict.fromkeys(path for defaults in TOWER_DEFAULTS.values
 
 Recipe = Literal["auto", "full", "cpu"]
 # The CPU recipe: the best on validation among the settings that fit about 20 minutes on 2 cores (docs/benchmarks.md,
-# "Word-piece embeddings, and four other changes of the table recipe"): 30 epochs run in full (the best one kept),
-# since its validation dips for several epochs mid-run, which patience 5 would take for the end.
+# "Word-piece embeddings, and four other changes of the table recipe", and "Longer histories for the CPU recipe"):
+# 30 epochs run in full (the best one kept), since its validation dips for several epochs mid-run, which patience 5
+# would take for the end.
 CPU_RECIPE: dict[str, Any] = {
     "model.text_trainable_layers": 0,
     "model.dim": 128,
+    "max_length": 50,
     "model.text_word_embeddings": True,
     "pretrained_lr": 1e-3,
     "fresh_lr": 3e-3,
@@ -43,6 +45,8 @@ CPU_RECIPE: dict[str, Any] = {
     "patience": 30,
 }
 RECIPE_DEPENDENT = tuple(CPU_RECIPE)  # dotted paths whose help states the CPU recipe's value beside the default
+# Recipe keys that a given component decides instead (its width; a given user encoder's learned positions).
+DECIDED_BY_GIVEN: dict[str, tuple[str, ...]] = {"model.dim": REFERENCE_SLOTS, "max_length": ("user",)}
 
 
 def cpu_recipe_text(path: str) -> str:
@@ -66,7 +70,8 @@ def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
     auto is cpu for a fine-tuning run of a content tower with a text encoder on a CPU (`device`, else CUDA's
     absence), else full. An explicit cpu on a run without a text encoder, or with an ID tower, is refused. The
-    recipe's width is filled only when no component is given (a given one decides the width).
+    recipe's width is filled only when no component is given (a given one decides the width), its sequence length
+    only when no user encoder is given (its learned positions decide it).
     """
     recipe = data.get("recipe", "auto")
     if recipe not in ("auto", "cpu"):
@@ -84,10 +89,12 @@ def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
         return filled
     model_update = {}
     for path, value in CPU_RECIPE.items():
+        if any(fields.get(slot) for slot in DECIDED_BY_GIVEN.get(path, ())):
+            continue
         top, _, key = path.partition(".")
         if not key and top not in filled:
             filled[top] = value
-        elif key and key not in fields and (key != "dim" or not any(fields.get(slot) for slot in REFERENCE_SLOTS)):
+        elif key and key not in fields:
             model_update[key] = value
     filled["model"] = _updated(model, model_update)
     return filled
