@@ -286,8 +286,8 @@ class TrainConfig(_Strict):
         default="auto",
         description="Defaults of a run with a text encoder: full (the best model: trained text layers at the "
         "backbone's width; hours on a CPU), cpu (the backbone frozen, word-piece embeddings trained, d = 128, 50 "
-        "items per sequence, 30 epochs: minutes on a CPU, lower quality) or auto (cpu when fine-tuning on a CPU, else full); options given "
-        "win over either (docs/training.md, \"A text run on a CPU\").",
+        "items per sequence, 30 epochs: minutes on a CPU, lower quality) or auto (cpu when fine-tuning on a CPU, else "
+        "full); options given win over either (docs/training.md, \"A text run on a CPU\").",
     )
     deterministic: bool = Field(
         default=False, description="Bitwise-reproducible: deterministic kernels, one intra-op CPU thread (slower)."
