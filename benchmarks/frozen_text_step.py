@@ -3,7 +3,7 @@
 The CPU recipe (`--recipe cpu`: MiniLM frozen, word-piece embeddings trained, d = 128) trains the projection of every
 token of every distinct item of a batch, then takes the text-only tower's mean. The projection is affine, so the mean
 of the projected tokens is the projection of the mean token state: the steps can read each item's mean MiniLM state
-from a table (`frozen_text_table`, the `tower_update_every` table that a frozen backbone never makes stale) and
+from a table (`reads_text_table`, the `tower_update_every` table that a frozen backbone never makes stale) and
 project it once per item. Two Trainers of `pmmrec finetune --data ML --device cpu` with the defaults (the CPU recipe),
 built from the same seed (same initial weights), step through the same batches of the first epoch in turn, one step
 each per batch (forward, backward, AdamW), so load from other processes falls on both alike: `tokens` (the per-token

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({alone['nn.Dropout'] / alone['UniformDropout']:.2f}x and "
           f"{alone['uniform floats'] / alone['UniformDropout']:.2f}x faster)")
     rows["dropout alone (ms)"] = alone
-    finish_step_benchmark(args, load_before, {"variants": rows, })
+    finish_step_benchmark(args, load_before, {"variants": rows})
     return 0
 
 

@@ -11,7 +11,7 @@ gradients (each taken at the table's states, up to N steps old), and the optimis
 The table is then re-encoded. The user encoder, the projection and the objective heads train every step.
 
 With no trained text layer (a frozen backbone: the CPU recipe) the table is never stale: the steps read it and
-project it, which is the per-token path's function exactly (`frozen_text_table`), at the cost of one projection per
+project it, which is the per-token path's function exactly (`reads_text_table`), at the cost of one projection per
 item instead of one per token, and no layer update ever runs.
 """
 
@@ -182,17 +182,30 @@ def deferred_projection(model: PMMRec) -> Iterator[None]:
             text.word_embeddings = words
 
 
-def frozen_text_table(model: PMMRec, *, processes: int, scaled: bool, reads_item_states: bool) -> bool:
-    """Whether the steps read a frozen text-only mean tower's items from a table of mean backbone states (exact):
-    no trained text layer but a trained projection or word pieces (with none trained, the whole item tower is
-    encoded once per epoch instead), a linear projection, one process, no loss scaler, no objective reading
+def reads_text_table(model: PMMRec, every: int, *, processes: int, scaled: bool, reads_item_states: bool) -> bool:
+    """Whether the steps read the text-only tower's items from a table of mean backbone states: its layers updated
+    every `every` > 1 steps (`check_stale_layers` refuses what cannot apply), or a frozen backbone, where the table
+    is exact. The frozen case needs a trained projection or word pieces (with none trained, the whole item tower is
+    encoded once per epoch instead), a linear projection, one process, no loss scaler and no objective reading
     per-modality states (the conditions of `tower_update_every`, whose table this is)."""
-    text, fusion = model.text, model.fusion.type_name if model.fusion is not None else None
-    if fusion != TEXT_ONLY or text is None or not isinstance(text.projection, nn.Linear):
+    if every > 1:
+        return True
+    text = model.text
+    if not _text_only_linear(model) or text is None or _backbone_trains(model):
         return False
-    frozen = not any(parameter.requires_grad for parameter in text.backbone.parameters())
     trained = any(parameter.requires_grad for parameter in text.parameters())
-    return frozen and trained and processes == 1 and not scaled and not reads_item_states
+    return trained and processes == 1 and not scaled and not reads_item_states
+
+
+def _text_only_linear(model: PMMRec) -> bool:
+    """Whether the model's items are the text-only mean tower over a linearly projected text encoder."""
+    fusion = model.fusion.type_name if model.fusion is not None else None
+    return fusion == TEXT_ONLY and model.text is not None and isinstance(model.text.projection, nn.Linear)
+
+
+def _backbone_trains(model: PMMRec) -> bool:
+    """Whether some layer of the text backbone trains."""
+    return model.text is not None and any(parameter.requires_grad for parameter in model.text.backbone.parameters())
 
 
 def check_stale_layers(every: int, model: PMMRec, *, processes: int, scaled: bool) -> None:
@@ -200,11 +213,10 @@ def check_stale_layers(every: int, model: PMMRec, *, processes: int, scaled: boo
     if every == 1:
         return
     option = f"--tower-update-every {every}"
-    fusion = model.fusion.type_name if model.fusion is not None else None
-    if fusion != TEXT_ONLY or model.text is None or not isinstance(model.text.projection, nn.Linear):
-        tower = "an ID tower" if model.item_tower is not None else fusion
+    if not _text_only_linear(model):
+        tower = "an ID tower" if model.item_tower is not None else model.fusion.type_name if model.fusion else None
         raise ConfigError(f"{option}: needs the text-only mean tower ({TEXT_ONLY}); this model has {tower} (use 1)")
-    if not any(parameter.requires_grad for parameter in model.text.backbone.parameters()):
+    if not _backbone_trains(model):
         raise ConfigError(f"{option}: no text layer is trained (--text-trainable-layers 0); use 1")
     if processes > 1:
         raise ConfigError(f"{option}: one process only (under torchrun every step runs the layers; use 1)")

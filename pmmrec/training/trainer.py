@@ -28,7 +28,7 @@ from pmmrec.training.progress import RunClock, epoch_line, plan_line, start_line
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
-from pmmrec.training.stale_items import check_stale_layers, frozen_text_table, stale_text_layers
+from pmmrec.training.stale_items import check_stale_layers, reads_text_table, stale_text_layers
 
 ANNOUNCE_AFTER_STEPS = 4  # the time a run will take is printed once this many steps were measured
 
@@ -84,10 +84,8 @@ class Trainer:
         self.notices = [notice for _, notice, given in self.module.skipped if given or dataset.images_path is not None]
         # A frozen item tower (no objective reading per-modality states) is encoded once per epoch into a table.
         self.table_per_epoch = item_tower_frozen(model) and not self.module.reads_item_states
-        # Steps read the text-only tower from a table of mean states: layers updated every N steps, or frozen (exact).
-        self.reads_text_table = config.tower_update_every > 1 or frozen_text_table(
-            model, processes=self.context.world_size, scaled=use_scaler, reads_item_states=self.module.reads_item_states
-        )
+        self.reads_text_table = reads_text_table(model, config.tower_update_every, processes=self.context.world_size,
+                                                 scaled=use_scaler, reads_item_states=self.module.reads_item_states)  # fmt: skip
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
         self.wrapped: nn.Module = self.module
         if self.context.enabled:
