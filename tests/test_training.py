@@ -22,6 +22,7 @@ from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.prefix_cache import FrozenPrefixCache
 from pmmrec.training.config import ModelConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.flat_options import overrides_from_options
 from pmmrec.training.jobs import build_model
 from pmmrec.training.module import TrainingModule
 from pmmrec.training.optim import NO_DECAY_MARKERS, adamw, parameter_groups
@@ -63,6 +64,17 @@ def steps_of(run_dir: Path) -> list[dict]:
 
 
 # ---- configuration -----------------------------------------------------------------------------------
+
+
+def test_the_user_layers_flag_sets_a_fresh_user_encoders_blocks(tmp_path: Path) -> None:
+    """`--user-layers` (once YAML only) reaches `model.user_layers` over a YAML file's value, and its help says 2."""
+    path = tmp_path / "train.yaml"
+    path.write_text("model: {user_layers: 4}\n")
+    assert load_train_config(finetune_defaults(), path).model.user_layers == 4
+    flagged = load_train_config(finetune_defaults(), path, overrides_from_options({"user_layers": 3, "dim": None}))
+    assert flagged.model.user_layers == 3
+    help_text = " ".join(tiny.run_cli("finetune", "--help").split())
+    assert "--user-layers <int> Transformer blocks of a fresh user encoder. [default: 2]" in help_text
 
 
 def test_config_precedence_defaults_then_yaml_then_flags(tmp_path: Path) -> None:

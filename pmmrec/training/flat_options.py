@@ -22,6 +22,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     **{f"{slot}_trainable_layers": f"model.{slot}_trainable_layers" for slot in MODALITY_SLOTS},
     "text_word_embeddings": "model.text_word_embeddings",
     "single_modality_fusion": "model.single_modality_fusion",
+    "user_layers": "model.user_layers",
     "epochs": "epochs",
     "max_epochs": "max_epochs",
     "batch_size": "batch_size",
