@@ -615,3 +615,13 @@ def test_every_objective_stays_on_its_inputs_device() -> None:
     # The popularity correction is applied in the scores' precision, whatever the table's dtype.
     wide = NextItemLoss()(states, items, b["slot_index"], b["seq_mask"], b["unique_items"], log_pop.double())
     assert wide.dtype == torch.float32 and torch.allclose(wide, losses["cpu"][0])
+
+
+def test_an_objective_without_a_step_loss_fails_at_construction() -> None:
+    from pmmrec.objectives.base import Objective
+
+    class Lossless(Objective):  # declares nothing it reads a step with
+        name = "lossless"
+
+    with pytest.raises(TypeError, match="step_loss"):
+        Lossless()

@@ -71,7 +71,7 @@ def test_the_user_layers_flag_sets_a_fresh_user_encoders_blocks(tmp_path: Path) 
     path = tmp_path / "train.yaml"
     path.write_text("model: {user_layers: 4}\n")
     assert load_train_config(finetune_defaults(), path).model.user_layers == 4
-    flagged = load_train_config(finetune_defaults(), path, overrides_from_options({"user_layers": 3, "dim": None}))
+    flagged = load_train_config(finetune_defaults(), path, overrides_from_options({"user_layers": 3}))
     assert flagged.model.user_layers == 3
     help_text = " ".join(tiny.run_cli("finetune", "--help").split())
     assert "--user-layers <int> Transformer blocks of a fresh user encoder. [default: 2]" in help_text

@@ -5,6 +5,7 @@ training step) plus its registration; the weights, the options of the training c
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -18,8 +19,9 @@ if TYPE_CHECKING:
 MAX_WEIGHT = 1000.0
 
 
-class Objective(nn.Module):
-    """One training loss. Subclasses declare what the registry publishes and how they read a `TrainingStep`."""
+class Objective(nn.Module, metaclass=ABCMeta):
+    """One training loss. Subclasses declare what the registry publishes and how they read a `TrainingStep`
+    (`step_loss`: abstract, so a subclass without it fails at construction, not at its first step)."""
 
     name: ClassVar[str]  # its weight (`objectives.weights.NAME`, `--NAME-weight`) and its key in the step's losses
     options_key: ClassVar[str]  # its options (`objectives.OPTIONS_KEY`) and the training module's attribute
@@ -47,9 +49,9 @@ class Objective(nn.Module):
         """The loss module for this model (its heads created fresh)."""
         return cls(options)
 
+    @abstractmethod
     def step_loss(self, step: TrainingStep) -> Tensor:
         """The scalar loss of one training step."""
-        raise NotImplementedError
 
 
 ObjectiveClass = TypeVar("ObjectiveClass", bound=type[Objective])
