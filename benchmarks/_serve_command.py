@@ -7,12 +7,16 @@ the command adds (its access log, its copies started as fresh interpreters, the 
 An ID model can only serve the items of its own table, so the catalogue is written as files first: a dataset folder
 of --items synthetic items (and 100 synthetic users), and a copy of the given ID model whose item table has one row
 per synthetic item, the same rows as the synthetic scenario's table (random directions times 10, seeded), beside the
-given model's trained user encoder.
+given model's trained user encoder. A content model (a text model, say) is copied as it is, and the same rows are
+written as the catalogue table cache that `pmmrec serve` reads from its state folder (`pmmrec.serving.table_cache`,
+under the key the server computes), so the server starts without encoding 100,000 texts and ranks the same table as
+the synthetic scenario; `seed_state` puts that cache into each fresh state folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +27,7 @@ from typing import Any
 
 USERS = 100
 HISTORY = 50
+SEED_STATE = "state-seed"  # under the catalogue folder: the table cache of a content model, copied into each state
 
 
 def write_catalogue(model_ref: str, items: int, seed: int, folder: Path) -> int:
@@ -37,17 +42,20 @@ def write_catalogue(model_ref: str, items: int, seed: int, folder: Path) -> int:
     from pmmrec.model import PMMRec
 
     model = PMMRec.from_pretrained(model_ref)
-    if model.item_tower is None:
-        raise SystemExit("--scenario command needs an ID model (its item table is replaced by the synthetic one)")
     item_ids = [f"syn-{i}" for i in range(1, items + 1)]
-    tower = IdItemTower.create(CreateOptions(dim=model.dim, item_ids=item_ids))
     table = torch.randn(items + 1, model.dim, generator=torch.Generator().manual_seed(seed))
     table *= 10.0 / table.norm(dim=1, keepdim=True)
     table[0] = 0.0
-    with torch.no_grad():
-        tower.embeddings.weight.copy_(table)
     model_dir, data_dir = folder / "model", folder / "data"
-    PMMRec(user=model.user, item_tower=tower).save_pretrained(model_dir)
+    if model.item_tower is not None:
+        tower = IdItemTower.create(CreateOptions(dim=model.dim, item_ids=item_ids))
+        with torch.no_grad():
+            tower.embeddings.weight.copy_(table)
+        PMMRec(user=model.user, item_tower=tower).save_pretrained(model_dir)
+    elif Path(model_ref).is_dir():
+        shutil.copytree(model_ref, model_dir)
+    else:
+        raise SystemExit("--scenario command: give a content model as a local folder (its table cache is written)")
     histories = [[item_ids[i - 1] for i in np.random.default_rng(u).integers(1, items + 1, HISTORY)] for u in range(USERS)]
     write_dataset(
         data_dir,
@@ -59,7 +67,44 @@ def write_catalogue(model_ref: str, items: int, seed: int, folder: Path) -> int:
         provenance={"source": "benchmarks/serve_load.py --scenario command (random)"},
         preprocessing={},
     )
+    if model.item_tower is None:
+        _write_table_cache(model_dir, data_dir, folder / SEED_STATE, table)
     return model.dim
+
+
+def _write_table_cache(model_dir: Path, data_dir: Path, state: Path, table: Any) -> None:
+    """Write `table` as the catalogue table cache `pmmrec serve --state STATE` reads for this model and dataset."""
+    import torch
+
+    from pmmrec.data import load_dataset
+    from pmmrec.model import read_manifest
+    from pmmrec.serving.options import ServeOptions
+    from pmmrec.serving.served_model import ServedModel
+    from pmmrec.serving.table_cache import save_table, table_key, table_key_parts
+
+    served = ServedModel.from_folder(model_dir, read_manifest(model_dir))
+    parts = table_key_parts(served.key, load_dataset(data_dir), ServeOptions().encode_batch_size, torch.device("cpu"))
+    save_table(state, table_key(parts), parts, table)
+
+
+def seed_state(folder: Path, state: Path) -> None:
+    """Copy the catalogue's table cache (written by `write_catalogue` for a content model) into a fresh state."""
+    seeded = folder / SEED_STATE
+    if seeded.is_dir():
+        shutil.copytree(seeded, state, dirs_exist_ok=True)
+
+
+def wait_until_idle(pid: int, share: float = 0.05, window_s: float = 0.5, limit_s: float = 60.0) -> float | None:
+    """Seconds until `pid` and its children use under `share` of a core over `window_s`; None after `limit_s`."""
+    from _load_clients import process_cpu_s
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        before = process_cpu_s(pid)
+        time.sleep(window_s)
+        if process_cpu_s(pid) - before < share * window_s:
+            return time.perf_counter() - started
+    return None
 
 
 def free_port() -> int:
@@ -105,11 +150,17 @@ def start_command(
         process.wait()
         raise SystemExit(f"pmmrec serve exited with status {process.returncode}: {''.join(lines[-5:])}")
     threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # keep the pipe drained
+    serving_s = time.perf_counter() - started
+    settled = wait_until_idle(process.pid)
     info = {
         "port": port,
         "items": options["items"],
         "dim": options["dim"],
-        "startup_s": round(time.perf_counter() - started, 2),
+        "startup_s": round(serving_s, 2),
+        # What each process still did in the background after it started serving (the int8 copy, a content
+        # model's item encoders) ran before the measurement: seconds until the server was idle, or None (it never
+        # was within the limit; measured as it ran).
+        "settled_s": None if settled is None else round(settled, 2),
         "torch_threads": options["threads"],
         "scan": "fp32" if mode == "fp32" else "int8",
         "pmmrec": str(Path(sys.modules["pmmrec"].__file__ or "").parent),

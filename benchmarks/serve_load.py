@@ -3,7 +3,7 @@ concurrent requests ranked together (batched, `pmmrec serve`'s default) and one 
 `--no-batching`), in the same run; and, with --startup-runs, the time from starting `pmmrec serve` to its first
 /health answer, cold (empty state folder: the catalogue is encoded) and warm (the table cache is read).
 
-Two catalogues, each served by a separate server process per mode (uvicorn, one worker, as `pmmrec serve` runs it):
+The catalogues, each served by a separate server process per mode (uvicorn, one worker, as `pmmrec serve` runs it):
 
 - movielens: the given model over the given dataset folder; the item table is encoded at start-up exactly as
   `pmmrec serve` does. Requests alternate between a random user id (their whole sequence, exclude_seen) and a
@@ -14,6 +14,9 @@ Two catalogues, each served by a separate server process per mode (uvicorn, one 
   depends on the table's shape, not on its values). Rows are random unit directions times 10. Requests are random
   histories of 1-50 items with exclude_seen.
 
+- command: the real `pmmrec serve` (`--processes` included) over files of the synthetic catalogue: an ID model's
+  copy with the synthetic rows as its table, or a content model with them as its table cache
+  (`_serve_command.py`); measured once its processes are idle (their background start-up work done).
 - noop: the HTTP floor. The synthetic scenario's application, with one more route, POST /noop, that parses the
   request as /recommend does and answers a fixed 10-item body the way this tree's /recommend answers (no ranking).
 
@@ -59,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from _load_clients import measure, process_tree
-from _serve_command import start_command, write_catalogue
+from _serve_command import seed_state, start_command, write_catalogue
 from serve_startup import startup_parts, startup_times, stop_server
 
 K = 10
@@ -254,7 +257,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000, help="Size of the synthetic catalogue.")
     parser.add_argument(
         "--scenario", action="append", choices=["movielens", "synthetic", "noop", "command"],
-        help="Default: movielens, synthetic. command: the real `pmmrec serve` over a synthetic catalogue (ID models).",
+        help="Default: movielens, synthetic. command: the real `pmmrec serve` over a synthetic catalogue (an ID model's table, or a content model's table cache).",
     )
     parser.add_argument("--adds-per-second", type=float, default=0.0, help="Also add items live at this rate.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per request (pmmrec serve's default).")
@@ -312,6 +315,7 @@ def main() -> None:
             command_options = {"processes": args.server_processes, "threads": args.threads, "items": args.items,
                                "batch_workers": args.batch_workers, "dim": command_dim, "extra": args.serve_arg}  # fmt: skip
             state = Path(tempfile.mkdtemp(prefix="state-", dir=command_files))
+            seed_state(command_files, state)
             process, info = start_command(command_files / "model", command_files / "data", state, mode, command_options)
         else:
             process, info = start_server(scenario, mode, args)
@@ -330,6 +334,7 @@ def main() -> None:
                     "items": info["items"],
                     "dim": info["dim"],
                     "startup_s": info["startup_s"],
+                    "settled_s": info.get("settled_s"),
                     "torch_threads": info["torch_threads"],
                     "batch_workers": args.batch_workers,
                     "server_processes": info.get("server_processes", 1),

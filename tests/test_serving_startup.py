@@ -296,3 +296,29 @@ def test_adds_waiting_for_the_item_encoders_do_not_hold_up_reads(serving_env: di
             for thread in adders:
                 thread.join(60)
     assert statuses == [201] * 45
+
+
+def test_the_load_benchmarks_command_scenario_serves_a_content_model_from_the_table_cache_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/serve_load.py --scenario command with a text model: the server reads the synthetic rows from the
+    table cache the benchmark wrote under the server's own key, and never encodes the catalogue."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_serve_command", Path(__file__).parents[1] / "benchmarks" / "_serve_command.py")
+    assert spec is not None and spec.loader is not None
+    command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(command)
+    text_model().save_pretrained(tmp_path / "model")
+    folder = tmp_path / "catalogue"
+    folder.mkdir()
+    dim = command.write_catalogue(str(tmp_path / "model"), 40, 3, folder)
+    state = tmp_path / "state"
+    command.seed_state(folder, state)
+    monkeypatch.setattr(runner_module, "encode_catalogue", lambda *a, **k: pytest.fail("the catalogue was encoded"))
+    service = _load(folder / "model", folder / "data", state)
+    expected = torch.randn(41, dim, generator=torch.Generator().manual_seed(3))
+    expected *= 10.0 / expected.norm(dim=1, keepdim=True)
+    expected[0] = 0.0
+    assert torch.equal(service.snapshot().table[:41], expected)
+    assert service.item_ids[:2] == ["syn-1", "syn-2"]
