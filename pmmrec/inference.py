@@ -136,11 +136,7 @@ def evaluate_split(
         )  # fmt: skip
     item_table = item_table.to(device)
     encoded = time.perf_counter()
-    done_users, done_ranks = store.finished() if store is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-    finished = np.zeros(len(targets), dtype=bool)
-    finished[done_users] = True
-    shard = np.arange(rank_id, len(targets), world)
-    pending = shard[~finished[shard]]
+    done, shard, pending = _pending_users(store, len(targets), rank_id, world)
     rows = histories.take(pending) if isinstance(histories, RaggedArray) else [histories[i] for i in pending]
     samples = EvalSequences(rows, targets[pending], window)
     writer = PartWriter(store, flush_seconds)
@@ -158,11 +154,7 @@ def evaluate_split(
             score_budget=score_budget, exclude_seen=exclude_seen, on_ranked=ranked_batch,
         )  # fmt: skip
     writer.flush()
-    ranks_all = np.zeros(len(targets), dtype=np.int64)
-    ranks_all[done_users] = done_ranks
-    mine = (pending, local_ranks)
-    for indices, values in gather_objects(context, mine) if context is not None else [mine]:
-        ranks_all[indices] = values
+    ranks_all = _all_ranks(len(targets), done, (pending, local_ranks), context)
     ranked = time.perf_counter()
     timings = {
         "encode_s": encoded - started,
@@ -174,6 +166,32 @@ def evaluate_split(
     return EvaluationResult(
         ranks=ranks_all, metrics=metrics_from_ranks(torch.from_numpy(ranks_all), ks), timings=timings
     )
+
+
+def _pending_users(
+    store: ResultStore | None, count: int, rank_id: int, world: int
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """((users, ranks) already in `store`, this process's shard of the `count` users, the shard's users still to
+    rank)."""
+    done = store.finished() if store is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    finished = np.zeros(count, dtype=bool)
+    finished[done[0]] = True
+    shard = np.arange(rank_id, count, world)
+    return done, shard, shard[~finished[shard]]
+
+
+def _all_ranks(
+    count: int,
+    done: tuple[np.ndarray, np.ndarray],
+    mine: tuple[np.ndarray, np.ndarray],
+    context: DistributedContext | None,
+) -> np.ndarray:
+    """Every user's rank [count]: those resumed from the store, then every process's (users, ranks) gathered."""
+    ranks = np.zeros(count, dtype=np.int64)
+    ranks[done[0]] = done[1]
+    for indices, values in gather_objects(context, mine) if context is not None else [mine]:
+        ranks[indices] = values
+    return ranks
 
 
 def _result_store(
