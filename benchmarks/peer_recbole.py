@@ -69,8 +69,12 @@ def ensure_venv(folder: Path) -> Path:
         return python
     shutil.rmtree(folder, ignore_errors=True)
     print(f"creating {folder} with {' '.join(wanted)} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted], check=True)
+    # Without the caller's PYTHONPATH: pip would take what it finds there as installed and leave it out of the venv,
+    # whose RecBole then runs without it (RecBole's run clears PYTHONPATH).
+    alone = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, env=alone)
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted]
+    subprocess.run(pip, check=True, env=alone)
     marker.write_text(json.dumps({"requirements": wanted}) + "\n", encoding="utf-8")
     return python
 
