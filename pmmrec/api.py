@@ -176,7 +176,13 @@ def pretrain(
     return _train("pretrain", data, out, config, resume, progress, options)
 
 
-@command(show="best model written to {out}/model", options="training")
+def _show_finetune(result: Any, a: dict[str, Any]) -> str:
+    if "refit" in getattr(result, "summary", {}):
+        return f"refit model written to {a['out']}/model (the model validation chose: {a['out']}/best)"
+    return f"best model written to {a['out']}/model"
+
+
+@command(show=_show_finetune, options="training")
 def finetune(
     data: DataDir,
     out: RunFolder,

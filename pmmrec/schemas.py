@@ -144,6 +144,7 @@ class SplitRecordFile(_Closed):
     max_length: int | None = Field(default=None, ge=1, le=4096)
     window: Literal["tiles", "crop", "last"] | None = None
     dataset: DatasetFingerprintEntry | None = None
+    valid_targets_trained: bool = False  # a refit's model: its validation figures are not held out
 
     @model_validator(mode="after")
     def _history_holds_a_split(self) -> SplitRecordFile:

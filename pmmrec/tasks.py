@@ -70,6 +70,12 @@ def evaluate_model_or_baseline(
     other = describe_other_dataset(record.get("dataset"), fingerprint)
     if other is not None and context.is_main:
         warnings.warn(f"--model {model}: {other}", PmmrecWarning, stacklevel=2)
+    if record.get("valid_targets_trained") and split == "valid" and context.is_main:
+        warnings.warn(
+            f"--model {model}: a refit's model, trained on the validation targets too: its validation figures are not "
+            "held out (the run's best/ folder holds the model validation chose)",
+            PmmrecWarning, stacklevel=2,
+        )  # fmt: skip
     split_data = leave_one_out(dataset.sequences, min_length, max_history)
     if split_data.num_users == 0:
         raise ConfigError(

@@ -223,8 +223,8 @@ def straight_run(tmp_path_factory: pytest.TempPathFactory) -> tiny.StraightRun:
         args = [
             "finetune", "--data", str(data), "--text", str(parts["text"]), "--user", str(parts["user"]),
             "--max-length", str(tiny.MAX_LENGTH), "--epochs", "2", "--batch-size", "4", "--lr", "0.003",
-            "--seed", "7", "--nid-weight", "0.2", "--rcl-weight", "0.2", "--device", "cpu", "--quiet",
-        ]  # fmt: skip
+            "--seed", "7", "--nid-weight", "0.2", "--rcl-weight", "0.2", "--device", "cpu", "--quiet", "--no-refit",
+        ]  # fmt: skip  (a refit's own resume: tests/test_refit.py)
         tiny.run_cli(*args, "--out", root / "run")
         shutil.rmtree(root / "pmmrec-cache", ignore_errors=True)
     return tiny.StraightRun(args=args, run=root / "run", epochs=2, steps_per_epoch=4)  # 15 users, batches of 4

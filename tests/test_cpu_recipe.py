@@ -71,7 +71,7 @@ def test_other_runs_keep_the_full_recipe(overrides: dict[str, object], why: str)
 def test_pretraining_keeps_the_full_recipe_unless_asked() -> None:
     assert load_train_config(pretrain_defaults(), overrides=CPU).recipe == "full"
     asked = load_train_config(pretrain_defaults(), overrides=CPU | {"recipe": "cpu"})
-    assert asked.recipe == "cpu" and recipe_values(asked) == CPU_RECIPE
+    assert asked.recipe == "cpu" and recipe_values(asked) == CPU_RECIPE | {"refit": False}  # a refit: fine-tuning's
 
 
 def test_text_with_vision_and_a_given_text_encoder_take_it() -> None:

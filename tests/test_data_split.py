@@ -83,10 +83,15 @@ def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore
     fingerprint = {"name": "d", "items_sha256": "a" * 64, "users_sha256": "b" * 64}
     write_split_record(tmp_path, {"min_length": 3, "dataset": fingerprint})
     assert read_split_record(tmp_path)["dataset"] == fingerprint
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochs'\]; expected min_length, max_history, max_length, window, dataset$"):
+    keys = "min_length, max_history, max_length, window, dataset, valid_targets_trained"
+    with pytest.raises(ConfigError, match=rf"unknown key\(s\) \['epochs'\]; expected {keys}$"):
         write_split_record(tmp_path, {"epochs": 3})
+    write_split_record(tmp_path, {"min_length": 3, "valid_targets_trained": True})  # a refit's model: written then
+    assert read_split_record(tmp_path)["valid_targets_trained"] is True
+    write_split_record(tmp_path, {"min_length": 3, "valid_targets_trained": False})  # else left out, and read as absent
+    assert "valid_targets_trained" not in json.loads(path.read_text()) and "valid_targets_trained" not in read_split_record(tmp_path)
     path.write_text(json.dumps([3]), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"expected an object with keys min_length, max_history, max_length, window, dataset$"):
+    with pytest.raises(ConfigError, match=rf"expected an object with keys {keys}$"):
         read_split_record(tmp_path)
     refusals = {  # the schema names the key: unknown keys, wrong types, ranges (max_length 0 or 1e9), duplicates
         '{"min_length": 3, "epochs": 2}': "epochs: Extra inputs are not permitted",
@@ -96,6 +101,7 @@ def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore
         '{"max_length": 20, "max_length": 4}': "key 'max_length' appears twice",
         '{"min_length": 5, "max_history": 4}': "max_history (4) must be at least min_length (5)",
         '{"dataset": {"name": "d", "items_sha256": "x", "users_sha256": "y"}}': "dataset.items_sha256: String should match",
+        '{"valid_targets_trained": "yes"}': "valid_targets_trained: Input should be a valid boolean",
     }
     for text, fragment in refusals.items():
         path.write_text(text, encoding="utf-8")

@@ -195,6 +195,8 @@ def test_the_server_and_pmmrec_recommend_rank_like_the_naive_loop(
 def small_config(mode: str = "finetune", **overrides: Any) -> TrainConfig:
     defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
     base = {"max_length": tiny.MAX_LENGTH, "batch_size": 4, "epochs": 1, "device": "cpu", "ks": [5, 10]}
+    if mode == "finetune":
+        base["refit"] = False  # a Trainer alone tests its best epoch (a refit is jobs.refit's second Trainer)
     return load_train_config(defaults, None, base | overrides)
 
 

@@ -116,14 +116,17 @@ def user_share_rows(num_users: int, share: float, seed: int = 0) -> np.ndarray:
 
 SPLIT_RECORD = "data_split.json"
 SPLIT_KEYS = ("min_length", "max_history", "max_length", "window")
-RECORD_KEYS = (*SPLIT_KEYS, "dataset")  # + the training dataset's fingerprint (`dataset_fingerprint`)
+# + the training dataset's fingerprint (`dataset_fingerprint`) and, for a refit's model, that it trained on the
+# validation targets (written only then)
+RECORD_KEYS = (*SPLIT_KEYS, "dataset", "valid_targets_trained")
 
 
 def write_split_record(folder: Path, record: dict[str, Any]) -> Path:
     """Record in a model folder how its training run split and windowed the data (`pmmrec evaluate` reads it).
 
-    Keys: min_length, max_history (null = every interaction), max_length (the window's input length), window, and
-    dataset (name, items_sha256, users_sha256: what the run trained on; written only when given).
+    Keys: min_length, max_history (null = every interaction), max_length (the window's input length), window,
+    dataset (name, items_sha256, users_sha256: what the run trained on; written only when given) and
+    valid_targets_trained (true for a refit's model, whose validation split is not held out; written only then).
     """
     unknown = sorted(set(record) - set(RECORD_KEYS))
     if unknown:
@@ -131,6 +134,8 @@ def write_split_record(folder: Path, record: dict[str, Any]) -> Path:
     document = {key: record.get(key) for key in SPLIT_KEYS}
     if record.get("dataset") is not None:
         document["dataset"] = record["dataset"]
+    if record.get("valid_targets_trained"):
+        document["valid_targets_trained"] = True
     validate_strictly(SplitRecordFile, document, "split record", error=ConfigError)
     path = Path(folder) / SPLIT_RECORD
     write_json(path, document)
@@ -152,4 +157,6 @@ def read_split_record(folder: Path | str) -> dict[str, Any] | None:
     validated = validate_strictly(SplitRecordFile, record, str(path), error=ConfigError).model_dump()
     if validated["dataset"] is None:  # a model trained before the dataset was recorded
         del validated["dataset"]
+    if not validated["valid_targets_trained"]:
+        del validated["valid_targets_trained"]
     return validated

@@ -264,6 +264,13 @@ class TrainConfig(_Strict):
         description="Evaluate the test split once, at the best epoch, when training ends (a configuration search "
         "switches it off, so that only the selected configuration ever sees the test split).",
     )
+    refit: bool = Field(
+        default=False,
+        description="Fine-tuning: once validation has chosen the epoch, train again from the same start on every "
+        "interaction but each user's test target, for that many epochs, and keep that model (it also learns each "
+        "user's latest interaction; about twice the time; RUN/best keeps the selected one) "
+        f"(default: false, {cpu_recipe_text('refit')}).",
+    )
     ks: list[int] = Field(default_factory=lambda: [10, 20, 50], description="Cut-offs of the reported metrics.")
     select_metric: str = Field(default="ndcg@10", description="Validation metric that picks the best epoch.")
     num_workers: int = Field(default=0, ge=0, le=256, description="DataLoader worker processes.")
@@ -306,6 +313,12 @@ class TrainConfig(_Strict):
         """Keys left out take the CPU recipe's values when it applies, then their item tower's defaults
         (TOWER_DEFAULTS; a field's own default is the content tower's)."""
         return with_tower_defaults(with_recipe_defaults(data)) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _refit_is_fine_tuning(self) -> TrainConfig:
+        if self.refit and self.mode != "finetune":
+            raise ValueError("refit: a fine-tuning option (pre-training keeps its components' last state)")
+        return self
 
     @property
     def epoch_limit(self) -> int:
@@ -384,6 +397,7 @@ def load_train_config(
             if layer is saved:
                 # a run saved before `recipe` existed trained with the full recipe's defaults: it resumes with them
                 mapping.setdefault("recipe", "full")
+                mapping.setdefault("refit", False)  # and one saved before `refit` existed trained without one
             payload = deep_merge(payload, mapping)
     payload = deep_merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
     try:

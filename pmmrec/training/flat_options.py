@@ -48,6 +48,7 @@ TRAIN_OPTIONS: dict[str, str] = {
     "precision": "precision",
     "patience": "patience",
     "evaluate_test": "evaluate_test",
+    "refit": "refit",
     "max_steps": "max_steps",
     "num_workers": "num_workers",
     "gather_negatives": "gather_negatives",

@@ -4,6 +4,7 @@ write the artefacts (pretrain: one folder per component; finetune: the assembled
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,11 +13,13 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pmmrec.cards import TrainingFacts
+from pmmrec.comparison import RUN_RANKS
 from pmmrec.components import Component, CreateOptions, ItemEncoder, TextEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset, registered_readers
 from pmmrec.distributed import choose_device
 from pmmrec.errors import ConfigError, describe_validation_error
+from pmmrec.fileio import atomic_file, write_json
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
 from pmmrec.training.config import (
@@ -113,9 +116,14 @@ def training_facts(
     learning_rates: dict[str, float] | None = None,
 ) -> TrainingFacts:
     """What the model cards of a run's artefacts say about its training."""
+    refit_text = config.refit and result.best_epoch and (
+        f"{result.best_epoch} epochs on every interaction but each user's test target"
+    )
+    # a refit's model trained on the validation targets: its card's validation figures are the chosen model's
+    valid_name = f"{dataset.name} valid" + (" (the model validation chose, before the refit)" if refit_text else "")
     return TrainingFacts(
         datasets=(dataset.name,),
-        metrics={f"{dataset.name} valid": result.best_valid, f"{dataset.name} test": result.test},
+        metrics={valid_name: result.best_valid, f"{dataset.name} test": result.test},
         training={
             "mode": config.mode,
             "data": f"{dataset.name} ({dataset.num_items} items, {len(dataset.user_ids)} users, images: {dataset.image_kind})",
@@ -124,8 +132,44 @@ def training_facts(
             "best_epoch": result.best_epoch,
             "lr": ", ".join(f"{slot} {rate:g}" for slot, rate in (learning_rates or {}).items()) or config.lr,
             "batch_size": config.batch_size,
+            **({"refit": refit_text} if refit_text else {}),
         },
     )
+
+
+def refit(result: TrainResult, trainer: Trainer, spec: ModelConfig, resume: bool) -> tuple[TrainResult, Trainer]:
+    """`config.refit`: the model trained again from the same start, in RUN/refit (its own checkpoints: it resumes
+    there), on every interaction but each user's test target, for the epochs validation chose; RUN/summary.json then
+    holds its test (and RUN/test_ranks.json its ranks) beside the chosen run's validation. Nothing to refit when no
+    epoch was validated (a run stopped by --max-steps inside its first epoch)."""
+    if result.best_epoch is None:
+        return result, trainer
+    out, config, dataset = trainer.run_dir, trainer.config, trainer.dataset
+    refit_dir = out / "refit"
+    model = build_model(spec, dataset, config.max_length, config.seed)
+    _record_sources(model, spec)
+    resuming = resume and os.path.lexists(refit_dir / "config.yaml")
+    refitter = Trainer(
+        model, dataset, config, refit_dir, resume=resuming, progress=trainer.progress, announced=True,
+        refit_epochs=result.best_epoch,
+    )  # fmt: skip
+    refitter.clock.validation_seconds = trainer.clock.validation_seconds  # the test's time, as the run measured it
+    refitted = refitter.run()
+    summary = {
+        **result.summary,
+        "test": refitted.test,
+        "refit": {"epochs": result.best_epoch, "folder": "refit", "train_windows": len(refitter.train_set)},
+    }
+    if refitter.context.is_main:
+        write_json(out / "summary.json", summary)
+        if refitted.test_ranks is not None:
+            with open(refit_dir / RUN_RANKS, "rb") as source, atomic_file(out / RUN_RANKS, "wb", None) as target:
+                shutil.copyfileobj(source, target)
+    chosen = TrainResult(
+        run_dir=out, best_epoch=result.best_epoch, best_valid=result.best_valid, test=refitted.test,
+        history=result.history, model=refitted.model, test_ranks=refitted.test_ranks, summary=summary,
+    )  # fmt: skip
+    return chosen, refitter
 
 
 def announce_run(config: TrainConfig, out: Path, resume: bool, config_file: str | None) -> None:
@@ -177,6 +221,8 @@ def train(
             announced=True,
         )  # fmt: skip
         result = trainer.run()
+        if mode == "finetune" and config.refit:
+            result, trainer = refit(result, trainer, spec, resume)
     if trainer.context.is_main and result.model is not None:
         facts = training_facts(result, dataset, config, trainer.facts.objectives, trainer.facts.learning_rates)
         if mode == "pretrain":

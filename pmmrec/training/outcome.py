@@ -30,6 +30,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     model: PMMRec | None = None
     test_ranks: np.ndarray | None = None  # per-user test ranks (split order), None when the test was not evaluated
+    summary: dict[str, Any] = field(default_factory=dict)  # RUN/summary.json's document
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,12 @@ def write_test_ranks(
     dataset_fingerprint: dict[str, Any],
     ranks: np.ndarray,
     metrics: dict[str, float],
+    model_dir: Path | None = None,
 ) -> None:
     """RUN/test_ranks.json: the best model's test ranks per user, as `pmmrec evaluate --json` writes them (what
-    `pmmrec compare RUN...` reads)."""
+    `pmmrec compare RUN...` reads); the model is RUN/model unless `model_dir` says."""
     document = evaluation_document(
-        model=str(run_dir / "model"), data=str(dataset.root), split="test",
+        model=str(model_dir or run_dir / "model"), data=str(dataset.root), split="test",
         settings={"min_length": config.min_length, "max_history": config.max_history,
                   "max_length": config.max_length, "exclude_seen": True},
         metrics=metrics, users=[dataset.user_ids[row] for row in split.user_rows], ranks=ranks,
@@ -122,10 +124,14 @@ def write_outcome(
     dataset_fingerprint: dict[str, Any],
     summary: dict[str, Any],
     test: EvaluationResult | None,
+    label: str = "best epoch",
+    model_dir: Path | None = None,
 ) -> None:
-    """RUN/summary.json; after a test, RUN/test_ranks.json and the test metrics printed (the best epoch's)."""
+    """RUN/summary.json; after a test, RUN/test_ranks.json and the test metrics printed (of the best epoch's model, or
+    the `label`led one)."""
     write_json(run_dir / "summary.json", summary)
     if test is None:
         return
-    write_test_ranks(run_dir, config, dataset, split, dataset_fingerprint, test.ranks, test.metrics)
-    tqdm.write(f"test at the best epoch ({summary['best_epoch']}):\n" + format_metrics_table(test.metrics, config.ks))
+    write_test_ranks(run_dir, config, dataset, split, dataset_fingerprint, test.ranks, test.metrics, model_dir)
+    heading = f"test at the best epoch ({summary['best_epoch']})" if label == "best epoch" else f"test of the {label}"
+    tqdm.write(f"{heading}:\n" + format_metrics_table(test.metrics, config.ks))

@@ -81,8 +81,17 @@ def _value(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_steps: int) -> str:
-    """How much the run trains: epochs x steps (windows / batch size), and when it may stop earlier."""
+def plan_line(
+    config: TrainConfig, steps_per_epoch: int, windows: int, total_steps: int, refit_epochs: int | None = None
+) -> str:
+    """How much the run trains: epochs x steps (windows / batch size), and when it may stop earlier; a refit's
+    (`refit_epochs`: the epochs validation chose) trains that many epochs with nothing left to validate on."""
+    if refit_epochs is not None:
+        return (
+            f"refit: {refit_epochs} epoch{'s' if refit_epochs != 1 else ''} (the best on validation), each {steps_per_epoch:,} steps ({windows:,} "
+            f"windows of every interaction but each user's test target / batch {config.batch_size}); the model after "
+            "the last one is kept"
+        )
     epochs = config.epoch_limit
     stop = (
         f"at most {epochs} epochs, stopping after {config.patience} without a better valid {config.select_metric}"
@@ -92,7 +101,9 @@ def plan_line(config: TrainConfig, steps_per_epoch: int, windows: int, total_ste
     capped = f", capped at {total_steps:,} steps" if total_steps < epochs * steps_per_epoch else ""
     return (
         f"plan: {stop}; each epoch {steps_per_epoch:,} steps ({windows:,} training windows / batch {config.batch_size})"
-        f"{capped}, then validation; the time left shows in the progress bar after the first steps"
+        f"{capped}, then validation"
+        + ("; then a refit for as many epochs as validation chooses (--refit)" if config.refit else "")
+        + "; the time left shows in the progress bar after the first steps"
     )
 
 
@@ -108,7 +119,7 @@ def slow_text_hint(
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in under 6 minutes on
+    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in 6-7 minutes (its refit included) on
     MovieLens-100K, at lower quality than the full recipe trained on a GPU (docs/training.md, "A text run on a CPU").
     A run gets here only with the full recipe (asked for, or pre-training) or trained text layers asked for: the
     user chooses.
@@ -140,13 +151,16 @@ class RunClock:
 
     steps_per_epoch, total_steps: the run's plan (total_steps at most epoch_limit x steps_per_epoch); may_stop_early:
     early stopping can end it before total_steps (the estimate is then an upper bound); test: a test evaluation
-    follows the last epoch (about one validation's time).
+    follows the last epoch (about one validation's time); validates: a validation follows each epoch (not in a
+    refit); refit_steps: the steps of a refit that follows this run (at most this many: an upper bound).
     """
 
     steps_per_epoch: int
     total_steps: int
     may_stop_early: bool
     test: bool
+    validates: bool = True
+    refit_steps: int = 0
     # Weight of the newest step in the step time's moving average: 0.03 (about the last 30 steps) predicted the time
     # left of the logged runs as well as 0.1 or better (docs/benchmarks.md, "How close the time left is").
     smoothing: float = 0.03
@@ -205,9 +219,9 @@ class RunClock:
         per_step = self.seconds_per_step()
         if per_step is None:
             return None
-        steps_left = max(0, self.total_steps - global_step)
+        steps_left = max(0, self.total_steps - global_step) + self.refit_steps
         validations_left = math.ceil(self.total_steps / self.steps_per_epoch) - global_step // self.steps_per_epoch
-        validations_left = max(0, validations_left) + (1 if self.test else 0)
+        validations_left = (max(0, validations_left) if self.validates else 0) + (1 if self.test else 0)
         return steps_left * per_step + validations_left * (self.validation_seconds or 0.0)
 
     def describe(self, global_step: int) -> str | None:
@@ -215,8 +229,8 @@ class RunClock:
         left = self.seconds_left(global_step)
         if left is None:
             return None
-        bound = "<=" if self.may_stop_early else "~"
-        extra = " + validation" if self.validation_seconds is None else ""
+        bound = "<=" if self.may_stop_early or self.refit_steps else "~"
+        extra = " + validation" if self.validation_seconds is None and (self.validates or self.test) else ""
         return f"run {bound}{duration(left)}{extra} left"
 
 
@@ -224,10 +238,11 @@ def time_lines(clock: RunClock, global_step: int, text_trainable_layers: int | N
     """Printed once, after the first steps: how long the run's training will take, measured (and the CPU hint when
     trained text layers make it long)."""
     step = clock.seconds_per_step() or 0.0
-    steps_left = clock.total_steps - global_step
+    steps_left = clock.total_steps - global_step + clock.refit_steps
     training = step * steps_left
+    refit = f" (a refit's {clock.refit_steps:,} at most among them)" if clock.refit_steps else ""
     lines = [
-        f"time: {step:.2f} s per step measured; {steps_left:,} steps left, {duration(training)} of training; "
+        f"time: {step:.2f} s per step measured; {steps_left:,} steps left{refit}, {duration(training)} of training; "
         f"{clock.describe(global_step)} (shown in the progress bar)"
     ]
     hint = slow_text_hint(text_trainable_layers, device_type, training, from_table=clock.update_every > 1)

@@ -37,8 +37,12 @@ class RunData:
     log_popularity: torch.Tensor  # of the items the windows train on (the popularity correction)
 
 
-def run_data(dataset: Dataset, config: TrainConfig) -> RunData:
-    """Split the users' sequences and choose what training sees (a clear error when no user is left)."""
+def run_data(dataset: Dataset, config: TrainConfig, *, valid_targets: bool = False) -> RunData:
+    """Split the users' sequences and choose what training sees (a clear error when no user is left).
+
+    `valid_targets`: train on each user's sequence but its test target (a refit: the validation target, already
+    used to choose the epoch, is trained on too), not on the sequence before its validation target.
+    """
     split = leave_one_out(dataset.sequences, config.min_length, config.max_history)
     if split.num_users == 0:
         raise ConfigError(f"{dataset.root}: no user has at least {config.min_length} interactions")
@@ -47,8 +51,11 @@ def run_data(dataset: Dataset, config: TrainConfig) -> RunData:
     # A learning curve trains on a share of the users (nested samples); every user is still evaluated.
     train_rows = user_share_rows(split.num_users, config.train_user_share, config.train_user_seed)
     known = known_items(split, dataset.item_ids, config.known_items, rows=train_rows)
+    if valid_targets:  # a refit trains on them: they are known to it
+        known = np.union1d(known, split.valid_target[train_rows]).astype(np.int64)
     # Every epoch's windows; the popularity correction counts exactly the interactions these windows train on.
-    train_sequences = RaggedArray.from_rows(split.train).take(train_rows)
+    sequences = split.test_history if valid_targets else RaggedArray.from_rows(split.train)
+    train_sequences = sequences.take(train_rows)
     train_set = TrainSequences(train_sequences, config.max_length, config.window, config.seed)
     counts = torch.from_numpy(train_set.item_counts(dataset.num_items))
     return RunData(split, train_rows, known, train_set, log_popularity_from_counts(counts))

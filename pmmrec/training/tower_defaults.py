@@ -33,7 +33,8 @@ Recipe = Literal["auto", "full", "cpu"]
 # The CPU recipe: the best on validation among the settings that fit about 20 minutes on 2 cores (docs/benchmarks.md,
 # "Word-piece embeddings, and four other changes of the table recipe", and "Longer histories for the CPU recipe"):
 # 30 epochs run in full (the best one kept), since its validation dips for several epochs mid-run, which patience 5
-# would take for the end.
+# would take for the end. Then a refit on every interaction but the test target: "Training on the validation targets
+# too" there.
 CPU_RECIPE: dict[str, Any] = {
     "model.text_trainable_layers": 0,
     "model.dim": 128,
@@ -43,6 +44,7 @@ CPU_RECIPE: dict[str, Any] = {
     "fresh_lr": 3e-3,
     "epochs": 30,
     "patience": 30,
+    "refit": True,
 }
 RECIPE_DEPENDENT = tuple(CPU_RECIPE)  # dotted paths whose help states the CPU recipe's value beside the default
 # Recipe keys that a given component decides instead (its width; a given user encoder's learned positions).
@@ -88,9 +90,10 @@ def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
     if recipe == "full":
         return filled
     model_update = {}
+    fine_tuning = data.get("mode", "finetune") == "finetune"
     for path, value in CPU_RECIPE.items():
-        if any(fields.get(slot) for slot in DECIDED_BY_GIVEN.get(path, ())):
-            continue
+        if any(fields.get(slot) for slot in DECIDED_BY_GIVEN.get(path, ())) or (path == "refit" and not fine_tuning):
+            continue  # a refit is fine-tuning's: pre-training keeps its components' last state
         top, _, key = path.partition(".")
         if not key and top not in filled:
             filled[top] = value

@@ -24,7 +24,7 @@ from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
 from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_outcome
-from pmmrec.training.progress import RunClock, epoch_line, plan_line, start_lines, time_lines
+from pmmrec.training.progress import RunClock, duration, epoch_line, plan_line, start_lines, time_lines
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
@@ -51,8 +51,13 @@ class Trainer:
         progress: bool = True,
         config_file: str | None = None,
         announced: bool = False,
+        refit_epochs: int | None = None,
     ) -> None:
         self.config = config
+        # A refit (`config.refit`, after the run that chose its epoch count): trains `refit_epochs` epochs on the
+        # validation targets too, with the schedule of the run it repeats, validates nothing and keeps its last epoch.
+        self.refit_epochs = refit_epochs
+        self.epochs = refit_epochs if refit_epochs is not None else config.epoch_limit
         self.config_file = config_file
         self.announced = announced  # the run's first lines were printed already (`jobs.announce_run`)
         self.dataset = dataset
@@ -64,8 +69,10 @@ class Trainer:
         self.device = self.context.device
         # What a model folder of this run records: how the data was split and which dataset it was.
         self.split_record = {**config.split_record(), "dataset": dataset_fingerprint(dataset)}
+        if refit_epochs is not None:
+            self.split_record["valid_targets_trained"] = True
         torch.manual_seed(config.seed)
-        data = run_data(dataset, config)
+        data = run_data(dataset, config, valid_targets=refit_epochs is not None)
         self.split: LeaveOneOutSplit = data.split
         self.train_rows, self.known_items, self.train_set = data.train_rows, data.known_items, data.train_set
         freeze_and_check(model, config)
@@ -96,10 +103,15 @@ class Trainer:
             )
         order = epoch_order(len(self.train_set), 0, 0, self.context, config.passes_per_epoch)
         self.steps_per_epoch = math.ceil(len(order) / config.batch_size)
-        total = config.epoch_limit * self.steps_per_epoch
-        self.total_steps = min(total, config.max_steps) if config.max_steps else total
-        may_stop_early = config.epochs is None and config.patience is not None
-        self.clock = RunClock(self.steps_per_epoch, self.total_steps, may_stop_early, test=config.evaluate_test)
+        schedule = config.epoch_limit * self.steps_per_epoch  # a refit decays as the run it repeats did
+        schedule = min(schedule, config.max_steps) if config.max_steps else schedule
+        self.total_steps = min(schedule, self.epochs * self.steps_per_epoch)
+        refitting = refit_epochs is not None
+        may_stop_early = config.epochs is None and config.patience is not None and not refitting
+        self.tests = config.evaluate_test and (refitting or not config.refit)  # with a refit, its model is tested
+        refit_after = self.total_steps if config.refit and not refitting else 0  # at most: its epochs are chosen
+        self.clock = RunClock(self.steps_per_epoch, self.total_steps, may_stop_early, test=config.evaluate_test,
+                              validates=not refitting, refit_steps=refit_after)  # fmt: skip
         groups = parameter_groups(self.module, config)
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
@@ -115,7 +127,7 @@ class Trainer:
             train_users=len(self.train_rows),
         )
         self.optimizer = adamw(groups, self.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, schedule))
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     # ---- state ----------------------------------------------------------------------------------
@@ -223,13 +235,14 @@ class Trainer:
             if not self.announced:
                 for line in start_lines(self.config, self.run_dir, resuming, self.config_file):
                     tqdm.write(line)
-            tqdm.write(plan_line(self.config, self.steps_per_epoch, len(self.train_set), self.total_steps))
+            windows = len(self.train_set)
+            tqdm.write(plan_line(self.config, self.steps_per_epoch, windows, self.total_steps, self.refit_epochs))
             for notice in self.notices:
                 tqdm.write(f"notice: {notice}")
         stop = StopFlag()
         config = self.config
         with stop.installed():
-            while progress["epoch"] < config.epoch_limit and not self._done(progress):
+            while progress["epoch"] < self.epochs and not self._done(progress):
                 epoch = progress["epoch"]
                 self.model.train()
                 if self.table_per_epoch:
@@ -238,6 +251,9 @@ class Trainer:
                     self._start_stale_layers()
                 seconds = self._train_epoch(progress, epoch, stop)
                 self._flush_stale_layers()
+                if self.refit_epochs is not None:
+                    self._end_refit_epoch(progress, epoch, seconds)
+                    continue
                 self._end_epoch(progress, epoch, seconds)
                 last = progress["epoch"] >= config.epoch_limit  # every epoch ran: nothing was stopped early
                 if config.patience is not None and progress["stale_epochs"] >= config.patience and not last:
@@ -264,7 +280,7 @@ class Trainer:
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=progress["step_in_epoch"],
-            desc=f"{config.mode} epoch {epoch + 1}/{config.epoch_limit}",
+            desc=f"{'refit' if self.refit_epochs is not None else config.mode} epoch {epoch + 1}/{self.epochs}",
             unit="step",
             disable=bar_disable(self.progress and self.context.is_main),
             dynamic_ncols=True,
@@ -364,6 +380,22 @@ class Trainer:
         if self.config.save_checkpoints:
             self._save_last(progress)
 
+    def _end_refit_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
+        """A refit's epoch: nothing to validate on (it trains on the validation targets); its last one is the model."""
+        self._log({"event": "epoch", "epoch": epoch + 1, "seconds": seconds}, progress["global_step"])
+        progress["history"].append({"event": "refit", "epoch": epoch + 1, "seconds": seconds})
+        progress["best_epoch"] = epoch + 1
+        done = epoch + 1 >= self.epochs or self._done(progress)
+        if done and self.context.is_main:
+            self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.split_record)
+        if self.context.is_main:
+            left = self.clock.describe(progress["global_step"])
+            tqdm.write(f"refit epoch {epoch + 1}/{self.epochs}: {duration(seconds)} of training"
+                       + (f"; {left}" if left and not done else ""))  # fmt: skip
+        progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
+        if self.config.save_checkpoints:
+            self._save_last(progress)
+
     def _finish(self, progress: dict[str, Any]) -> TrainResult:
         if progress["best_epoch"] is not None and not self.folder.best_dir.is_dir():
             # Rank 0 wrote it: a rank that cannot see it would test another model than the best one.
@@ -375,7 +407,7 @@ class Trainer:
         best_model.sources = self.model.sources
         best_model.to(self.device)
         self.model = best_model
-        test = self._evaluate("test") if self.config.evaluate_test else None
+        test = self._evaluate("test") if self.tests else None
         test_metrics = test.metrics if test is not None else {}
         summary = run_summary(
             self.config, self.dataset, self.split, self.facts, progress, test_metrics,
@@ -387,7 +419,11 @@ class Trainer:
                 progress["global_step"],
             )
         if self.context.is_main:
-            write_outcome(self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], summary, test)
+            epochs = progress["best_epoch"]
+            label = f"refit ({epochs} epoch{'s' if epochs != 1 else ''})" if self.refit_epochs else "best epoch"
+            model_dir = self.run_dir.parent / "model" if self.refit_epochs else None  # a refit's: its run's model
+            write_outcome(self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], summary, test,
+                          label, model_dir)  # fmt: skip
         barrier(self.context)
         return TrainResult(
             run_dir=self.run_dir,
@@ -397,4 +433,5 @@ class Trainer:
             history=progress["history"],
             model=best_model,
             test_ranks=test.ranks if test is not None else None,
+            summary=summary,
         )
