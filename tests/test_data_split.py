@@ -89,7 +89,8 @@ def test_split_record_round_trip_and_refusals(tmp_path) -> None:  # type: ignore
     write_split_record(tmp_path, {"min_length": 3, "valid_targets_trained": True})  # a refit's model: written then
     assert read_split_record(tmp_path)["valid_targets_trained"] is True
     write_split_record(tmp_path, {"min_length": 3, "valid_targets_trained": False})  # else left out, and read as absent
-    assert "valid_targets_trained" not in json.loads(path.read_text()) and "valid_targets_trained" not in read_split_record(tmp_path)
+    assert "valid_targets_trained" not in json.loads(path.read_text())
+    assert "valid_targets_trained" not in read_split_record(tmp_path)
     path.write_text(json.dumps([3]), encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"expected an object with keys {keys}$"):
         read_split_record(tmp_path)

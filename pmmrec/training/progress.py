@@ -87,10 +87,11 @@ def plan_line(
     """How much the run trains: epochs x steps (windows / batch size), and when it may stop earlier; a refit's
     (`refit_epochs`: the epochs validation chose) trains that many epochs with nothing left to validate on."""
     if refit_epochs is not None:
+        plural = "s" if refit_epochs != 1 else ""
         return (
-            f"refit: {refit_epochs} epoch{'s' if refit_epochs != 1 else ''} (the best on validation), each {steps_per_epoch:,} steps ({windows:,} "
-            f"windows of every interaction but each user's test target / batch {config.batch_size}); the model after "
-            "the last one is kept"
+            f"refit: {refit_epochs} epoch{plural} (the best on validation), each {steps_per_epoch:,} steps "
+            f"({windows:,} windows of every interaction but each user's test target / batch {config.batch_size}); "
+            "the model after the last one is kept"
         )
     epochs = config.epoch_limit
     stop = (
@@ -119,8 +120,9 @@ def slow_text_hint(
 ) -> str | None:
     """The line that tells a user of a long CPU run with trained text layers how to make it much shorter, or None.
 
-    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in 6-7 minutes (its refit included) on
-    MovieLens-100K, at lower quality than the full recipe trained on a GPU (docs/training.md, "A text run on a CPU").
+    On 2 CPU cores the full recipe's text run trains for hours; the CPU recipe trains in 6-7 minutes (its refit
+    included) on MovieLens-100K, at lower quality than the full recipe trained on a GPU (docs/training.md, "A text run
+    on a CPU").
     A run gets here only with the full recipe (asked for, or pre-training) or trained text layers asked for: the
     user chooses.
     `from_table`: the run already trains its layers from the table.

@@ -422,8 +422,8 @@ class Trainer:
             epochs = progress["best_epoch"]
             label = f"refit ({epochs} epoch{'s' if epochs != 1 else ''})" if self.refit_epochs else "best epoch"
             model_dir = self.run_dir.parent / "model" if self.refit_epochs else None  # a refit's: its run's model
-            write_outcome(self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], summary, test,
-                          label, model_dir)  # fmt: skip
+            fingerprint = self.split_record["dataset"]
+            write_outcome(self.run_dir, self.config, self.dataset, self.split, fingerprint, summary, test, label, model_dir)
         barrier(self.context)
         return TrainResult(
             run_dir=self.run_dir,
