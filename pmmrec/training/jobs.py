@@ -4,7 +4,6 @@ write the artefacts (pretrain: one folder per component; finetune: the assembled
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,13 +12,12 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from pmmrec.cards import TrainingFacts
-from pmmrec.comparison import RUN_RANKS
 from pmmrec.components import Component, CreateOptions, ItemEncoder, TextEncoder, create_component, default_heads
 from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset, registered_readers
 from pmmrec.distributed import choose_device
 from pmmrec.errors import ConfigError, describe_validation_error
-from pmmrec.fileio import atomic_file, write_json
+from pmmrec.fileio import write_json
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
 from pmmrec.training.config import (
@@ -140,8 +138,8 @@ def training_facts(
 def refit(result: TrainResult, trainer: Trainer, spec: ModelConfig, resume: bool) -> tuple[TrainResult, Trainer]:
     """`config.refit`: the model trained again from the same start, in RUN/refit (its own checkpoints: it resumes
     there), on every interaction but each user's test target, for the epochs validation chose; RUN/summary.json then
-    holds its test (and RUN/test_ranks.json its ranks) beside the chosen run's validation. Nothing to refit when no
-    epoch was validated (a run stopped by --max-steps inside its first epoch)."""
+    holds its test beside the chosen run's validation (RUN/test_ranks.json, its ranks, it writes itself). Nothing to
+    refit when no epoch was validated (a run stopped by --max-steps inside its first epoch)."""
     if result.best_epoch is None:
         return result, trainer
     out, config, dataset = trainer.run_dir, trainer.config, trainer.dataset
@@ -161,10 +159,7 @@ def refit(result: TrainResult, trainer: Trainer, spec: ModelConfig, resume: bool
         "refit": {"epochs": result.best_epoch, "folder": "refit", "train_windows": len(refitter.train_set)},
     }
     if refitter.context.is_main:
-        write_json(out / "summary.json", summary)
-        if refitted.test_ranks is not None:
-            with open(refit_dir / RUN_RANKS, "rb") as source, atomic_file(out / RUN_RANKS, "wb", None) as target:
-                shutil.copyfileobj(source, target)
+        write_json(out / "summary.json", summary)  # RUN/test_ranks.json: the refit wrote it
     chosen = TrainResult(
         run_dir=out, best_epoch=result.best_epoch, best_valid=result.best_valid, test=refitted.test,
         history=result.history, model=refitted.model, test_ranks=refitted.test_ranks, summary=summary,

@@ -102,12 +102,11 @@ def write_test_ranks(
     dataset_fingerprint: dict[str, Any],
     ranks: np.ndarray,
     metrics: dict[str, float],
-    model_dir: Path | None = None,
 ) -> None:
     """RUN/test_ranks.json: the best model's test ranks per user, as `pmmrec evaluate --json` writes them (what
-    `pmmrec compare RUN...` reads); the model is RUN/model unless `model_dir` says."""
+    `pmmrec compare RUN...` reads)."""
     document = evaluation_document(
-        model=str(model_dir or run_dir / "model"), data=str(dataset.root), split="test",
+        model=str(run_dir / "model"), data=str(dataset.root), split="test",
         settings={"min_length": config.min_length, "max_history": config.max_history,
                   "max_length": config.max_length, "exclude_seen": True},
         metrics=metrics, users=[dataset.user_ids[row] for row in split.user_rows], ranks=ranks,
@@ -124,14 +123,15 @@ def write_outcome(
     dataset_fingerprint: dict[str, Any],
     summary: dict[str, Any],
     test: EvaluationResult | None,
-    label: str = "best epoch",
-    model_dir: Path | None = None,
+    *,
+    heading: str | None = None,
+    ranks_dir: Path | None = None,
 ) -> None:
-    """RUN/summary.json; after a test, RUN/test_ranks.json and the test metrics printed (of the best epoch's model, or
-    the `label`led one)."""
+    """RUN/summary.json; after a test, test_ranks.json (in `ranks_dir`, default RUN: a refit's go to its run's
+    folder, beside the model they rank) and the test metrics printed under `heading` (default: the best epoch's)."""
     write_json(run_dir / "summary.json", summary)
     if test is None:
         return
-    write_test_ranks(run_dir, config, dataset, split, dataset_fingerprint, test.ranks, test.metrics, model_dir)
-    heading = f"test at the best epoch ({summary['best_epoch']})" if label == "best epoch" else f"test of the {label}"
+    write_test_ranks(ranks_dir or run_dir, config, dataset, split, dataset_fingerprint, test.ranks, test.metrics)
+    heading = heading or f"test at the best epoch ({summary['best_epoch']})"
     tqdm.write(f"{heading}:\n" + format_metrics_table(test.metrics, config.ks))

@@ -87,9 +87,8 @@ def plan_line(
     """How much the run trains: epochs x steps (windows / batch size), and when it may stop earlier; a refit's
     (`refit_epochs`: the epochs validation chose) trains that many epochs with nothing left to validate on."""
     if refit_epochs is not None:
-        plural = "s" if refit_epochs != 1 else ""
         return (
-            f"refit: {refit_epochs} epoch{plural} (the best on validation), each {steps_per_epoch:,} steps "
+            f"refit: {epochs_text(refit_epochs)} (the best on validation), each {steps_per_epoch:,} steps "
             f"({windows:,} windows of every interaction but each user's test target / batch {config.batch_size}); "
             "the model after the last one is kept"
         )
@@ -106,6 +105,25 @@ def plan_line(
         + ("; then a refit for as many epochs as validation chooses (--refit)" if config.refit else "")
         + "; the time left shows in the progress bar after the first steps"
     )
+
+
+def epochs_text(epochs: int) -> str:
+    """`1 epoch`, `24 epochs`."""
+    return f"{epochs} epoch{'s' if epochs != 1 else ''}"
+
+
+def run_clock(config: TrainConfig, steps_per_epoch: int, refit_epochs: int | None = None) -> tuple[int, RunClock]:
+    """(the steps the learning-rate schedule spans, the clock of the steps this run trains). A refit
+    (`refit_epochs`) trains that many epochs under the schedule of the run it repeats and validates nothing; a run
+    that a refit follows counts the refit's steps, at most its own (its epochs are chosen later)."""
+    schedule = config.epoch_limit * steps_per_epoch
+    schedule = min(schedule, config.max_steps) if config.max_steps else schedule
+    refitting = refit_epochs is not None
+    total = min(schedule, refit_epochs * steps_per_epoch) if refit_epochs is not None else schedule
+    may_stop_early = config.epochs is None and config.patience is not None and not refitting
+    clock = RunClock(steps_per_epoch, total, may_stop_early, test=config.evaluate_test, validates=not refitting,
+                     refit_steps=total if config.refit and not refitting else 0)  # fmt: skip
+    return schedule, clock
 
 
 # A CPU run expected to train longer than this gets `slow_text_hint`'s line.

@@ -24,7 +24,7 @@ from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
 from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_outcome
-from pmmrec.training.progress import RunClock, duration, epoch_line, plan_line, start_lines, time_lines
+from pmmrec.training.progress import duration, epoch_line, epochs_text, plan_line, run_clock, start_lines, time_lines
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
@@ -103,15 +103,10 @@ class Trainer:
             )
         order = epoch_order(len(self.train_set), 0, 0, self.context, config.passes_per_epoch)
         self.steps_per_epoch = math.ceil(len(order) / config.batch_size)
-        schedule = config.epoch_limit * self.steps_per_epoch  # a refit decays as the run it repeats did
-        schedule = min(schedule, config.max_steps) if config.max_steps else schedule
-        self.total_steps = min(schedule, self.epochs * self.steps_per_epoch)
-        refitting = refit_epochs is not None
-        may_stop_early = config.epochs is None and config.patience is not None and not refitting
-        self.tests = config.evaluate_test and (refitting or not config.refit)  # with a refit, its model is tested
-        refit_after = self.total_steps if config.refit and not refitting else 0  # at most: its epochs are chosen
-        self.clock = RunClock(self.steps_per_epoch, self.total_steps, may_stop_early, test=config.evaluate_test,
-                              validates=not refitting, refit_steps=refit_after)  # fmt: skip
+        schedule, self.clock = run_clock(config, self.steps_per_epoch, refit_epochs)
+        self.total_steps = self.clock.total_steps
+        # with a refit, the refit's model is the one tested
+        self.tests = config.evaluate_test and (refit_epochs is not None or not config.refit)
         groups = parameter_groups(self.module, config)
         if not groups:
             raise ConfigError("nothing to train: every component is frozen")
@@ -419,11 +414,12 @@ class Trainer:
                 progress["global_step"],
             )
         if self.context.is_main:
-            epochs = progress["best_epoch"]
-            label = f"refit ({epochs} epoch{'s' if epochs != 1 else ''})" if self.refit_epochs else "best epoch"
-            model_dir = self.run_dir.parent / "model" if self.refit_epochs else None  # a refit's: its run's model
-            fingerprint = self.split_record["dataset"]
-            write_outcome(self.run_dir, self.config, self.dataset, self.split, fingerprint, summary, test, label, model_dir)
+            refit = self.refit_epochs is not None  # its test is its run's: RUN/test_ranks.json, of RUN/model
+            write_outcome(
+                self.run_dir, self.config, self.dataset, self.split, self.split_record["dataset"], summary, test,
+                heading=f"test of the refit ({epochs_text(progress['best_epoch'])})" if refit else None,
+                ranks_dir=self.run_dir.parent if refit else None,
+            )  # fmt: skip
         barrier(self.context)
         return TrainResult(
             run_dir=self.run_dir,
