@@ -30,7 +30,8 @@ import torch
 from _measure import finish_step_benchmark, step_arguments, step_rows
 
 from pmmrec.data import load_dataset
-from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.config import finetune_defaults
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.jobs import build_model
 from pmmrec.training.trainer import Trainer
 

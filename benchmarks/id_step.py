@@ -34,7 +34,8 @@ from torch import nn
 from pmmrec.components._dropout import UniformDropout
 from pmmrec.data import load_dataset
 from pmmrec.objectives import next_item
-from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.config import finetune_defaults
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.jobs import build_model
 from pmmrec.training.trainer import Trainer
 

@@ -31,7 +31,8 @@ from _measure import write_figures
 from gpu_train_step import build_model, clip_b32_encoder
 from train_step import demo_text_encoder, paper_text_encoder
 
-from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.config import finetune_defaults
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.module import TrainingModule
 from pmmrec.training.optim import parameter_groups
 

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from pmmrec.cli import app
 from pmmrec.commands import DEVICE_HELP
 from pmmrec.training import progress
-from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.config import finetune_defaults
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.progress import SLOW_RUN_SECONDS, slow_text_hint
 
 ROOT = Path(__file__).resolve().parents[1]

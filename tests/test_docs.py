@@ -74,7 +74,8 @@ def test_readme_states_how_long_each_demo_takes() -> None:
 
 
 def test_example_training_config_is_valid() -> None:
-    from pmmrec.training.config import finetune_defaults, load_train_config
+    from pmmrec.training.config import finetune_defaults
+    from pmmrec.training.config_loading import load_train_config
 
     config = load_train_config(finetune_defaults(), ROOT / "examples" / "finetune.yaml")
     assert config.component_lr == {"user": 5.0e-4} and config.objectives.weights.nid == 0.1
@@ -138,7 +139,8 @@ def test_configs_are_the_demo_runs_settings() -> None:
     (pmmrec/demo/rows.py): a change of the demo's settings fails here until the files are generated again."""
     import importlib.util
 
-    from pmmrec.training.config import load_train_config, mode_defaults
+    from pmmrec.training.config import mode_defaults
+    from pmmrec.training.config_loading import load_train_config
 
     spec = importlib.util.spec_from_file_location("demo_configs", ROOT / "tools" / "demo_configs.py")
     assert spec is not None and spec.loader is not None

@@ -22,7 +22,8 @@ from pmmrec.data.dataset import MAX_LINE_BYTES, validate_text
 from pmmrec.errors import ArtefactError, ConfigError, DatasetError
 from pmmrec.model import MANIFEST_FILE, PMMRec
 from pmmrec.training import run_dir as ckpt
-from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.config import finetune_defaults
+from pmmrec.training.config_loading import load_train_config
 
 pytestmark = pytest.mark.robustness
 

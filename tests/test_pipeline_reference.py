@@ -27,7 +27,8 @@ from pmmrec.data import Dataset, TrainSequences, leave_one_out, load_dataset
 from pmmrec.inference import EvaluationResult, make_collator
 from pmmrec.model import PMMRec
 from pmmrec.objectives import corrupt_slots
-from pmmrec.training.config import TrainConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.config import TrainConfig, finetune_defaults, pretrain_defaults
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.module import TrainingModule
 from pmmrec.training.trainer import Trainer
 
@@ -196,7 +197,7 @@ def small_config(mode: str = "finetune", **overrides: Any) -> TrainConfig:
     defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
     base = {"max_length": tiny.MAX_LENGTH, "batch_size": 4, "epochs": 1, "device": "cpu", "ks": [5, 10]}
     if mode == "finetune":
-        base["refit"] = False  # a Trainer alone tests its best epoch (a refit is jobs.refit's second Trainer)
+        base["refit"] = False  # a Trainer alone tests its best epoch (a refit is refit.RefitTrainer, a second Trainer)
     return load_train_config(defaults, None, base | overrides)
 
 

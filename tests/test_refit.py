@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError, PmmrecWarning
-from pmmrec.training import trainer as loop
-from pmmrec.training.config import finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.config import finetune_defaults, pretrain_defaults
+from pmmrec.training.config_loading import load_train_config
+from pmmrec.training.refit import RefitTrainer
 from pmmrec.training.setup import run_data
 
 
@@ -89,15 +90,15 @@ def test_an_interrupted_refit_resumes_to_the_uninterrupted_model(
     straight = tmp_path / "straight"
     finetune(tiny_dataset, straight)
     assert json.loads((straight / "summary.json").read_text())["best_epoch"] >= 2  # a refit epoch after the first
-    end_epoch = loop.Trainer._end_refit_epoch
+    end_epoch = RefitTrainer._end_epoch
 
-    def crash_after_the_first(self: loop.Trainer, progress: dict, epoch: int, seconds: float) -> None:
+    def crash_after_the_first(self: RefitTrainer, progress: dict, epoch: int, seconds: float) -> None:
         end_epoch(self, progress, epoch, seconds)
         raise RuntimeError("crash after the refit's first epoch and its checkpoint")
 
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(loop.Trainer, "_end_refit_epoch", crash_after_the_first)
+        patch.setattr(RefitTrainer, "_end_epoch", crash_after_the_first)
         with pytest.raises(AssertionError) as failure:
             finetune(tiny_dataset, run)
     assert re.search(r"refit epoch 1/3: \d+s of training; run ~\d+s left\s*$", str(failure.value))  # then the crash

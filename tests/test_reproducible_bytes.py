@@ -87,7 +87,8 @@ def test_runs_without_the_option_keep_their_config_text() -> None:
     # it, or a run started before the option existed could not be resumed.
     import yaml
 
-    from pmmrec.training.config import finetune_defaults, load_train_config
+    from pmmrec.training.config import finetune_defaults
+    from pmmrec.training.config_loading import load_train_config
     from pmmrec.training.config_yaml import dump_train_config
 
     default = yaml.safe_load(dump_train_config(load_train_config(finetune_defaults())))

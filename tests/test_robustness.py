@@ -30,7 +30,8 @@ from pmmrec.errors import ArtefactError, ConfigError, DatasetError, PmmrecError,
 from pmmrec.fileio import WriteError, atomic_directory
 from pmmrec.references import Reference, format_hub_reference, parse_reference, resolve_reference
 from pmmrec.training import run_dir as ckpt
-from pmmrec.training.config import finetune_defaults, load_train_config
+from pmmrec.training.config import finetune_defaults
+from pmmrec.training.config_loading import load_train_config
 
 pytestmark = pytest.mark.robustness
 

@@ -18,9 +18,9 @@ from pmmrec.training.config import (
     ModelConfig,
     TrainConfig,
     finetune_defaults,
-    load_train_config,
     pretrain_defaults,
 )
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.flat_options import config_field
 from pmmrec.training.jobs import build_model

@@ -21,7 +21,8 @@ from pmmrec.data import load_dataset
 from pmmrec.errors import ConfigError
 from pmmrec.model import PMMRec
 from pmmrec.prefix_cache import FrozenPrefixCache
-from pmmrec.training.config import ModelConfig, finetune_defaults, load_train_config, pretrain_defaults
+from pmmrec.training.config import ModelConfig, finetune_defaults, pretrain_defaults
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.flat_options import overrides_from_options
 from pmmrec.training.jobs import build_model
 from pmmrec.training.module import TrainingModule

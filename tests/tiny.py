@@ -286,7 +286,8 @@ def text_model() -> PMMRec:
 def train_config(mode: str = "finetune", **overrides: Any) -> Any:
     """A TrainConfig for the tiny runs: the mode's defaults (the full recipe's: tests/test_cpu_recipe.py tests the
     CPU recipe), one epoch, batches of 4, the tiny max_length, on CPU."""
-    from pmmrec.training.config import finetune_defaults, load_train_config, pretrain_defaults
+    from pmmrec.training.config import finetune_defaults, pretrain_defaults
+    from pmmrec.training.config_loading import load_train_config
 
     defaults = pretrain_defaults() if mode == "pretrain" else finetune_defaults()
     base = {"max_length": MAX_LENGTH, "batch_size": 4, "epochs": 1, "device": "cpu", "ks": [5, 10], "recipe": "full"}

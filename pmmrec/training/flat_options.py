@@ -11,7 +11,8 @@ from pydantic.fields import FieldInfo
 from pmmrec.errors import ConfigError
 from pmmrec.objectives import registered_objectives
 from pmmrec.slots import MODALITY_SLOTS, REFERENCE_SLOTS
-from pmmrec.training.config import TrainConfig, config_value, load_train_config, mode_defaults
+from pmmrec.training.config import TrainConfig, mode_defaults
+from pmmrec.training.config_loading import config_value, load_train_config
 
 TRAIN_OPTIONS: dict[str, str] = {
     **{slot: f"model.{slot}" for slot in REFERENCE_SLOTS},

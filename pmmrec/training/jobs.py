@@ -17,20 +17,20 @@ from pmmrec.components.options import DEFAULT_DIM
 from pmmrec.data import Dataset, load_dataset, registered_readers
 from pmmrec.distributed import choose_device
 from pmmrec.errors import ConfigError, describe_validation_error
-from pmmrec.fileio import write_json
 from pmmrec.model import ComponentSource, PMMRec, common_width, load_slot
 from pmmrec.slots import CONTENT_SLOTS, MODALITY_SLOTS, REFERENCE_SLOTS, SLOT
 from pmmrec.training.config import (
     ModelConfig,
     TrainConfig,
     finetune_defaults,
-    load_train_config,
     pretrain_defaults,
 )
+from pmmrec.training.config_loading import load_train_config
 from pmmrec.training.config_yaml import dump_train_config
 from pmmrec.training.determinism import deterministic_mode
 from pmmrec.training.outcome import TrainResult
 from pmmrec.training.progress import start_lines
+from pmmrec.training.refit import refit
 from pmmrec.training.run_dir import check_run_folder
 from pmmrec.training.trainer import Trainer
 
@@ -135,38 +135,6 @@ def training_facts(
     )
 
 
-def refit(result: TrainResult, trainer: Trainer, spec: ModelConfig, resume: bool) -> tuple[TrainResult, Trainer]:
-    """`config.refit`: the model trained again from the same start, in RUN/refit (its own checkpoints: it resumes
-    there), on every interaction but each user's test target, for the epochs validation chose; RUN/summary.json then
-    holds its test beside the chosen run's validation (RUN/test_ranks.json, its ranks, it writes itself). Nothing to
-    refit when no epoch was validated (a run stopped by --max-steps inside its first epoch)."""
-    if result.best_epoch is None:
-        return result, trainer
-    out, config, dataset = trainer.run_dir, trainer.config, trainer.dataset
-    refit_dir = out / "refit"
-    model = build_model(spec, dataset, config.max_length, config.seed)
-    _record_sources(model, spec)
-    resuming = resume and os.path.lexists(refit_dir / "config.yaml")
-    refitter = Trainer(
-        model, dataset, config, refit_dir, resume=resuming, progress=trainer.progress, announced=True,
-        refit_epochs=result.best_epoch,
-    )  # fmt: skip
-    refitter.clock.validation_seconds = trainer.clock.validation_seconds  # the test's time, as the run measured it
-    refitted = refitter.run()
-    summary = {
-        **result.summary,
-        "test": refitted.test,
-        "refit": {"epochs": result.best_epoch, "folder": "refit", "train_windows": len(refitter.train_set)},
-    }
-    if refitter.context.is_main:
-        write_json(out / "summary.json", summary)  # RUN/test_ranks.json: the refit wrote it
-    chosen = TrainResult(
-        run_dir=out, best_epoch=result.best_epoch, best_valid=result.best_valid, test=refitted.test,
-        history=result.history, model=refitted.model, test_ranks=refitted.test_ranks, summary=summary,
-    )  # fmt: skip
-    return chosen, refitter
-
-
 def announce_run(config: TrainConfig, out: Path, resume: bool, config_file: str | None) -> None:
     """Before anything is loaded: refuse a run folder or device the run cannot use, then print the run's first
     lines (its folder and the settings that differ from the command's defaults; rank 0 only)."""
@@ -217,7 +185,13 @@ def train(
         )  # fmt: skip
         result = trainer.run()
         if mode == "finetune" and config.refit:
-            result, trainer = refit(result, trainer, spec, resume)
+
+            def fresh_model() -> PMMRec:  # the run's start again (same seed)
+                model = build_model(spec, dataset, config.max_length, config.seed)
+                _record_sources(model, spec)
+                return model
+
+            result, trainer = refit(result, trainer, fresh_model, resume)
     if trainer.context.is_main and result.model is not None:
         facts = training_facts(result, dataset, config, trainer.facts.objectives, trainer.facts.learning_rates)
         if mode == "pretrain":

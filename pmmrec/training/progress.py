@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pmmrec.training.config import DEFAULT_TOWER, TrainConfig, deep_merge, load_train_config, mode_defaults
+from pmmrec.training.config import DEFAULT_TOWER, TrainConfig, mode_defaults
+from pmmrec.training.config_loading import deep_merge, load_train_config
 
 
 def start_lines(config: TrainConfig, run_dir: Path, resuming: bool, config_file: str | None = None) -> list[str]:

@@ -26,7 +26,8 @@ from pmmrec.fileio import WriteError, atomic_directory, atomic_file, follow_umas
 from pmmrec.jsonfile import read_json_file, validate_strictly
 from pmmrec.recovery import recover, recover_children
 from pmmrec.schemas import ProgressFile
-from pmmrec.training.config import load_train_config, mode_defaults
+from pmmrec.training.config import mode_defaults
+from pmmrec.training.config_loading import load_train_config
 
 WEIGHTS = "training_module.safetensors"
 STATE = "trainer_state.pt"

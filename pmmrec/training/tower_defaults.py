@@ -49,6 +49,8 @@ CPU_RECIPE: dict[str, Any] = {
 RECIPE_DEPENDENT = tuple(CPU_RECIPE)  # dotted paths whose help states the CPU recipe's value beside the default
 # Recipe keys that a given component decides instead (its width; a given user encoder's learned positions).
 DECIDED_BY_GIVEN: dict[str, tuple[str, ...]] = {"model.dim": REFERENCE_SLOTS, "max_length": ("user",)}
+# Recipe keys only fine-tuning has (a refit is fine-tuning's: pre-training keeps its components' last state).
+FINETUNE_ONLY: tuple[str, ...] = ("refit",)
 
 
 def cpu_recipe_text(path: str) -> str:
@@ -92,8 +94,8 @@ def with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
     model_update = {}
     fine_tuning = data.get("mode", "finetune") == "finetune"
     for path, value in CPU_RECIPE.items():
-        if any(fields.get(slot) for slot in DECIDED_BY_GIVEN.get(path, ())) or (path == "refit" and not fine_tuning):
-            continue  # a refit is fine-tuning's: pre-training keeps its components' last state
+        if any(fields.get(slot) for slot in DECIDED_BY_GIVEN.get(path, ())) or (path in FINETUNE_ONLY and not fine_tuning):
+            continue
         top, _, key = path.partition(".")
         if not key and top not in filled:
             filled[top] = value

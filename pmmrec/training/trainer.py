@@ -24,7 +24,7 @@ from pmmrec.training.control import StopFlag, epoch_order
 from pmmrec.training.module import item_tower_frozen
 from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter_groups, slot_learning_rates
 from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_outcome
-from pmmrec.training.progress import duration, epoch_line, epochs_text, plan_line, run_clock, start_lines, time_lines
+from pmmrec.training.progress import epoch_line, epochs_text, plan_line, run_clock, start_lines, time_lines
 from pmmrec.training.reporting import Reporters
 from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
@@ -195,19 +195,10 @@ class Trainer:
         else:
             table = self.module.prefix_cache.item_table(self.model) if self.module.prefix_cache is not None else None
         return evaluate_split(
-            self.model,
-            self.split,
-            which,
-            self.collator,
-            self.dataset.num_items,
-            self.device,
-            self.context,
-            ks=self.config.ks,
-            batch_size=self.config.eval_batch_size,
-            item_batch_size=self.config.item_batch_size,
-            item_table=table,
-            max_length=self.config.max_length,
-        )
+            self.model, self.split, which, self.collator, self.dataset.num_items, self.device, self.context,
+            ks=self.config.ks, batch_size=self.config.eval_batch_size, item_batch_size=self.config.item_batch_size,
+            item_table=table, max_length=self.config.max_length,
+        )  # fmt: skip
 
     # ---- the run ----------------------------------------------------------------------------------
 
@@ -246,9 +237,6 @@ class Trainer:
                     self._start_stale_layers()
                 seconds = self._train_epoch(progress, epoch, stop)
                 self._flush_stale_layers()
-                if self.refit_epochs is not None:
-                    self._end_refit_epoch(progress, epoch, seconds)
-                    continue
                 self._end_epoch(progress, epoch, seconds)
                 last = progress["epoch"] >= config.epoch_limit  # every epoch ran: nothing was stopped early
                 if config.patience is not None and progress["stale_epochs"] >= config.patience and not last:
@@ -314,20 +302,11 @@ class Trainer:
             if self.clock.announce_due(ANNOUNCE_AFTER_STEPS) and self.context.is_main:
                 self._announce_time(progress["global_step"])
             bar.update(1)
-            self._log(
-                {
-                    "event": "step",
-                    "epoch": epoch + 1,
-                    "step": progress["global_step"],
-                    **values,
-                    **{f"lr_{group['slot']}": group["lr"] for group in self.optimizer.param_groups},
-                    "items_per_s": rate,
-                    "data_wait_s": data_wait,
-                    "step_s": step_seconds,
-                    **({"update_s": update} if update else {}),
-                },
-                progress["global_step"],
-            )
+            record = {"event": "step", "epoch": epoch + 1, "step": progress["global_step"], **values,
+                      **{f"lr_{group['slot']}": group["lr"] for group in self.optimizer.param_groups},
+                      "items_per_s": rate, "data_wait_s": data_wait, "step_s": step_seconds,
+                      **({"update_s": update} if update else {})}  # fmt: skip
+            self._log(record, progress["global_step"])
             mark = time.perf_counter()
             if self._done(progress):
                 break
@@ -371,22 +350,6 @@ class Trainer:
             left = self.clock.describe(progress["global_step"])
             best = (progress["best"], progress["best_epoch"])
             tqdm.write(epoch_line(self.config, epoch + 1, score, best, (seconds, eval_seconds), left))
-        progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
-        if self.config.save_checkpoints:
-            self._save_last(progress)
-
-    def _end_refit_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
-        """A refit's epoch: nothing to validate on (it trains on the validation targets); its last one is the model."""
-        self._log({"event": "epoch", "epoch": epoch + 1, "seconds": seconds}, progress["global_step"])
-        progress["history"].append({"event": "refit", "epoch": epoch + 1, "seconds": seconds})
-        progress["best_epoch"] = epoch + 1
-        done = epoch + 1 >= self.epochs or self._done(progress)
-        if done and self.context.is_main:
-            self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.split_record)
-        if self.context.is_main:
-            left = self.clock.describe(progress["global_step"])
-            tqdm.write(f"refit epoch {epoch + 1}/{self.epochs}: {duration(seconds)} of training"
-                       + (f"; {left}" if left and not done else ""))  # fmt: skip
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         if self.config.save_checkpoints:
             self._save_last(progress)
