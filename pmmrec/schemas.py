@@ -153,6 +153,13 @@ class SplitRecordFile(_Closed):
         return self
 
 
+class FrozenFile(_Closed):
+    """frozen.json of a training checkpoint: the frozen parameters it leaves out, and one sha256 of their values."""
+
+    names: list[str] = Field(min_length=1)
+    sha256: Sha256
+
+
 class ProgressFile(_Closed):
     """progress.json of a training checkpoint: where the run stands."""
 

@@ -54,6 +54,8 @@ def test_ddp_finetune_with_two_processes_completes(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["gather_negatives"] is True
     assert summary["users"] == NUM_USERS and len(summary["history"]) == 2
+    # A text run on a CPU takes the CPU recipe, whose refit trains in the same process group (RUN/model is its own).
+    assert summary["refit"]["epochs"] == summary["best_epoch"], summary.keys()
     # 15 users padded to 16 and split over 2 processes: 8 each, 2 batches of 4 per epoch.
     assert summary["steps"] == 2 * 2
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

@@ -195,12 +195,18 @@ def test_the_fused_adamw_updates_as_the_reference_for_loop_does() -> None:
 def test_freeze_keeps_a_component_fixed_while_the_rest_trains(tmp_path: Path, dataset_dir: Path) -> None:
     model = text_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    Trainer(model, load_dataset(dataset_dir), config(freeze=["text"], max_steps=2), tmp_path / "run", progress=False).run()
-    after = load_file(tmp_path / "run" / "checkpoints" / "last" / "training_module.safetensors")
+    trainer = Trainer(model, load_dataset(dataset_dir), config(freeze=["text"], max_steps=2), tmp_path / "run", progress=False)
+    trainer.run()
+    after = trainer.module.state_dict()
     text_keys = [k for k in before if k.startswith("text.")]
     user_keys = [k for k in before if k.startswith("user.")]
     assert all(torch.equal(before[k], after[f"model.{k}"]) for k in text_keys)
     assert any(not torch.equal(before[k], after[f"model.{k}"]) for k in user_keys)
+    # The checkpoint leaves the frozen component out and names it (a resume takes it from the run's components).
+    checkpoint = tmp_path / "run" / "checkpoints" / "last"
+    frozen = json.loads((checkpoint / "frozen.json").read_text())["names"]
+    assert sorted(frozen) == sorted(f"model.{k}" for k in text_keys if k in dict(model.named_parameters()))
+    assert not set(frozen) & set(load_file(checkpoint / "training_module.safetensors"))
     with pytest.raises(ConfigError, match="every component is frozen"):
         Trainer(text_model(), load_dataset(dataset_dir), config(freeze=["text", "user"]), tmp_path / "r2", progress=False)
     with pytest.raises(ConfigError, match="no vision component"):

@@ -21,7 +21,8 @@ from pmmrec.training.trainer import Trainer
 
 class RefitTrainer(Trainer):
     """Trains `epochs` epochs on every interaction but each user's test target, with the schedule of the run it
-    repeats; validates nothing (the validation targets are training data here) and keeps its last epoch."""
+    repeats; validates nothing (the validation targets are training data here) and keeps its last epoch: RUN/model,
+    written by the job (its checkpoint is what a resume needs, so the refit keeps no best/ beside them)."""
 
     def __init__(
         self, model: PMMRec, dataset: Dataset, config: TrainConfig, run_dir: Path, *, epochs: int, resume: bool,
@@ -32,13 +33,11 @@ class RefitTrainer(Trainer):
         )
 
     def _end_epoch(self, progress: dict[str, Any], epoch: int, seconds: float) -> None:
-        """Nothing to validate on; the last epoch is saved as the model."""
+        """Nothing to validate on; the checkpoint of the last epoch holds the model (no best/ of its own)."""
         self._log({"event": "epoch", "epoch": epoch + 1, "seconds": seconds}, progress["global_step"])
         progress["history"].append({"event": "refit", "epoch": epoch + 1, "seconds": seconds})
         progress["best_epoch"] = epoch + 1
         done = epoch + 1 >= self.epochs or self._done(progress)
-        if done and self.context.is_main:
-            self.model.save_pretrained(self.folder.best_dir, overwrite=True, split_record=self.split_record)
         if self.context.is_main:
             left = self.clock.describe(progress["global_step"])
             tqdm.write(f"refit epoch {epoch + 1}/{self.epochs}: {duration(seconds)} of training"
@@ -46,6 +45,11 @@ class RefitTrainer(Trainer):
         progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
         if self.config.save_checkpoints:
             self._save_last(progress)
+
+
+    def _chosen_model(self, progress: dict[str, Any]) -> PMMRec:
+        """The model after the last epoch, as trained (or as restored from its checkpoint by a resume)."""
+        return self.model
 
 
 def refit(

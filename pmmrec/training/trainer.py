@@ -26,7 +26,7 @@ from pmmrec.training.optim import adamw, autocast_settings, lr_lambda, parameter
 from pmmrec.training.outcome import RunFacts, TrainResult, best_validation, run_summary, write_outcome
 from pmmrec.training.progress import epoch_line, epochs_text, plan_line, run_clock, start_lines, time_lines
 from pmmrec.training.reporting import Reporters
-from pmmrec.training.run_dir import RunFolder, fresh_progress, restore_last, save_last
+from pmmrec.training.run_dir import RunFolder, fresh_progress, frozen_parameters, restore_last, save_last
 from pmmrec.training.setup import freeze_and_check, run_data, training_module
 from pmmrec.training.stale_items import check_stale_layers, reads_text_table, stale_text_layers
 
@@ -124,6 +124,7 @@ class Trainer:
         self.optimizer = adamw(groups, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, schedule))
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.frozen = frozen_parameters(self.module)  # what checkpoints leave out (training never changes it)
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -131,10 +132,10 @@ class Trainer:
         return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
 
     def _save_last(self, progress: dict[str, Any]) -> None:
-        save_last(self.folder.last_checkpoint, self.context, self.module, self._stateful(), progress)
+        save_last(self.folder.last_checkpoint, self.context, self.module, self._stateful(), progress, self.frozen)
 
     def _restore(self) -> dict[str, Any]:
-        progress = restore_last(self.folder.last_checkpoint, self.context, self.module, self._stateful())
+        progress = restore_last(self.folder.last_checkpoint, self.context, self.module, self._stateful(), self.frozen)
         self.folder.truncate_log(progress)
         return progress
 
@@ -354,7 +355,8 @@ class Trainer:
         if self.config.save_checkpoints:
             self._save_last(progress)
 
-    def _finish(self, progress: dict[str, Any]) -> TrainResult:
+    def _chosen_model(self, progress: dict[str, Any]) -> PMMRec:
+        """The model the run tests and returns: the best epoch's, read back from best/ on every rank."""
         if progress["best_epoch"] is not None and not self.folder.best_dir.is_dir():
             # Rank 0 wrote it: a rank that cannot see it would test another model than the best one.
             raise ConfigError(
@@ -363,8 +365,10 @@ class Trainer:
             )
         best_model = PMMRec.from_pretrained(self.folder.best_dir) if self.folder.best_dir.is_dir() else self.model
         best_model.sources = self.model.sources
-        best_model.to(self.device)
-        self.model = best_model
+        return best_model.to(self.device)
+
+    def _finish(self, progress: dict[str, Any]) -> TrainResult:
+        self.model = best_model = self._chosen_model(progress)
         test = self._evaluate("test") if self.tests else None
         test_metrics = test.metrics if test is not None else {}
         summary = run_summary(
