@@ -147,3 +147,19 @@ def test_a_refit_models_validation_figures_come_with_a_warning(tmp_path: Path, t
         warnings.simplefilter("error", PmmrecWarning)
         api.evaluate(run / "model", tiny_dataset, split="test", progress=False)
         api.evaluate(run / "best", tiny_dataset, split="valid", progress=False)
+
+
+def test_the_library_returns_the_refits_model_ready_to_use(tmp_path: Path, tiny_dataset: Path) -> None:
+    """`pmmrec.api.finetune` returns the refit's model in eval mode (as a model read from its folder is: dropout off),
+    with RUN/model's weights."""
+    from pmmrec import api
+
+    run = tmp_path / "run"
+    options = {"item_tower": "id", "dim": 16, "max_length": tiny.MAX_LENGTH, "batch_size": 4, "epochs": 3,
+               "patience": 3, "fresh_lr": 1e-3, "device": "cpu", "refit": True}  # fmt: skip
+    result = api.finetune(tiny_dataset, run, progress=False, **options)
+    assert "refit" in result.summary and not result.model.training
+    saved = weights(run / "model")
+    returned = {f"{slot}/{name}": tensor.detach().numpy() for slot, component in result.model.components().items()
+                for name, tensor in component.state_dict().items()}  # fmt: skip
+    assert same({key: returned[key] for key in saved}, saved)

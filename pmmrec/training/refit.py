@@ -46,10 +46,10 @@ class RefitTrainer(Trainer):
         if self.config.save_checkpoints:
             self._save_last(progress)
 
-
     def _chosen_model(self, progress: dict[str, Any]) -> PMMRec:
-        """The model after the last epoch, as trained (or as restored from its checkpoint by a resume)."""
-        return self.model
+        """The model after the last epoch, as trained (or as restored from its checkpoint by a resume), in eval mode
+        as a model read from a folder is."""
+        return self.model.eval()
 
 
 def refit(
