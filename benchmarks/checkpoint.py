@@ -5,7 +5,7 @@ Builds the run's training module as `pmmrec finetune --data DATA` does (its defa
 (so the optimiser holds its moments, as in every checkpoint of a run), then alternates
 the two ways `--repeats` times: `save_checkpoint` (atomic, fsynced) and `load_checkpoint` (a resume's read, the
 frozen weights checked by their sha256). Prints the files' sizes, median seconds and ratios, and the one-off cost
-of fingerprinting the frozen weights (`frozen_parameters`, once per run).
+of fingerprinting the frozen weights (`frozen_parameters`, once when a run starts).
 
     python benchmarks/checkpoint.py --data DATA [--repeats N] [--threads N] [--json PATH]
 """
@@ -98,7 +98,7 @@ def main() -> None:
         print(f"{way:32} {row['mb']:8.1f} {row['save_s']:8.3f} {row['load_s']:8.3f}")
     print(f"smaller {figures['size_ratio']:.2f}x, saved {figures['save_speedup']:.2f}x and loaded "
           f"{figures['load_speedup']:.2f}x as fast; fingerprint of the {figures['frozen_parameters']} frozen "
-          f"parameters (once per run) {figures['fingerprint_s']:.3f} s")  # fmt: skip
+          f"parameters (once when a run starts) {figures['fingerprint_s']:.3f} s")  # fmt: skip
     write_figures(args.json, figures)
 
 
