@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from pmmrec.errors import ConfigError
 
@@ -75,6 +77,15 @@ def setup_distributed(requested_device: str | None = None) -> DistributedContext
         # process now and then ("terminate called without an active exception", SIGABRT after a finished job).
         atexit.register(_destroy_process_group)
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def wrap_for_processes(module: nn.Module, context: DistributedContext) -> nn.Module:
+    """`module` in DistributedDataParallel under torchrun (unused parameters allowed: a step may skip an objective's
+    head), else `module` itself."""
+    if not context.enabled:
+        return module
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
 
 def barrier(context: DistributedContext) -> None:

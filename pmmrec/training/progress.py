@@ -120,7 +120,7 @@ def run_clock(config: TrainConfig, steps_per_epoch: int, refit_epochs: int | Non
     schedule = config.epoch_limit * steps_per_epoch
     schedule = min(schedule, config.max_steps) if config.max_steps else schedule
     refitting = refit_epochs is not None
-    total = min(schedule, refit_epochs * steps_per_epoch) if refit_epochs is not None else schedule
+    total = min(schedule, refit_epochs * steps_per_epoch) if refitting else schedule
     may_stop_early = config.epochs is None and config.patience is not None and not refitting
     clock = RunClock(steps_per_epoch, total, may_stop_early, test=config.evaluate_test, validates=not refitting,
                      refit_steps=total if config.refit and not refitting else 0)  # fmt: skip

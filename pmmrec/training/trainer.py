@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pmmrec.data import Dataset, LeaveOneOutSplit, SequenceBatch, dataset_fingerprint
-from pmmrec.distributed import all_reduce_flag, barrier, setup_distributed
+from pmmrec.distributed import all_reduce_flag, barrier, setup_distributed, wrap_for_processes
 from pmmrec.errors import ConfigError, Interrupted
 from pmmrec.inference import EvaluationResult, encode_catalogue, evaluate_split
 from pmmrec.model import PMMRec
@@ -94,13 +92,7 @@ class Trainer:
         self.reads_text_table = reads_text_table(model, config.tower_update_every, processes=self.context.world_size,
                                                  scaled=use_scaler, reads_item_states=self.module.reads_item_states)  # fmt: skip
         self.data_wait_s = self.step_time_s = 0.0  # time waiting for the DataLoader / whole steps, this process
-        self.wrapped: nn.Module = self.module
-        if self.context.enabled:
-            self.wrapped = DistributedDataParallel(
-                self.module,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
+        self.wrapped = wrap_for_processes(self.module, self.context)
         order = epoch_order(len(self.train_set), 0, 0, self.context, config.passes_per_epoch)
         self.steps_per_epoch = math.ceil(len(order) / config.batch_size)
         schedule, self.clock = run_clock(config, self.steps_per_epoch, refit_epochs)
